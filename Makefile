@@ -1,0 +1,45 @@
+# meshguard — `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+export GOFLAGS ?= -mod=mod
+BIN := bin
+PKGS := ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/meshguard/meshguard/internal/buildinfo.Version=$(VERSION)
+FUZZTIME ?= 10s
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build bin/meshguard
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/meshguard ./cmd/meshguard
+
+.PHONY: test
+test: ## run every test with -race (the README's test command; CI runs it)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+.PHONY: lint
+lint: ## go vet, gofmt and staticcheck (built from the module proxy)
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
+
+STATICCHECK_VERSION ?= v0.8.2
+
+.PHONY: bench
+bench: ## policy engine benchmarks (ratios against a baseline in the same run)
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./policies/ | tee $(BIN)/bench-policies.txt
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each
+	./hack/fuzz-all.sh $(FUZZTIME)
+
+.PHONY: wasip1
+wasip1: ## build the policy engine for GOOS=wasip1 GOARCH=wasm
+	GOOS=wasip1 GOARCH=wasm $(GO) build ./policies/...
+
+-include mk/*.mk

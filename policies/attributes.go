@@ -1,0 +1,83 @@
+package policies
+
+import (
+	"net/netip"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Attributes is one request as the engine sees it. Enforcement points fill
+// it from what they have verified; the engine never trusts a field it was not
+// given. The zero value is an unauthenticated request with no target.
+type Attributes struct {
+	// Source is the caller's verified SPIFFE ID (zero: unauthenticated).
+	Source spiffeid.ID
+	// MTLS reports that the connection was mutually authenticated.
+	MTLS bool
+	// SourceIP is the direct peer address (Istio source.ip).
+	SourceIP netip.Addr
+	// RemoteIP is the original client address (Istio remote.ip).
+	RemoteIP netip.Addr
+	// DestinationIP and DestinationPort are where the request arrived.
+	DestinationIP   netip.Addr
+	DestinationPort uint32
+	// SNI is the server name of the TLS connection (connection.sni).
+	SNI string
+
+	// Target is the workload receiving the request.
+	Target Target
+
+	// Request.
+	Method string
+	Host   string // :authority, as received
+	Path   string // :path as received, query and fragment included
+	// Route is the Envoy route name (xds.route_name or a context extension).
+	Route string
+	// Headers gives request headers by lowercase name. Duplicated headers
+	// arrive comma-joined, as Envoy presents them. Nil: no headers.
+	Headers HeaderGetter
+
+	// JWT is the validated JWT-SVID of the request, if any.
+	JWT *JWT
+}
+
+// Target is the workload a request is for: how policies are scoped to it.
+type Target struct {
+	// ID is the workload's SPIFFE ID (destination.principal), zero if unknown.
+	ID spiffeid.ID
+	// Namespace of the workload. When empty it is read from ID by position
+	// (/ns/<namespace>/sa/<sa>).
+	Namespace string
+	// Labels of the workload, for Istio selectors.
+	Labels map[string]string
+	// Service is the Kubernetes Service name the request addressed, and
+	// Gateway the Gateway name when the workload is a gateway: for targetRefs.
+	Service string
+	Gateway string
+}
+
+// HeaderGetter returns a request header by lowercase name.
+type HeaderGetter interface {
+	Get(name string) (value string, ok bool)
+}
+
+// MapHeaders adapts a map of lowercase names to values.
+type MapHeaders map[string]string
+
+// Get implements HeaderGetter.
+func (m MapHeaders) Get(name string) (string, bool) {
+	v, ok := m[name]
+	return v, ok
+}
+
+// JWT is a token that the enforcement point has fully validated (signature,
+// audience, expiry). Principal is Istio's request principal, "iss/sub".
+type JWT struct {
+	Subject   spiffeid.ID
+	Principal string
+	Issuer    string
+	Audiences []string
+	Presenter string
+	// Claims are the token's claims as decoded from JSON.
+	Claims map[string]any
+}

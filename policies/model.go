@@ -1,0 +1,398 @@
+package policies
+
+// API groups and versions accepted in documents.
+const (
+	APIVersionIstioV1      = "security.istio.io/v1"
+	APIVersionIstioV1beta1 = "security.istio.io/v1beta1"
+	APIVersionMeshguard    = "meshguard.dev/v1alpha1"
+)
+
+// Kinds accepted in documents.
+const (
+	KindAuthorizationPolicy = "AuthorizationPolicy" // Istio, both versions
+	KindIdentityPolicy      = "IdentityPolicy"      // meshguard: rules by SPIFFE ID pattern
+	KindDefaultDeny         = "DefaultDeny"         // meshguard: allow-nothing unless an ALLOW matches
+	KindRouteOverride       = "RouteOverride"       // meshguard: per Envoy route tuning
+	KindTrafficBaseline     = "TrafficBaseline"     // meshguard: allowed service-graph edges
+	KindAnomalyProfile      = "AnomalyProfile"      // meshguard: detectors, thresholds, responses
+	KindQuarantine          = "Quarantine"          // meshguard: identities denied mesh-wide
+	KindMeshSettings        = "MeshSettings"        // meshguard: root namespace, path normalization
+)
+
+// Location is where a document or field came from. It is empty for
+// documents that did not come from a file (bundles, the Kubernetes API).
+type Location struct {
+	File   string `json:"file,omitempty"`
+	Line   int    `json:"line,omitempty"`
+	Column int    `json:"column,omitempty"`
+}
+
+// ObjectMeta is the subset of Kubernetes object metadata meshguard reads.
+type ObjectMeta struct {
+	Name        string            `json:"name"`
+	Namespace   string            `json:"namespace,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// ----- Istio AuthorizationPolicy (security.istio.io/v1, v1beta1) -----
+
+// AuthorizationPolicy is Istio's AuthorizationPolicy, field for field.
+type AuthorizationPolicy struct {
+	APIVersion string                  `json:"apiVersion"`
+	Kind       string                  `json:"kind"`
+	Metadata   ObjectMeta              `json:"metadata"`
+	Spec       AuthorizationPolicySpec `json:"spec"`
+	Loc        Location                `json:"-"`
+}
+
+// AuthorizationPolicySpec mirrors istio.security.v1beta1.AuthorizationPolicy.
+type AuthorizationPolicySpec struct {
+	Selector   *WorkloadSelector       `json:"selector,omitempty"`
+	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"` // deprecated by Istio in favour of targetRefs
+	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
+	Rules      []Rule                  `json:"rules,omitempty"`
+	Action     string                  `json:"action,omitempty"` // ALLOW (default), DENY, AUDIT, CUSTOM
+	Provider   *ExtensionProvider      `json:"provider,omitempty"`
+}
+
+// WorkloadSelector selects workloads by label.
+type WorkloadSelector struct {
+	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+}
+
+// PolicyTargetReference names a Gateway, Service or ServiceEntry.
+type PolicyTargetReference struct {
+	Group     string `json:"group,omitempty"`
+	Kind      string `json:"kind"`
+	Name      string `json:"name"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// ExtensionProvider names the provider of a CUSTOM policy.
+type ExtensionProvider struct {
+	Name string `json:"name"`
+}
+
+// Rule matches when any From matches (or none is given), any To matches (or
+// none is given) and every When matches.
+type Rule struct {
+	From []RuleFrom  `json:"from,omitempty"`
+	To   []RuleTo    `json:"to,omitempty"`
+	When []Condition `json:"when,omitempty"`
+}
+
+// RuleFrom wraps a Source.
+type RuleFrom struct {
+	Source Source `json:"source"`
+}
+
+// Source is who sends the request. Fields are ANDed, values within a field
+// are ORed.
+type Source struct {
+	Principals           []string `json:"principals,omitempty"`
+	NotPrincipals        []string `json:"notPrincipals,omitempty"`
+	RequestPrincipals    []string `json:"requestPrincipals,omitempty"`
+	NotRequestPrincipals []string `json:"notRequestPrincipals,omitempty"`
+	Namespaces           []string `json:"namespaces,omitempty"`
+	NotNamespaces        []string `json:"notNamespaces,omitempty"`
+	IPBlocks             []string `json:"ipBlocks,omitempty"`
+	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
+	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
+	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
+}
+
+// RuleTo wraps an Operation.
+type RuleTo struct {
+	Operation Operation `json:"operation"`
+}
+
+// Operation is what the request asks for.
+type Operation struct {
+	Hosts      []string `json:"hosts,omitempty"`
+	NotHosts   []string `json:"notHosts,omitempty"`
+	Ports      []string `json:"ports,omitempty"`
+	NotPorts   []string `json:"notPorts,omitempty"`
+	Methods    []string `json:"methods,omitempty"`
+	NotMethods []string `json:"notMethods,omitempty"`
+	Paths      []string `json:"paths,omitempty"`
+	NotPaths   []string `json:"notPaths,omitempty"`
+}
+
+// Condition is one `when` entry: Key is one of Istio's documented keys.
+type Condition struct {
+	Key       string   `json:"key"`
+	Values    []string `json:"values,omitempty"`
+	NotValues []string `json:"notValues,omitempty"`
+}
+
+// ----- meshguard.dev/v1alpha1 -----
+
+// Mode is an enforcement mode.
+type Mode string
+
+// Enforcement modes. The zero value means "inherit" (enforce at the top).
+const (
+	ModeEnforce Mode = "enforce"
+	ModeDryRun  Mode = "dry-run"
+	ModeOff     Mode = "off"
+)
+
+// IdentityPolicy expresses what Istio cannot: workloads and callers chosen by
+// SPIFFE ID pattern, JWT-SVID requirements, routes by Envoy route name and an
+// enforcement mode per policy and per rule.
+type IdentityPolicy struct {
+	APIVersion string             `json:"apiVersion"`
+	Kind       string             `json:"kind"`
+	Metadata   ObjectMeta         `json:"metadata"`
+	Spec       IdentityPolicySpec `json:"spec"`
+	Loc        Location           `json:"-"`
+}
+
+// IdentityPolicySpec: Workloads are SPIFFE ID patterns of the destination
+// workloads; empty means every workload of the policy's namespace (or of the
+// mesh when the policy lives in the root namespace).
+type IdentityPolicySpec struct {
+	Workloads []string       `json:"workloads,omitempty"`
+	Action    string         `json:"action,omitempty"` // ALLOW (default), DENY, AUDIT
+	Mode      Mode           `json:"mode,omitempty"`
+	Rules     []IdentityRule `json:"rules,omitempty"`
+}
+
+// IdentityRule matches when every non-empty part matches.
+type IdentityRule struct {
+	Name string `json:"name,omitempty"`
+	Mode Mode   `json:"mode,omitempty"`
+	// From: callers by SPIFFE ID pattern (exact ID, spiffe://td for a whole
+	// trust domain, or path-segment globs such as spiffe://td/ns/*/sa/web).
+	From []IdentitySource `json:"from,omitempty"`
+	To   []IdentityTarget `json:"to,omitempty"`
+	When []Condition      `json:"when,omitempty"`
+	JWT  *JWTRequirement  `json:"jwt,omitempty"`
+}
+
+// IdentitySource selects callers.
+type IdentitySource struct {
+	IDs          []string `json:"ids,omitempty"`
+	NotIDs       []string `json:"notIds,omitempty"`
+	TrustDomains []string `json:"trustDomains,omitempty"`
+}
+
+// IdentityTarget selects operations; Routes are Envoy route names.
+type IdentityTarget struct {
+	Routes     []string `json:"routes,omitempty"`
+	Hosts      []string `json:"hosts,omitempty"`
+	Ports      []string `json:"ports,omitempty"`
+	Methods    []string `json:"methods,omitempty"`
+	NotMethods []string `json:"notMethods,omitempty"`
+	Paths      []string `json:"paths,omitempty"`
+	NotPaths   []string `json:"notPaths,omitempty"`
+}
+
+// JWTRequirement requires a validated JWT-SVID on the request.
+type JWTRequirement struct {
+	Audiences    []string         `json:"audiences,omitempty"`    // at least one must be in the token's aud
+	TrustDomains []string         `json:"trustDomains,omitempty"` // the token's subject trust domain
+	Subjects     []string         `json:"subjects,omitempty"`     // SPIFFE ID patterns of the token subject
+	Claims       []ClaimCondition `json:"claims,omitempty"`
+}
+
+// ClaimCondition matches a claim (nested with dots: "groups", "org.team").
+type ClaimCondition struct {
+	Name   string   `json:"name"`
+	Values []string `json:"values"`
+}
+
+// DefaultDeny makes the selected workloads deny every request that no ALLOW
+// policy admits (Istio's allow-nothing, with its own reason code).
+type DefaultDeny struct {
+	APIVersion string          `json:"apiVersion"`
+	Kind       string          `json:"kind"`
+	Metadata   ObjectMeta      `json:"metadata"`
+	Spec       DefaultDenySpec `json:"spec"`
+	Loc        Location        `json:"-"`
+}
+
+// DefaultDenySpec: Workloads are SPIFFE ID patterns; empty means the whole
+// namespace (or mesh, in the root namespace).
+type DefaultDenySpec struct {
+	Workloads []string `json:"workloads,omitempty"`
+	Mode      Mode     `json:"mode,omitempty"`
+}
+
+// RouteOverride tunes one Envoy route, by route name.
+type RouteOverride struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   ObjectMeta        `json:"metadata"`
+	Spec       RouteOverrideSpec `json:"spec"`
+	Loc        Location          `json:"-"`
+}
+
+// RouteOverrideSpec: Mode overrides the mode of every decision on the route;
+// Rules are extra rules evaluated with Action for requests on the route;
+// AllowUnsafePaths opts the route out of denying ambiguous paths (DENY rules
+// still hold for every reading of the path); Anomaly overrides thresholds.
+type RouteOverrideSpec struct {
+	Route            string            `json:"route"`
+	Mode             Mode              `json:"mode,omitempty"`
+	Action           string            `json:"action,omitempty"`
+	Rules            []IdentityRule    `json:"rules,omitempty"`
+	AllowUnsafePaths bool              `json:"allowUnsafePaths,omitempty"`
+	DisableExtAuthz  bool              `json:"disableExtAuthz,omitempty"`
+	Anomaly          *AnomalyOverrides `json:"anomaly,omitempty"`
+}
+
+// AnomalyOverrides replace anomaly thresholds on one route.
+type AnomalyOverrides struct {
+	Profile   string   `json:"profile,omitempty"`
+	RateZ     *float64 `json:"rateZ,omitempty"`
+	MinRPS    *float64 `json:"minRps,omitempty"`
+	ErrorRate *float64 `json:"errorRatio,omitempty"`
+	Response  string   `json:"response,omitempty"`
+}
+
+// Baseline modes.
+const (
+	BaselineLearn   = "learn"
+	BaselineShadow  = "shadow"
+	BaselineEnforce = "enforce"
+)
+
+// TrafficBaseline lists the edges of the service graph that are expected.
+type TrafficBaseline struct {
+	APIVersion string              `json:"apiVersion"`
+	Kind       string              `json:"kind"`
+	Metadata   ObjectMeta          `json:"metadata"`
+	Spec       TrafficBaselineSpec `json:"spec"`
+	Loc        Location            `json:"-"`
+}
+
+// TrafficBaselineSpec: Mode is learn (record), shadow (report unknown edges)
+// or enforce (deny unknown edges).
+type TrafficBaselineSpec struct {
+	Mode  string `json:"mode"`
+	Edges []Edge `json:"edges,omitempty"`
+}
+
+// Edge is source identity → destination service → routes.
+type Edge struct {
+	Source      string   `json:"source"`           // SPIFFE ID pattern
+	Destination string   `json:"destination"`      // service name (host without port)
+	Routes      []string `json:"routes,omitempty"` // Envoy route names; empty = any
+}
+
+// AnomalyProfile configures detectors and what to do when they fire.
+type AnomalyProfile struct {
+	APIVersion string             `json:"apiVersion"`
+	Kind       string             `json:"kind"`
+	Metadata   ObjectMeta         `json:"metadata"`
+	Spec       AnomalyProfileSpec `json:"spec"`
+	Loc        Location           `json:"-"`
+}
+
+// AnomalyProfileSpec: Workloads are SPIFFE ID patterns of the callers it
+// watches (empty: all).
+type AnomalyProfileSpec struct {
+	Workloads   []string             `json:"workloads,omitempty"`
+	Rate        *RateDetector        `json:"rate,omitempty"`
+	Errors      *ErrorDetector       `json:"errors,omitempty"`
+	Enumeration *EnumerationDetector `json:"enumeration,omitempty"`
+	Egress      *EgressDetector      `json:"egress,omitempty"`
+	Lateral     *LateralDetector     `json:"lateral,omitempty"`
+	// Responses maps a detector name (rate, errors, enumeration, egress,
+	// lateral) to a response: log, count, rate-limit, block, quarantine.
+	Responses map[string]string `json:"responses,omitempty"`
+	// QuarantineFor is how long a quarantine it triggers lasts (Go duration).
+	QuarantineFor string `json:"quarantineFor,omitempty"`
+}
+
+// RateDetector: decayed EWMA of the request rate and its variance.
+type RateDetector struct {
+	HalfLife string  `json:"halfLife,omitempty"` // Go duration, default 30s
+	ZScore   float64 `json:"zScore,omitempty"`   // default 4
+	MinRPS   float64 `json:"minRps,omitempty"`   // minimum-volume floor, default 5
+}
+
+// ErrorDetector: ratios of error classes per window.
+type ErrorDetector struct {
+	Window        string   `json:"window,omitempty"`        // default 10s
+	MinRequests   int      `json:"minRequests,omitempty"`   // default 20
+	AuthRatio     float64  `json:"authRatio,omitempty"`     // 401/403, default 0.5
+	NotFoundRatio float64  `json:"notFoundRatio,omitempty"` // 404, default 0.5
+	ErrorRatio    float64  `json:"errorRatio,omitempty"`    // 4xx/5xx, default 0.8
+	RareMethods   []string `json:"rareMethods,omitempty"`   // default TRACE, CONNECT, OPTIONS, PROPFIND
+}
+
+// EnumerationDetector: distinct paths and destinations per window.
+type EnumerationDetector struct {
+	Window          string `json:"window,omitempty"`          // default 10s
+	MaxPaths        int    `json:"maxPaths,omitempty"`        // default 50
+	MaxDestinations int    `json:"maxDestinations,omitempty"` // default 10
+}
+
+// EgressDetector: sensitive destinations (Kubernetes API, cloud metadata).
+type EgressDetector struct {
+	Destinations []string `json:"destinations,omitempty"` // hosts or IPs; defaults cover k8s API and metadata
+	AllowedIDs   []string `json:"allowedIds,omitempty"`   // SPIFFE ID patterns allowed to reach them
+}
+
+// LateralDetector: unknown edges against the TrafficBaseline.
+type LateralDetector struct {
+	MaxNewEdges int `json:"maxNewEdges,omitempty"` // per window, default 3
+}
+
+// Quarantine denies every request from an identity mesh-wide until it expires
+// or is released.
+type Quarantine struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Metadata   ObjectMeta     `json:"metadata"`
+	Spec       QuarantineSpec `json:"spec"`
+	Loc        Location       `json:"-"`
+}
+
+// QuarantineSpec: Identity is an exact SPIFFE ID; ExpiresAt is RFC 3339
+// (empty: until released).
+type QuarantineSpec struct {
+	Identity  string `json:"identity"`
+	Reason    string `json:"reason,omitempty"`
+	ExpiresAt string `json:"expiresAt,omitempty"`
+	CreatedBy string `json:"createdBy,omitempty"`
+}
+
+// Path normalization options, as Istio's meshConfig.pathNormalization.
+const (
+	NormalizationBase                  = "BASE"
+	NormalizationMergeSlashes          = "MERGE_SLASHES"
+	NormalizationDecodeAndMergeSlashes = "DECODE_AND_MERGE_SLASHES"
+)
+
+// MeshSettings holds mesh-wide settings. At most one per set.
+type MeshSettings struct {
+	APIVersion string           `json:"apiVersion"`
+	Kind       string           `json:"kind"`
+	Metadata   ObjectMeta       `json:"metadata"`
+	Spec       MeshSettingsSpec `json:"spec"`
+	Loc        Location         `json:"-"`
+}
+
+// MeshSettingsSpec: RootNamespace defaults to istio-system; TrustDomain is
+// the mesh's own (used to read Istio principals without a trust domain).
+type MeshSettingsSpec struct {
+	RootNamespace     string `json:"rootNamespace,omitempty"`
+	TrustDomain       string `json:"trustDomain,omitempty"`
+	PathNormalization string `json:"pathNormalization,omitempty"`
+}
+
+// Set is a validated collection of documents: what a Bundle carries.
+type Set struct {
+	Settings              MeshSettingsSpec      `json:"settings"`
+	AuthorizationPolicies []AuthorizationPolicy `json:"authorizationPolicies,omitempty"`
+	IdentityPolicies      []IdentityPolicy      `json:"identityPolicies,omitempty"`
+	DefaultDenies         []DefaultDeny         `json:"defaultDenies,omitempty"`
+	RouteOverrides        []RouteOverride       `json:"routeOverrides,omitempty"`
+	TrafficBaselines      []TrafficBaseline     `json:"trafficBaselines,omitempty"`
+	AnomalyProfiles       []AnomalyProfile      `json:"anomalyProfiles,omitempty"`
+	Quarantines           []Quarantine          `json:"quarantines,omitempty"`
+}
