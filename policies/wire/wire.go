@@ -1,0 +1,106 @@
+// Package wire holds the formats that cross process boundaries between
+// meshguard's parts and are not policy: the proxy-wasm plugin configuration
+// that the control plane writes and the filter reads, and the detection and
+// edge events that filters and authz servers report to the control plane.
+// Like package policies it is pure Go and builds for GOOS=wasip1.
+package wire
+
+import "encoding/json"
+
+// Header names stamped by meshguard. Client-sent headers with the
+// x-meshguard- prefix are always stripped before these are set.
+const (
+	HeaderPrefix        = "x-meshguard-"
+	HeaderSourceID      = "x-meshguard-source-id"
+	HeaderDecisionID    = "x-meshguard-decision-id"
+	HeaderReason        = "x-meshguard-reason"
+	HeaderRoute         = "x-meshguard-route"          // stamped by the wasm filter for ext_authz
+	HeaderPolicyRef     = "x-meshguard-policy"         // stamped by the wasm filter for ext_authz
+	HeaderBundleVersion = "x-meshguard-bundle-version" // stamped by the wasm filter for ext_authz
+)
+
+// Context extension keys the control plane sets on ExtAuthzPerRoute.
+const (
+	ContextRoute       = "meshguard.route"
+	ContextPolicyScope = "meshguard.scope"
+	ContextNamespace   = "meshguard.namespace"
+	ContextWorkload    = "meshguard.workload"
+	ContextService     = "meshguard.service"
+)
+
+// xDS names of the policy bundle resource that authz servers subscribe to:
+// a TypedExtensionConfig named BundleResourceName whose typed_config is a
+// google.protobuf.StringValue holding the bundle JSON.
+const (
+	BundleTypeURL      = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+	BundleResourceName = "meshguard-policy-bundle"
+	// FilterConfigName is the ECDS resource name of the wasm filter.
+	FilterConfigName = "meshguard-wasm"
+)
+
+// EventsPath is where the control plane accepts EventBatch JSON (POST).
+const EventsPath = "/v1/events"
+
+// FilterConfig is the proxy-wasm plugin configuration (Envoy's
+// plugin_config.configuration, Istio's WasmPlugin pluginConfig), as JSON.
+type FilterConfig struct {
+	// Bundle is a policies.Bundle, JSON encoded.
+	Bundle json.RawMessage `json:"bundle"`
+	// Workload is the workload the filter protects.
+	Workload Workload `json:"workload"`
+	// RequireMTLS denies requests that did not arrive over mTLS.
+	RequireMTLS bool `json:"requireMtls,omitempty"`
+	// ControlPlane is where events go.
+	ControlPlane ControlPlane `json:"controlPlane,omitempty"`
+}
+
+// Workload describes the protected workload for policy scoping.
+type Workload struct {
+	ID        string            `json:"id,omitempty"` // SPIFFE ID
+	Namespace string            `json:"namespace,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Service   string            `json:"service,omitempty"`
+	Gateway   string            `json:"gateway,omitempty"`
+}
+
+// ControlPlane tells the filter how to reach the event endpoint through an
+// Envoy cluster.
+type ControlPlane struct {
+	Cluster      string `json:"cluster,omitempty"`
+	Authority    string `json:"authority,omitempty"`
+	Path         string `json:"path,omitempty"` // default EventsPath
+	TickMillis   uint32 `json:"tickMillis,omitempty"`
+	MaxBatch     int    `json:"maxBatch,omitempty"`
+	TimeoutMilli uint32 `json:"timeoutMillis,omitempty"`
+}
+
+// Event kinds.
+const (
+	EventAnomaly  = "anomaly"
+	EventEdge     = "edge"
+	EventDecision = "decision"
+)
+
+// Event is one detection or observed edge.
+type Event struct {
+	Kind        string  `json:"kind"`
+	Detector    string  `json:"detector,omitempty"` // rate, errors, enumeration, egress, lateral
+	Source      string  `json:"source,omitempty"`   // caller SPIFFE ID
+	Destination string  `json:"destination,omitempty"`
+	Route       string  `json:"route,omitempty"`
+	Method      string  `json:"method,omitempty"`
+	Response    string  `json:"response,omitempty"` // log, count, rate-limit, block, quarantine
+	Profile     string  `json:"profile,omitempty"`
+	Score       float64 `json:"score,omitempty"`
+	Count       uint64  `json:"count,omitempty"`
+	UnixMillis  int64   `json:"unixMillis"`
+	Detail      string  `json:"detail,omitempty"`
+}
+
+// EventBatch is what one reporter sends at a time.
+type EventBatch struct {
+	Reporter      string  `json:"reporter"` // SPIFFE ID or name of the reporting filter/server
+	BundleVersion string  `json:"bundleVersion,omitempty"`
+	Dropped       uint64  `json:"dropped,omitempty"` // events lost to a full buffer since the last batch
+	Events        []Event `json:"events"`
+}
