@@ -52,8 +52,8 @@ func (r *logRecorder) find(substr string) (slog.Record, bool) {
 
 func newHost(t *testing.T, module string, cfg host.Config) *host.Host {
 	t.Helper()
-	cfg.CompilationCache = cache
-	h, err := host.New(context.Background(), modules[module], cfg)
+	cfg.CompilationCache = host.CacheForTest()
+	h, err := host.New(context.Background(), host.ModuleForTest(module), cfg)
 	if err != nil {
 		t.Fatalf("host.New: %v", err)
 	}
@@ -487,9 +487,9 @@ func TestConfigureRefused(t *testing.T) {
 		{"vm start returns false", host.Config{VMConfig: []byte("refuse")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.cfg.CompilationCache = cache
+			tc.cfg.CompilationCache = host.CacheForTest()
 			tc.cfg.VMs = 2
-			h, err := host.New(context.Background(), modules["abitest"], tc.cfg)
+			h, err := host.New(context.Background(), host.ModuleForTest("abitest"), tc.cfg)
 			if !errors.Is(err, host.ErrConfigRejected) {
 				if h != nil {
 					h.Close()
@@ -593,7 +593,7 @@ func TestNoopFilterAndMemoryStats(t *testing.T) {
 }
 
 func TestClosedHost(t *testing.T) {
-	h, err := host.New(context.Background(), modules["abitest"], host.Config{CompilationCache: cache})
+	h, err := host.New(context.Background(), host.ModuleForTest("abitest"), host.Config{CompilationCache: host.CacheForTest()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package host_test
+package host
 
 import (
 	"context"
@@ -16,10 +16,14 @@ import (
 // toolchain (GOOS=wasip1 -buildmode=c-shared), so `go test` needs nothing
 // prepared beforehand.
 var (
-	modules = map[string][]byte{}
-	// cache shares compiled code between the Hosts the tests create.
-	cache wazero.CompilationCache
+	testModules = map[string][]byte{}
+	// testCache shares compiled code between the Hosts the tests create.
+	testCache wazero.CompilationCache
 )
+
+// ModuleForTest and CacheForTest give the external tests the filters built here.
+func ModuleForTest(name string) []byte      { return testModules[name] }
+func CacheForTest() wazero.CompilationCache { return testCache }
 
 var filters = map[string]string{
 	"noop":    "../noop",
@@ -48,10 +52,10 @@ func run(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		modules[name] = b
+		testModules[name] = b
 	}
-	cache = wazero.NewCompilationCache()
-	defer cache.Close(context.Background())
+	testCache = wazero.NewCompilationCache()
+	defer testCache.Close(context.Background())
 	return m.Run()
 }
 
@@ -67,3 +71,5 @@ func buildFilter(pkg, out string) error {
 	}
 	return nil
 }
+
+func testingProcs() int { return runtime.GOMAXPROCS(0) }
