@@ -610,3 +610,30 @@ func TestClosedHost(t *testing.T) {
 		t.Errorf("Reconfigure after Close = %v", err)
 	}
 }
+
+func TestInjectedClock(t *testing.T) {
+	var mu sync.Mutex
+	offset := 48 * time.Hour
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Now().Add(offset)
+	}
+	h := newHost(t, "abitest", host.Config{Clock: clock})
+	now := func() time.Time {
+		ns, err := strconv.ParseInt(header(mustHandle(t, h.Worker(0), get("time"), nil).Upstream.Headers, "x-now"), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.Unix(0, ns)
+	}
+	if d := now().Sub(time.Now()); d < 47*time.Hour || d > 49*time.Hour {
+		t.Errorf("guest clock is %v ahead, want 48h", d)
+	}
+	mu.Lock()
+	offset += 10 * time.Minute
+	mu.Unlock()
+	if d := now().Sub(time.Now()); d < 48*time.Hour+9*time.Minute {
+		t.Errorf("guest clock did not follow a step of the injected clock: %v ahead", d)
+	}
+}
