@@ -627,13 +627,13 @@ func TestInjectedClock(t *testing.T) {
 		}
 		return time.Unix(0, ns)
 	}
-	if d := now().Sub(time.Now()); d < 47*time.Hour || d > 49*time.Hour {
+	if d := time.Until(now()); d < 47*time.Hour || d > 49*time.Hour {
 		t.Errorf("guest clock is %v ahead, want 48h", d)
 	}
 	mu.Lock()
 	offset += 10 * time.Minute
 	mu.Unlock()
-	if d := now().Sub(time.Now()); d < 48*time.Hour+9*time.Minute {
+	if d := time.Until(now()); d < 48*time.Hour+9*time.Minute {
 		t.Errorf("guest clock did not follow a step of the injected clock: %v ahead", d)
 	}
 }
