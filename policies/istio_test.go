@@ -112,7 +112,9 @@ spec: {}`)
 	check(t, s, rq(other, "GET", "/x"), want{false, policies.ReasonDeniedNoMatch, "", ""})
 	check(t, s, rq(other, "GET", "/x", withTarget("shop", map[string]string{"app": "web", "version": "v2"}, "")), want{true, policies.ReasonAllowedNoPolicy, "", ""})
 	// targetRefs: only requests to that Service
-	ledger := func(a *policies.Attributes) { a.Target.Namespace, a.Target.Service, a.Target.Labels = "billing", "ledger", nil }
+	ledger := func(a *policies.Attributes) {
+		a.Target.Namespace, a.Target.Service, a.Target.Labels = "billing", "ledger", nil
+	}
 	check(t, s, rq(frontend, "GET", "/x", ledger), want{false, policies.ReasonDeniedNoMatch, "", ""})
 	check(t, s, rq(admin, "GET", "/x", ledger), want{true, policies.ReasonAllowedByPolicy, "AuthorizationPolicy/billing/svc-allow", ""})
 	check(t, s, rq(frontend, "GET", "/x", withTarget("billing", nil, "")), want{true, policies.ReasonAllowedNoPolicy, "", ""})
