@@ -47,7 +47,7 @@ func FuzzPathNormalization(f *testing.F) {
 		set := Set{Settings: MeshSettingsSpec{PathNormalization: n}}
 		set.AuthorizationPolicies = []AuthorizationPolicy{{
 			Metadata: ObjectMeta{Name: "deny-admin", Namespace: "shop"},
-			Spec: AuthorizationPolicySpec{Action: "DENY", Rules: []Rule{{To: []RuleTo{{Operation: Operation{Paths: []string{"/admin", "/admin/*"}}}}}}},
+			Spec:     AuthorizationPolicySpec{Action: "DENY", Rules: []Rule{{To: []RuleTo{{Operation: Operation{Paths: []string{"/admin", "/admin/*"}}}}}}},
 		}}
 		s, diags := compileSet(&set)
 		if diags.HasErrors() {
