@@ -51,8 +51,9 @@ type diagList struct {
 }
 
 type diagKey struct {
-	node *yaml.Node
-	code string
+	node  *yaml.Node
+	code  string
+	field string
 }
 
 func newDiagList(limit int) *diagList {
@@ -61,7 +62,7 @@ func newDiagList(limit int) *diagList {
 
 func (l *diagList) add(n *yaml.Node, d policies.Diagnostic) {
 	if n != nil {
-		k := diagKey{n, d.Code}
+		k := diagKey{n, d.Code, d.Field}
 		if l.seen[k] {
 			return
 		}

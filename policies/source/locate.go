@@ -71,7 +71,10 @@ func parseFieldPath(field string) []segment {
 // even when the path writes them with dots, by trying the longest run of
 // segments that names an existing key.
 func resolveField(root *yaml.Node, field string) *yaml.Node {
-	segs := parseFieldPath(field)
+	return resolveSegments(root, parseFieldPath(field), true)
+}
+
+func resolveSegments(root *yaml.Node, segs []segment, top bool) *yaml.Node {
 	at := root // what to point at
 	cur := root
 	viaKey := false
@@ -94,10 +97,10 @@ func resolveField(root *yaml.Node, field string) *yaml.Node {
 		}
 		k, v, used := lookupJoined(cur, segs[i:])
 		if k == nil {
-			if i == 0 && s.key != "spec" && s.key != "metadata" && s.key != "apiVersion" && s.key != "kind" {
+			if top && i == 0 && s.key != "spec" && s.key != "metadata" && s.key != "apiVersion" && s.key != "kind" {
 				// a path relative to spec ("rules[0]")
 				if _, spec := lookup(cur, "spec"); spec != nil {
-					return resolveField(spec, field)
+					return resolveSegments(spec, segs, false)
 				}
 			}
 			return at
