@@ -115,6 +115,7 @@ func TestLocate(t *testing.T) {
 		{"MeshSettings/default/mesh", "spec.pathNormalization", 38, 22},
 		{"MeshSettings", "spec.rootNamespace", 37, 18},
 		{"", "settings.pathNormalization", 38, 22},
+		{"settings", "spec.pathNormalization", 38, 22},
 	}
 	for _, tt := range tests {
 		d := policies.Diagnostic{Object: tt.object, Field: tt.field}

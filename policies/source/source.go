@@ -528,9 +528,14 @@ func (r *reader) finish() (policies.Set, policies.Diagnostics) {
 	// Validate is expected to include Lint's warnings; Lint runs here too so
 	// that warnings never go missing, and duplicates are dropped.
 	checked := append(policies.Validate(s), policies.Lint(s)...)
+	// Warnings about the same field with the same code are one finding
+	// worded twice; the validator's wording is kept.
 	seen := map[string]bool{}
 	for _, d := range checked {
-		k := d.Severity.String() + "\x00" + d.Code + "\x00" + d.Object + "\x00" + d.Field + "\x00" + d.Message
+		k := d.Severity.String() + "\x00" + d.Code + "\x00" + d.Object + "\x00" + d.Field
+		if d.Severity == policies.SeverityError {
+			k += "\x00" + d.Message
+		}
 		if seen[k] {
 			continue
 		}
@@ -577,7 +582,7 @@ func (r *reader) locate(d *policies.Diagnostic) {
 	field := d.Field
 	if doc == nil && r.settings != nil {
 		switch {
-		case strings.HasPrefix(d.Object, policies.KindMeshSettings+"/"), d.Object == policies.KindMeshSettings:
+		case strings.HasPrefix(d.Object, policies.KindMeshSettings+"/"), d.Object == policies.KindMeshSettings, d.Object == "settings":
 			doc = r.settings
 		case d.Object == "" && (field == "settings" || strings.HasPrefix(field, "settings.")):
 			doc = r.settings
