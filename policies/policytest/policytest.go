@@ -5,18 +5,19 @@
 // A test file holds a list of cases (several lists may be given as YAML
 // documents separated by "---"):
 //
-//   - name: web may read the catalog
-//     request:
-//     source: spiffe://prod.example/ns/shop/sa/web
-//     method: GET
-//     host: catalog.shop.svc
-//     path: /v1/books?page=2
-//     target: {namespace: shop, labels: {app: catalog}}
-//     expect:
-//     allowed: true
-//     reason: allowed_by_policy
-//     policy: AuthorizationPolicy/shop/catalog-read
-//     rule: "0"
+//	# cases.yaml
+//	- name: web may read the catalog
+//	  request:
+//	    source: spiffe://prod.example/ns/shop/sa/web
+//	    method: GET
+//	    host: catalog.shop.svc
+//	    path: /v1/books?page=2
+//	    target: {namespace: shop, labels: {app: catalog}}
+//	  expect:
+//	    allowed: true
+//	    reason: allowed_by_policy
+//	    policy: AuthorizationPolicy/shop/catalog-read
+//	    rule: "0"
 //
 // Decoding is strict: unknown fields, malformed SPIFFE IDs and IP addresses
 // are errors, never silently ignored.
