@@ -19,8 +19,9 @@ func Lint(s *Set) Diagnostics {
 	for i := range s.IdentityPolicies {
 		p := &s.IdentityPolicies[i]
 		l.object = objectRef(KindIdentityPolicy, p.Metadata)
-		l.identityRules(p.Spec.Rules, p.Spec.Mode)
 		action := strings.ToUpper(p.Spec.Action)
+		l.allow = action == "" || action == "ALLOW"
+		l.identityRules(p.Spec.Rules, p.Spec.Mode)
 		if len(p.Spec.Rules) == 0 && (action == "DENY" || action == "AUDIT") {
 			l.warn(CodeNoEffect, "spec.rules", "a %s policy without rules matches no request and has no effect", action)
 		}
@@ -28,6 +29,8 @@ func Lint(s *Set) Diagnostics {
 	for i := range s.RouteOverrides {
 		p := &s.RouteOverrides[i]
 		l.object = objectRef(KindRouteOverride, p.Metadata)
+		action := strings.ToUpper(p.Spec.Action)
+		l.allow = action == "" || action == "ALLOW"
 		l.identityRules(p.Spec.Rules, p.Spec.Mode)
 	}
 	return l.diags
@@ -39,7 +42,12 @@ func objectRef(kind string, m ObjectMeta) string {
 
 type linter struct {
 	object string
-	diags  Diagnostics
+	// allow is set for ALLOW policies. A negative field on an absent
+	// attribute (no principal, no header) refuses on the allow side and
+	// matches on the deny side, so `notPrincipals: ["*"]` is a dead ALLOW
+	// rule but the usual DENY-plaintext rule.
+	allow bool
+	diags Diagnostics
 }
 
 func (l *linter) warn(code, field, format string, args ...any) {
@@ -59,6 +67,7 @@ func (l *linter) authorizationPolicy(p *AuthorizationPolicy) {
 		l.warn(CodeDeprecated, "spec.targetRef", "targetRef is deprecated by Istio; use targetRefs")
 	}
 	action := strings.ToUpper(spec.Action)
+	l.allow = action == "" || action == "ALLOW"
 	if len(spec.Rules) == 0 && (action == "DENY" || action == "AUDIT" || action == "CUSTOM") {
 		l.warn(CodeNoEffect, "spec.rules", "a %s policy without rules matches no request and has no effect", action)
 	}
@@ -105,12 +114,13 @@ func (l *linter) operation(o *Operation, field string) {
 }
 
 // excluded warns about positive values that a negative value of the same
-// field excludes, and about a negative "*", which excludes every request.
+// field excludes, and, in ALLOW rules, about a negative "*", which excludes
+// every request that has the attribute while its absence refuses too.
 func (l *linter) excluded(pos, neg []string, field, posName, negName string, covers func(broad, narrow string) bool) {
 	for i, n := range neg {
-		if n == "*" {
+		if n == "*" && l.allow {
 			l.warn(CodeNeverMatches, fmt.Sprintf("%s.%s[%d]", field, negName, i),
-				"%s contains \"*\", which excludes every request: this never matches", negName)
+				"%s contains \"*\": in an ALLOW rule this excludes every request, so the rule never matches", negName)
 			return
 		}
 	}

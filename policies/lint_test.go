@@ -85,9 +85,13 @@ func TestLintAuthorizationPolicy(t *testing.T) {
 			p:    ap("", Rule{From: from(Source{Principals: list("td/ns/a/*"), NotPrincipals: list("*/sa/admin")})}),
 		},
 		{
-			name: "negative star excludes everything",
+			name: "negative star in an ALLOW rule excludes everything",
 			p:    ap("", Rule{To: to(Operation{NotPaths: list("*")})}),
 			want: []wantLint{{CodeNeverMatches, "spec.rules[0].to[0].operation.notPaths[0]", "excludes every request"}},
+		},
+		{
+			name: "negative star in a DENY rule is the deny-plaintext idiom",
+			p:    ap("DENY", Rule{From: from(Source{NotPrincipals: list("*")})}),
 		},
 		{
 			name: "lower-case method and relative path",
