@@ -138,6 +138,7 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 		}
 		a.Target.ID = id
 	}
+	a.Target.Labels = targetLabels(ac.GetDestination().GetLabels(), ext)
 	a.Target.Namespace = ext[wire.ContextNamespace]
 	a.Target.Service = ext[wire.ContextService]
 	a.Route = ext[wire.ContextRoute]
@@ -207,6 +208,30 @@ func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options
 	}
 	m.Identity = identity.Request{Peer: peer, Headers: rawHeaders{h}}
 	return m, nil
+}
+
+// ContextLabelPrefix prefixes context extensions that carry a label of the
+// destination workload ("meshguard.label.app": "reviews"), for Istio
+// selectors; they override destination.labels.
+const ContextLabelPrefix = "meshguard.label."
+
+func targetLabels(dest map[string]string, ext map[string]string) map[string]string {
+	var out map[string]string
+	if len(dest) > 0 {
+		out = make(map[string]string, len(dest))
+		for k, v := range dest {
+			out[k] = v
+		}
+	}
+	for k, v := range ext {
+		if name, ok := strings.CutPrefix(k, ContextLabelPrefix); ok && name != "" {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[name] = v
+		}
+	}
+	return out
 }
 
 func joinHeaderMap(hm *corev3.HeaderMap) map[string]string {

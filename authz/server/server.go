@@ -178,7 +178,7 @@ func (s *Server) decide(ctx context.Context, m *request.Mapped, mapErr error) (o
 		out.dec = policies.Deny(policies.ReasonDeniedInternal)
 		out.err = errors.New("engine returned a decision without a reason")
 	}
-	if out.dec.Allowed && out.dec.Reason.Denies() {
+	if out.dec.Allowed && out.dec.Reason.Denies() && !out.dec.WouldDeny {
 		out.dec = policies.Deny(policies.ReasonDeniedInternal)
 		out.err = errors.New("engine returned an allow with a deny reason")
 	}
