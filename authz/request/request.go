@@ -31,7 +31,16 @@ type Options struct {
 	// meshguard's wasm filter in front of ext_authz (which strips any
 	// client-sent value), so it names the route when no context extension does.
 	TrustRouteHeader bool
+	// TrustContextHeaders (HTTP mode only): the HTTP service's
+	// authorization_request.headers_to_add sets ContextHeaderPrefix+key for
+	// the context extension keys (Envoy overrides client-sent values of
+	// those names), since the HTTP mode has no context_extensions.
+	TrustContextHeaders bool
 }
+
+// ContextHeaderPrefix prefixes the headers that carry context extensions in
+// HTTP mode: "x-meshguard-ctx-meshguard.workload" and so on.
+const ContextHeaderPrefix = wire.HeaderPrefix + "ctx-"
 
 // Mapped is one request, ready for identity and decision.
 type Mapped struct {
@@ -130,19 +139,9 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 			a.Target.ID = id
 		}
 	}
-	ext := ac.GetContextExtensions()
-	if w := ext[wire.ContextWorkload]; w != "" {
-		id, err := spiffeid.FromString(w)
-		if err != nil {
-			return nil, fmt.Errorf("%w: context extension %s: %v", ErrInvalid, wire.ContextWorkload, err)
-		}
-		a.Target.ID = id
+	if err := m.applyContext(ac.GetContextExtensions(), ac.GetDestination().GetLabels()); err != nil {
+		return nil, err
 	}
-	a.Target.Labels = targetLabels(ac.GetDestination().GetLabels(), ext)
-	a.Target.Namespace = ext[wire.ContextNamespace]
-	a.Target.Service = ext[wire.ContextService]
-	a.Route = ext[wire.ContextRoute]
-	m.Scope = ext[wire.ContextPolicyScope]
 	if a.Route == "" && opts.TrustRouteHeader {
 		a.Route = names[wire.HeaderRoute]
 	}
@@ -198,7 +197,18 @@ func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options
 		a.SourceIP = ap.Addr().Unmap()
 		a.RemoteIP = a.SourceIP
 	}
-	if opts.TrustRouteHeader {
+	if opts.TrustContextHeaders {
+		ext := map[string]string{}
+		for k, v := range names {
+			if key, ok := strings.CutPrefix(k, ContextHeaderPrefix); ok {
+				ext[key] = v
+			}
+		}
+		if err := m.applyContext(ext, nil); err != nil {
+			return nil, err
+		}
+	}
+	if a.Route == "" && opts.TrustRouteHeader {
 		a.Route = names[wire.HeaderRoute]
 	}
 	for k := range names {
@@ -210,12 +220,41 @@ func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options
 	return m, nil
 }
 
+// applyContext maps context extensions (set per route by the control plane)
+// to the target and route.
+func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
+	a := &m.Attrs
+	if w := ext[wire.ContextWorkload]; w != "" {
+		id, err := spiffeid.FromString(w)
+		if err != nil {
+			return fmt.Errorf("%w: context extension %s: %v", ErrInvalid, wire.ContextWorkload, err)
+		}
+		a.Target.ID = id
+	}
+	a.Target.Labels = targetLabels(destLabels, ext)
+	a.Target.Namespace = ext[wire.ContextNamespace]
+	a.Target.Service = ext[wire.ContextService]
+	a.Route = ext[wire.ContextRoute]
+	m.Scope = ext[wire.ContextPolicyScope]
+	return nil
+}
+
 // ContextLabelPrefix prefixes context extensions that carry a label of the
 // destination workload ("meshguard.label.app": "reviews"), for Istio
 // selectors; they override destination.labels.
 const ContextLabelPrefix = "meshguard.label."
 
 func targetLabels(dest map[string]string, ext map[string]string) map[string]string {
+	extLabels := false
+	for k := range ext {
+		if strings.HasPrefix(k, ContextLabelPrefix) {
+			extLabels = true
+			break
+		}
+	}
+	if !extLabels {
+		return dest
+	}
 	var out map[string]string
 	if len(dest) > 0 {
 		out = make(map[string]string, len(dest))

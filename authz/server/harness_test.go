@@ -26,6 +26,7 @@ import (
 	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/authz/identity"
 	"github.com/meshguard/meshguard/authz/metrics"
+	"github.com/meshguard/meshguard/authz/request"
 	"github.com/meshguard/meshguard/internal/ca"
 	"github.com/meshguard/meshguard/policies"
 )
@@ -153,6 +154,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 		Log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics:     metrics.New(e.reg),
 		DecisionLog: dl,
+		Request:     request.Options{TrustContextHeaders: true},
 	}
 	for _, o := range opts {
 		o(&cfg, &icfg)
