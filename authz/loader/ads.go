@@ -34,8 +34,15 @@ type ADSSource struct {
 	Log  *slog.Logger
 	// MinBackoff and MaxBackoff bound reconnect delays (defaults 250ms, 30s).
 	MinBackoff, MaxBackoff time.Duration
+	// RepeatNACKDelay paces NACKs of a version that was already rejected
+	// (default 1s): a snapshot cache answers every NACK that carries the
+	// last good version by sending the bad version again.
+	RepeatNACKDelay time.Duration
 
 	acked string // last ACKed version, sent on reconnect
+	// rejected remembers the last NACKed version and why.
+	rejectedVersion string
+	rejectedErr     error
 }
 
 // Name implements Source.
@@ -109,10 +116,26 @@ func (a *ADSSource) stream(ctx context.Context, apply ApplyFunc) (progressed boo
 			}
 			continue
 		}
+		if v := resp.GetVersionInfo(); v != "" && v == a.rejectedVersion {
+			delay := a.RepeatNACKDelay
+			if delay <= 0 {
+				delay = time.Second
+			}
+			select {
+			case <-ctx.Done():
+				return progressed, ctx.Err()
+			case <-time.After(delay):
+			}
+			if err := st.Send(a.request(resp.GetNonce(), a.rejectedErr)); err != nil {
+				return progressed, fmt.Errorf("send ADS NACK: %w", err)
+			}
+			continue
+		}
 		b, derr := decodeResponse(resp)
 		origin := "ads version " + resp.GetVersionInfo()
 		aerr := apply(Update{Bundle: b, Err: derr, Origin: origin})
 		if aerr != nil {
+			a.rejectedVersion, a.rejectedErr = resp.GetVersionInfo(), aerr
 			a.Log.Warn("NACK policy bundle", slog.String("xds_version", resp.GetVersionInfo()), slog.String("error", aerr.Error()))
 			if err := st.Send(a.request(resp.GetNonce(), aerr)); err != nil {
 				return progressed, fmt.Errorf("send ADS NACK: %w", err)

@@ -117,44 +117,58 @@ func identityCases() []identityCase {
 	now := time.Now()
 	return []identityCase{
 		{
-			name:    "principal allowed, spoofed meshguard headers removed",
-			req:     func(t *testing.T, e *env) *authv3.CheckRequest { return withPrincipal(get("/api/items?id=1", map[string]string{"x-meshguard-source-id": idAdmin.String()}), idFrontend.String()) },
+			name: "principal allowed, spoofed meshguard headers removed",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items?id=1", map[string]string{"x-meshguard-source-id": idAdmin.String()}), idFrontend.String())
+			},
 			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idFrontend, removes: []string{"x-meshguard-source-id"},
 		},
 		{
-			name:   "principal not allowed to POST",
-			req:    func(t *testing.T, e *env) *authv3.CheckRequest { return withPrincipal(envoyRequest("POST", "/api/items", nil), idFrontend.String()) },
+			name: "principal not allowed to POST",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(envoyRequest("POST", "/api/items", nil), idFrontend.String())
+			},
 			reason: policies.ReasonDeniedNoMatch, source: idFrontend,
 		},
 		{
-			name:    "principal without URI SAN (DNS name) is not an identity",
-			req:     func(t *testing.T, e *env) *authv3.CheckRequest { return withPrincipal(get("/api/items", nil), "frontend.web.svc.cluster.local") },
+			name: "principal without URI SAN (DNS name) is not an identity",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", nil), "frontend.web.svc.cluster.local")
+			},
 			reason:  policies.ReasonDeniedNoMatch,
 			failure: "not_spiffe",
 		},
 		{
-			name:    "principal of another trust domain",
-			req:     func(t *testing.T, e *env) *authv3.CheckRequest { return withPrincipal(get("/api/items", nil), idEvil.String()) },
-			reason:  policies.ReasonDeniedIdentity, failure: "principal",
+			name: "principal of another trust domain",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", nil), idEvil.String())
+			},
+			reason: policies.ReasonDeniedIdentity, failure: "principal",
 		},
 		{
-			name:    "oversized principal",
-			req:     func(t *testing.T, e *env) *authv3.CheckRequest { return withPrincipal(get("/api/items", nil), "spiffe://prod.example/"+strings.Repeat("a", 3000)) },
-			reason:  policies.ReasonDeniedIdentity, failure: "principal",
+			name: "oversized principal",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", nil), "spiffe://prod.example/"+strings.Repeat("a", 3000))
+			},
+			reason: policies.ReasonDeniedIdentity, failure: "principal",
 		},
 		{
-			name:    "malformed principal",
-			req:     func(t *testing.T, e *env) *authv3.CheckRequest { return withPrincipal(get("/api/items", nil), "spiffe://prod.example/ns/../web/sa/frontend") },
-			reason:  policies.ReasonDeniedIdentity, failure: "principal",
+			name: "malformed principal",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", nil), "spiffe://prod.example/ns/../web/sa/frontend")
+			},
+			reason: policies.ReasonDeniedIdentity, failure: "principal",
 		},
 		{
-			name:    "principal with invalid UTF-8 is rejected by the transport",
-			req:     nil, // gRPC refuses invalid UTF-8 in string fields: covered in HTTP mode and the fuzz target
-			reason:  policies.ReasonDeniedIdentity,
+			name:   "principal with invalid UTF-8 is rejected by the transport",
+			req:    nil, // gRPC refuses invalid UTF-8 in string fields: covered in HTTP mode and the fuzz target
+			reason: policies.ReasonDeniedIdentity,
 		},
 		{
-			name:    "verified certificate",
-			req:     func(t *testing.T, e *env) *authv3.CheckRequest { return withCert(get("/api/items", nil), mustSVID(t, e.ca, idBatch)) },
+			name: "verified certificate",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(get("/api/items", nil), mustSVID(t, e.ca, idBatch))
+			},
 			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idBatch,
 		},
 		{
@@ -186,18 +200,24 @@ func identityCases() []identityCase {
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
-			name:   "certificate from another trust domain's CA",
-			req:    func(t *testing.T, e *env) *authv3.CheckRequest { return withCert(get("/api/items", nil), mustSVID(t, e.evil, idEvil)) },
+			name: "certificate from another trust domain's CA",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(get("/api/items", nil), mustSVID(t, e.evil, idEvil))
+			},
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
-			name:   "certificate for our trust domain signed by a foreign CA",
-			req:    func(t *testing.T, e *env) *authv3.CheckRequest { return withCert(get("/api/items", nil), mustSVID(t, e.evil, idBatch)) },
+			name: "certificate for our trust domain signed by a foreign CA",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(get("/api/items", nil), mustSVID(t, e.evil, idBatch))
+			},
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
-			name:   "CA certificate as leaf",
-			req:    func(t *testing.T, e *env) *authv3.CheckRequest { return withCert(get("/api/items", nil), mustSVID(t, e.ca, idBatch, ca.WithIsCA())) },
+			name: "CA certificate as leaf",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(get("/api/items", nil), mustSVID(t, e.ca, idBatch, ca.WithIsCA()))
+			},
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
@@ -222,8 +242,10 @@ func identityCases() []identityCase {
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
-			name:   "certificate that is not PEM",
-			req:    func(t *testing.T, e *env) *authv3.CheckRequest { return withCert(get("/api/items", nil), url.PathEscape("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")) },
+			name: "certificate that is not PEM",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(get("/api/items", nil), url.PathEscape("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+			},
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
@@ -383,8 +405,10 @@ func identityCases() []identityCase {
 			reason: policies.ReasonDeniedJWT, failure: "jwt",
 		},
 		{
-			name:   "Basic authorization is not a JWT-SVID",
-			req:    func(t *testing.T, e *env) *authv3.CheckRequest { return get("/api/items", map[string]string{"authorization": "Basic YWRtaW46YWRtaW4="}) },
+			name: "Basic authorization is not a JWT-SVID",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return get("/api/items", map[string]string{"authorization": "Basic YWRtaW46YWRtaW4="})
+			},
 			reason: policies.ReasonDeniedNoMatch,
 		},
 		{
