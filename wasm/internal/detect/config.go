@@ -156,20 +156,24 @@ type routeSettings struct {
 
 // Config is compiled detection configuration. Immutable; safe to share.
 type Config struct {
-	profiles   []profile
-	routes     map[string]*routeSettings
-	baseline   baseline
-	tuning     Tuning
-	generation uint32
+	profiles []profile
+	routes   map[string]*routeSettings
+	edges    EdgeOracle
+	baseline BaselineMode
+	tuning   Tuning
 }
 
-// NewConfig compiles the detection settings of set: its AnomalyProfiles,
-// TrafficBaselines and RouteOverrides. Every problem is reported at once.
-// A set without AnomalyProfiles gets one built-in profile that runs every
-// detector with the "log" response.
-func NewConfig(set *policies.Set, t Tuning) (*Config, error) {
+// NewConfig compiles the detection settings of set: its AnomalyProfiles and
+// RouteOverrides; edges (normally the snapshot compiled from the same set)
+// answers for its TrafficBaselines and may be nil. Every problem is
+// reported at once. A set without AnomalyProfiles gets one built-in profile
+// that runs every detector with the "log" response.
+func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
 	var errs []error
-	c := &Config{routes: map[string]*routeSettings{}, tuning: t}
+	c := &Config{routes: map[string]*routeSettings{}, tuning: t, edges: edges}
+	if edges != nil {
+		c.baseline = parseBaselineMode(edges.BaselineMode())
+	}
 	if c.tuning.Capacity <= 0 {
 		c.tuning.Capacity = DefaultCapacity
 	}
@@ -182,7 +186,14 @@ func NewConfig(set *policies.Set, t Tuning) (*Config, error) {
 	if c.tuning.Capacity > 1<<20 || c.tuning.EdgeCache > 1<<20 {
 		errs = append(errs, errors.New("detection capacity and edge cache are limited to 1048576"))
 	}
-	aps := set.AnomalyProfiles
+	// First match by (namespace, name), as policies.Snapshot.AnomalyProfile.
+	aps := slices.Clone(set.AnomalyProfiles)
+	slices.SortStableFunc(aps, func(a, b policies.AnomalyProfile) int {
+		if c := strings.Compare(a.Metadata.Namespace, b.Metadata.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Metadata.Name, b.Metadata.Name)
+	})
 	if len(aps) == 0 {
 		aps = []policies.AnomalyProfile{{
 			Metadata: policies.ObjectMeta{Name: "default"},
@@ -250,9 +261,6 @@ func NewConfig(set *policies.Set, t Tuning) (*Config, error) {
 		}
 		c.routes[ro.Route] = &rs
 	}
-	b, berrs := compileBaseline(set.TrafficBaselines)
-	errs = append(errs, berrs...)
-	c.baseline = b
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("detection settings: %w", err)
 	}

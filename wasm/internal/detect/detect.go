@@ -286,21 +286,21 @@ func (e *Engine) Observe(r *Request) Verdict {
 	if service == "" {
 		service = host
 	}
-	b := &e.cfg.baseline
-	if b.mode != BaselineNone && service != "" {
+	bmode := e.cfg.baseline
+	if bmode != BaselineNone && service != "" {
 		h := edgeHash(ent.id, service, r.Route)
 		es := &e.edges[(h>>20)&uint64(len(e.edges)-1)]
 		if es.hash != h || es.gen != e.gen {
-			*es = edgeSlot{hash: h, gen: e.gen, known: b.known(r.Source, service, r.Route)}
+			*es = edgeSlot{hash: h, gen: e.gen, known: knownEdge(e.cfg.edges, r.Source, service, r.Route)}
 		}
-		if !es.reported && (!es.known || b.mode == BaselineLearn) {
+		if !es.reported && (!es.known || bmode == BaselineLearn) {
 			es.reported = true
-			v.Edge = Edge{Report: true, Known: es.known, Dest: service, Mode: b.mode}
+			v.Edge = Edge{Report: true, Known: es.known, Dest: service, Mode: bmode}
 			if !es.known {
 				ent.newEdges++
 			}
 		}
-		if !es.known && b.mode == BaselineEnforce {
+		if !es.known && bmode == BaselineEnforce {
 			v.deny(mode, 403, policies.ReasonDeniedBaseline, DetLateral)
 		}
 	}
@@ -361,7 +361,7 @@ func (e *Engine) Observe(r *Request) Verdict {
 			}
 		}
 	}
-	if p.lateral && b.mode >= BaselineShadow && ent.newEdges > p.maxNewEdges && ent.enumFired&firedLateral == 0 {
+	if p.lateral && bmode >= BaselineShadow && ent.newEdges > p.maxNewEdges && ent.enumFired&firedLateral == 0 {
 		ent.enumFired |= firedLateral
 		e.fire(&v, ent, p, rs, DetLateral, float64(ent.newEdges), uint64(ent.newEdges), "unknown_edges", now)
 	}

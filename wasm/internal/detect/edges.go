@@ -1,8 +1,6 @@
 package detect
 
 import (
-	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/meshguard/meshguard/policies"
@@ -32,83 +30,39 @@ func (m BaselineMode) String() string {
 	return "none"
 }
 
-type baselineEdge struct {
-	source idPattern
-	routes []string // empty: any route
+// EdgeOracle answers whether an edge is in the bundle's TrafficBaselines.
+// *policies.Snapshot implements it, so the filter and the authz server read
+// the baseline the same way.
+type EdgeOracle interface {
+	BaselineMode() string
+	KnownEdge(source spiffeid.ID, destination, route string) bool
 }
 
-type baseline struct {
-	mode   BaselineMode
-	byDest map[string][]baselineEdge
-}
-
-func compileBaseline(tbs []policies.TrafficBaseline) (baseline, []error) {
-	var errs []error
-	b := baseline{byDest: map[string][]baselineEdge{}}
-	for i := range tbs {
-		where := "TrafficBaseline " + qualified(tbs[i].Metadata)
-		var m BaselineMode
-		switch tbs[i].Spec.Mode {
-		case policies.BaselineLearn:
-			m = BaselineLearn
-		case policies.BaselineShadow:
-			m = BaselineShadow
-		case policies.BaselineEnforce:
-			m = BaselineEnforce
-		default:
-			errs = append(errs, fmt.Errorf("%s: mode %q: want learn, shadow or enforce", where, tbs[i].Spec.Mode))
-		}
-		b.mode = max(b.mode, m)
-		for j, e := range tbs[i].Spec.Edges {
-			p, err := parseIDPattern(e.Source)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: edges[%d]: %w", where, j, err))
-				continue
-			}
-			d := strings.ToLower(strings.TrimSuffix(e.Destination, "."))
-			if d == "" || strings.ContainsAny(d, "/ ") {
-				errs = append(errs, fmt.Errorf("%s: edges[%d]: destination %q is not a service name", where, j, e.Destination))
-				continue
-			}
-			b.byDest[d] = append(b.byDest[d], baselineEdge{source: p, routes: e.Routes})
-		}
+func parseBaselineMode(s string) BaselineMode {
+	switch s {
+	case policies.BaselineLearn:
+		return BaselineLearn
+	case policies.BaselineShadow:
+		return BaselineShadow
+	case policies.BaselineEnforce:
+		return BaselineEnforce
 	}
-	if len(errs) > 0 {
-		return b, []error{errors.Join(errs...)}
-	}
-	return b, nil
+	return BaselineNone
 }
 
-// known reports whether source → dest → route is in the baseline. dest is a
-// host name; "reviews.default.svc.cluster.local" also matches baseline
-// destinations "reviews.default" and "reviews".
-func (b *baseline) known(src spiffeid.ID, dest, route string) bool {
-	if b.lookup(src, dest, route) {
+// knownEdge asks the oracle about dest as given and, for a Kubernetes service
+// host such as "reviews.default.svc.cluster.local", also about
+// "reviews.default" and "reviews", the forms baselines are written in.
+func knownEdge(o EdgeOracle, src spiffeid.ID, dest, route string) bool {
+	if o.KnownEdge(src, dest, route) {
 		return true
 	}
 	if i := strings.Index(dest, ".svc"); i > 0 {
-		if b.lookup(src, dest[:i], route) {
+		if o.KnownEdge(src, dest[:i], route) {
 			return true
 		}
 		if j := indexByte(dest, '.'); j > 0 && j < i {
-			return b.lookup(src, dest[:j], route)
-		}
-	}
-	return false
-}
-
-func (b *baseline) lookup(src spiffeid.ID, dest, route string) bool {
-	for _, e := range b.byDest[dest] {
-		if !e.source.match(src) {
-			continue
-		}
-		if len(e.routes) == 0 {
-			return true
-		}
-		for _, r := range e.routes {
-			if r == route {
-				return true
-			}
+			return o.KnownEdge(src, dest[:j], route)
 		}
 	}
 	return false

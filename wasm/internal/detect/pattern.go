@@ -7,28 +7,24 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// idPattern matches SPIFFE IDs. Forms: "*" (any identity), an exact ID,
-// "spiffe://td" (every ID of a trust domain) and path-segment globs where a
-// "*" segment matches exactly one segment ("spiffe://td/ns/*/sa/web") and a
-// trailing "**" segment matches any remainder.
+// idPattern matches SPIFFE IDs with the policies package's syntax: an exact
+// ID, "spiffe://td" (every ID of a trust domain) and path-segment globs where
+// a "*" segment matches exactly one segment ("spiffe://td/ns/*/sa/web") and a
+// trailing "**" matches one or more segments.
 type idPattern struct {
-	any      bool
 	td       string   // trust domain name
 	segments []string // nil: the whole trust domain
 	rest     bool     // trailing "**"
 }
 
 func parseIDPattern(s string) (idPattern, error) {
-	if s == "*" {
-		return idPattern{any: true}, nil
-	}
 	const scheme = "spiffe://"
 	if !strings.HasPrefix(s, scheme) {
-		return idPattern{}, fmt.Errorf("identity pattern %q: want spiffe://trust-domain[/path] or *", s)
+		return idPattern{}, fmt.Errorf("identity pattern %q: want spiffe://trust-domain[/path]", s)
 	}
 	rest := s[len(scheme):]
 	td, path, hasPath := strings.Cut(rest, "/")
-	if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil || td == "" {
 		return idPattern{}, fmt.Errorf("identity pattern %q: %w", s, err)
 	}
 	p := idPattern{td: td}
@@ -38,23 +34,19 @@ func parseIDPattern(s string) (idPattern, error) {
 	segs := strings.Split(path, "/")
 	for i, seg := range segs {
 		switch {
-		case seg == "":
-			return idPattern{}, fmt.Errorf("identity pattern %q: empty path segment", s)
 		case seg == "**":
 			if i != len(segs)-1 {
 				return idPattern{}, fmt.Errorf("identity pattern %q: ** only as the last segment", s)
 			}
 			p.rest = true
 			segs = segs[:i]
-		case seg != "*" && strings.Contains(seg, "*"):
+		case seg == "*":
+		case strings.Contains(seg, "*"):
 			return idPattern{}, fmt.Errorf("identity pattern %q: * must be a whole segment", s)
-		}
-	}
-	if !p.rest {
-		// Check that the literal form is a valid SPIFFE ID so typos surface at load.
-		lit := strings.ReplaceAll(path, "*", "x")
-		if _, err := spiffeid.FromString(scheme + td + "/" + lit); err != nil {
-			return idPattern{}, fmt.Errorf("identity pattern %q: %w", s, err)
+		default:
+			if err := spiffeid.ValidatePathSegment(seg); err != nil {
+				return idPattern{}, fmt.Errorf("identity pattern %q: segment %q: %w", s, seg, err)
+			}
 		}
 	}
 	p.segments = segs
@@ -69,9 +61,6 @@ func parseIDPattern(s string) (idPattern, error) {
 func (p *idPattern) match(id spiffeid.ID) bool {
 	if id.IsZero() {
 		return false
-	}
-	if p.any {
-		return true
 	}
 	if id.TrustDomain().Name() != p.td {
 		return false
@@ -95,7 +84,7 @@ func (p *idPattern) match(id spiffeid.ID) bool {
 		path = path[end:]
 	}
 	if p.rest {
-		return true
+		return len(path) > 1 // at least one more segment
 	}
 	return len(path) == 0
 }
