@@ -605,3 +605,12 @@ func (e *Engine) sensitive(p *profile, host string, dst netip.Addr) bool {
 	}
 	return false
 }
+
+// Key is the caller's identity key (see IdentityKey).
+func (r Ref) Key() uint64 { return r.key }
+
+// WantsStatus reports whether the response status of the request matters
+// to a detector, so the filter can skip reading it otherwise.
+func (e *Engine) WantsStatus(ref Ref) bool {
+	return ref.key != 0 && ref.prof >= 0 && int(ref.prof) < len(e.cfg.profiles) && e.cfg.profiles[ref.prof].errors
+}
