@@ -56,8 +56,13 @@ type Plugin struct {
 }
 
 // NewPlugin returns a plugin without configuration; it denies every
-// request until Configure succeeds.
-func (vm *VM) NewPlugin() *Plugin { return &Plugin{vm: vm} }
+// request until Configure succeeds. Metrics are defined again: a proxy
+// returns the existing metric for a name it knows, and a host that lost
+// them (a restarted emulator) gets them back.
+func (vm *VM) NewPlugin() *Plugin {
+	vm.m = newMetrics(vm.host)
+	return &Plugin{vm: vm}
+}
 
 // Configure parses and installs a configuration. On error the previous
 // configuration (if any) stays in force and the error is logged.

@@ -32,6 +32,9 @@ var All = []Scenario{
 
 func allowed(t *testing.T, d Driver) {
 	mustStart(t, d, Options{})
+	// Without mTLS required, a plaintext caller is anonymous and the ALLOW
+	// policy (trust domain callers) does not admit it.
+	wantDenied(t, d.Do(t, get("", "orders-api", "/api/orders/1")), 403, policies.ReasonDeniedNoMatch)
 	r := d.Do(t, get(Web, "orders-api", "/api/orders/1"))
 	wantForwarded(t, r)
 	for name, want := range map[string]string{
@@ -43,10 +46,6 @@ func allowed(t *testing.T, d Driver) {
 			t.Errorf("upstream %s = %q (%d times), want %q once", name, got, n, want)
 		}
 	}
-	// Without mTLS required, a plaintext caller is anonymous and the ALLOW
-	// policy (trust domain callers) does not admit it.
-	anon := get("", "orders-api", "/api/orders/1")
-	wantDenied(t, d.Do(t, anon), 403, policies.ReasonDeniedNoMatch)
 }
 
 func deniedByIdentity(t *testing.T, d Driver) {
