@@ -20,29 +20,25 @@ type StreamInfo struct {
 	RouteName string
 }
 
-// LocalReply is a response a filter sends instead of forwarding the request.
-type LocalReply struct {
+// Reply is an HTTP response inside the chain.
+type Reply struct {
 	Status  int
-	Headers [][2]string
+	Headers [][2]string // lowercase, without :status
 	Body    []byte
 }
 
-// Filter is an HTTP filter placed before ext_authz in the chain. meshguard's
-// wasm filter running in the wazero host implements it (see WasmFilter).
-type Filter interface {
-	// NewStream starts one request's filter stream.
-	NewStream(ctx context.Context, info StreamInfo) (FilterStream, error)
-}
+// Next is the rest of the filter chain (ext_authz, then the router): it
+// receives the request as the filter left it.
+type Next func(ctx context.Context, headers [][2]string, body []byte) Reply
 
-// FilterStream is one request through a Filter.
-type FilterStream interface {
-	// RequestHeaders runs the filter on the request headers (pseudo-headers
-	// first, lowercase names, one entry per value). It returns the headers
-	// to continue with, or a local reply.
-	RequestHeaders(headers [][2]string) ([][2]string, *LocalReply, error)
-	// ResponseHeaders runs the filter on the response headers (":status"
-	// first).
-	ResponseHeaders(headers [][2]string) ([][2]string, error)
-	// Done ends the stream (proxy_on_log, proxy_on_done, proxy_on_delete).
-	Done()
+// Filter is an HTTP filter placed before ext_authz in the chain.
+// meshguard's wasm filter running in the wazero proxy-wasm host implements
+// it (WasmFilter).
+type Filter interface {
+	// Handle runs one request through the filter. headers are Envoy's
+	// request header map: pseudo-headers first, lowercase names, one entry
+	// per value. The filter calls next unless it answers locally; local
+	// reports that it did. The reply is what the client receives, after
+	// the filter's response callbacks.
+	Handle(ctx context.Context, info StreamInfo, headers [][2]string, body []byte, next Next) (reply Reply, local bool, err error)
 }

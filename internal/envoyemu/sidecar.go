@@ -1,6 +1,7 @@
 package envoyemu
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -14,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"sort"
 	"strconv"
@@ -100,12 +100,12 @@ const (
 
 // Sidecar is an Envoy-emulating inbound listener for one workload.
 type Sidecar struct {
-	cfg    Config
-	proxy  *httputil.ReverseProxy
-	srv    *http.Server
-	ln     net.Listener
-	nextID atomic.Uint64
-	log    *slog.Logger
+	cfg      Config
+	upstream *http.Client
+	srv      *http.Server
+	ln       net.Listener
+	nextID   atomic.Uint64
+	log      *slog.Logger
 }
 
 // New validates cfg and returns a sidecar; Serve starts it.
@@ -135,16 +135,9 @@ func New(cfg Config) (*Sidecar, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger.With("workload", cfg.Name)}
-	s.proxy = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(cfg.Upstream)
-			pr.Out.Host = pr.In.Host
-		},
-		Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			s.log.Warn("upstream error", "error", err)
-			w.WriteHeader(http.StatusServiceUnavailable)
-		},
+	s.upstream = &http.Client{
+		Transport:     &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return s, nil
 }
@@ -190,6 +183,10 @@ func (s *Sidecar) route(path string) (Route, bool) {
 	return Route{}, false
 }
 
+// maxBody bounds the request and upstream response bodies the emulator
+// buffers (Envoy buffers for filters that ask for the body).
+const maxBody = 1 << 20
+
 // ServeHTTP handles one request on the inbound listener.
 func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -215,8 +212,14 @@ func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	out.Source = info.PeerURISAN
 
-	// The connection manager: Envoy generates x-request-id (when absent
-	// from an untrusted client it is replaced) and sets x-forwarded-proto.
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil || len(body) > maxBody {
+		out.Status, out.Reason = http.StatusRequestEntityTooLarge, "request body unreadable or too large"
+		w.WriteHeader(out.Status)
+		return
+	}
+	// The connection manager: Envoy generates x-request-id and sets
+	// x-forwarded-proto.
 	reqID := newRequestID()
 	headers := requestHeaders(r, reqID)
 	rt, ok := s.route(r.RequestURI)
@@ -227,95 +230,96 @@ func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	info.RouteName, out.Route = rt.Name, rt.Name
 
-	var fs FilterStream
+	// The rest of the chain after the filter: ext_authz, then the router.
+	var deniedBy, reason string
+	next := func(ctx context.Context, hs [][2]string, body []byte) Reply {
+		if s.cfg.Authz != nil && !rt.DisableExtAuthz {
+			req := s.checkRequest(r, info, peer, hs, rt, reqID, len(body))
+			actx, cancel := context.WithTimeout(ctx, s.cfg.AuthzTimeout)
+			resp, err := s.cfg.Authz.Check(actx, req)
+			cancel()
+			if err != nil {
+				// failure_mode_allow: false.
+				deniedBy, reason = DeniedAuthzError, err.Error()
+				return Reply{Status: s.cfg.StatusOnError}
+			}
+			if codes.Code(resp.GetStatus().GetCode()) != codes.OK {
+				status, dh, dbody := deniedReply(resp)
+				deniedBy, reason = DeniedByAuthz, headerValue(dh, "x-meshguard-reason")
+				return Reply{Status: status, Headers: dh, Body: []byte(dbody)}
+			}
+			hs = applyOK(hs, resp.GetOkResponse())
+		}
+		return s.forward(ctx, info, peer, hs, body)
+	}
+
+	var reply Reply
 	if s.cfg.Filter != nil {
-		var err error
-		fs, err = s.cfg.Filter.NewStream(r.Context(), info)
-		if err != nil {
-			// A filter that cannot run fails the request closed (Envoy's
-			// wasm fail_open=false).
-			s.log.Error("filter stream", "error", err)
-			out.Status, out.DeniedBy, out.Reason = http.StatusServiceUnavailable, DeniedFilterErr, err.Error()
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
+		var local bool
+		reply, local, err = s.cfg.Filter.Handle(r.Context(), info, headers, body, next)
+		switch {
+		case err != nil:
+			// A filter that fails fails the request closed (Envoy's wasm
+			// fail_open=false).
+			s.log.Error("filter", "error", err)
+			reply = Reply{Status: http.StatusServiceUnavailable}
+			deniedBy, reason = DeniedFilterErr, err.Error()
+		case local && deniedBy == "":
+			deniedBy, reason = DeniedByFilter, headerValue(reply.Headers, "x-meshguard-reason")
 		}
-		defer fs.Done()
-		hs, local, err := fs.RequestHeaders(headers)
-		if err != nil {
-			s.log.Error("filter request headers", "error", err)
-			out.Status, out.DeniedBy, out.Reason = http.StatusServiceUnavailable, DeniedFilterErr, err.Error()
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		if local != nil {
-			out.Status, out.DeniedBy, out.Reason = local.Status, DeniedByFilter, headerValue(local.Headers, "x-meshguard-reason")
-			writeReply(w, local.Status, local.Headers, local.Body)
-			return
-		}
-		headers = hs
+	} else {
+		reply = next(r.Context(), headers, body)
 	}
+	out.Status, out.DeniedBy, out.Reason = reply.Status, deniedBy, reason
+	writeReply(w, reply.Status, reply.Headers, reply.Body)
+}
 
-	if s.cfg.Authz != nil && !rt.DisableExtAuthz {
-		req := s.checkRequest(r, info, peer, headers, rt, reqID)
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.AuthzTimeout)
-		resp, err := s.cfg.Authz.Check(ctx, req)
-		cancel()
-		if err != nil {
-			// failure_mode_allow: false.
-			out.Status, out.DeniedBy, out.Reason = s.cfg.StatusOnError, DeniedAuthzError, err.Error()
-			s.respond(w, fs, s.cfg.StatusOnError, nil, nil)
-			return
-		}
-		if codes.Code(resp.GetStatus().GetCode()) != codes.OK {
-			status, hs, body := deniedReply(resp)
-			out.Status, out.DeniedBy, out.Reason = status, DeniedByAuthz, headerValue(hs, "x-meshguard-reason")
-			s.respond(w, fs, status, hs, []byte(body))
-			return
-		}
-		headers = applyOK(headers, resp.GetOkResponse())
+// forward is the router: it sends the request to the upstream application
+// with x-forwarded-client-cert set and buffers the response.
+func (s *Sidecar) forward(ctx context.Context, info StreamInfo, peer *x509.Certificate, hs [][2]string, body []byte) Reply {
+	method, _ := pseudo(hs, ":method")
+	path, _ := pseudo(hs, ":path")
+	host, _ := pseudo(hs, ":authority")
+	u := *s.cfg.Upstream
+	ref, err := url.ParseRequestURI(path)
+	if err != nil {
+		return Reply{Status: http.StatusBadRequest}
 	}
-
-	// Forward upstream with the (possibly rewritten) headers.
-	fwd := r.Clone(r.Context())
-	fwd.Header = make(http.Header)
-	for _, kv := range headers {
-		if strings.HasPrefix(kv[0], ":") {
+	u.Path, u.RawPath, u.RawQuery = ref.Path, ref.RawPath, ref.RawQuery
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
+	if err != nil {
+		return Reply{Status: http.StatusBadRequest}
+	}
+	req.Host = host
+	for _, kv := range hs {
+		if strings.HasPrefix(kv[0], ":") || kv[0] == "host" {
 			continue
 		}
-		fwd.Header.Add(kv[0], kv[1])
-	}
-	if h, ok := pseudo(headers, ":path"); ok && h != r.RequestURI {
-		if u, err := url.ParseRequestURI(h); err == nil {
-			fwd.URL.Path, fwd.URL.RawPath, fwd.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
-		}
+		req.Header.Add(kv[0], kv[1])
 	}
 	if peer != nil {
-		// Istio's forward_client_cert_details: SANITIZE_SET.
+		// Istio's forward_client_cert_details SANITIZE_SET.
 		sum := sha256.Sum256(peer.Raw)
-		fwd.Header.Set("x-forwarded-client-cert", fmt.Sprintf("By=%s;Hash=%s;URI=%s", info.LocalURISAN, hex.EncodeToString(sum[:]), info.PeerURISAN))
+		req.Header.Set("x-forwarded-client-cert", fmt.Sprintf("By=%s;Hash=%s;URI=%s", info.LocalURISAN, hex.EncodeToString(sum[:]), info.PeerURISAN))
 	}
-	rec := &statusRecorder{ResponseWriter: w, fs: fs}
-	s.proxy.ServeHTTP(rec, fwd)
-	out.Status = rec.status
-	if out.Status == 0 {
-		out.Status = http.StatusOK
+	resp, err := s.upstream.Do(req)
+	if err != nil {
+		s.log.Warn("upstream error", "error", err)
+		return Reply{Status: http.StatusServiceUnavailable}
 	}
-}
-
-// respond sends a reply produced by ext_authz or an error, passing its
-// headers through the filter first (Envoy encodes local replies through the
-// filters before the one that sent them).
-func (s *Sidecar) respond(w http.ResponseWriter, fs FilterStream, status int, hs [][2]string, body []byte) {
-	if fs != nil {
-		rh := append([][2]string{{":status", strconv.Itoa(status)}}, hs...)
-		if out, err := fs.ResponseHeaders(rh); err == nil {
-			hs = dropPseudo(out)
+	defer resp.Body.Close()
+	rbody, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	var rh [][2]string
+	for k, vs := range resp.Header {
+		for _, v := range vs {
+			rh = append(rh, [2]string{strings.ToLower(k), v})
 		}
 	}
-	writeReply(w, status, hs, body)
+	sort.SliceStable(rh, func(i, j int) bool { return rh[i][0] < rh[j][0] })
+	return Reply{Status: resp.StatusCode, Headers: rh, Body: rbody}
 }
 
-func (s *Sidecar) checkRequest(r *http.Request, info StreamInfo, peer *x509.Certificate, headers [][2]string, rt Route, reqID string) *authv3.CheckRequest {
+func (s *Sidecar) checkRequest(r *http.Request, info StreamInfo, peer *x509.Certificate, headers [][2]string, rt Route, reqID string, bodyLen int) *authv3.CheckRequest {
 	hm := make(map[string]string, len(headers))
 	for _, kv := range headers {
 		if v, ok := hm[kv[0]]; ok {
@@ -332,10 +336,7 @@ func (s *Sidecar) checkRequest(r *http.Request, info StreamInfo, peer *x509.Cert
 	if r.ProtoMajor == 2 {
 		proto = "HTTP/2"
 	}
-	size := r.ContentLength
-	if size < 0 {
-		size = -1
-	}
+	size := int64(bodyLen)
 	var ext map[string]string
 	if len(rt.ContextExtensions) > 0 {
 		ext = make(map[string]string, len(rt.ContextExtensions))
@@ -531,46 +532,6 @@ func writeReply(w http.ResponseWriter, status int, hs [][2]string, body []byte) 
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
-}
-
-// statusRecorder passes the upstream's response headers through the filter
-// before they are written.
-type statusRecorder struct {
-	http.ResponseWriter
-	fs     FilterStream
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.status != 0 {
-		return
-	}
-	r.status = code
-	if r.fs != nil {
-		hs := [][2]string{{":status", strconv.Itoa(code)}}
-		for k, vs := range r.Header() {
-			for _, v := range vs {
-				hs = append(hs, [2]string{strings.ToLower(k), v})
-			}
-		}
-		if out, err := r.fs.ResponseHeaders(hs); err == nil {
-			h := r.Header()
-			for k := range h {
-				delete(h, k)
-			}
-			for _, kv := range dropPseudo(out) {
-				h.Add(kv[0], kv[1])
-			}
-		}
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.WriteHeader(http.StatusOK)
-	}
-	return r.ResponseWriter.Write(b)
 }
 
 func newRequestID() string {

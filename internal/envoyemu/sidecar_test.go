@@ -122,29 +122,22 @@ func (f *fakeAuthz) last() *authv3.CheckRequest {
 	return f.reqs[len(f.reqs)-1]
 }
 
+// denyFilter stands in for the wasm filter in these unit tests: it answers
+// paths under its prefix locally and strips client-sent x-meshguard-*.
 type denyFilter struct{ path string }
 
-func (d denyFilter) NewStream(context.Context, StreamInfo) (FilterStream, error) {
-	return &denyStream{path: d.path}, nil
-}
-
-type denyStream struct{ path string }
-
-func (d *denyStream) RequestHeaders(hs [][2]string) ([][2]string, *LocalReply, error) {
+func (d denyFilter) Handle(ctx context.Context, _ StreamInfo, hs [][2]string, body []byte, next Next) (Reply, bool, error) {
 	if p, _ := pseudo(hs, ":path"); strings.HasPrefix(p, d.path) {
-		return nil, &LocalReply{Status: 403, Headers: [][2]string{{"x-meshguard-reason", "denied_unknown_edge"}}}, nil
+		return Reply{Status: 403, Headers: [][2]string{{"x-meshguard-reason", "denied_unknown_edge"}}}, true, nil
 	}
-	// Strip client-sent x-meshguard-* as the real filter does.
 	out := hs[:0:0]
 	for _, kv := range hs {
 		if !strings.HasPrefix(kv[0], "x-meshguard-") {
 			out = append(out, kv)
 		}
 	}
-	return out, nil, nil
+	return next(ctx, out, body), false, nil
 }
-func (d *denyStream) ResponseHeaders(hs [][2]string) ([][2]string, error) { return hs, nil }
-func (d *denyStream) Done()                                               {}
 
 func TestSidecar(t *testing.T) {
 	ca := newTestCA(t, "test.example")
