@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/meshguard/meshguard/wasm/host"
 )
 
@@ -635,5 +638,34 @@ func TestInjectedClock(t *testing.T) {
 	mu.Unlock()
 	if d := time.Until(now()); d < 48*time.Hour+9*time.Minute {
 		t.Errorf("guest clock did not follow a step of the injected clock: %v ahead", d)
+	}
+}
+
+func TestPrometheusCollector(t *testing.T) {
+	h := newHost(t, "abitest", host.Config{})
+	for range 3 {
+		mustHandle(t, h.Worker(0), get("none"), nil)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(h.Metrics().Collector(prometheus.Labels{"pod": "p1"})); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf
+	}
+	if c := got["abitest_requests_total"]; c == nil || c.GetMetric()[0].GetCounter().GetValue() != 3 ||
+		c.GetMetric()[0].GetLabel()[0].GetValue() != "p1" {
+		t.Errorf("counter family = %v", c)
+	}
+	if s := got["abitest_request_headers"]; s == nil || s.GetMetric()[0].GetSummary().GetSampleCount() != 3 {
+		t.Errorf("histogram family = %v", s)
+	}
+	if g := got["abitest_inflight"]; g == nil || g.GetType() != dto.MetricType_GAUGE {
+		t.Errorf("gauge family = %v", g)
 	}
 }
