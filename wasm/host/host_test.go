@@ -589,7 +589,7 @@ func TestNoopFilterAndMemoryStats(t *testing.T) {
 			t.Errorf("vm %d memory = %d", i, m)
 		}
 	}
-	rep, err := h.RunLoad(context.Background(), host.LoadOptions{Requests: 200, Concurrency: 4})
+	rep, err := h.RunLoad(context.Background(), host.LoadOptions{Requests: 50, Concurrency: 2})
 	if err != nil || rep.Errors != 0 || rep.NsPerRequest <= 0 || len(rep.GuestMemoryBytes) != 2 {
 		t.Errorf("RunLoad = %+v, %v", rep, err)
 	}
