@@ -266,15 +266,15 @@ policy test case) and/or from flags; flags override the file.`,
 }
 
 func printExplain(w io.Writer, d policies.Decision, tr policies.Trace, locs map[string]policies.Location) {
-	verdict := "DENY"
-	if d.Allowed {
-		verdict = "ALLOW"
+	switch {
+	case d.WouldDeny:
+		fmt.Fprintf(w, "decision: ALLOW (dry-run; enforced, it would be denied: %s)\n", d.Reason)
+	case d.Allowed:
+		fmt.Fprintf(w, "decision: ALLOW (%s)\n", d.Reason)
+	default:
+		fmt.Fprintf(w, "decision: DENY (%s)\n", d.Reason)
 	}
-	fmt.Fprintf(w, "decision: %s (%s)\n", verdict, d.Reason)
 	fmt.Fprintf(w, "mode:     %s\n", d.Mode)
-	if d.WouldDeny {
-		fmt.Fprintf(w, "          dry-run: this request would be denied when enforced\n")
-	}
 	if !d.Ref.IsZero() {
 		ref := d.Ref.Policy
 		if d.Ref.Rule != "" {
