@@ -161,6 +161,8 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 		}
 	}
 	forEachBucket(s, buildBucket)
+	forEachScope(s, (*scope).indexSelectors)
+	forEachScope(s, (*scope).indexPatterns)
 	s.nrules = c.ord
 	return s, c.diags
 }
@@ -183,6 +185,13 @@ func forEachBucket(s *Snapshot, f func(*bucket)) {
 	visit(&s.mesh)
 	for _, sc := range s.namespaces {
 		visit(sc)
+	}
+}
+
+func forEachScope(s *Snapshot, f func(*scope)) {
+	f(&s.mesh)
+	for _, sc := range s.namespaces {
+		f(sc)
 	}
 }
 
