@@ -282,3 +282,38 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsExamples keeps docs/policies.md truthful: every YAML example in it
+// lints clean, and its test-file example passes against the examples.
+func TestDocsExamples(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/policies.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(doc), "```yaml\n")[1:]
+	if len(blocks) < 8 {
+		t.Fatalf("only %d YAML examples in docs/policies.md", len(blocks))
+	}
+	tested := false
+	for i, b := range blocks {
+		b = b[:strings.Index(b, "```")]
+		if strings.HasPrefix(b, "- name:") {
+			file := filepath.Join(t.TempDir(), "doc-tests.yaml")
+			if err := os.WriteFile(file, []byte(b), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code := run(t, "", "policy", "test", examplePolicies, "--tests", file)
+			if code != 0 {
+				t.Errorf("test-file example: exit %d\n%s%s", code, out, errOut)
+			}
+			tested = true
+			continue
+		}
+		if out, _, code := run(t, b, "policy", "lint", "--warnings-as-errors", "-"); code != 0 {
+			t.Errorf("YAML example %d does not lint clean:\n%s\n%s", i, b, out)
+		}
+	}
+	if !tested {
+		t.Error("no test-file example found")
+	}
+}
