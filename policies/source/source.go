@@ -100,12 +100,19 @@ func load(fsys fileSystem, paths []string) (policies.Set, policies.Diagnostics, 
 	if len(paths) == 0 {
 		return policies.Set{}, nil, errors.New("source: no paths given")
 	}
+	seen := map[string]bool{}
 	for _, p := range paths {
 		files, err := collect(fsys, p)
 		if err != nil {
 			return policies.Set{}, nil, err
 		}
 		for _, f := range files {
+			// a file reached twice (a directory and a file in it) is read once
+			k := path.Clean(filepath.ToSlash(f))
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
 			data, err := readLimited(fsys, f)
 			if errors.Is(err, errTooLarge) {
 				r.tooLarge(f)

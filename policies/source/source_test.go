@@ -387,6 +387,10 @@ func TestLoadDirectory(t *testing.T) {
 	if len(set.AuthorizationPolicies) != 1 || len(set.DefaultDenies) != 1 {
 		t.Fatalf("set = %+v", set)
 	}
+	// a file named again, directly, is not read twice
+	if set2, diags2, err := Load(dir, filepath.Join(dir, "a.yaml"), dir+"/"); err != nil || len(diags2.Errors()) != 1 || len(set2.AuthorizationPolicies) != 1 {
+		t.Fatalf("overlapping paths: %v\n%s", err, dump(diags2))
+	}
 	if _, _, err := Load(filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("Load of a missing path succeeded")
 	}
