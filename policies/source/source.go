@@ -55,8 +55,9 @@ const DefaultNamespace = "default"
 
 // Load reads the given files and directories from the operating system.
 // Directories are walked recursively for *.yaml and *.yml files (hidden
-// directories are skipped); files named explicitly are read whatever their
-// extension. The error is only for paths that cannot be read; problems in
+// directories are skipped; symbolic links to files are followed, so that a
+// mounted Kubernetes ConfigMap reads as its keys); files named explicitly are
+// read whatever their extension. The error is only for paths that cannot be read; problems in
 // the documents are Diagnostics.
 func Load(paths ...string) (policies.Set, policies.Diagnostics, error) {
 	return load(osFS{}, paths)
@@ -148,7 +149,17 @@ func collect(fsys fileSystem, p string) ([]string, error) {
 			}
 			return nil
 		}
-		if ext := strings.ToLower(path.Ext(d.Name())); (ext == ".yaml" || ext == ".yml") && d.Type().IsRegular() {
+		if ext := strings.ToLower(path.Ext(d.Name())); ext != ".yaml" && ext != ".yml" {
+			return nil
+		}
+		regular := d.Type().IsRegular()
+		if d.Type()&fs.ModeSymlink != 0 {
+			// Kubernetes mounts ConfigMap keys as symlinks into a hidden
+			// ..data directory: follow links to files, not to directories.
+			info, err := fsys.stat(name)
+			regular = err == nil && info.Mode().IsRegular()
+		}
+		if regular {
 			files = append(files, name)
 		}
 		return nil

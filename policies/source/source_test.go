@@ -400,6 +400,36 @@ func TestLoadDirectory(t *testing.T) {
 	}
 }
 
+// TestLoadConfigMapMount reads a directory laid out as Kubernetes mounts a
+// ConfigMap: keys are symlinks through ..data into a hidden timestamped
+// directory. Each key is read once.
+func TestLoadConfigMapMount(t *testing.T) {
+	dir := t.TempDir()
+	ts := filepath.Join(dir, "..2025_06_01_12_00_00.123")
+	if err := os.Mkdir(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "policies.yaml"), []byte(validAP), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][2]string{
+		{filepath.Base(ts), filepath.Join(dir, "..data")},
+		{filepath.Join("..data", "policies.yaml"), filepath.Join(dir, "policies.yaml")},
+		{"/nonexistent/dangling.yaml", filepath.Join(dir, "dangling.yaml")},
+	} {
+		if err := os.Symlink(l[0], l[1]); err != nil {
+			t.Skipf("symlinks: %v", err)
+		}
+	}
+	set, diags, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diags.HasErrors() || len(set.AuthorizationPolicies) != 1 {
+		t.Fatalf("set %+v\n%s", set, dump(diags))
+	}
+}
+
 func TestLoadFS(t *testing.T) {
 	fsys := fstest.MapFS{
 		"p/a.yaml":  {Data: []byte(validAP)},
