@@ -543,11 +543,10 @@ func (r *reader) finish() (policies.Set, policies.Diagnostics) {
 	sortByMeta(s.AnomalyProfiles, func(p policies.AnomalyProfile) policies.ObjectMeta { return p.Metadata })
 	sortByMeta(s.Quarantines, func(p policies.Quarantine) policies.ObjectMeta { return p.Metadata })
 
-	// Validate is expected to include Lint's warnings; Lint runs here too so
-	// that warnings never go missing, and duplicates are dropped.
-	checked := append(policies.Validate(s), policies.Lint(s)...)
-	// Warnings about the same field with the same code are one finding
-	// worded twice; the validator's wording is kept.
+	// Validate returns errors and warnings (Lint's included). Warnings about
+	// the same field with the same code are one finding worded twice: the
+	// first wording is kept.
+	checked := policies.Validate(s)
 	seen := map[string]bool{}
 	for _, d := range checked {
 		k := d.Severity.String() + "\x00" + d.Code + "\x00" + d.Object + "\x00" + d.Field
