@@ -10,7 +10,8 @@
 // field paths of their diagnostics are resolved back to the YAML line and
 // column they came from.
 //
-// Like kubectl, a document without metadata.namespace is placed in the
+// A Kubernetes v1 List is read item by item. Like kubectl, a document
+// without metadata.namespace is placed in the
 // "default" namespace. Fields that the Kubernetes API server fills in
 // (metadata.uid, resourceVersion, generation, creationTimestamp,
 // managedFields, ...) and a top-level status are accepted and ignored, so
@@ -235,7 +236,7 @@ func (r *reader) add(file string, data []byte) {
 		if len(doc.Content) == 0 {
 			continue
 		}
-		r.addDocument(file, doc.Content[0], diags)
+		r.addDocument(file, doc.Content[0], diags, nil)
 	}
 	if diags.dropped > 0 {
 		diags.list = append(diags.list, policies.Diagnostic{
@@ -361,12 +362,22 @@ func countNodes(root *yaml.Node) int {
 	return n
 }
 
-func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
+// addDocument decodes one document. budget is nil for a top-level
+// document, which gets its own; List items share their List's.
+func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList, budget *int) {
+	inList := budget != nil
 	orig := root
 	if root = deref(root); root == nil || isNull(root) {
 		return // an empty document
 	}
-	d := &decoder{file: file, diags: diags, types: r.types}
+	if budget == nil {
+		b := min(countNodes(root)*expansionRatio+expansionSlack, maxExpandedNodes)
+		budget = &b
+	}
+	d := &decoder{file: file, diags: diags, types: r.types, budget: budget}
+	if !d.spend(root) {
+		return
+	}
 	if root.Kind != yaml.MappingNode {
 		d.errorf(orig, policies.CodeWrongType, "", "a document must be a mapping with apiVersion, kind, metadata and spec; got %s", describe(root))
 		return
@@ -402,6 +413,10 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
 	if bad {
 		return
 	}
+	if apiVersion == "v1" && kind == "List" && !inList {
+		r.addList(root, d)
+		return
+	}
 	obj, ok := newObject(apiVersion, kind)
 	if !ok {
 		if want := expectedAPIVersion(kind); want != "" {
@@ -414,8 +429,6 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
 		return
 	}
 
-	raw := countNodes(root)
-	d.budget = min(raw*expansionRatio+expansionSlack, maxExpandedNodes)
 	before := len(diags.list) + diags.dropped
 	v := reflect.ValueOf(obj).Elem()
 	d.decodeObject(root, v)
@@ -469,6 +482,38 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
 		r.set.AnomalyProfiles = append(r.set.AnomalyProfiles, *o)
 	case *policies.Quarantine:
 		r.set.Quarantines = append(r.set.Quarantines, *o)
+	}
+}
+
+// addList reads a Kubernetes v1 List, what `kubectl get -o yaml` prints for
+// several objects: each item is a document. Lists do not nest.
+func (r *reader) addList(root *yaml.Node, d *decoder) {
+	d.object = ""
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k := deref(root.Content[i])
+		if k == nil || k.Kind != yaml.ScalarNode {
+			continue
+		}
+		switch k.Value {
+		case "apiVersion", "kind", "metadata":
+		case "items":
+			items := deref(root.Content[i+1])
+			if items == nil || isNull(items) {
+				continue
+			}
+			if items.Kind != yaml.SequenceNode {
+				d.wrongType(items, "items", "a list")
+				continue
+			}
+			for _, item := range items.Content {
+				if *d.budget < 0 {
+					return
+				}
+				r.addDocument(d.file, item, d.diags, d.budget)
+			}
+		default:
+			d.errorf(k, policies.CodeUnknownField, k.Value, "unknown field %q in a List (apiVersion, kind, metadata, items)", k.Value)
+		}
 	}
 }
 

@@ -328,6 +328,48 @@ spec: {}
 	}
 }
 
+// TestParseList reads the v1 List that `kubectl get -A -o yaml` prints.
+func TestParseList(t *testing.T) {
+	src := `apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: ""
+items:
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata:
+    name: a
+    namespace: foo
+    uid: 0d5e
+    resourceVersion: "42"
+  spec:
+    action: DENY
+    rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+  status: {}
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: b, namespace: foo}
+  spec:
+    actoin: DENY
+- apiVersion: v1
+  kind: List
+  items: []
+`
+	set, diags := Parse("in.yaml", []byte(src))
+	checkDiags(t, diags, []wantDiag{
+		{code: policies.CodeUnknownField, line: 21, col: 5, field: "spec.actoin"},
+		{code: policies.CodeUnknownKind, line: 23, col: 9, field: "kind", msg: "unknown kind \"List\""},
+	})
+	if len(set.AuthorizationPolicies) != 1 || set.AuthorizationPolicies[0].Loc.Line != 6 || set.AuthorizationPolicies[0].Loc.Column != 3 {
+		t.Fatalf("set = %+v", set.AuthorizationPolicies)
+	}
+	_, diags = Parse("in.yaml", []byte("apiVersion: v1\nkind: List\nitems: {a: b}\nextra: 1\n"))
+	checkDiags(t, diags, []wantDiag{
+		{code: policies.CodeWrongType, line: 3, col: 8, field: "items"},
+		{code: policies.CodeUnknownField, line: 4, col: 1, field: "extra"},
+	})
+}
+
 func TestParseAnchorsAndMergeKeys(t *testing.T) {
 	src := `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
