@@ -97,6 +97,7 @@ func TestPolicyLintJSON(t *testing.T) {
 }
 
 func TestPolicyLintExitStatus(t *testing.T) {
+	empty := t.TempDir()
 	tests := []struct {
 		name  string
 		stdin string
@@ -110,6 +111,7 @@ func TestPolicyLintExitStatus(t *testing.T) {
 		{"several paths", "", []string{examplePolicies, testdata + "warnings.yaml"}, 0, "0 error(s), 1 warning(s)"},
 		{"stdin", "apiVersion: x/v1\nkind: Y\n", []string{"-"}, 1, "<stdin>:2:7: error[unknown_kind]"},
 		{"missing path", "", []string{testdata + "nope"}, 2, ""},
+		{"directory without policy files", "", []string{empty}, 2, ""},
 		{"no path", "", []string{}, 2, ""},
 		{"bad format", "", []string{"--format", "xml", examplePolicies}, 2, ""},
 		{"stdin with a path", "", []string{"-", examplePolicies}, 2, ""},

@@ -97,6 +97,26 @@ func (ioFS) join(elem ...string) string                  { return path.Join(elem
 
 type ioFS struct{ fsys fs.FS }
 
+// Files lists the files Load would read for the paths, in order.
+func Files(paths ...string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range paths {
+		files, err := collect(osFS{}, p)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			k := path.Clean(filepath.ToSlash(f))
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, f)
+			}
+		}
+	}
+	return out, nil
+}
+
 func load(fsys fileSystem, paths []string) (policies.Set, policies.Diagnostics, error) {
 	r := newReader()
 	if len(paths) == 0 {
