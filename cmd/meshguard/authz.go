@@ -352,7 +352,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 			w = file
 		}
 		redact := append([]string{f.jwtHeader}, f.decisionLogRedact...)
-		if dlog, err = decisionlog.New(decisionlog.Config{W: w, AllowSampleRate: f.decisionLogSample, Headers: f.decisionLogHeaders, Redact: redact}); err != nil {
+		if dlog, err = decisionlog.New(decisionlog.Config{W: w, AllowSampleRate: f.decisionLogSample, Headers: f.decisionLogHeaders, Redact: redact, Buffer: 64 << 10}); err != nil {
 			return err
 		}
 	}
@@ -428,6 +428,14 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	errc := make(chan error, 3)
 	loaded := make(chan struct{})
 	go func() { defer close(loaded); ld.Run(runCtx, sources...) }()
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		if dlog != nil {
+			// Lines are batched; at most this much is held in memory.
+			dlog.Run(runCtx, 200*time.Millisecond)
+		}
+	}()
 	go func() {
 		select {
 		case <-ld.Ready():
@@ -487,6 +495,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	}
 	stop()
 	<-loaded
+	<-flushed
 	return runErr
 }
 
