@@ -172,14 +172,15 @@ func TestAuthzCommand(t *testing.T) {
 	if got := check("spiffe://prod.example/ns/web/sa/other"); got != codes.OK {
 		t.Fatalf("after a broken update, other: %v", got)
 	}
-	if !strings.Contains(stdout.String(), `"reason":"allowed_by_policy"`) {
-		t.Errorf("no decision log on stdout:\n%s", stdout.String())
-	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("authz exited with %v", err)
 	}
 	done <- nil
+	// Batched decision log lines are flushed at shutdown.
+	if !strings.Contains(stdout.String(), `"reason":"allowed_by_policy"`) || !strings.Contains(stdout.String(), `"reason":"denied_no_allow_match"`) {
+		t.Errorf("decision log on stdout lacks the decisions:\n%s", stdout.String())
+	}
 }
 
 func TestAuthzCommandRefusesUnsafeConfig(t *testing.T) {
