@@ -1,7 +1,11 @@
 package filtercore
 
 import (
+	"net/netip"
 	"testing"
+
+	"github.com/meshguard/meshguard/policies"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshguard/meshguard/wasm/internal/scenario"
 )
@@ -31,5 +35,25 @@ func BenchmarkAllowedRequest(b *testing.B) {
 		}
 		s.resp = [][2]string{{":status", "200"}}
 		p.OnResponseHeaders(s, &st)
+	}
+}
+
+// BenchmarkDecide is the policy engine's share of the allow path.
+func BenchmarkDecide(b *testing.B) {
+	cfg, err := ParseConfig(scenario.Config(b, scenario.Options{}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := spiffeid.RequireFromString(scenario.Web)
+	hv := &headerView{h: [][2]string{{"user-agent", "x"}}}
+	a := policies.Attributes{Source: id, MTLS: true, SourceIP: netip.MustParseAddr("10.0.0.7"), DestinationIP: netip.MustParseAddr("10.0.0.9"),
+		DestinationPort: 8080, Target: cfg.target, Method: "GET", Host: "orders.shop.svc.cluster.local:8080",
+		Path: "/api/orders/17?expand=items", Route: "orders-api", Headers: hv}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if d := cfg.snap.Decide(&a); !d.Allowed {
+			b.Fatal(d.Reason)
+		}
 	}
 }
