@@ -17,5 +17,6 @@ test-wasm: ## run the filter's tests: detectors, core, proxytest and the compile
 
 .PHONY: bench-wasm
 bench-wasm: wasm ## meshguard filter vs no-op filter in the same host and run: cost ratio, memory after 1M requests, module size
+	GOOS=wasip1 GOARCH=wasm $(GO) build $(WASM_FLAGS) -o $(BIN)/wasmbench-floor.wasm ./bench/wasmbench/floor
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./wasm/internal/detect/ ./wasm/internal/filtercore/ | tee $(BIN)/bench-wasm-go.txt
-	$(GO) run ./bench/wasmbench -filter $(WASM_FILTER) -noop $(WASM_NOOP_BIN) -requests 1000000 | tee $(BIN)/bench-wasm.txt
+	$(GO) run ./bench/wasmbench -filter $(WASM_FILTER) -noop $(WASM_NOOP_BIN) -floor $(BIN)/wasmbench-floor.wasm -requests 1000000 | tee $(BIN)/bench-wasm.txt

@@ -30,11 +30,11 @@ func main() {
 }
 
 type options struct {
-	filter, noop string
-	requests     int // for the memory run
-	perRound     int // requests per timing round
-	rounds       int
-	perConn      int
+	filter, noop, floor string
+	requests            int // for the memory run
+	perRound            int // requests per timing round
+	rounds              int
+	perConn             int
 }
 
 func run(args []string, out io.Writer) error {
@@ -42,6 +42,7 @@ func run(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("wasmbench", flag.ContinueOnError)
 	fs.StringVar(&o.filter, "filter", "bin/meshguard-filter.wasm", "meshguard filter module")
 	fs.StringVar(&o.noop, "noop", "bin/noop.wasm", "no-op filter module (the baseline)")
+	fs.StringVar(&o.floor, "floor", "bin/wasmbench-floor.wasm", "module making only meshguard's host calls (optional)")
 	fs.IntVar(&o.requests, "requests", 1_000_000, "requests of the memory run")
 	fs.IntVar(&o.perRound, "per-round", 20_000, "requests per timing round")
 	fs.IntVar(&o.rounds, "rounds", 5, "timing rounds per filter (alternating; the median is reported)")
@@ -57,6 +58,7 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	floorWasm, _ := os.ReadFile(o.floor) // optional
 	cfg, err := pluginConfig()
 	if err != nil {
 		return err
@@ -73,6 +75,13 @@ func run(args []string, out io.Writer) error {
 		return fmt.Errorf("start no-op filter: %w", err)
 	}
 	defer noop.Close()
+	var floor *host.Host
+	if floorWasm != nil {
+		if floor, err = host.New(ctx, floorWasm, host.Config{VMs: 1, ManualTicks: true, Logger: quiet}); err != nil {
+			return fmt.Errorf("start floor filter: %w", err)
+		}
+		defer floor.Close()
+	}
 
 	// Check the request really goes through meshguard's allow path.
 	res, err := mg.HandleRequest(ctx, request(0, 1), nil)
@@ -93,12 +102,15 @@ func run(args []string, out io.Writer) error {
 		return rep, err
 	}
 	// Warm up both (JIT-compiled code is ready; Go heaps reach steady state).
-	for _, h := range []*host.Host{mg, noop} {
+	for _, h := range []*host.Host{mg, noop, floor} {
+		if h == nil {
+			continue
+		}
 		if _, err := load(h, o.perRound); err != nil {
 			return err
 		}
 	}
-	var mgNs, mg1Ns, noopNs, mgAllocs, noopAllocs []float64
+	var mgNs, mg1Ns, noopNs, floorNs, mgAllocs, noopAllocs []float64
 	for r := 0; r < o.rounds; r++ {
 		a, err := load(noop, o.perRound)
 		if err != nil {
@@ -113,6 +125,13 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		noopNs, mgNs, mg1Ns = append(noopNs, a.NsPerRequest), append(mgNs, b.NsPerRequest), append(mg1Ns, c.NsPerRequest)
+		if floor != nil {
+			f, err := load(floor, o.perRound)
+			if err != nil {
+				return err
+			}
+			floorNs = append(floorNs, f.NsPerRequest)
+		}
 		noopAllocs, mgAllocs = append(noopAllocs, a.HostAllocsPerRequest), append(mgAllocs, b.HostAllocsPerRequest)
 	}
 	nNoop, nMg, nMg1 := median(noopNs), median(mgNs), median(mg1Ns)
@@ -120,6 +139,11 @@ func run(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  no-op filter                        %9.0f ns/request   %5.1f host allocs/request\n", nNoop, median(noopAllocs))
 	fmt.Fprintf(out, "  meshguard, %3d requests/connection  %9.0f ns/request   %5.1f host allocs/request\n", perConn, nMg, median(mgAllocs))
 	fmt.Fprintf(out, "  meshguard, a new connection each    %9.0f ns/request\n", nMg1)
+	if len(floorNs) > 0 {
+		nFloor := median(floorNs)
+		fmt.Fprintf(out, "  host calls only (floor module)      %9.0f ns/request\n", nFloor)
+		fmt.Fprintf(out, "  ratio meshguard/floor: %.2fx (meshguard's own logic over the host calls any such filter makes)\n", nMg/nFloor)
+	}
 	ratio := nMg / nNoop
 	fmt.Fprintf(out, "  ratio meshguard/no-op: %.2fx with connection reuse, %.2fx without (target <= 2x) %s\n", ratio, nMg1/nNoop, verdict(ratio <= 2))
 

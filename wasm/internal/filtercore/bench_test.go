@@ -57,3 +57,24 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkFakeStreamOnly is the fake host's own share of
+// BenchmarkAllowedRequest, to subtract.
+func BenchmarkFakeStreamOnly(b *testing.B) {
+	r := scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:4000", DestAddr: "10.0.0.9:8080", Route: "orders-api",
+		Method: "GET", Path: "/api/orders/17?expand=items", Authority: "orders.shop.svc.cluster.local:8080",
+		Headers: [][2]string{{"user-agent", "shop-web/1.4"}, {"accept", "application/json"}, {"x-request-id", "0b5e2f7c"}}}
+	s := streamFor(r)
+	req := s.req
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		s.req = req
+		h, _ := s.RequestHeaders()
+		for _, p := range [][]string{PropConnID, PropURISANPeer, PropSourceAddr, PropDestAddr, PropSNI, PropRouteName} {
+			s.Property(p)
+		}
+		s.ReplaceRequestHeaders(append(h, [2]string{"a", "b"}, [2]string{"c", "d"}, [2]string{"e", "f"}))
+		s.resp = [][2]string{{":status", "200"}}
+		s.ResponseHeader(":status")
+	}
+}
