@@ -157,7 +157,9 @@ keeps serving. The mesh description (--mesh) lists the plain-Envoy workloads
 and proxyless gRPC servers to generate configuration for; without it only
 the bundle is served (authz servers).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runControlPlane(cmd.Context(), cmd.ErrOrStderr(), &f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runControlPlane(cmd.Context(), cmd.ErrOrStderr(), &f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.xdsAddr, "xds-addr", ":18000", "address of the xDS (ADS) gRPC server")
