@@ -80,7 +80,10 @@ type Outcome struct {
 	Method   string
 	Path     string
 	Route    string
-	Status   int
+	// RequestID is the x-request-id the sidecar generated (the authz
+	// decision log carries it).
+	RequestID string
+	Status    int
 	// DeniedBy is empty when the request reached the upstream, otherwise
 	// one of DeniedByFilter, DeniedByAuthz, DeniedAuthzError, DeniedNoRoute.
 	DeniedBy string
@@ -221,6 +224,7 @@ func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The connection manager: Envoy generates x-request-id and sets
 	// x-forwarded-proto.
 	reqID := newRequestID()
+	out.RequestID = reqID
 	headers := requestHeaders(r, reqID)
 	rt, ok := s.route(r.RequestURI)
 	if !ok {
