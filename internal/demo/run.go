@@ -8,10 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tetratelabs/wazero"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -49,6 +53,10 @@ type mesh struct {
 
 	events *http.Server
 	evURL  string
+
+	// wasmCache shares the compiled filter between the sidecars' hosts
+	// (and, on disk, between runs).
+	wasmCache wazero.CompilationCache
 
 	mu       sync.Mutex
 	bundle   *policies.Bundle
@@ -171,6 +179,9 @@ func (m *mesh) startEvents() error {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		if len(batch.Events) > 0 {
+			m.o.Log.Info("events received", "reporter", batch.Reporter, "events", len(batch.Events), "dropped", batch.Dropped, "first", fmt.Sprintf("%+v", batch.Events[0]))
+		}
 		m.onEvents(&batch)
 		w.WriteHeader(http.StatusAccepted)
 	})
@@ -180,22 +191,36 @@ func (m *mesh) startEvents() error {
 	return nil
 }
 
-// onEvents shows anomaly reports.
+// onEvents shows what the filters detected: anomalies, and edges of the
+// service graph that the traffic baseline does not list (lateral movement).
 func (m *mesh) onEvents(b *wire.EventBatch) {
 	for _, e := range b.Events {
-		if e.Kind != wire.EventAnomaly {
+		var why string
+		switch {
+		case e.Kind == wire.EventAnomaly:
+			why = fmt.Sprintf("%s anomaly, response %s", e.Detector, orDash(e.Response))
+		case e.Kind == wire.EventEdge && strings.Contains(e.Detail, "unknown"):
+			why = "lateral movement: edge not in the traffic baseline (" + e.Detail + ")"
+		default:
 			continue
+		}
+		if e.Detail != "" && e.Kind == wire.EventAnomaly {
+			why += " · " + e.Detail
 		}
 		d := Detection{Detector: e.Detector, Source: e.Source, Destination: e.Destination, Response: e.Response, Detail: e.Detail}
 		m.mu.Lock()
 		m.sum.Detections = append(m.sum.Detections, d)
 		m.mu.Unlock()
-		why := fmt.Sprintf("detector=%s response=%s", e.Detector, e.Response)
-		if e.Detail != "" {
-			why += " · " + e.Detail
-		}
-		m.ui.Line(KindDetect, m.name(e.Source)+" → "+m.nameOrHost(e.Destination), e.Route, why)
+		what := e.Method + " route " + e.Route
+		m.ui.Line(KindDetect, m.name(e.Source)+" → "+m.nameOrHost(e.Destination), what, why)
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // filterConfig is the plugin configuration for one workload's filter.
@@ -214,6 +239,8 @@ func (m *mesh) filterConfig(w workloadSpec, id spiffeid.ID, b *policies.Bundle) 
 }
 
 func (m *mesh) startNodes(ctx context.Context) error {
+	m.wasmCache = newWasmCache()
+	compileStart := time.Now()
 	for _, w := range demoWorkloads {
 		id := w.id(trustDomain)
 		svids, err := m.ids.X509(id)
@@ -241,7 +268,7 @@ func (m *mesh) startNodes(ctx context.Context) error {
 			return err
 		}
 		h, err := host.New(ctx, m.o.Wasm, host.Config{
-			PluginConfig: cfg, VMs: 1, Logger: m.o.Log,
+			PluginConfig: cfg, VMs: 1, Logger: m.o.Log, CompilationCache: m.wasmCache,
 			Clusters:   map[string]string{controlPlaneCluster: m.evURL},
 			Properties: host.Properties{}.SetString("node.id", w.Name+"."+w.Namespace),
 		})
@@ -250,6 +277,9 @@ func (m *mesh) startNodes(ctx context.Context) error {
 		}
 		n.closers = append(n.closers, func() { _ = h.Close() })
 		n.filter = envoyemu.NewWasmFilter(h)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		sc, err := envoyemu.New(envoyemu.Config{
 			Name: w.Name, SVIDs: svids, Bundles: m.ids.Bundles(), Routes: w.routes(id),
 			Filter: n.filter, Authz: client, AuthzTimeout: 500 * time.Millisecond,
@@ -264,6 +294,7 @@ func (m *mesh) startNodes(ctx context.Context) error {
 		}
 		n.sidecar = sc
 	}
+	m.ui.Info("wasm filter: %d KiB module compiled and started in %d sidecars in %v", len(m.o.Wasm)/1024, len(m.nodes)-3, time.Since(compileStart).Round(10*time.Millisecond))
 	m.ui.Info("workloads: %d sidecars (Envoy emulated: mTLS, wasm filter in wazero, ext_authz) + 3 clients", len(m.nodes)-3)
 	return nil
 }
@@ -328,4 +359,19 @@ func (m *mesh) stop() {
 	if m.ids != nil {
 		_ = m.ids.Close()
 	}
+	if m.wasmCache != nil {
+		_ = m.wasmCache.Close(context.Background())
+	}
+}
+
+// newWasmCache returns a compilation cache kept in the user's cache
+// directory, so that a second run starts in a fraction of the first's time;
+// in memory only when that directory is not usable.
+func newWasmCache() wazero.CompilationCache {
+	if dir, err := os.UserCacheDir(); err == nil {
+		if c, err := wazero.NewCompilationCacheWithDir(filepath.Join(dir, "meshguard", "wazero")); err == nil {
+			return c
+		}
+	}
+	return wazero.NewCompilationCache()
 }

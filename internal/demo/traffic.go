@@ -149,6 +149,7 @@ var _ x509svid.Source
 
 // play runs the phases and returns the summary.
 func (m *mesh) play(ctx context.Context) (*Summary, error) {
+	m.ui.Start()
 	start := time.Now()
 	p := &player{m: m, clients: map[string]*http.Client{}, jwts: map[string]string{}}
 	defer func() {
