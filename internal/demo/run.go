@@ -212,7 +212,11 @@ func (m *mesh) onEvents(b *wire.EventBatch) {
 		m.sum.Detections = append(m.sum.Detections, d)
 		m.mu.Unlock()
 		what := e.Method + " route " + e.Route
-		m.ui.Line(KindDetect, m.name(e.Source)+" → "+m.nameOrHost(e.Destination), what, why)
+		dest := e.Destination
+		if dest == "" {
+			dest = b.Reporter // the filter reports about traffic to its own workload
+		}
+		m.ui.Line(KindDetect, m.name(e.Source)+" → "+m.nameOrHost(dest), what, why)
 	}
 }
 

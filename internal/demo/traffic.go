@@ -44,22 +44,27 @@ var legitimate = []call{
 	{from: "support", to: "payments-api", method: "POST", path: "/v1/refunds"},
 }
 
-// attack is what the compromised workload does, in rounds: enumerate paths
-// on the one service it may call, probe credentials, and move laterally to
+// attackRound is what the compromised workload does in one round: a burst
+// of path enumeration on the one service it may call (enough distinct paths
+// within the detectors' window to stand out), credential probing on orders
+// and on payments-api with a forged JWT-SVID, and lateral movement to
 // services it never talks to.
 func attackRound(round int, forged string) []call {
 	var cs []call
-	for i := 0; i < 12; i++ {
-		p := scanPaths[(round*12+i)%len(scanPaths)]
-		cs = append(cs, call{from: attacker, to: "catalog", method: "GET", path: fmt.Sprintf(p, round*12+i)})
+	for i := 0; i < 40; i++ {
+		n := round*40 + i
+		p := scanPaths[n%len(scanPaths)]
+		cs = append(cs, call{from: attacker, to: "catalog", method: "GET", path: fmt.Sprintf(p, n)})
 	}
-	for i := 0; i < 4; i++ {
+	for i := 0; i < 12; i++ {
 		cs = append(cs, call{from: attacker, to: "orders", method: "POST", path: "/login",
 			headers: map[string]string{"authorization": fmt.Sprintf("Basic %x", rand.Uint64())}})
 	}
+	for i := 0; i < 4; i++ {
+		cs = append(cs, call{from: attacker, to: "payments-api", method: "POST", path: "/v1/charges", bearer: forged})
+	}
 	cs = append(cs,
 		call{from: attacker, to: "orders", method: "GET", path: "/api/orders/1001"},
-		call{from: attacker, to: "payments-api", method: "POST", path: "/v1/charges", bearer: forged},
 		call{from: attacker, to: "payments-api", method: "POST", path: "/v1/refunds"},
 		call{from: attacker, to: "payments-api", method: "GET", path: "/v1/charges/1"},
 		call{from: attacker, to: "ledger", method: "GET", path: "/v1/entries"},
@@ -179,7 +184,7 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 
 	// Legitimate traffic runs all along, from every workload but the
 	// attacker once the attack starts.
-	var compromised, quarantined atomicBool
+	var compromised atomicBool
 	var wg sync.WaitGroup
 	legitCtx, stopLegit := context.WithCancel(ctx)
 	defer stopLegit()
@@ -215,25 +220,34 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 		compromised.set(true)
 		forged := forgedJWT(m.nodes[attacker].id)
 		for round := 0; ctx.Err() == nil && time.Now().Before(attackEnd); round++ {
+			calls := make(chan call)
+			var aw sync.WaitGroup
+			for w := 0; w < 4; w++ {
+				aw.Add(1)
+				go func() {
+					defer aw.Done()
+					for c := range calls {
+						status := p.do(ctx, c)
+						m.mu.Lock()
+						m.sum.AttackRequests++
+						if status >= 200 && status < 300 {
+							m.sum.AttackSucceeded++
+						} else if status == 403 || status == 429 || status == 0 {
+							m.sum.AttackDenied++
+						}
+						m.mu.Unlock()
+					}
+				}()
+			}
 			for _, c := range attackRound(round, forged) {
 				if ctx.Err() != nil || !time.Now().Before(attackEnd) {
 					break
 				}
-				status := p.do(ctx, c)
-				m.mu.Lock()
-				m.sum.AttackRequests++
-				if status >= 200 && status < 300 {
-					m.sum.AttackSucceeded++
-				} else if status == 403 || status == 429 || status == 0 {
-					m.sum.AttackDenied++
-				}
-				q := len(m.sum.Quarantined) > 0
-				m.mu.Unlock()
-				if q {
-					quarantined.set(true)
-				}
-				sleep(ctx, 15*time.Millisecond)
+				calls <- c
 			}
+			close(calls)
+			aw.Wait()
+			sleep(ctx, 300*time.Millisecond)
 		}
 	}
 
