@@ -17,21 +17,16 @@ func newHeaderMap(in [][2]string) headerMap {
 	return m
 }
 
-// get returns the values of key joined by ",", as Envoy does for a header
-// present more than once.
+// get returns the first value of key. Envoy's proxy_get_header_map_value
+// does the same for a header present more than once; a filter that must see
+// every value (e.g. to catch a duplicated identity header) reads the pairs.
 func (m headerMap) get(key string) (string, bool) {
-	var out string
-	found := false
 	for _, p := range m {
 		if p.k == key {
-			if found {
-				out += "," + p.v
-			} else {
-				out, found = p.v, true
-			}
+			return p.v, true
 		}
 	}
-	return out, found
+	return "", false
 }
 
 func (m *headerMap) add(key, value string) {

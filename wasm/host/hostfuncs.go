@@ -319,12 +319,12 @@ func (w *Worker) hostSetProperty(stack []uint64) status {
 
 // headerMap returns the map mt of the effective context. Maps of a phase
 // not reached yet, and call response maps outside
-// proxy_on_http_call_response, are not available.
+// proxy_on_http_call_response, are not available: BadArgument, as in Envoy.
 func (w *Worker) headerMap(mt mapType, write bool) (*headerMap, status) {
 	switch mt {
 	case mapHTTPCallResponseHdrs, mapHTTPCallResponseTrls:
 		if w.callout == nil {
-			return nil, statusNotFound
+			return nil, statusBadArgument
 		}
 		if write {
 			return nil, statusBadArgument
@@ -339,7 +339,7 @@ func (w *Worker) headerMap(mt mapType, write bool) (*headerMap, status) {
 	}
 	s := w.effectiveStream()
 	if s == nil {
-		return nil, statusNotFound
+		return nil, statusBadArgument
 	}
 	switch mt {
 	case mapRequestHeaders:
@@ -348,7 +348,7 @@ func (w *Worker) headerMap(mt mapType, write bool) (*headerMap, status) {
 		return &s.reqTrailers, statusOK
 	}
 	if s.respHeaders == nil {
-		return nil, statusNotFound
+		return nil, statusBadArgument
 	}
 	if mt == mapResponseHeaders {
 		return &s.respHeaders, statusOK
@@ -420,10 +420,12 @@ func (w *Worker) hostRemoveHeaderMapValue(stack []uint64) status {
 	return statusOK
 }
 
+// hostGetHeaderMapPairs returns an unavailable or empty map as a null
+// pointer and OK, as Envoy does (the SDK reports it as NotFound).
 func (w *Worker) hostGetHeaderMapPairs(stack []uint64) status {
 	m, st := w.headerMap(mapType(stack[0]), false)
-	if st != statusOK {
-		return st
+	if st != statusOK || len(*m) == 0 {
+		return w.returnPtrSize(0, 0, stack[1], stack[2])
 	}
 	return w.returnPairs(*m, stack[1], stack[2])
 }
@@ -463,7 +465,8 @@ func (w *Worker) buffer(bt bufferType) (*[]byte, bool, status) {
 	case bufferVMConfiguration:
 		return &w.h.cfg.VMConfig, false, statusOK
 	case bufferPluginConfiguration:
-		r := w.rootOf(w.effective)
+		// Envoy exposes it only while proxy_on_configure runs.
+		r := w.configuring
 		if r == nil {
 			return nil, false, statusNotFound
 		}

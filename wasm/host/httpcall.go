@@ -54,6 +54,9 @@ func (w *Worker) hostHTTPCall(stack []uint64) status {
 			return statusBadArgument
 		}
 	}
+	if int32(uint32(stack[8])) < 0 {
+		return statusBadArgument
+	}
 	base, known := w.h.cfg.Clusters[cluster]
 	if !known && w.h.cfg.HTTPCall == nil {
 		return statusBadArgument

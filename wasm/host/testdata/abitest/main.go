@@ -151,6 +151,12 @@ func (c *httpContext) OnHttpRequestHeaders(n int, eos bool) types.Action {
 		if _, err := pw.GetHttpResponseHeaders(); err != nil {
 			add("x-response-headers", "unavailable")
 		}
+		if _, err := pw.GetHttpResponseHeader(":status"); err != nil {
+			add("x-response-header-error", err.Error())
+		}
+		if _, err := pw.GetPluginConfiguration(); err != nil {
+			add("x-plugin-config-error", err.Error())
+		}
 		hs, _ := pw.GetHttpRequestHeaders()
 		add("x-count", strconv.Itoa(len(hs)))
 	case "setall":
