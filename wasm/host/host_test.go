@@ -153,6 +153,12 @@ func TestHeaders(t *testing.T) {
 		header(res.Response.Headers, "x-op-echo") != "headers" || header(res.Response.Headers, "content-type") != "text/plain" {
 		t.Errorf("response = %+v", res.Response)
 	}
+	if got := header(res.Response.Headers, "x-request-headers-in-response"); got != "error status returned by host: bad argument" {
+		t.Errorf("request headers in the response phase: %q, want bad argument as in Envoy", got)
+	}
+	if v, _, _ := h.SharedData().Get("log:last-status"); string(v) != "201" {
+		t.Errorf("proxy_on_log read :status %q, want 201", v)
+	}
 }
 
 func equalHeaders(a, b [][2]string) bool {
@@ -251,7 +257,8 @@ func TestLocalResponse(t *testing.T) {
 	}
 	// The local reply went through the response callbacks, as in Envoy.
 	if res.Response.Status != 403 || header(res.Response.Headers, "x-upstream-status") != "403" ||
-		string(res.Response.Body) != "denied" || header(res.Response.Headers, "content-length") != "6" {
+		string(res.Response.Body) != "denied" || header(res.Response.Headers, "content-length") != "6" ||
+		header(res.Response.Headers, "content-type") != "text/plain" {
 		t.Errorf("response = %+v", res.Response)
 	}
 }
