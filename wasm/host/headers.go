@@ -10,7 +10,14 @@ type pair struct{ k, v string }
 type headerMap []pair
 
 func newHeaderMap(in [][2]string) headerMap {
-	m := make(headerMap, 0, len(in)+4)
+	if len(in) == 0 {
+		return nil
+	}
+	return appendHeaders(make(headerMap, 0, len(in)+4), in)
+}
+
+// appendHeaders appends in to m with lower-cased keys.
+func appendHeaders(m headerMap, in [][2]string) headerMap {
 	for _, kv := range in {
 		m = append(m, pair{k: strings.ToLower(kv[0]), v: kv[1]})
 	}

@@ -348,9 +348,9 @@ func (w *Worker) requestPhase(ctx context.Context, s *stream) error {
 
 func (w *Worker) responsePhase(ctx context.Context, s *stream, resp Response) error {
 	w.mu.Lock()
-	s.respHeaders = make(headerMap, 0, len(resp.Headers)+1)
+	s.respHeaders = make(headerMap, 0, len(resp.Headers)+4)
 	s.respHeaders = append(s.respHeaders, pair{k: ":status", v: strconv.Itoa(resp.Status)})
-	s.respHeaders = append(s.respHeaders, newHeaderMap(resp.Headers)...)
+	s.respHeaders = appendHeaders(s.respHeaders, resp.Headers)
 	s.respBody = append([]byte(nil), resp.Body...)
 	s.respTrailers = newHeaderMap(resp.Trailers)
 	w.mu.Unlock()
