@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/internal/grpccodec"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -75,13 +76,13 @@ func setHeader(k, v string) *corev3.HeaderValueOption {
 // metadata is the dynamic metadata Envoy puts under the ext_authz filter's
 // namespace (envoy.filters.http.ext_authz) for access logs and later filters.
 func metadata(o *outcome) *structpb.Struct {
-	f := map[string]*structpb.Value{
-		"decision_id": structpb.NewStringValue(o.decisionID),
-		"reason":      structpb.NewStringValue(string(o.dec.Reason)),
-		"mode":        structpb.NewStringValue(mode(o.dec)),
-		"allowed":     structpb.NewBoolValue(o.dec.Allowed),
-		"policy":      structpb.NewStringValue(o.dec.Ref.Policy),
-		"rule":        structpb.NewStringValue(o.dec.Ref.Rule),
+	f := make(map[string]*structpb.Value, 8)
+	f["decision_id"] = structpb.NewStringValue(o.decisionID)
+	f["reason"] = structpb.NewStringValue(string(o.dec.Reason))
+	f["mode"] = structpb.NewStringValue(mode(o.dec))
+	if o.dec.Ref.Policy != "" {
+		f["policy"] = structpb.NewStringValue(o.dec.Ref.Policy)
+		f["rule"] = structpb.NewStringValue(o.dec.Ref.Rule)
 	}
 	if o.dec.WouldDeny {
 		f["would_deny"] = structpb.NewBoolValue(true)
@@ -89,9 +90,6 @@ func metadata(o *outcome) *structpb.Struct {
 	if o.dec.Audit {
 		f["audit"] = structpb.NewBoolValue(true)
 		f["audit_policy"] = structpb.NewStringValue(o.dec.AuditRef.Policy)
-	}
-	if !o.id.ID.IsZero() {
-		f["source_id"] = structpb.NewStringValue(o.id.ID.String())
 	}
 	if o.dec.Version != "" {
 		f["bundle_version"] = structpb.NewStringValue(o.dec.Version)
@@ -121,7 +119,12 @@ func (s *Server) recoverInterceptor(ctx context.Context, req any, info *grpc.Una
 // GRPCServerOptions are the options the server's gRPC server needs (the
 // panic interceptor); add transport credentials to them.
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(s.recoverInterceptor)}
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.recoverInterceptor),
+		// Envoy's types carry generated marshalers: answers are encoded
+		// without reflection.
+		grpc.ForceServerCodec(grpccodec.Codec{}),
+	}
 }
 
 // Register registers the Authorization service, health and reflection.
