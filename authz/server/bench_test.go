@@ -96,7 +96,9 @@ func BenchmarkCheck(b *testing.B) {
 	})
 }
 
-type trivialAuthz struct{ authv3.UnimplementedAuthorizationServer }
+type trivialAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+}
 
 func (trivialAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	return &authv3.CheckResponse{Status: &rpcstatus.Status{}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil

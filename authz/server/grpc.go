@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -35,7 +37,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 }
 
 func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
-	md := metadata(o)
+	md := s.metadata(o)
 	if o.dec.Allowed {
 		hs := []*corev3.HeaderValueOption{setHeader(wire.HeaderDecisionID, o.decisionID)}
 		if !o.id.ID.IsZero() {
@@ -75,26 +77,52 @@ func setHeader(k, v string) *corev3.HeaderValueOption {
 
 // metadata is the dynamic metadata Envoy puts under the ext_authz filter's
 // namespace (envoy.filters.http.ext_authz) for access logs and later filters.
-func metadata(o *outcome) *structpb.Struct {
+func (s *Server) metadata(o *outcome) *structpb.Struct {
 	f := make(map[string]*structpb.Value, 8)
 	f["decision_id"] = structpb.NewStringValue(o.decisionID)
-	f["reason"] = structpb.NewStringValue(string(o.dec.Reason))
-	f["mode"] = structpb.NewStringValue(mode(o.dec))
+	f["reason"] = s.values.get(string(o.dec.Reason))
+	f["mode"] = s.values.get(mode(o.dec))
 	if o.dec.Ref.Policy != "" {
-		f["policy"] = structpb.NewStringValue(o.dec.Ref.Policy)
-		f["rule"] = structpb.NewStringValue(o.dec.Ref.Rule)
+		f["policy"] = s.values.get(o.dec.Ref.Policy)
+		f["rule"] = s.values.get(o.dec.Ref.Rule)
 	}
 	if o.dec.WouldDeny {
-		f["would_deny"] = structpb.NewBoolValue(true)
+		f["would_deny"] = trueValue
 	}
 	if o.dec.Audit {
-		f["audit"] = structpb.NewBoolValue(true)
-		f["audit_policy"] = structpb.NewStringValue(o.dec.AuditRef.Policy)
+		f["audit"] = trueValue
+		f["audit_policy"] = s.values.get(o.dec.AuditRef.Policy)
 	}
 	if o.dec.Version != "" {
-		f["bundle_version"] = structpb.NewStringValue(o.dec.Version)
+		f["bundle_version"] = s.values.get(o.dec.Version)
 	}
 	return &structpb.Struct{Fields: f}
+}
+
+var trueValue = structpb.NewBoolValue(true)
+
+// valueCache shares immutable structpb string Values for the bounded
+// strings of an answer (reason codes, modes, rule references, versions):
+// responses are only marshalled, never modified, so one Value can appear in
+// many. The cache stops growing at maxCachedValues.
+type valueCache struct {
+	m sync.Map // string -> *structpb.Value
+	n atomic.Int64
+}
+
+const maxCachedValues = 1 << 14
+
+func (c *valueCache) get(v string) *structpb.Value {
+	if x, ok := c.m.Load(v); ok {
+		return x.(*structpb.Value)
+	}
+	val := structpb.NewStringValue(v)
+	if c.n.Load() < maxCachedValues {
+		if _, loaded := c.m.LoadOrStore(v, val); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return val
 }
 
 // recoverInterceptor turns a panic in any unary handler into an answer: a

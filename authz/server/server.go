@@ -79,6 +79,7 @@ type Server struct {
 	// three label values on every check.
 	decisions sync.Map               // decisionKey -> prometheus.Counter
 	durations [2]prometheus.Observer // grpc, http
+	values    valueCache
 	// decideHook replaces Engine.Decide in tests of the fail-closed paths.
 	decideHook func(*policies.Attributes) policies.Decision
 }
