@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/meshguard/meshguard/authz/request"
 	"github.com/meshguard/meshguard/internal/grpccodec"
+	"github.com/meshguard/meshguard/internal/jsonw"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -52,7 +52,7 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 			DynamicMetadata: md,
 		}
 	}
-	body, _ := json.Marshal(denyBody{Reason: o.dec.Reason, DecisionID: o.decisionID, Policy: o.dec.Ref.Policy, Rule: o.dec.Ref.Rule})
+	body := denyJSON(o)
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: string(o.dec.Reason)},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
@@ -66,6 +66,21 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 		}},
 		DynamicMetadata: md,
 	}
+}
+
+// denyJSON is the deny body: {"reason","decision_id","policy","rule"}.
+func denyJSON(o *outcome) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, '{')
+	b = jsonw.Field(b, true, "reason", string(o.dec.Reason))
+	b = jsonw.Field(b, false, "decision_id", o.decisionID)
+	if o.dec.Ref.Policy != "" {
+		b = jsonw.Field(b, false, "policy", o.dec.Ref.Policy)
+	}
+	if o.dec.Ref.Rule != "" {
+		b = jsonw.Field(b, false, "rule", o.dec.Ref.Rule)
+	}
+	return append(b, '}', '\n')
 }
 
 func setHeader(k, v string) *corev3.HeaderValueOption {
