@@ -560,6 +560,16 @@ func TestCheckModesAndRoutes(t *testing.T) {
 		t.Errorf("decision log lacks the would-deny:\n%s", e.decisionLog())
 	}
 
+	// AUDIT marks the decision without changing it.
+	resp = e.check(t, withPrincipal(get("/api/audited", nil), idFrontend.String()))
+	md = resp.GetDynamicMetadata().GetFields()
+	if resp.GetOkResponse() == nil || !md["audit"].GetBoolValue() || !strings.Contains(md["audit_policy"].GetStringValue(), "api-audit") {
+		t.Errorf("audited request: ok=%v metadata=%v", resp.GetOkResponse() != nil, md)
+	}
+	if !strings.Contains(e.decisionLog(), `"audit":true`) {
+		t.Errorf("decision log lacks the audit mark")
+	}
+
 	// Off route.
 	resp = e.check(t, withRoute(envoyRequest("DELETE", "/api/cart", nil), "legacy"))
 	if resp.GetOkResponse() == nil || resp.GetDynamicMetadata().GetFields()["reason"].GetStringValue() != string(policies.ReasonAllowedModeOff) {
