@@ -601,6 +601,18 @@ func TestCheckModesAndRoutes(t *testing.T) {
 		t.Errorf("context extension workload not used: %v", resp.GetDynamicMetadata())
 	}
 
+	// No target workload at all: denied unless unscoped requests are allowed.
+	r = withPrincipal(get("/api/items", nil), idAdmin.String())
+	r.Attributes.Destination.Principal = ""
+	if resp = e.check(t, r); resp.GetDynamicMetadata().GetFields()["reason"].GetStringValue() != string(policies.ReasonDeniedInvalidReq) {
+		t.Errorf("unscoped request: %v", resp.GetDynamicMetadata())
+	}
+	e3 := newEnv(t, func(c *Config, _ *identityConfig) { c.AllowUnscoped = true })
+	e3.load(t, "v1", testSet())
+	if resp = e3.check(t, r); resp.GetDynamicMetadata().GetFields()["reason"].GetStringValue() != string(policies.ReasonAllowedNoPolicy) {
+		t.Errorf("unscoped request with AllowUnscoped: %v", resp.GetDynamicMetadata())
+	}
+
 	// Missing path: invalid request.
 	r = envoyRequest("GET", "", nil)
 	r.Attributes.Request.Http.Path = ""
