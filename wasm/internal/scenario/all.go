@@ -294,6 +294,7 @@ func detectRate(t *testing.T, d Driver) {
 		}
 	}
 	limited := 0
+	start := time.Now()
 	for i := 0; i < 300; i++ {
 		res := d.Do(t, get(Burster, "orders-api", "/api/orders/1"))
 		if res.Status == 429 {
@@ -303,8 +304,11 @@ func detectRate(t *testing.T, d Driver) {
 			}
 		}
 	}
-	if limited < 200 {
-		t.Fatalf("burst: only %d of 300 requests rate-limited", limited)
+	// The limit is the learned rate (about 30/s here) per second; a slow
+	// runner (-race, a loaded machine) spreads the burst over more seconds.
+	secs := int(time.Since(start)/time.Second) + 1
+	if allowed := 300 - limited; limited == 0 || allowed > 45*(secs+1) {
+		t.Fatalf("burst over about %d s: %d of 300 requests rate-limited", secs, limited)
 	}
 	d.Tick(t)
 	evs := d.Events(t)
