@@ -304,10 +304,10 @@ func detectRate(t *testing.T, d Driver) {
 			}
 		}
 	}
-	// The limit is the learned rate (about 30/s here) per second; a slow
+	// The limit is the learned rate (mean + z·σ, under 50/s here) per second; a slow
 	// runner (-race, a loaded machine) spreads the burst over more seconds.
 	secs := int(time.Since(start)/time.Second) + 1
-	if allowed := 300 - limited; limited == 0 || allowed > 45*(secs+1) {
+	if allowed := 300 - limited; limited == 0 || allowed > 60*(secs+1) {
 		t.Fatalf("burst over about %d s: %d of 300 requests rate-limited", secs, limited)
 	}
 	d.Tick(t)
