@@ -28,7 +28,7 @@ func Compile(b *Bundle) (*Snapshot, error) {
 // warnings, each with the object and field it concerns.
 func Validate(s *Set) Diagnostics {
 	_, diags := compileSet(s)
-	return diags
+	return append(diags, Lint(s)...)
 }
 
 // Istio's dry-run annotation on AuthorizationPolicy.
@@ -161,6 +161,8 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 		}
 	}
 	forEachBucket(s, buildBucket)
+	forEachScope(s, (*scope).indexSelectors)
+	forEachScope(s, (*scope).indexPatterns)
 	s.nrules = c.ord
 	return s, c.diags
 }
@@ -183,6 +185,13 @@ func forEachBucket(s *Snapshot, f func(*bucket)) {
 	visit(&s.mesh)
 	for _, sc := range s.namespaces {
 		visit(sc)
+	}
+}
+
+func forEachScope(s *Snapshot, f func(*scope)) {
+	f(&s.mesh)
+	for _, sc := range s.namespaces {
+		f(sc)
 	}
 }
 
@@ -346,7 +355,6 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 
 	targets := sp.TargetRefs
 	if sp.TargetRef != nil {
-		c.warnf("spec.targetRef", CodeDeprecated, "targetRef is deprecated: use targetRefs")
 		targets = append([]PolicyTargetReference{*sp.TargetRef}, targets...)
 	}
 	if sp.Selector != nil && len(targets) > 0 {
@@ -561,12 +569,8 @@ func (c *compiler) hosts(field string, vals []string) []hostMatcher {
 	return out
 }
 
+// methods: warnings about their case are Lint's.
 func (c *compiler) methods(field string, vals []string, fold bool) strSet {
-	for i, v := range vals {
-		if v != strings.ToUpper(v) {
-			c.warnf(fmt.Sprintf("%s[%d]", field, i), CodeNeverMatches, "method %q is not upper case: Envoy compares methods exactly and clients send them upper case", v)
-		}
-	}
 	return c.strings(field, vals, fold)
 }
 
@@ -585,9 +589,6 @@ func (c *compiler) paths(field string, vals []string) []pathMatcher {
 		if strings.ContainsAny(v, "?#") {
 			c.errf(f, CodeInvalidPath, "path %q contains '?' or '#': queries and fragments are never part of the matched path", v)
 			continue
-		}
-		if !strings.HasPrefix(v, "/") && !strings.HasPrefix(v, "*") {
-			c.warnf(f, CodeNeverMatches, "path %q does not start with '/': no request path can match it", v)
 		}
 		out = append(out, m)
 	}

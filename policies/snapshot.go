@@ -36,13 +36,70 @@ type Snapshot struct {
 type scope struct {
 	all       *bucket
 	selectors []selectorBucket
-	targets   map[targetKey]*bucket
-	patterns  []patternBucket
+	// selectors indexed by their first label: key → value → selectors, so
+	// that a workload's labels find their selectors with a few lookups.
+	selKeys  []string
+	selIndex map[string]map[string][]*selectorBucket
+	targets  map[targetKey]*bucket
+	patterns []patternBucket
+	// byWorkload indexes pattern buckets whose patterns are all exact IDs;
+	// globPatterns are the rest, matched one by one.
+	byWorkload   map[string][]*bucket
+	globPatterns []patternBucket
 }
 
 type selectorBucket struct {
 	labels map[string]string
+	pairs  []labelPair // sorted by key
 	b      *bucket
+}
+
+type labelPair struct{ k, v string }
+
+// indexPatterns builds byWorkload and globPatterns.
+func (sc *scope) indexPatterns() {
+	for _, pb := range sc.patterns {
+		exact := len(pb.workloads) > 0
+		for _, p := range pb.workloads {
+			if p.exact == "" {
+				exact = false
+			}
+		}
+		if !exact {
+			sc.globPatterns = append(sc.globPatterns, pb)
+			continue
+		}
+		if sc.byWorkload == nil {
+			sc.byWorkload = map[string][]*bucket{}
+		}
+		for _, p := range pb.workloads {
+			sc.byWorkload[p.exact] = append(sc.byWorkload[p.exact], pb.b)
+		}
+	}
+}
+
+// indexSelectors builds selIndex; called once the scope is complete.
+func (sc *scope) indexSelectors() {
+	if len(sc.selectors) == 0 {
+		return
+	}
+	sc.selIndex = map[string]map[string][]*selectorBucket{}
+	for i := range sc.selectors {
+		sb := &sc.selectors[i]
+		keys := sortedKeys(sb.labels)
+		sb.pairs = make([]labelPair, len(keys))
+		for j, k := range keys {
+			sb.pairs[j] = labelPair{k, sb.labels[k]}
+		}
+		first := sb.pairs[0]
+		byVal := sc.selIndex[first.k]
+		if byVal == nil {
+			byVal = map[string][]*selectorBucket{}
+			sc.selIndex[first.k] = byVal
+			sc.selKeys = append(sc.selKeys, first.k)
+		}
+		byVal[first.v] = append(byVal[first.v], sb)
+	}
 }
 
 type patternBucket struct {
@@ -494,14 +551,25 @@ func (sc *scope) collect(t *Target, bs []*bucket) []*bucket {
 	if sc.all != nil {
 		bs = append(bs, sc.all)
 	}
-	for i := range sc.selectors {
-		if labelsMatch(sc.selectors[i].labels, t.Labels) {
-			bs = append(bs, sc.selectors[i].b)
+	if len(t.Labels) > 0 {
+		for _, k := range sc.selKeys {
+			v, ok := t.Labels[k]
+			if !ok {
+				continue
+			}
+			for _, sb := range sc.selIndex[k][v] {
+				if pairsMatch(sb.pairs, t.Labels) {
+					bs = append(bs, sb.b)
+				}
+			}
 		}
 	}
-	for i := range sc.patterns {
-		if sc.patterns[i].workloads.match(t.ID) {
-			bs = append(bs, sc.patterns[i].b)
+	if len(sc.byWorkload) > 0 && !t.ID.IsZero() {
+		bs = append(bs, sc.byWorkload[t.ID.String()]...)
+	}
+	for i := range sc.globPatterns {
+		if sc.globPatterns[i].workloads.match(t.ID) {
+			bs = append(bs, sc.globPatterns[i].b)
 		}
 	}
 	return sc.collectTargets(t, bs)
@@ -524,14 +592,13 @@ func (sc *scope) collectTargets(t *Target, bs []*bucket) []*bucket {
 	return bs
 }
 
-// labelsMatch: every selector label must be present with the same value.
-// An empty selector selects nothing (it was compiled as namespace-wide).
-func labelsMatch(sel, labels map[string]string) bool {
-	if len(sel) == 0 || len(labels) < len(sel) {
+// pairsMatch: every selector label must be present with the same value.
+func pairsMatch(sel []labelPair, labels map[string]string) bool {
+	if len(labels) < len(sel) {
 		return false
 	}
-	for k, v := range sel {
-		if lv, ok := labels[k]; !ok || lv != v {
+	for _, p := range sel {
+		if lv, ok := labels[p.k]; !ok || lv != p.v {
 			return false
 		}
 	}
