@@ -268,3 +268,63 @@ func TestConnectionPropertiesReadOncePerConnection(t *testing.T) {
 		t.Fatal("cached connection skipped the mTLS requirement of the new configuration")
 	}
 }
+
+// TestQuarantineResponseReachesEveryWorker: a quarantine response on one
+// worker VM is published under the one shared-data key and blocks the
+// caller on another worker after its next tick; the event says so.
+func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
+	h := newFakeHost()
+	cfg := scenario.Config(t, scenario.Options{EgressResponse: "quarantine"})
+	vm1, vm2 := NewVM(h), NewVM(h)
+	p1, p2 := vm1.NewPlugin(), vm2.NewPlugin()
+	for _, p := range []*Plugin{p1, p2} {
+		if err := p.Configure(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do := func(p *Plugin, authority string) *fakeStream {
+		s := streamFor(scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080",
+			Route: "orders-api", Method: "GET", Path: "/", Authority: authority})
+		var st StreamState
+		p.OnRequestHeaders(s, &st)
+		return s
+	}
+	if s := do(p2, "orders"); s.local != nil {
+		t.Fatalf("web denied before anything happened: %+v", s.local)
+	}
+	if s := do(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
+		t.Fatal("metadata call not blocked")
+	}
+	p1.OnTick()
+	if v, ok := h.shared[SharedBlocklistKey]; !ok || len(v.data) != 16 {
+		t.Fatalf("shared blocklist %v", h.shared)
+	}
+	if len(h.calls) != 1 {
+		t.Fatalf("%d event callouts", len(h.calls))
+	}
+	var b wire.EventBatch
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range b.Events {
+		found = found || (e.Detector == "egress" && e.Response == "quarantine" && strings.Contains(e.Detail, "quarantine_for=3600s"))
+	}
+	if !found {
+		t.Fatalf("no quarantine event in %+v", b.Events)
+	}
+	p2.OnTick()
+	s := do(p2, "orders")
+	if s.local == nil || s.local.Status != 403 {
+		t.Fatal("the other worker did not block the quarantined caller")
+	}
+	if r, _ := scenario.Header(s.local.Headers, wire.HeaderReason); r != "denied_anomaly" {
+		t.Fatalf("reason %q", r)
+	}
+	// Expiry: an hour later both workers let it through again.
+	h.now += int64(61 * time.Minute)
+	p2.OnTick()
+	if s := do(p2, "orders"); s.local != nil {
+		t.Fatalf("still blocked after expiry: %+v", s.local)
+	}
+}

@@ -401,8 +401,7 @@ func (p *Plugin) report(v *detect.Verdict, now int64, method, route string) {
 		e := wire.Event{Kind: wire.EventAnomaly, Detector: f.Detector.String(), Source: src, Route: route,
 			Method: method, Response: resp, Profile: v.Profile, Score: f.Score, Count: f.Count,
 			UnixMillis: now / 1e6, Detail: f.Detail}
-		if v.Quarantine && i == v.N-1 {
-			e.Response = detect.RespQuarantine.String()
+		if f.Response == detect.RespQuarantine && v.Quarantine {
 			e.Detail += " quarantine_for=" + strconv.FormatInt(v.QuarantineFor/1e9, 10) + "s"
 		}
 		p.event(e)

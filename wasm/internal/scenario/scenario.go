@@ -90,6 +90,8 @@ type Options struct {
 	RequireMTLS bool
 	Baseline    string // baseline mode, default shadow
 	BadProfile  bool   // an invalid AnomalyProfile response
+	// EgressResponse replaces the egress detector's response (block).
+	EgressResponse string
 }
 
 // Set is the scenarios' policy set.
@@ -110,6 +112,10 @@ func Set(o Options) policies.Set {
 		}}
 	if o.BadProfile {
 		ap.Spec.Responses["rate"] = "explode"
+	}
+	if o.EgressResponse != "" {
+		ap.Spec.Responses["egress"] = o.EgressResponse
+		ap.Spec.QuarantineFor = "1h"
 	}
 	return policies.Set{
 		Settings: policies.MeshSettingsSpec{TrustDomain: TrustDomain},
