@@ -328,3 +328,25 @@ func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
 		t.Fatalf("still blocked after expiry: %+v", s.local)
 	}
 }
+
+type panickyStream struct{ *fakeStream }
+
+func (panickyStream) RequestHeaders() ([][2]string, error) { panic("host bug") }
+
+func TestPanicDeniesInsteadOfTrapping(t *testing.T) {
+	d := newCoreDriver(t).(*coreDriver)
+	if err := d.Start(t, scenario.Config(t, scenario.Options{})); err != nil {
+		t.Fatal(err)
+	}
+	fs := streamFor(scenario.Request{Source: scenario.Web, Method: "GET", Path: "/", Authority: "orders"})
+	var st StreamState
+	if d.p.OnRequestHeaders(panickyStream{fs}, &st) {
+		t.Fatal("request continued after a panic")
+	}
+	if fs.local == nil || fs.local.Status != 403 {
+		t.Fatalf("local response %+v", fs.local)
+	}
+	if r, _ := scenario.Header(fs.local.Headers, wire.HeaderReason); r != "denied_internal_error" {
+		t.Fatalf("reason %q", r)
+	}
+}
