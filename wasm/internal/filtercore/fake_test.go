@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -348,5 +349,63 @@ func TestPanicDeniesInsteadOfTrapping(t *testing.T) {
 	}
 	if r, _ := scenario.Header(fs.local.Headers, wire.HeaderReason); r != "denied_internal_error" {
 		t.Fatalf("reason %q", r)
+	}
+}
+
+// TestEventBufferIsBoundedAndCountsDrops: events beyond maxEvents are
+// dropped and counted, a failed callout's events are counted as dropped,
+// and the count reaches the control plane in the next batch.
+func TestEventBufferIsBoundedAndCountsDrops(t *testing.T) {
+	var fc wire.FilterConfig
+	if err := json.Unmarshal(scenario.Config(t, scenario.Options{}), &fc); err != nil {
+		t.Fatal(err)
+	}
+	fc.Detection = &wire.Detection{MaxEvents: 2}
+	cfg, _ := json.Marshal(fc)
+	h := newFakeHost()
+	vm := NewVM(h)
+	p := vm.NewPlugin()
+	if err := p.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	egress := func(i int) {
+		s := streamFor(scenario.Request{Source: fmt.Sprintf("spiffe://mesh.test/ns/shop/sa/app%d", i), SourceAddr: "10.0.0.7:1",
+			Route: "orders-api", Method: "GET", Path: "/", Authority: "169.254.169.254"})
+		var st StreamState
+		p.OnRequestHeaders(s, &st)
+	}
+	for i := 0; i < 5; i++ {
+		egress(i) // one anomaly event each (the edge is in the baseline)
+	}
+	if got := h.counters[mEventsDropped]; got != 3 {
+		t.Fatalf("dropped counter %d, want 3", got)
+	}
+	h.failCall = true
+	p.OnTick() // the dispatch fails: its 2 events are dropped too
+	if got := h.counters[mEventsDropped]; got != 5 {
+		t.Fatalf("dropped counter after a failed dispatch %d, want 5", got)
+	}
+	h.failCall = false
+	egress(9)
+	p.OnTick()
+	if len(h.calls) != 1 {
+		t.Fatalf("%d callouts", len(h.calls))
+	}
+	var b wire.EventBatch
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Events) != 1 || b.Dropped != 5 {
+		t.Fatalf("batch: %d events, dropped %d; want 1 and 5", len(b.Events), b.Dropped)
+	}
+	h.calls[0].done(503, nil) // the control plane refuses: counted, carried again
+	if got := h.counters[mEventsDropped]; got != 6 {
+		t.Fatalf("dropped counter after a 503 %d, want 6", got)
+	}
+	egress(10)
+	h.calls = nil
+	p.OnTick()
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil || b.Dropped != 6 {
+		t.Fatalf("next batch carries dropped=%d (%v), want 6", b.Dropped, err)
 	}
 }
