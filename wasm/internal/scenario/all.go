@@ -16,6 +16,7 @@ var All = []Scenario{
 	{Name: "denied_by_identity", Run: deniedByIdentity},
 	{Name: "denied_by_route", Run: deniedByRoute},
 	{Name: "dry_run", Run: dryRun},
+	{Name: "mode_off", Run: modeOff},
 	{Name: "missing_mtls", Run: missingMTLS},
 	{Name: "spoofed_headers_stripped", Run: spoofedHeaders},
 	{Name: "quarantined_identity", Run: quarantined},
@@ -82,6 +83,17 @@ func dryRun(t *testing.T, d Driver) {
 	if !ok || e.Response != "dry-run" || !strings.Contains(e.Detail, string(policies.ReasonDeniedByPolicy)) {
 		t.Fatalf("no dry-run decision event: %s", describe(evs))
 	}
+}
+
+func modeOff(t *testing.T, d Driver) {
+	mustStart(t, d, Options{})
+	// Enforcement is off on the route: even a caller no policy admits passes.
+	r := d.Do(t, get(Intruder, "orders-legacy", "/legacy"))
+	wantForwarded(t, r)
+	if v, _ := Header(r.Upstream, wire.HeaderPolicyRef); v != "RouteOverride/shop/legacy-open" {
+		t.Errorf("policy header %q", v)
+	}
+	wantDenied(t, d.Do(t, get(Intruder, "orders-api", "/api")), 403, policies.ReasonDeniedNoMatch)
 }
 
 func missingMTLS(t *testing.T, d Driver) {

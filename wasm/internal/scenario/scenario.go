@@ -130,6 +130,8 @@ func Set(o Options) policies.Set {
 			{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindRouteOverride, Metadata: meta("admin-only"),
 				Spec: policies.RouteOverrideSpec{Route: "orders-admin", Action: "DENY", Rules: []policies.IdentityRule{{
 					Name: "not-admin", From: []policies.IdentitySource{{NotIDs: []string{Admin}}}}}}},
+			{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindRouteOverride, Metadata: meta("legacy-open"),
+				Spec: policies.RouteOverrideSpec{Route: "orders-legacy", Mode: policies.ModeOff}},
 			{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindRouteOverride, Metadata: meta("beta-trial"),
 				Spec: policies.RouteOverrideSpec{Route: "orders-beta", Mode: policies.ModeDryRun, Action: "DENY", Rules: []policies.IdentityRule{{
 					Name: "no-web", From: []policies.IdentitySource{{IDs: []string{Web}}}}}}},
