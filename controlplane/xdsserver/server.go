@@ -163,7 +163,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			}
 		}
 	}
-	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{log})
+	// Not the cache's "ADS mode": in it a request naming some resources of
+	// a type is never answered unless it names every resource of that type
+	// in the snapshot, and Envoy asks for the filter config alone while
+	// authz servers ask for the bundle alone. Snapshots are consistent
+	// (checked before publication), which is what ADS ordering protects.
+	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
 	s.xds = serverv3.NewServer(ctx, s.cache, s.callbacks())
 	return s, nil
 }
