@@ -326,6 +326,21 @@ func (s *Server) releaseToken(node string, tok *pushToken) {
 	s.inflightMu.Unlock()
 }
 
+// endsPush reports whether an answer of node on typeURL ends its push: the
+// answer to the largest resource, the filter config or bundle
+// (ExtensionConfig), or the listener for proxyless gRPC nodes, which take
+// no extension config.
+func (s *Server) endsPush(node *core.Node, typeURL string) bool {
+	if typeURL == resource.ExtensionConfigType {
+		return true
+	}
+	if typeURL != resource.ListenerType || s.gen == nil {
+		return false
+	}
+	w, ok := s.gen.Mesh().Lookup(node.GetCluster(), node.GetId())
+	return ok && w.Proxyless
+}
+
 // Wait returns when every push started by Publish has been handed to the
 // cache (tests and benchmarks; the server does not need it).
 func (s *Server) Wait() { s.pushWG.Wait() }
@@ -471,7 +486,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
 			s.ensureNode(r.GetNode())
 			s.observe(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetVersionInfo())
-			if r.GetResponseNonce() != "" {
+			if r.GetResponseNonce() != "" && s.endsPush(r.GetNode(), r.GetTypeUrl()) {
 				s.release(r.GetNode().GetId())
 			}
 			if r.GetErrorDetail() != nil {
@@ -489,7 +504,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamDeltaRequestFunc: func(_ int64, r *discovery.DeltaDiscoveryRequest) error {
 			s.ensureNode(r.GetNode())
 			s.observe(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetResponseNonce())
-			if r.GetResponseNonce() != "" {
+			if r.GetResponseNonce() != "" && s.endsPush(r.GetNode(), r.GetTypeUrl()) {
 				s.release(r.GetNode().GetId())
 			}
 			return nil
