@@ -22,7 +22,9 @@ a compromised workload mesh-wide.`,
 	root.AddCommand(
 		newVersionCmd(),
 		newPolicyCmd(),
+		newAuthzCmd(),
 		newControlPlaneCmd(), newQuarantineCmd(), newBaselineCmd(),
+		newDemoCmd(),
 	)
 	return root
 }

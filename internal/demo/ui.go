@@ -83,6 +83,7 @@ type UI struct {
 	counts   Counts
 	lastProg time.Time
 	status   bool // a progress line is on screen (tty)
+	started  bool
 	// quiet caps how many ALLOW lines are printed per phase, so that
 	// legitimate traffic does not drown the interesting lines.
 	allowShown int
@@ -103,6 +104,14 @@ func IsTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// Start resets the clock and enables the progress display: call it when
+// the timed part begins.
+func (u *UI) Start() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.start, u.started = time.Now(), true
 }
 
 // Phase announces phase i of n.
@@ -230,6 +239,9 @@ func (u *UI) progress() string {
 }
 
 func (u *UI) drawStatus(force bool) {
+	if !u.started {
+		return
+	}
 	if u.tty {
 		line := u.progress()
 		if u.color {

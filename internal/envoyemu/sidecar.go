@@ -80,7 +80,10 @@ type Outcome struct {
 	Method   string
 	Path     string
 	Route    string
-	Status   int
+	// RequestID is the x-request-id the sidecar generated (the authz
+	// decision log carries it).
+	RequestID string
+	Status    int
 	// DeniedBy is empty when the request reached the upstream, otherwise
 	// one of DeniedByFilter, DeniedByAuthz, DeniedAuthzError, DeniedNoRoute.
 	DeniedBy string
@@ -221,6 +224,7 @@ func (s *Sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The connection manager: Envoy generates x-request-id and sets
 	// x-forwarded-proto.
 	reqID := newRequestID()
+	out.RequestID = reqID
 	headers := requestHeaders(r, reqID)
 	rt, ok := s.route(r.RequestURI)
 	if !ok {
@@ -330,7 +334,7 @@ func (s *Sidecar) checkRequest(r *http.Request, info StreamInfo, peer *x509.Cert
 	}
 	src := &authv3.AttributeContext_Peer{Address: socketAddress(info.SourceAddress), Principal: principal(peer)}
 	if peer != nil && s.cfg.IncludePeerCertificate {
-		src.Certificate = url.QueryEscape(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: peer.Raw})))
+		src.Certificate = pemURLEncoder.Replace(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: peer.Raw})))
 	}
 	proto := "HTTP/1.1"
 	if r.ProtoMajor == 2 {
@@ -360,6 +364,11 @@ func (s *Sidecar) checkRequest(r *http.Request, info StreamInfo, peer *x509.Cert
 		ContextExtensions: ext,
 	}}
 }
+
+// pemURLEncoder is how Envoy URL-encodes the PEM peer certificate for
+// source.certificate and XFCC Cert=: it percent-encodes exactly newline,
+// space, '+', '/' and '=' (so both path and query unescaping read it back).
+var pemURLEncoder = strings.NewReplacer("\n", "%0A", " ", "%20", "+", "%2B", "/", "%2F", "=", "%3D")
 
 // principal is what Envoy puts into source.principal: the first URI SAN,
 // else the first DNS SAN, else the subject.

@@ -235,7 +235,10 @@ func TestSidecar(t *testing.T) {
 		if a.GetSource().GetPrincipal() != clientSVID.ID.String() || a.GetDestination().GetPrincipal() != serverSVID.ID.String() {
 			t.Errorf("principals: %v / %v", a.GetSource().GetPrincipal(), a.GetDestination().GetPrincipal())
 		}
-		pemText, err := url.QueryUnescape(a.GetSource().GetCertificate())
+		if strings.ContainsAny(a.GetSource().GetCertificate(), " +\n") {
+			t.Errorf("source.certificate is not URL-encoded as Envoy does: %q", a.GetSource().GetCertificate()[:40])
+		}
+		pemText, err := url.PathUnescape(a.GetSource().GetCertificate())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,8 @@ type vmContext struct {
 	now func() int64
 	vm  *filtercore.VM
 	// streams counts finished streams, to check the heap now and then.
-	streams uint32
+	streams       uint32
+	heap, heapSys filtercore.Gauge
 }
 
 func newVMContext(now func() int64) *vmContext { return &vmContext{now: now} }
@@ -48,7 +49,20 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
-func (p *pluginContext) OnTick() { p.core.OnTick() }
+// OnTick runs the filter's periodic work and reports the Go heap inside
+// the module, which the linear memory size alone does not show.
+func (p *pluginContext) OnTick() {
+	p.core.OnTick()
+	v := p.vmc
+	if v.heap == nil {
+		v.heap = sdkHost{}.DefineGauge("meshguard_wasm_go_heap_bytes")
+		v.heapSys = sdkHost{}.DefineGauge("meshguard_wasm_go_sys_bytes")
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	v.heap.Set(int64(ms.HeapAlloc))
+	v.heapSys.Set(int64(ms.Sys))
+}
 
 func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
 	return &httpContext{p: p}

@@ -78,9 +78,10 @@ type Ref struct {
 	route string
 }
 
+// entry holds no pointers, so the garbage collector never scans the table;
+// the caller's name for events lives in Engine.ids at the same index.
 type entry struct {
 	key      uint64 // 0: free
-	id       string // for events: SPIFFE ID or the caller address
 	lastSeen int64
 	gen      uint32
 	prof     int16
@@ -128,6 +129,7 @@ type Engine struct {
 	cfg       *Config
 	gen       uint32
 	entries   []entry
+	ids       []string // SPIFFE ID or caller address, by entry index
 	sets      uint64
 	edges     []edgeSlot
 	used      int
@@ -149,6 +151,7 @@ func (e *Engine) SetConfig(cfg *Config) {
 	n := roundPow2(cfg.tuning.Capacity)
 	if len(e.entries) != n {
 		e.entries = make([]entry, n)
+		e.ids = make([]string, n)
 		e.sets = uint64(n / ways)
 		e.used = 0
 	}
@@ -253,9 +256,9 @@ func (e *Engine) Observe(r *Request) Verdict {
 	slot, ent, found := e.lookup(key, now)
 	if !found {
 		if !r.Source.IsZero() {
-			ent.id = r.Source.String()
+			e.ids[slot] = r.Source.String()
 		} else {
-			ent.id = r.SourceAddr.String()
+			e.ids[slot] = r.SourceAddr.String()
 		}
 	}
 	ent.lastSeen = now
@@ -288,7 +291,7 @@ func (e *Engine) Observe(r *Request) Verdict {
 	}
 	bmode := e.cfg.baseline
 	if bmode != BaselineNone && service != "" {
-		h := edgeHash(ent.id, service, r.Route)
+		h := edgeHash(e.ids[slot], service, r.Route)
 		es := &e.edges[(h>>20)&uint64(len(e.edges)-1)]
 		if es.hash != h || es.gen != e.gen {
 			*es = edgeSlot{hash: h, gen: e.gen, known: knownEdge(e.cfg.edges, r.Source, service, r.Route)}
@@ -584,7 +587,7 @@ func (e *Engine) ObserveResponse(ref Ref, now int64, status int) Verdict {
 // Source returns the identity string recorded for a Ref (for events).
 func (e *Engine) Source(ref Ref) string {
 	if int(ref.slot) < len(e.entries) && e.entries[ref.slot].key == ref.key {
-		return e.entries[ref.slot].id
+		return e.ids[ref.slot]
 	}
 	return ""
 }

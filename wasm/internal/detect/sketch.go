@@ -1,9 +1,6 @@
 package detect
 
-import (
-	"math"
-	"math/bits"
-)
+import "math"
 
 // Distinct counts per window use linear counting over a fixed bitmap: exact
 // for small counts, a few percent off near half occupancy, and never more
@@ -33,14 +30,6 @@ func linearCount(m, set int) float64 {
 		return float64(m) * math.Log(float64(m)) // saturated: report a large value
 	}
 	return -float64(m) * math.Log(float64(m-set)/float64(m))
-}
-
-func popcount(b []uint64) int {
-	n := 0
-	for _, w := range b {
-		n += bits.OnesCount64(w)
-	}
-	return n
 }
 
 const (

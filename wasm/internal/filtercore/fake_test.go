@@ -1,6 +1,7 @@
 package filtercore
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -223,3 +224,47 @@ func (d *coreDriver) Sleep(dur time.Duration) { d.h.now += int64(dur) }
 func (d *coreDriver) Events(t *testing.T) []wire.Event { return d.events }
 
 func TestScenarios(t *testing.T) { scenario.Run(t, newCoreDriver) }
+
+func TestConnectionPropertiesReadOncePerConnection(t *testing.T) {
+	d := newCoreDriver(t).(*coreDriver)
+	if err := d.Start(t, scenario.Config(t, scenario.Options{})); err != nil {
+		t.Fatal(err)
+	}
+	do := func(conn uint64, src string) (*fakeStream, bool) {
+		r := scenario.Request{Source: src, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080", Route: "orders-api",
+			Method: "GET", Path: "/api/orders/1", Authority: "orders"}
+		s := streamFor(r)
+		if conn != 0 {
+			b := make([]byte, 8)
+			binary.LittleEndian.PutUint64(b, conn)
+			s.props["connection.id"] = b
+		}
+		var st StreamState
+		return s, d.p.OnRequestHeaders(s, &st)
+	}
+	if _, ok := do(7, scenario.Web); !ok {
+		t.Fatal("web denied")
+	}
+	// Same connection: the identity read at its first request holds (a
+	// connection's peer certificate cannot change).
+	if _, ok := do(7, scenario.Intruder); !ok {
+		t.Fatal("connection identity was read again")
+	}
+	// Another connection is read afresh.
+	if _, ok := do(8, scenario.Intruder); ok {
+		t.Fatal("intruder allowed on its own connection")
+	}
+	// Without connection.id nothing is cached.
+	if _, ok := do(0, scenario.Intruder); ok {
+		t.Fatal("intruder allowed without a connection id")
+	}
+	// A configuration that requires mTLS re-reads cached connections.
+	p := d.vm.NewPlugin()
+	if err := p.Configure(scenario.Config(t, scenario.Options{RequireMTLS: true})); err != nil {
+		t.Fatal(err)
+	}
+	d.p = p
+	if _, ok := do(7, ""); ok {
+		t.Fatal("cached connection skipped the mTLS requirement of the new configuration")
+	}
+}

@@ -23,6 +23,7 @@ const SharedBlocklistKey = "meshguard.blocklist.v1"
 const (
 	maxSharedBlocks = 256
 	maxIDCache      = 1024
+	maxConnCache    = 4096
 	defaultReporter = "meshguard-wasm"
 )
 
@@ -34,8 +35,9 @@ type VM struct {
 	engine  *detect.Engine
 	events  eventBuffer
 	ids     map[string]spiffeid.ID
-	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
-	pending []block          // local quarantines not yet published
+	conns   map[uint64]*connInfo // by connection.id
+	blocks  map[uint64]int64     // identity key → unix nanos, from shared data
+	pending []block              // local quarantines not yet published
 	evicted uint64
 }
 
@@ -46,7 +48,7 @@ type block struct {
 
 // NewVM defines the metrics and returns an empty VM.
 func NewVM(h Host) *VM {
-	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, events: eventBuffer{max: DefaultMaxEvents}}
+	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{}, events: eventBuffer{max: DefaultMaxEvents}}
 }
 
 // Plugin is one plugin context: one configuration.
@@ -102,6 +104,10 @@ type StreamState struct {
 	ref      detect.Ref
 	observed bool
 	replied  bool
+	// Scratch space that lives as long as the stream, so the request path
+	// does not allocate it.
+	conn connInfo
+	hv   headerView
 }
 
 // headerView serves policy header lookups from the request's header list.
@@ -145,6 +151,46 @@ func parseAddr(b []byte, ok bool) (netip.Addr, uint32) {
 		return a.Unmap(), 0
 	}
 	return ap.Addr().Unmap(), uint32(ap.Port())
+}
+
+// connInfo is what the filter reads from connection-level properties. It
+// is the same for every request of a connection, so it is read once per
+// connection (Envoy never reuses a connection.id within a process) instead
+// of with five host calls per request.
+type connInfo struct {
+	id           spiffeid.ID
+	mtls         bool
+	bad          policies.Reason
+	srcIP, dstIP netip.Addr
+	dstPort      uint32
+	sni          string
+	requireMTLS  bool
+}
+
+func (p *Plugin) connection(s Stream, c *connInfo) {
+	vm := p.vm
+	var key uint64
+	if b, ok := s.Property(PropConnID); ok && len(b) == 8 {
+		key = binary.LittleEndian.Uint64(b)
+		if cached, ok := vm.conns[key]; ok && cached.requireMTLS == p.cfg.requireMTLS {
+			*c = *cached
+			return
+		}
+	}
+	*c = connInfo{requireMTLS: p.cfg.requireMTLS}
+	c.id, c.mtls, c.bad = p.identity(s)
+	c.srcIP, _ = parseAddr(s.Property(PropSourceAddr))
+	c.dstIP, c.dstPort = parseAddr(s.Property(PropDestAddr))
+	if sni, ok := s.Property(PropSNI); ok {
+		c.sni = string(sni)
+	}
+	if key != 0 {
+		if len(vm.conns) >= maxConnCache {
+			clear(vm.conns)
+		}
+		cp := *c
+		vm.conns[key] = &cp
+	}
 }
 
 // identity returns the caller's verified SPIFFE ID (zero when the
@@ -213,15 +259,14 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) bool {
 		hdrs = slices.DeleteFunc(hdrs, func(kv [2]string) bool { return hasPrefixFold(kv[0], wire.HeaderPrefix) })
 	}
 
-	id, mtls, bad := p.identity(s)
-	if bad != "" {
-		return p.deny(s, st, cfg, 403, bad, policies.RuleRef{})
+	c := &st.conn
+	p.connection(s, c)
+	if c.bad != "" {
+		return p.deny(s, st, cfg, 403, c.bad, policies.RuleRef{})
 	}
-	srcIP, _ := parseAddr(s.Property(PropSourceAddr))
-	dstIP, dstPort := parseAddr(s.Property(PropDestAddr))
+	id, mtls, srcIP, dstIP, dstPort, sni := c.id, c.mtls, c.srcIP, c.dstIP, c.dstPort, c.sni
 	routeB, _ := s.Property(PropRouteName)
 	route := string(routeB)
-	sni, _ := s.Property(PropSNI)
 
 	now := vm.host.Now()
 	if len(vm.blocks) > 0 {
@@ -230,12 +275,12 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) bool {
 		}
 	}
 
-	hv := headerView{h: hdrs}
+	st.hv = headerView{h: hdrs}
 	attrs := policies.Attributes{
 		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
-		DestinationIP: dstIP, DestinationPort: dstPort, SNI: string(sni),
+		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
 		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
-		Headers: &hv,
+		Headers: &st.hv,
 	}
 	dec := cfg.snap.Decide(&attrs)
 

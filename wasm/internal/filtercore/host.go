@@ -52,4 +52,5 @@ var (
 	PropSourceAddr = []string{"source", "address"}
 	PropDestAddr   = []string{"destination", "address"}
 	PropRouteName  = []string{"xds", "route_name"}
+	PropConnID     = []string{"connection", "id"}
 )

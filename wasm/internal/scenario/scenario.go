@@ -86,14 +86,11 @@ type Driver interface {
 
 // Options shape the configuration.
 type Options struct {
-	Version        string
-	RequireMTLS    bool
-	Baseline       string // baseline mode, default shadow
-	BadProfile     bool
-	ExtraProfileCh func(*policies.AnomalyProfile)
+	Version     string
+	RequireMTLS bool
+	Baseline    string // baseline mode, default shadow
+	BadProfile  bool   // an invalid AnomalyProfile response
 }
-
-func f64(v float64) *float64 { return &v }
 
 // Set is the scenarios' policy set.
 func Set(o Options) policies.Set {
@@ -113,9 +110,6 @@ func Set(o Options) policies.Set {
 		}}
 	if o.BadProfile {
 		ap.Spec.Responses["rate"] = "explode"
-	}
-	if o.ExtraProfileCh != nil {
-		o.ExtraProfileCh(&ap)
 	}
 	return policies.Set{
 		Settings: policies.MeshSettingsSpec{TrustDomain: TrustDomain},
