@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -78,6 +79,7 @@ func main() {
 		timeout  = flag.Duration("timeout", 2*time.Minute, "give up converging after this long")
 		cpuprof  = flag.String("cpuprofile", "", "internal: write a CPU profile of a -child run")
 		memprof  = flag.String("memprofile", "", "internal: write a heap profile of a -child run after convergence")
+		memlimit = flag.Int64("memlimit-mib", 0, "Go soft memory limit of each run in MiB, as a deployment sets GOMEMLIMIT under a container limit (0: none)")
 	)
 	flag.Parse()
 	if *cpuprof != "" {
@@ -88,6 +90,9 @@ func main() {
 	}
 	if *child > 0 {
 		heapProfile = *memprof
+		if *memlimit > 0 {
+			debug.SetMemoryLimit(*memlimit << 20)
+		}
 		r, err := runSize(*child, *rules, *timeout)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cpbench:", err)
@@ -104,7 +109,8 @@ func main() {
 	}
 	var results []result
 	for _, n := range []int{*baseline, *nodes} {
-		out, err := exec.Command(self, "-child", strconv.Itoa(n), "-rules", strconv.Itoa(*rules), "-timeout", timeout.String()).Output()
+		out, err := exec.Command(self, "-child", strconv.Itoa(n), "-rules", strconv.Itoa(*rules), "-timeout", timeout.String(),
+			"-memlimit-mib", strconv.FormatInt(*memlimit, 10)).Output()
 		if err != nil {
 			if ee, ok := err.(*exec.ExitError); ok {
 				os.Stderr.Write(ee.Stderr)
@@ -119,7 +125,7 @@ func main() {
 		}
 		results = append(results, r)
 	}
-	report(results[0], results[1])
+	report(results[0], results[1], *memlimit)
 }
 
 func lastLine(b []byte) []byte {
@@ -127,9 +133,12 @@ func lastLine(b []byte) []byte {
 	return lines[len(lines)-1]
 }
 
-func report(base, big result) {
+func report(base, big result, memlimit int64) {
 	fmt.Printf("control plane bench: %d rules in %d documents (internal/policygen.Realistic), bundle %.1f KiB; GOMAXPROCS=%d\n",
 		big.Rules, big.Documents, float64(big.BundleBytes)/1024, runtime.GOMAXPROCS(0))
+	if memlimit > 0 {
+		fmt.Printf("Go soft memory limit %d MiB (-memlimit-mib)\n", memlimit)
+	}
 	fmt.Printf("each node is a distinct workload (1 inbound listener, 3 routes, 1 upstream) whose ECDS filter config carries the bundle\n\n")
 	fmt.Printf("%-28s %12s %12s %8s %10s\n", "metric", fmt.Sprintf("%d nodes", base.Nodes), fmt.Sprintf("%d nodes", big.Nodes), "ratio", "target")
 	row := func(name string, b, v float64, unit string, target string, ok bool) {
@@ -191,6 +200,7 @@ func runSize(n, rules int, timeout time.Duration) (result, error) {
 		return result{}, publishErr
 	}
 	r := result{Nodes: n, Rules: rules, BuildInitialSec: lastBuild.Seconds(), BuildInitialCPU: lastCPU.Seconds()}
+	phase("built")
 	b := st.Bundle()
 	data, _ := b.Encode()
 	r.BundleBytes = len(data)
@@ -234,6 +244,7 @@ func runSize(n, rules int, timeout time.Duration) (result, error) {
 		return result{}, err
 	}
 	r.ConvergeInitSec = time.Since(start).Seconds()
+	phase("connected")
 
 	// A policy update (a quarantine): rebuild and push to every node.
 	q := policies.Set{Quarantines: []policies.Quarantine{{
@@ -412,6 +423,21 @@ func checkFilterConfig(resp *discovery.DiscoveryResponse) error {
 		}
 	}
 	return fmt.Errorf("no %s", wire.FilterConfigName)
+}
+
+// phase prints the memory at a phase boundary to stderr (CPBENCH_PHASES=1).
+func phase(name string) {
+	if os.Getenv("CPBENCH_PHASES") == "" {
+		return
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	cur, peak := rss()
+	fmt.Fprintf(os.Stderr, "%-10s heapInuse=%.0fMiB sys=%.0fMiB rss=%.0fMiB peak=%.0fMiB gc=%d\n", name,
+		float64(ms.HeapInuse)/(1<<20), float64(ms.Sys)/(1<<20), cur, peak, ms.NumGC)
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "%-10s after GC heapInuse=%.0fMiB\n", name, float64(ms.HeapInuse)/(1<<20))
 }
 
 // cpuTime is the process's user+system CPU time. The machine may be shared:
