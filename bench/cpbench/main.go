@@ -79,6 +79,7 @@ func main() {
 		timeout  = flag.Duration("timeout", 2*time.Minute, "give up converging after this long")
 		cpuprof  = flag.String("cpuprofile", "", "internal: write a CPU profile of a -child run")
 		memprof  = flag.String("memprofile", "", "internal: write a heap profile of a -child run after convergence")
+		replicas = flag.Int("replicas", 1, "nodes per workload (1: every node a distinct workload)")
 		memlimit = flag.Int64("memlimit-mib", 0, "Go soft memory limit of each run in MiB, as a deployment sets GOMEMLIMIT under a container limit (0: none)")
 	)
 	flag.Parse()
@@ -93,7 +94,7 @@ func main() {
 		if *memlimit > 0 {
 			debug.SetMemoryLimit(*memlimit << 20)
 		}
-		r, err := runSize(*child, *rules, *timeout)
+		r, err := runSize(*child, *replicas, *rules, *timeout)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cpbench:", err)
 			pprof.StopCPUProfile()
@@ -110,7 +111,7 @@ func main() {
 	var results []result
 	for _, n := range []int{*baseline, *nodes} {
 		out, err := exec.Command(self, "-child", strconv.Itoa(n), "-rules", strconv.Itoa(*rules), "-timeout", timeout.String(),
-			"-memlimit-mib", strconv.FormatInt(*memlimit, 10)).Output()
+			"-memlimit-mib", strconv.FormatInt(*memlimit, 10), "-replicas", strconv.Itoa(*replicas)).Output()
 		if err != nil {
 			if ee, ok := err.(*exec.ExitError); ok {
 				os.Stderr.Write(ee.Stderr)
@@ -125,7 +126,7 @@ func main() {
 		}
 		results = append(results, r)
 	}
-	report(results[0], results[1], *memlimit)
+	report(results[0], results[1], *memlimit, *replicas)
 }
 
 func lastLine(b []byte) []byte {
@@ -133,13 +134,17 @@ func lastLine(b []byte) []byte {
 	return lines[len(lines)-1]
 }
 
-func report(base, big result, memlimit int64) {
+func report(base, big result, memlimit int64, replicas int) {
 	fmt.Printf("control plane bench: %d rules in %d documents (internal/policygen.Realistic), bundle %.1f KiB; GOMAXPROCS=%d\n",
 		big.Rules, big.Documents, float64(big.BundleBytes)/1024, runtime.GOMAXPROCS(0))
 	if memlimit > 0 {
 		fmt.Printf("Go soft memory limit %d MiB (-memlimit-mib)\n", memlimit)
 	}
-	fmt.Printf("each node is a distinct workload (1 inbound listener, 3 routes, 1 upstream) whose ECDS filter config carries the bundle\n\n")
+	if replicas <= 1 {
+		fmt.Printf("each node is a distinct workload (1 inbound listener, 3 routes, 1 upstream) whose ECDS filter config carries the bundle\n\n")
+	} else {
+		fmt.Printf("%d nodes per workload (1 inbound listener, 3 routes, 1 upstream); a workload's ECDS filter config carries the bundle\n\n", replicas)
+	}
 	fmt.Printf("%-28s %12s %12s %8s %10s\n", "metric", fmt.Sprintf("%d nodes", base.Nodes), fmt.Sprintf("%d nodes", big.Nodes), "ratio", "target")
 	row := func(name string, b, v float64, unit string, target string, ok bool) {
 		ratio := "-"
@@ -170,9 +175,9 @@ func report(base, big result, memlimit int64) {
 	fmt.Printf("clients run in the same process: memory includes %d ADS clients; wall times include waiting for a core on a shared machine\n", big.Nodes)
 }
 
-func runSize(n, rules int, timeout time.Duration) (result, error) {
+func runSize(n, replicas, rules int, timeout time.Duration) (result, error) {
 	set, _ := policygen.Realistic(rules, 1)
-	m, err := benchMesh(n)
+	m, err := benchMesh(max(1, n/max(1, replicas)))
 	if err != nil {
 		return result{}, err
 	}
@@ -237,7 +242,7 @@ func runSize(n, rules int, timeout time.Duration) (result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			fleet.run(ctx, cc[i%len(cc)], i, m.Workloads[i])
+			fleet.run(ctx, cc[i%len(cc)], i, m.Workloads[i%len(m.Workloads)])
 		}()
 	}
 	if err := fleet.wait(b.Version, timeout); err != nil {
