@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -138,6 +139,7 @@ type controlPlaneFlags struct {
 	thresholdEvents                int
 	thresholdWindow                time.Duration
 	logLevel                       string
+	memoryLimitMiB                 int64
 	spiffe                         spiffeFlags
 }
 
@@ -176,6 +178,7 @@ the bundle is served (authz servers).`,
 	fl.IntVar(&f.thresholdEvents, "quarantine-threshold", 5, "quarantine after this many block-level events in --quarantine-window (0: off)")
 	fl.DurationVar(&f.thresholdWindow, "quarantine-window", time.Minute, "window of --quarantine-threshold")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")
 	f.spiffe.register(cmd)
 	return cmd
 }
@@ -186,6 +189,12 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if f.memoryLimitMiB < 0 {
+		return errors.New("--memory-limit-mib must not be negative")
+	}
+	if f.memoryLimitMiB > 0 {
+		debug.SetMemoryLimit(f.memoryLimitMiB << 20)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 

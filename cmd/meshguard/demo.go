@@ -116,4 +116,3 @@ func demoPolicies(dir string) (fs.FS, []string, error) {
 }
 
 var errNoBuiltin = errors.New("demo: built-in example policies are not available in this build; pass --policies DIR")
-

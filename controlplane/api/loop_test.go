@@ -243,8 +243,13 @@ func newLoop(t *testing.T) *loop {
 		t.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr, Timeout: 5 * time.Second}
 	}
-	return &loop{st: st, qm: qm, clk: clk, events: ts, authz: authority, client: client,
-		sub: startEngineSubscriber(t, conn), audited: &audit}
+	sub := startEngineSubscriber(t, conn)
+	select {
+	case <-sub.updates: // the first bundle is in the engine
+	case <-time.After(5 * time.Second):
+		t.Fatal("the subscriber got no bundle")
+	}
+	return &loop{st: st, qm: qm, clk: clk, events: ts, authz: authority, client: client, sub: sub, audited: &audit}
 }
 
 func (l *loop) post(t *testing.T, from spiffeid.ID, batch wire.EventBatch) int {

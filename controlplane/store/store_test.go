@@ -326,3 +326,30 @@ func TestStoreConcurrentSources(t *testing.T) {
 		t.Fatal("the last published version is not the one served")
 	}
 }
+
+// With the real validator: a set with errors is rejected with every error,
+// attributed to its source, and the last good bundle keeps serving.
+func TestStoreRejectsInvalidPolicies(t *testing.T) {
+	s := newStore(t, Options{Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err }})
+	if err := s.SetSource("files", authzSet("a")); err != nil {
+		t.Fatal(err)
+	}
+	good := s.Bundle()
+	bad := authzSet("b", "c")
+	bad.AuthorizationPolicies[0].Spec.Action = "PERMIT"
+	bad.AuthorizationPolicies[1].Spec.Rules[0].From[0].Source.IPBlocks = []string{"10.0.0.0/99"}
+	err := s.SetSource("istio", bad)
+	var rej *RejectedError
+	if !errors.As(err, &rej) {
+		t.Fatalf("err = %v, want *RejectedError", err)
+	}
+	if rej.Source != "istio" || len(rej.Diagnostics) < 2 {
+		t.Fatalf("rejection %q with %d diagnostics, want source istio and both errors: %v", rej.Source, len(rej.Diagnostics), err)
+	}
+	if s.Bundle() != good {
+		t.Fatal("an invalid source replaced the bundle")
+	}
+	if _, ok := s.Source("istio"); ok {
+		t.Fatal("the rejected source was kept")
+	}
+}

@@ -88,9 +88,30 @@ func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 }
 
 // FilterConfig returns the wasm filter's configuration (wire.FilterConfig
-// JSON) for w. The bundle JSON is spliced in rather than re-encoded so that
-// large bundles are copied once.
+// JSON) for w.
 func (g *Generator) FilterConfig(w *mesh.ValidWorkload, eb *EncodedBundle) ([]byte, error) {
+	p, err := g.filterConfigParts(w, eb)
+	if err != nil {
+		return nil, err
+	}
+	return p.appendTo(make([]byte, 0, p.len())), nil
+}
+
+// filterConfigParts is the filter configuration JSON in three pieces: the
+// bundle JSON is shared by every workload and spliced in, never re-encoded.
+type filterConfigParts struct {
+	head, bundle, rest []byte
+}
+
+func (p filterConfigParts) len() int { return len(p.head) + len(p.bundle) + len(p.rest) }
+
+func (p filterConfigParts) appendTo(b []byte) []byte {
+	b = append(b, p.head...)
+	b = append(b, p.bundle...)
+	return append(b, p.rest...)
+}
+
+func (g *Generator) filterConfigParts(w *mesh.ValidWorkload, eb *EncodedBundle) (filterConfigParts, error) {
 	fc := wire.FilterConfig{
 		Workload: wire.Workload{
 			ID:        w.SPIFFEID,
@@ -110,17 +131,13 @@ func (g *Generator) FilterConfig(w *mesh.ValidWorkload, eb *EncodedBundle) ([]by
 	}
 	rest, err := json.Marshal(fc)
 	if err != nil {
-		return nil, fmt.Errorf("xds: filter config of %s: %w", w.Key, err)
+		return filterConfigParts{}, fmt.Errorf("xds: filter config of %s: %w", w.Key, err)
 	}
 	const head = `{"bundle":null`
 	if !bytes.HasPrefix(rest, []byte(head)) {
-		return nil, fmt.Errorf("xds: filter config of %s: unexpected encoding", w.Key)
+		return filterConfigParts{}, fmt.Errorf("xds: filter config of %s: unexpected encoding", w.Key)
 	}
-	out := make([]byte, 0, len(rest)+len(eb.JSON))
-	out = append(out, `{"bundle":`...)
-	out = append(out, eb.JSON...)
-	out = append(out, rest[len(head):]...)
-	return out, nil
+	return filterConfigParts{head: []byte(`{"bundle":`), bundle: eb.JSON, rest: rest[len(head):]}, nil
 }
 
 // BundleOnly is the snapshot of a node that is not a workload of the mesh
@@ -142,8 +159,8 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 	if w.Proxyless {
 		res, err = g.grpcResources(w, eb.Bundle)
 	} else {
-		var fc []byte
-		fc, err = g.FilterConfig(w, eb)
+		var fc filterConfigParts
+		fc, err = g.filterConfigParts(w, eb)
 		if err == nil {
 			res, err = g.envoyResources(w, eb.Bundle, fc)
 		}

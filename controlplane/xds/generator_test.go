@@ -2,6 +2,8 @@ package xds
 
 import (
 	"encoding/json"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	"google.golang.org/protobuf/proto"
 	"regexp"
 	"strings"
 	"testing"
@@ -166,4 +168,42 @@ func mustCompile(t *testing.T, re string) *regexp.Regexp {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// The hand-encoded ECDS resource must decode to exactly the message that
+// proto would have built.
+func TestWasmConfigEncodingMatchesProto(t *testing.T) {
+	for _, in := range []string{"testdata/in/basic.yaml", "testdata/in/overrides.yaml"} {
+		m, eb := loadCase(t, in)
+		g := NewGenerator(m)
+		for _, w := range m.Workloads {
+			parts, err := g.filterConfigParts(w, eb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := g.wasmExtensionConfig(parts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var decoded wasmfilter.Wasm
+			if err := got.TypedConfig.UnmarshalTo(&decoded); err != nil {
+				t.Fatalf("%s: hand-encoded Wasm does not decode: %v", w.Key, err)
+			}
+			fc, err := g.FilterConfig(w, eb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := proto.Clone(decoded.Config).(*wasmv3.PluginConfig)
+			want.Configuration = mustAny(wrapperspb.String(string(fc)))
+			if !proto.Equal(decoded.Config, want) {
+				t.Fatalf("%s: decoded plugin config differs from the proto-built one", w.Key)
+			}
+			if err := got.ValidateAll(); err != nil {
+				t.Fatal(err)
+			}
+			if decoded.Config.FailurePolicy != wasmv3.FailurePolicy_FAIL_CLOSED || decoded.Config.Name != wire.FilterConfigName {
+				t.Fatalf("%s: %+v", w.Key, decoded.Config)
+			}
+		}
+	}
 }

@@ -15,7 +15,9 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -29,6 +31,8 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 
 	"github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/controlplane/xds"
@@ -43,6 +47,14 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Workers build workload snapshots in parallel; default GOMAXPROCS.
 	Workers int
+	// MaxInFlight bounds how many nodes are being pushed a new snapshot at
+	// once (a push ends when the node ACKs or NACKs, or after PushTimeout).
+	// Every push carries the bundle, so this bounds the memory of a
+	// fleet-wide update. Default 64.
+	MaxInFlight int
+	// PushTimeout frees a push slot of a node that does not answer.
+	// Default 2s.
+	PushTimeout time.Duration
 }
 
 // Server is the xDS server. Create it with New, register it on a gRPC
@@ -68,8 +80,19 @@ type Server struct {
 	sentMu sync.Mutex
 	sent   map[int64]map[string]sentResponse
 
+	// Paced pushes: pushGen identifies the newest Publish; slots bound the
+	// pushes in flight; inflight maps a node to its pending push.
+	pushGen     atomic.Uint64
+	slots       chan struct{}
+	pushTimeout time.Duration
+	inflightMu  sync.Mutex
+	inflight    map[string]*pushToken
+	pushWG      sync.WaitGroup
+
 	m metrics
 }
+
+type pushToken struct{ once sync.Once }
 
 type sentResponse struct{ nonce, version string }
 
@@ -153,6 +176,15 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.workers <= 0 {
 		s.workers = runtime.GOMAXPROCS(0)
 	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 64
+	}
+	if opts.PushTimeout <= 0 {
+		opts.PushTimeout = 2 * time.Second
+	}
+	s.slots = make(chan struct{}, opts.MaxInFlight)
+	s.pushTimeout = opts.PushTimeout
+	s.inflight = map[string]*pushToken{}
 	if opts.Mesh != nil {
 		s.gen = xds.NewGenerator(opts.Mesh)
 	}
@@ -163,7 +195,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			}
 		}
 	}
-	s.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{log})
+	// Not the cache's "ADS mode": in it a request naming some resources of
+	// a type is never answered unless it names every resource of that type
+	// in the snapshot, and Envoy asks for the filter config alone while
+	// authz servers ask for the bundle alone. Snapshots are consistent
+	// (checked before publication), which is what ADS ordering protects.
+	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
 	s.xds = serverv3.NewServer(ctx, s.cache, s.callbacks())
 	return s, nil
 }
@@ -201,34 +238,112 @@ func (s *Server) Publish(b *policies.Bundle) error {
 	built, failed := s.buildAll(eb)
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.bundle = eb
 	s.bundleOn = bundleOnly
 	for k, snap := range built {
 		s.byKey[k] = snap
 	}
 	s.m.bundleBytes.Set(float64(len(eb.JSON)))
+	nodes := make([]string, 0, len(s.nodes))
+	for node := range s.nodes {
+		nodes = append(nodes, node)
+	}
+	s.mu.Unlock()
+	sort.Strings(nodes)
+	gen := s.pushGen.Add(1)
+	s.pushWG.Add(1)
+	go func() {
+		defer s.pushWG.Done()
+		s.push(gen, nodes)
+	}()
+	s.m.buildTime.Observe(time.Since(start).Seconds())
+	s.log.Info("xds snapshots built", "version", b.Version, "workloads", len(built),
+		"failed", failed, "nodes", len(nodes), "duration", time.Since(start))
+	if failed > 0 {
+		return fmt.Errorf("xdsserver: bundle %s: %d workload snapshot(s) failed and were not published", b.Version, failed)
+	}
+	return nil
+}
+
+// push hands the newest snapshots to nodes, at most MaxInFlight at a time.
+// A newer Publish takes over: the nodes this one has not reached yet get
+// the newer snapshots from it.
+func (s *Server) push(gen uint64, nodes []string) {
 	ctx := context.Background()
-	for node, key := range s.nodes {
-		snap := s.snapshotFor(key)
+	for _, node := range nodes {
+		if s.pushGen.Load() != gen {
+			return
+		}
+		s.acquire(node)
+		s.mu.Lock()
+		snap := s.snapshotFor(s.nodes[node])
+		s.mu.Unlock()
 		if snap == nil {
+			s.release(node)
 			continue
 		}
 		if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
+			s.release(node)
 			s.m.failures.Inc()
 			s.log.Error("set snapshot", "node", node, "error", err)
 			continue
 		}
 		s.m.published.Inc()
 	}
-	s.m.buildTime.Observe(time.Since(start).Seconds())
-	s.log.Info("xds snapshots published", "version", b.Version, "workloads", len(built),
-		"failed", failed, "nodes", len(s.nodes), "duration", time.Since(start))
-	if failed > 0 {
-		return fmt.Errorf("xdsserver: bundle %s: %d workload snapshot(s) failed and were not published", b.Version, failed)
-	}
-	return nil
 }
+
+// acquire takes a push slot for node; it is given back when the node
+// answers (release) or after the push timeout.
+func (s *Server) acquire(node string) {
+	s.slots <- struct{}{}
+	tok := &pushToken{}
+	s.inflightMu.Lock()
+	prev := s.inflight[node]
+	s.inflight[node] = tok
+	s.inflightMu.Unlock()
+	if prev != nil {
+		prev.once.Do(func() { <-s.slots })
+	}
+	time.AfterFunc(s.pushTimeout, func() { s.releaseToken(node, tok) })
+}
+
+// release frees node's push slot, if it holds one.
+func (s *Server) release(node string) {
+	s.inflightMu.Lock()
+	tok := s.inflight[node]
+	s.inflightMu.Unlock()
+	if tok != nil {
+		s.releaseToken(node, tok)
+	}
+}
+
+func (s *Server) releaseToken(node string, tok *pushToken) {
+	tok.once.Do(func() { <-s.slots })
+	s.inflightMu.Lock()
+	if s.inflight[node] == tok {
+		delete(s.inflight, node)
+	}
+	s.inflightMu.Unlock()
+}
+
+// endsPush reports whether an answer of node on typeURL ends its push: the
+// answer to the largest resource, the filter config or bundle
+// (ExtensionConfig), or the listener for proxyless gRPC nodes, which take
+// no extension config.
+func (s *Server) endsPush(node *core.Node, typeURL string) bool {
+	if typeURL == resource.ExtensionConfigType {
+		return true
+	}
+	if typeURL != resource.ListenerType || s.gen == nil {
+		return false
+	}
+	w, ok := s.gen.Mesh().Lookup(node.GetCluster(), node.GetId())
+	return ok && w.Proxyless
+}
+
+// Wait returns when every push started by Publish has been handed to the
+// cache (tests and benchmarks; the server does not need it).
+func (s *Server) Wait() { s.pushWG.Wait() }
 
 // buildAll builds every workload's snapshot with s.workers goroutines.
 func (s *Server) buildAll(eb *xds.EncodedBundle) (map[string]*cache.Snapshot, int) {
@@ -279,33 +394,45 @@ func (s *Server) snapshotFor(key string) *cache.Snapshot {
 	return s.byKey[key]
 }
 
-// ensureNode gives a node it has not seen its snapshot.
+// ensureNode gives a node it has not seen its snapshot. It takes a push
+// slot first, so that a fleet connecting at once (a control plane restart)
+// is served at the paced rate; the node's stream waits meanwhile.
 func (s *Server) ensureNode(node *core.Node) {
 	if node == nil || node.GetId() == "" {
 		return
 	}
+	id := node.GetId()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.nodes[node.GetId()]; ok {
+	if _, ok := s.nodes[id]; ok {
+		s.mu.Unlock()
 		return
 	}
 	key := ""
 	if s.gen != nil {
-		if w, ok := s.gen.Mesh().Lookup(node.GetCluster(), node.GetId()); ok {
+		if w, ok := s.gen.Mesh().Lookup(node.GetCluster(), id); ok {
 			key = w.Key
 		}
 	}
-	s.nodes[node.GetId()] = key
+	s.nodes[id] = key
 	s.m.nodes.Set(float64(len(s.nodes)))
-	s.log.Info("xds node connected", "node", node.GetId(), "workload", key)
-	if snap := s.snapshotFor(key); snap != nil {
-		if err := s.cache.SetSnapshot(context.Background(), node.GetId(), snap); err != nil {
-			s.m.failures.Inc()
-			s.log.Error("set snapshot", "node", node.GetId(), "error", err)
-			return
-		}
-		s.m.published.Inc()
+	s.mu.Unlock()
+	s.log.Info("xds node connected", "node", id, "workload", key)
+
+	s.acquire(id)
+	s.mu.Lock()
+	snap := s.snapshotFor(key)
+	s.mu.Unlock()
+	if snap == nil {
+		s.release(id)
+		return
 	}
+	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+		s.release(id)
+		s.m.failures.Inc()
+		s.log.Error("set snapshot", "node", id, "error", err)
+		return
+	}
+	s.m.published.Inc()
 }
 
 func (s *Server) forgetNode(node *core.Node) {
@@ -359,6 +486,9 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
 			s.ensureNode(r.GetNode())
 			s.observe(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetVersionInfo())
+			if r.GetResponseNonce() != "" && s.endsPush(r.GetNode(), r.GetTypeUrl()) {
+				s.release(r.GetNode().GetId())
+			}
 			if r.GetErrorDetail() != nil {
 				s.sentMu.Lock()
 				last, ok := s.sent[id][r.GetTypeUrl()]
@@ -374,6 +504,9 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamDeltaRequestFunc: func(_ int64, r *discovery.DeltaDiscoveryRequest) error {
 			s.ensureNode(r.GetNode())
 			s.observe(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetResponseNonce())
+			if r.GetResponseNonce() != "" && s.endsPush(r.GetNode(), r.GetTypeUrl()) {
+				s.release(r.GetNode().GetId())
+			}
 			return nil
 		},
 		FetchRequestFunc: func(_ context.Context, r *discovery.DiscoveryRequest) error {
@@ -399,4 +532,16 @@ func (c cacheLogger) Warnf(format string, args ...any) {
 }
 func (c cacheLogger) Errorf(format string, args ...any) {
 	c.l.Error("xds cache", "detail", fmt.Sprintf(format, args...))
+}
+
+// GRPCServerOptions are the gRPC server options the control plane serves
+// xDS with. Responses carry the policy bundle for every node, so send
+// buffers are large and short-lived: they are left to the garbage collector
+// rather than kept in gRPC's buffer pool, which would otherwise hold on to
+// hundreds of megabytes after a push to a large fleet.
+func GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(1 << 16),
+		experimental.BufferPool(mem.NopBufferPool{}),
+	}
 }

@@ -327,6 +327,35 @@ func TestEnvoyNodeGetsItsWorkload(t *testing.T) {
 	if err := c.Ack(); err != nil {
 		t.Fatal(err)
 	}
+
+	// Envoy asks for the filter config by name, an authz server for the
+	// bundle by name, on one ADS stream each: each gets exactly that.
+	for _, name := range []string{wire.FilterConfigName, wire.BundleResourceName} {
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(h.conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{
+			Node: &core.Node{Id: "web-7f9c", Cluster: "web.shop"}, TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{name},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Resources) != 1 {
+			t.Fatalf("%s: %d resources", name, len(resp.Resources))
+		}
+		var tec core.TypedExtensionConfig
+		if err := resp.Resources[0].UnmarshalTo(&tec); err != nil || tec.Name != name {
+			t.Fatalf("%s: got %q (%v)", name, tec.Name, err)
+		}
+		if resp.VersionInfo != h.store.Bundle().Version {
+			t.Fatalf("%s: version %q, want the bundle version %q", name, resp.VersionInfo, h.store.Bundle().Version)
+		}
+		_ = stream.CloseSend()
+	}
 	cancel()
 	if got := testutil.ToFloat64(h.srv.m.nodes); got != 1 {
 		t.Fatalf("nodes = %v", got)
