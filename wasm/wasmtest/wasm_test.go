@@ -99,14 +99,28 @@ func (cp *controlPlane) snapshot() (batches int, events []wire.Event, bad []stri
 	return len(cp.batches), events, append([]string(nil), cp.bad...)
 }
 
-// hostDriver runs the compiled module in the wazero host with real clocks.
+// hostDriver runs the compiled module in the wazero host. The guest's clock
+// is driver time: Sleep advances it at once, and real time flows into it a
+// hundred times slower, so that it stays monotonic for the Go runtime inside
+// the module while a slow runner (-race, a loaded machine) cannot stretch a
+// burst of requests into steady traffic.
 type hostDriver struct {
 	h  *host.Host
 	cp *controlPlane
+
+	mu     sync.Mutex
+	base   time.Time
+	offset time.Duration
+}
+
+func (d *hostDriver) now() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.base.Add(d.offset + time.Since(d.base)/100)
 }
 
 func newHostDriver(t *testing.T) scenario.Driver {
-	d := &hostDriver{}
+	d := &hostDriver{base: time.Now()}
 	t.Cleanup(func() {
 		if d.h != nil {
 			d.h.Close()
@@ -125,6 +139,7 @@ func (d *hostDriver) Start(t *testing.T, cfg []byte) error {
 		PluginConfig:     cfg,
 		VMs:              1,
 		ManualTicks:      true,
+		Clock:            d.now,
 		Clusters:         map[string]string{scenario.Cluster: d.cp.srv.URL},
 		CompilationCache: cache,
 	})
@@ -199,7 +214,11 @@ func (d *hostDriver) Tick(t *testing.T) {
 	}
 }
 
-func (d *hostDriver) Sleep(dur time.Duration) { time.Sleep(dur) }
+func (d *hostDriver) Sleep(dur time.Duration) {
+	d.mu.Lock()
+	d.offset += dur
+	d.mu.Unlock()
+}
 
 func (d *hostDriver) Events(*testing.T) []wire.Event {
 	_, evs, _ := d.cp.snapshot()
