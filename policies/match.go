@@ -317,3 +317,27 @@ func sourceNamespace(id spiffeid.ID) (string, bool) {
 	}
 	return ns, true
 }
+
+// IDPattern is a compiled SPIFFE ID pattern in the syntax of meshguard's
+// kinds: an exact ID, "spiffe://td" for a whole trust domain, or path-segment
+// globs where "*" is exactly one segment and a final "**" one or more. Other
+// parts of meshguard use it so that a pattern means the same everywhere.
+type IDPattern struct {
+	p   idPattern
+	src string
+}
+
+// ParseIDPattern parses a SPIFFE ID pattern.
+func ParseIDPattern(s string) (IDPattern, error) {
+	p, err := parseIDPattern(s)
+	if err != nil {
+		return IDPattern{}, err
+	}
+	return IDPattern{p: p, src: s}, nil
+}
+
+// Match reports whether id matches. The zero ID never matches.
+func (p *IDPattern) Match(id spiffeid.ID) bool { return p.p.match(id) }
+
+// String returns the pattern as written.
+func (p IDPattern) String() string { return p.src }

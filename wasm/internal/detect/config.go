@@ -119,7 +119,7 @@ type Tuning struct {
 
 type profile struct {
 	name      string
-	workloads []idPattern // empty: every caller
+	workloads []policies.IDPattern // empty: every caller
 
 	rate                    bool
 	alpha, zScore, minRPS   float64
@@ -136,7 +136,7 @@ type profile struct {
 	egress                  bool
 	egressHosts             map[string]struct{}
 	egressAddrs             []netip.Addr
-	egressAllowed           []idPattern
+	egressAllowed           []policies.IDPattern
 	lateral                 bool
 	maxNewEdges             uint32
 	responses               [numDetectors]Response

@@ -447,41 +447,6 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-func TestIDPattern(t *testing.T) {
-	cases := []struct {
-		pattern, id string
-		match       bool
-	}{
-		{"spiffe://mesh.test", "spiffe://mesh.test/ns/x/sa/y", true},
-		{"spiffe://mesh.test", "spiffe://other.test/ns/x/sa/y", false},
-		{"spiffe://mesh.test/ns/*/sa/web", "spiffe://mesh.test/ns/shop/sa/web", true},
-		{"spiffe://mesh.test/ns/*/sa/web", "spiffe://mesh.test/ns/shop/sa/web/extra", false},
-		{"spiffe://mesh.test/ns/*/sa/web", "spiffe://mesh.test/ns/shop/sa/api", false},
-		{"spiffe://mesh.test/ns/ops/**", "spiffe://mesh.test/ns/ops/sa/x", true},
-		{"spiffe://mesh.test/ns/ops/**", "spiffe://mesh.test/ns/opsx/sa/x", false},
-		{"spiffe://mesh.test/ns/ops/**", "spiffe://mesh.test/ns/ops", false},
-		{"spiffe://mesh.test/ns/shop/sa/web", "spiffe://mesh.test/ns/shop/sa/web", true},
-		{"spiffe://mesh.test/ns/shop/sa/web", "spiffe://mesh.test/ns/shop/sa/we", false},
-	}
-	for _, tc := range cases {
-		p, err := parseIDPattern(tc.pattern)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.pattern, err)
-		}
-		if got := p.match(spiffeid.RequireFromString(tc.id)); got != tc.match {
-			t.Errorf("%s ~ %s = %v", tc.pattern, tc.id, got)
-		}
-		if p.match(spiffeid.ID{}) {
-			t.Errorf("%s matched the zero ID", tc.pattern)
-		}
-	}
-	for _, bad := range []string{"", "*", "web", "spiffe://", "spiffe://UPPER", "spiffe://td//x", "spiffe://td/a*b", "spiffe://td/**/x", "spiffe://td/../x"} {
-		if _, err := parseIDPattern(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
 func TestHashPathFoldsIdentifiers(t *testing.T) {
 	same := [][2]string{
 		{"/api/orders/1", "/api/orders/99999"},
@@ -510,25 +475,6 @@ func TestHostOnly(t *testing.T) {
 			t.Errorf("hostOnly(%q) = %q, want %q", in, got, want)
 		}
 	}
-}
-
-func FuzzIDPattern(f *testing.F) {
-	for _, s := range []string{"spiffe://td", "spiffe://td/ns/*/sa/x", "spiffe://td/**", "spiffe://td/a/**", "web", "spiffe://td//"} {
-		f.Add(s, "spiffe://td/ns/a/sa/x")
-	}
-	f.Fuzz(func(t *testing.T, pattern, id string) {
-		p, err := parseIDPattern(pattern)
-		if err != nil {
-			return
-		}
-		sid, err := spiffeid.FromString(id)
-		if err != nil {
-			return
-		}
-		if p.match(sid) && sid.TrustDomain().Name() != p.td {
-			t.Fatalf("%q matched %q across trust domains", pattern, id)
-		}
-	})
 }
 
 func FuzzRequestHandling(f *testing.F) {
