@@ -23,13 +23,27 @@ const (
 )
 
 func stripQuery(p string) string {
-	for i := 0; i < len(p); i++ {
-		if p[i] == '?' || p[i] == '#' {
-			return p[:i]
-		}
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	if i := strings.IndexByte(p, '#'); i >= 0 {
+		p = p[:i]
 	}
 	return p
 }
+
+// special marks the bytes classifyPath must look at; every other byte of a
+// path is ordinary.
+var special = func() (t [256]bool) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = true
+	}
+	for c := 0x7f; c < 256; c++ {
+		t[c] = true
+	}
+	t['\\'], t[';'], t['%'], t['/'] = true, true, true, true
+	return t
+}()
 
 // viewPath classifies and normalizes a path. It allocates only when the path
 // needs rewriting, which ordinary paths do not.
@@ -69,6 +83,9 @@ func classifyPath(p string) (unsafe string, clean bool) {
 	clean = true
 	for i := 0; i < len(p); i++ {
 		c := p[i]
+		if !special[c] {
+			continue
+		}
 		switch {
 		case c < 0x20 || c >= 0x7f:
 			return unsafeControl, false
