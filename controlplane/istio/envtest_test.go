@@ -214,17 +214,24 @@ func TestKubeAuthorizationPoliciesReachEverySubscriber(t *testing.T) {
 	waitAll(t, subs, "the initial set", func(*policies.Bundle) bool { return true })
 
 	var latencies []time.Duration
+	// measure times a change in two parts: the API call (the first write of
+	// a kind to a fresh API server is slow: it compiles the CRD's validation
+	// rules) and the propagation from the API server having the change to
+	// every subscriber having a bundle with it, which is what the 1 s
+	// target is about.
 	measure := func(what string, change func() error, ok func(*policies.Bundle) bool) {
 		t.Helper()
 		start := time.Now()
 		if err := change(); err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
-		lat := waitAll(t, subs, what, ok).Sub(start)
+		written := time.Now()
+		seen := waitAll(t, subs, what, ok)
+		lat := seen.Sub(written)
 		latencies = append(latencies, lat)
-		t.Logf("%-32s reached all %d subscribers in %s", what, len(subs), lat.Round(100*time.Microsecond))
+		t.Logf("%-30s API call %8s, then reached all %d subscribers in %s", what, written.Sub(start).Round(100*time.Microsecond), len(subs), lat.Round(100*time.Microsecond))
 		if lat > time.Second {
-			t.Errorf("%s took %s, want ≤ 1s", what, lat)
+			t.Errorf("%s took %s to reach every subscriber, want ≤ 1s", what, lat)
 		}
 	}
 
