@@ -25,6 +25,7 @@ a compromised workload mesh-wide.`,
 		newAuthzCmd(),
 		newControlPlaneCmd(), newQuarantineCmd(), newBaselineCmd(),
 		newDemoCmd(),
+		newIstioCmd(),
 	)
 	return root
 }

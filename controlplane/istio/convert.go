@@ -1,0 +1,330 @@
+package istio
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+
+	securityv1beta1api "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/meshguard/meshguard/policies"
+)
+
+// AnnotationConversionError is set on the fail-closed stand-in that replaces
+// a DENY policy or DefaultDeny the watcher could not convert; its value is
+// the conversion error.
+const AnnotationConversionError = "meshguard.dev/conversion-error"
+
+// errUnsupported marks Istio fields the meshguard model cannot express. The
+// object is not converted rather than converted with a rule silently widened
+// or narrowed.
+var errUnsupported = errors.New("unsupported field")
+
+// convertAuthorizationPolicy turns Istio's AuthorizationPolicy (v1 and
+// v1beta1 share the spec type) into the model, field for field.
+func convertAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, spec *securityv1beta1api.AuthorizationPolicy) (policies.AuthorizationPolicy, error) {
+	ap := policies.AuthorizationPolicy{
+		APIVersion: apiVersion,
+		Kind:       policies.KindAuthorizationPolicy,
+		Metadata:   objectMeta(meta),
+	}
+	if spec == nil {
+		return ap, nil // an empty spec is ALLOW with no rules: allow nothing
+	}
+	action, ok := securityv1beta1api.AuthorizationPolicy_Action_name[int32(spec.GetAction())]
+	if !ok {
+		return ap, fmt.Errorf("spec.action: unknown value %d", spec.GetAction())
+	}
+	ap.Spec.Action = action
+	if p := spec.GetProvider(); p != nil {
+		ap.Spec.Provider = &policies.ExtensionProvider{Name: p.GetName()}
+	}
+	if s := spec.GetSelector(); s != nil {
+		ap.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
+	}
+	if r := spec.GetTargetRef(); r != nil {
+		ref := targetRef(r)
+		ap.Spec.TargetRef = &ref
+	}
+	for _, r := range spec.GetTargetRefs() {
+		if r == nil {
+			return ap, errors.New("spec.targetRefs: null entry")
+		}
+		ap.Spec.TargetRefs = append(ap.Spec.TargetRefs, targetRef(r))
+	}
+	for i, r := range spec.GetRules() {
+		rule, err := convertRule(r)
+		if err != nil {
+			return ap, fmt.Errorf("spec.rules[%d]%w", i, err)
+		}
+		ap.Spec.Rules = append(ap.Spec.Rules, rule)
+	}
+	return ap, nil
+}
+
+func targetRef(r *typev1beta1.PolicyTargetReference) policies.PolicyTargetReference {
+	return policies.PolicyTargetReference{
+		Group:     r.GetGroup(),
+		Kind:      r.GetKind(),
+		Name:      r.GetName(),
+		Namespace: r.GetNamespace(),
+	}
+}
+
+// convertRule converts one rule. A null rule, source or operation is the
+// empty one, which Istio reads as "matches anything".
+func convertRule(r *securityv1beta1api.Rule) (policies.Rule, error) {
+	var out policies.Rule
+	if r == nil {
+		return out, nil
+	}
+	for i, f := range r.GetFrom() {
+		s := f.GetSource()
+		if s != nil {
+			for _, u := range []struct {
+				name string
+				vals []string
+			}{
+				{"serviceAccounts", s.GetServiceAccounts()},
+				{"notServiceAccounts", s.GetNotServiceAccounts()},
+				{"trustDomains", s.GetTrustDomains()},
+				{"notTrustDomains", s.GetNotTrustDomains()},
+			} {
+				if len(u.vals) > 0 {
+					return out, fmt.Errorf(".from[%d].source.%s: %w (write principals instead)", i, u.name, errUnsupported)
+				}
+			}
+		}
+		out.From = append(out.From, policies.RuleFrom{Source: policies.Source{
+			Principals:           s.GetPrincipals(),
+			NotPrincipals:        s.GetNotPrincipals(),
+			RequestPrincipals:    s.GetRequestPrincipals(),
+			NotRequestPrincipals: s.GetNotRequestPrincipals(),
+			Namespaces:           s.GetNamespaces(),
+			NotNamespaces:        s.GetNotNamespaces(),
+			IPBlocks:             s.GetIpBlocks(),
+			NotIPBlocks:          s.GetNotIpBlocks(),
+			RemoteIPBlocks:       s.GetRemoteIpBlocks(),
+			NotRemoteIPBlocks:    s.GetNotRemoteIpBlocks(),
+		}})
+	}
+	for _, t := range r.GetTo() {
+		op := t.GetOperation()
+		out.To = append(out.To, policies.RuleTo{Operation: policies.Operation{
+			Hosts:      op.GetHosts(),
+			NotHosts:   op.GetNotHosts(),
+			Ports:      op.GetPorts(),
+			NotPorts:   op.GetNotPorts(),
+			Methods:    op.GetMethods(),
+			NotMethods: op.GetNotMethods(),
+			Paths:      op.GetPaths(),
+			NotPaths:   op.GetNotPaths(),
+		}})
+	}
+	for i, c := range r.GetWhen() {
+		if c == nil {
+			return out, fmt.Errorf(".when[%d]: null condition", i)
+		}
+		out.When = append(out.When, policies.Condition{Key: c.GetKey(), Values: c.GetValues(), NotValues: c.GetNotValues()})
+	}
+	return out, nil
+}
+
+func objectMeta(m *metav1.ObjectMeta) policies.ObjectMeta {
+	return policies.ObjectMeta{
+		Name:        m.Name,
+		Namespace:   m.Namespace,
+		Labels:      maps.Clone(m.Labels),
+		Annotations: userAnnotations(m.Annotations),
+	}
+}
+
+// userAnnotations drops the annotation kubectl keeps the whole last applied
+// object in: it would double the bundle's size and change its hash on
+// every apply without changing the policy.
+func userAnnotations(a map[string]string) map[string]string {
+	const lastApplied = "kubectl.kubernetes.io/last-applied-configuration"
+	if _, ok := a[lastApplied]; !ok {
+		return maps.Clone(a)
+	}
+	out := make(map[string]string, len(a))
+	for k, v := range a {
+		if k != lastApplied {
+			out[k] = v
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// decodeSpec decodes an unstructured spec strictly into dst: a field the
+// model does not know is an error, not silently dropped.
+func decodeSpec(u *unstructured.Unstructured, dst any) error {
+	raw, ok := u.Object["spec"]
+	if !ok || raw == nil {
+		return errors.New("spec: missing")
+	}
+	data, err := json.Marshal(raw)
+	if err != nil {
+		return fmt.Errorf("spec: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return fmt.Errorf("spec: %w", err)
+	}
+	return nil
+}
+
+// convertedMeta returns the model metadata of a meshguard object.
+func convertedMeta(u *unstructured.Unstructured) policies.ObjectMeta {
+	return policies.ObjectMeta{
+		Name:        u.GetName(),
+		Namespace:   u.GetNamespace(),
+		Labels:      maps.Clone(u.GetLabels()),
+		Annotations: userAnnotations(u.GetAnnotations()),
+	}
+}
+
+// addMeshguard converts one meshguard.dev object and appends it to set. For
+// MeshSettings it returns the spec instead, since a set holds one.
+func addMeshguard(set *policies.Set, u *unstructured.Unstructured) (*policies.MeshSettingsSpec, error) {
+	if av := u.GetAPIVersion(); av != policies.APIVersionMeshguard {
+		return nil, fmt.Errorf("apiVersion %q, want %q", av, policies.APIVersionMeshguard)
+	}
+	meta := convertedMeta(u)
+	kind := u.GetKind()
+	switch kind {
+	case policies.KindIdentityPolicy:
+		var spec policies.IdentityPolicySpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		set.IdentityPolicies = append(set.IdentityPolicies, policies.IdentityPolicy{APIVersion: policies.APIVersionMeshguard, Kind: kind, Metadata: meta, Spec: spec})
+	case policies.KindDefaultDeny:
+		var spec policies.DefaultDenySpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		set.DefaultDenies = append(set.DefaultDenies, policies.DefaultDeny{APIVersion: policies.APIVersionMeshguard, Kind: kind, Metadata: meta, Spec: spec})
+	case policies.KindRouteOverride:
+		var spec policies.RouteOverrideSpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		set.RouteOverrides = append(set.RouteOverrides, policies.RouteOverride{APIVersion: policies.APIVersionMeshguard, Kind: kind, Metadata: meta, Spec: spec})
+	case policies.KindTrafficBaseline:
+		var spec policies.TrafficBaselineSpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		set.TrafficBaselines = append(set.TrafficBaselines, policies.TrafficBaseline{APIVersion: policies.APIVersionMeshguard, Kind: kind, Metadata: meta, Spec: spec})
+	case policies.KindAnomalyProfile:
+		var spec policies.AnomalyProfileSpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		set.AnomalyProfiles = append(set.AnomalyProfiles, policies.AnomalyProfile{APIVersion: policies.APIVersionMeshguard, Kind: kind, Metadata: meta, Spec: spec})
+	case policies.KindQuarantine:
+		var spec policies.QuarantineSpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		set.Quarantines = append(set.Quarantines, policies.Quarantine{APIVersion: policies.APIVersionMeshguard, Kind: kind, Metadata: meta, Spec: spec})
+	case policies.KindMeshSettings:
+		var spec policies.MeshSettingsSpec
+		if err := decodeSpec(u, &spec); err != nil {
+			return nil, err
+		}
+		return &spec, nil
+	default:
+		return nil, fmt.Errorf("kind %q is not a meshguard kind", kind)
+	}
+	return nil, nil
+}
+
+// failClosed returns what stands in for an AuthorizationPolicy the watcher
+// could not convert. Leaving out an ALLOW (or AUDIT, or CUSTOM) policy can
+// only narrow what is allowed, so those are dropped. Leaving out a DENY
+// policy would open what it closed, so it is replaced by a DENY policy with
+// the same scope and one empty rule: it denies every request to the
+// workloads it selected until it is fixed.
+func failClosedAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, spec *securityv1beta1api.AuthorizationPolicy, cause error) (policies.AuthorizationPolicy, bool) {
+	if spec == nil || spec.GetAction() != securityv1beta1api.AuthorizationPolicy_DENY {
+		return policies.AuthorizationPolicy{}, false
+	}
+	ap := policies.AuthorizationPolicy{
+		APIVersion: apiVersion,
+		Kind:       policies.KindAuthorizationPolicy,
+		Metadata:   objectMeta(meta),
+		Spec: policies.AuthorizationPolicySpec{
+			Action: "DENY",
+			Rules:  []policies.Rule{{}},
+		},
+	}
+	if s := spec.GetSelector(); s != nil {
+		ap.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
+	}
+	if r := spec.GetTargetRef(); r != nil {
+		ref := targetRef(r)
+		ap.Spec.TargetRef = &ref
+	}
+	for _, r := range spec.GetTargetRefs() {
+		if r != nil {
+			ap.Spec.TargetRefs = append(ap.Spec.TargetRefs, targetRef(r))
+		}
+	}
+	ap.Metadata.Annotations = withAnnotation(ap.Metadata.Annotations, AnnotationConversionError, cause.Error())
+	return ap, true
+}
+
+// failClosedMeshguard is failClosedAuthorizationPolicy for meshguard kinds:
+// a DENY IdentityPolicy becomes "deny everything to its workloads" (or to
+// the whole namespace when its workloads cannot be read), a DefaultDeny that
+// cannot be read covers the whole namespace. Other kinds are dropped.
+func failClosedMeshguard(set *policies.Set, u *unstructured.Unstructured, cause error) bool {
+	if u.GetAPIVersion() != policies.APIVersionMeshguard {
+		return false
+	}
+	meta := convertedMeta(u)
+	meta.Annotations = withAnnotation(meta.Annotations, AnnotationConversionError, cause.Error())
+	switch u.GetKind() {
+	case policies.KindIdentityPolicy:
+		action, _, _ := unstructured.NestedString(u.Object, "spec", "action")
+		if action != "DENY" {
+			return false
+		}
+		workloads, _, err := unstructured.NestedStringSlice(u.Object, "spec", "workloads")
+		if err != nil {
+			workloads = nil
+		}
+		set.IdentityPolicies = append(set.IdentityPolicies, policies.IdentityPolicy{
+			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindIdentityPolicy, Metadata: meta,
+			Spec: policies.IdentityPolicySpec{Workloads: workloads, Action: "DENY", Mode: policies.ModeEnforce, Rules: []policies.IdentityRule{{}}},
+		})
+		return true
+	case policies.KindDefaultDeny:
+		set.DefaultDenies = append(set.DefaultDenies, policies.DefaultDeny{
+			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindDefaultDeny, Metadata: meta,
+			Spec: policies.DefaultDenySpec{Mode: policies.ModeEnforce},
+		})
+		return true
+	}
+	return false
+}
+
+func withAnnotation(a map[string]string, k, v string) map[string]string {
+	out := maps.Clone(a)
+	if out == nil {
+		out = map[string]string{}
+	}
+	out[k] = v
+	return out
+}

@@ -1,0 +1,27 @@
+# Istio integration, Kubernetes test assets and deploy/ manifests.
+
+KUBE_TOOLS := hack/tools/kube
+KUBE_VERSION := v1.37.2
+KUBE_STAMP := $(BIN)/.kube-assets.stamp
+
+# kube-assets builds kube-apiserver and etcd from the Go module proxy into bin/
+# (envtest's KUBEBUILDER_ASSETS). It does nothing when both binaries exist and
+# the tools module's go.mod/go.sum are the ones they were built from.
+.PHONY: kube-assets
+kube-assets: ## build bin/kube-apiserver and bin/etcd for the Istio tests (skipped when up to date)
+	@mkdir -p $(BIN)
+	@want=$$(cat $(KUBE_TOOLS)/go.mod $(KUBE_TOOLS)/go.sum | sha256sum | cut -d' ' -f1); \
+	if [ -x $(BIN)/kube-apiserver ] && [ -x $(BIN)/etcd ] && [ "$$(cat $(KUBE_STAMP) 2>/dev/null)" = "$$want" ]; then \
+		echo "kube-assets: $(BIN)/kube-apiserver and $(BIN)/etcd are up to date"; exit 0; \
+	fi; \
+	set -e; \
+	echo "kube-assets: building kube-apiserver $(KUBE_VERSION) and etcd (several minutes)"; \
+	(cd $(KUBE_TOOLS) && $(GO) build -trimpath \
+		-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/component-base/version.gitTreeState=clean" \
+		-o $(CURDIR)/$(BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver); \
+	(cd $(KUBE_TOOLS) && $(GO) build -trimpath -ldflags="-s -w" -o $(CURDIR)/$(BIN)/etcd go.etcd.io/etcd/server/v3); \
+	echo "$$want" > $(KUBE_STAMP)
+
+.PHONY: test-istio
+test-istio: kube-assets ## run the Istio integration and deploy/ tests against a real kube-apiserver
+	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) $(GO) test -count=1 ./controlplane/istio/... ./deploy/...
