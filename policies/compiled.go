@@ -412,13 +412,7 @@ func (c *ccond) match(r *req, deny bool) bool {
 		case string:
 			return c.matchString(t)
 		case []any:
-			strs := make([]string, 0, len(t))
-			for _, e := range t {
-				if s, ok := e.(string); ok {
-					strs = append(strs, s)
-				}
-			}
-			return c.matchList(strs, deny)
+			return matchElems(c, len(t), func(i int) (string, bool) { s, ok := t[i].(string); return s, ok }, deny)
 		case []string:
 			return c.matchList(t, deny)
 		}
@@ -442,17 +436,28 @@ func (c *ccond) matchString(v string) bool {
 
 // matchList: Istio matches a list attribute when any element matches.
 func (c *ccond) matchList(vs []string, deny bool) bool {
-	if len(vs) == 0 {
-		return c.absent(deny)
-	}
-	okV := len(c.values) == 0
-	for _, v := range vs {
+	return matchElems(c, len(vs), func(i int) (string, bool) { return vs[i], true }, deny)
+}
+
+// matchElems: some element is in values (when given) and none is in
+// notValues. Non-string elements are skipped.
+func matchElems(c *ccond, n int, at func(int) (string, bool), deny bool) bool {
+	okV, seen := len(c.values) == 0, false
+	for i := 0; i < n; i++ {
+		v, ok := at(i)
+		if !ok {
+			continue
+		}
+		seen = true
 		if len(c.values) > 0 && c.values.match(v) {
 			okV = true
 		}
 		if len(c.notValues) > 0 && c.notValues.match(v) {
 			return false
 		}
+	}
+	if !seen {
+		return c.absent(deny)
 	}
 	return okV
 }

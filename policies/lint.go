@@ -143,7 +143,13 @@ func (l *linter) excluded(pos, neg []string, field, posName, negName string, cov
 	}
 }
 
+// methods warns about lower-case methods in ALLOW rules, which compare
+// exactly; DENY-side rules compare methods case-insensitively, so that no
+// spelling evades them, and need no warning.
 func (l *linter) methods(methods []string, field string) {
+	if !l.allow {
+		return
+	}
 	for i, m := range methods {
 		if m != strings.ToUpper(m) {
 			l.warn(CodeNeverMatches, fmt.Sprintf("%s[%d]", field, i),
@@ -152,6 +158,7 @@ func (l *linter) methods(methods []string, field string) {
 	}
 }
 
+// paths warns about paths that cannot match any request path.
 func (l *linter) paths(paths []string, field string) {
 	for i, p := range paths {
 		if p != "" && !strings.HasPrefix(p, "/") && !strings.HasPrefix(p, "*") {

@@ -102,6 +102,10 @@ func TestLintAuthorizationPolicy(t *testing.T) {
 			},
 		},
 		{
+			name: "lower-case methods in a DENY rule match case-insensitively",
+			p:    ap("DENY", Rule{To: to(Operation{Methods: list("delete")})}),
+		},
+		{
 			name: "hosts exclusion is case-insensitive",
 			p:    ap("", Rule{To: to(Operation{Hosts: list("API.example.com"), NotHosts: list("*.example.com")})}),
 			want: []wantLint{

@@ -93,17 +93,6 @@ func (ss strSet) exacts() ([]string, bool) {
 	return out, true
 }
 
-func compileStrSet(vals []string, fold bool) strSet {
-	if len(vals) == 0 {
-		return nil
-	}
-	out := make(strSet, len(vals))
-	for i, v := range vals {
-		out[i] = newStrMatcher(v, fold)
-	}
-	return out
-}
-
 // validIstioString rejects "*" in the middle of a value, which Istio does
 // not support (only prefix, suffix or presence matching).
 func validIstioString(v string) error {

@@ -9,6 +9,8 @@
 package decisionlog
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -61,6 +63,11 @@ type Config struct {
 	// Redact are header names that must never be written (in addition to
 	// the built-in credential headers).
 	Redact []string
+	// Buffer, when positive, batches lines in a buffer of that many bytes
+	// that is written when full and on Flush: one write per batch rather
+	// than per decision. The owner must call Flush periodically and Close
+	// at shutdown.
+	Buffer int
 }
 
 // neverLogged are credential headers that are never written.
@@ -70,6 +77,7 @@ var neverLogged = []string{"authorization", "proxy-authorization", "cookie", "se
 type Logger struct {
 	mu      sync.Mutex
 	w       io.Writer
+	buf     *bufio.Writer
 	rate    float64
 	headers []string
 }
@@ -94,7 +102,40 @@ func New(cfg Config) (*Logger, error) {
 		}
 		hs = append(hs, h)
 	}
-	return &Logger{w: cfg.W, rate: cfg.AllowSampleRate, headers: hs}, nil
+	l := &Logger{w: cfg.W, rate: cfg.AllowSampleRate, headers: hs}
+	if cfg.Buffer > 0 {
+		l.buf = bufio.NewWriterSize(cfg.W, cfg.Buffer)
+		l.w = l.buf
+	}
+	return l, nil
+}
+
+// Flush writes buffered lines.
+func (l *Logger) Flush() error {
+	if l.buf == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.buf.Flush(); err != nil {
+		return fmt.Errorf("decisionlog: flush: %w", err)
+	}
+	return nil
+}
+
+// Run flushes every interval until ctx is done, then flushes once more.
+func (l *Logger) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = l.Flush()
+			return
+		case <-t.C:
+			_ = l.Flush()
+		}
+	}
 }
 
 // Sampled reports whether a decision is to be written: always for a deny or

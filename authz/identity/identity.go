@@ -314,10 +314,22 @@ func (r *Resolver) parseID(s string) (spiffeid.ID, error) {
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
-	if _, err := r.bundles.GetX509BundleForTrustDomain(id.TrustDomain()); err != nil {
+	if !r.trusted(id.TrustDomain()) {
 		return spiffeid.ID{}, fmt.Errorf("%s: trust domain %q is not trusted", id, id.TrustDomain().Name())
 	}
 	return id, nil
+}
+
+// trusted reports whether td has an X.509 bundle. A source that can answer
+// without copying the bundle (spiffebundle.Set) is asked directly.
+func (r *Resolver) trusted(td spiffeid.TrustDomain) bool {
+	if h, ok := r.bundles.(interface {
+		Has(spiffeid.TrustDomain) bool
+	}); ok {
+		return h.Has(td)
+	}
+	_, err := r.bundles.GetX509BundleForTrustDomain(td)
+	return err == nil
 }
 
 // principal returns (id, true) for a SPIFFE principal, (zero, false) for a

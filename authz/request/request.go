@@ -103,19 +103,40 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 		hdrs = joinHeaderMap(hm)
 	}
 	m := &Mapped{}
-	size := 0
-	names := make(map[string]string, len(hdrs))
+	// Envoy sends lowercase names; the map is used as is unless a name is
+	// not lowercase (then a lowercase copy is made, case variants joined).
+	size, lower := 0, true
 	for k, v := range hdrs {
 		size += len(k) + len(v)
-		lk := strings.ToLower(k)
-		if prev, dup := names[lk]; dup {
-			// Envoy sends lowercase names; join case variants as it would.
-			v = prev + "," + v
+		if lower && hasUpper(k) {
+			lower = false
 		}
-		names[lk] = v
+		if strings.HasPrefix(k, wire.HeaderPrefix) {
+			m.Remove = append(m.Remove, k)
+		}
 	}
 	if size > MaxHeaderBytes {
 		return nil, fmt.Errorf("%w: %d bytes of headers exceed %d", ErrInvalid, size, MaxHeaderBytes)
+	}
+	names := hdrs
+	if !lower {
+		names = make(map[string]string, len(hdrs))
+		m.Remove = m.Remove[:0]
+		for k, v := range hdrs {
+			lk := strings.ToLower(k)
+			if prev, dup := names[lk]; dup {
+				v = prev + "," + v
+			}
+			names[lk] = v
+		}
+		for k := range names {
+			if strings.HasPrefix(k, wire.HeaderPrefix) {
+				m.Remove = append(m.Remove, k)
+			}
+		}
+	}
+	if names == nil {
+		names = map[string]string{}
 	}
 	h := &Headers{m: names}
 	m.Headers = h
@@ -144,11 +165,6 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	}
 	if a.Route == "" && opts.TrustRouteHeader {
 		a.Route = names[wire.HeaderRoute]
-	}
-	for k := range names {
-		if strings.HasPrefix(k, wire.HeaderPrefix) {
-			m.Remove = append(m.Remove, k)
-		}
 	}
 	m.Identity = identity.Request{
 		Principal:   ac.GetSource().GetPrincipal(),
@@ -255,18 +271,14 @@ func targetLabels(dest map[string]string, ext map[string]string) map[string]stri
 	if !extLabels {
 		return dest
 	}
-	var out map[string]string
+	out := make(map[string]string, len(dest)+2)
 	if len(dest) > 0 {
-		out = make(map[string]string, len(dest))
 		for k, v := range dest {
 			out[k] = v
 		}
 	}
 	for k, v := range ext {
 		if name, ok := strings.CutPrefix(k, ContextLabelPrefix); ok && name != "" {
-			if out == nil {
-				out = map[string]string{}
-			}
 			out[name] = v
 		}
 	}
@@ -299,6 +311,15 @@ func socketAddr(a *corev3.Address) (netip.Addr, uint32) {
 		return netip.Addr{}, 0
 	}
 	return ip.Unmap(), sa.GetPortValue()
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
 }
 
 func first(vs ...string) string {

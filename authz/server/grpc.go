@@ -27,10 +27,8 @@ import (
 // with a CheckResponse (never a gRPC error), so that Envoy sees the reason.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
 	m, err := request.FromCheck(req, s.reqOpts)
-	o := s.decide(ctx, m, err)
+	o := s.decide(ctx, start.Add(s.timeout), m, err)
 	s.record("grpc", &o, start)
 	return s.checkResponse(&o), nil
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -30,8 +29,6 @@ import (
 func (s *Server) HTTPHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-		defer cancel()
 		var o outcome
 		func() {
 			defer func() {
@@ -41,7 +38,7 @@ func (s *Server) HTTPHandler() http.Handler {
 				}
 			}()
 			m, err := request.FromHTTP(r, s.prefix, peerID(r), s.reqOpts)
-			o = s.decide(ctx, m, err)
+			o = s.decide(r.Context(), start.Add(s.timeout), m, err)
 		}()
 		s.record("http", &o, start)
 		h := w.Header()

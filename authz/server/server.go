@@ -17,9 +17,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/health"
 
@@ -72,6 +74,11 @@ type Server struct {
 	seq      atomic.Uint64
 	ready    atomic.Bool
 	health   atomic.Pointer[health.Server]
+	// decisions caches the counter of each (result, reason, mode): the set
+	// is bounded by the reason codes, and a cached counter spares hashing
+	// three label values on every check.
+	decisions sync.Map               // decisionKey -> prometheus.Counter
+	durations [2]prometheus.Observer // grpc, http
 	// decideHook replaces Engine.Decide in tests of the fail-closed paths.
 	decideHook func(*policies.Attributes) policies.Decision
 }
@@ -102,11 +109,25 @@ func New(cfg Config) (*Server, error) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
-	return &Server{
+	s := &Server{
 		engine: cfg.Engine, ident: cfg.Identity, log: cfg.Log, metrics: cfg.Metrics,
 		dlog: cfg.DecisionLog, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
 		idPrefix: hex.EncodeToString(p[:]) + "-",
-	}, nil
+	}
+	s.durations[0] = cfg.Metrics.CheckDuration.WithLabelValues("grpc")
+	s.durations[1] = cfg.Metrics.CheckDuration.WithLabelValues("http")
+	return s, nil
+}
+
+type decisionKey struct{ result, reason, mode string }
+
+func (s *Server) countDecision(d policies.Decision) {
+	k := decisionKey{result(d), string(d.Reason), mode(d)}
+	c, ok := s.decisions.Load(k)
+	if !ok {
+		c, _ = s.decisions.LoadOrStore(k, s.metrics.Decisions.WithLabelValues(k.result, k.reason, k.mode))
+	}
+	c.(prometheus.Counter).Inc()
 }
 
 // outcome is one decided request.
@@ -125,7 +146,19 @@ func (s *Server) newDecisionID() string {
 
 // decide runs identity and the engine for a mapped request. It never
 // returns an allow on an error path.
-func (s *Server) decide(ctx context.Context, m *request.Mapped, mapErr error) (out outcome) {
+// expired reports whether the check ran past its deadline: the caller's
+// (Envoy's gRPC deadline, a closed connection) or the server's own.
+func expired(ctx context.Context, deadline time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if time.Now().After(deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapped, mapErr error) (out outcome) {
 	out.decisionID = s.newDecisionID()
 	out.mapped = m
 	defer func() {
@@ -161,7 +194,7 @@ func (s *Server) decide(ctx context.Context, m *request.Mapped, mapErr error) (o
 		out.err = err
 		return out
 	}
-	if err := ctx.Err(); err != nil {
+	if err := expired(ctx, deadline); err != nil {
 		out.dec = policies.Deny(policies.ReasonDeniedTimeout)
 		out.err = err
 		return out
@@ -182,7 +215,7 @@ func (s *Server) decide(ctx context.Context, m *request.Mapped, mapErr error) (o
 		out.dec = policies.Deny(policies.ReasonDeniedInternal)
 		out.err = errors.New("engine returned an allow with a deny reason")
 	}
-	if err := ctx.Err(); err != nil {
+	if err := expired(ctx, deadline); err != nil {
 		out.dec = policies.Deny(policies.ReasonDeniedTimeout)
 		out.err = err
 	}
@@ -209,8 +242,12 @@ func mode(d policies.Decision) string {
 // record counts and logs an outcome.
 func (s *Server) record(proto string, o *outcome, start time.Time) {
 	elapsed := time.Since(start)
-	s.metrics.Decisions.WithLabelValues(result(o.dec), string(o.dec.Reason), mode(o.dec)).Inc()
-	s.metrics.CheckDuration.WithLabelValues(proto).Observe(elapsed.Seconds())
+	s.countDecision(o.dec)
+	if proto == "http" {
+		s.durations[1].Observe(elapsed.Seconds())
+	} else {
+		s.durations[0].Observe(elapsed.Seconds())
+	}
 	if o.err != nil && o.dec.Reason != policies.ReasonDeniedIdentity && o.dec.Reason != policies.ReasonDeniedJWT {
 		s.log.Warn("check denied on an error path", slog.String("decision_id", o.decisionID),
 			slog.String("reason", string(o.dec.Reason)), slog.String("error", o.err.Error()))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -23,7 +24,8 @@ directories of them (read recursively, *.yaml and *.yml, multi-document).
 A path of "-" reads standard input.
 
 Exit status: 0 when all is well, 1 when the policies have errors (or a test
-fails), 2 when the command could not run (bad flags, unreadable files).`,
+fails), 2 when the command could not run (bad flags, unreadable paths or
+paths without policy files, malformed test files or requests).`,
 	}
 	cmd.AddCommand(
 		newPolicyLintCmd(),
@@ -70,6 +72,14 @@ func loadPolicies(cmd *cobra.Command, paths []string) (policies.Set, policies.Di
 			set, diags := source.Parse("<stdin>", data)
 			return set, diags, nil
 		}
+	}
+	// An empty directory or a mistyped glob must not pass as "no problems".
+	files, err := source.Files(paths...)
+	if err != nil {
+		return policies.Set{}, nil, err
+	}
+	if len(files) == 0 {
+		return policies.Set{}, nil, fmt.Errorf("no policy files (*.yaml, *.yml) in %s", strings.Join(paths, " "))
 	}
 	return source.Load(paths...)
 }

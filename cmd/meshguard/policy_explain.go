@@ -266,15 +266,18 @@ policy test case) and/or from flags; flags override the file.`,
 }
 
 func printExplain(w io.Writer, d policies.Decision, tr policies.Trace, locs map[string]policies.Location) {
-	verdict := "DENY"
-	if d.Allowed {
-		verdict = "ALLOW"
+	switch {
+	case d.WouldDeny:
+		fmt.Fprintf(w, "decision: ALLOW (dry-run; enforced, it would be denied: %s)\n", d.Reason)
+	case d.Allowed:
+		fmt.Fprintf(w, "decision: ALLOW (%s)\n", d.Reason)
+	default:
+		fmt.Fprintf(w, "decision: DENY (%s)\n", d.Reason)
 	}
-	fmt.Fprintf(w, "decision: %s (%s)\n", verdict, d.Reason)
+	if why := reasonText(d.Reason); why != "" {
+		fmt.Fprintf(w, "why:      %s\n", why)
+	}
 	fmt.Fprintf(w, "mode:     %s\n", d.Mode)
-	if d.WouldDeny {
-		fmt.Fprintf(w, "          dry-run: this request would be denied when enforced\n")
-	}
 	if !d.Ref.IsZero() {
 		ref := d.Ref.Policy
 		if d.Ref.Rule != "" {
@@ -320,4 +323,29 @@ func printExplain(w io.Writer, d policies.Decision, tr policies.Trace, locs map[
 			fmt.Fprintln(w, line)
 		}
 	}
+}
+
+// reasonText says in words what a reason code means.
+func reasonText(r policies.Reason) string {
+	switch r {
+	case policies.ReasonAllowedNoPolicy:
+		return "no ALLOW policy and no DefaultDeny applies to the target, so the request is allowed"
+	case policies.ReasonAllowedByPolicy:
+		return "an ALLOW rule matched and no DENY rule did"
+	case policies.ReasonAllowedModeOff:
+		return "enforcement is off for the route"
+	case policies.ReasonDeniedByPolicy:
+		return "a DENY rule matched"
+	case policies.ReasonDeniedNoMatch:
+		return "ALLOW policies apply to the target and none of their rules matched"
+	case policies.ReasonDeniedDefault:
+		return "a DefaultDeny applies to the target and no ALLOW rule matched"
+	case policies.ReasonDeniedUnsafePath:
+		return "the path may be read differently by the backend (escaped slash or backslash, ';' parameters, control bytes, no leading '/')"
+	case policies.ReasonDeniedInvalidReq:
+		return "the request has no method or no path"
+	case policies.ReasonDeniedQuarantine:
+		return "the caller is quarantined"
+	}
+	return ""
 }

@@ -22,6 +22,7 @@ a compromised workload mesh-wide.`,
 	root.AddCommand(
 		newVersionCmd(),
 		newPolicyCmd(),
+		newAuthzCmd(),
 		newDemoCmd(),
 	)
 	return root

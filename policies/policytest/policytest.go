@@ -262,7 +262,7 @@ func (e *Expect) check() error {
 
 // Attributes turns the case's request into engine attributes. SPIFFE IDs
 // and IP addresses must parse.
-func (c *Case) Attributes() (*policies.Attributes, error) {
+func (c Case) Attributes() (*policies.Attributes, error) {
 	r := &c.Request
 	a := &policies.Attributes{
 		Method:          r.Method,

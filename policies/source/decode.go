@@ -30,8 +30,9 @@ type decoder struct {
 	object string // Kind/namespace/name, for diagnostics
 	diags  *diagList
 	// budget is how many more nodes may be visited, aliases expanded. It
-	// bounds the work an alias bomb can cause.
-	budget   int
+	// bounds the work an alias bomb can cause; the items of a List share
+	// the List's.
+	budget   *int
 	exceeded bool
 	types    typeCache
 }
@@ -115,8 +116,8 @@ func (d *decoder) spend(n *yaml.Node) bool {
 	if d.exceeded {
 		return false
 	}
-	d.budget--
-	if d.budget < 0 {
+	*d.budget--
+	if *d.budget < 0 {
 		d.exceeded = true
 		d.errorf(n, policies.CodeTooLarge, "", "document expands to too many YAML nodes (alias expansion limit); refusing to decode it")
 		return false

@@ -50,6 +50,23 @@ func typedBomb(width int) string {
 	return b.String()
 }
 
+// listBomb is a v1 List whose items all alias one large policy.
+func listBomb(n int) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: List\nitems:\n- &p\n  apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: a}\n  spec:\n    rules:\n    - from:\n      - source:\n          principals: [")
+	for j := 0; j < n; j++ {
+		if j > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(`"a"`)
+	}
+	b.WriteString("]\n")
+	for j := 1; j < n; j++ {
+		b.WriteString("- *p\n")
+	}
+	return b.String()
+}
+
 func TestAliasBombs(t *testing.T) {
 	tests := []struct {
 		name string
@@ -60,6 +77,8 @@ func TestAliasBombs(t *testing.T) {
 		{"untyped billion laughs", aliasBomb() + "spec:\n  rules: *a9\n", policies.CodeWrongType},
 		// 300 rules × 300 sources × 300 principals = 27 million nodes
 		{"typed expansion", typedBomb(300), policies.CodeTooLarge},
+		// 2,000 List items that are each an alias of one 2,000-principal policy
+		{"list of aliases", listBomb(2000), policies.CodeTooLarge},
 		{"self-referencing anchor", "apiVersion: meshguard.dev/v1alpha1\nkind: DefaultDeny\nmetadata: &m {name: a, labels: *m}\n", ""},
 	}
 	for _, tt := range tests {
@@ -103,6 +122,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(locateSrc))
 	f.Add([]byte(aliasBomb() + "spec:\n  rules: *a9\n"))
 	f.Add([]byte(typedBomb(8)))
+	f.Add([]byte(listBomb(8)))
 	f.Add([]byte("apiVersion: meshguard.dev/v1alpha1\nkind: DefaultDeny\nmetadata: &m {name: a, labels: *m}\n"))
 	f.Add([]byte("---\n---\n~\n---\n[]\n---\n\"x\"\n"))
 	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, name: b}\nspec: {<<: [*x]}\n"))

@@ -10,7 +10,8 @@
 // field paths of their diagnostics are resolved back to the YAML line and
 // column they came from.
 //
-// Like kubectl, a document without metadata.namespace is placed in the
+// A Kubernetes v1 List is read item by item. Like kubectl, a document
+// without metadata.namespace is placed in the
 // "default" namespace. Fields that the Kubernetes API server fills in
 // (metadata.uid, resourceVersion, generation, creationTimestamp,
 // managedFields, ...) and a top-level status are accepted and ignored, so
@@ -55,8 +56,9 @@ const DefaultNamespace = "default"
 
 // Load reads the given files and directories from the operating system.
 // Directories are walked recursively for *.yaml and *.yml files (hidden
-// directories are skipped); files named explicitly are read whatever their
-// extension. The error is only for paths that cannot be read; problems in
+// directories are skipped; symbolic links to files are followed, so that a
+// mounted Kubernetes ConfigMap reads as its keys); files named explicitly are
+// read whatever their extension. The error is only for paths that cannot be read; problems in
 // the documents are Diagnostics.
 func Load(paths ...string) (policies.Set, policies.Diagnostics, error) {
 	return load(osFS{}, paths)
@@ -95,17 +97,44 @@ func (ioFS) join(elem ...string) string                  { return path.Join(elem
 
 type ioFS struct{ fsys fs.FS }
 
+// Files lists the files Load would read for the paths, in order.
+func Files(paths ...string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range paths {
+		files, err := collect(osFS{}, p)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			k := path.Clean(filepath.ToSlash(f))
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, f)
+			}
+		}
+	}
+	return out, nil
+}
+
 func load(fsys fileSystem, paths []string) (policies.Set, policies.Diagnostics, error) {
 	r := newReader()
 	if len(paths) == 0 {
 		return policies.Set{}, nil, errors.New("source: no paths given")
 	}
+	seen := map[string]bool{}
 	for _, p := range paths {
 		files, err := collect(fsys, p)
 		if err != nil {
 			return policies.Set{}, nil, err
 		}
 		for _, f := range files {
+			// a file reached twice (a directory and a file in it) is read once
+			k := path.Clean(filepath.ToSlash(f))
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
 			data, err := readLimited(fsys, f)
 			if errors.Is(err, errTooLarge) {
 				r.tooLarge(f)
@@ -141,7 +170,17 @@ func collect(fsys fileSystem, p string) ([]string, error) {
 			}
 			return nil
 		}
-		if ext := strings.ToLower(path.Ext(d.Name())); (ext == ".yaml" || ext == ".yml") && d.Type().IsRegular() {
+		if ext := strings.ToLower(path.Ext(d.Name())); ext != ".yaml" && ext != ".yml" {
+			return nil
+		}
+		regular := d.Type().IsRegular()
+		if d.Type()&fs.ModeSymlink != 0 {
+			// Kubernetes mounts ConfigMap keys as symlinks into a hidden
+			// ..data directory: follow links to files, not to directories.
+			info, err := fsys.stat(name)
+			regular = err == nil && info.Mode().IsRegular()
+		}
+		if regular {
 			files = append(files, name)
 		}
 		return nil
@@ -217,7 +256,7 @@ func (r *reader) add(file string, data []byte) {
 		if len(doc.Content) == 0 {
 			continue
 		}
-		r.addDocument(file, doc.Content[0], diags)
+		r.addDocument(file, doc.Content[0], diags, nil)
 	}
 	if diags.dropped > 0 {
 		diags.list = append(diags.list, policies.Diagnostic{
@@ -343,12 +382,22 @@ func countNodes(root *yaml.Node) int {
 	return n
 }
 
-func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
+// addDocument decodes one document. budget is nil for a top-level
+// document, which gets its own; List items share their List's.
+func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList, budget *int) {
+	inList := budget != nil
 	orig := root
 	if root = deref(root); root == nil || isNull(root) {
 		return // an empty document
 	}
-	d := &decoder{file: file, diags: diags, types: r.types}
+	if budget == nil {
+		b := min(countNodes(root)*expansionRatio+expansionSlack, maxExpandedNodes)
+		budget = &b
+	}
+	d := &decoder{file: file, diags: diags, types: r.types, budget: budget}
+	if !d.spend(root) {
+		return
+	}
 	if root.Kind != yaml.MappingNode {
 		d.errorf(orig, policies.CodeWrongType, "", "a document must be a mapping with apiVersion, kind, metadata and spec; got %s", describe(root))
 		return
@@ -384,6 +433,10 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
 	if bad {
 		return
 	}
+	if apiVersion == "v1" && kind == "List" && !inList {
+		r.addList(root, d)
+		return
+	}
 	obj, ok := newObject(apiVersion, kind)
 	if !ok {
 		if want := expectedAPIVersion(kind); want != "" {
@@ -396,8 +449,6 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
 		return
 	}
 
-	raw := countNodes(root)
-	d.budget = min(raw*expansionRatio+expansionSlack, maxExpandedNodes)
 	before := len(diags.list) + diags.dropped
 	v := reflect.ValueOf(obj).Elem()
 	d.decodeObject(root, v)
@@ -451,6 +502,38 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList) {
 		r.set.AnomalyProfiles = append(r.set.AnomalyProfiles, *o)
 	case *policies.Quarantine:
 		r.set.Quarantines = append(r.set.Quarantines, *o)
+	}
+}
+
+// addList reads a Kubernetes v1 List, what `kubectl get -o yaml` prints for
+// several objects: each item is a document. Lists do not nest.
+func (r *reader) addList(root *yaml.Node, d *decoder) {
+	d.object = ""
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k := deref(root.Content[i])
+		if k == nil || k.Kind != yaml.ScalarNode {
+			continue
+		}
+		switch k.Value {
+		case "apiVersion", "kind", "metadata":
+		case "items":
+			items := deref(root.Content[i+1])
+			if items == nil || isNull(items) {
+				continue
+			}
+			if items.Kind != yaml.SequenceNode {
+				d.wrongType(items, "items", "a list")
+				continue
+			}
+			for _, item := range items.Content {
+				if *d.budget < 0 {
+					return
+				}
+				r.addDocument(d.file, item, d.diags, d.budget)
+			}
+		default:
+			d.errorf(k, policies.CodeUnknownField, k.Value, "unknown field %q in a List (apiVersion, kind, metadata, items)", k.Value)
+		}
 	}
 }
 
@@ -525,11 +608,10 @@ func (r *reader) finish() (policies.Set, policies.Diagnostics) {
 	sortByMeta(s.AnomalyProfiles, func(p policies.AnomalyProfile) policies.ObjectMeta { return p.Metadata })
 	sortByMeta(s.Quarantines, func(p policies.Quarantine) policies.ObjectMeta { return p.Metadata })
 
-	// Validate is expected to include Lint's warnings; Lint runs here too so
-	// that warnings never go missing, and duplicates are dropped.
-	checked := append(policies.Validate(s), policies.Lint(s)...)
-	// Warnings about the same field with the same code are one finding
-	// worded twice; the validator's wording is kept.
+	// Validate returns errors and warnings (Lint's included). Warnings about
+	// the same field with the same code are one finding worded twice: the
+	// first wording is kept.
+	checked := policies.Validate(s)
 	seen := map[string]bool{}
 	for _, d := range checked {
 		k := d.Severity.String() + "\x00" + d.Code + "\x00" + d.Object + "\x00" + d.Field

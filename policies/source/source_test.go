@@ -328,6 +328,48 @@ spec: {}
 	}
 }
 
+// TestParseList reads the v1 List that `kubectl get -A -o yaml` prints.
+func TestParseList(t *testing.T) {
+	src := `apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: ""
+items:
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata:
+    name: a
+    namespace: foo
+    uid: 0d5e
+    resourceVersion: "42"
+  spec:
+    action: DENY
+    rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+  status: {}
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: b, namespace: foo}
+  spec:
+    actoin: DENY
+- apiVersion: v1
+  kind: List
+  items: []
+`
+	set, diags := Parse("in.yaml", []byte(src))
+	checkDiags(t, diags, []wantDiag{
+		{code: policies.CodeUnknownField, line: 21, col: 5, field: "spec.actoin"},
+		{code: policies.CodeUnknownKind, line: 23, col: 9, field: "kind", msg: "unknown kind \"List\""},
+	})
+	if len(set.AuthorizationPolicies) != 1 || set.AuthorizationPolicies[0].Loc.Line != 6 || set.AuthorizationPolicies[0].Loc.Column != 3 {
+		t.Fatalf("set = %+v", set.AuthorizationPolicies)
+	}
+	_, diags = Parse("in.yaml", []byte("apiVersion: v1\nkind: List\nitems: {a: b}\nextra: 1\n"))
+	checkDiags(t, diags, []wantDiag{
+		{code: policies.CodeWrongType, line: 3, col: 8, field: "items"},
+		{code: policies.CodeUnknownField, line: 4, col: 1, field: "extra"},
+	})
+}
+
 func TestParseAnchorsAndMergeKeys(t *testing.T) {
 	src := `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -387,12 +429,46 @@ func TestLoadDirectory(t *testing.T) {
 	if len(set.AuthorizationPolicies) != 1 || len(set.DefaultDenies) != 1 {
 		t.Fatalf("set = %+v", set)
 	}
+	// a file named again, directly, is not read twice
+	if set2, diags2, err := Load(dir, filepath.Join(dir, "a.yaml"), dir+"/"); err != nil || len(diags2.Errors()) != 1 || len(set2.AuthorizationPolicies) != 1 {
+		t.Fatalf("overlapping paths: %v\n%s", err, dump(diags2))
+	}
 	if _, _, err := Load(filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("Load of a missing path succeeded")
 	}
 	// a file named explicitly is read whatever its extension
 	if _, diags, err := Load(filepath.Join(dir, "sub/notes.txt")); err != nil || len(diags.Errors()) != 1 || diags[0].Code != policies.CodeYAMLSyntax {
 		t.Fatalf("explicit file: %v %s", err, dump(diags))
+	}
+}
+
+// TestLoadConfigMapMount reads a directory laid out as Kubernetes mounts a
+// ConfigMap: keys are symlinks through ..data into a hidden timestamped
+// directory. Each key is read once.
+func TestLoadConfigMapMount(t *testing.T) {
+	dir := t.TempDir()
+	ts := filepath.Join(dir, "..2025_06_01_12_00_00.123")
+	if err := os.Mkdir(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "policies.yaml"), []byte(validAP), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][2]string{
+		{filepath.Base(ts), filepath.Join(dir, "..data")},
+		{filepath.Join("..data", "policies.yaml"), filepath.Join(dir, "policies.yaml")},
+		{"/nonexistent/dangling.yaml", filepath.Join(dir, "dangling.yaml")},
+	} {
+		if err := os.Symlink(l[0], l[1]); err != nil {
+			t.Skipf("symlinks: %v", err)
+		}
+	}
+	set, diags, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diags.HasErrors() || len(set.AuthorizationPolicies) != 1 {
+		t.Fatalf("set %+v\n%s", set, dump(diags))
 	}
 }
 

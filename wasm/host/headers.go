@@ -79,10 +79,3 @@ func (m headerMap) export() [][2]string {
 	}
 	return out
 }
-
-func (m headerMap) clone() headerMap {
-	if m == nil {
-		return nil
-	}
-	return append(headerMap(nil), m...)
-}

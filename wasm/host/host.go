@@ -14,6 +14,7 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/sys"
 )
 
 // Config configures a Host.
@@ -38,6 +39,14 @@ type Config struct {
 	// HTTPCall handles proxy_http_call for clusters not in Clusters. Without
 	// it, a call to an unknown cluster fails with BadArgument as in Envoy.
 	HTTPCall HTTPCallFunc
+	// Clock, if set, is the time the guest sees (WASI wall and monotonic
+	// clocks, proxy_get_current_time_nanoseconds) instead of time.Now: tests
+	// use it to step through detector windows without sleeping. It must not
+	// go backwards. Timers (ticks, callout timeouts) and the guest's sleeps
+	// stay on real time. Prefer a clock that also advances with real time
+	// (an offset): a clock that stands still starves the Go runtime's GC
+	// pacing inside the guest, as proxytest's fake clocks do.
+	Clock func() time.Time
 	// ManualTicks disables real tick timers; Host.Tick then drives
 	// proxy_on_tick deterministically.
 	ManualTicks bool
@@ -81,6 +90,14 @@ type CalloutResponse struct {
 	Headers  [][2]string // without :status; the host adds it
 	Body     []byte
 	Trailers [][2]string
+}
+
+// now is the guest's clock.
+func (h *Host) now() time.Time {
+	if h.cfg.Clock != nil {
+		return h.cfg.Clock()
+	}
+	return time.Now()
 }
 
 // Host runs one proxy-wasm module in Config.VMs VMs. It is safe for
@@ -194,12 +211,21 @@ func (h *Host) startWorker(ctx context.Context, i int) (*Worker, error) {
 	mc := wazero.NewModuleConfig().
 		WithName(fmt.Sprintf("vm-%d", i)).
 		WithStartFunctions(). // a c-shared reactor: _initialize is called below
-		WithSysWalltime().
-		WithSysNanotime().
 		WithSysNanosleep().
 		WithRandSource(rand.Reader).
 		WithStdout(out).
 		WithStderr(errOut)
+	if clock := h.cfg.Clock; clock != nil {
+		epoch := clock()
+		mc = mc.WithWalltime(func() (int64, int32) {
+			t := clock()
+			return t.Unix(), int32(t.Nanosecond())
+		}, sys.ClockResolution(1)).WithNanotime(func() int64 {
+			return int64(clock().Sub(epoch))
+		}, sys.ClockResolution(1))
+	} else {
+		mc = mc.WithSysWalltime().WithSysNanotime()
+	}
 	mod, err := h.rt.InstantiateModule(w.ctx, h.module, mc)
 	if err != nil {
 		return nil, fmt.Errorf("wasm host: vm %d: instantiate: %w", i, err)

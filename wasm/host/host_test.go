@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/meshguard/meshguard/wasm/host"
 )
 
@@ -608,5 +611,61 @@ func TestClosedHost(t *testing.T) {
 	}
 	if err := h.Reconfigure(nil); !errors.Is(err, host.ErrClosed) {
 		t.Errorf("Reconfigure after Close = %v", err)
+	}
+}
+
+func TestInjectedClock(t *testing.T) {
+	var mu sync.Mutex
+	offset := 48 * time.Hour
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Now().Add(offset)
+	}
+	h := newHost(t, "abitest", host.Config{Clock: clock})
+	now := func() time.Time {
+		ns, err := strconv.ParseInt(header(mustHandle(t, h.Worker(0), get("time"), nil).Upstream.Headers, "x-now"), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.Unix(0, ns)
+	}
+	if d := time.Until(now()); d < 47*time.Hour || d > 49*time.Hour {
+		t.Errorf("guest clock is %v ahead, want 48h", d)
+	}
+	mu.Lock()
+	offset += 10 * time.Minute
+	mu.Unlock()
+	if d := time.Until(now()); d < 48*time.Hour+9*time.Minute {
+		t.Errorf("guest clock did not follow a step of the injected clock: %v ahead", d)
+	}
+}
+
+func TestPrometheusCollector(t *testing.T) {
+	h := newHost(t, "abitest", host.Config{})
+	for range 3 {
+		mustHandle(t, h.Worker(0), get("none"), nil)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(h.Metrics().Collector(prometheus.Labels{"pod": "p1"})); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf
+	}
+	if c := got["abitest_requests_total"]; c == nil || c.GetMetric()[0].GetCounter().GetValue() != 3 ||
+		c.GetMetric()[0].GetLabel()[0].GetValue() != "p1" {
+		t.Errorf("counter family = %v", c)
+	}
+	if s := got["abitest_request_headers"]; s == nil || s.GetMetric()[0].GetSummary().GetSampleCount() != 3 {
+		t.Errorf("histogram family = %v", s)
+	}
+	if g := got["abitest_inflight"]; g == nil || g.GetType() != dto.MetricType_GAUGE {
+		t.Errorf("gauge family = %v", g)
 	}
 }

@@ -192,7 +192,7 @@ func (w *Worker) hostGetLogLevel(stack []uint64) status {
 }
 
 func (w *Worker) hostGetCurrentTime(stack []uint64) status {
-	return w.writeU64(stack[0], uint64(time.Now().UnixNano()))
+	return w.writeU64(stack[0], uint64(w.h.now().UnixNano()))
 }
 
 func (w *Worker) hostSetTickPeriod(stack []uint64) status {

@@ -81,18 +81,7 @@ func (p Properties) SetMap(path string, m [][2]string) Properties {
 	return p
 }
 
-func (p Properties) clone() Properties {
-	if p == nil {
-		return nil
-	}
-	out := make(Properties, len(p))
-	for k, v := range p {
-		out[k] = v
-	}
-	return out
-}
-
-// streamProperty derives the request.* and response.* attributes Envoy
+// derivedProperty derives the request.* and response.* attributes Envoy
 // computes from the headers. Explicit Properties take precedence.
 func (s *stream) derivedProperty(path string) ([]byte, bool) {
 	switch path {

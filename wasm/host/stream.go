@@ -198,7 +198,7 @@ func (w *Worker) openStream(req Request) (*stream, error) {
 	s := &stream{
 		id:          w.newContextID(),
 		root:        w.root,
-		start:       time.Now(),
+		start:       w.h.now(),
 		props:       req.Properties,
 		reqHeaders:  newHeaderMap(req.Headers),
 		reqTrailers: newHeaderMap(req.Trailers),
