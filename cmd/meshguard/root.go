@@ -23,6 +23,7 @@ a compromised workload mesh-wide.`,
 		newVersionCmd(),
 		newPolicyCmd(),
 		newAuthzCmd(),
+		newControlPlaneCmd(), newQuarantineCmd(), newBaselineCmd(),
 		newDemoCmd(),
 	)
 	return root
