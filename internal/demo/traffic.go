@@ -51,8 +51,8 @@ var legitimate = []call{
 // services it never talks to.
 func attackRound(round int, forged string) []call {
 	var cs []call
-	for i := 0; i < 40; i++ {
-		n := round*40 + i
+	for i := 0; i < 60; i++ {
+		n := round*60 + i
 		p := scanPaths[n%len(scanPaths)]
 		cs = append(cs, call{from: attacker, to: "catalog", method: "GET", path: fmt.Sprintf(p, n)})
 	}
@@ -74,9 +74,9 @@ func attackRound(round int, forged string) []call {
 }
 
 var scanPaths = []string{
-	"/api/books/%d", "/.env?%d", "/admin/%d", "/debug/pprof/%d", "/api/users/%d", "/wp-login.php?%d",
-	"/api/books/%d/../../etc/passwd", "/actuator/env?%d", "/backup-%d.sql", "/api/v2/books/%d",
-	"/.git/config?%d", "/server-status?%d",
+	"/api/books/%d", "/.env.%d", "/admin/%d", "/debug/pprof/%d", "/api/users/%d", "/wp-login-%d.php",
+	"/api/books/%d/../../etc/passwd", "/actuator/env/%d", "/backup-%d.sql", "/api/v2/books/%d",
+	"/.git/objects/%d", "/server-status/%d",
 }
 
 // player runs the scripted traffic.
@@ -278,11 +278,16 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 
 // release ends the attacker's quarantine, if one is in place.
 func (m *mesh) release(context.Context) {
-	m.mu.Lock()
-	q := append([]string(nil), m.sum.Quarantined...)
-	m.mu.Unlock()
-	if len(q) == 0 {
+	entries := m.qm.List()
+	if len(entries) == 0 {
 		m.ui.Info("nothing to release: no quarantine is in place")
+		return
+	}
+	for _, e := range entries {
+		m.ui.Info("operator %s releases %s (quarantined by %s: %s)", operatorID, m.name(e.Identity), e.By, truncate(e.Reason, 80))
+		if err := m.qm.Release(e.Identity, operatorID.String(), "released after investigation (demo)"); err != nil {
+			m.ui.Info("release %s: %v", e.Identity, err)
+		}
 	}
 }
 
