@@ -73,12 +73,12 @@ type mesh struct {
 	nodes    map[string]*node
 	byID     map[spiffeid.ID]string
 	sum      Summary
-	detected map[string]bool // source → reported once
+	detected map[string]bool // unknown edges already shown
 }
 
 func start(ctx context.Context, o Options) (_ *mesh, err error) {
 	m := &mesh{o: o, nodes: map[string]*node{}, byID: map[spiffeid.ID]string{}, detected: map[string]bool{},
-		sum: Summary{ByReason: map[string]int{}}}
+		sum: Summary{ByReason: map[string]int{}, LegitDeniedCalls: map[string]int{}, AfterRelease: map[string]int{}}}
 	m.ui = NewUI(o.Out, o.TTY, o.Color, o.Duration)
 	defer func() {
 		if err != nil {
@@ -267,6 +267,15 @@ func (m *mesh) onEvents(b *wire.EventBatch) {
 		case e.Kind == wire.EventAnomaly:
 			why = fmt.Sprintf("%s anomaly, response %s", e.Detector, orDash(e.Response))
 		case e.Kind == wire.EventEdge && strings.Contains(e.Detail, "unknown"):
+			// Filters report an unknown edge once per window; show each once.
+			key := e.Source + "|" + e.Destination + "|" + e.Route
+			m.mu.Lock()
+			seen := m.detected[key]
+			m.detected[key] = true
+			m.mu.Unlock()
+			if seen {
+				continue
+			}
 			why = "lateral movement: edge not in the traffic baseline (" + e.Detail + ")"
 		default:
 			continue

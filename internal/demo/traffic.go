@@ -206,6 +206,7 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 				m.sum.LegitAllowed++
 			} else {
 				m.sum.LegitDenied++
+				m.sum.LegitDeniedCalls[fmt.Sprintf("%s → %s %s %s (%d)", c.from, c.to, c.method, c.path, status)]++
 			}
 			m.mu.Unlock()
 			sleep(legitCtx, 60*time.Millisecond)
@@ -261,8 +262,16 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 	if ctx.Err() == nil {
 		m.ui.Phase(4, 4, "release", "an operator releases the quarantine; normal calls work again")
 		m.release(ctx)
-		compromised.set(false)
-		sleep(ctx, time.Until(end))
+		// The released identity's calls are shown, not counted as
+		// legitimate traffic: filters may still hold their own
+		// short-lived block from the attack.
+		for ctx.Err() == nil && time.Now().Before(end) {
+			status := p.do(ctx, call{from: attacker, to: "catalog", method: "GET", path: "/api/books/7"})
+			m.mu.Lock()
+			m.sum.AfterRelease[fmt.Sprint(status)]++
+			m.mu.Unlock()
+			sleep(ctx, 400*time.Millisecond)
+		}
 	}
 	stopLegit()
 	wg.Wait()
@@ -316,6 +325,9 @@ func (s *Summary) Render() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n──────── summary (%.1fs%s) ────────\n", s.Duration.Seconds(), map[bool]string{true: ", interrupted", false: ""}[s.Interrupted])
 	fmt.Fprintf(&b, "legitimate requests : %d, allowed %d, denied %d\n", s.LegitRequests, s.LegitAllowed, s.LegitDenied)
+	for _, k := range sortedKeys(s.LegitDeniedCalls) {
+		fmt.Fprintf(&b, "  - denied: %s ×%d\n", k, s.LegitDeniedCalls[k])
+	}
 	fmt.Fprintf(&b, "attack requests     : %d, denied %d, reached an app with 2xx %d\n", s.AttackRequests, s.AttackDenied, s.AttackSucceeded)
 	fmt.Fprintf(&b, "dry-run would-deny  : %d\n", s.DryRun)
 	fmt.Fprintf(&b, "detections          : %d\n", len(s.Detections))
@@ -331,6 +343,13 @@ func (s *Summary) Render() string {
 	fmt.Fprintf(&b, "quarantined         : %s\n", listOrNone(s.Quarantined))
 	fmt.Fprintf(&b, "denied while quarantined: %d\n", s.DeniedWhileQuarantined)
 	fmt.Fprintf(&b, "released            : %s\n", listOrNone(s.Released))
+	if len(s.AfterRelease) > 0 {
+		fmt.Fprintf(&b, "attacker after release, by status:")
+		for _, k := range sortedKeys(s.AfterRelease) {
+			fmt.Fprintf(&b, " %s=%d", k, s.AfterRelease[k])
+		}
+		b.WriteString("\n")
+	}
 	fmt.Fprintf(&b, "decisions by reason :")
 	for _, r := range sortedKeys(s.ByReason) {
 		fmt.Fprintf(&b, " %s=%d", r, s.ByReason[r])
