@@ -31,14 +31,22 @@ type ECDSClient struct {
 	// Apply receives the plugin configuration (the filter's JSON).
 	Apply func(pluginConfig []byte) error
 	Log   *slog.Logger
+	// ResourceNames to request; default [wire.FilterConfigName], which is
+	// what Envoy asks for. Other names of the same type in a response are
+	// ignored.
+	ResourceNames []string
+}
+
+func (c *ECDSClient) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
 }
 
 // Run subscribes until ctx ends, reconnecting after errors.
 func (c *ECDSClient) Run(ctx context.Context) error {
-	log := c.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := c.log()
 	for {
 		err := c.stream(ctx)
 		if ctx.Err() != nil {
@@ -54,8 +62,12 @@ func (c *ECDSClient) Run(ctx context.Context) error {
 }
 
 func (c *ECDSClient) request(version, nonce string, nack error) *discoveryv3.DiscoveryRequest {
+	names := c.ResourceNames
+	if len(names) == 0 {
+		names = []string{wire.FilterConfigName}
+	}
 	r := &discoveryv3.DiscoveryRequest{
-		Node: c.Node, TypeUrl: wire.BundleTypeURL, ResourceNames: []string{wire.FilterConfigName},
+		Node: c.Node, TypeUrl: wire.BundleTypeURL, ResourceNames: names,
 		VersionInfo: version, ResponseNonce: nonce,
 	}
 	if nack != nil {
@@ -85,6 +97,7 @@ func (c *ECDSClient) stream(ctx context.Context) error {
 			derr = c.Apply(cfg)
 		}
 		if derr != nil {
+			c.log().Warn("ECDS NACK", "version", resp.GetVersionInfo(), "error", derr)
 			if err := st.Send(c.request(accepted, resp.GetNonce(), derr)); err != nil {
 				return err
 			}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/internal/envoyemu"
+	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/host"
 )
 
@@ -98,6 +99,10 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 	client := &envoyemu.ECDSClient{
 		Conn: cc, Log: log,
 		Node: &corev3.Node{Id: o.name + "-" + fmt.Sprint(os.Getpid()), Cluster: o.nodeCluster},
+		// WORKAROUND (reported): the control plane's ADS cache answers a
+		// TypedExtensionConfig request only when it names every resource
+		// of that type; Envoy would ask for meshguard-wasm alone.
+		ResourceNames: []string{wire.FilterConfigName, wire.BundleResourceName},
 		Apply: func(cfg []byte) error {
 			mu.Lock()
 			defer mu.Unlock()
