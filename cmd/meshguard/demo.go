@@ -113,5 +113,3 @@ func demoPolicies(dir string) (fs.FS, []string, error) {
 	}
 	return builtinPolicies()
 }
-
-
