@@ -11,14 +11,15 @@ package decisionlog
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/meshguard/meshguard/internal/jsonw"
 	"github.com/meshguard/meshguard/policies"
 )
 
@@ -159,17 +160,65 @@ func (l *Logger) Log(e *Entry, h policies.HeaderGetter) error {
 			}
 		}
 	}
-	line, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("decisionlog: encode: %w", err)
-	}
-	line = append(line, '\n')
+	line := e.appendJSON(make([]byte, 0, 512))
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, err := l.w.Write(line); err != nil {
 		return fmt.Errorf("decisionlog: write: %w", err)
 	}
 	return nil
+}
+
+// appendJSON encodes e as one line; it writes what json.Marshal would (the
+// tests compare the two) without reflection.
+func (e *Entry) appendJSON(b []byte) []byte {
+	b = append(b, '{')
+	b = jsonw.Field(b, true, "time", e.Time.Format(time.RFC3339Nano))
+	b = jsonw.Field(b, false, "decision_id", e.DecisionID)
+	opt := func(name, v string) {
+		if v != "" {
+			b = jsonw.Field(b, false, name, v)
+		}
+	}
+	opt("request_id", e.RequestID)
+	b = jsonw.Field(b, false, "protocol", e.Protocol)
+	opt("source", e.Source)
+	b = jsonw.Field(b, false, "source_method", e.SourceMethod)
+	opt("peer", e.Peer)
+	opt("destination", e.Destination)
+	opt("method", e.Method)
+	opt("host", e.Host)
+	opt("path", e.Path)
+	opt("route", e.Route)
+	opt("scope", e.Scope)
+	b = jsonw.Bool(b, "allowed", e.Allowed)
+	b = jsonw.Field(b, false, "reason", string(e.Reason))
+	opt("mode", string(e.Mode))
+	opt("policy", e.Policy)
+	opt("rule", e.Rule)
+	if e.WouldDeny {
+		b = jsonw.Bool(b, "would_deny", true)
+	}
+	if e.Audit {
+		b = jsonw.Bool(b, "audit", true)
+	}
+	opt("audit_policy", e.AuditPolicy)
+	opt("bundle_version", e.BundleVersion)
+	opt("error", e.Error)
+	b = jsonw.Int(b, "latency_us", e.LatencyMicros)
+	if len(e.Headers) > 0 {
+		names := make([]string, 0, len(e.Headers))
+		for k := range e.Headers {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		b = append(b, `,"headers":{`...)
+		for i, k := range names {
+			b = jsonw.Field(b, i == 0, k, e.Headers[k])
+		}
+		b = append(b, '}')
+	}
+	return append(b, '}', '\n')
 }
 
 // StripQuery removes the query string and fragment of a request path.

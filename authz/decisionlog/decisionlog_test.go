@@ -96,3 +96,29 @@ type syncBuf struct {
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) Len() int                    { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Len() }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestEncodingMatchesEncodingJSON: the hand-written encoder writes exactly
+// what encoding/json writes for the same entry.
+func TestEncodingMatchesEncodingJSON(t *testing.T) {
+	entries := []Entry{
+		{Time: time.Date(2026, 11, 24, 10, 0, 0, 123456789, time.UTC), DecisionID: "d", Protocol: "grpc", SourceMethod: "none", Reason: policies.ReasonDeniedInternal},
+		{
+			Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)), DecisionID: "d2", RequestID: "r", Protocol: "http",
+			Source: "spiffe://td/a", SourceMethod: "principal", Peer: "spiffe://td/gw", Destination: "spiffe://td/b",
+			Method: "GET", Host: "h\u00e9<&>", Path: "/p\"\\\x01", Route: "r", Scope: "s", Allowed: true,
+			Reason: policies.ReasonDeniedByPolicy, Mode: policies.ModeDryRun, Policy: "p", Rule: "0", WouldDeny: true,
+			Audit: true, AuditPolicy: "ap", BundleVersion: "v1", Error: "e\xff", LatencyMicros: 42,
+			Headers: map[string]string{"x-b": "2", "x-a": "1"},
+		},
+	}
+	for _, e := range entries {
+		want, err := json.Marshal(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := e.appendJSON(nil)
+		if string(got) != string(want)+"\n" {
+			t.Errorf("appendJSON =\n%s\nencoding/json =\n%s", got, want)
+		}
+	}
+}

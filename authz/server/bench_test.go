@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"sync/atomic"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -12,6 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/authz/identity"
@@ -89,4 +94,69 @@ func BenchmarkCheck(b *testing.B) {
 			}
 		}
 	})
+}
+
+type trivialAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+func (trivialAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{Status: &rpcstatus.Status{}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
+}
+
+// BenchmarkGRPC runs the same realistic CheckRequests over loopback gRPC
+// (plaintext, in process) against a trivial always-OK server and against
+// meshguard's server: the ratio of the two ns/op is the cost of meshguard
+// relative to the transport. `make bench-authz` measures the same with
+// separate processes.
+func BenchmarkGRPC(b *testing.B) {
+	set, mesh := policygen.Realistic(1000, 1)
+	bundle, _, _ := policies.NewBundle("bench", set)
+	snap, err := policies.Compile(bundle)
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng := &policies.Engine{}
+	eng.Swap(snap)
+	c, _ := ca.New(spiffeid.RequireTrustDomainFromString(policygen.TrustDomain))
+	res, _ := identity.New(identity.Config{Bundles: spiffebundle.NewSet(c.Bundle()), JWTAudiences: []string{"a"}})
+	dl, _ := decisionlog.New(decisionlog.Config{W: io.Discard, AllowSampleRate: 0.01, Buffer: 64 << 10})
+	srv, _ := New(Config{Engine: eng, Identity: res, Log: slog.New(slog.DiscardHandler), Metrics: metrics.New(prometheus.NewRegistry()), DecisionLog: dl})
+	reqs := benchRequests(b, &set, mesh)
+	for _, tc := range []struct {
+		name     string
+		register func(*grpc.Server)
+	}{
+		{"trivial", func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, trivialAuthz{}) }},
+		{"meshguard", func(g *grpc.Server) { srv.Register(g) }},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			g := grpc.NewServer(srv.GRPCServerOptions()...)
+			tc.register(g)
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			go func() { _ = g.Serve(lis) }()
+			defer g.Stop()
+			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			client := authv3.NewAuthorizationClient(conn)
+			var n atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(16)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := client.Check(context.Background(), reqs[n.Add(1)%int64(len(reqs))]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }

@@ -2,8 +2,9 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -19,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/internal/grpccodec"
+	"github.com/meshguard/meshguard/internal/jsonw"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -34,7 +37,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 }
 
 func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
-	md := metadata(o)
+	md := s.metadata(o)
 	if o.dec.Allowed {
 		hs := []*corev3.HeaderValueOption{setHeader(wire.HeaderDecisionID, o.decisionID)}
 		if !o.id.ID.IsZero() {
@@ -49,7 +52,7 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 			DynamicMetadata: md,
 		}
 	}
-	body, _ := json.Marshal(denyBody{Reason: o.dec.Reason, DecisionID: o.decisionID, Policy: o.dec.Ref.Policy, Rule: o.dec.Ref.Rule})
+	body := denyJSON(o)
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: string(o.dec.Reason)},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
@@ -65,6 +68,21 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 	}
 }
 
+// denyJSON is the deny body: {"reason","decision_id","policy","rule"}.
+func denyJSON(o *outcome) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, '{')
+	b = jsonw.Field(b, true, "reason", string(o.dec.Reason))
+	b = jsonw.Field(b, false, "decision_id", o.decisionID)
+	if o.dec.Ref.Policy != "" {
+		b = jsonw.Field(b, false, "policy", o.dec.Ref.Policy)
+	}
+	if o.dec.Ref.Rule != "" {
+		b = jsonw.Field(b, false, "rule", o.dec.Ref.Rule)
+	}
+	return append(b, '}', '\n')
+}
+
 func setHeader(k, v string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
 		Header:       &corev3.HeaderValue{Key: k, Value: v},
@@ -74,29 +92,52 @@ func setHeader(k, v string) *corev3.HeaderValueOption {
 
 // metadata is the dynamic metadata Envoy puts under the ext_authz filter's
 // namespace (envoy.filters.http.ext_authz) for access logs and later filters.
-func metadata(o *outcome) *structpb.Struct {
-	f := map[string]*structpb.Value{
-		"decision_id": structpb.NewStringValue(o.decisionID),
-		"reason":      structpb.NewStringValue(string(o.dec.Reason)),
-		"mode":        structpb.NewStringValue(mode(o.dec)),
-		"allowed":     structpb.NewBoolValue(o.dec.Allowed),
-		"policy":      structpb.NewStringValue(o.dec.Ref.Policy),
-		"rule":        structpb.NewStringValue(o.dec.Ref.Rule),
+func (s *Server) metadata(o *outcome) *structpb.Struct {
+	f := make(map[string]*structpb.Value, 8)
+	f["decision_id"] = structpb.NewStringValue(o.decisionID)
+	f["reason"] = s.values.get(string(o.dec.Reason))
+	f["mode"] = s.values.get(mode(o.dec))
+	if o.dec.Ref.Policy != "" {
+		f["policy"] = s.values.get(o.dec.Ref.Policy)
+		f["rule"] = s.values.get(o.dec.Ref.Rule)
 	}
 	if o.dec.WouldDeny {
-		f["would_deny"] = structpb.NewBoolValue(true)
+		f["would_deny"] = trueValue
 	}
 	if o.dec.Audit {
-		f["audit"] = structpb.NewBoolValue(true)
-		f["audit_policy"] = structpb.NewStringValue(o.dec.AuditRef.Policy)
-	}
-	if !o.id.ID.IsZero() {
-		f["source_id"] = structpb.NewStringValue(o.id.ID.String())
+		f["audit"] = trueValue
+		f["audit_policy"] = s.values.get(o.dec.AuditRef.Policy)
 	}
 	if o.dec.Version != "" {
-		f["bundle_version"] = structpb.NewStringValue(o.dec.Version)
+		f["bundle_version"] = s.values.get(o.dec.Version)
 	}
 	return &structpb.Struct{Fields: f}
+}
+
+var trueValue = structpb.NewBoolValue(true)
+
+// valueCache shares immutable structpb string Values for the bounded
+// strings of an answer (reason codes, modes, rule references, versions):
+// responses are only marshalled, never modified, so one Value can appear in
+// many. The cache stops growing at maxCachedValues.
+type valueCache struct {
+	m sync.Map // string -> *structpb.Value
+	n atomic.Int64
+}
+
+const maxCachedValues = 1 << 14
+
+func (c *valueCache) get(v string) *structpb.Value {
+	if x, ok := c.m.Load(v); ok {
+		return x.(*structpb.Value)
+	}
+	val := structpb.NewStringValue(v)
+	if c.n.Load() < maxCachedValues {
+		if _, loaded := c.m.LoadOrStore(v, val); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return val
 }
 
 // recoverInterceptor turns a panic in any unary handler into an answer: a
@@ -121,7 +162,12 @@ func (s *Server) recoverInterceptor(ctx context.Context, req any, info *grpc.Una
 // GRPCServerOptions are the options the server's gRPC server needs (the
 // panic interceptor); add transport credentials to them.
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(s.recoverInterceptor)}
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.recoverInterceptor),
+		// Envoy's types carry generated marshalers: answers are encoded
+		// without reflection.
+		grpc.ForceServerCodec(grpccodec.Codec{}),
+	}
 }
 
 // Register registers the Authorization service, health and reflection.

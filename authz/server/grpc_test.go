@@ -560,6 +560,16 @@ func TestCheckModesAndRoutes(t *testing.T) {
 		t.Errorf("decision log lacks the would-deny:\n%s", e.decisionLog())
 	}
 
+	// AUDIT marks the decision without changing it.
+	resp = e.check(t, withPrincipal(get("/api/audited", nil), idFrontend.String()))
+	md = resp.GetDynamicMetadata().GetFields()
+	if resp.GetOkResponse() == nil || !md["audit"].GetBoolValue() || !strings.Contains(md["audit_policy"].GetStringValue(), "api-audit") {
+		t.Errorf("audited request: ok=%v metadata=%v", resp.GetOkResponse() != nil, md)
+	}
+	if !strings.Contains(e.decisionLog(), `"audit":true`) {
+		t.Errorf("decision log lacks the audit mark")
+	}
+
 	// Off route.
 	resp = e.check(t, withRoute(envoyRequest("DELETE", "/api/cart", nil), "legacy"))
 	if resp.GetOkResponse() == nil || resp.GetDynamicMetadata().GetFields()["reason"].GetStringValue() != string(policies.ReasonAllowedModeOff) {
@@ -589,6 +599,18 @@ func TestCheckModesAndRoutes(t *testing.T) {
 	r.Attributes.ContextExtensions = map[string]string{wire.ContextWorkload: idAPI.String()}
 	if resp = e.check(t, r); resp.GetOkResponse() != nil {
 		t.Errorf("context extension workload not used: %v", resp.GetDynamicMetadata())
+	}
+
+	// No target workload at all: denied unless unscoped requests are allowed.
+	r = withPrincipal(get("/api/items", nil), idAdmin.String())
+	r.Attributes.Destination.Principal = ""
+	if resp = e.check(t, r); resp.GetDynamicMetadata().GetFields()["reason"].GetStringValue() != string(policies.ReasonDeniedInvalidReq) {
+		t.Errorf("unscoped request: %v", resp.GetDynamicMetadata())
+	}
+	e3 := newEnv(t, func(c *Config, _ *identityConfig) { c.AllowUnscoped = true })
+	e3.load(t, "v1", testSet())
+	if resp = e3.check(t, r); resp.GetDynamicMetadata().GetFields()["reason"].GetStringValue() != string(policies.ReasonAllowedNoPolicy) {
+		t.Errorf("unscoped request with AllowUnscoped: %v", resp.GetDynamicMetadata())
 	}
 
 	// Missing path: invalid request.

@@ -63,6 +63,12 @@ func testSet() policies.Set {
 				},
 				{From: []policies.RuleFrom{{Source: policies.Source{Principals: []string{"prod.example/ns/ops/sa/admin"}}}}},
 			}},
+		}, {
+			APIVersion: policies.APIVersionIstioV1, Kind: policies.KindAuthorizationPolicy,
+			Metadata: policies.ObjectMeta{Name: "api-audit", Namespace: "shop"},
+			Spec: policies.AuthorizationPolicySpec{Action: "AUDIT", Rules: []policies.Rule{{
+				To: []policies.RuleTo{{Operation: policies.Operation{Paths: []string{"/api/audited"}}}},
+			}}},
 		}},
 		RouteOverrides: []policies.RouteOverride{
 			{

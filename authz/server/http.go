@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/json"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -61,7 +60,7 @@ func (s *Server) HTTPHandler() http.Handler {
 		h.Set("content-type", "application/json")
 		h.Set(wire.HeaderReason, string(o.dec.Reason))
 		w.WriteHeader(httpStatus(o.dec.Reason))
-		_ = json.NewEncoder(w).Encode(denyBody{Reason: o.dec.Reason, DecisionID: o.decisionID, Policy: o.dec.Ref.Policy, Rule: o.dec.Ref.Rule})
+		_, _ = w.Write(denyJSON(&o))
 	})
 }
 

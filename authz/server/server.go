@@ -57,6 +57,12 @@ type Config struct {
 	CheckTimeout time.Duration
 	// HTTPPathPrefix is the HTTP service's path_prefix, removed from paths.
 	HTTPPathPrefix string
+	// AllowUnscoped evaluates requests that name no target workload (no
+	// destination.principal, no workload or namespace context extension)
+	// against mesh-wide policies only. By default they are denied with
+	// denied_invalid_request: a misconfigured filter must not skip every
+	// namespace's policies.
+	AllowUnscoped bool
 }
 
 // Server answers checks. Safe for concurrent use.
@@ -69,6 +75,7 @@ type Server struct {
 	reqOpts request.Options
 	timeout time.Duration
 	prefix  string
+	unscope bool
 
 	idPrefix string
 	seq      atomic.Uint64
@@ -79,6 +86,7 @@ type Server struct {
 	// three label values on every check.
 	decisions sync.Map               // decisionKey -> prometheus.Counter
 	durations [2]prometheus.Observer // grpc, http
+	values    valueCache
 	// decideHook replaces Engine.Decide in tests of the fail-closed paths.
 	decideHook func(*policies.Attributes) policies.Decision
 }
@@ -112,7 +120,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		engine: cfg.Engine, ident: cfg.Identity, log: cfg.Log, metrics: cfg.Metrics,
 		dlog: cfg.DecisionLog, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
-		idPrefix: hex.EncodeToString(p[:]) + "-",
+		unscope: cfg.AllowUnscoped, idPrefix: hex.EncodeToString(p[:]) + "-",
 	}
 	s.durations[0] = cfg.Metrics.CheckDuration.WithLabelValues("grpc")
 	s.durations[1] = cfg.Metrics.CheckDuration.WithLabelValues("http")
@@ -174,6 +182,11 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 		return out
 	}
 	out.remove = m.Remove
+	if !s.unscope && m.Attrs.Target.ID.IsZero() && m.Attrs.Target.Namespace == "" {
+		out.dec = policies.Deny(policies.ReasonDeniedInvalidReq)
+		out.err = errors.New("request names no target workload (no destination.principal, no meshguard.workload or meshguard.namespace context extension)")
+		return out
+	}
 	id, err := s.ident.Resolve(m.Identity)
 	out.id = id
 	for _, f := range id.Ignored {

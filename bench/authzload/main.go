@@ -137,15 +137,15 @@ func load(ctx context.Context, c loadConfig, reqs []*authv3.CheckRequest) (*resu
 
 func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClient, reqs []*authv3.CheckRequest) (*result, error) {
 	var (
-		next                   atomic.Int64
-		errs, allowed, denied  atomic.Int64
-		mu                     sync.Mutex
-		all                    []time.Duration
-		wg                     sync.WaitGroup
-		firstErr               atomic.Value
-		start                  = time.Now()
-		deadline               = start.Add(c.duration)
-		interval time.Duration = 0
+		next                  atomic.Int64
+		errs, allowed, denied atomic.Int64
+		mu                    sync.Mutex
+		all                   []time.Duration
+		wg                    sync.WaitGroup
+		firstErr              atomic.Value
+		start                               = time.Now()
+		deadline                            = start.Add(c.duration)
+		interval              time.Duration = 0
 	)
 	do := func(i int64, sched time.Time, lat *[]time.Duration) {
 		req := reqs[i%int64(len(reqs))]

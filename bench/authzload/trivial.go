@@ -13,6 +13,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+
+	"github.com/meshguard/meshguard/internal/grpccodec"
 )
 
 // trivialServer answers every Check with OK and nothing else: the floor
@@ -36,7 +38,9 @@ func trivialMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer()
+	// The same codec as meshguard's server: the comparison is of the
+	// servers' work, not of the transport.
+	g := grpc.NewServer(grpc.ForceServerCodec(grpccodec.Codec{}))
 	authv3.RegisterAuthorizationServer(g, trivialServer{})
 	fmt.Printf("listening %s\n", lis.Addr())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

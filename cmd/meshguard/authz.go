@@ -71,6 +71,7 @@ type authzFlags struct {
 	logLevel              string
 	workloadAPIWait       time.Duration
 	grpcMaxConcurrentStrm uint32
+	allowUnscoped         bool
 }
 
 func newAuthzCmd() *cobra.Command { return newAuthzCmdFor(&authzFlags{}) }
@@ -141,6 +142,7 @@ then a JWT-SVID (validated against --jwt-audience, which is mandatory unless
 	fl.DurationVar(&f.shutdownGrace, "shutdown-grace", 10*time.Second, "how long in-flight checks may drain on shutdown")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.workloadAPIWait, "workload-api-timeout", 30*time.Second, "how long to wait for the first SVID and bundles from the Workload API")
+	fl.BoolVar(&f.allowUnscoped, "allow-unscoped-requests", false, "evaluate requests that name no target workload (no destination.principal, no meshguard.workload/namespace context extension) against mesh-wide policies only, instead of denying them with denied_invalid_request")
 	fl.Uint32Var(&f.grpcMaxConcurrentStrm, "grpc-max-concurrent-streams", 0, "limit of concurrent gRPC streams per connection (0: grpc-go default)")
 	return cmd
 }
@@ -393,6 +395,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		Request:        request.Options{TrustRouteHeader: f.trustRouteHeader, TrustContextHeaders: f.httpTrustCtxHeaders},
 		CheckTimeout:   f.checkTimeout,
 		HTTPPathPrefix: f.httpPathPrefix,
+		AllowUnscoped:  f.allowUnscoped,
 	})
 	if err != nil {
 		return err

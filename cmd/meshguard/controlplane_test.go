@@ -56,7 +56,7 @@ func writeSVID(t *testing.T, authority *ca.CA, dir, name string, id spiffeid.ID)
 	return cert, key, bundle
 }
 
-func run(t *testing.T, ctx context.Context, args ...string) (string, error) {
+func runCmd(t *testing.T, ctx context.Context, args ...string) (string, error) {
 	t.Helper()
 	root := newRootCmd()
 	var out, errb bytes.Buffer
@@ -95,7 +95,7 @@ spec: {}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := run(t, ctx, "controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
+		_, err := runCmd(t, ctx, "controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
 			"--policy", policyDir, "--svid-cert", cpCert, "--svid-key", cpKey, "--trust-bundle", bundle,
 			"--admin-id", "spiffe://example.org/ns/ops/sa/admin", "--audit-log", filepath.Join(dir, "audit.jsonl"), "--log-level", "warn")
 		done <- err
@@ -124,19 +124,19 @@ spec: {}
 	admin := []string{"--server", "https://" + httpAddr, "--svid-cert", adCert, "--svid-key", adKey, "--trust-bundle", bundle,
 		"--server-id", "spiffe://example.org/ns/meshguard/sa/controlplane"}
 
-	out, err := run(t, ctx, append([]string{"quarantine", "add", "spiffe://example.org/ns/shop/sa/web", "--reason", "incident 7", "--for", "1h"}, admin...)...)
+	out, err := runCmd(t, ctx, append([]string{"quarantine", "add", "spiffe://example.org/ns/shop/sa/web", "--reason", "incident 7", "--for", "1h"}, admin...)...)
 	if err != nil || !strings.Contains(out, "quarantined spiffe://example.org/ns/shop/sa/web") {
 		t.Fatalf("add: %v\n%s", err, out)
 	}
-	out, err = run(t, ctx, append([]string{"quarantine", "list"}, admin...)...)
+	out, err = runCmd(t, ctx, append([]string{"quarantine", "list"}, admin...)...)
 	if err != nil || !strings.Contains(out, "spiffe://example.org/ns/shop/sa/web") || !strings.Contains(out, "incident 7") {
 		t.Fatalf("list: %v\n%s", err, out)
 	}
-	out, err = run(t, ctx, append([]string{"quarantine", "release", "spiffe://example.org/ns/shop/sa/web", "--reason", "cleared"}, admin...)...)
+	out, err = runCmd(t, ctx, append([]string{"quarantine", "release", "spiffe://example.org/ns/shop/sa/web", "--reason", "cleared"}, admin...)...)
 	if err != nil {
 		t.Fatalf("release: %v\n%s", err, out)
 	}
-	if _, err := run(t, ctx, append([]string{"quarantine", "release", "spiffe://example.org/ns/shop/sa/web", "--reason", "again"}, admin...)...); err == nil {
+	if _, err := runCmd(t, ctx, append([]string{"quarantine", "release", "spiffe://example.org/ns/shop/sa/web", "--reason", "again"}, admin...)...); err == nil {
 		t.Fatal("releasing an identity that is not quarantined succeeded")
 	}
 
@@ -162,7 +162,7 @@ spec: {}
 		t.Fatalf("events: %s", resp.Status)
 	}
 	outDir := filepath.Join(dir, "draft")
-	out, err = run(t, ctx, append([]string{"baseline", "export", "-o", outDir}, admin...)...)
+	out, err = runCmd(t, ctx, append([]string{"baseline", "export", "-o", outDir}, admin...)...)
 	if err != nil {
 		t.Fatalf("export: %v\n%s", err, out)
 	}
@@ -192,7 +192,7 @@ spec: {}
 
 	// Without an admin SVID the admin API refuses.
 	other := []string{"--server", "https://" + httpAddr, "--svid-cert", webCert, "--svid-key", webKey, "--trust-bundle", bundle}
-	if out, err := run(t, ctx, append([]string{"quarantine", "list"}, other...)...); err == nil || !strings.Contains(err.Error(), "403") {
+	if out, err := runCmd(t, ctx, append([]string{"quarantine", "list"}, other...)...); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("non-admin list: %v\n%s", err, out)
 	}
 	audit, err := os.ReadFile(filepath.Join(dir, "audit.jsonl"))

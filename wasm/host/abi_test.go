@@ -106,8 +106,8 @@ func TestHeaderMap(t *testing.T) {
 			}
 		})
 	}
-	if v, ok := base().get("a"); !ok || v != "1,3" {
-		t.Errorf("get joins repeated values: %q", v)
+	if v, ok := base().get("a"); !ok || v != "1" {
+		t.Errorf("get of a repeated header = %q, want the first value as Envoy", v)
 	}
 	if _, ok := base().get("zz"); ok {
 		t.Error("get of an absent key found something")

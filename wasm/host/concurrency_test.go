@@ -28,7 +28,7 @@ func TestConcurrentStreams(t *testing.T) {
 		_, _ = w.Write([]byte("ok"))
 	}))
 	t.Cleanup(srv.Close)
-	const vms, goroutines, each = 3, 12, 30
+	const vms, goroutines, each = 3, 8, 20
 	h := newHost(t, "abitest", host.Config{
 		VMs: vms, ManualTicks: true, Clusters: map[string]string{"authz": srv.URL},
 		PluginConfig: []byte(`{"tag":"a","tickMillis":1000}`),
@@ -109,7 +109,7 @@ func TestConcurrentStreams(t *testing.T) {
 			}
 			_ = h.MemoryStats()
 			_ = h.Metrics().Snapshot()
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	wg.Wait()

@@ -10,28 +10,30 @@ type pair struct{ k, v string }
 type headerMap []pair
 
 func newHeaderMap(in [][2]string) headerMap {
-	m := make(headerMap, 0, len(in)+4)
+	if len(in) == 0 {
+		return nil
+	}
+	return appendHeaders(make(headerMap, 0, len(in)+4), in)
+}
+
+// appendHeaders appends in to m with lower-cased keys.
+func appendHeaders(m headerMap, in [][2]string) headerMap {
 	for _, kv := range in {
 		m = append(m, pair{k: strings.ToLower(kv[0]), v: kv[1]})
 	}
 	return m
 }
 
-// get returns the values of key joined by ",", as Envoy does for a header
-// present more than once.
+// get returns the first value of key. Envoy's proxy_get_header_map_value
+// does the same for a header present more than once; a filter that must see
+// every value (e.g. to catch a duplicated identity header) reads the pairs.
 func (m headerMap) get(key string) (string, bool) {
-	var out string
-	found := false
 	for _, p := range m {
 		if p.k == key {
-			if found {
-				out += "," + p.v
-			} else {
-				out, found = p.v, true
-			}
+			return p.v, true
 		}
 	}
-	return out, found
+	return "", false
 }
 
 func (m *headerMap) add(key, value string) {

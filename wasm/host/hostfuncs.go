@@ -317,16 +317,16 @@ func (w *Worker) hostSetProperty(stack []uint64) status {
 
 // --- header maps ------------------------------------------------------------
 
-// headerMap returns the map mt of the effective context. Maps of a phase
-// not reached yet, and call response maps outside
-// proxy_on_http_call_response, are not available.
+// headerMap returns the map mt of the effective context as Envoy exposes
+// it: a stream's map only during its callback (or while the filter holds the
+// stream paused there), request and response headers and response trailers
+// read-only during proxy_on_log, call response maps only during
+// proxy_on_http_call_response. Otherwise the map is not available:
+// BadArgument (NotFound during proxy_on_log), as in Envoy.
 func (w *Worker) headerMap(mt mapType, write bool) (*headerMap, status) {
 	switch mt {
 	case mapHTTPCallResponseHdrs, mapHTTPCallResponseTrls:
-		if w.callout == nil {
-			return nil, statusNotFound
-		}
-		if write {
+		if w.callout == nil || write {
 			return nil, statusBadArgument
 		}
 		if mt == mapHTTPCallResponseHdrs {
@@ -339,21 +339,42 @@ func (w *Worker) headerMap(mt mapType, write bool) (*headerMap, status) {
 	}
 	s := w.effectiveStream()
 	if s == nil {
+		return nil, statusBadArgument
+	}
+	if s.logPhase {
+		if write {
+			return nil, statusBadArgument
+		}
+		switch {
+		case mt == mapRequestHeaders:
+			return &s.reqHeaders, statusOK
+		case mt == mapResponseHeaders && s.respHeaders != nil:
+			return &s.respHeaders, statusOK
+		case mt == mapResponseTrailers && s.respHeaders != nil:
+			return &s.respTrailers, statusOK
+		}
 		return nil, statusNotFound
 	}
 	switch mt {
 	case mapRequestHeaders:
-		return &s.reqHeaders, statusOK
+		if s.live[cbRequestHeaders] {
+			return &s.reqHeaders, statusOK
+		}
 	case mapRequestTrailers:
-		return &s.reqTrailers, statusOK
+		// Trailers can also be added in the last body callback.
+		if s.live[cbRequestTrailers] || s.live[cbRequestBody] {
+			return &s.reqTrailers, statusOK
+		}
+	case mapResponseHeaders:
+		if s.live[cbResponseHeaders] {
+			return &s.respHeaders, statusOK
+		}
+	case mapResponseTrailers:
+		if s.live[cbResponseTrailers] || s.live[cbResponseBody] {
+			return &s.respTrailers, statusOK
+		}
 	}
-	if s.respHeaders == nil {
-		return nil, statusNotFound
-	}
-	if mt == mapResponseHeaders {
-		return &s.respHeaders, statusOK
-	}
-	return &s.respTrailers, statusOK
+	return nil, statusBadArgument
 }
 
 func (w *Worker) hostGetHeaderMapValue(stack []uint64) status {
@@ -420,10 +441,12 @@ func (w *Worker) hostRemoveHeaderMapValue(stack []uint64) status {
 	return statusOK
 }
 
+// hostGetHeaderMapPairs returns an unavailable or empty map as a null
+// pointer and OK, as Envoy does (the SDK reports it as NotFound).
 func (w *Worker) hostGetHeaderMapPairs(stack []uint64) status {
 	m, st := w.headerMap(mapType(stack[0]), false)
-	if st != statusOK {
-		return st
+	if st != statusOK || len(*m) == 0 {
+		return w.returnPtrSize(0, 0, stack[1], stack[2])
 	}
 	return w.returnPairs(*m, stack[1], stack[2])
 }
@@ -463,7 +486,8 @@ func (w *Worker) buffer(bt bufferType) (*[]byte, bool, status) {
 	case bufferVMConfiguration:
 		return &w.h.cfg.VMConfig, false, statusOK
 	case bufferPluginConfiguration:
-		r := w.rootOf(w.effective)
+		// Envoy exposes it only while proxy_on_configure runs.
+		r := w.configuring
 		if r == nil {
 			return nil, false, statusNotFound
 		}
@@ -474,17 +498,19 @@ func (w *Worker) buffer(bt bufferType) (*[]byte, bool, status) {
 		}
 		return &w.callout.body, false, statusOK
 	case bufferRequestBody, bufferResponseBody:
+		// Like maps, a body is exposed during its callback or while the
+		// filter buffers it (paused there).
 		s := w.effectiveStream()
 		if s == nil {
 			return nil, false, statusNotFound
 		}
-		if bt == bufferRequestBody {
+		if bt == bufferRequestBody && s.live[cbRequestBody] {
 			return &s.reqBody, true, statusOK
 		}
-		if s.respHeaders == nil {
-			return nil, false, statusNotFound
+		if bt == bufferResponseBody && s.live[cbResponseBody] {
+			return &s.respBody, true, statusOK
 		}
-		return &s.respBody, true, statusOK
+		return nil, false, statusNotFound
 	}
 	return nil, false, statusNotFound
 }
@@ -590,9 +616,15 @@ func (w *Worker) hostContinueStream(stack []uint64) status {
 		s.reqPaused = false
 	case streamResponse:
 		s.respPaused = false
+	case streamDownstream:
+		return statusOK // an HTTP stream has no network filter callbacks: no-op, as in Envoy
+	case streamUpstream:
+		return statusUnimplemented
 	default:
 		return statusBadArgument
 	}
+	// Envoy forgets the request's maps once the stream is continued.
+	s.live[cbRequestHeaders], s.live[cbRequestBody], s.live[cbRequestTrailers] = false, false, false
 	s.poke()
 	return statusOK
 }
@@ -605,6 +637,8 @@ func (w *Worker) hostCloseStream(stack []uint64) status {
 	switch streamType(stack[0]) {
 	case streamRequest, streamResponse:
 		s.reset = true
+	case streamDownstream, streamUpstream:
+		return statusOK // no network connection behind an HTTP context here: no-op
 	default:
 		return statusBadArgument
 	}

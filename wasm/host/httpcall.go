@@ -54,6 +54,9 @@ func (w *Worker) hostHTTPCall(stack []uint64) status {
 			return statusBadArgument
 		}
 	}
+	if int32(uint32(stack[8])) < 0 {
+		return statusBadArgument
+	}
 	base, known := w.h.cfg.Clusters[cluster]
 	if !known && w.h.cfg.HTTPCall == nil {
 		return statusBadArgument
@@ -125,7 +128,7 @@ func (w *Worker) deliverCallout(call *pendingCall, resp CalloutResponse, err err
 	} else {
 		res.headers = make(headerMap, 0, len(resp.Headers)+1)
 		res.headers = append(res.headers, pair{k: ":status", v: strconv.Itoa(resp.Status)})
-		res.headers = append(res.headers, newHeaderMap(resp.Headers)...)
+		res.headers = appendHeaders(res.headers, resp.Headers)
 		res.body = resp.Body
 		res.trailers = newHeaderMap(resp.Trailers)
 	}

@@ -54,7 +54,7 @@ func run(m *testing.M) int {
 		}
 		testModules[name] = b
 	}
-	testCache = wazero.NewCompilationCache()
+	testCache = compilationCache()
 	defer testCache.Close(context.Background())
 	return m.Run()
 }
@@ -69,3 +69,21 @@ func buildFilter(pkg, out string) error {
 }
 
 func testingProcs() int { return runtime.GOMAXPROCS(0) }
+
+// compilationCache keeps wazero's compiled code on disk between test runs
+// (compiling a Go-built module takes seconds, tens of seconds under -race):
+// $MESHGUARD_WAZERO_CACHE, else the user cache directory, else memory.
+func compilationCache() wazero.CompilationCache {
+	dir := os.Getenv("MESHGUARD_WAZERO_CACHE")
+	if dir == "" {
+		if ucd, err := os.UserCacheDir(); err == nil {
+			dir = filepath.Join(ucd, "meshguard", "wazero")
+		}
+	}
+	if dir != "" {
+		if c, err := wazero.NewCompilationCacheWithDir(dir); err == nil {
+			return c
+		}
+	}
+	return wazero.NewCompilationCache()
+}

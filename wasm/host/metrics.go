@@ -104,8 +104,8 @@ func (m *Metrics) increment(id uint32, offset int64) status {
 		return statusNotFound
 	case mt.typ == Histogram:
 		return statusBadArgument
-	case mt.typ == Counter && offset < 0:
-		return statusBadArgument
+	case mt.typ == Counter && offset <= 0:
+		return statusBadArgument // Envoy accepts only positive counter increments
 	}
 	mt.value.Add(offset)
 	return statusOK

@@ -92,11 +92,16 @@ type stream struct {
 	reqBody, respBody                                  []byte
 
 	reqPaused, respPaused bool
-	local                 *LocalResponse
-	lateLocal             bool // local was sent in the response phase
-	reset                 bool
-	pending               int // callouts in flight dispatched by this stream
-	wake                  chan struct{}
+	// Envoy exposes each map and body to the filter only during its own
+	// callback and, if the filter paused there, until it continues the
+	// stream; proxy_on_log sees the headers read-only.
+	live      [6]bool // indexed by callback
+	logPhase  bool
+	local     *LocalResponse
+	lateLocal bool // local was sent in the response phase
+	reset     bool
+	pending   int // callouts in flight dispatched by this stream
+	wake      chan struct{}
 }
 
 func (s *stream) poke() {
@@ -149,10 +154,16 @@ func (w *Worker) HandleRequest(ctx context.Context, req Request, upstream Upstre
 			resp.Status = 200
 		}
 	} else {
-		resp = Response{Status: local.Status, Headers: local.Headers, Body: local.Body}
-		if len(local.Body) > 0 && !hasHeader(local.Headers, "content-length") {
-			resp.Headers = append(append([][2]string(nil), local.Headers...), [2]string{"content-length", strconv.Itoa(len(local.Body))})
+		// Envoy's local reply: content-length, and text/plain for a body,
+		// then the filter's headers.
+		resp = Response{Status: local.Status, Body: local.Body}
+		if len(local.Body) > 0 {
+			resp.Headers = append(resp.Headers, [2]string{"content-length", strconv.Itoa(len(local.Body))})
+			if !hasHeader(local.Headers, "content-type") {
+				resp.Headers = append(resp.Headers, [2]string{"content-type", "text/plain"})
+			}
 		}
+		resp.Headers = append(resp.Headers, local.Headers...)
 	}
 	if err := w.responsePhase(ctx, s, resp); err != nil {
 		return res, err
@@ -221,8 +232,11 @@ func (w *Worker) closeStream(s *stream) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.usable() == nil {
+		s.live = [6]bool{}
+		s.logPhase = true
 		w.stack[0] = uint64(s.id)
 		_, _ = w.invoke(w.fn.log, "proxy_on_log", s.id, 0)
+		s.logPhase = false
 		w.stack[0] = uint64(s.id)
 		_, _ = w.invoke(w.fn.done, "proxy_on_done", s.id, 1)
 		w.stack[0] = uint64(s.id)
@@ -298,9 +312,13 @@ func (w *Worker) phaseCall(s *stream, cb callback) (bool, error) {
 		a = uint64(len(s.respTrailers))
 	}
 	w.stack[0], w.stack[1], w.stack[2] = uint64(s.id), a, b
+	s.live[cb] = true
 	action, err := w.invoke(fn, name, s.id, actionContinue)
 	if err != nil {
 		return false, err
+	}
+	if uint32(action) != actionPause {
+		s.live[cb] = false
 	}
 	if uint32(action) == actionPause {
 		if cb >= cbResponseHeaders {
@@ -330,9 +348,9 @@ func (w *Worker) requestPhase(ctx context.Context, s *stream) error {
 
 func (w *Worker) responsePhase(ctx context.Context, s *stream, resp Response) error {
 	w.mu.Lock()
-	s.respHeaders = make(headerMap, 0, len(resp.Headers)+1)
+	s.respHeaders = make(headerMap, 0, len(resp.Headers)+4)
 	s.respHeaders = append(s.respHeaders, pair{k: ":status", v: strconv.Itoa(resp.Status)})
-	s.respHeaders = append(s.respHeaders, newHeaderMap(resp.Headers)...)
+	s.respHeaders = appendHeaders(s.respHeaders, resp.Headers)
 	s.respBody = append([]byte(nil), resp.Body...)
 	s.respTrailers = newHeaderMap(resp.Trailers)
 	w.mu.Unlock()

@@ -28,23 +28,24 @@ type Worker struct {
 	idx int
 	ctx context.Context // carries the Worker to host functions
 
-	mu         sync.Mutex // guards everything below and every guest call
-	mod        api.Module
-	mem        api.Memory
-	fn         guestFuncs
-	stack      []uint64 // params/results of top-level guest calls
-	allocStack []uint64 // params/results of proxy_on_memory_allocate
-	nextID     uint32
-	root       *rootContext // serves new streams
-	roots      map[uint32]*rootContext
-	streams    map[uint32]*stream
-	effective  uint32
-	callout    *calloutResult // set during proxy_on_http_call_response
-	nextCall   uint32
-	failed     error
-	closed     bool
-	keyBuf     []byte // property path scratch
-	valBuf     []byte // shared data scratch
+	mu          sync.Mutex // guards everything below and every guest call
+	mod         api.Module
+	mem         api.Memory
+	fn          guestFuncs
+	stack       []uint64 // params/results of top-level guest calls
+	allocStack  []uint64 // params/results of proxy_on_memory_allocate
+	nextID      uint32
+	root        *rootContext // serves new streams
+	roots       map[uint32]*rootContext
+	streams     map[uint32]*stream
+	effective   uint32
+	callout     *calloutResult // set during proxy_on_http_call_response
+	configuring *rootContext   // set during proxy_on_configure
+	nextCall    uint32
+	failed      error
+	closed      bool
+	keyBuf      []byte // property path scratch
+	valBuf      []byte // shared data scratch
 }
 
 type guestFuncs struct {
@@ -207,7 +208,9 @@ func (w *Worker) start(vmConfig, pluginConfig []byte) error {
 
 func (w *Worker) configure(r *rootContext) error {
 	w.stack[0], w.stack[1] = uint64(r.id), uint64(len(r.config))
+	w.configuring = r
 	ok, err := w.invoke(w.fn.configure, "proxy_on_configure", r.id, 1)
+	w.configuring = nil
 	if err != nil {
 		return err
 	}

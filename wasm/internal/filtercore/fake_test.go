@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -266,5 +267,145 @@ func TestConnectionPropertiesReadOncePerConnection(t *testing.T) {
 	d.p = p
 	if _, ok := do(7, ""); ok {
 		t.Fatal("cached connection skipped the mTLS requirement of the new configuration")
+	}
+}
+
+// TestQuarantineResponseReachesEveryWorker: a quarantine response on one
+// worker VM is published under the one shared-data key and blocks the
+// caller on another worker after its next tick; the event says so.
+func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
+	h := newFakeHost()
+	cfg := scenario.Config(t, scenario.Options{EgressResponse: "quarantine"})
+	vm1, vm2 := NewVM(h), NewVM(h)
+	p1, p2 := vm1.NewPlugin(), vm2.NewPlugin()
+	for _, p := range []*Plugin{p1, p2} {
+		if err := p.Configure(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do := func(p *Plugin, authority string) *fakeStream {
+		s := streamFor(scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080",
+			Route: "orders-api", Method: "GET", Path: "/", Authority: authority})
+		var st StreamState
+		p.OnRequestHeaders(s, &st)
+		return s
+	}
+	if s := do(p2, "orders"); s.local != nil {
+		t.Fatalf("web denied before anything happened: %+v", s.local)
+	}
+	if s := do(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
+		t.Fatal("metadata call not blocked")
+	}
+	p1.OnTick()
+	if v, ok := h.shared[SharedBlocklistKey]; !ok || len(v.data) != 16 {
+		t.Fatalf("shared blocklist %v", h.shared)
+	}
+	if len(h.calls) != 1 {
+		t.Fatalf("%d event callouts", len(h.calls))
+	}
+	var b wire.EventBatch
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range b.Events {
+		found = found || (e.Detector == "egress" && e.Response == "quarantine" && strings.Contains(e.Detail, "quarantine_for=3600s"))
+	}
+	if !found {
+		t.Fatalf("no quarantine event in %+v", b.Events)
+	}
+	p2.OnTick()
+	s := do(p2, "orders")
+	if s.local == nil || s.local.Status != 403 {
+		t.Fatal("the other worker did not block the quarantined caller")
+	}
+	if r, _ := scenario.Header(s.local.Headers, wire.HeaderReason); r != "denied_anomaly" {
+		t.Fatalf("reason %q", r)
+	}
+	// Expiry: an hour later both workers let it through again.
+	h.now += int64(61 * time.Minute)
+	p2.OnTick()
+	if s := do(p2, "orders"); s.local != nil {
+		t.Fatalf("still blocked after expiry: %+v", s.local)
+	}
+}
+
+type panickyStream struct{ *fakeStream }
+
+func (panickyStream) RequestHeaders() ([][2]string, error) { panic("host bug") }
+
+func TestPanicDeniesInsteadOfTrapping(t *testing.T) {
+	d := newCoreDriver(t).(*coreDriver)
+	if err := d.Start(t, scenario.Config(t, scenario.Options{})); err != nil {
+		t.Fatal(err)
+	}
+	fs := streamFor(scenario.Request{Source: scenario.Web, Method: "GET", Path: "/", Authority: "orders"})
+	var st StreamState
+	if d.p.OnRequestHeaders(panickyStream{fs}, &st) {
+		t.Fatal("request continued after a panic")
+	}
+	if fs.local == nil || fs.local.Status != 403 {
+		t.Fatalf("local response %+v", fs.local)
+	}
+	if r, _ := scenario.Header(fs.local.Headers, wire.HeaderReason); r != "denied_internal_error" {
+		t.Fatalf("reason %q", r)
+	}
+}
+
+// TestEventBufferIsBoundedAndCountsDrops: events beyond maxEvents are
+// dropped and counted, a failed callout's events are counted as dropped,
+// and the count reaches the control plane in the next batch.
+func TestEventBufferIsBoundedAndCountsDrops(t *testing.T) {
+	var fc wire.FilterConfig
+	if err := json.Unmarshal(scenario.Config(t, scenario.Options{}), &fc); err != nil {
+		t.Fatal(err)
+	}
+	fc.Detection = &wire.Detection{MaxEvents: 2}
+	cfg, _ := json.Marshal(fc)
+	h := newFakeHost()
+	vm := NewVM(h)
+	p := vm.NewPlugin()
+	if err := p.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	egress := func(i int) {
+		s := streamFor(scenario.Request{Source: fmt.Sprintf("spiffe://mesh.test/ns/shop/sa/app%d", i), SourceAddr: "10.0.0.7:1",
+			Route: "orders-api", Method: "GET", Path: "/", Authority: "169.254.169.254"})
+		var st StreamState
+		p.OnRequestHeaders(s, &st)
+	}
+	for i := 0; i < 5; i++ {
+		egress(i) // one anomaly event each (the edge is in the baseline)
+	}
+	if got := h.counters[mEventsDropped]; got != 3 {
+		t.Fatalf("dropped counter %d, want 3", got)
+	}
+	h.failCall = true
+	p.OnTick() // the dispatch fails: its 2 events are dropped too
+	if got := h.counters[mEventsDropped]; got != 5 {
+		t.Fatalf("dropped counter after a failed dispatch %d, want 5", got)
+	}
+	h.failCall = false
+	egress(9)
+	p.OnTick()
+	if len(h.calls) != 1 {
+		t.Fatalf("%d callouts", len(h.calls))
+	}
+	var b wire.EventBatch
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Events) != 1 || b.Dropped != 5 {
+		t.Fatalf("batch: %d events, dropped %d; want 1 and 5", len(b.Events), b.Dropped)
+	}
+	h.calls[0].done(503, nil) // the control plane refuses: counted, carried again
+	if got := h.counters[mEventsDropped]; got != 6 {
+		t.Fatalf("dropped counter after a 503 %d, want 6", got)
+	}
+	egress(10)
+	h.calls = nil
+	p.OnTick()
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil || b.Dropped != 6 {
+		t.Fatalf("next batch carries dropped=%d (%v), want 6", b.Dropped, err)
 	}
 }

@@ -227,7 +227,19 @@ func (p *Plugin) identity(s Stream) (id spiffeid.ID, mtls bool, reason policies.
 
 // OnRequestHeaders decides the request. It returns true to let it
 // continue, false when it answered locally.
-func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) bool {
+func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
+	// Fail closed on a bug too: a panic must deny this request, not trap
+	// the VM (which Envoy would turn into fail-open or a broken worker,
+	// depending on configuration).
+	defer func() {
+		if r := recover(); r != nil {
+			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the request path: %v", r))
+			cont = false
+			if !st.replied {
+				cont = p.deny(s, st, p.cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+			}
+		}
+	}()
 	vm := p.vm
 	vm.m.requests.Add(1)
 	cfg := p.cfg
@@ -354,6 +366,11 @@ func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, status uint32, rea
 
 // OnResponseHeaders feeds the response status to the error detectors.
 func (p *Plugin) OnResponseHeaders(s Stream, st *StreamState) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the response path: %v", r))
+		}
+	}()
 	if !st.observed || st.replied || p.vm.engine == nil || !p.vm.engine.WantsStatus(st.ref) {
 		return
 	}
@@ -401,8 +418,7 @@ func (p *Plugin) report(v *detect.Verdict, now int64, method, route string) {
 		e := wire.Event{Kind: wire.EventAnomaly, Detector: f.Detector.String(), Source: src, Route: route,
 			Method: method, Response: resp, Profile: v.Profile, Score: f.Score, Count: f.Count,
 			UnixMillis: now / 1e6, Detail: f.Detail}
-		if v.Quarantine && i == v.N-1 {
-			e.Response = detect.RespQuarantine.String()
+		if f.Response == detect.RespQuarantine && v.Quarantine {
 			e.Detail += " quarantine_for=" + strconv.FormatInt(v.QuarantineFor/1e9, 10) + "s"
 		}
 		p.event(e)
@@ -430,6 +446,12 @@ func (p *Plugin) event(e wire.Event) {
 // OnTick flushes events, publishes and reads the shared blocklist and
 // updates gauges.
 func (p *Plugin) OnTick() {
+	defer func() {
+		if r := recover(); r != nil {
+			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on tick: %v", r))
+			p.vm.events.inflight = false
+		}
+	}()
 	vm := p.vm
 	if vm.engine != nil {
 		st := vm.engine.Stats()

@@ -16,6 +16,7 @@ var All = []Scenario{
 	{Name: "denied_by_identity", Run: deniedByIdentity},
 	{Name: "denied_by_route", Run: deniedByRoute},
 	{Name: "dry_run", Run: dryRun},
+	{Name: "mode_off", Run: modeOff},
 	{Name: "missing_mtls", Run: missingMTLS},
 	{Name: "spoofed_headers_stripped", Run: spoofedHeaders},
 	{Name: "quarantined_identity", Run: quarantined},
@@ -82,6 +83,17 @@ func dryRun(t *testing.T, d Driver) {
 	if !ok || e.Response != "dry-run" || !strings.Contains(e.Detail, string(policies.ReasonDeniedByPolicy)) {
 		t.Fatalf("no dry-run decision event: %s", describe(evs))
 	}
+}
+
+func modeOff(t *testing.T, d Driver) {
+	mustStart(t, d, Options{})
+	// Enforcement is off on the route: even a caller no policy admits passes.
+	r := d.Do(t, get(Intruder, "orders-legacy", "/legacy"))
+	wantForwarded(t, r)
+	if v, _ := Header(r.Upstream, wire.HeaderPolicyRef); v != "RouteOverride/shop/legacy-open" {
+		t.Errorf("policy header %q", v)
+	}
+	wantDenied(t, d.Do(t, get(Intruder, "orders-api", "/api")), 403, policies.ReasonDeniedNoMatch)
 }
 
 func missingMTLS(t *testing.T, d Driver) {
@@ -294,6 +306,7 @@ func detectRate(t *testing.T, d Driver) {
 		}
 	}
 	limited := 0
+	start := time.Now()
 	for i := 0; i < 300; i++ {
 		res := d.Do(t, get(Burster, "orders-api", "/api/orders/1"))
 		if res.Status == 429 {
@@ -303,8 +316,11 @@ func detectRate(t *testing.T, d Driver) {
 			}
 		}
 	}
-	if limited < 200 {
-		t.Fatalf("burst: only %d of 300 requests rate-limited", limited)
+	// The limit is the learned rate (mean + z·σ, under 50/s here) per second; a slow
+	// runner (-race, a loaded machine) spreads the burst over more seconds.
+	secs := int(time.Since(start)/time.Second) + 1
+	if allowed := 300 - limited; limited == 0 || allowed > 60*(secs+1) {
+		t.Fatalf("burst over about %d s: %d of 300 requests rate-limited", secs, limited)
 	}
 	d.Tick(t)
 	evs := d.Events(t)

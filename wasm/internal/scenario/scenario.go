@@ -90,6 +90,8 @@ type Options struct {
 	RequireMTLS bool
 	Baseline    string // baseline mode, default shadow
 	BadProfile  bool   // an invalid AnomalyProfile response
+	// EgressResponse replaces the egress detector's response (block).
+	EgressResponse string
 }
 
 // Set is the scenarios' policy set.
@@ -111,6 +113,10 @@ func Set(o Options) policies.Set {
 	if o.BadProfile {
 		ap.Spec.Responses["rate"] = "explode"
 	}
+	if o.EgressResponse != "" {
+		ap.Spec.Responses["egress"] = o.EgressResponse
+		ap.Spec.QuarantineFor = "1h"
+	}
 	return policies.Set{
 		Settings: policies.MeshSettingsSpec{TrustDomain: TrustDomain},
 		IdentityPolicies: []policies.IdentityPolicy{{
@@ -124,6 +130,8 @@ func Set(o Options) policies.Set {
 			{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindRouteOverride, Metadata: meta("admin-only"),
 				Spec: policies.RouteOverrideSpec{Route: "orders-admin", Action: "DENY", Rules: []policies.IdentityRule{{
 					Name: "not-admin", From: []policies.IdentitySource{{NotIDs: []string{Admin}}}}}}},
+			{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindRouteOverride, Metadata: meta("legacy-open"),
+				Spec: policies.RouteOverrideSpec{Route: "orders-legacy", Mode: policies.ModeOff}},
 			{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindRouteOverride, Metadata: meta("beta-trial"),
 				Spec: policies.RouteOverrideSpec{Route: "orders-beta", Mode: policies.ModeDryRun, Action: "DENY", Rules: []policies.IdentityRule{{
 					Name: "no-web", From: []policies.IdentitySource{{IDs: []string{Web}}}}}}},

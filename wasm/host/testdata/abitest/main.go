@@ -151,6 +151,12 @@ func (c *httpContext) OnHttpRequestHeaders(n int, eos bool) types.Action {
 		if _, err := pw.GetHttpResponseHeaders(); err != nil {
 			add("x-response-headers", "unavailable")
 		}
+		if _, err := pw.GetHttpResponseHeader(":status"); err != nil {
+			add("x-response-header-error", err.Error())
+		}
+		if _, err := pw.GetPluginConfiguration(); err != nil {
+			add("x-plugin-config-error", err.Error())
+		}
 		hs, _ := pw.GetHttpRequestHeaders()
 		add("x-count", strconv.Itoa(len(hs)))
 	case "setall":
@@ -273,8 +279,11 @@ func (c *httpContext) OnHttpRequestTrailers(n int) types.Action {
 func (c *httpContext) OnHttpResponseHeaders(n int, eos bool) types.Action {
 	st, _ := pw.GetHttpResponseHeader(":status")
 	_ = pw.AddHttpResponseHeader("x-upstream-status", st)
-	op, _ := pw.GetHttpRequestHeader("x-op")
-	_ = pw.AddHttpResponseHeader("x-op-echo", op)
+	_ = pw.AddHttpResponseHeader("x-op-echo", c.op)
+	// Envoy no longer exposes the request's headers in the response phase.
+	if _, err := pw.GetHttpRequestHeader("x-op"); err != nil {
+		_ = pw.AddHttpResponseHeader("x-request-headers-in-response", err.Error())
+	}
 	if c.op == "deny-response" {
 		_ = pw.SendHttpResponse(451, nil, []byte("late"), -1)
 		return types.ActionPause
@@ -291,4 +300,10 @@ func (c *httpContext) OnHttpResponseBody(n int, eos bool) types.Action {
 
 func (c *httpContext) OnHttpStreamDone() {
 	c.p.inflight.Add(-1)
+	// proxy_on_log sees the request headers and the response headers.
+	_, errReq := pw.GetHttpRequestHeader(":path")
+	st, errResp := pw.GetHttpResponseHeader(":status")
+	if errReq == nil && errResp == nil {
+		_ = pw.SetSharedData("log:last-status", []byte(st), 0)
+	}
 }
