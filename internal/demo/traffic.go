@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshguard/meshguard/internal/ca"
 	"github.com/meshguard/meshguard/internal/envoyemu"
-	"github.com/meshguard/meshguard/policies"
 )
 
 // call is one scripted request.
@@ -149,8 +147,6 @@ func forgedJWT(id spiffeid.ID) string {
 	}
 	return tok
 }
-
-var _ x509svid.Source
 
 // play runs the phases and returns the summary.
 func (m *mesh) play(ctx context.Context) (*Summary, error) {
@@ -377,5 +373,3 @@ func sortedKeys(m map[string]int) []string {
 	}
 	return keys
 }
-
-var _ = policies.ReasonDeniedQuarantine
