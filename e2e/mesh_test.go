@@ -173,6 +173,7 @@ func TestE2E(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(wdir) })
 	workloadBin := buildWorkload(t, wdir)
 	spiffeEnv := []string{"SPIFFE_ENDPOINT_SOCKET=" + env.SocketAddr()}
+	workloadEnv := append([]string{"MG_E2E_WAZERO_CACHE=" + filepath.Join(wdir, "wazero-cache")}, spiffeEnv...)
 
 	// meshguard's own processes get their identities like any workload: by
 	// the path of their binary.
@@ -238,7 +239,7 @@ func TestE2E(t *testing.T) {
 			args = append(args, "--wasm", wasmModule, "--xds", cpXDS, "--node-cluster", d.name+"."+d.ns,
 				"--controlplane-url", "https://"+cpHTTP, "--controlplane-id", cpID.String())
 		}
-		startWorkload(ctx, t, ws[d.name], spiffeEnv, args, logs)
+		startWorkload(ctx, t, ws[d.name], workloadEnv, args, logs)
 	}
 	t.Logf("setup done in %v", time.Since(suiteStart).Round(time.Millisecond))
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/tetratelabs/wazero"
 	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/internal/envoyemu"
@@ -49,6 +50,13 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 		}
 	}
 	hc := host.Config{VMs: 2, Logger: log}
+	if dir := os.Getenv("MG_E2E_WAZERO_CACHE"); dir != "" {
+		// Shared on disk between the workload processes: compile once.
+		if c, err := wazero.NewCompilationCacheWithDir(dir); err == nil {
+			hc.CompilationCache = c
+			closers = append(closers, func() { _ = c.Close(context.Background()) })
+		}
+	}
 	if o.cpURL != "" {
 		cpID, err := spiffeid.FromString(o.cpID)
 		if err != nil {
