@@ -18,6 +18,7 @@ import (
 	"github.com/tetratelabs/wazero"
 	"google.golang.org/grpc"
 
+	"github.com/meshguard/meshguard/controlplane/xds"
 	"github.com/meshguard/meshguard/internal/envoyemu"
 	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/host"
@@ -25,7 +26,7 @@ import (
 
 // controlPlaneCluster is the cluster name the control plane's generated
 // filter configuration uses for event callouts.
-const controlPlaneCluster = "meshguard-controlplane"
+const controlPlaneCluster = xds.ClusterControlPlane
 
 // wasmFilter is the wasm filter in the wazero host, configured from a file or
 // over ECDS from the control plane.
