@@ -50,7 +50,7 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 			closers[i]()
 		}
 	}
-	hc := host.Config{VMs: 2, Logger: log}
+	hc := host.Config{VMs: 1, Logger: log}
 	if dir := os.Getenv("MG_E2E_WAZERO_CACHE"); dir != "" {
 		// Shared on disk between the workload processes: compile once.
 		if c, err := wazero.NewCompilationCacheWithDir(dir); err == nil {
