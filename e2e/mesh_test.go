@@ -399,9 +399,17 @@ spec:
 			return r.Status == 403 && r.Reason == "denied_quarantined"
 		}
 		for round := 0; time.Since(start) < 60*time.Second; round++ {
-			for i := 0; i < 60; i++ {
-				call(t, "reviews", "catalog", fmt.Sprintf("/scan/%d/%d", round, i), callOpts{})
+			var sw sync.WaitGroup
+			for w := 0; w < 6; w++ {
+				sw.Add(1)
+				go func() {
+					defer sw.Done()
+					for i := w; i < 90; i += 6 {
+						call(t, "reviews", "catalog", fmt.Sprintf("/scan/%d/%d", round, i), callOpts{})
+					}
+				}()
 			}
+			sw.Wait()
 			for _, to := range []string{"orders", "payments-api", "ledger", "frontend"} {
 				call(t, "reviews", to, "/", callOpts{Count: 3})
 			}
