@@ -63,14 +63,6 @@ func (d *decisionMemo) get(reqID string) (decisionlog.Entry, bool) {
 	return e, ok
 }
 
-// localDenyBody is the JSON body of a deny (wasm filter local reply or
-// authz denied response).
-type localDenyBody struct {
-	Reason string `json:"reason"`
-	Policy string `json:"policy"`
-	Rule   string `json:"rule"`
-}
-
 // onOutcome shows one request the sidecars handled.
 func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	src := m.name(o.Source)
