@@ -140,4 +140,7 @@ const (
 	CodeNoEffect         = "no_effect"
 	CodeInvalidBundle    = "invalid_bundle"
 	CodeBundleHash       = "bundle_hash_mismatch"
+	CodeWrongType        = "wrong_type"      // a value of the wrong YAML type (string for a list, ...)
+	CodeDuplicateField   = "duplicate_field" // the same key twice in one YAML mapping
+	CodeTooLarge         = "input_too_large" // a file or document over the size or alias-expansion limits
 )

@@ -1,5 +1,10 @@
 package policies
 
+import (
+	"encoding/json"
+	"fmt"
+)
+
 // API groups and versions accepted in documents.
 const (
 	APIVersionIstioV1      = "security.istio.io/v1"
@@ -130,6 +135,21 @@ type Condition struct {
 
 // Mode is an enforcement mode.
 type Mode string
+
+// UnmarshalJSON accepts a string, and also false for "off": YAML 1.1
+// readers (kubectl, sigs.k8s.io/yaml) turn an unquoted off into false.
+func (m *Mode) UnmarshalJSON(b []byte) error {
+	if string(b) == "false" {
+		*m = ModeOff
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("mode: want a string (enforce, dry-run, off), got %s", b)
+	}
+	*m = Mode(s)
+	return nil
+}
 
 // Enforcement modes. The zero value means "inherit" (enforce at the top).
 const (

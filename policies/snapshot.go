@@ -1,31 +1,674 @@
 package policies
 
 import (
-	"errors"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Snapshot is a compiled, immutable bundle. Safe for concurrent use.
+// DefaultRootNamespace is Istio's default root namespace: policies there
+// apply mesh-wide.
+const DefaultRootNamespace = "istio-system"
+
+// Snapshot is a compiled bundle: immutable, safe for concurrent use.
+// Decide allocates nothing for ordinary requests.
 type Snapshot struct {
-	version string
-	hash    string
+	version       string
+	hash          string
+	set           *Set
+	rootNS        string
+	normalization string
+
+	mesh        scope
+	namespaces  map[string]*scope
+	routes      map[string]*routeInfo
+	quarantines map[string]quarantineEntry
+	edges       []cedge
+	baseline    string // strongest baseline mode, "" without baselines
+	profiles    []cprofile
+	nrules      int
+}
+
+// scope holds the buckets of one namespace (or of the mesh, for the root
+// namespace).
+type scope struct {
+	all       *bucket
+	selectors []selectorBucket
+	// selectors indexed by their first label: key → value → selectors, so
+	// that a workload's labels find their selectors with a few lookups.
+	selKeys  []string
+	selIndex map[string]map[string][]*selectorBucket
+	targets  map[targetKey]*bucket
+	patterns []patternBucket
+	// byWorkload indexes pattern buckets whose patterns are all exact IDs;
+	// globPatterns are the rest, matched one by one.
+	byWorkload   map[string][]*bucket
+	globPatterns []patternBucket
+}
+
+type selectorBucket struct {
+	labels map[string]string
+	pairs  []labelPair // sorted by key
+	b      *bucket
+}
+
+type labelPair struct{ k, v string }
+
+// indexPatterns builds byWorkload and globPatterns.
+func (sc *scope) indexPatterns() {
+	for _, pb := range sc.patterns {
+		exact := len(pb.workloads) > 0
+		for _, p := range pb.workloads {
+			if p.exact == "" {
+				exact = false
+			}
+		}
+		if !exact {
+			sc.globPatterns = append(sc.globPatterns, pb)
+			continue
+		}
+		if sc.byWorkload == nil {
+			sc.byWorkload = map[string][]*bucket{}
+		}
+		for _, p := range pb.workloads {
+			sc.byWorkload[p.exact] = append(sc.byWorkload[p.exact], pb.b)
+		}
+	}
+}
+
+// indexSelectors builds selIndex; called once the scope is complete.
+func (sc *scope) indexSelectors() {
+	if len(sc.selectors) == 0 {
+		return
+	}
+	sc.selIndex = map[string]map[string][]*selectorBucket{}
+	for i := range sc.selectors {
+		sb := &sc.selectors[i]
+		keys := sortedKeys(sb.labels)
+		sb.pairs = make([]labelPair, len(keys))
+		for j, k := range keys {
+			sb.pairs[j] = labelPair{k, sb.labels[k]}
+		}
+		first := sb.pairs[0]
+		byVal := sc.selIndex[first.k]
+		if byVal == nil {
+			byVal = map[string][]*selectorBucket{}
+			sc.selIndex[first.k] = byVal
+			sc.selKeys = append(sc.selKeys, first.k)
+		}
+		byVal[first.v] = append(byVal[first.v], sb)
+	}
+}
+
+type patternBucket struct {
+	workloads idSet
+	b         *bucket
+}
+
+type targetKey struct {
+	gateway bool
+	name    string
+}
+
+// bucket is every rule that applies to one scope, indexed by action.
+type bucket struct {
+	name        string
+	idx         [4]ruleIndex
+	allowPols   [2]int  // ALLOW policies: [enforce, enforce+dry-run]
+	defaultDeny [2]bool // [enforce, enforce+dry-run]
+	defaultRef  RuleRef
+	hasDryRun   bool
+}
+
+type routeInfo struct {
+	spec RouteOverrideSpec
+	ref  RuleRef
+	b    *bucket
+}
+
+type quarantineEntry struct {
+	expires int64 // unix nanoseconds; 0 = until released
+	reason  string
+	ref     RuleRef
+}
+
+type cedge struct {
+	source idPattern
+	dest   string
+	routes []string
+}
+
+type cprofile struct {
+	workloads idSet
+	p         *AnomalyProfile
 }
 
 // Version is the bundle version the snapshot was compiled from.
 func (s *Snapshot) Version() string { return s.version }
 
-// Hash is the bundle content hash.
+// Hash is the bundle's content hash.
 func (s *Snapshot) Hash() string { return s.hash }
 
-// Compile turns a bundle into a snapshot.
-func Compile(b *Bundle) (*Snapshot, error) { return nil, errors.New("policies: compile: in progress") }
+// Set returns the policy set the snapshot was compiled from. Callers must
+// not modify it.
+func (s *Snapshot) Set() *Set { return s.set }
 
-// Validate checks a set and returns every problem found.
-func Validate(s *Set) Diagnostics { return nil }
+// Rules is the number of compiled rules.
+func (s *Snapshot) Rules() int { return s.nrules }
 
-// Decide evaluates a request. It allocates nothing for ordinary requests.
-func (s *Snapshot) Decide(a *Attributes) Decision { return Deny(ReasonDeniedInternal) }
+// Route returns the override for an Envoy route name.
+func (s *Snapshot) Route(name string) (RouteOverrideSpec, bool) {
+	ri, ok := s.routes[name]
+	if !ok {
+		return RouteOverrideSpec{}, false
+	}
+	return ri.spec, true
+}
 
-// Quarantined reports whether id is quarantined in this snapshot.
-func (s *Snapshot) Quarantined(id spiffeid.ID) bool { return false }
+// Quarantined reports whether id is quarantined at time now, and why.
+func (s *Snapshot) Quarantined(id spiffeid.ID, now time.Time) (reason string, ok bool) {
+	q, ok := s.quarantine(id.String(), now.UnixNano())
+	return q.reason, ok
+}
+
+func (s *Snapshot) quarantine(id string, now int64) (quarantineEntry, bool) {
+	if len(s.quarantines) == 0 || id == "" {
+		return quarantineEntry{}, false
+	}
+	q, ok := s.quarantines[id]
+	if !ok || (q.expires != 0 && now >= q.expires) {
+		return quarantineEntry{}, false
+	}
+	return q, true
+}
+
+// BaselineMode is the strongest TrafficBaseline mode (enforce, shadow,
+// learn), or "" when the set has no baseline.
+func (s *Snapshot) BaselineMode() string { return s.baseline }
+
+// KnownEdge reports whether source → destination service → route is an
+// edge of a TrafficBaseline. Destination compares case-insensitively.
+func (s *Snapshot) KnownEdge(source spiffeid.ID, destination, route string) bool {
+	for i := range s.edges {
+		e := &s.edges[i]
+		if !strings.EqualFold(e.dest, destination) || !e.source.match(source) {
+			continue
+		}
+		if len(e.routes) == 0 || containsString(e.routes, route) {
+			return true
+		}
+	}
+	return false
+}
+
+// AnomalyProfile returns the first profile (by namespace, name) watching
+// the caller, or nil.
+func (s *Snapshot) AnomalyProfile(source spiffeid.ID) *AnomalyProfile {
+	for i := range s.profiles {
+		p := &s.profiles[i]
+		if len(p.workloads) == 0 || p.workloads.match(source) {
+			return p.p
+		}
+	}
+	return nil
+}
+
+// ----- index -----
+
+// smallIndex: below this many rules a linear scan beats map lookups.
+const smallIndex = 8
+
+// ruleIndex finds candidate rules without scanning all of them: rules whose
+// every source names exact principals are found by the caller's principal,
+// rules whose every operation names paths with a fixed first segment by the
+// request's first segment, the rest are scanned. Every list is in rule
+// order, so the first match in order is found by merging.
+type ruleIndex struct {
+	rules       []*crule
+	byPrincipal map[string][]*crule
+	bySegment   map[string][]*crule
+	scan        []*crule
+	hasDryRun   bool
+}
+
+func (ix *ruleIndex) add(r *crule) {
+	ix.rules = append(ix.rules, r)
+	if r.mode == ModeDryRun {
+		ix.hasDryRun = true
+	}
+}
+
+func (ix *ruleIndex) build() {
+	if len(ix.rules) <= smallIndex {
+		return
+	}
+	ix.byPrincipal = map[string][]*crule{}
+	ix.bySegment = map[string][]*crule{}
+	for _, r := range ix.rules {
+		if keys, ok := r.principalKeys(); ok {
+			for _, k := range keys {
+				ix.byPrincipal[k] = appendOnce(ix.byPrincipal[k], r)
+			}
+			continue
+		}
+		if keys, ok := r.segmentKeys(); ok {
+			for _, k := range keys {
+				ix.bySegment[k] = appendOnce(ix.bySegment[k], r)
+			}
+			continue
+		}
+		ix.scan = append(ix.scan, r)
+	}
+}
+
+func appendOnce(list []*crule, r *crule) []*crule {
+	if n := len(list); n > 0 && list[n-1] == r {
+		return list
+	}
+	return append(list, r)
+}
+
+// principalKeys: the rule can only match callers with these principals.
+func (r *crule) principalKeys() ([]string, bool) {
+	if len(r.from) == 0 {
+		return nil, false
+	}
+	var keys []string
+	for i := range r.from {
+		f := &r.from[i]
+		switch {
+		case len(f.principals) > 0:
+			ks, ok := f.principals.exacts()
+			if !ok {
+				return nil, false
+			}
+			keys = append(keys, ks...)
+		case len(f.ids) > 0:
+			for _, p := range f.ids {
+				if p.exact == "" {
+					return nil, false
+				}
+				keys = append(keys, p.exact[len("spiffe://"):])
+			}
+		default:
+			return nil, false
+		}
+	}
+	return keys, true
+}
+
+// segmentKeys: the rule can only match paths whose first segment is one of
+// these. Deny-side rules match case-insensitively: their keys are lowercase.
+func (r *crule) segmentKeys() ([]string, bool) {
+	if len(r.to) == 0 {
+		return nil, false
+	}
+	var keys []string
+	for i := range r.to {
+		t := &r.to[i]
+		if len(t.paths) == 0 {
+			return nil, false
+		}
+		for j := range t.paths {
+			k, ok := t.paths[j].firstSegment()
+			if !ok {
+				return nil, false
+			}
+			if r.deny {
+				k = strings.ToLower(k)
+			}
+			keys = append(keys, k)
+		}
+	}
+	return keys, true
+}
+
+// first returns the first rule in order (with ord below limit) that matches,
+// considering dry-run rules only when dry is set.
+func (ix *ruleIndex) first(rq *req, limit int, dry bool) *crule {
+	if len(ix.rules) == 0 {
+		return nil
+	}
+	if ix.byPrincipal == nil {
+		return firstIn(ix.rules, rq, limit, dry)
+	}
+	var best *crule
+	try := func(list []*crule) {
+		if c := firstIn(list, rq, limit, dry); c != nil {
+			best, limit = c, c.ord
+		}
+	}
+	if rq.principal != "" {
+		try(ix.byPrincipal[rq.principal])
+	}
+	if len(ix.bySegment) > 0 {
+		deny := ix.rules[0].deny
+		seg := firstSegmentOf(rq.path.norm)
+		if deny {
+			seg = strings.ToLower(seg)
+		}
+		try(ix.bySegment[seg])
+		if rq.path.alt != rq.path.norm {
+			alt := firstSegmentOf(rq.path.alt)
+			if deny {
+				alt = strings.ToLower(alt)
+			}
+			if alt != seg {
+				try(ix.bySegment[alt])
+			}
+		}
+	}
+	try(ix.scan)
+	return best
+}
+
+func firstIn(list []*crule, rq *req, limit int, dry bool) *crule {
+	for _, c := range list {
+		if c.ord >= limit {
+			return nil
+		}
+		if c.mode == ModeDryRun && !dry {
+			continue
+		}
+		if ok, _ := c.match(rq); ok {
+			return c
+		}
+	}
+	return nil
+}
+
+// ----- deciding -----
+
+const maxInt = int(^uint(0) >> 1)
+
+// maxBuckets bounds the buckets one request collects without allocating.
+const maxBuckets = 16
+
+// Decide evaluates a request: quarantine, route mode, path safety, then
+// Istio's order CUSTOM → DENY → ALLOW, with AUDIT marking and dry-run
+// shadowing. It never panics on any Attributes value.
+func (s *Snapshot) Decide(a *Attributes) Decision {
+	return s.decide(a, nil)
+}
+
+// Explain evaluates a request and records every applicable rule and why it
+// did or did not match. It is slower than Decide and allocates.
+func (s *Snapshot) Explain(a *Attributes) (Decision, Trace) {
+	tr := &Trace{}
+	d := s.decide(a, tr)
+	return d, *tr
+}
+
+func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
+	d := Decision{Version: s.version, Mode: ModeEnforce}
+	var rq req
+	rq.init(a, s.normalization)
+
+	if q, ok := s.quarantine(a.Source.String(), nowNanos(s)); ok {
+		d.Reason, d.Ref = ReasonDeniedQuarantine, q.ref
+		tr.note("caller %s is quarantined: %s", a.Source, q.reason)
+		return d
+	}
+	var ro *routeInfo
+	if a.Route != "" && len(s.routes) > 0 {
+		ro = s.routes[a.Route]
+	}
+	if ro != nil && ro.spec.Mode == ModeOff {
+		d.Allowed, d.Reason, d.Mode, d.Ref = true, ReasonAllowedModeOff, ModeOff, ro.ref
+		tr.note("route %q has enforcement off", a.Route)
+		return d
+	}
+	if a.Method == "" || a.Path == "" {
+		d.Reason = ReasonDeniedInvalidReq
+		tr.note("request has no method or no path")
+		return routeMode(d, ro)
+	}
+	if rq.path.unsafe != "" {
+		if ro == nil || !ro.spec.AllowUnsafePaths {
+			d.Reason = ReasonDeniedUnsafePath
+			tr.note("%s", rq.path.unsafe)
+			return routeMode(d, ro)
+		}
+		tr.note("%s; route %q allows it (DENY rules are matched against every reading)", rq.path.unsafe, a.Route)
+	}
+
+	var arr [maxBuckets]*bucket
+	bs := s.collect(a, ro, arr[:0], tr)
+
+	if c := firstOf(bs, ActionCustom, &rq, true, tr); c != nil {
+		d.Custom = c.pol.provider
+	}
+	if c := firstOf(bs, ActionAudit, &rq, true, tr); c != nil {
+		d.Audit, d.AuditRef = true, c.ref
+	}
+	v := verdict(bs, &rq, false, tr)
+	if !v.Allowed {
+		v.Custom, v.Audit, v.AuditRef, v.Version = d.Custom, d.Audit, d.AuditRef, d.Version
+		return routeMode(v, ro)
+	}
+	d.Allowed, d.Reason, d.Ref = true, v.Reason, v.Ref
+	dry := false
+	for _, b := range bs {
+		if b.hasDryRun {
+			dry = true
+			break
+		}
+	}
+	if dry {
+		if sh := verdict(bs, &rq, true, nil); !sh.Allowed {
+			d.Mode, d.WouldDeny, d.Reason, d.Ref = ModeDryRun, true, sh.Reason, sh.Ref
+			tr.note("dry-run: %s would deny (%s)", sh.Ref.Policy, sh.Reason)
+		}
+	}
+	return d
+}
+
+// routeMode turns a deny into a would-deny on a route in dry-run.
+func routeMode(d Decision, ro *routeInfo) Decision {
+	if d.Allowed || ro == nil || ro.spec.Mode != ModeDryRun {
+		return d
+	}
+	d.Allowed, d.WouldDeny, d.Mode = true, true, ModeDryRun
+	return d
+}
+
+// verdict is DENY then ALLOW over the buckets. With dry set, dry-run rules
+// and policies count as enforced (the shadow decision).
+func verdict(bs []*bucket, rq *req, dry bool, tr *Trace) Decision {
+	mode := 0
+	if dry {
+		mode = 1
+	}
+	if c := firstOf(bs, ActionDeny, rq, dry, tr); c != nil {
+		return Decision{Reason: ReasonDeniedByPolicy, Mode: ModeEnforce, Ref: c.ref}
+	}
+	allowPols, defaultDeny := 0, false
+	var ddRef RuleRef
+	for _, b := range bs {
+		allowPols += b.allowPols[mode]
+		if b.defaultDeny[mode] && !defaultDeny {
+			defaultDeny, ddRef = true, b.defaultRef
+		}
+	}
+	if allowPols == 0 && !defaultDeny {
+		return Decision{Allowed: true, Reason: ReasonAllowedNoPolicy, Mode: ModeEnforce}
+	}
+	if c := firstOf(bs, ActionAllow, rq, dry, tr); c != nil {
+		return Decision{Allowed: true, Reason: ReasonAllowedByPolicy, Mode: ModeEnforce, Ref: c.ref}
+	}
+	if allowPols == 0 {
+		return Decision{Reason: ReasonDeniedDefault, Mode: ModeEnforce, Ref: ddRef}
+	}
+	return Decision{Reason: ReasonDeniedNoMatch, Mode: ModeEnforce}
+}
+
+func firstOf(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule {
+	if tr != nil {
+		return explainFirst(bs, act, rq, dry, tr)
+	}
+	var best *crule
+	limit := maxInt
+	for _, b := range bs {
+		if c := b.idx[act].first(rq, limit, dry); c != nil {
+			best, limit = c, c.ord
+		}
+	}
+	return best
+}
+
+// collect appends the buckets that apply to the request's target and route.
+func (s *Snapshot) collect(a *Attributes, ro *routeInfo, bs []*bucket, tr *Trace) []*bucket {
+	t := &a.Target
+	ns := t.Namespace
+	if ns == "" {
+		ns, _ = sourceNamespace(t.ID)
+	}
+	bs = s.mesh.collect(t, bs)
+	if ns != "" && ns != s.rootNS {
+		if sc := s.namespaces[ns]; sc != nil {
+			bs = sc.collect(t, bs)
+		}
+	}
+	if ns == s.rootNS {
+		if sc := s.namespaces[ns]; sc != nil && len(sc.targets) > 0 {
+			bs = sc.collectTargets(t, bs)
+		}
+	}
+	if ro != nil && ro.b != nil {
+		bs = append(bs, ro.b)
+	}
+	if tr != nil {
+		for _, b := range bs {
+			tr.Scopes = append(tr.Scopes, b.name)
+		}
+	}
+	return bs
+}
+
+func (sc *scope) collect(t *Target, bs []*bucket) []*bucket {
+	if sc.all != nil {
+		bs = append(bs, sc.all)
+	}
+	if len(t.Labels) > 0 {
+		for _, k := range sc.selKeys {
+			v, ok := t.Labels[k]
+			if !ok {
+				continue
+			}
+			for _, sb := range sc.selIndex[k][v] {
+				if pairsMatch(sb.pairs, t.Labels) {
+					bs = append(bs, sb.b)
+				}
+			}
+		}
+	}
+	if len(sc.byWorkload) > 0 && !t.ID.IsZero() {
+		bs = append(bs, sc.byWorkload[t.ID.String()]...)
+	}
+	for i := range sc.globPatterns {
+		if sc.globPatterns[i].workloads.match(t.ID) {
+			bs = append(bs, sc.globPatterns[i].b)
+		}
+	}
+	return sc.collectTargets(t, bs)
+}
+
+func (sc *scope) collectTargets(t *Target, bs []*bucket) []*bucket {
+	if len(sc.targets) == 0 {
+		return bs
+	}
+	if t.Service != "" {
+		if b := sc.targets[targetKey{name: t.Service}]; b != nil {
+			bs = append(bs, b)
+		}
+	}
+	if t.Gateway != "" {
+		if b := sc.targets[targetKey{gateway: true, name: t.Gateway}]; b != nil {
+			bs = append(bs, b)
+		}
+	}
+	return bs
+}
+
+// pairsMatch: every selector label must be present with the same value.
+func pairsMatch(sel []labelPair, labels map[string]string) bool {
+	if len(labels) < len(sel) {
+		return false
+	}
+	for _, p := range sel {
+		if lv, ok := labels[p.k]; !ok || lv != p.v {
+			return false
+		}
+	}
+	return true
+}
+
+// nowNanos is the clock for quarantine expiry.
+func nowNanos(s *Snapshot) int64 {
+	if len(s.quarantines) == 0 {
+		return 0
+	}
+	return time.Now().UnixNano()
+}
+
+// ----- explain -----
+
+// Trace is the explanation of one decision.
+type Trace struct {
+	// Scopes are the policy scopes that applied to the request's target.
+	Scopes []string    `json:"scopes"`
+	Notes  []string    `json:"notes,omitempty"`
+	Steps  []TraceStep `json:"steps"`
+}
+
+// TraceStep is one rule considered.
+type TraceStep struct {
+	Scope   string `json:"scope"`
+	Policy  string `json:"policy"`
+	Rule    string `json:"rule"`
+	Action  string `json:"action"`
+	Mode    Mode   `json:"mode"`
+	Matched bool   `json:"matched"`
+	Why     string `json:"why,omitempty"`
+}
+
+func (t *Trace) note(format string, args ...any) {
+	if t == nil {
+		return
+	}
+	t.Notes = append(t.Notes, sprintf(format, args...))
+}
+
+// explainFirst evaluates every rule of the action and records each, then
+// returns the first match in order, exactly as the indexed path would.
+func explainFirst(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule {
+	var best *crule
+	for _, b := range bs {
+		for _, c := range b.idx[act].rules {
+			if c.mode == ModeDryRun && !dry {
+				continue
+			}
+			ok, why := c.match(rq)
+			tr.Steps = append(tr.Steps, TraceStep{
+				Scope: b.name, Policy: c.ref.Policy, Rule: c.ref.Rule, Action: act.String(),
+				Mode: c.mode, Matched: ok, Why: why,
+			})
+			if ok && (best == nil || c.ord < best.ord) {
+				best = c
+			}
+		}
+	}
+	return best
+}
+
+// sortedKeys is used to build deterministic scopes.
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

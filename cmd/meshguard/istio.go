@@ -119,7 +119,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 			return &exitError{code: 1, msg: err.Error()}
 		}
 	} else {
-		set, err := loadPolicyFiles(f.files)
+		set, err := istioPolicyFiles(f.files)
 		if err != nil {
 			return &exitError{code: 1, msg: err.Error()}
 		}
@@ -134,7 +134,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 	}
 	var targets []istiogen.Target
 	for _, s := range f.targets {
-		t, err := parseTarget(s)
+		t, err := istioParseTarget(s)
 		if err != nil {
 			return &exitError{code: 2, msg: err.Error()}
 		}
@@ -194,8 +194,8 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 	return err
 }
 
-// parseTarget reads NAMESPACE[/NAME][:LABEL=VALUE,...].
-func parseTarget(s string) (istiogen.Target, error) {
+// istioParseTarget reads NAMESPACE[/NAME][:LABEL=VALUE,...].
+func istioParseTarget(s string) (istiogen.Target, error) {
 	var t istiogen.Target
 	scope, labels, hasLabels := strings.Cut(s, ":")
 	t.Namespace, t.Name, _ = strings.Cut(scope, "/")
@@ -215,15 +215,15 @@ func parseTarget(s string) (istiogen.Target, error) {
 	return t, nil
 }
 
-// loadPolicyFiles reads Istio AuthorizationPolicies and meshguard kinds from
+// istioPolicyFiles reads Istio AuthorizationPolicies and meshguard kinds from
 // YAML files and directories (*.yaml, *.yml), strictly: an unknown field or
 // kind is an error.
-func loadPolicyFiles(paths []string) (policies.Set, error) {
+func istioPolicyFiles(paths []string) (policies.Set, error) {
 	var set policies.Set
 	var errs []error
 	settings := 0
 	for _, p := range paths {
-		files, err := yamlFiles(p)
+		files, err := istioYAMLFiles(p)
 		if err != nil {
 			return set, err
 		}
@@ -238,7 +238,7 @@ func loadPolicyFiles(paths []string) (policies.Set, error) {
 				continue
 			}
 			for i, doc := range docs {
-				if err := addDocument(&set, doc, &settings); err != nil {
+				if err := istioAddDocument(&set, doc, &settings); err != nil {
 					errs = append(errs, fmt.Errorf("%s: document %d: %w", file, i+1, err))
 				}
 			}
@@ -250,7 +250,7 @@ func loadPolicyFiles(paths []string) (policies.Set, error) {
 	return set, errors.Join(errs...)
 }
 
-func yamlFiles(p string) ([]string, error) {
+func istioYAMLFiles(p string) ([]string, error) {
 	st, err := os.Stat(p)
 	if err != nil {
 		return nil, err
@@ -271,7 +271,7 @@ func yamlFiles(p string) ([]string, error) {
 	return out, err
 }
 
-func addDocument(set *policies.Set, doc []byte, settings *int) error {
+func istioAddDocument(set *policies.Set, doc []byte, settings *int) error {
 	var head struct {
 		APIVersion string `json:"apiVersion"`
 		Kind       string `json:"kind"`

@@ -22,6 +22,9 @@ a compromised workload mesh-wide.`,
 	root.AddCommand(
 		newVersionCmd(),
 		newPolicyCmd(),
+		newAuthzCmd(),
+		newControlPlaneCmd(), newQuarantineCmd(), newBaselineCmd(),
+		newDemoCmd(),
 		newIstioCmd(),
 	)
 	return root

@@ -52,6 +52,25 @@ type FilterConfig struct {
 	RequireMTLS bool `json:"requireMtls,omitempty"`
 	// ControlPlane is where events go.
 	ControlPlane ControlPlane `json:"controlPlane,omitempty"`
+	// Detection tunes the wasm filter's detector state; thresholds and
+	// responses come from the bundle's AnomalyProfiles. Optional.
+	Detection *Detection `json:"detection,omitempty"`
+}
+
+// Detection bounds the wasm filter's per-VM detector state. Zero values
+// mean the defaults documented in docs/wasm.md.
+type Detection struct {
+	// Capacity is the number of caller identities tracked per VM (default
+	// 4096, least recently seen evicted).
+	Capacity int `json:"capacity,omitempty"`
+	// EdgeCache is the number of service-graph edges cached per VM (default 4096).
+	EdgeCache int `json:"edgeCache,omitempty"`
+	// WarmupSeconds of history a caller needs before the rate detector may
+	// fire (default 10).
+	WarmupSeconds int `json:"warmupSeconds,omitempty"`
+	// MaxEvents buffered between flushes; more are dropped and counted
+	// (default 1024).
+	MaxEvents int `json:"maxEvents,omitempty"`
 }
 
 // Workload describes the protected workload for policy scoping.

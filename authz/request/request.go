@@ -1,0 +1,332 @@
+// Package request turns what Envoy sends an ext_authz server (a gRPC
+// CheckRequest, or the original request forwarded in HTTP mode) into the
+// policy engine's Attributes and the credentials the identity package
+// reads. It trusts nothing the client could have written: client-sent
+// x-meshguard-* headers are hidden from the engine and listed for removal.
+package request
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshguard/meshguard/authz/identity"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
+)
+
+// MaxHeaderBytes bounds the total size of the request headers accepted
+// (Envoy's own default limit is 60 KiB).
+const MaxHeaderBytes = 256 << 10
+
+// Options says what the mapping may believe.
+type Options struct {
+	// TrustRouteHeader: the x-meshguard-route header is stamped by
+	// meshguard's wasm filter in front of ext_authz (which strips any
+	// client-sent value), so it names the route when no context extension does.
+	TrustRouteHeader bool
+	// TrustContextHeaders (HTTP mode only): the HTTP service's
+	// authorization_request.headers_to_add sets ContextHeaderPrefix+key for
+	// the context extension keys (Envoy overrides client-sent values of
+	// those names), since the HTTP mode has no context_extensions.
+	TrustContextHeaders bool
+}
+
+// ContextHeaderPrefix prefixes the headers that carry context extensions in
+// HTTP mode: "x-meshguard-ctx-meshguard.workload" and so on.
+const ContextHeaderPrefix = wire.HeaderPrefix + "ctx-"
+
+// Mapped is one request, ready for identity and decision.
+type Mapped struct {
+	Attrs    policies.Attributes
+	Identity identity.Request
+	// Headers is what Attrs.Headers points to; call HideXFCC when the
+	// identity resolver ignored the header.
+	Headers *Headers
+	// Remove lists client-sent headers to strip before the request goes
+	// upstream (x-meshguard-*); the server adds XFCC when it was untrusted.
+	Remove []string
+	// Scope is the meshguard.scope context extension (for logs).
+	Scope string
+	// RequestID is Envoy's x-request-id, if any.
+	RequestID string
+}
+
+// Headers is the engine's view of the request headers: lowercase names,
+// duplicates comma-joined, x-meshguard-* hidden.
+type Headers struct {
+	m        map[string]string
+	hideXFCC bool
+}
+
+// Get implements policies.HeaderGetter.
+func (h *Headers) Get(name string) (string, bool) {
+	if strings.HasPrefix(name, wire.HeaderPrefix) || (h.hideXFCC && name == identity.HeaderXFCC) {
+		return "", false
+	}
+	v, ok := h.m[name]
+	return v, ok
+}
+
+// Raw returns a header including hidden ones (for the identity resolver).
+func (h *Headers) Raw(name string) (string, bool) {
+	v, ok := h.m[name]
+	return v, ok
+}
+
+// HideXFCC hides x-forwarded-client-cert from the engine.
+func (h *Headers) HideXFCC() { h.hideXFCC = true }
+
+type rawHeaders struct{ h *Headers }
+
+func (r rawHeaders) Get(name string) (string, bool) { return r.h.Raw(name) }
+
+// ErrInvalid marks a request that cannot be evaluated (denied with
+// policies.ReasonDeniedInvalidReq).
+var ErrInvalid = errors.New("invalid request")
+
+// FromCheck maps a gRPC CheckRequest.
+func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
+	ac := req.GetAttributes()
+	hr := ac.GetRequest().GetHttp()
+	if hr == nil {
+		return nil, fmt.Errorf("%w: no attributes.request.http", ErrInvalid)
+	}
+	hdrs := hr.GetHeaders()
+	if hm := hr.GetHeaderMap(); hm != nil && len(hm.GetHeaders()) > 0 {
+		hdrs = joinHeaderMap(hm)
+	}
+	m := &Mapped{}
+	// Envoy sends lowercase names; the map is used as is unless a name is
+	// not lowercase (then a lowercase copy is made, case variants joined).
+	size, lower := 0, true
+	for k, v := range hdrs {
+		size += len(k) + len(v)
+		if lower && hasUpper(k) {
+			lower = false
+		}
+		if strings.HasPrefix(k, wire.HeaderPrefix) {
+			m.Remove = append(m.Remove, k)
+		}
+	}
+	if size > MaxHeaderBytes {
+		return nil, fmt.Errorf("%w: %d bytes of headers exceed %d", ErrInvalid, size, MaxHeaderBytes)
+	}
+	names := hdrs
+	if !lower {
+		names = make(map[string]string, len(hdrs))
+		m.Remove = m.Remove[:0]
+		for k, v := range hdrs {
+			lk := strings.ToLower(k)
+			if prev, dup := names[lk]; dup {
+				v = prev + "," + v
+			}
+			names[lk] = v
+		}
+		for k := range names {
+			if strings.HasPrefix(k, wire.HeaderPrefix) {
+				m.Remove = append(m.Remove, k)
+			}
+		}
+	}
+	if names == nil {
+		names = map[string]string{}
+	}
+	h := &Headers{m: names}
+	m.Headers = h
+	a := &m.Attrs
+	a.Headers = h
+	a.Method = first(hr.GetMethod(), names[":method"])
+	a.Path = first(hr.GetPath(), names[":path"])
+	a.Host = first(hr.GetHost(), names[":authority"], names["host"])
+	if a.Method == "" || a.Path == "" {
+		return nil, fmt.Errorf("%w: method or path missing", ErrInvalid)
+	}
+	m.RequestID = first(hr.GetId(), names["x-request-id"])
+	a.SourceIP, _ = socketAddr(ac.GetSource().GetAddress())
+	a.RemoteIP = a.SourceIP
+	a.DestinationIP, a.DestinationPort = socketAddr(ac.GetDestination().GetAddress())
+	a.SNI = ac.GetTlsSession().GetSni()
+
+	if p := ac.GetDestination().GetPrincipal(); strings.HasPrefix(p, "spiffe://") {
+		// Envoy's own certificate: trusted, but only if it is a SPIFFE ID.
+		if id, err := spiffeid.FromString(p); err == nil {
+			a.Target.ID = id
+		}
+	}
+	if err := m.applyContext(ac.GetContextExtensions(), ac.GetDestination().GetLabels()); err != nil {
+		return nil, err
+	}
+	if a.Route == "" && opts.TrustRouteHeader {
+		a.Route = names[wire.HeaderRoute]
+	}
+	m.Identity = identity.Request{
+		Principal:   ac.GetSource().GetPrincipal(),
+		Certificate: ac.GetSource().GetCertificate(),
+		Headers:     rawHeaders{h},
+	}
+	return m, nil
+}
+
+// FromHTTP maps a request forwarded by Envoy's HTTP ext_authz service. The
+// path has pathPrefix (the service's path_prefix) removed. peer is the
+// authenticated identity of the Envoy that called (zero over plaintext).
+func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options) (*Mapped, error) {
+	names := make(map[string]string, len(r.Header))
+	size := 0
+	for k, vs := range r.Header {
+		v := strings.Join(vs, ",")
+		size += len(k) + len(v)
+		names[strings.ToLower(k)] = v
+	}
+	if size > MaxHeaderBytes {
+		return nil, fmt.Errorf("%w: %d bytes of headers exceed %d", ErrInvalid, size, MaxHeaderBytes)
+	}
+	path := r.URL.RequestURI()
+	if r.RequestURI != "" {
+		path = r.RequestURI
+	}
+	if pathPrefix != "" {
+		rest, ok := strings.CutPrefix(path, pathPrefix)
+		if !ok {
+			return nil, fmt.Errorf("%w: path does not start with the prefix %q", ErrInvalid, pathPrefix)
+		}
+		path = rest
+	}
+	if path == "" || r.Method == "" {
+		return nil, fmt.Errorf("%w: method or path missing", ErrInvalid)
+	}
+	names[":authority"] = r.Host
+	names[":method"] = r.Method
+	names[":path"] = path
+	h := &Headers{m: names}
+	m := &Mapped{Headers: h, RequestID: names["x-request-id"]}
+	a := &m.Attrs
+	a.Headers, a.Method, a.Path, a.Host = h, r.Method, path, r.Host
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		a.SourceIP = ap.Addr().Unmap()
+		a.RemoteIP = a.SourceIP
+	}
+	if opts.TrustContextHeaders {
+		ext := map[string]string{}
+		for k, v := range names {
+			if key, ok := strings.CutPrefix(k, ContextHeaderPrefix); ok {
+				ext[key] = v
+			}
+		}
+		if err := m.applyContext(ext, nil); err != nil {
+			return nil, err
+		}
+	}
+	if a.Route == "" && opts.TrustRouteHeader {
+		a.Route = names[wire.HeaderRoute]
+	}
+	for k := range names {
+		if strings.HasPrefix(k, wire.HeaderPrefix) {
+			m.Remove = append(m.Remove, k)
+		}
+	}
+	m.Identity = identity.Request{Peer: peer, Headers: rawHeaders{h}}
+	return m, nil
+}
+
+// applyContext maps context extensions (set per route by the control plane)
+// to the target and route.
+func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
+	a := &m.Attrs
+	if w := ext[wire.ContextWorkload]; w != "" {
+		id, err := spiffeid.FromString(w)
+		if err != nil {
+			return fmt.Errorf("%w: context extension %s: %v", ErrInvalid, wire.ContextWorkload, err)
+		}
+		a.Target.ID = id
+	}
+	a.Target.Labels = targetLabels(destLabels, ext)
+	a.Target.Namespace = ext[wire.ContextNamespace]
+	a.Target.Service = ext[wire.ContextService]
+	a.Route = ext[wire.ContextRoute]
+	m.Scope = ext[wire.ContextPolicyScope]
+	return nil
+}
+
+// ContextLabelPrefix prefixes context extensions that carry a label of the
+// destination workload ("meshguard.label.app": "reviews"), for Istio
+// selectors; they override destination.labels.
+const ContextLabelPrefix = "meshguard.label."
+
+func targetLabels(dest map[string]string, ext map[string]string) map[string]string {
+	extLabels := false
+	for k := range ext {
+		if strings.HasPrefix(k, ContextLabelPrefix) {
+			extLabels = true
+			break
+		}
+	}
+	if !extLabels {
+		return dest
+	}
+	out := make(map[string]string, len(dest)+2)
+	if len(dest) > 0 {
+		for k, v := range dest {
+			out[k] = v
+		}
+	}
+	for k, v := range ext {
+		if name, ok := strings.CutPrefix(k, ContextLabelPrefix); ok && name != "" {
+			out[name] = v
+		}
+	}
+	return out
+}
+
+func joinHeaderMap(hm *corev3.HeaderMap) map[string]string {
+	out := make(map[string]string, len(hm.GetHeaders()))
+	for _, hv := range hm.GetHeaders() {
+		v := hv.GetValue()
+		if raw := hv.GetRawValue(); len(raw) > 0 {
+			v = string(raw)
+		}
+		k := strings.ToLower(hv.GetKey())
+		if prev, ok := out[k]; ok {
+			v = prev + "," + v
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func socketAddr(a *corev3.Address) (netip.Addr, uint32) {
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return netip.Addr{}, 0
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil {
+		return netip.Addr{}, 0
+	}
+	return ip.Unmap(), sa.GetPortValue()
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+func first(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,141 @@
+package request
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshguard/meshguard/authz/identity"
+	"github.com/meshguard/meshguard/internal/ca"
+	"github.com/meshguard/meshguard/policies/wire"
+)
+
+func checkRequest(method, path string, headers map[string]string, principal, cert string, ext map[string]string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source:            &authv3.AttributeContext_Peer{Principal: principal, Certificate: cert},
+		Destination:       &authv3.AttributeContext_Peer{Principal: "spiffe://prod.example/ns/shop/sa/api"},
+		ContextExtensions: ext,
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: method, Path: path, Headers: headers,
+		}},
+	}}
+}
+
+func TestFromCheck(t *testing.T) {
+	r := checkRequest("", "", map[string]string{
+		":method": "GET", ":path": "/a?b=c", ":authority": "api:8080",
+		"x-meshguard-source-id": "spiffe://prod.example/ns/ops/sa/admin", "x-meshguard-route": "r2",
+		"x-forwarded-client-cert": "URI=spiffe://prod.example/x",
+	}, "", "", map[string]string{wire.ContextNamespace: "shop", ContextLabelPrefix + "app": "api", wire.ContextService: "api"})
+	m, err := FromCheck(r, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := m.Attrs
+	if a.Method != "GET" || a.Path != "/a?b=c" || a.Host != "api:8080" || a.Route != "" {
+		t.Errorf("attrs = %+v", a)
+	}
+	if a.Target.ID.String() != "spiffe://prod.example/ns/shop/sa/api" || a.Target.Namespace != "shop" || a.Target.Labels["app"] != "api" || a.Target.Service != "api" {
+		t.Errorf("target = %+v", a.Target)
+	}
+	if _, ok := a.Headers.Get("x-meshguard-source-id"); ok {
+		t.Error("engine sees a client-sent x-meshguard header")
+	}
+	if len(m.Remove) != 2 {
+		t.Errorf("remove = %v", m.Remove)
+	}
+	if _, ok := a.Headers.Get("x-forwarded-client-cert"); !ok {
+		t.Error("XFCC hidden before the resolver decided")
+	}
+	m.Headers.HideXFCC()
+	if _, ok := a.Headers.Get("x-forwarded-client-cert"); ok {
+		t.Error("HideXFCC did not hide XFCC")
+	}
+	m, _ = FromCheck(r, Options{TrustRouteHeader: true})
+	if m.Attrs.Route != "r2" {
+		t.Errorf("trusted route header not read: %q", m.Attrs.Route)
+	}
+	if _, err := FromCheck(checkRequest("GET", "/", nil, "", "", map[string]string{wire.ContextWorkload: "not an id"}), Options{}); err == nil {
+		t.Error("invalid workload context extension accepted")
+	}
+}
+
+func TestFromHTTPIgnoresContextHeadersUnlessTrusted(t *testing.T) {
+	req := httptest.NewRequest("GET", "/p/x", nil)
+	req.Header.Set(ContextHeaderPrefix+wire.ContextRoute, "legacy")
+	m, err := FromHTTP(req, "/p", spiffeid.ID{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Attrs.Route != "" || m.Attrs.Path != "/x" {
+		t.Errorf("untrusted context header used: %+v", m.Attrs)
+	}
+	m, _ = FromHTTP(req, "/p", spiffeid.ID{}, Options{TrustContextHeaders: true})
+	if m.Attrs.Route != "legacy" {
+		t.Errorf("trusted context header not used: %+v", m.Attrs)
+	}
+}
+
+// FuzzFromCheck maps arbitrary CheckRequests and resolves their identity:
+// never a panic, never a client-sent x-meshguard header visible to the
+// engine or left in place, and never an identity outside the trusted
+// trust domain.
+func FuzzFromCheck(f *testing.F) {
+	f.Add("GET", "/api?x=1", "x-meshguard-source-id", "spiffe://prod.example/a", "spiffe://prod.example/ns/web/sa/frontend", "", "r1", "")
+	f.Add("POST", "/", "x-forwarded-client-cert", "By=spiffe://prod.example/gw;URI=spiffe://prod.example/a", "spiffe://prod.example/gw", "", "", "spiffe://prod.example/ns/x/sa/y")
+	f.Add("GET", "/", "authorization", "Bearer eyJhbGciOiJub25lIn0.e30.", "", "", "", "")
+	f.Add("", "", "X-MeshGuard-Route", "\xff", "spiffe://evil.example/a", "-----BEGIN%20CERTIFICATE-----%0A", "", "spiffe://")
+	f.Add("GET", "/x", "x-big", strings.Repeat("a", 1000), "frontend.example.com", "%zz", "", "")
+	c, err := ca.New(spiffeid.RequireTrustDomainFromString("prod.example"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	res, err := identity.New(identity.Config{
+		Bundles:      spiffebundle.NewSet(c.Bundle()),
+		TrustedHops:  []spiffeid.ID{spiffeid.RequireFromString("spiffe://prod.example/gw")},
+		JWTAudiences: []string{"a"},
+		Now:          func() time.Time { return time.Unix(1_800_000_000, 0) },
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, method, path, hk, hv, principal, cert, route, workload string) {
+		r := checkRequest(method, path, map[string]string{hk: hv, ":authority": "h"}, principal, cert,
+			map[string]string{wire.ContextRoute: route, wire.ContextWorkload: workload})
+		m, err := FromCheck(r, Options{TrustRouteHeader: true})
+		if err != nil {
+			return
+		}
+		if m.Attrs.Method == "" || m.Attrs.Path == "" {
+			t.Fatal("mapped a request without method or path")
+		}
+		lk := strings.ToLower(hk)
+		if strings.HasPrefix(lk, wire.HeaderPrefix) {
+			if _, ok := m.Attrs.Headers.Get(lk); ok {
+				t.Fatalf("engine sees %q", lk)
+			}
+			found := false
+			for _, h := range m.Remove {
+				found = found || h == lk
+			}
+			if !found {
+				t.Fatalf("%q not removed (remove=%v)", lk, m.Remove)
+			}
+		}
+		id, err := res.Resolve(m.Identity)
+		if err != nil {
+			return
+		}
+		if !id.ID.IsZero() && id.ID.TrustDomain().Name() != "prod.example" {
+			t.Fatalf("identity %s from an untrusted trust domain", id.ID)
+		}
+		if id.Method == identity.MethodXFCC && id.Peer.String() != "spiffe://prod.example/gw" {
+			t.Fatalf("XFCC believed from %s", id.Peer)
+		}
+	})
+}

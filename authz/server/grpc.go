@@ -1,0 +1,208 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/internal/grpccodec"
+	"github.com/meshguard/meshguard/internal/jsonw"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
+)
+
+// Check implements envoy.service.auth.v3.Authorization. It always answers
+// with a CheckResponse (never a gRPC error), so that Envoy sees the reason.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	m, err := request.FromCheck(req, s.reqOpts)
+	o := s.decide(ctx, start.Add(s.timeout), m, err)
+	s.record("grpc", &o, start)
+	return s.checkResponse(&o), nil
+}
+
+func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
+	md := s.metadata(o)
+	if o.dec.Allowed {
+		hs := []*corev3.HeaderValueOption{setHeader(wire.HeaderDecisionID, o.decisionID)}
+		if !o.id.ID.IsZero() {
+			hs = append(hs, setHeader(wire.HeaderSourceID, o.id.ID.String()))
+		}
+		return &authv3.CheckResponse{
+			Status: &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+				Headers:         hs,
+				HeadersToRemove: o.remove,
+			}},
+			DynamicMetadata: md,
+		}
+	}
+	body := denyJSON(o)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: string(o.dec.Reason)},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode(httpStatus(o.dec.Reason))},
+			Headers: []*corev3.HeaderValueOption{
+				setHeader("content-type", "application/json"),
+				setHeader(wire.HeaderReason, string(o.dec.Reason)),
+				setHeader(wire.HeaderDecisionID, o.decisionID),
+			},
+			Body: string(body),
+		}},
+		DynamicMetadata: md,
+	}
+}
+
+// denyJSON is the deny body: {"reason","decision_id","policy","rule"}.
+func denyJSON(o *outcome) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, '{')
+	b = jsonw.Field(b, true, "reason", string(o.dec.Reason))
+	b = jsonw.Field(b, false, "decision_id", o.decisionID)
+	if o.dec.Ref.Policy != "" {
+		b = jsonw.Field(b, false, "policy", o.dec.Ref.Policy)
+	}
+	if o.dec.Ref.Rule != "" {
+		b = jsonw.Field(b, false, "rule", o.dec.Ref.Rule)
+	}
+	return append(b, '}', '\n')
+}
+
+func setHeader(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+// metadata is the dynamic metadata Envoy puts under the ext_authz filter's
+// namespace (envoy.filters.http.ext_authz) for access logs and later filters.
+func (s *Server) metadata(o *outcome) *structpb.Struct {
+	f := make(map[string]*structpb.Value, 8)
+	f["decision_id"] = structpb.NewStringValue(o.decisionID)
+	f["reason"] = s.values.get(string(o.dec.Reason))
+	f["mode"] = s.values.get(mode(o.dec))
+	if o.dec.Ref.Policy != "" {
+		f["policy"] = s.values.get(o.dec.Ref.Policy)
+		f["rule"] = s.values.get(o.dec.Ref.Rule)
+	}
+	if o.dec.WouldDeny {
+		f["would_deny"] = trueValue
+	}
+	if o.dec.Audit {
+		f["audit"] = trueValue
+		f["audit_policy"] = s.values.get(o.dec.AuditRef.Policy)
+	}
+	if o.dec.Version != "" {
+		f["bundle_version"] = s.values.get(o.dec.Version)
+	}
+	return &structpb.Struct{Fields: f}
+}
+
+var trueValue = structpb.NewBoolValue(true)
+
+// valueCache shares immutable structpb string Values for the bounded
+// strings of an answer (reason codes, modes, rule references, versions):
+// responses are only marshalled, never modified, so one Value can appear in
+// many. The cache stops growing at maxCachedValues.
+type valueCache struct {
+	m sync.Map // string -> *structpb.Value
+	n atomic.Int64
+}
+
+const maxCachedValues = 1 << 14
+
+func (c *valueCache) get(v string) *structpb.Value {
+	if x, ok := c.m.Load(v); ok {
+		return x.(*structpb.Value)
+	}
+	val := structpb.NewStringValue(v)
+	if c.n.Load() < maxCachedValues {
+		if _, loaded := c.m.LoadOrStore(v, val); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return val
+}
+
+// recoverInterceptor turns a panic in any unary handler into an answer: a
+// deny CheckResponse for Check, codes.Internal for anything else.
+func (s *Server) recoverInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		r := recover()
+		if r == nil {
+			return
+		}
+		s.log.Error("panic in gRPC handler", slog.String("method", info.FullMethod), slog.Any("panic", r))
+		if _, ok := req.(*authv3.CheckRequest); ok {
+			o := outcome{decisionID: s.newDecisionID(), dec: policies.Deny(policies.ReasonDeniedInternal)}
+			resp, err = s.checkResponse(&o), nil
+			return
+		}
+		resp, err = nil, status.Error(codes.Internal, "internal error")
+	}()
+	return handler(ctx, req)
+}
+
+// GRPCServerOptions are the options the server's gRPC server needs (the
+// panic interceptor); add transport credentials to them.
+func (s *Server) GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.recoverInterceptor),
+		// Envoy's types carry generated marshalers: answers are encoded
+		// without reflection.
+		grpc.ForceServerCodec(grpccodec.Codec{}),
+	}
+}
+
+// Register registers the Authorization service, health and reflection.
+// Health reports NOT_SERVING until MarkReady.
+func (s *Server) Register(g *grpc.Server) *health.Server {
+	authv3.RegisterAuthorizationServer(g, s)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(g, hs)
+	reflection.Register(g)
+	s.health.Store(hs)
+	if s.ready.Load() {
+		s.MarkReady()
+	}
+	return hs
+}
+
+// MarkReady flips readiness (gRPC health and /readyz) to serving: call it
+// once a policy bundle is loaded.
+func (s *Server) MarkReady() {
+	s.ready.Store(true)
+	if hs := s.health.Load(); hs != nil {
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	}
+}
+
+// Ready reports whether a policy is loaded and MarkReady was called.
+func (s *Server) Ready() bool { return s.ready.Load() && s.engine.Snapshot() != nil }
+
+// Shutdown marks the server not serving (health), so that load balancers
+// stop sending, before the caller drains the listeners.
+func (s *Server) Shutdown() {
+	if hs := s.health.Load(); hs != nil {
+		hs.Shutdown()
+	}
+}

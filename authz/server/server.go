@@ -1,0 +1,333 @@
+// Package server is meshguard's Envoy external authorization server: the
+// gRPC envoy.service.auth.v3.Authorization service, Envoy's HTTP ext_authz
+// mode, gRPC health and reflection, and the admin endpoints /healthz,
+// /readyz and /metrics.
+//
+// Every request goes the same way: map it (package request), establish the
+// caller's SPIFFE identity (package identity), decide with the policy engine,
+// answer, log (package decisionlog) and count (package metrics). Every error
+// on that path, a panic included, ends in a deny with a reason code.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/health"
+
+	"github.com/meshguard/meshguard/authz/decisionlog"
+	"github.com/meshguard/meshguard/authz/identity"
+	"github.com/meshguard/meshguard/authz/metrics"
+	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/policies"
+)
+
+// Response header names set by the server besides the policies/wire ones.
+// HeaderRule and HeaderMode exist for Envoy's HTTP mode, whose
+// dynamic_metadata_from_headers turns them into dynamic metadata.
+const (
+	HeaderRule         = "x-meshguard-rule"
+	HeaderMode         = "x-meshguard-mode"
+	HeaderAuthRemove   = "x-envoy-auth-headers-to-remove"
+	MetadataNamespaceK = "meshguard"
+)
+
+// Config configures a Server.
+type Config struct {
+	Engine   *policies.Engine
+	Identity *identity.Resolver
+	Log      *slog.Logger
+	Metrics  *metrics.Metrics
+	// DecisionLog may be nil (no decision log).
+	DecisionLog *decisionlog.Logger
+	Request     request.Options
+	// CheckTimeout bounds one check (default 1s); past it the answer is a
+	// deny with denied_timeout. Envoy's own ext_authz timeout should be set
+	// longer than this.
+	CheckTimeout time.Duration
+	// HTTPPathPrefix is the HTTP service's path_prefix, removed from paths.
+	HTTPPathPrefix string
+	// AllowUnscoped evaluates requests that name no target workload (no
+	// destination.principal, no workload or namespace context extension)
+	// against mesh-wide policies only. By default they are denied with
+	// denied_invalid_request: a misconfigured filter must not skip every
+	// namespace's policies.
+	AllowUnscoped bool
+}
+
+// Server answers checks. Safe for concurrent use.
+type Server struct {
+	engine  *policies.Engine
+	ident   *identity.Resolver
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	dlog    *decisionlog.Logger
+	reqOpts request.Options
+	timeout time.Duration
+	prefix  string
+	unscope bool
+
+	idPrefix string
+	seq      atomic.Uint64
+	ready    atomic.Bool
+	health   atomic.Pointer[health.Server]
+	// decisions caches the counter of each (result, reason, mode): the set
+	// is bounded by the reason codes, and a cached counter spares hashing
+	// three label values on every check.
+	decisions sync.Map               // decisionKey -> prometheus.Counter
+	durations [2]prometheus.Observer // grpc, http
+	values    valueCache
+	// decideHook replaces Engine.Decide in tests of the fail-closed paths.
+	decideHook func(*policies.Attributes) policies.Decision
+}
+
+// New validates cfg and returns a Server.
+func New(cfg Config) (*Server, error) {
+	var errs []error
+	if cfg.Engine == nil {
+		errs = append(errs, errors.New("no engine"))
+	}
+	if cfg.Identity == nil {
+		errs = append(errs, errors.New("no identity resolver"))
+	}
+	if cfg.Log == nil {
+		errs = append(errs, errors.New("no logger"))
+	}
+	if cfg.Metrics == nil {
+		errs = append(errs, errors.New("no metrics"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	var p [6]byte
+	if _, err := rand.Read(p[:]); err != nil {
+		return nil, fmt.Errorf("server: decision id prefix: %w", err)
+	}
+	timeout := cfg.CheckTimeout
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	s := &Server{
+		engine: cfg.Engine, ident: cfg.Identity, log: cfg.Log, metrics: cfg.Metrics,
+		dlog: cfg.DecisionLog, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
+		unscope: cfg.AllowUnscoped, idPrefix: hex.EncodeToString(p[:]) + "-",
+	}
+	s.durations[0] = cfg.Metrics.CheckDuration.WithLabelValues("grpc")
+	s.durations[1] = cfg.Metrics.CheckDuration.WithLabelValues("http")
+	return s, nil
+}
+
+type decisionKey struct{ result, reason, mode string }
+
+func (s *Server) countDecision(d policies.Decision) {
+	k := decisionKey{result(d), string(d.Reason), mode(d)}
+	c, ok := s.decisions.Load(k)
+	if !ok {
+		c, _ = s.decisions.LoadOrStore(k, s.metrics.Decisions.WithLabelValues(k.result, k.reason, k.mode))
+	}
+	c.(prometheus.Counter).Inc()
+}
+
+// outcome is one decided request.
+type outcome struct {
+	decisionID string
+	dec        policies.Decision
+	id         identity.Identity
+	mapped     *request.Mapped
+	remove     []string
+	err        error // why a deny was forced, for logs
+}
+
+func (s *Server) newDecisionID() string {
+	return s.idPrefix + strconv.FormatUint(s.seq.Add(1), 36)
+}
+
+// decide runs identity and the engine for a mapped request. It never
+// returns an allow on an error path.
+// expired reports whether the check ran past its deadline: the caller's
+// (Envoy's gRPC deadline, a closed connection) or the server's own.
+func expired(ctx context.Context, deadline time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if time.Now().After(deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapped, mapErr error) (out outcome) {
+	out.decisionID = s.newDecisionID()
+	out.mapped = m
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic while deciding; denying", slog.String("decision_id", out.decisionID), slog.Any("panic", r))
+			out.dec = policies.Deny(policies.ReasonDeniedInternal)
+			out.err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	if mapErr != nil {
+		out.dec = policies.Deny(policies.ReasonDeniedInvalidReq)
+		out.err = mapErr
+		return out
+	}
+	out.remove = m.Remove
+	if !s.unscope && m.Attrs.Target.ID.IsZero() && m.Attrs.Target.Namespace == "" {
+		out.dec = policies.Deny(policies.ReasonDeniedInvalidReq)
+		out.err = errors.New("request names no target workload (no destination.principal, no meshguard.workload or meshguard.namespace context extension)")
+		return out
+	}
+	id, err := s.ident.Resolve(m.Identity)
+	out.id = id
+	for _, f := range id.Ignored {
+		s.metrics.IdentityFailures.WithLabelValues(string(f)).Inc()
+	}
+	if id.IgnoredXFCC() {
+		m.Headers.HideXFCC()
+		out.remove = append(out.remove, identity.HeaderXFCC)
+	}
+	if err != nil {
+		var ie *identity.Error
+		reason := policies.ReasonDeniedIdentity
+		if errors.As(err, &ie) {
+			reason = ie.Reason()
+			s.metrics.IdentityFailures.WithLabelValues(string(ie.Kind)).Inc()
+		}
+		out.dec = policies.Deny(reason)
+		out.err = err
+		return out
+	}
+	if err := expired(ctx, deadline); err != nil {
+		out.dec = policies.Deny(policies.ReasonDeniedTimeout)
+		out.err = err
+		return out
+	}
+	a := &m.Attrs
+	a.Source, a.MTLS, a.JWT = id.ID, id.MTLS, id.JWT
+	if s.decideHook != nil {
+		out.dec = s.decideHook(a)
+	} else {
+		out.dec = s.engine.Decide(a)
+	}
+	if out.dec.Reason == "" {
+		// An answer without a reason is not an answer.
+		out.dec = policies.Deny(policies.ReasonDeniedInternal)
+		out.err = errors.New("engine returned a decision without a reason")
+	}
+	if out.dec.Allowed && out.dec.Reason.Denies() && !out.dec.WouldDeny {
+		out.dec = policies.Deny(policies.ReasonDeniedInternal)
+		out.err = errors.New("engine returned an allow with a deny reason")
+	}
+	if err := expired(ctx, deadline); err != nil {
+		out.dec = policies.Deny(policies.ReasonDeniedTimeout)
+		out.err = err
+	}
+	return out
+}
+
+func result(d policies.Decision) string {
+	switch {
+	case !d.Allowed:
+		return "deny"
+	case d.WouldDeny:
+		return "would_deny"
+	}
+	return "allow"
+}
+
+func mode(d policies.Decision) string {
+	if d.Mode == "" {
+		return string(policies.ModeEnforce)
+	}
+	return string(d.Mode)
+}
+
+// record counts and logs an outcome.
+func (s *Server) record(proto string, o *outcome, start time.Time) {
+	elapsed := time.Since(start)
+	s.countDecision(o.dec)
+	if proto == "http" {
+		s.durations[1].Observe(elapsed.Seconds())
+	} else {
+		s.durations[0].Observe(elapsed.Seconds())
+	}
+	if o.err != nil && o.dec.Reason != policies.ReasonDeniedIdentity && o.dec.Reason != policies.ReasonDeniedJWT {
+		s.log.Warn("check denied on an error path", slog.String("decision_id", o.decisionID),
+			slog.String("reason", string(o.dec.Reason)), slog.String("error", o.err.Error()))
+	}
+	if s.dlog == nil || !s.dlog.Sampled(o.dec.Allowed, o.dec.WouldDeny) {
+		return
+	}
+	e := decisionlog.Entry{
+		Time:          start.UTC(),
+		DecisionID:    o.decisionID,
+		Protocol:      proto,
+		SourceMethod:  string(o.id.Method),
+		Allowed:       o.dec.Allowed,
+		Reason:        o.dec.Reason,
+		Mode:          policies.Mode(mode(o.dec)),
+		Policy:        o.dec.Ref.Policy,
+		Rule:          o.dec.Ref.Rule,
+		WouldDeny:     o.dec.WouldDeny,
+		Audit:         o.dec.Audit,
+		AuditPolicy:   o.dec.AuditRef.Policy,
+		BundleVersion: o.dec.Version,
+		LatencyMicros: elapsed.Microseconds(),
+	}
+	if e.SourceMethod == "" {
+		e.SourceMethod = string(identity.MethodNone)
+	}
+	e.Source = idString(o.id.ID)
+	if o.id.Peer != o.id.ID {
+		e.Peer = idString(o.id.Peer)
+	}
+	if o.err != nil {
+		e.Error = o.err.Error()
+	}
+	var hdrs policies.HeaderGetter
+	if m := o.mapped; m != nil {
+		e.RequestID = m.RequestID
+		e.Destination = idString(m.Attrs.Target.ID)
+		e.Method, e.Host, e.Path, e.Route, e.Scope = m.Attrs.Method, m.Attrs.Host, m.Attrs.Path, m.Attrs.Route, m.Scope
+		hdrs = m.Headers
+	}
+	if err := s.dlog.Log(&e, hdrs); err != nil {
+		s.log.Error("decision log write failed", slog.String("error", err.Error()))
+	}
+}
+
+func idString(id spiffeid.ID) string {
+	if id.IsZero() {
+		return ""
+	}
+	return id.String()
+}
+
+// httpStatus is the status of a denied request.
+func httpStatus(r policies.Reason) int {
+	switch r {
+	case policies.ReasonRateLimited:
+		return 429
+	case policies.ReasonDeniedInvalidReq:
+		return 400
+	}
+	return 403
+}
+
+// denyBody is the JSON body of a denied request.
+type denyBody struct {
+	Reason     policies.Reason `json:"reason"`
+	DecisionID string          `json:"decision_id"`
+	Policy     string          `json:"policy,omitempty"`
+	Rule       string          `json:"rule,omitempty"`
+}

@@ -1,0 +1,524 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/meshguard/meshguard/authz/decisionlog"
+	"github.com/meshguard/meshguard/authz/identity"
+	"github.com/meshguard/meshguard/authz/loader"
+	"github.com/meshguard/meshguard/authz/metrics"
+	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/authz/server"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/source"
+)
+
+type authzFlags struct {
+	grpcAddr, httpAddr, adminAddr string
+	insecurePlaintext             bool
+
+	spiffeSocket          string
+	svidCert, svidKey     string
+	bundles               []string
+	trustDomain           string
+	allowedCallers        []string
+	allowedCallerDomains  []string
+	trustedHops           []string
+	jwtAudiences          []string
+	noJWT                 bool
+	jwtHeader             string
+	jwtMaxLifetime        time.Duration
+	clockSkew             time.Duration
+	policyPath            string
+	policyPoll            time.Duration
+	controlPlane          string
+	controlPlaneID        string
+	nodeID                string
+	decisionLog           string
+	decisionLogSample     float64
+	decisionLogHeaders    []string
+	decisionLogRedact     []string
+	trustRouteHeader      bool
+	httpTrustCtxHeaders   bool
+	httpPathPrefix        string
+	checkTimeout          time.Duration
+	shutdownGrace         time.Duration
+	logLevel              string
+	workloadAPIWait       time.Duration
+	grpcMaxConcurrentStrm uint32
+	allowUnscoped         bool
+}
+
+func newAuthzCmd() *cobra.Command { return newAuthzCmdFor(&authzFlags{}) }
+
+// newAuthzCmdFor binds the command's flags to f.
+func newAuthzCmdFor(f *authzFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "authz",
+		Short: "Run the Envoy external authorization server (gRPC and HTTP ext_authz)",
+		Long: `Run meshguard's external authorization server for Envoy's ext_authz filter
+and Istio's CUSTOM action.
+
+It serves envoy.service.auth.v3.Authorization on --grpc-addr (plus gRPC health
+and reflection), optionally Envoy's HTTP ext_authz mode on --http-addr, and
+/healthz, /readyz and /metrics on --admin-addr (plain HTTP: keep it off the
+mesh). Both check listeners serve mTLS with the server's X509-SVID and accept
+only the Envoy identities given by --allowed-caller and
+--allowed-caller-trust-domain; --insecure-plaintext turns TLS off for local
+development only.
+
+The server's SVID and the trust bundles come from the SPIFFE Workload API
+(--spiffe-socket, default $SPIFFE_ENDPOINT_SOCKET) or from files (--svid-cert,
+--svid-key, --bundle). Policies come from --policy (a bundle JSON file, a YAML
+policy file or a directory of them, polled for changes) and/or from the
+control plane over ADS (--control-plane). Until a policy is loaded every check
+is denied (denied_no_policy_loaded) and /readyz answers 503.
+
+Caller identity precedence: source.principal (SPIFFE IDs only), then
+source.certificate, then x-forwarded-client-cert from --trusted-hop peers only,
+then a JWT-SVID (validated against --jwt-audience, which is mandatory unless
+--no-jwt-svid). See docs/authz.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runAuthz(cmd.Context(), f, cmd.ErrOrStderr(), cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.grpcAddr, "grpc-addr", ":9191", "address of the gRPC ext_authz listener")
+	fl.StringVar(&f.httpAddr, "http-addr", "", "address of the HTTP ext_authz listener (empty: off)")
+	fl.StringVar(&f.adminAddr, "admin-addr", ":9192", "address of the plain-HTTP /healthz, /readyz and /metrics listener (empty: off)")
+	fl.BoolVar(&f.insecurePlaintext, "insecure-plaintext", false, "serve checks and talk to the control plane WITHOUT TLS (local development only; callers are then not authenticated)")
+	fl.StringVar(&f.spiffeSocket, "spiffe-socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
+	fl.StringVar(&f.svidCert, "svid-cert", "", "PEM file with the server's X509-SVID chain (instead of the Workload API)")
+	fl.StringVar(&f.svidKey, "svid-key", "", "PEM file with the server's X509-SVID private key")
+	fl.StringArrayVar(&f.bundles, "bundle", nil, "trust bundle file, [trust-domain=]path: PEM (X.509 authorities) or SPIFFE bundle JSON (X.509 and JWT authorities); repeatable")
+	fl.StringVar(&f.trustDomain, "trust-domain", "", "trust domain of --bundle files given without one")
+	fl.StringArrayVar(&f.allowedCallers, "allowed-caller", nil, "SPIFFE ID allowed to call the server (the Envoys); repeatable")
+	fl.StringArrayVar(&f.allowedCallerDomains, "allowed-caller-trust-domain", nil, "trust domain whose every workload may call the server; repeatable")
+	fl.StringArrayVar(&f.trustedHops, "trusted-hop", nil, "SPIFFE ID of a peer (gateway, or the calling Envoy in HTTP mode) whose x-forwarded-client-cert is believed; repeatable")
+	fl.StringArrayVar(&f.jwtAudiences, "jwt-audience", nil, "audience a JWT-SVID must carry; repeatable; required unless --no-jwt-svid")
+	fl.BoolVar(&f.noJWT, "no-jwt-svid", false, "do not read JWT-SVIDs at all")
+	fl.StringVar(&f.jwtHeader, "jwt-header", "authorization", "header carrying the JWT-SVID (authorization requires the Bearer scheme; others carry the bare token)")
+	fl.DurationVar(&f.jwtMaxLifetime, "jwt-max-lifetime", time.Hour, "longest accepted JWT-SVID lifetime (exp - iat)")
+	fl.DurationVar(&f.clockSkew, "clock-skew", 30*time.Second, "clock skew allowed on JWT-SVID exp, nbf and iat")
+	fl.StringVar(&f.policyPath, "policy", "", "policy bundle JSON, YAML policy file or directory, polled for changes")
+	fl.DurationVar(&f.policyPoll, "policy-poll-interval", 2*time.Second, "how often --policy is checked for changes")
+	fl.StringVar(&f.controlPlane, "control-plane", "", "address of the meshguard control plane's ADS server to subscribe to the policy bundle")
+	fl.StringVar(&f.controlPlaneID, "control-plane-id", "", "SPIFFE ID the control plane must present (default: any ID of the server's trust domain)")
+	fl.StringVar(&f.nodeID, "node-id", "", "xDS node id sent to the control plane (default: the host name)")
+	fl.StringVar(&f.decisionLog, "decision-log", "stdout", "where decision log lines go: stdout, a file path, or off")
+	fl.Float64Var(&f.decisionLogSample, "decision-log-allow-sample", 1, "fraction of allowed decisions logged, 0 to 1 (denies are always logged)")
+	fl.StringArrayVar(&f.decisionLogHeaders, "decision-log-header", nil, "request header copied into decision log lines; repeatable (credential headers are refused)")
+	fl.StringArrayVar(&f.decisionLogRedact, "decision-log-redact-header", nil, "header never written to the decision log, in addition to authorization, cookie and the like; repeatable")
+	fl.BoolVar(&f.trustRouteHeader, "trust-route-header", false, "believe x-meshguard-route when no context extension names the route (only when meshguard's wasm filter runs before ext_authz and strips client-sent values)")
+	fl.BoolVar(&f.httpTrustCtxHeaders, "http-trust-context-headers", false, "HTTP mode: read context extensions from x-meshguard-ctx-<key> headers set by the HTTP service's headers_to_add")
+	fl.StringVar(&f.httpPathPrefix, "http-path-prefix", "", "HTTP mode: the HTTP service's path_prefix, removed from paths")
+	fl.DurationVar(&f.checkTimeout, "check-timeout", time.Second, "longest time one check may take before it is denied with denied_timeout")
+	fl.DurationVar(&f.shutdownGrace, "shutdown-grace", 10*time.Second, "how long in-flight checks may drain on shutdown")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.DurationVar(&f.workloadAPIWait, "workload-api-timeout", 30*time.Second, "how long to wait for the first SVID and bundles from the Workload API")
+	fl.BoolVar(&f.allowUnscoped, "allow-unscoped-requests", false, "evaluate requests that name no target workload (no destination.principal, no meshguard.workload/namespace context extension) against mesh-wide policies only, instead of denying them with denied_invalid_request")
+	fl.Uint32Var(&f.grpcMaxConcurrentStrm, "grpc-max-concurrent-streams", 0, "limit of concurrent gRPC streams per connection (0: grpc-go default)")
+	return cmd
+}
+
+// identityMaterial is the server's SVID and the trust bundles.
+type identityMaterial struct {
+	svid    x509svid.Source // nil in plaintext mode without an SVID
+	bundles identity.Bundles
+	td      spiffeid.TrustDomain
+	close   func()
+}
+
+func loadIdentity(ctx context.Context, f *authzFlags, log *slog.Logger) (*identityMaterial, error) {
+	if f.spiffeSocket != "" && (f.svidCert != "" || len(f.bundles) > 0) {
+		return nil, errors.New("use either the Workload API (--spiffe-socket / SPIFFE_ENDPOINT_SOCKET) or files (--svid-cert, --svid-key, --bundle), not both")
+	}
+	if f.spiffeSocket != "" {
+		wctx, cancel := context.WithTimeout(ctx, f.workloadAPIWait)
+		defer cancel()
+		opt := workloadapi.WithClientOptions(workloadapi.WithAddr(f.spiffeSocket))
+		x509src, err := workloadapi.NewX509Source(wctx, opt)
+		if err != nil {
+			return nil, fmt.Errorf("workload API X509-SVID from %s: %w", f.spiffeSocket, err)
+		}
+		bsrc, err := workloadapi.NewBundleSource(wctx, opt)
+		if err != nil {
+			_ = x509src.Close()
+			return nil, fmt.Errorf("workload API bundles from %s: %w", f.spiffeSocket, err)
+		}
+		svid, err := x509src.GetX509SVID()
+		if err != nil {
+			_ = x509src.Close()
+			_ = bsrc.Close()
+			return nil, fmt.Errorf("workload API X509-SVID: %w", err)
+		}
+		log.Info("identity from the SPIFFE Workload API", slog.String("spiffe_id", svid.ID.String()))
+		return &identityMaterial{svid: x509src, bundles: bsrc, td: svid.ID.TrustDomain(), close: func() { _ = x509src.Close(); _ = bsrc.Close() }}, nil
+	}
+	m := &identityMaterial{close: func() {}}
+	if f.trustDomain != "" {
+		td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("--trust-domain: %w", err)
+		}
+		m.td = td
+	}
+	if (f.svidCert == "") != (f.svidKey == "") {
+		return nil, errors.New("--svid-cert and --svid-key go together")
+	}
+	if f.svidCert != "" {
+		svid, err := x509svid.Load(f.svidCert, f.svidKey)
+		if err != nil {
+			return nil, fmt.Errorf("load SVID: %w", err)
+		}
+		m.svid = svid
+		if m.td.IsZero() {
+			m.td = svid.ID.TrustDomain()
+		}
+		log.Info("identity from files", slog.String("spiffe_id", svid.ID.String()))
+	}
+	set := spiffebundle.NewSet()
+	for _, spec := range f.bundles {
+		b, err := loadBundle(spec, m.td)
+		if err != nil {
+			return nil, err
+		}
+		if existing, ok := set.Get(b.TrustDomain()); ok {
+			for _, c := range b.X509Authorities() {
+				existing.AddX509Authority(c)
+			}
+			for kid, k := range b.JWTAuthorities() {
+				if err := existing.AddJWTAuthority(kid, k); err != nil {
+					return nil, fmt.Errorf("bundle %s: %w", spec, err)
+				}
+			}
+			continue
+		}
+		set.Add(b)
+	}
+	if set.Len() == 0 {
+		return nil, errors.New("no trust bundle: give --bundle files or a Workload API socket")
+	}
+	m.bundles = set
+	return m, nil
+}
+
+func loadBundle(spec string, defTD spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	td, path := defTD, spec
+	if name, p, ok := strings.Cut(spec, "="); ok {
+		t, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return nil, fmt.Errorf("--bundle %s: %w", spec, err)
+		}
+		td, path = t, p
+	}
+	if td.IsZero() {
+		return nil, fmt.Errorf("--bundle %s: no trust domain (write td=path or give --trust-domain or an SVID)", spec)
+	}
+	if strings.EqualFold(filepath.Ext(path), ".json") {
+		b, err := spiffebundle.Load(td, path)
+		if err != nil {
+			return nil, fmt.Errorf("--bundle %s: %w", spec, err)
+		}
+		return b, nil
+	}
+	xb, err := x509bundle.Load(td, path)
+	if err != nil {
+		return nil, fmt.Errorf("--bundle %s: %w", spec, err)
+	}
+	return spiffebundle.FromX509Bundle(xb), nil
+}
+
+func parseIDs(flag string, ss []string) ([]spiffeid.ID, error) {
+	var out []spiffeid.ID
+	for _, s := range ss {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return nil, fmt.Errorf("--%s %q: %w", flag, s, err)
+		}
+		out = append(out, id)
+	}
+	return out, nil
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) error {
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	if f.policyPath == "" && f.controlPlane == "" {
+		return errors.New("no policy source: give --policy and/or --control-plane")
+	}
+	if f.insecurePlaintext {
+		log.Warn("!!! --insecure-plaintext: checks are served WITHOUT TLS and callers are NOT authenticated; anyone who can reach the port can ask for decisions and read identities. Never use this in production. !!!")
+	}
+
+	idm, err := loadIdentity(ctx, f, log)
+	if err != nil {
+		return err
+	}
+	defer idm.close()
+	hops, err := parseIDs("trusted-hop", f.trustedHops)
+	if err != nil {
+		return err
+	}
+	resolver, err := identity.New(identity.Config{
+		Bundles:        idm.bundles,
+		TrustedHops:    hops,
+		JWTDisabled:    f.noJWT,
+		JWTAudiences:   f.jwtAudiences,
+		JWTHeader:      f.jwtHeader,
+		JWTMaxLifetime: f.jwtMaxLifetime,
+		ClockSkew:      f.clockSkew,
+	})
+	if err != nil {
+		return fmt.Errorf("%w (set --jwt-audience, or --no-jwt-svid to turn JWT-SVIDs off)", err)
+	}
+
+	// Callers of the check listeners.
+	var creds credentials.TransportCredentials
+	var serverTLS *tls.Config
+	if !f.insecurePlaintext {
+		if idm.svid == nil {
+			return errors.New("no server SVID: give --svid-cert/--svid-key or a Workload API socket (or --insecure-plaintext for local development)")
+		}
+		ids, err := parseIDs("allowed-caller", f.allowedCallers)
+		if err != nil {
+			return err
+		}
+		var tds []spiffeid.TrustDomain
+		for _, s := range f.allowedCallerDomains {
+			td, err := spiffeid.TrustDomainFromString(s)
+			if err != nil {
+				return fmt.Errorf("--allowed-caller-trust-domain %q: %w", s, err)
+			}
+			tds = append(tds, td)
+		}
+		auth, err := server.Callers{IDs: ids, TrustDomains: tds}.Authorizer()
+		if err != nil {
+			return fmt.Errorf("%w: give --allowed-caller or --allowed-caller-trust-domain", err)
+		}
+		serverTLS = tlsconfig.MTLSServerConfig(idm.svid, idm.bundles, auth)
+		creds = credentials.NewTLS(serverTLS)
+	} else {
+		creds = insecure.NewCredentials()
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+
+	var dlog *decisionlog.Logger
+	if f.decisionLog != "off" {
+		w := stdout
+		if f.decisionLog != "stdout" && f.decisionLog != "-" {
+			file, err := os.OpenFile(f.decisionLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+			if err != nil {
+				return fmt.Errorf("--decision-log: %w", err)
+			}
+			defer file.Close()
+			w = file
+		}
+		redact := append([]string{f.jwtHeader}, f.decisionLogRedact...)
+		if dlog, err = decisionlog.New(decisionlog.Config{W: w, AllowSampleRate: f.decisionLogSample, Headers: f.decisionLogHeaders, Redact: redact, Buffer: 64 << 10}); err != nil {
+			return err
+		}
+	}
+
+	engine := &policies.Engine{}
+	ld := loader.New(engine, log, m)
+	var sources []loader.Source
+	if f.policyPath != "" {
+		sources = append(sources, &loader.FileSource{Path: f.policyPath, Interval: f.policyPoll, Parse: parsePolicyFiles})
+	}
+	if f.controlPlane != "" {
+		ccreds := insecure.NewCredentials()
+		if !f.insecurePlaintext {
+			authCP := tlsconfig.AuthorizeMemberOf(idm.td)
+			if f.controlPlaneID != "" {
+				id, err := spiffeid.FromString(f.controlPlaneID)
+				if err != nil {
+					return fmt.Errorf("--control-plane-id: %w", err)
+				}
+				authCP = tlsconfig.AuthorizeID(id)
+			}
+			ccreds = credentials.NewTLS(tlsconfig.MTLSClientConfig(idm.svid, idm.bundles, authCP))
+		}
+		conn, err := grpc.NewClient(f.controlPlane, grpc.WithTransportCredentials(ccreds))
+		if err != nil {
+			return fmt.Errorf("--control-plane: %w", err)
+		}
+		defer conn.Close()
+		node := f.nodeID
+		if node == "" {
+			node, _ = os.Hostname()
+		}
+		sources = append(sources, &loader.ADSSource{Conn: conn, Node: &corev3.Node{Id: node, Cluster: "meshguard-authz"}, Log: log})
+	}
+
+	srv, err := server.New(server.Config{
+		Engine: engine, Identity: resolver, Log: log, Metrics: m, DecisionLog: dlog,
+		Request:        request.Options{TrustRouteHeader: f.trustRouteHeader, TrustContextHeaders: f.httpTrustCtxHeaders},
+		CheckTimeout:   f.checkTimeout,
+		HTTPPathPrefix: f.httpPathPrefix,
+		AllowUnscoped:  f.allowUnscoped,
+	})
+	if err != nil {
+		return err
+	}
+	opts := append(srv.GRPCServerOptions(), grpc.Creds(creds))
+	if f.grpcMaxConcurrentStrm > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(f.grpcMaxConcurrentStrm))
+	}
+	g := grpc.NewServer(opts...)
+	srv.Register(g)
+
+	lis, err := net.Listen("tcp", f.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("--grpc-addr: %w", err)
+	}
+	var httpSrv, adminSrv *http.Server
+	var httpLis, adminLis net.Listener
+	if f.httpAddr != "" {
+		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
+			return fmt.Errorf("--http-addr: %w", err)
+		}
+		httpSrv = &http.Server{Handler: srv.HTTPHandler(), TLSConfig: serverTLS, ReadHeaderTimeout: 10 * time.Second}
+	}
+	if f.adminAddr != "" {
+		if adminLis, err = net.Listen("tcp", f.adminAddr); err != nil {
+			return fmt.Errorf("--admin-addr: %w", err)
+		}
+		adminSrv = &http.Server{Handler: srv.AdminHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	errc := make(chan error, 3)
+	loaded := make(chan struct{})
+	go func() { defer close(loaded); ld.Run(runCtx, sources...) }()
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		if dlog != nil {
+			// Lines are batched; at most this much is held in memory.
+			dlog.Run(runCtx, 200*time.Millisecond)
+		}
+	}()
+	go func() {
+		select {
+		case <-ld.Ready():
+			srv.MarkReady()
+			log.Info("ready: policy loaded")
+		case <-runCtx.Done():
+		}
+	}()
+	go func() { errc <- g.Serve(lis) }()
+	if httpSrv != nil {
+		go func() {
+			var err error
+			if serverTLS != nil {
+				err = httpSrv.ServeTLS(httpLis, "", "")
+			} else {
+				err = httpSrv.Serve(httpLis)
+			}
+			if !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	if adminSrv != nil {
+		go func() {
+			if err := adminSrv.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	log.Info("authz server listening",
+		slog.String("grpc", lis.Addr().String()), slog.String("http", addrOf(httpLis)), slog.String("admin", addrOf(adminLis)),
+		slog.Bool("mtls", !f.insecurePlaintext))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining in-flight checks", slog.Duration("grace", f.shutdownGrace))
+	case runErr = <-errc:
+		log.Error("listener failed", slog.Any("error", runErr))
+	}
+	srv.Shutdown()
+	drainCtx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { g.GracefulStop(); close(drained) }()
+	if httpSrv != nil {
+		_ = httpSrv.Shutdown(drainCtx)
+	}
+	select {
+	case <-drained:
+	case <-drainCtx.Done():
+		log.Warn("drain grace expired; closing remaining connections")
+		g.Stop()
+	}
+	if adminSrv != nil {
+		_ = adminSrv.Shutdown(drainCtx)
+	}
+	stop()
+	<-loaded
+	<-flushed
+	return runErr
+}
+
+// parsePolicyFiles reads YAML policy documents into a bundle; every
+// diagnostic error rejects the update.
+func parsePolicyFiles(paths []string) (*policies.Bundle, error) {
+	set, diags, err := source.Load(paths...)
+	if err != nil {
+		return nil, err
+	}
+	if err := diags.Err(); err != nil {
+		return nil, err
+	}
+	b, _, err := policies.NewBundle("", set)
+	return b, err
+}
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}

@@ -1,0 +1,423 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/meshguard/meshguard/controlplane/api"
+	"github.com/meshguard/meshguard/controlplane/learn"
+	"github.com/meshguard/meshguard/controlplane/mesh"
+	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/store"
+	"github.com/meshguard/meshguard/controlplane/xdsserver"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/source"
+)
+
+// spiffeFlags select where an SVID and trust bundle come from: the SPIFFE
+// Workload API, files, or nothing (plaintext, local use only).
+type spiffeFlags struct {
+	socket      string
+	certFile    string
+	keyFile     string
+	bundleFile  string
+	trustDomain string
+	insecure    bool
+}
+
+func (f *spiffeFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.socket, "spiffe-socket", "", "SPIFFE Workload API socket (unix:///run/spire/sockets/agent.sock); default $SPIFFE_ENDPOINT_SOCKET")
+	fl.StringVar(&f.certFile, "svid-cert", "", "X509-SVID certificate chain (PEM) instead of the Workload API")
+	fl.StringVar(&f.keyFile, "svid-key", "", "X509-SVID private key (PEM), with --svid-cert")
+	fl.StringVar(&f.bundleFile, "trust-bundle", "", "trust bundle (PEM), with --svid-cert")
+	fl.StringVar(&f.trustDomain, "trust-domain", "", "trust domain of the mesh (default: the SVID's)")
+	fl.BoolVar(&f.insecure, "insecure-plaintext", false, "serve and call without TLS or authentication (LOCAL TESTING ONLY)")
+}
+
+// sources returns the SVID and bundle sources and the trust domain; close
+// releases a Workload API client.
+func (f *spiffeFlags) sources(ctx context.Context) (x509svid.Source, x509bundle.Source, spiffeid.TrustDomain, func(), error) {
+	noop := func() {}
+	var svidSrc x509svid.Source
+	var bundleSrc x509bundle.Source
+	var td spiffeid.TrustDomain
+	closeFn := noop
+	switch {
+	case f.certFile != "" || f.keyFile != "" || f.bundleFile != "":
+		if f.certFile == "" || f.keyFile == "" || f.bundleFile == "" {
+			return nil, nil, td, noop, errors.New("--svid-cert, --svid-key and --trust-bundle go together")
+		}
+		svid, err := x509svid.Load(f.certFile, f.keyFile)
+		if err != nil {
+			return nil, nil, td, noop, fmt.Errorf("load SVID: %w", err)
+		}
+		td = svid.ID.TrustDomain()
+		if f.trustDomain != "" {
+			if td, err = spiffeid.TrustDomainFromString(f.trustDomain); err != nil {
+				return nil, nil, td, noop, fmt.Errorf("--trust-domain: %w", err)
+			}
+		}
+		b, err := x509bundle.Load(td, f.bundleFile)
+		if err != nil {
+			return nil, nil, td, noop, fmt.Errorf("load trust bundle: %w", err)
+		}
+		svidSrc, bundleSrc = svid, b
+	default:
+		var opts []workloadapi.X509SourceOption
+		if f.socket != "" {
+			opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(f.socket)))
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		src, err := workloadapi.NewX509Source(wctx, opts...)
+		if err != nil {
+			return nil, nil, td, noop, fmt.Errorf("SPIFFE Workload API (use --spiffe-socket, --svid-cert or --insecure-plaintext): %w", err)
+		}
+		svid, err := src.GetX509SVID()
+		if err != nil {
+			_ = src.Close()
+			return nil, nil, td, noop, fmt.Errorf("SPIFFE Workload API: %w", err)
+		}
+		td = svid.ID.TrustDomain()
+		if f.trustDomain != "" {
+			if td, err = spiffeid.TrustDomainFromString(f.trustDomain); err != nil {
+				_ = src.Close()
+				return nil, nil, td, noop, fmt.Errorf("--trust-domain: %w", err)
+			}
+		}
+		svidSrc, bundleSrc = src, src
+		closeFn = func() { _ = src.Close() }
+	}
+	return svidSrc, bundleSrc, td, closeFn, nil
+}
+
+func warnInsecure(w io.Writer, what string) {
+	fmt.Fprintf(w, `
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! WARNING: --insecure-plaintext: %s without TLS and without
+!! authentication. Anyone who can reach it can read the policy bundle, post
+!! events that quarantine identities and release quarantines. Local testing
+!! only; never in a real mesh.
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+
+`, what)
+}
+
+type controlPlaneFlags struct {
+	xdsAddr, httpAddr, metricsAddr string
+	meshFile                       string
+	policyPaths                    []string
+	reload                         time.Duration
+	admins                         []string
+	protected                      []string
+	auditLog                       string
+	rootNamespace                  string
+	quarantineFor                  time.Duration
+	thresholdEvents                int
+	thresholdWindow                time.Duration
+	logLevel                       string
+	memoryLimitMiB                 int64
+	spiffe                         spiffeFlags
+}
+
+func newControlPlaneCmd() *cobra.Command {
+	var f controlPlaneFlags
+	cmd := &cobra.Command{
+		Use:   "controlplane",
+		Short: "Run the xDS control plane, policy distribution and the quarantine loop",
+		Long: `controlplane serves Envoy configuration and the policy bundle over ADS
+(state of the world and delta), accepts detection and edge events from wasm
+filters and authz servers, and quarantines identities mesh-wide according to
+the anomaly profiles.
+
+Policies come from --policy files and directories (re-read every --reload);
+a set that does not validate or compile is rejected and the last good bundle
+keeps serving. The mesh description (--mesh) lists the plain-Envoy workloads
+and proxyless gRPC servers to generate configuration for; without it only
+the bundle is served (authz servers).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runControlPlane(cmd.Context(), cmd.ErrOrStderr(), &f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.xdsAddr, "xds-addr", ":18000", "address of the xDS (ADS) gRPC server")
+	fl.StringVar(&f.httpAddr, "http-addr", ":8443", "address of the events endpoint and admin API")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "address of /metrics, /healthz and /readyz (plain HTTP)")
+	fl.StringVar(&f.meshFile, "mesh", "", "mesh description (YAML) of plain-Envoy and proxyless gRPC workloads")
+	fl.StringSliceVar(&f.policyPaths, "policy", nil, "policy file or directory (repeatable)")
+	fl.DurationVar(&f.reload, "reload", 5*time.Second, "how often to re-read --policy paths (0: never)")
+	fl.StringSliceVar(&f.admins, "admin-id", nil, "SPIFFE ID allowed to use the admin API (repeatable)")
+	fl.StringSliceVar(&f.protected, "protected-id", nil, "SPIFFE ID never quarantined by events (repeatable)")
+	fl.StringVar(&f.auditLog, "audit-log", "", "append quarantine audit records (JSON lines) to this file")
+	fl.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide documents (quarantines)")
+	fl.DurationVar(&f.quarantineFor, "quarantine-for", 15*time.Minute, "quarantine duration when the anomaly profile sets none")
+	fl.IntVar(&f.thresholdEvents, "quarantine-threshold", 5, "quarantine after this many block-level events in --quarantine-window (0: off)")
+	fl.DurationVar(&f.thresholdWindow, "quarantine-window", time.Minute, "window of --quarantine-threshold")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")
+	f.spiffe.register(cmd)
+	return cmd
+}
+
+func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if f.memoryLimitMiB < 0 {
+		return errors.New("--memory-limit-mib must not be negative")
+	}
+	if f.memoryLimitMiB > 0 {
+		debug.SetMemoryLimit(f.memoryLimitMiB << 20)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var m *mesh.Mesh
+	if f.meshFile != "" {
+		var err error
+		if m, err = mesh.Load(f.meshFile); err != nil {
+			return err
+		}
+	}
+	st, err := store.New(store.Options{
+		Logger: log, Registerer: reg,
+		Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err },
+	})
+	if err != nil {
+		return err
+	}
+	xs, err := xdsserver.New(ctx, xdsserver.Options{Mesh: m, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	defer st.Subscribe(func(b *policies.Bundle) { _ = xs.Publish(b) })()
+
+	// Policies first, so that nothing is served before a good bundle exists.
+	if err := loadPolicyFiles(st, f.policyPaths); err != nil {
+		return err
+	}
+
+	var (
+		grpcOpts  []grpc.ServerOption
+		httpTLS   *tls.Config
+		td        spiffeid.TrustDomain
+		adminIDs  []spiffeid.ID
+		protected []spiffeid.ID
+	)
+	for _, s := range f.admins {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return fmt.Errorf("--admin-id %q: %w", s, err)
+		}
+		adminIDs = append(adminIDs, id)
+	}
+	for _, s := range f.protected {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return fmt.Errorf("--protected-id %q: %w", s, err)
+		}
+		protected = append(protected, id)
+	}
+	if f.spiffe.insecure {
+		warnInsecure(stderr, "the xDS server, the events endpoint and the admin API run")
+	} else {
+		svids, bundles, trust, closeSrc, err := f.spiffe.sources(ctx)
+		if err != nil {
+			return err
+		}
+		defer closeSrc()
+		td = trust
+		// Every node of the mesh may fetch config and post events; the
+		// admin API checks its own allow-list on top.
+		authorizer := tlsconfig.AuthorizeMemberOf(td)
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tlsconfig.MTLSServerConfig(svids, bundles, authorizer))))
+		httpTLS = tlsconfig.MTLSServerConfig(svids, bundles, authorizer)
+		if len(adminIDs) == 0 {
+			log.Warn("no --admin-id: the admin API refuses every caller")
+		}
+	}
+	grpcOpts = append(grpcOpts,
+		grpc.MaxConcurrentStreams(1<<16),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+
+	var audit io.Writer
+	if f.auditLog != "" {
+		af, err := os.OpenFile(f.auditLog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("--audit-log: %w", err)
+		}
+		defer af.Close()
+		audit = af
+	}
+	qm, err := quarantine.New(quarantine.Options{
+		Sink: st,
+		Profiles: func() []policies.AnomalyProfile {
+			if b := st.Bundle(); b != nil {
+				return b.Set.AnomalyProfiles
+			}
+			return nil
+		},
+		Namespace:       f.rootNamespace,
+		DefaultDuration: f.quarantineFor,
+		Threshold:       quarantine.Threshold{Events: f.thresholdEvents, Window: f.thresholdWindow},
+		Protected:       protected,
+		Audit:           audit,
+		Logger:          log,
+		Registerer:      reg,
+	})
+	if err != nil {
+		return err
+	}
+	learner := learn.New(0, nil)
+	handler, err := api.New(api.Options{
+		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs,
+		Insecure: f.spiffe.insecure, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+
+	gs := grpc.NewServer(grpcOpts...)
+	xs.Register(gs)
+	xdsLis, err := net.Listen("tcp", f.xdsAddr)
+	if err != nil {
+		return fmt.Errorf("--xds-addr: %w", err)
+	}
+	httpLis, err := net.Listen("tcp", f.httpAddr)
+	if err != nil {
+		_ = xdsLis.Close()
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	metricsLis, err := net.Listen("tcp", f.metricsAddr)
+	if err != nil {
+		_ = xdsLis.Close()
+		_ = httpLis.Close()
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	apiSrv := &http.Server{Handler: handler, TLSConfig: httpTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if st.Bundle() == nil {
+			http.Error(w, "no policy bundle yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	log.Info("control plane listening", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
+		"metrics", metricsLis.Addr().String(), "tls", !f.spiffe.insecure, "workloads", workloadCount(m))
+
+	errc := make(chan error, 3)
+	go func() { errc <- gs.Serve(xdsLis) }()
+	go func() {
+		var err error
+		if httpTLS != nil {
+			err = apiSrv.ServeTLS(httpLis, "", "")
+		} else {
+			err = apiSrv.Serve(httpLis)
+		}
+		errc <- err
+	}()
+	go func() { errc <- metricsSrv.Serve(metricsLis) }()
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); qm.Run(ctx, time.Second) }()
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		if f.reload <= 0 || len(f.policyPaths) == 0 {
+			return
+		}
+		t := time.NewTicker(f.reload)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := loadPolicyFiles(st, f.policyPaths); err != nil {
+					log.Error("policy reload rejected; the last good bundle keeps serving", "error", err)
+				}
+			}
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	_ = apiSrv.Shutdown(shutdown)
+	_ = metricsSrv.Shutdown(shutdown)
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdown.Done():
+		gs.Stop()
+	}
+	<-sweepDone
+	<-reloadDone
+	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) && !errors.Is(runErr, grpc.ErrServerStopped) {
+		return runErr
+	}
+	return nil
+}
+
+func workloadCount(m *mesh.Mesh) int {
+	if m == nil {
+		return 0
+	}
+	return len(m.Workloads)
+}
+
+// loadPolicyFiles reads the policy paths into the store's "files" source.
+func loadPolicyFiles(st *store.Store, paths []string) error {
+	if len(paths) == 0 {
+		return st.SetSource("files", policies.Set{})
+	}
+	set, diags, err := source.Load(paths...)
+	if err != nil {
+		return fmt.Errorf("read policies: %w", err)
+	}
+	if err := diags.Err(); err != nil {
+		return err
+	}
+	return st.SetSource("files", set)
+}

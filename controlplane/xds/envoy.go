@@ -1,0 +1,523 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extauthz "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshguard/meshguard/controlplane/mesh"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
+)
+
+// Names of what the generator emits. Stable: dashboards and bootstraps use them.
+const (
+	ClusterAuthz        = "meshguard_authz"
+	ClusterControlPlane = "meshguard_controlplane"
+	ClusterSPIREAgent   = "spire_agent"
+	ClusterWasmFetch    = "meshguard_wasm_fetch"
+
+	// WasmTypeURL is the ECDS type of the meshguard filter's configuration.
+	WasmTypeURL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+	filterExtAuthz = "envoy.filters.http.ext_authz"
+	filterRouter   = "envoy.filters.http.router"
+	filterHCM      = "envoy.filters.network.http_connection_manager"
+	transportTLS   = "envoy.transport_sockets.tls"
+	httpOptsKey    = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	wasmRuntime    = "envoy.wasm.runtime.v8"
+	wasmRootID     = "meshguard"
+)
+
+func inboundName(in mesh.Inbound) string  { return "inbound_" + in.Name }
+func appCluster(in mesh.Inbound) string   { return "inbound_app_" + in.Name }
+func outboundName(u mesh.Upstream) string { return "outbound_" + u.Name }
+func upstreamCluster(name string) string  { return "outbound|" + name }
+func adsSource() *core.ConfigSource {
+	return &core.ConfigSource{
+		ResourceApiVersion:    core.ApiVersion_V3,
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+	}
+}
+
+// envoyResources returns the listeners, routes, clusters and the ECDS filter
+// config of an Envoy node serving w.
+func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle, filterConfig filterConfigParts) (map[resource.Type][]types.Resource, error) {
+	out := map[resource.Type][]types.Resource{}
+	disabled := disabledRoutes(w, b)
+	for _, in := range w.Inbound {
+		rc, err := g.inboundRoutes(w, in, disabled)
+		if err != nil {
+			return nil, err
+		}
+		l, err := g.inboundListener(w, in)
+		if err != nil {
+			return nil, err
+		}
+		out[resource.RouteType] = append(out[resource.RouteType], rc)
+		out[resource.ListenerType] = append(out[resource.ListenerType], l)
+		out[resource.ClusterType] = append(out[resource.ClusterType],
+			plainCluster(appCluster(in), "127.0.0.1", in.AppPort, false))
+	}
+	for _, u := range w.Upstreams {
+		l, err := g.outboundListener(u)
+		if err != nil {
+			return nil, err
+		}
+		out[resource.ListenerType] = append(out[resource.ListenerType], l)
+		out[resource.RouteType] = append(out[resource.RouteType], outboundRoutes(u))
+		c, err := g.mtlsCluster(upstreamCluster(u.Name), u.Address, u.Port, u.SPIFFEID, w.SPIFFEID, false)
+		if err != nil {
+			return nil, err
+		}
+		out[resource.ClusterType] = append(out[resource.ClusterType], c)
+	}
+	authz, err := g.mtlsCluster(ClusterAuthz, g.mesh.Authz.Address, g.mesh.Authz.Port, g.mesh.Authz.ID.String(), w.SPIFFEID, true)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := g.mtlsCluster(ClusterControlPlane, g.mesh.ControlPlane.Address, g.mesh.ControlPlane.Port, g.mesh.ControlPlane.ID.String(), w.SPIFFEID, false)
+	if err != nil {
+		return nil, err
+	}
+	out[resource.ClusterType] = append(out[resource.ClusterType], authz, cp, g.spireCluster())
+	if fetch := g.wasmFetchCluster(); fetch != nil {
+		out[resource.ClusterType] = append(out[resource.ClusterType], fetch)
+	}
+	ecds, err := g.wasmExtensionConfig(filterConfig)
+	if err != nil {
+		return nil, err
+	}
+	out[resource.ExtensionConfigType] = append(out[resource.ExtensionConfigType], ecds)
+	return out, nil
+}
+
+// disabledRoutes lists the routes of w whose ext_authz call a RouteOverride
+// (in w's namespace or the root namespace) disables.
+func disabledRoutes(w *mesh.ValidWorkload, b *policies.Bundle) map[string]bool {
+	root := b.Set.Settings.RootNamespace
+	if root == "" {
+		root = "istio-system"
+	}
+	out := map[string]bool{}
+	for _, ro := range b.Set.RouteOverrides {
+		ns := ro.Metadata.Namespace
+		if ro.Spec.DisableExtAuthz && (ns == w.Namespace || ns == root) {
+			out[ro.Spec.Route] = true
+		}
+	}
+	return out
+}
+
+func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabled map[string]bool) (*route.RouteConfiguration, error) {
+	vh := &route.VirtualHost{Name: inboundName(in), Domains: []string{"*"}}
+	for _, r := range in.Routes {
+		m := &route.RouteMatch{}
+		if r.Path != "" {
+			m.PathSpecifier = &route.RouteMatch_Path{Path: r.Path}
+		} else {
+			m.PathSpecifier = &route.RouteMatch_Prefix{Prefix: r.Prefix}
+		}
+		target := appCluster(in)
+		if r.Upstream != "" {
+			target = upstreamCluster(r.Upstream)
+		}
+		var perRoute *extauthz.ExtAuthzPerRoute
+		if r.DisableExtAuthz || disabled[r.Name] {
+			perRoute = &extauthz.ExtAuthzPerRoute{Override: &extauthz.ExtAuthzPerRoute_Disabled{Disabled: true}}
+		} else {
+			perRoute = &extauthz.ExtAuthzPerRoute{Override: &extauthz.ExtAuthzPerRoute_CheckSettings{
+				CheckSettings: &extauthz.CheckSettings{ContextExtensions: map[string]string{
+					wire.ContextRoute:       r.Name,
+					wire.ContextPolicyScope: w.Namespace + "/" + w.Name,
+					wire.ContextNamespace:   w.Namespace,
+					wire.ContextWorkload:    w.SPIFFEID,
+					wire.ContextService:     w.Service,
+				}},
+			}}
+		}
+		pr, err := marshalAny(perRoute)
+		if err != nil {
+			return nil, err
+		}
+		vh.Routes = append(vh.Routes, &route.Route{
+			Name:  r.Name,
+			Match: m,
+			Action: &route.Route_Route{Route: &route.RouteAction{
+				ClusterSpecifier: &route.RouteAction_Cluster{Cluster: target},
+			}},
+			TypedPerFilterConfig: map[string]*anyProto{filterExtAuthz: pr},
+		})
+	}
+	return &route.RouteConfiguration{
+		Name:         inboundName(in),
+		VirtualHosts: []*route.VirtualHost{vh},
+		// Requests that match no route are not forwarded anywhere.
+		ValidateClusters: wrapperspb.Bool(true),
+	}, nil
+}
+
+func outboundRoutes(u mesh.Upstream) *route.RouteConfiguration {
+	return &route.RouteConfiguration{
+		Name: outboundName(u),
+		VirtualHosts: []*route.VirtualHost{{
+			Name:    outboundName(u),
+			Domains: []string{"*"},
+			Routes: []*route.Route{{
+				Name:  outboundName(u),
+				Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &route.Route_Route{Route: &route.RouteAction{
+					ClusterSpecifier: &route.RouteAction_Cluster{Cluster: upstreamCluster(u.Name)},
+				}},
+			}},
+		}},
+	}
+}
+
+func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*listener.Listener, error) {
+	authz, err := marshalAny(&extauthz.ExtAuthz{
+		Services: &extauthz.ExtAuthz_GrpcService{GrpcService: &core.GrpcService{
+			TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: ClusterAuthz}},
+			Timeout:         durationpb.New(g.mesh.Authz.Timeout),
+		}},
+		TransportApiVersion:    core.ApiVersion_V3,
+		FailureModeAllow:       false,
+		IncludePeerCertificate: true,
+		StatPrefix:             "meshguard",
+		StatusOnError:          nil, // 403 on error (Envoy's default), never a pass
+	})
+	if err != nil {
+		return nil, err
+	}
+	rtr, err := marshalAny(&router.Router{})
+	if err != nil {
+		return nil, err
+	}
+	manager := &hcm.HttpConnectionManager{
+		StatPrefix: inboundName(in),
+		CodecType:  hcm.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: inboundName(in),
+		}},
+		HttpFilters: []*hcm.HttpFilter{
+			{
+				// With config_discovery the filter's name is the ECDS
+				// resource name. No default config: the listener warms
+				// until the filter config (and so the policy) arrives.
+				Name: wire.FilterConfigName,
+				ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
+					ConfigSource: adsSource(),
+					TypeUrls:     []string{WasmTypeURL},
+				}},
+			},
+			{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: authz}},
+			{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}},
+		},
+		// Identity of the direct peer for the authz server; anything the
+		// client sent in XFCC is replaced.
+		ForwardClientCertDetails: hcm.HttpConnectionManager_SANITIZE_SET,
+		SetCurrentClientCertDetails: &hcm.HttpConnectionManager_SetCurrentClientCertDetails{
+			Uri: true,
+		},
+		NormalizePath:                wrapperspb.Bool(g.mesh.NormalizePath),
+		MergeSlashes:                 g.mesh.NormalizePath,
+		PathWithEscapedSlashesAction: hcm.HttpConnectionManager_UNESCAPE_AND_REDIRECT,
+		UseRemoteAddress:             wrapperspb.Bool(true),
+	}
+	mgr, err := marshalAny(manager)
+	if err != nil {
+		return nil, err
+	}
+	tlsCtx, err := marshalAny(&tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext:         g.commonTLS(w.SPIFFEID, ""),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listener.Listener{
+		Name:    inboundName(in),
+		Address: socketAddress("0.0.0.0", in.Port),
+		FilterChains: []*listener.FilterChain{{
+			Filters: []*listener.Filter{{
+				Name:       filterHCM,
+				ConfigType: &listener.Filter_TypedConfig{TypedConfig: mgr},
+			}},
+			TransportSocket: &core.TransportSocket{
+				Name:       transportTLS,
+				ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: tlsCtx},
+			},
+		}},
+	}, nil
+}
+
+func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error) {
+	rtr, err := marshalAny(&router.Router{})
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := marshalAny(&hcm.HttpConnectionManager{
+		StatPrefix: outboundName(u),
+		CodecType:  hcm.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: outboundName(u),
+		}},
+		HttpFilters: []*hcm.HttpFilter{
+			{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listener.Listener{
+		Name:    outboundName(u),
+		Address: socketAddress("127.0.0.1", u.ListenPort),
+		FilterChains: []*listener.FilterChain{{
+			Filters: []*listener.Filter{{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mgr}}},
+		}},
+	}, nil
+}
+
+// commonTLS presents the SVID named after the workload's SPIFFE ID and
+// validates peers against the trust bundle, both over SDS from the SPIRE
+// agent; when peerID is set the peer's URI SAN must equal it.
+func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
+	spire := &core.ConfigSource{
+		ResourceApiVersion: core.ApiVersion_V3,
+		ConfigSourceSpecifier: &core.ConfigSource_ApiConfigSource{ApiConfigSource: &core.ApiConfigSource{
+			ApiType:             core.ApiConfigSource_GRPC,
+			TransportApiVersion: core.ApiVersion_V3,
+			GrpcServices: []*core.GrpcService{{
+				TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: ClusterSPIREAgent}},
+			}},
+		}},
+	}
+	ctx := &tlsv3.CommonTlsContext{
+		TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{
+			Name: selfID, SdsConfig: spire,
+		}},
+	}
+	bundle := &tlsv3.SdsSecretConfig{Name: g.mesh.BundleSecret, SdsConfig: spire}
+	if peerID == "" {
+		ctx.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: bundle}
+		return ctx
+	}
+	ctx.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext: &tlsv3.CertificateValidationContext{
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: tlsv3.SubjectAltNameMatcher_URI,
+					Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: peerID}},
+				}},
+			},
+			ValidationContextSdsSecretConfig: bundle,
+		},
+	}
+	return ctx
+}
+
+func (g *Generator) mtlsCluster(name, host string, port uint32, peerID, selfID string, http2 bool) (*cluster.Cluster, error) {
+	c := plainCluster(name, host, port, http2)
+	tlsCtx, err := marshalAny(&tlsv3.UpstreamTlsContext{
+		CommonTlsContext: g.commonTLS(selfID, peerID),
+		Sni:              sniFor(host),
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.TransportSocket = &core.TransportSocket{Name: transportTLS, ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: tlsCtx}}
+	return c, nil
+}
+
+func sniFor(host string) string {
+	if net.ParseIP(host) != nil {
+		return ""
+	}
+	return host
+}
+
+func plainCluster(name, host string, port uint32, http2 bool) *cluster.Cluster {
+	typ := cluster.Cluster_STRICT_DNS
+	if net.ParseIP(host) != nil {
+		typ = cluster.Cluster_STATIC
+	}
+	c := &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: typ},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LbPolicy:             cluster.Cluster_ROUND_ROBIN,
+		LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: socketAddress(host, port)}},
+			}}}},
+		},
+	}
+	if typ == cluster.Cluster_STRICT_DNS {
+		c.DnsLookupFamily = cluster.Cluster_V4_PREFERRED
+	}
+	if http2 {
+		c.TypedExtensionProtocolOptions = map[string]*anyProto{httpOptsKey: mustAny(http2Options())}
+	}
+	return c
+}
+
+func http2Options() *httpopts.HttpProtocolOptions {
+	return &httpopts.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
+		}},
+	}
+}
+
+// spireCluster reaches the SPIRE agent's SDS over its unix socket.
+func (g *Generator) spireCluster() *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 ClusterSPIREAgent,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: ClusterSPIREAgent,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{
+					Address: &core.Address_Pipe{Pipe: &core.Pipe{Path: g.mesh.SPIRESocket}},
+				}}},
+			}}}},
+		},
+		TypedExtensionProtocolOptions: map[string]*anyProto{httpOptsKey: mustAny(http2Options())},
+	}
+}
+
+// wasmFetchCluster reaches the host of a remote wasm module; integrity comes
+// from the module's sha256, which Envoy checks before loading it.
+func (g *Generator) wasmFetchCluster() *cluster.Cluster {
+	if g.mesh.Wasm.URL == "" {
+		return nil
+	}
+	u, _ := url.Parse(g.mesh.Wasm.URL) // validated by mesh
+	host := u.Hostname()
+	port := uint32(443)
+	if u.Scheme == "http" {
+		port = 80
+	}
+	if p := u.Port(); p != "" {
+		n, _ := strconv.ParseUint(p, 10, 16)
+		port = uint32(n)
+	}
+	c := plainCluster(ClusterWasmFetch, host, port, false)
+	if u.Scheme == "https" {
+		c.TransportSocket = &core.TransportSocket{Name: transportTLS, ConfigType: &core.TransportSocket_TypedConfig{
+			TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{Sni: sniFor(host)}),
+		}}
+	}
+	return c
+}
+
+// wasmExtensionConfig is the ECDS resource of the meshguard filter. The
+// plugin fails closed: a VM that cannot start or crashes denies traffic.
+//
+// The filter configuration carries the whole bundle and differs per
+// workload, so at fleet scale it dominates the control plane's memory and
+// build time. It is therefore encoded by hand into one buffer, the bundle
+// copied once, instead of through three nested proto marshals (the result
+// is byte-for-byte a valid Wasm message; tests decode it).
+func (g *Generator) wasmExtensionConfig(fc filterConfigParts) (*core.TypedExtensionConfig, error) {
+	code := &core.AsyncDataSource{}
+	if g.mesh.Wasm.URL != "" {
+		code.Specifier = &core.AsyncDataSource_Remote{Remote: &core.RemoteDataSource{
+			HttpUri: &core.HttpUri{
+				Uri:              g.mesh.Wasm.URL,
+				HttpUpstreamType: &core.HttpUri_Cluster{Cluster: ClusterWasmFetch},
+				Timeout:          durationpb.New(wasmFetchTimeout),
+			},
+			Sha256: g.mesh.Wasm.SHA256,
+		}}
+	} else {
+		code.Specifier = &core.AsyncDataSource_Local{Local: &core.DataSource{
+			Specifier: &core.DataSource_Filename{Filename: g.mesh.Wasm.File},
+		}}
+	}
+	plugin, err := deterministic.Marshal(&wasmv3.PluginConfig{
+		Name:   wire.FilterConfigName,
+		RootId: wasmRootID,
+		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
+			VmId:    wasmRootID,
+			Runtime: wasmRuntime,
+			Code:    code,
+		}},
+		FailurePolicy: wasmv3.FailurePolicy_FAIL_CLOSED,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("marshal plugin config: %w", err)
+	}
+	const stringValueURL = "type.googleapis.com/google.protobuf.StringValue"
+	jsonLen := fc.len()
+	sv := protowire.SizeTag(1) + protowire.SizeBytes(jsonLen)                   // StringValue.value
+	anyLen := protowire.SizeTag(1) + protowire.SizeBytes(len(stringValueURL)) + // Any.type_url
+		protowire.SizeTag(2) + protowire.SizeBytes(sv) // Any.value
+	field := protowire.SizeTag(4) + protowire.SizeBytes(anyLen) // PluginConfig.configuration
+	pluginLen := len(plugin) + field
+	total := protowire.SizeTag(1) + protowire.SizeBytes(pluginLen) // Wasm.config
+
+	b := make([]byte, 0, total)
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // Wasm.config
+	b = protowire.AppendVarint(b, uint64(pluginLen))
+	b = append(b, plugin...)
+	b = protowire.AppendTag(b, 4, protowire.BytesType) // PluginConfig.configuration
+	b = protowire.AppendVarint(b, uint64(anyLen))
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // Any.type_url
+	b = protowire.AppendString(b, stringValueURL)
+	b = protowire.AppendTag(b, 2, protowire.BytesType) // Any.value
+	b = protowire.AppendVarint(b, uint64(sv))
+	b = protowire.AppendTag(b, 1, protowire.BytesType) // StringValue.value
+	b = protowire.AppendVarint(b, uint64(jsonLen))
+	b = fc.appendTo(b)
+	if len(b) != total {
+		return nil, fmt.Errorf("encode filter config: %d bytes, want %d", len(b), total)
+	}
+	return &core.TypedExtensionConfig{
+		Name:        wire.FilterConfigName,
+		TypedConfig: &anypb.Any{TypeUrl: WasmTypeURL, Value: b},
+	}, nil
+}
+
+func socketAddress(host string, port uint32) *core.Address {
+	return &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address:       host,
+		PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,209 @@
+package xds
+
+import (
+	"encoding/json"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	"google.golang.org/protobuf/proto"
+	"regexp"
+	"strings"
+	"testing"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
+)
+
+func TestFilterConfigCarriesTheBundle(t *testing.T) {
+	m, eb := loadCase(t, "testdata/in/basic.yaml")
+	g := NewGenerator(m)
+	snap, err := g.Snapshot(m.Workloads[0], eb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecds := snap.GetResources(resource.ExtensionConfigType)
+	fres, ok := ecds[wire.FilterConfigName].(*core.TypedExtensionConfig)
+	if !ok {
+		t.Fatalf("no %s in %v", wire.FilterConfigName, ecds)
+	}
+	var w wasmfilter.Wasm
+	if err := fres.TypedConfig.UnmarshalTo(&w); err != nil {
+		t.Fatal(err)
+	}
+	var cfgStr wrapperspb.StringValue
+	if err := w.Config.Configuration.UnmarshalTo(&cfgStr); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(strings.NewReader(cfgStr.Value))
+	dec.DisallowUnknownFields()
+	var fc wire.FilterConfig
+	if err := dec.Decode(&fc); err != nil {
+		t.Fatalf("filter config is not wire.FilterConfig: %v", err)
+	}
+	if fc.Workload.ID != "spiffe://example.org/ns/shop/sa/web" || fc.Workload.Namespace != "shop" || !fc.RequireMTLS {
+		t.Fatalf("workload = %+v requireMtls=%v", fc.Workload, fc.RequireMTLS)
+	}
+	if fc.ControlPlane.Cluster != ClusterControlPlane || fc.ControlPlane.Path != wire.EventsPath {
+		t.Fatalf("control plane = %+v", fc.ControlPlane)
+	}
+	b, err := policies.DecodeBundle(fc.Bundle)
+	if err != nil {
+		t.Fatalf("bundle in the filter config does not decode: %v", err)
+	}
+	if b.Hash != eb.Bundle.Hash {
+		t.Fatal("filter config carries another bundle")
+	}
+	// The same bundle is served to authz servers.
+	bres := ecds[wire.BundleResourceName].(*core.TypedExtensionConfig)
+	var bs wrapperspb.StringValue
+	if err := bres.TypedConfig.UnmarshalTo(&bs); err != nil {
+		t.Fatal(err)
+	}
+	if bs.Value != string(fc.Bundle) {
+		t.Fatal("authz bundle resource and filter bundle differ")
+	}
+}
+
+func TestExtAuthzFailsClosed(t *testing.T) {
+	m, eb := loadCase(t, "testdata/in/basic.yaml")
+	snap, err := NewGenerator(m).Snapshot(m.Workloads[0], eb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := snap.GetResources(resource.ListenerType)["inbound_http"].(*listener.Listener)
+	mgr := resource.GetHTTPConnectionManager(l.FilterChains[0].Filters[0])
+	names := []string{}
+	for _, f := range mgr.HttpFilters {
+		names = append(names, f.Name)
+	}
+	if strings.Join(names, ",") != wire.FilterConfigName+",envoy.filters.http.ext_authz,envoy.filters.http.router" {
+		t.Fatalf("filter order = %v", names)
+	}
+	if mgr.HttpFilters[0].GetConfigDiscovery().GetDefaultConfig() != nil {
+		t.Fatal("the wasm filter must have no default config (the listener warms until the policy arrives)")
+	}
+	if mgr.ForwardClientCertDetails != hcm.HttpConnectionManager_SANITIZE_SET {
+		t.Fatal("client XFCC must be sanitized")
+	}
+	if l.FilterChains[0].TransportSocket == nil {
+		t.Fatal("inbound listener without TLS")
+	}
+}
+
+func TestAssembleRejectsInvalidAndInconsistent(t *testing.T) {
+	tests := []struct {
+		name string
+		res  map[resource.Type][]types.Resource
+		want string
+	}{
+		{"invalid cluster", map[resource.Type][]types.Resource{
+			resource.ClusterType: {&cluster.Cluster{Name: ""}},
+		}, "Name"},
+		{"listener references a missing route", map[resource.Type][]types.Resource{
+			resource.ListenerType: {mustListenerWithRDS(t, "missing")},
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := assemble(tt.res, map[resource.Type]string{})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if tt.want != "" && !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+}
+
+func mustListenerWithRDS(t *testing.T, route string) *listener.Listener {
+	t.Helper()
+	mgr, err := marshalAny(&hcm.HttpConnectionManager{
+		StatPrefix:     "x",
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{ConfigSource: adsSource(), RouteConfigName: route}},
+		HttpFilters:    []*hcm.HttpFilter{{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&wrapperspb.StringValue{})}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listener.Listener{
+		Name:         "l",
+		Address:      socketAddress("0.0.0.0", 1),
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mgr}}}}},
+	}
+}
+
+func TestSpiffePatternRegex(t *testing.T) {
+	tests := []struct {
+		pattern, id string
+		want        bool
+	}{
+		{"spiffe://example.org", "spiffe://example.org/ns/a/sa/b", true},
+		{"spiffe://example.org", "spiffe://example.org.evil/ns/a", false},
+		{"spiffe://example.org/ns/*/sa/web", "spiffe://example.org/ns/a/sa/web", true},
+		{"spiffe://example.org/ns/*/sa/web", "spiffe://example.org/ns/a/b/sa/web", false},
+		{"spiffe://example.org/ns/a/sa/web-*", "spiffe://example.org/ns/a/sa/web-1", true},
+		{"spiffe://example.org/ns/a/sa/web", "spiffe://example.org/ns/a/sa/web2", false},
+		{"spiffe://example.org/ns/a.b/sa/x", "spiffe://example.org/ns/aXb/sa/x", false},
+	}
+	for _, tt := range tests {
+		re := mustCompile(t, spiffePatternRegex(tt.pattern))
+		if got := re.MatchString(tt.id); got != tt.want {
+			t.Errorf("%s ~ %s = %v, want %v", tt.pattern, tt.id, got, tt.want)
+		}
+	}
+}
+
+func mustCompile(t *testing.T, re string) *regexp.Regexp {
+	t.Helper()
+	r, err := regexp.Compile(re)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// The hand-encoded ECDS resource must decode to exactly the message that
+// proto would have built.
+func TestWasmConfigEncodingMatchesProto(t *testing.T) {
+	for _, in := range []string{"testdata/in/basic.yaml", "testdata/in/overrides.yaml"} {
+		m, eb := loadCase(t, in)
+		g := NewGenerator(m)
+		for _, w := range m.Workloads {
+			parts, err := g.filterConfigParts(w, eb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := g.wasmExtensionConfig(parts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var decoded wasmfilter.Wasm
+			if err := got.TypedConfig.UnmarshalTo(&decoded); err != nil {
+				t.Fatalf("%s: hand-encoded Wasm does not decode: %v", w.Key, err)
+			}
+			fc, err := g.FilterConfig(w, eb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := proto.Clone(decoded.Config).(*wasmv3.PluginConfig)
+			want.Configuration = mustAny(wrapperspb.String(string(fc)))
+			if !proto.Equal(decoded.Config, want) {
+				t.Fatalf("%s: decoded plugin config differs from the proto-built one", w.Key)
+			}
+			if err := got.ValidateAll(); err != nil {
+				t.Fatal(err)
+			}
+			if decoded.Config.FailurePolicy != wasmv3.FailurePolicy_FAIL_CLOSED || decoded.Config.Name != wire.FilterConfigName {
+				t.Fatalf("%s: %+v", w.Key, decoded.Config)
+			}
+		}
+	}
+}

@@ -1,0 +1,337 @@
+// Command mg-e2e-workload is one workload of the end-to-end suite: an
+// application behind an Envoy-EMULATING sidecar (internal/envoyemu), with
+// its identity from the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET). The
+// suite runs one copy of this binary per workload, each at its own path, so
+// that SPIRE's unix workload attestor (unix:path) gives each its own SVID.
+//
+// Besides the sidecar's inbound mTLS listener it serves a plain-HTTP driver
+// API on loopback through which the test makes this workload call others
+// (through its outbound mTLS client, as the app would through its sidecar),
+// fetch JWT-SVIDs and report its current SVID.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/meshguard/meshguard/internal/envoyemu"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "mg-e2e-workload:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	name        string
+	authzAddr   string
+	authzID     string
+	routes      string
+	includeCert bool
+	filter      string // path to the wasm module
+	filterCfg   string // path to the plugin configuration (JSON)
+	cpEvents    string // base URL of the control plane's event endpoint cluster
+}
+
+func run() error {
+	var o options
+	flag.StringVar(&o.name, "name", "", "workload name")
+	flag.StringVar(&o.authzAddr, "authz", "", "ext_authz server address (host:port); empty: no ext_authz filter")
+	flag.StringVar(&o.authzID, "authz-id", "", "SPIFFE ID the ext_authz server must present")
+	flag.StringVar(&o.routes, "routes", `[{"name":"default","prefix":"/"}]`, "route table (JSON list of envoyemu.Route)")
+	flag.BoolVar(&o.includeCert, "include-peer-certificate", true, "send source.certificate to ext_authz")
+	flag.StringVar(&o.filter, "wasm", "", "meshguard wasm filter module; empty: no wasm filter")
+	flag.StringVar(&o.filterCfg, "wasm-config", "", "wasm plugin configuration file (JSON)")
+	flag.StringVar(&o.cpEvents, "controlplane-url", "", "base URL of the control plane for the filter's event callouts")
+	flag.Parse()
+	if o.name == "" {
+		return errors.New("--name is required")
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("workload", o.name)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	src, err := workloadapi.NewX509Source(ctx)
+	if err != nil {
+		return fmt.Errorf("x509 source: %w", err)
+	}
+	defer src.Close()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return err
+	}
+
+	app, appURL, err := startApp(o.name)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+
+	var routes []envoyemu.Route
+	if err := json.Unmarshal([]byte(o.routes), &routes); err != nil {
+		return fmt.Errorf("--routes: %w", err)
+	}
+	rec := &recorder{}
+	cfg := envoyemu.Config{
+		Name: o.name, SVIDs: src, Bundles: src, Routes: routes, Upstream: appURL,
+		IncludePeerCertificate: o.includeCert, Logger: log,
+		OnOutcome: rec.add,
+	}
+	if o.authzAddr != "" {
+		authzID, err := spiffeid.FromString(o.authzID)
+		if err != nil {
+			return fmt.Errorf("--authz-id: %w", err)
+		}
+		client, cc, err := envoyemu.DialAuthz(o.authzAddr, src, src, authzID)
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		cfg.Authz = client
+	}
+	if o.filter != "" {
+		f, err := newFilter(ctx, o, log)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.Filter = f
+	}
+	sc, err := envoyemu.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := sc.Listen("127.0.0.1:0"); err != nil {
+		return err
+	}
+	defer sc.Close(context.Background())
+
+	drv := &driver{src: src, rec: rec, log: log}
+	dl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	dsrv := &http.Server{Handler: drv.mux(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = dsrv.Serve(dl) }()
+	defer dsrv.Close()
+
+	ready, _ := json.Marshal(map[string]string{"id": svid.ID.String(), "inbound": sc.Addr(), "driver": dl.Addr().String(), "app": appURL.String()})
+	fmt.Printf("READY %s\n", ready)
+	<-ctx.Done()
+	return nil
+}
+
+// startApp runs the application: it echoes who called it and answers
+// /status/<code> with that code (the attack scenarios use it to produce
+// 401s and 404s).
+func startApp(name string) (*http.Server, *url.URL, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		code := http.StatusOK
+		if rest, ok := strings.CutPrefix(r.URL.Path, "/status/"); ok {
+			fmt.Sscanf(rest, "%d", &code)
+			if code < 200 || code > 599 {
+				code = http.StatusBadRequest
+			}
+		}
+		w.Header().Set("content-type", "application/json")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(map[string]string{
+			"workload": name, "method": r.Method, "path": r.URL.RequestURI(),
+			"source": r.Header.Get("x-meshguard-source-id"),
+			"xfcc":   r.Header.Get("x-forwarded-client-cert"),
+		})
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	return srv, &url.URL{Scheme: "http", Host: l.Addr().String()}, nil
+}
+
+// recorder keeps the sidecar's recent outcomes for the driver API.
+type recorder struct {
+	mu  sync.Mutex
+	out []envoyemu.Outcome
+}
+
+func (r *recorder) add(o envoyemu.Outcome) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.out) >= 10000 {
+		r.out = r.out[1:]
+	}
+	r.out = append(r.out, o)
+}
+
+type driver struct {
+	src *workloadapi.X509Source
+	rec *recorder
+	log *slog.Logger
+
+	mu      sync.Mutex
+	clients map[string]*http.Client
+}
+
+// CallRequest asks the workload to call another one.
+type CallRequest struct {
+	URL      string              `json:"url"`    // https://<inbound>/path
+	DestID   string              `json:"destId"` // expected SPIFFE ID of the destination
+	Method   string              `json:"method,omitempty"`
+	Headers  map[string][]string `json:"headers,omitempty"`
+	JWTAud   string              `json:"jwtAudience,omitempty"` // fetch a JWT-SVID for this audience and send it as Bearer
+	Bearer   string              `json:"bearer,omitempty"`      // send this token instead
+	Count    int                 `json:"count,omitempty"`       // repeat (default 1)
+	TimeoutS float64             `json:"timeoutSeconds,omitempty"`
+}
+
+// CallResult is the answer of one call (the last of Count), plus the status
+// histogram of all of them.
+type CallResult struct {
+	Status   int            `json:"status"`
+	Reason   string         `json:"reason,omitempty"`
+	Body     string         `json:"body,omitempty"`
+	Error    string         `json:"error,omitempty"`
+	Statuses map[string]int `json:"statuses"`
+}
+
+func (d *driver) mux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("POST /call", d.call)
+	m.HandleFunc("GET /svid", func(w http.ResponseWriter, r *http.Request) {
+		s, err := d.src.GetX509SVID()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, map[string]any{"id": s.ID.String(), "serial": s.Certificates[0].SerialNumber.String(),
+			"notBefore": s.Certificates[0].NotBefore, "notAfter": s.Certificates[0].NotAfter})
+	})
+	m.HandleFunc("GET /jwt", func(w http.ResponseWriter, r *http.Request) {
+		tok, err := d.fetchJWT(r.Context(), r.URL.Query().Get("aud"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, map[string]string{"token": tok})
+	})
+	m.HandleFunc("GET /outcomes", func(w http.ResponseWriter, r *http.Request) {
+		d.rec.mu.Lock()
+		out := append([]envoyemu.Outcome(nil), d.rec.out...)
+		d.rec.mu.Unlock()
+		writeJSON(w, out)
+	})
+	return m
+}
+
+func (d *driver) fetchJWT(ctx context.Context, aud string) (string, error) {
+	if aud == "" {
+		return "", errors.New("audience required")
+	}
+	s, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud})
+	if err != nil {
+		return "", err
+	}
+	return s.Marshal(), nil
+}
+
+func (d *driver) client(dest string, timeout time.Duration) (*http.Client, error) {
+	id, err := spiffeid.FromString(dest)
+	if err != nil {
+		return nil, fmt.Errorf("destId: %w", err)
+	}
+	key := dest + "|" + timeout.String()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.clients == nil {
+		d.clients = map[string]*http.Client{}
+	}
+	c, ok := d.clients[key]
+	if !ok {
+		c = envoyemu.OutboundClient(d.src, d.src, id, timeout)
+		d.clients[key] = c
+	}
+	return c, nil
+}
+
+func (d *driver) call(w http.ResponseWriter, r *http.Request) {
+	var cr CallRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&cr); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	timeout := 5 * time.Second
+	if cr.TimeoutS > 0 {
+		timeout = time.Duration(cr.TimeoutS * float64(time.Second))
+	}
+	c, err := d.client(cr.DestID, timeout)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if cr.Method == "" {
+		cr.Method = http.MethodGet
+	}
+	bearer := cr.Bearer
+	if cr.JWTAud != "" {
+		bearer, err = d.fetchJWT(r.Context(), cr.JWTAud)
+		if err != nil {
+			writeJSON(w, CallResult{Error: "fetch JWT-SVID: " + err.Error()})
+			return
+		}
+	}
+	res := CallResult{Statuses: map[string]int{}}
+	for i := 0; i < max(cr.Count, 1); i++ {
+		req, err := http.NewRequestWithContext(r.Context(), cr.Method, cr.URL, nil)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		for k, vs := range cr.Headers {
+			for _, v := range vs {
+				req.Header.Add(k, v)
+			}
+		}
+		if bearer != "" {
+			req.Header.Set("authorization", "Bearer "+bearer)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			res.Status, res.Reason, res.Body, res.Error = 0, "", "", err.Error()
+			res.Statuses["error"]++
+			continue
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		res.Status, res.Reason, res.Body, res.Error = resp.StatusCode, resp.Header.Get("x-meshguard-reason"), string(body), ""
+		res.Statuses[fmt.Sprint(resp.StatusCode)]++
+	}
+	writeJSON(w, res)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("content-type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}

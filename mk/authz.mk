@@ -1,0 +1,14 @@
+# The ext_authz server (issue 3).
+
+# Flags for bench/authzload compare, e.g. AUTHZ_BENCH_FLAGS="-duration 10s -rounds 3 -concurrency 64".
+AUTHZ_BENCH_FLAGS ?=
+
+.PHONY: bench-authz
+bench-authz: build ## load `meshguard authz` (1,000-rule policy) and a trivial always-OK server side by side; print RPS, p50/p99 and the ratio
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/authzload ./bench/authzload
+	$(BIN)/authzload compare -meshguard $(BIN)/meshguard $(AUTHZ_BENCH_FLAGS) | tee $(BIN)/bench-authz.txt
+
+.PHONY: bench-authz-micro
+bench-authz-micro: ## in-process Check benchmark next to the engine alone (no transport)
+	$(GO) test -run '^$$' -bench BenchmarkCheck -benchmem -count 1 ./authz/server/

@@ -1,0 +1,1013 @@
+package policies
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Compile turns a bundle into a Snapshot. The bundle's set is validated
+// again: a set that does not compile is refused whole.
+func Compile(b *Bundle) (*Snapshot, error) {
+	if b == nil {
+		return nil, fmt.Errorf("policies: compile: no bundle")
+	}
+	s, diags := compileSet(&b.Set)
+	if err := diags.Err(); err != nil {
+		return nil, fmt.Errorf("policies: compile bundle %s: %w", b.Version, err)
+	}
+	s.version, s.hash = b.Version, b.Hash
+	return s, nil
+}
+
+// Validate checks a set and returns every problem found, errors and
+// warnings, each with the object and field it concerns.
+func Validate(s *Set) Diagnostics {
+	_, diags := compileSet(s)
+	return append(diags, Lint(s)...)
+}
+
+// Istio's dry-run annotation on AuthorizationPolicy.
+const annotationDryRun = "istio.io/dry-run"
+
+type compiler struct {
+	diags  Diagnostics
+	obj    string
+	loc    Location
+	ord    int
+	snap   *Snapshot
+	scopes map[string]*scope
+}
+
+func (c *compiler) errf(field, code, format string, args ...any) {
+	c.diags = append(c.diags, Diagnostic{Severity: SeverityError, Code: code, Message: fmt.Sprintf(format, args...), Object: c.obj, Field: field, Loc: c.loc})
+}
+
+func (c *compiler) warnf(field, code, format string, args ...any) {
+	c.diags = append(c.diags, Diagnostic{Severity: SeverityWarning, Code: code, Message: fmt.Sprintf(format, args...), Object: c.obj, Field: field, Loc: c.loc})
+}
+
+func (c *compiler) at(kind string, m ObjectMeta, loc Location) {
+	c.obj = kind + "/" + m.Namespace + "/" + m.Name
+	c.loc = loc
+	if m.Name == "" {
+		c.errf("metadata.name", CodeMissingField, "metadata.name is required")
+	}
+	if m.Namespace == "" {
+		c.errf("metadata.namespace", CodeMissingField, "metadata.namespace is required")
+	}
+}
+
+func compileSet(set *Set) (*Snapshot, Diagnostics) {
+	c := &compiler{scopes: map[string]*scope{}}
+	s := &Snapshot{set: set, namespaces: map[string]*scope{}}
+	c.snap = s
+
+	c.obj, c.loc = "settings", Location{}
+	s.rootNS = set.Settings.RootNamespace
+	if s.rootNS == "" {
+		s.rootNS = DefaultRootNamespace
+	}
+	switch set.Settings.PathNormalization {
+	case "":
+		s.normalization = NormalizationBase
+	case NormalizationBase, NormalizationMergeSlashes, NormalizationDecodeAndMergeSlashes:
+		s.normalization = set.Settings.PathNormalization
+	case "NONE":
+		c.errf("spec.pathNormalization", CodeInvalidValue, "pathNormalization NONE is not supported: meshguard always normalizes (BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)")
+	default:
+		c.errf("spec.pathNormalization", CodeInvalidValue, "unknown pathNormalization %q (BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)", set.Settings.PathNormalization)
+	}
+	if td := set.Settings.TrustDomain; td != "" {
+		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+			c.errf("spec.trustDomain", CodeInvalidValue, "trust domain %q: %v", td, err)
+		}
+	}
+
+	seen := map[string]bool{}
+	dup := func(kind string, m ObjectMeta) {
+		k := kind + "/" + m.Namespace + "/" + m.Name
+		if seen[k] {
+			c.errf("metadata.name", CodeDuplicateObject, "%s is defined more than once", k)
+		}
+		seen[k] = true
+	}
+
+	for i := range set.AuthorizationPolicies {
+		p := &set.AuthorizationPolicies[i]
+		c.at(KindAuthorizationPolicy, p.Metadata, p.Loc)
+		dup(KindAuthorizationPolicy, p.Metadata)
+		c.authorizationPolicy(p)
+	}
+	for i := range set.IdentityPolicies {
+		p := &set.IdentityPolicies[i]
+		c.at(KindIdentityPolicy, p.Metadata, p.Loc)
+		dup(KindIdentityPolicy, p.Metadata)
+		c.identityPolicy(p)
+	}
+	for i := range set.DefaultDenies {
+		p := &set.DefaultDenies[i]
+		c.at(KindDefaultDeny, p.Metadata, p.Loc)
+		dup(KindDefaultDeny, p.Metadata)
+		c.defaultDeny(p)
+	}
+	s.routes = map[string]*routeInfo{}
+	for i := range set.RouteOverrides {
+		p := &set.RouteOverrides[i]
+		c.at(KindRouteOverride, p.Metadata, p.Loc)
+		dup(KindRouteOverride, p.Metadata)
+		c.routeOverride(p)
+	}
+	for i := range set.TrafficBaselines {
+		p := &set.TrafficBaselines[i]
+		c.at(KindTrafficBaseline, p.Metadata, p.Loc)
+		dup(KindTrafficBaseline, p.Metadata)
+		c.baseline(p)
+	}
+	for i := range set.AnomalyProfiles {
+		p := &set.AnomalyProfiles[i]
+		c.at(KindAnomalyProfile, p.Metadata, p.Loc)
+		dup(KindAnomalyProfile, p.Metadata)
+		c.anomalyProfile(p)
+	}
+	s.quarantines = map[string]quarantineEntry{}
+	for i := range set.Quarantines {
+		p := &set.Quarantines[i]
+		c.at(KindQuarantine, p.Metadata, p.Loc)
+		dup(KindQuarantine, p.Metadata)
+		c.quarantine(p)
+	}
+
+	// Scopes: the root namespace is the mesh scope.
+	if sc := c.scopes[s.rootNS]; sc != nil {
+		s.mesh = *sc
+		if len(sc.targets) > 0 {
+			s.namespaces[s.rootNS] = &scope{targets: sc.targets}
+		}
+		s.mesh.targets = nil
+	}
+	for ns, sc := range c.scopes {
+		if ns != s.rootNS {
+			s.namespaces[ns] = sc
+		}
+	}
+	for _, ri := range s.routes {
+		if ri.b != nil {
+			buildBucket(ri.b)
+		}
+	}
+	forEachBucket(s, buildBucket)
+	forEachScope(s, (*scope).indexSelectors)
+	forEachScope(s, (*scope).indexPatterns)
+	s.nrules = c.ord
+	return s, c.diags
+}
+
+func forEachBucket(s *Snapshot, f func(*bucket)) {
+	visit := func(sc *scope) {
+		if sc.all != nil {
+			f(sc.all)
+		}
+		for _, x := range sc.selectors {
+			f(x.b)
+		}
+		for _, x := range sc.patterns {
+			f(x.b)
+		}
+		for _, b := range sc.targets {
+			f(b)
+		}
+	}
+	visit(&s.mesh)
+	for _, sc := range s.namespaces {
+		visit(sc)
+	}
+}
+
+func forEachScope(s *Snapshot, f func(*scope)) {
+	f(&s.mesh)
+	for _, sc := range s.namespaces {
+		f(sc)
+	}
+}
+
+func buildBucket(b *bucket) {
+	for i := range b.idx {
+		b.idx[i].build()
+		if b.idx[i].hasDryRun {
+			b.hasDryRun = true
+		}
+	}
+	if b.defaultDeny[1] && !b.defaultDeny[0] {
+		b.hasDryRun = true
+	}
+}
+
+func (c *compiler) scope(ns string) *scope {
+	sc := c.scopes[ns]
+	if sc == nil {
+		sc = &scope{}
+		c.scopes[ns] = sc
+	}
+	return sc
+}
+
+func (c *compiler) nsBucket(ns string) *bucket {
+	sc := c.scope(ns)
+	if sc.all == nil {
+		name := "namespace " + ns
+		if ns == c.snap.rootNS {
+			name = "mesh (root namespace " + ns + ")"
+		}
+		sc.all = &bucket{name: name}
+	}
+	return sc.all
+}
+
+func (c *compiler) selectorBucket(ns string, labels map[string]string) *bucket {
+	sc := c.scope(ns)
+	for _, x := range sc.selectors {
+		if sameLabels(x.labels, labels) {
+			return x.b
+		}
+	}
+	keys := sortedKeys(labels)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + labels[k]
+	}
+	b := &bucket{name: "namespace " + ns + " selector " + strings.Join(parts, ",")}
+	sc.selectors = append(sc.selectors, selectorBucket{labels: labels, b: b})
+	return b
+}
+
+func sameLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *compiler) targetBucket(ns string, key targetKey) *bucket {
+	sc := c.scope(ns)
+	if sc.targets == nil {
+		sc.targets = map[targetKey]*bucket{}
+	}
+	b := sc.targets[key]
+	if b == nil {
+		kind := "Service"
+		if key.gateway {
+			kind = "Gateway"
+		}
+		b = &bucket{name: "namespace " + ns + " " + kind + " " + key.name}
+		sc.targets[key] = b
+	}
+	return b
+}
+
+func (c *compiler) patternBucket(ns string, field string, workloads []string) *bucket {
+	pats := c.idPatterns(field, workloads)
+	sc := c.scope(ns)
+	b := &bucket{name: "namespace " + ns + " workloads " + strings.Join(workloads, ",")}
+	sc.patterns = append(sc.patterns, patternBucket{workloads: pats, b: b})
+	return b
+}
+
+func parseMode(m Mode) (Mode, bool) {
+	switch m {
+	case "", ModeEnforce:
+		return ModeEnforce, true
+	case ModeDryRun, ModeOff:
+		return m, true
+	}
+	return "", false
+}
+
+func (c *compiler) mode(field string, m Mode, inherit Mode) Mode {
+	if m == "" {
+		return inherit
+	}
+	pm, ok := parseMode(m)
+	if !ok {
+		c.errf(field, CodeInvalidMode, "mode %q: want enforce, dry-run or off", m)
+		return inherit
+	}
+	return pm
+}
+
+func parseAction(s string) (Action, bool) {
+	switch s {
+	case "", "ALLOW":
+		return ActionAllow, true
+	case "DENY":
+		return ActionDeny, true
+	case "AUDIT":
+		return ActionAudit, true
+	case "CUSTOM":
+		return ActionCustom, true
+	}
+	return 0, false
+}
+
+// ----- Istio AuthorizationPolicy -----
+
+func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
+	switch p.APIVersion {
+	case APIVersionIstioV1, APIVersionIstioV1beta1, "":
+	default:
+		c.errf("apiVersion", CodeUnknownKind, "apiVersion %q: want %s or %s", p.APIVersion, APIVersionIstioV1, APIVersionIstioV1beta1)
+	}
+	sp := &p.Spec
+	act, ok := parseAction(sp.Action)
+	if !ok {
+		c.errf("spec.action", CodeInvalidAction, "action %q: want ALLOW, DENY, AUDIT or CUSTOM", sp.Action)
+		return
+	}
+	pol := &cpolicy{ref: c.obj, action: act, mode: ModeEnforce}
+	switch v := p.Metadata.Annotations[annotationDryRun]; v {
+	case "", "false":
+	case "true":
+		pol.mode = ModeDryRun
+	default:
+		c.errf("metadata.annotations", CodeInvalidValue, "annotation %s: %q, want \"true\" or \"false\"", annotationDryRun, v)
+	}
+	if act == ActionCustom {
+		if sp.Provider == nil || sp.Provider.Name == "" {
+			c.errf("spec.provider", CodeMissingField, "a CUSTOM policy needs provider.name")
+		} else {
+			pol.provider = sp.Provider.Name
+		}
+		if pol.mode == ModeDryRun {
+			c.errf("metadata.annotations", CodeConflict, "dry-run is not supported for CUSTOM policies (as in Istio)")
+		}
+	} else if sp.Provider != nil {
+		c.errf("spec.provider", CodeConflict, "provider is only valid with action CUSTOM")
+	}
+
+	targets := sp.TargetRefs
+	if sp.TargetRef != nil {
+		targets = append([]PolicyTargetReference{*sp.TargetRef}, targets...)
+	}
+	if sp.Selector != nil && len(targets) > 0 {
+		c.errf("spec.selector", CodeConflict, "selector and targetRefs are mutually exclusive")
+	}
+
+	var buckets []*bucket
+	ns := p.Metadata.Namespace
+	switch {
+	case len(targets) > 0:
+		for i, t := range targets {
+			f := fmt.Sprintf("spec.targetRefs[%d]", i)
+			if sp.TargetRef != nil {
+				if i == 0 {
+					f = "spec.targetRef"
+				} else {
+					f = fmt.Sprintf("spec.targetRefs[%d]", i-1)
+				}
+			}
+			if t.Namespace != "" && t.Namespace != ns {
+				c.errf(f+".namespace", CodeInvalidValue, "targetRefs must be in the policy's namespace %q", ns)
+				continue
+			}
+			if t.Name == "" {
+				c.errf(f+".name", CodeMissingField, "targetRefs need a name")
+				continue
+			}
+			switch t.Kind {
+			case "Gateway":
+				buckets = append(buckets, c.targetBucket(ns, targetKey{gateway: true, name: t.Name}))
+			case "Service", "ServiceEntry":
+				buckets = append(buckets, c.targetBucket(ns, targetKey{name: t.Name}))
+			default:
+				c.errf(f+".kind", CodeInvalidValue, "targetRefs kind %q: want Gateway, Service or ServiceEntry", t.Kind)
+			}
+		}
+	case sp.Selector != nil && len(sp.Selector.MatchLabels) > 0:
+		buckets = append(buckets, c.selectorBucket(ns, sp.Selector.MatchLabels))
+	default:
+		buckets = append(buckets, c.nsBucket(ns))
+	}
+
+	if act == ActionAllow {
+		for _, b := range buckets {
+			b.allowPols[1]++
+			if pol.mode == ModeEnforce {
+				b.allowPols[0]++
+			}
+		}
+	}
+	for i := range sp.Rules {
+		r := c.istioRule(fmt.Sprintf("spec.rules[%d]", i), &sp.Rules[i], pol, strconv.Itoa(i))
+		if r == nil {
+			continue
+		}
+		for _, b := range buckets {
+			b.idx[act].add(r)
+		}
+	}
+}
+
+func (c *compiler) newRule(pol *cpolicy, rule string, mode Mode) *crule {
+	r := &crule{ord: c.ord, pol: pol, mode: mode, deny: pol.action != ActionAllow, ref: RuleRef{Policy: pol.ref, Rule: rule}}
+	c.ord++
+	return r
+}
+
+func (c *compiler) istioRule(field string, ru *Rule, pol *cpolicy, name string) *crule {
+	r := c.newRule(pol, name, pol.mode)
+	for i := range ru.From {
+		r.from = append(r.from, c.istioSource(fmt.Sprintf("%s.from[%d].source", field, i), &ru.From[i].Source, r.deny))
+	}
+	for i := range ru.To {
+		r.to = append(r.to, c.istioOperation(fmt.Sprintf("%s.to[%d].operation", field, i), &ru.To[i].Operation, r.deny))
+	}
+	for i := range ru.When {
+		if cc, ok := c.condition(fmt.Sprintf("%s.when[%d]", field, i), &ru.When[i], r.deny); ok {
+			r.when = append(r.when, cc)
+		}
+	}
+	return r
+}
+
+func (c *compiler) istioSource(field string, s *Source, deny bool) cfrom {
+	var f cfrom
+	f.principals = c.principals(field+".principals", s.Principals)
+	f.notPrincipals = c.principals(field+".notPrincipals", s.NotPrincipals)
+	f.reqPrincipals = c.strings(field+".requestPrincipals", s.RequestPrincipals, false)
+	f.notReqPrincipals = c.strings(field+".notRequestPrincipals", s.NotRequestPrincipals, false)
+	f.namespaces = c.strings(field+".namespaces", s.Namespaces, false)
+	f.notNamespaces = c.strings(field+".notNamespaces", s.NotNamespaces, false)
+	f.ipBlocks = c.ipBlocks(field+".ipBlocks", s.IPBlocks)
+	f.notIPBlocks = c.ipBlocks(field+".notIpBlocks", s.NotIPBlocks)
+	f.remoteIPBlocks = c.ipBlocks(field+".remoteIpBlocks", s.RemoteIPBlocks)
+	f.notRemoteBlocks = c.ipBlocks(field+".notRemoteIpBlocks", s.NotRemoteIPBlocks)
+	if isEmptySource(s) {
+		c.errf(field, CodeMissingField, "source has no field: at least one is required")
+	}
+	return f
+}
+
+func isEmptySource(s *Source) bool {
+	return len(s.Principals)+len(s.NotPrincipals)+len(s.RequestPrincipals)+len(s.NotRequestPrincipals)+
+		len(s.Namespaces)+len(s.NotNamespaces)+len(s.IPBlocks)+len(s.NotIPBlocks)+
+		len(s.RemoteIPBlocks)+len(s.NotRemoteIPBlocks) == 0
+}
+
+// principals compiles Istio principals ("trust-domain/ns/x/sa/y", with
+// prefix/suffix wildcards). A "spiffe://" prefix is accepted with a warning.
+func (c *compiler) principals(field string, vals []string) strSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make(strSet, 0, len(vals))
+	for i, v := range vals {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if strings.HasPrefix(v, "spiffe://") {
+			c.warnf(f, CodeInvalidPrincipal, "principal %q: Istio principals have no spiffe:// prefix; read as %q", v, v[len("spiffe://"):])
+			v = v[len("spiffe://"):]
+		}
+		if err := validIstioString(v); err != nil {
+			c.errf(f, CodeInvalidPrincipal, "principal: %v", err)
+			continue
+		}
+		m := newStrMatcher(v, false)
+		if m.kind == strExact {
+			if _, err := spiffeid.FromString("spiffe://" + v); err != nil {
+				c.errf(f, CodeInvalidPrincipal, "principal %q is not a SPIFFE ID without its scheme (trust-domain/path): %v", v, err)
+				continue
+			}
+		}
+		if strings.ContainsAny(v, " \t\r\n") {
+			c.errf(f, CodeInvalidPrincipal, "principal %q contains white space", v)
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func (c *compiler) strings(field string, vals []string, fold bool) strSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make(strSet, 0, len(vals))
+	for i, v := range vals {
+		if err := validIstioString(v); err != nil {
+			c.errf(fmt.Sprintf("%s[%d]", field, i), CodeInvalidValue, "%v", err)
+			continue
+		}
+		out = append(out, newStrMatcher(v, fold))
+	}
+	return out
+}
+
+func (c *compiler) ipBlocks(field string, vals []string) ipSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make(ipSet, 0, len(vals))
+	for i, v := range vals {
+		p, err := parseIPBlock(v)
+		if err != nil {
+			c.errf(fmt.Sprintf("%s[%d]", field, i), CodeInvalidIPBlock, "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (c *compiler) ports(field string, vals []string) portSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make(portSet, 0, len(vals))
+	for i, v := range vals {
+		p, err := parsePort(v)
+		if err != nil {
+			c.errf(fmt.Sprintf("%s[%d]", field, i), CodeInvalidPort, "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (c *compiler) hosts(field string, vals []string) []hostMatcher {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make([]hostMatcher, 0, len(vals))
+	for i, v := range vals {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := validIstioString(v); err != nil {
+			c.errf(f, CodeInvalidHost, "%v", err)
+			continue
+		}
+		if strings.ContainsAny(v, "/ \t") {
+			c.errf(f, CodeInvalidHost, "host %q contains '/' or white space", v)
+			continue
+		}
+		name := strings.TrimSuffix(v, ".")
+		withPort := false
+		if !strings.HasPrefix(name, "[") && strings.Count(name, ":") == 1 {
+			withPort = true
+		} else if strings.HasPrefix(name, "[") && strings.Contains(name, "]:") {
+			withPort = true
+		}
+		out = append(out, hostMatcher{m: newStrMatcher(name, true), withPort: withPort})
+	}
+	return out
+}
+
+// methods: warnings about their case are Lint's.
+func (c *compiler) methods(field string, vals []string, fold bool) strSet {
+	return c.strings(field, vals, fold)
+}
+
+func (c *compiler) paths(field string, vals []string) []pathMatcher {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make([]pathMatcher, 0, len(vals))
+	for i, v := range vals {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		m, err := compilePath(v)
+		if err != nil {
+			c.errf(f, CodeInvalidPath, "%v", err)
+			continue
+		}
+		if strings.ContainsAny(v, "?#") {
+			c.errf(f, CodeInvalidPath, "path %q contains '?' or '#': queries and fragments are never part of the matched path", v)
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func (c *compiler) istioOperation(field string, o *Operation, deny bool) cto {
+	var t cto
+	t.hosts = c.hosts(field+".hosts", o.Hosts)
+	t.notHosts = c.hosts(field+".notHosts", o.NotHosts)
+	t.ports = c.ports(field+".ports", o.Ports)
+	t.notPorts = c.ports(field+".notPorts", o.NotPorts)
+	t.methods = c.methods(field+".methods", o.Methods, deny)
+	t.notMethods = c.methods(field+".notMethods", o.NotMethods, !deny)
+	t.paths = c.paths(field+".paths", o.Paths)
+	t.notPaths = c.paths(field+".notPaths", o.NotPaths)
+	if len(o.Hosts)+len(o.NotHosts)+len(o.Ports)+len(o.NotPorts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths) == 0 {
+		c.errf(field, CodeMissingField, "operation has no field: at least one is required")
+	}
+	return t
+}
+
+// condition compiles one `when` entry with Istio's documented keys.
+func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool) {
+	var cc ccond
+	if len(w.Values) == 0 && len(w.NotValues) == 0 {
+		c.errf(field, CodeInvalidCondition, "condition %q needs values or notValues", w.Key)
+		return cc, false
+	}
+	key := w.Key
+	bracket := func(prefix string) (string, bool) {
+		if !strings.HasPrefix(key, prefix+"[") || !strings.HasSuffix(key, "]") {
+			return "", false
+		}
+		return key[len(prefix)+1 : len(key)-1], true
+	}
+	switch {
+	case strings.HasPrefix(key, "request.headers"):
+		name, ok := bracket("request.headers")
+		if !ok || name == "" || strings.ContainsAny(name, "[] ") {
+			c.errf(field+".key", CodeInvalidCondition, "key %q: want request.headers[name]", key)
+			return cc, false
+		}
+		cc.kind, cc.name = condHeader, strings.ToLower(name)
+	case key == "source.ip", key == "remote.ip", key == "destination.ip":
+		cc.kind = map[string]condKind{"source.ip": condSourceIP, "remote.ip": condRemoteIP, "destination.ip": condDestIP}[key]
+		cc.ips = c.ipBlocks(field+".values", w.Values)
+		cc.notIPs = c.ipBlocks(field+".notValues", w.NotValues)
+		return cc, true
+	case key == "destination.port":
+		cc.kind = condDestPort
+		cc.ports = c.ports(field+".values", w.Values)
+		cc.notPorts = c.ports(field+".notValues", w.NotValues)
+		return cc, true
+	case key == "source.namespace":
+		cc.kind = condSourceNamespace
+	case key == "source.principal":
+		cc.kind = condSourcePrincipal
+		cc.values = c.principals(field+".values", w.Values)
+		cc.notValues = c.principals(field+".notValues", w.NotValues)
+		return cc, true
+	case key == "request.auth.principal":
+		cc.kind = condAuthPrincipal
+	case key == "request.auth.audiences":
+		cc.kind = condAuthAudiences
+	case key == "request.auth.presenter":
+		cc.kind = condAuthPresenter
+	case strings.HasPrefix(key, "request.auth.claims"):
+		rest := strings.TrimPrefix(key, "request.auth.claims")
+		var path []string
+		for rest != "" {
+			if !strings.HasPrefix(rest, "[") {
+				path = nil
+				break
+			}
+			end := strings.IndexByte(rest, ']')
+			if end <= 1 {
+				path = nil
+				break
+			}
+			path = append(path, rest[1:end])
+			rest = rest[end+1:]
+		}
+		if len(path) == 0 {
+			c.errf(field+".key", CodeInvalidCondition, "key %q: want request.auth.claims[name] or request.auth.claims[a][b]", key)
+			return cc, false
+		}
+		cc.kind, cc.claim = condAuthClaims, path
+	case key == "connection.sni":
+		cc.kind = condSNI
+	case strings.HasPrefix(key, "experimental.envoy.filters."):
+		c.errf(field+".key", CodeInvalidCondition, "key %q: experimental Envoy filter metadata is not supported", key)
+		return cc, false
+	default:
+		c.errf(field+".key", CodeInvalidCondition, "unknown condition key %q", key)
+		return cc, false
+	}
+	cc.values = c.strings(field+".values", w.Values, false)
+	cc.notValues = c.strings(field+".notValues", w.NotValues, false)
+	return cc, true
+}
+
+// ----- meshguard kinds -----
+
+func (c *compiler) checkMeshguardVersion(v string) {
+	if v != APIVersionMeshguard && v != "" {
+		c.errf("apiVersion", CodeUnknownKind, "apiVersion %q: want %s", v, APIVersionMeshguard)
+	}
+}
+
+func (c *compiler) idPatterns(field string, vals []string) idSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make(idSet, 0, len(vals))
+	for i, v := range vals {
+		p, err := parseIDPattern(v)
+		if err != nil {
+			c.errf(fmt.Sprintf("%s[%d]", field, i), CodeInvalidPattern, "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// meshBuckets returns the bucket a namespace-level meshguard object applies
+// to: its workloads patterns, or the whole namespace (mesh, in the root).
+func (c *compiler) meshBucket(ns string, workloads []string) *bucket {
+	if len(workloads) > 0 {
+		return c.patternBucket(ns, "spec.workloads", workloads)
+	}
+	return c.nsBucket(ns)
+}
+
+func (c *compiler) identityPolicy(p *IdentityPolicy) {
+	c.checkMeshguardVersion(p.APIVersion)
+	act, ok := parseAction(p.Spec.Action)
+	if !ok || act == ActionCustom {
+		c.errf("spec.action", CodeInvalidAction, "action %q: want ALLOW, DENY or AUDIT", p.Spec.Action)
+		return
+	}
+	mode := c.mode("spec.mode", p.Spec.Mode, ModeEnforce)
+	pol := &cpolicy{ref: c.obj, action: act, mode: mode}
+	b := c.meshBucket(p.Metadata.Namespace, p.Spec.Workloads)
+	c.identityRules("spec.rules", p.Spec.Rules, pol, b)
+}
+
+func (c *compiler) identityRules(field string, rules []IdentityRule, pol *cpolicy, b *bucket) {
+	if pol.mode == ModeOff {
+		return
+	}
+	if pol.action == ActionAllow {
+		b.allowPols[1]++
+		if pol.mode == ModeEnforce {
+			b.allowPols[0]++
+		}
+	}
+	names := map[string]bool{}
+	for i := range rules {
+		ru := &rules[i]
+		f := fmt.Sprintf("%s[%d]", field, i)
+		name := ru.Name
+		if name == "" {
+			name = strconv.Itoa(i)
+		} else if names[name] {
+			c.errf(f+".name", CodeDuplicateObject, "rule name %q is used twice", name)
+		}
+		names[name] = true
+		mode := c.mode(f+".mode", ru.Mode, pol.mode)
+		if mode == ModeOff {
+			continue
+		}
+		r := c.newRule(pol, name, mode)
+		for j := range ru.From {
+			s := &ru.From[j]
+			sf := fmt.Sprintf("%s.from[%d]", f, j)
+			var cf cfrom
+			cf.ids = c.idPatterns(sf+".ids", s.IDs)
+			cf.notIDs = c.idPatterns(sf+".notIds", s.NotIDs)
+			for k, td := range s.TrustDomains {
+				if _, err := spiffeid.TrustDomainFromString(td); err != nil || strings.Contains(td, "/") {
+					c.errf(fmt.Sprintf("%s.trustDomains[%d]", sf, k), CodeInvalidValue, "trust domain %q is not valid", td)
+				}
+			}
+			cf.trustDomains = s.TrustDomains
+			if len(s.IDs)+len(s.NotIDs)+len(s.TrustDomains) == 0 {
+				c.errf(sf, CodeMissingField, "from entry has no field: at least one is required")
+			}
+			r.from = append(r.from, cf)
+		}
+		for j := range ru.To {
+			t := &ru.To[j]
+			tf := fmt.Sprintf("%s.to[%d]", f, j)
+			var ct cto
+			ct.routes = c.strings(tf+".routes", t.Routes, false)
+			ct.hosts = c.hosts(tf+".hosts", t.Hosts)
+			ct.ports = c.ports(tf+".ports", t.Ports)
+			ct.methods = c.methods(tf+".methods", t.Methods, r.deny)
+			ct.notMethods = c.methods(tf+".notMethods", t.NotMethods, !r.deny)
+			ct.paths = c.paths(tf+".paths", t.Paths)
+			ct.notPaths = c.paths(tf+".notPaths", t.NotPaths)
+			if len(t.Routes)+len(t.Hosts)+len(t.Ports)+len(t.Methods)+len(t.NotMethods)+len(t.Paths)+len(t.NotPaths) == 0 {
+				c.errf(tf, CodeMissingField, "to entry has no field: at least one is required")
+			}
+			r.to = append(r.to, ct)
+		}
+		for j := range ru.When {
+			if cc, ok := c.condition(fmt.Sprintf("%s.when[%d]", f, j), &ru.When[j], r.deny); ok {
+				r.when = append(r.when, cc)
+			}
+		}
+		if ru.JWT != nil {
+			r.jwt = c.jwt(f+".jwt", ru.JWT)
+		}
+		b.idx[pol.action].add(r)
+	}
+}
+
+func (c *compiler) jwt(field string, j *JWTRequirement) *cjwt {
+	out := &cjwt{audiences: j.Audiences, trustDomains: j.TrustDomains}
+	if len(j.Audiences) == 0 {
+		c.errf(field+".audiences", CodeMissingField, "a JWT-SVID requirement needs at least one audience")
+	}
+	for i, a := range j.Audiences {
+		if a == "" {
+			c.errf(fmt.Sprintf("%s.audiences[%d]", field, i), CodeInvalidValue, "empty audience")
+		}
+	}
+	for i, td := range j.TrustDomains {
+		if _, err := spiffeid.TrustDomainFromString(td); err != nil || strings.Contains(td, "/") {
+			c.errf(fmt.Sprintf("%s.trustDomains[%d]", field, i), CodeInvalidValue, "trust domain %q is not valid", td)
+		}
+	}
+	out.subjects = c.idPatterns(field+".subjects", j.Subjects)
+	for i, cl := range j.Claims {
+		f := fmt.Sprintf("%s.claims[%d]", field, i)
+		if cl.Name == "" {
+			c.errf(f+".name", CodeMissingField, "claim name is required")
+			continue
+		}
+		if len(cl.Values) == 0 {
+			c.errf(f+".values", CodeMissingField, "claim %q needs values", cl.Name)
+			continue
+		}
+		out.claims = append(out.claims, cclaim{path: strings.Split(cl.Name, "."), values: c.strings(f+".values", cl.Values, false)})
+	}
+	return out
+}
+
+func (c *compiler) defaultDeny(p *DefaultDeny) {
+	c.checkMeshguardVersion(p.APIVersion)
+	mode := c.mode("spec.mode", p.Spec.Mode, ModeEnforce)
+	if mode == ModeOff {
+		return
+	}
+	b := c.meshBucket(p.Metadata.Namespace, p.Spec.Workloads)
+	b.defaultDeny[1] = true
+	if mode == ModeEnforce {
+		b.defaultDeny[0] = true
+	}
+	if b.defaultRef.IsZero() {
+		b.defaultRef = RuleRef{Policy: c.obj}
+	}
+}
+
+func (c *compiler) routeOverride(p *RouteOverride) {
+	c.checkMeshguardVersion(p.APIVersion)
+	sp := &p.Spec
+	if sp.Route == "" {
+		c.errf("spec.route", CodeMissingField, "spec.route (the Envoy route name) is required")
+		return
+	}
+	if _, dup := c.snap.routes[sp.Route]; dup {
+		c.errf("spec.route", CodeDuplicateObject, "route %q already has an override", sp.Route)
+		return
+	}
+	mode := c.mode("spec.mode", sp.Mode, "")
+	ri := &routeInfo{spec: *sp, ref: RuleRef{Policy: c.obj}}
+	ri.spec.Mode = mode
+	c.snap.routes[sp.Route] = ri
+	if sp.AllowUnsafePaths {
+		c.warnf("spec.allowUnsafePaths", CodeNoEffect, "route %q accepts ambiguous paths; DENY rules still match every reading, ALLOW rules only the normalized one", sp.Route)
+	}
+	if a := sp.Anomaly; a != nil {
+		if a.Response != "" && !validResponse(a.Response) {
+			c.errf("spec.anomaly.response", CodeInvalidValue, "response %q: want log, count, rate-limit, block or quarantine", a.Response)
+		}
+		if a.RateZ != nil && *a.RateZ <= 0 {
+			c.errf("spec.anomaly.rateZ", CodeInvalidValue, "rateZ must be positive")
+		}
+		if a.ErrorRate != nil && (*a.ErrorRate <= 0 || *a.ErrorRate > 1) {
+			c.errf("spec.anomaly.errorRatio", CodeInvalidValue, "errorRatio must be in (0, 1]")
+		}
+	}
+	if len(sp.Rules) > 0 {
+		act, ok := parseAction(sp.Action)
+		if !ok || act == ActionCustom {
+			c.errf("spec.action", CodeInvalidAction, "action %q: want ALLOW, DENY or AUDIT", sp.Action)
+			return
+		}
+		inherit := mode
+		if inherit == "" || inherit == ModeOff {
+			inherit = ModeEnforce
+		}
+		pol := &cpolicy{ref: c.obj, action: act, mode: inherit}
+		ri.b = &bucket{name: "route " + sp.Route}
+		c.identityRules("spec.rules", sp.Rules, pol, ri.b)
+	} else if sp.Action != "" {
+		c.warnf("spec.action", CodeNoEffect, "action without rules has no effect")
+	}
+}
+
+func validResponse(r string) bool {
+	switch r {
+	case "log", "count", "rate-limit", "block", "quarantine":
+		return true
+	}
+	return false
+}
+
+func (c *compiler) baseline(p *TrafficBaseline) {
+	c.checkMeshguardVersion(p.APIVersion)
+	rank := map[string]int{BaselineLearn: 1, BaselineShadow: 2, BaselineEnforce: 3}
+	r, ok := rank[p.Spec.Mode]
+	if !ok {
+		c.errf("spec.mode", CodeInvalidMode, "baseline mode %q: want learn, shadow or enforce", p.Spec.Mode)
+		return
+	}
+	if r > rank[c.snap.baseline] {
+		c.snap.baseline = p.Spec.Mode
+	}
+	for i, e := range p.Spec.Edges {
+		f := fmt.Sprintf("spec.edges[%d]", i)
+		src, err := parseIDPattern(e.Source)
+		if err != nil {
+			c.errf(f+".source", CodeInvalidPattern, "%v", err)
+			continue
+		}
+		if e.Destination == "" {
+			c.errf(f+".destination", CodeMissingField, "edge destination (service) is required")
+			continue
+		}
+		c.snap.edges = append(c.snap.edges, cedge{source: src, dest: strings.TrimSuffix(e.Destination, "."), routes: e.Routes})
+	}
+}
+
+func (c *compiler) anomalyProfile(p *AnomalyProfile) {
+	c.checkMeshguardVersion(p.APIVersion)
+	sp := &p.Spec
+	pats := c.idPatterns("spec.workloads", sp.Workloads)
+	dur := func(field, v string) {
+		if v == "" {
+			return
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			c.errf(field, CodeInvalidDuration, "duration %q: want a positive Go duration such as 30s", v)
+		}
+	}
+	if r := sp.Rate; r != nil {
+		dur("spec.rate.halfLife", r.HalfLife)
+		if r.ZScore < 0 || r.MinRPS < 0 {
+			c.errf("spec.rate", CodeInvalidValue, "zScore and minRps must not be negative")
+		}
+	}
+	if e := sp.Errors; e != nil {
+		dur("spec.errors.window", e.Window)
+		for _, v := range []float64{e.AuthRatio, e.NotFoundRatio, e.ErrorRatio} {
+			if v < 0 || v > 1 {
+				c.errf("spec.errors", CodeInvalidValue, "ratios must be in [0, 1]")
+				break
+			}
+		}
+	}
+	if e := sp.Enumeration; e != nil {
+		dur("spec.enumeration.window", e.Window)
+		if e.MaxPaths < 0 || e.MaxDestinations < 0 {
+			c.errf("spec.enumeration", CodeInvalidValue, "limits must not be negative")
+		}
+	}
+	if e := sp.Egress; e != nil {
+		c.idPatterns("spec.egress.allowedIds", e.AllowedIDs)
+	}
+	detectors := map[string]bool{"rate": true, "errors": true, "enumeration": true, "egress": true, "lateral": true}
+	for _, k := range sortedKeys(sp.Responses) {
+		if !detectors[k] {
+			c.errf("spec.responses."+k, CodeInvalidValue, "unknown detector %q (rate, errors, enumeration, egress, lateral)", k)
+		}
+		if !validResponse(sp.Responses[k]) {
+			c.errf("spec.responses."+k, CodeInvalidValue, "response %q: want log, count, rate-limit, block or quarantine", sp.Responses[k])
+		}
+	}
+	dur("spec.quarantineFor", sp.QuarantineFor)
+	c.snap.profiles = append(c.snap.profiles, cprofile{workloads: pats, p: p})
+}
+
+func (c *compiler) quarantine(p *Quarantine) {
+	c.checkMeshguardVersion(p.APIVersion)
+	id, err := spiffeid.FromString(p.Spec.Identity)
+	if err != nil {
+		c.errf("spec.identity", CodeInvalidSPIFFEID, "identity %q: %v", p.Spec.Identity, err)
+		return
+	}
+	var exp int64
+	if p.Spec.ExpiresAt != "" {
+		t, err := time.Parse(time.RFC3339, p.Spec.ExpiresAt)
+		if err != nil {
+			c.errf("spec.expiresAt", CodeInvalidTime, "expiresAt %q: want RFC 3339", p.Spec.ExpiresAt)
+			return
+		}
+		exp = t.UnixNano()
+	}
+	q := quarantineEntry{expires: exp, reason: p.Spec.Reason, ref: RuleRef{Policy: c.obj}}
+	// Several quarantines of one identity: the longest wins.
+	if old, ok := c.snap.quarantines[id.String()]; ok && (old.expires == 0 || (exp != 0 && old.expires > exp)) {
+		return
+	}
+	c.snap.quarantines[id.String()] = q
+}
+
+var _ = sort.Strings

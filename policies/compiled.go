@@ -1,0 +1,561 @@
+package policies
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// The compiled forms. Every matcher is built once in Compile; evaluation
+// only reads them.
+
+type cpolicy struct {
+	ref      string // Kind/namespace/name
+	action   Action
+	provider string
+	mode     Mode
+}
+
+// crule is one rule of one policy. deny selects the matching polarity:
+// DENY, AUDIT and CUSTOM rules match when any reading of the request matches
+// (so that no encoding or duplication trick evades them); ALLOW rules match
+// only when every reading does, and negative fields never admit a request
+// that lacks what they negate (no principal, no namespace, no token).
+type crule struct {
+	ord  int
+	pol  *cpolicy
+	ref  RuleRef
+	mode Mode // enforce or dry-run
+	deny bool
+	from []cfrom
+	to   []cto
+	when []ccond
+	jwt  *cjwt
+}
+
+type cfrom struct {
+	principals, notPrincipals       strSet
+	ids, notIDs                     idSet
+	trustDomains                    []string
+	reqPrincipals, notReqPrincipals strSet
+	namespaces, notNamespaces       strSet
+	ipBlocks, notIPBlocks           ipSet
+	remoteIPBlocks, notRemoteBlocks ipSet
+}
+
+type cto struct {
+	hosts, notHosts     []hostMatcher
+	ports, notPorts     portSet
+	methods, notMethods strSet
+	paths, notPaths     []pathMatcher
+	routes              strSet
+}
+
+type hostMatcher struct {
+	m        strMatcher
+	withPort bool
+}
+
+type condKind uint8
+
+const (
+	condHeader condKind = iota
+	condSourceIP
+	condRemoteIP
+	condDestIP
+	condDestPort
+	condSourceNamespace
+	condSourcePrincipal
+	condAuthPrincipal
+	condAuthAudiences
+	condAuthPresenter
+	condAuthClaims
+	condSNI
+)
+
+type ccond struct {
+	kind      condKind
+	name      string   // header name (lowercase)
+	claim     []string // claim path
+	values    strSet
+	notValues strSet
+	ips       ipSet
+	notIPs    ipSet
+	ports     portSet
+	notPorts  portSet
+}
+
+type cjwt struct {
+	audiences    []string
+	trustDomains []string
+	subjects     idSet
+	claims       []cclaim
+}
+
+type cclaim struct {
+	path   []string
+	values strSet
+}
+
+// req is the per-decision view of the attributes, computed once.
+type req struct {
+	a         *Attributes
+	principal string // Istio form: trust-domain/path; "" when unauthenticated
+	ns        string
+	nsOK      bool
+	path      pathView
+	host      string // lowercase is not needed: host matchers fold
+	hostPort  string
+}
+
+func (r *req) init(a *Attributes, normalization string) {
+	r.a = a
+	if !a.Source.IsZero() {
+		r.principal = a.Source.String()[len("spiffe://"):]
+		r.ns, r.nsOK = sourceNamespace(a.Source)
+	}
+	r.path = viewPath(a.Path, normalization)
+	r.hostPort, r.host = viewHost(a.Host)
+}
+
+// viewHost removes a trailing dot from the name and returns the host with
+// and without its port.
+func viewHost(h string) (withPort, name string) {
+	name = h
+	port := ""
+	if strings.HasPrefix(h, "[") {
+		if i := strings.IndexByte(h, ']'); i >= 0 {
+			name, port = h[:i+1], h[i+1:]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h, ':') == i {
+		name, port = h[:i], h[i:]
+	}
+	for strings.HasSuffix(name, ".") {
+		name = name[:len(name)-1]
+	}
+	if port == "" {
+		return name, name
+	}
+	if len(name)+len(port) == len(h) {
+		return h, name
+	}
+	return name + port, name
+}
+
+func (r *req) authed() bool { return r.principal != "" }
+
+// ----- matching -----
+
+// Why a rule did not match, for explain. Static strings.
+const (
+	whyFrom = "source did not match (from)"
+	whyTo   = "operation did not match (to)"
+	whyWhen = "a condition did not match (when)"
+	whyJWT  = "JWT-SVID requirement not met"
+)
+
+func (c *crule) match(r *req) (bool, string) {
+	if len(c.from) > 0 {
+		ok := false
+		for i := range c.from {
+			if c.from[i].match(r, c.deny) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false, whyFrom
+		}
+	}
+	if len(c.to) > 0 {
+		ok := false
+		for i := range c.to {
+			if c.to[i].match(r, c.deny) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false, whyTo
+		}
+	}
+	for i := range c.when {
+		if !c.when[i].match(r, c.deny) {
+			return false, whyWhen
+		}
+	}
+	if c.jwt != nil && !c.jwt.match(r.a.JWT) {
+		return false, whyJWT
+	}
+	return true, ""
+}
+
+// neg evaluates a negative field: when the attribute is absent, a deny-side
+// rule treats it as "not in the list" (match) and an allow-side rule refuses.
+func neg(present bool, inList func() bool, deny bool) bool {
+	if !present {
+		return deny
+	}
+	return !inList()
+}
+
+func (f *cfrom) match(r *req, deny bool) bool {
+	a := r.a
+	if len(f.principals) > 0 && (!r.authed() || !f.principals.match(r.principal)) {
+		return false
+	}
+	if len(f.notPrincipals) > 0 && !neg(r.authed(), func() bool { return f.notPrincipals.match(r.principal) }, deny) {
+		return false
+	}
+	if len(f.ids) > 0 && !f.ids.match(a.Source) {
+		return false
+	}
+	if len(f.notIDs) > 0 && !neg(r.authed(), func() bool { return f.notIDs.match(a.Source) }, deny) {
+		return false
+	}
+	if len(f.trustDomains) > 0 {
+		if !r.authed() || !containsString(f.trustDomains, a.Source.TrustDomain().Name()) {
+			return false
+		}
+	}
+	if len(f.namespaces) > 0 && (!r.nsOK || !f.namespaces.match(r.ns)) {
+		return false
+	}
+	if len(f.notNamespaces) > 0 && !neg(r.nsOK, func() bool { return f.notNamespaces.match(r.ns) }, deny) {
+		return false
+	}
+	reqP, hasReqP := "", false
+	if a.JWT != nil && a.JWT.Principal != "" {
+		reqP, hasReqP = a.JWT.Principal, true
+	}
+	if len(f.reqPrincipals) > 0 && (!hasReqP || !f.reqPrincipals.match(reqP)) {
+		return false
+	}
+	if len(f.notReqPrincipals) > 0 && !neg(hasReqP, func() bool { return f.notReqPrincipals.match(reqP) }, deny) {
+		return false
+	}
+	if len(f.ipBlocks) > 0 && !f.ipBlocks.match(a.SourceIP) {
+		return false
+	}
+	if len(f.notIPBlocks) > 0 && !neg(a.SourceIP.IsValid(), func() bool { return f.notIPBlocks.match(a.SourceIP) }, deny) {
+		return false
+	}
+	if len(f.remoteIPBlocks) > 0 && !f.remoteIPBlocks.match(remoteIP(a)) {
+		return false
+	}
+	if len(f.notRemoteBlocks) > 0 && !neg(remoteIP(a).IsValid(), func() bool { return f.notRemoteBlocks.match(remoteIP(a)) }, deny) {
+		return false
+	}
+	return true
+}
+
+// remoteIP is Istio's remote.ip: the original client, or the peer when no
+// proxy in front reported one.
+func remoteIP(a *Attributes) netip.Addr {
+	if a.RemoteIP.IsValid() {
+		return a.RemoteIP
+	}
+	return a.SourceIP
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *cto) match(r *req, deny bool) bool {
+	a := r.a
+	if len(t.routes) > 0 && !t.routes.match(a.Route) {
+		return false
+	}
+	if len(t.hosts) > 0 && !matchHosts(t.hosts, r) {
+		return false
+	}
+	if len(t.notHosts) > 0 && !neg(a.Host != "", func() bool { return matchHosts(t.notHosts, r) }, deny) {
+		return false
+	}
+	if len(t.ports) > 0 && !t.ports.match(a.DestinationPort) {
+		return false
+	}
+	if len(t.notPorts) > 0 && !neg(a.DestinationPort != 0, func() bool { return t.notPorts.match(a.DestinationPort) }, deny) {
+		return false
+	}
+	if len(t.methods) > 0 && !t.methods.match(a.Method) {
+		return false
+	}
+	if len(t.notMethods) > 0 && t.notMethods.match(a.Method) {
+		return false
+	}
+	if len(t.paths) > 0 && !matchPaths(t.paths, r, deny) {
+		return false
+	}
+	if len(t.notPaths) > 0 && !notPaths(t.notPaths, r, deny) {
+		return false
+	}
+	return true
+}
+
+func matchHosts(ms []hostMatcher, r *req) bool {
+	for i := range ms {
+		h := r.host
+		if ms[i].withPort {
+			h = r.hostPort
+		}
+		if ms[i].m.match(h) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyPath(ms []pathMatcher, p string, fold bool) bool {
+	for i := range ms {
+		if ms[i].match(p, fold) {
+			return true
+		}
+	}
+	return false
+}
+
+// matchPaths: a deny-side rule matches if any reading matches (case-folded,
+// since some backends are case-insensitive); an allow-side rule only if
+// every reading does.
+func matchPaths(ms []pathMatcher, r *req, deny bool) bool {
+	v := &r.path
+	if deny {
+		return anyPath(ms, v.norm, true) || (v.alt != v.norm && anyPath(ms, v.alt, true))
+	}
+	return anyPath(ms, v.norm, false) && (v.alt == v.norm || anyPath(ms, v.alt, false))
+}
+
+// notPaths: a deny-side rule matches if some reading is outside the list; an
+// allow-side rule only if no reading is in it.
+func notPaths(ms []pathMatcher, r *req, deny bool) bool {
+	v := &r.path
+	if deny {
+		return !anyPath(ms, v.norm, false) || (v.alt != v.norm && !anyPath(ms, v.alt, false))
+	}
+	return !anyPath(ms, v.norm, true) && (v.alt == v.norm || !anyPath(ms, v.alt, true))
+}
+
+func (c *ccond) match(r *req, deny bool) bool {
+	a := r.a
+	switch c.kind {
+	case condHeader:
+		if a.Headers == nil {
+			return c.absent(deny)
+		}
+		v, ok := a.Headers.Get(c.name)
+		if !ok {
+			return c.absent(deny)
+		}
+		return c.matchHeader(v, deny)
+	case condSourceIP:
+		return c.matchIP(a.SourceIP, deny)
+	case condRemoteIP:
+		return c.matchIP(remoteIP(a), deny)
+	case condDestIP:
+		return c.matchIP(a.DestinationIP, deny)
+	case condDestPort:
+		if a.DestinationPort == 0 {
+			return c.absent(deny)
+		}
+		if len(c.ports) > 0 && !c.ports.match(a.DestinationPort) {
+			return false
+		}
+		return len(c.notPorts) == 0 || !c.notPorts.match(a.DestinationPort)
+	case condSourceNamespace:
+		if !r.nsOK {
+			return c.absent(deny)
+		}
+		return c.matchString(r.ns)
+	case condSourcePrincipal:
+		if !r.authed() {
+			return c.absent(deny)
+		}
+		return c.matchString(r.principal)
+	case condSNI:
+		if a.SNI == "" {
+			return c.absent(deny)
+		}
+		return c.matchString(a.SNI)
+	}
+	// request.auth.*
+	j := a.JWT
+	if j == nil {
+		return c.absent(deny)
+	}
+	switch c.kind {
+	case condAuthPrincipal:
+		if j.Principal == "" {
+			return c.absent(deny)
+		}
+		return c.matchString(j.Principal)
+	case condAuthPresenter:
+		if j.Presenter == "" {
+			return c.absent(deny)
+		}
+		return c.matchString(j.Presenter)
+	case condAuthAudiences:
+		return c.matchList(j.Audiences, deny)
+	case condAuthClaims:
+		v, ok := lookupClaim(j.Claims, c.claim)
+		if !ok {
+			return c.absent(deny)
+		}
+		switch t := v.(type) {
+		case string:
+			return c.matchString(t)
+		case []any:
+			return matchElems(c, len(t), func(i int) (string, bool) { s, ok := t[i].(string); return s, ok }, deny)
+		case []string:
+			return c.matchList(t, deny)
+		}
+		return c.absent(deny)
+	}
+	return false
+}
+
+// absent: a condition on a missing attribute matches only a deny-side rule
+// that asks for notValues alone (the value is, after all, not in the list).
+func (c *ccond) absent(deny bool) bool {
+	return deny && len(c.values) == 0 && len(c.ips) == 0 && len(c.ports) == 0
+}
+
+func (c *ccond) matchString(v string) bool {
+	if len(c.values) > 0 && !c.values.match(v) {
+		return false
+	}
+	return len(c.notValues) == 0 || !c.notValues.match(v)
+}
+
+// matchList: Istio matches a list attribute when any element matches.
+func (c *ccond) matchList(vs []string, deny bool) bool {
+	return matchElems(c, len(vs), func(i int) (string, bool) { return vs[i], true }, deny)
+}
+
+// matchElems: some element is in values (when given) and none is in
+// notValues. Non-string elements are skipped.
+func matchElems(c *ccond, n int, at func(int) (string, bool), deny bool) bool {
+	okV, seen := len(c.values) == 0, false
+	for i := 0; i < n; i++ {
+		v, ok := at(i)
+		if !ok {
+			continue
+		}
+		seen = true
+		if len(c.values) > 0 && c.values.match(v) {
+			okV = true
+		}
+		if len(c.notValues) > 0 && c.notValues.match(v) {
+			return false
+		}
+	}
+	if !seen {
+		return c.absent(deny)
+	}
+	return okV
+}
+
+func (c *ccond) matchIP(ip netip.Addr, deny bool) bool {
+	if !ip.IsValid() {
+		return c.absent(deny)
+	}
+	if len(c.ips) > 0 && !c.ips.match(ip) {
+		return false
+	}
+	return len(c.notIPs) == 0 || !c.notIPs.match(ip)
+}
+
+// matchHeader: Envoy joins duplicated headers with ','. An allow-side rule
+// sees the joined value only (so a duplicate can never make it match); a
+// deny-side rule also tries each element, so "x: ok" + "x: evil" still hits
+// a DENY on "evil".
+func (c *ccond) matchHeader(v string, deny bool) bool {
+	if c.matchString(v) {
+		return true
+	}
+	if !deny || strings.IndexByte(v, ',') < 0 {
+		return false
+	}
+	for v != "" {
+		var el string
+		el, v, _ = strings.Cut(v, ",")
+		if c.matchString(strings.TrimSpace(el)) {
+			return true
+		}
+	}
+	return false
+}
+
+func lookupClaim(claims map[string]any, path []string) (any, bool) {
+	var cur any = claims
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		cur, ok = m[p]
+		if !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+func (j *cjwt) match(t *JWT) bool {
+	if t == nil || t.Subject.IsZero() {
+		return false
+	}
+	if len(j.audiences) > 0 {
+		ok := false
+		for _, want := range j.audiences {
+			if containsString(t.Audiences, want) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(j.trustDomains) > 0 && !containsString(j.trustDomains, t.Subject.TrustDomain().Name()) {
+		return false
+	}
+	if len(j.subjects) > 0 && !j.subjects.match(t.Subject) {
+		return false
+	}
+	for i := range j.claims {
+		v, ok := lookupClaim(t.Claims, j.claims[i].path)
+		if !ok {
+			return false
+		}
+		switch x := v.(type) {
+		case string:
+			if !j.claims[i].values.match(x) {
+				return false
+			}
+		case []any:
+			found := false
+			for _, e := range x {
+				if s, ok := e.(string); ok && j.claims[i].values.match(s) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+var _ = spiffeid.ID{}

@@ -1,0 +1,418 @@
+package policies
+
+import "strings"
+
+// pathView is every reading of a request path the engine needs. ALLOW rules
+// see norm only (the configured normalization); DENY, AUDIT and CUSTOM rules
+// match if any reading matches, so that no encoding trick evades them.
+type pathView struct {
+	norm   string
+	alt    string // the most decoded reading: every %XX, '\' as '/', ';' params dropped, slashes merged
+	unsafe string // why the path is ambiguous to backends; "" when it is not
+}
+
+// Why a path is unsafe (static strings, part of explain output).
+const (
+	unsafeNoSlash       = "path does not start with '/'"
+	unsafeEscapedSlash  = "path contains an escaped slash or backslash (%2F, %5C)"
+	unsafeBackslash     = "path contains a backslash"
+	unsafeSemicolon     = "path contains ';' path parameters"
+	unsafeControl       = "path contains NUL, control or non-ASCII bytes"
+	unsafeBadEscape     = "path contains an invalid percent-encoding"
+	unsafeDoubleEncoded = "path contains a double percent-encoding (%25)"
+)
+
+func stripQuery(p string) string {
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i]
+	}
+	if i := strings.IndexByte(p, '#'); i >= 0 {
+		p = p[:i]
+	}
+	return p
+}
+
+// special marks the bytes classifyPath must look at; every other byte of a
+// path is ordinary.
+var special = func() (t [256]bool) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = true
+	}
+	for c := 0x7f; c < 256; c++ {
+		t[c] = true
+	}
+	t['\\'], t[';'], t['%'], t['/'] = true, true, true, true
+	return t
+}()
+
+// viewPath classifies and normalizes a path. It allocates only when the path
+// needs rewriting, which ordinary paths do not.
+func viewPath(raw, normalization string) pathView {
+	p := stripQuery(raw)
+	unsafe, clean := classifyPath(p)
+	if clean {
+		return pathView{norm: p, alt: p}
+	}
+	return pathView{
+		norm:   normalizePath(p, normalization),
+		alt:    aggressivePath(p),
+		unsafe: unsafe,
+	}
+}
+
+func isHex(c byte) bool {
+	return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') || ('A' <= c && c <= 'F')
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+// classifyPath returns why p is unsafe ("" if not) and whether it is clean:
+// already in every normal form, so that no rewriting is needed.
+func classifyPath(p string) (unsafe string, clean bool) {
+	if p == "" || p[0] != '/' {
+		return unsafeNoSlash, false
+	}
+	clean = true
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !special[c] {
+			continue
+		}
+		switch {
+		case c < 0x20 || c >= 0x7f:
+			return unsafeControl, false
+		case c == '\\':
+			unsafe, clean = firstReason(unsafe, unsafeBackslash), false
+		case c == ';':
+			unsafe, clean = firstReason(unsafe, unsafeSemicolon), false
+		case c == '%':
+			clean = false
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return unsafeBadEscape, false
+			}
+			v := unhex(p[i+1])<<4 | unhex(p[i+2])
+			switch {
+			case v == '/' || v == '\\':
+				unsafe = firstReason(unsafe, unsafeEscapedSlash)
+			case v == '%':
+				unsafe = firstReason(unsafe, unsafeDoubleEncoded)
+			case v < 0x20 || v >= 0x7f:
+				return unsafeControl, false
+			}
+		case c == '/':
+			if i+1 < len(p) && p[i+1] == '/' {
+				clean = false
+			}
+			if dotSegmentAt(p, i+1) {
+				clean = false
+			}
+		}
+	}
+	return unsafe, clean
+}
+
+func firstReason(cur, r string) string {
+	if cur != "" {
+		return cur
+	}
+	return r
+}
+
+// dotSegmentAt reports whether a "." or ".." segment starts at i.
+func dotSegmentAt(p string, i int) bool {
+	if i >= len(p) || p[i] != '.' {
+		return false
+	}
+	if i+1 == len(p) || p[i+1] == '/' {
+		return true
+	}
+	return p[i+1] == '.' && (i+2 == len(p) || p[i+2] == '/')
+}
+
+func isUnreserved(c byte) bool {
+	return ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// normalizePath applies Istio's pathNormalization. BASE is Envoy's
+// normalize_path (RFC 3986: decode unreserved characters, '\' as '/',
+// resolve dot segments); MERGE_SLASHES adds merging of repeated slashes;
+// DECODE_AND_MERGE_SLASHES also decodes %2F and %5C first.
+func normalizePath(p, normalization string) string {
+	decodeSlashes := normalization == NormalizationDecodeAndMergeSlashes
+	merge := decodeSlashes || normalization == NormalizationMergeSlashes
+	var b strings.Builder
+	b.Grow(len(p))
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' && i+2 < len(p) && isHex(p[i+1]) && isHex(p[i+2]) {
+			v := unhex(p[i+1])<<4 | unhex(p[i+2])
+			if isUnreserved(v) || (decodeSlashes && (v == '/' || v == '\\')) {
+				c = v
+				i += 2
+			} else {
+				b.WriteByte('%')
+				b.WriteByte(upperHex(p[i+1]))
+				b.WriteByte(upperHex(p[i+2]))
+				i += 2
+				continue
+			}
+		}
+		if c == '\\' {
+			c = '/'
+		}
+		b.WriteByte(c)
+	}
+	return cleanSegments(b.String(), merge, false)
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+// aggressivePath is the reading a lenient backend might make: every
+// percent-encoding decoded (repeatedly, to catch double encoding),
+// backslashes as slashes, ';' parameters dropped, slashes merged, dot
+// segments resolved. DENY rules are matched against it too.
+func aggressivePath(p string) string {
+	for round := 0; round < 3; round++ {
+		if strings.IndexByte(p, '%') < 0 {
+			break
+		}
+		var b strings.Builder
+		b.Grow(len(p))
+		for i := 0; i < len(p); i++ {
+			if p[i] == '%' && i+2 < len(p) && isHex(p[i+1]) && isHex(p[i+2]) {
+				b.WriteByte(unhex(p[i+1])<<4 | unhex(p[i+2]))
+				i += 2
+				continue
+			}
+			b.WriteByte(p[i])
+		}
+		p = b.String()
+	}
+	p = strings.ReplaceAll(p, "\\", "/")
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	return cleanSegments(p, true, true)
+}
+
+// cleanSegments resolves "." and ".." segments (RFC 3986 5.2.4), optionally
+// merging empty segments and dropping ";params" from each segment.
+func cleanSegments(p string, merge, dropParams bool) string {
+	if p == "" {
+		return "/"
+	}
+	segs := strings.Split(p[1:], "/")
+	out := make([]string, 0, len(segs))
+	for i, s := range segs {
+		if dropParams {
+			if j := strings.IndexByte(s, ';'); j >= 0 {
+				s = s[:j]
+			}
+		}
+		last := i == len(segs)-1
+		switch s {
+		case ".":
+			if last {
+				out = append(out, "")
+			}
+			continue
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+			if last {
+				out = append(out, "")
+			}
+			continue
+		case "":
+			if merge && !last {
+				continue
+			}
+		}
+		out = append(out, s)
+	}
+	if merge {
+		// a trailing empty segment is kept (it is "/x/"), a leading run of
+		// them was skipped above
+		for len(out) > 1 && out[len(out)-1] == "" && out[len(out)-2] == "" {
+			out = out[:len(out)-1]
+		}
+	}
+	return "/" + strings.Join(out, "/")
+}
+
+// ----- Istio path matching -----
+
+type pathKind uint8
+
+const (
+	pathExact pathKind = iota
+	pathPrefix
+	pathSuffix
+	pathAny
+	pathTemplate
+)
+
+// pathMatcher is one Istio path value: exact, "prefix*", "*suffix", "*", or a
+// template with "{*}" (one segment) and a final "{**}" (any remaining
+// segments, at least one).
+type pathMatcher struct {
+	kind pathKind
+	v    string
+	segs []string // template segments
+}
+
+func compilePath(v string) (pathMatcher, error) {
+	if strings.Contains(v, "{") || strings.Contains(v, "}") {
+		if !strings.HasPrefix(v, "/") {
+			return pathMatcher{}, errorf("path template %q must start with '/'", v)
+		}
+		segs := strings.Split(v[1:], "/")
+		for i, s := range segs {
+			switch s {
+			case "{*}":
+			case "{**}":
+				if i != len(segs)-1 {
+					return pathMatcher{}, errorf("path template %q: {**} must be the last segment", v)
+				}
+			default:
+				if strings.ContainsAny(s, "{}*") {
+					return pathMatcher{}, errorf("path template %q: segment %q: operators must be whole segments {*} or {**}", v, s)
+				}
+			}
+		}
+		return pathMatcher{kind: pathTemplate, v: v, segs: segs}, nil
+	}
+	if err := validIstioString(v); err != nil {
+		return pathMatcher{}, err
+	}
+	m := newStrMatcher(v, false)
+	pm := pathMatcher{v: m.v}
+	switch m.kind {
+	case strAny:
+		pm.kind = pathAny
+	case strPrefix:
+		pm.kind = pathPrefix
+	case strSuffix:
+		pm.kind = pathSuffix
+	default:
+		pm.kind = pathExact
+	}
+	return pm, nil
+}
+
+func (m *pathMatcher) match(p string, fold bool) bool {
+	switch m.kind {
+	case pathAny:
+		return true
+	case pathExact:
+		if fold {
+			return strings.EqualFold(p, m.v)
+		}
+		return p == m.v
+	case pathPrefix:
+		return len(p) >= len(m.v) && eq(p[:len(m.v)], m.v, fold)
+	case pathSuffix:
+		return len(p) >= len(m.v) && eq(p[len(p)-len(m.v):], m.v, fold)
+	}
+	return matchTemplate(m.segs, p, fold)
+}
+
+func eq(a, b string, fold bool) bool {
+	if fold {
+		return strings.EqualFold(a, b)
+	}
+	return a == b
+}
+
+func matchTemplate(segs []string, p string, fold bool) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	i := 1
+	for si, seg := range segs {
+		if seg == "{**}" && si == len(segs)-1 {
+			return i < len(p) // at least one more character: one or more segments
+		}
+		if i > len(p) {
+			return false
+		}
+		j := strings.IndexByte(p[i:], '/')
+		end := len(p)
+		if j >= 0 {
+			end = i + j
+		}
+		cur := p[i:end]
+		if seg == "{*}" {
+			if cur == "" {
+				return false
+			}
+		} else if !eq(cur, seg, fold) {
+			return false
+		}
+		if si == len(segs)-1 {
+			return end == len(p)
+		}
+		if end == len(p) {
+			return false
+		}
+		i = end + 1
+	}
+	return false
+}
+
+// firstSegment returns the first path segment of a pattern's literal part
+// (for indexing) when it has one.
+func (m *pathMatcher) firstSegment() (string, bool) {
+	var lit string
+	switch m.kind {
+	case pathExact, pathPrefix:
+		lit = m.v
+	case pathTemplate:
+		if len(m.segs) == 0 || strings.HasPrefix(m.segs[0], "{") {
+			return "", false
+		}
+		return m.segs[0], len(m.segs) > 1 || m.segs[0] != ""
+	default:
+		return "", false
+	}
+	if !strings.HasPrefix(lit, "/") {
+		return "", false
+	}
+	rest := lit[1:]
+	j := strings.IndexByte(rest, '/')
+	if j < 0 {
+		// "/api*" covers "/apix": the first segment is not fixed, unless exact
+		if m.kind == pathExact {
+			return rest, true
+		}
+		return "", false
+	}
+	return rest[:j], true
+}
+
+// firstSegmentOf returns the first segment of a request path.
+func firstSegmentOf(p string) string {
+	if p == "" || p[0] != '/' {
+		return ""
+	}
+	rest := p[1:]
+	if j := strings.IndexByte(rest, '/'); j >= 0 {
+		return rest[:j]
+	}
+	return rest
+}

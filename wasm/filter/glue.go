@@ -1,0 +1,199 @@
+package main
+
+import (
+	"runtime"
+	"strconv"
+
+	"github.com/meshguard/meshguard/wasm/internal/filtercore"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+)
+
+// vmContext is one proxy-wasm VM (one Envoy worker thread).
+type vmContext struct {
+	types.DefaultVMContext
+	now func() int64
+	vm  *filtercore.VM
+	// streams counts finished streams, to check the heap now and then.
+	streams       uint32
+	heap, heapSys filtercore.Gauge
+}
+
+func newVMContext(now func() int64) *vmContext { return &vmContext{now: now} }
+
+func (v *vmContext) NewPluginContext(uint32) types.PluginContext {
+	if v.vm == nil {
+		v.vm = filtercore.NewVM(sdkHost{now: v.now})
+	}
+	return &pluginContext{vmc: v, core: v.vm.NewPlugin()}
+}
+
+type pluginContext struct {
+	types.DefaultPluginContext
+	vmc  *vmContext
+	core *filtercore.Plugin
+}
+
+func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
+	data, err := proxywasm.GetPluginConfiguration()
+	if err != nil && err != types.ErrorStatusNotFound {
+		proxywasm.LogCriticalf("meshguard: read plugin configuration: %v", err)
+		return types.OnPluginStartStatusFailed
+	}
+	if err := p.core.Configure(data); err != nil {
+		return types.OnPluginStartStatusFailed // Configure logged why
+	}
+	if err := proxywasm.SetTickPeriodMilliSeconds(p.core.TickMillis()); err != nil {
+		proxywasm.LogWarnf("meshguard: set tick period: %v", err)
+	}
+	return types.OnPluginStartStatusOK
+}
+
+// OnTick runs the filter's periodic work and reports the Go heap inside
+// the module, which the linear memory size alone does not show.
+func (p *pluginContext) OnTick() {
+	p.core.OnTick()
+	v := p.vmc
+	if v.heap == nil {
+		v.heap = sdkHost{}.DefineGauge("meshguard_wasm_go_heap_bytes")
+		v.heapSys = sdkHost{}.DefineGauge("meshguard_wasm_go_sys_bytes")
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	v.heap.Set(int64(ms.HeapAlloc))
+	v.heapSys.Set(int64(ms.Sys))
+}
+
+func (p *pluginContext) NewHttpContext(uint32) types.HttpContext {
+	return &httpContext{p: p}
+}
+
+type httpContext struct {
+	types.DefaultHttpContext
+	p  *pluginContext
+	st filtercore.StreamState
+}
+
+func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
+	if h.p.core.OnRequestHeaders(sdkStream{}, &h.st) {
+		return types.ActionContinue
+	}
+	return types.ActionPause
+}
+
+func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
+	h.p.core.OnResponseHeaders(sdkStream{}, &h.st)
+	return types.ActionContinue
+}
+
+// gcEvery and gcHeap: Go's GC in a wasm reactor only runs inside calls;
+// collecting between streams when the heap has grown keeps the linear
+// memory flat and keeps GC pauses off the request path.
+const (
+	gcEvery = 4096
+	gcHeap  = 16 << 20
+)
+
+func (h *httpContext) OnHttpStreamDone() {
+	v := h.p.vmc
+	v.streams++
+	if v.streams%gcEvery != 0 {
+		return
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	if ms.HeapAlloc >= gcHeap {
+		runtime.GC()
+	}
+}
+
+// sdkHost adapts the SDK's host calls to filtercore.Host.
+type sdkHost struct{ now func() int64 }
+
+func (sdkHost) Log(l filtercore.Level, msg string) {
+	switch l {
+	case filtercore.LevelDebug:
+		proxywasm.LogDebug(msg)
+	case filtercore.LevelInfo:
+		proxywasm.LogInfo(msg)
+	case filtercore.LevelWarn:
+		proxywasm.LogWarn(msg)
+	case filtercore.LevelError:
+		proxywasm.LogError(msg)
+	default:
+		proxywasm.LogCritical(msg)
+	}
+}
+
+func (h sdkHost) Now() int64 { return h.now() }
+
+type counter struct{ m proxywasm.MetricCounter }
+
+// Add increments the counter. The SDK panics when the host refuses a
+// metric update; a metric is never worth failing a request for.
+func (c counter) Add(n uint64) {
+	defer func() { _ = recover() }()
+	c.m.Increment(n)
+}
+
+type gauge struct{ m proxywasm.MetricGauge }
+
+func (g gauge) Set(v int64) {
+	defer func() { _ = recover() }()
+	g.m.Add(v - g.m.Value())
+}
+
+func (sdkHost) DefineCounter(name string) filtercore.Counter {
+	return counter{proxywasm.DefineCounterMetric(name)}
+}
+
+func (sdkHost) DefineGauge(name string) filtercore.Gauge {
+	return gauge{proxywasm.DefineGaugeMetric(name)}
+}
+
+func (sdkHost) HTTPCall(cluster string, headers [][2]string, body []byte, timeout uint32, done func(int, error)) error {
+	_, err := proxywasm.DispatchHttpCall(cluster, headers, body, nil, timeout, func(int, int, int) {
+		// A failed call (reset, timeout, no healthy host) arrives with no
+		// headers: status 0.
+		s, err := proxywasm.GetHttpCallResponseHeaders()
+		status := 0
+		if err == nil {
+			for _, kv := range s {
+				if kv[0] == ":status" {
+					status, _ = strconv.Atoi(kv[1])
+				}
+			}
+		}
+		done(status, nil)
+	})
+	return err
+}
+
+func (sdkHost) SharedData(key string) ([]byte, uint32, error) { return proxywasm.GetSharedData(key) }
+
+func (sdkHost) SetSharedData(key string, value []byte, cas uint32) error {
+	return proxywasm.SetSharedData(key, value, cas)
+}
+
+// sdkStream adapts the current HTTP stream's host calls.
+type sdkStream struct{}
+
+func (sdkStream) RequestHeaders() ([][2]string, error) { return proxywasm.GetHttpRequestHeaders() }
+
+func (sdkStream) ReplaceRequestHeaders(h [][2]string) error {
+	return proxywasm.ReplaceHttpRequestHeaders(h)
+}
+
+func (sdkStream) ResponseHeader(name string) (string, bool) {
+	v, err := proxywasm.GetHttpResponseHeader(name)
+	return v, err == nil
+}
+
+func (sdkStream) Property(path []string) ([]byte, bool) {
+	v, err := proxywasm.GetProperty(path)
+	return v, err == nil
+}
+
+func (sdkStream) SendLocalResponse(status uint32, headers [][2]string, body []byte) error {
+	return proxywasm.SendHttpResponse(status, headers, body, -1)
+}

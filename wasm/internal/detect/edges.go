@@ -1,0 +1,88 @@
+package detect
+
+import (
+	"strings"
+
+	"github.com/meshguard/meshguard/policies"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// BaselineMode is the strictest mode among the bundle's TrafficBaselines.
+type BaselineMode uint8
+
+// Baseline modes.
+const (
+	BaselineNone BaselineMode = iota
+	BaselineLearn
+	BaselineShadow
+	BaselineEnforce
+)
+
+func (m BaselineMode) String() string {
+	switch m {
+	case BaselineLearn:
+		return policies.BaselineLearn
+	case BaselineShadow:
+		return policies.BaselineShadow
+	case BaselineEnforce:
+		return policies.BaselineEnforce
+	}
+	return "none"
+}
+
+// EdgeOracle answers whether an edge is in the bundle's TrafficBaselines.
+// *policies.Snapshot implements it, so the filter and the authz server read
+// the baseline the same way.
+type EdgeOracle interface {
+	BaselineMode() string
+	KnownEdge(source spiffeid.ID, destination, route string) bool
+}
+
+func parseBaselineMode(s string) BaselineMode {
+	switch s {
+	case policies.BaselineLearn:
+		return BaselineLearn
+	case policies.BaselineShadow:
+		return BaselineShadow
+	case policies.BaselineEnforce:
+		return BaselineEnforce
+	}
+	return BaselineNone
+}
+
+// knownEdge asks the oracle about dest as given and, for a Kubernetes service
+// host such as "reviews.default.svc.cluster.local", also about
+// "reviews.default" and "reviews", the forms baselines are written in.
+func knownEdge(o EdgeOracle, src spiffeid.ID, dest, route string) bool {
+	if o.KnownEdge(src, dest, route) {
+		return true
+	}
+	if i := strings.Index(dest, ".svc"); i > 0 {
+		if o.KnownEdge(src, dest[:i], route) {
+			return true
+		}
+		if j := indexByte(dest, '.'); j > 0 && j < i {
+			return o.KnownEdge(src, dest[:j], route)
+		}
+	}
+	return false
+}
+
+// edgeSlot caches the baseline answer for one edge so a request costs one
+// array probe; slots are overwritten on collision (bounded memory, and a
+// re-reported edge is harmless).
+type edgeSlot struct {
+	hash     uint64
+	gen      uint32
+	known    bool
+	reported bool
+}
+
+func edgeHash(id, dest, route string) uint64 {
+	h := fnvString(fnvOffset, id)
+	h = fnvByte(h, 0)
+	h = fnvString(h, dest)
+	h = fnvByte(h, 0)
+	h = fnvString(h, route)
+	return mix(h) | 1 // never zero: zero marks an empty slot
+}

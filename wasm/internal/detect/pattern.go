@@ -1,0 +1,35 @@
+package detect
+
+import (
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshguard/meshguard/policies"
+)
+
+// Identity patterns have the policies package's syntax and meaning: the
+// detectors parse and match them with policies.IDPattern.
+
+func parseIDPatterns(field string, in []string) ([]policies.IDPattern, []error) {
+	var errs []error
+	out := make([]policies.IDPattern, 0, len(in))
+	for _, s := range in {
+		p, err := policies.ParseIDPattern(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", field, err))
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, errs
+}
+
+func matchAny(ps []policies.IDPattern, id spiffeid.ID) bool {
+	for i := range ps {
+		if ps[i].Match(id) {
+			return true
+		}
+	}
+	return false
+}

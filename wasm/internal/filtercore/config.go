@@ -1,0 +1,129 @@
+package filtercore
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
+	"github.com/meshguard/meshguard/wasm/internal/detect"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Defaults for the event reporter.
+const (
+	DefaultTickMillis    = 1000
+	DefaultMaxBatch      = 100
+	DefaultTimeoutMillis = 5000
+	DefaultMaxEvents     = 1024
+	maxEventsLimit       = 1 << 16
+)
+
+// Config is a parsed, validated and compiled plugin configuration.
+// Immutable once built.
+type Config struct {
+	snap        *policies.Snapshot
+	detect      *detect.Config
+	target      policies.Target
+	workloadID  string
+	requireMTLS bool
+	service     string
+
+	cluster, authority, path  string
+	tickMillis, timeoutMillis uint32
+	maxBatch, maxEvents       int
+}
+
+// Version is the bundle version.
+func (c *Config) Version() string { return c.snap.Version() }
+
+// ParseConfig decodes the plugin configuration strictly (unknown fields are
+// errors), decodes and verifies the bundle, compiles it with the policy
+// engine and compiles the detection settings. It reports every problem it
+// can find at once.
+func ParseConfig(data []byte) (*Config, error) {
+	var fc wire.FilterConfig
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&fc); err != nil {
+		return nil, fmt.Errorf("plugin configuration: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("plugin configuration: trailing data after the JSON object")
+	}
+	var errs []error
+	c := &Config{requireMTLS: fc.RequireMTLS}
+	if len(fc.Bundle) == 0 || string(fc.Bundle) == "null" {
+		return nil, errors.New("plugin configuration: bundle is required")
+	}
+	b, err := policies.DecodeBundle(fc.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("plugin configuration: %w", err)
+	}
+	snap, err := policies.Compile(b)
+	if err != nil {
+		return nil, fmt.Errorf("plugin configuration: %w", err)
+	}
+	c.snap = snap
+
+	w := fc.Workload
+	c.target = policies.Target{Namespace: w.Namespace, Labels: w.Labels, Service: w.Service, Gateway: w.Gateway}
+	if w.ID != "" {
+		id, err := spiffeid.FromString(w.ID)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("workload.id %q: %w", w.ID, err))
+		}
+		c.target.ID, c.workloadID = id, w.ID
+	}
+	c.service = w.Service
+
+	cp := fc.ControlPlane
+	c.cluster, c.authority, c.path = cp.Cluster, cp.Authority, cp.Path
+	if c.path == "" {
+		c.path = wire.EventsPath
+	}
+	if c.authority == "" {
+		c.authority = cp.Cluster
+	}
+	if c.path[0] != '/' {
+		errs = append(errs, fmt.Errorf("controlPlane.path %q: must start with /", cp.Path))
+	}
+	c.tickMillis, c.timeoutMillis, c.maxBatch = cp.TickMillis, cp.TimeoutMilli, cp.MaxBatch
+	if c.tickMillis == 0 {
+		c.tickMillis = DefaultTickMillis
+	}
+	if c.timeoutMillis == 0 {
+		c.timeoutMillis = DefaultTimeoutMillis
+	}
+	if c.maxBatch == 0 {
+		c.maxBatch = DefaultMaxBatch
+	}
+	if c.maxBatch < 0 || c.maxBatch > maxEventsLimit {
+		errs = append(errs, fmt.Errorf("controlPlane.maxBatch %d: want 1..%d", cp.MaxBatch, maxEventsLimit))
+	}
+	c.maxEvents = DefaultMaxEvents
+	var tu detect.Tuning
+	if d := fc.Detection; d != nil {
+		tu = detect.Tuning{Capacity: d.Capacity, EdgeCache: d.EdgeCache, Warmup: d.WarmupSeconds}
+		if d.Capacity < 0 || d.EdgeCache < 0 || d.WarmupSeconds < 0 || d.MaxEvents < 0 {
+			errs = append(errs, errors.New("detection: values must not be negative"))
+		}
+		if d.MaxEvents > maxEventsLimit {
+			errs = append(errs, fmt.Errorf("detection.maxEvents %d: at most %d", d.MaxEvents, maxEventsLimit))
+		}
+		if d.MaxEvents > 0 {
+			c.maxEvents = d.MaxEvents
+		}
+	}
+	dc, err := detect.NewConfig(&b.Set, snap, tu)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.detect = dc
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("plugin configuration (bundle %s): %w", b.Version, err)
+	}
+	return c, nil
+}

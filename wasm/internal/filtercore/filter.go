@@ -1,0 +1,589 @@
+package filtercore
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
+	"github.com/meshguard/meshguard/wasm/internal/detect"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// SharedBlocklistKey is the one shared-data key the filter writes: the
+// identities blocked by a quarantine response, so that every worker VM
+// blocks them (Envoy cannot delete shared-data keys, so the key set is
+// fixed and the value bounded).
+const SharedBlocklistKey = "meshguard.blocklist.v1"
+
+const (
+	maxSharedBlocks = 256
+	maxIDCache      = 1024
+	maxConnCache    = 4096
+	defaultReporter = "meshguard-wasm"
+)
+
+// VM is the state one proxy-wasm VM shares among its plugin contexts: the
+// detectors, the event buffer, metrics and the identity cache.
+type VM struct {
+	host    Host
+	m       *metrics
+	engine  *detect.Engine
+	events  eventBuffer
+	ids     map[string]spiffeid.ID
+	conns   map[uint64]*connInfo // by connection.id
+	blocks  map[uint64]int64     // identity key → unix nanos, from shared data
+	pending []block              // local quarantines not yet published
+	evicted uint64
+}
+
+type block struct {
+	key   uint64
+	until int64
+}
+
+// NewVM defines the metrics and returns an empty VM.
+func NewVM(h Host) *VM {
+	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{}, events: eventBuffer{max: DefaultMaxEvents}}
+}
+
+// Plugin is one plugin context: one configuration.
+type Plugin struct {
+	vm  *VM
+	cfg *Config
+}
+
+// NewPlugin returns a plugin without configuration; it denies every
+// request until Configure succeeds. Metrics are defined again: a proxy
+// returns the existing metric for a name it knows, and a host that lost
+// them (a restarted emulator) gets them back.
+func (vm *VM) NewPlugin() *Plugin {
+	vm.m = newMetrics(vm.host)
+	return &Plugin{vm: vm}
+}
+
+// Configure parses and installs a configuration. On error the previous
+// configuration (if any) stays in force and the error is logged.
+func (p *Plugin) Configure(data []byte) error {
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		p.vm.m.configErr.Add(1)
+		p.vm.host.Log(LevelCritical, "meshguard: invalid plugin configuration, refusing it: "+err.Error())
+		return err
+	}
+	p.cfg = cfg
+	vm := p.vm
+	if vm.engine == nil {
+		vm.engine = detect.NewEngine(cfg.detect)
+	} else {
+		vm.engine.SetConfig(cfg.detect)
+	}
+	vm.events.max = cfg.maxEvents
+	vm.m.configOK.Add(1)
+	if cfg.cluster == "" {
+		vm.host.Log(LevelWarn, "meshguard: controlPlane.cluster is empty: events are counted as dropped, not sent")
+	}
+	vm.host.Log(LevelInfo, "meshguard: loaded bundle "+cfg.snap.Version()+" ("+cfg.snap.Hash()+")")
+	return nil
+}
+
+// TickMillis is the tick period the plugin wants.
+func (p *Plugin) TickMillis() uint32 {
+	if p.cfg == nil {
+		return DefaultTickMillis
+	}
+	return p.cfg.tickMillis
+}
+
+// StreamState is the per-stream memory between request and response.
+type StreamState struct {
+	ref      detect.Ref
+	observed bool
+	replied  bool
+	// Scratch space that lives as long as the stream, so the request path
+	// does not allocate it.
+	conn connInfo
+	hv   headerView
+}
+
+// headerView serves policy header lookups from the request's header list.
+type headerView struct{ h [][2]string }
+
+func (v *headerView) Get(name string) (string, bool) {
+	for _, kv := range v.h {
+		if kv[0] == name {
+			return kv[1], true
+		}
+	}
+	return "", false
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := s[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func parseAddr(b []byte, ok bool) (netip.Addr, uint32) {
+	if !ok || len(b) == 0 {
+		return netip.Addr{}, 0
+	}
+	ap, err := netip.ParseAddrPort(string(b))
+	if err != nil {
+		a, err := netip.ParseAddr(string(b))
+		if err != nil {
+			return netip.Addr{}, 0
+		}
+		return a.Unmap(), 0
+	}
+	return ap.Addr().Unmap(), uint32(ap.Port())
+}
+
+// connInfo is what the filter reads from connection-level properties. It
+// is the same for every request of a connection, so it is read once per
+// connection (Envoy never reuses a connection.id within a process) instead
+// of with five host calls per request.
+type connInfo struct {
+	id           spiffeid.ID
+	mtls         bool
+	bad          policies.Reason
+	srcIP, dstIP netip.Addr
+	dstPort      uint32
+	sni          string
+	requireMTLS  bool
+}
+
+func (p *Plugin) connection(s Stream, c *connInfo) {
+	vm := p.vm
+	var key uint64
+	if b, ok := s.Property(PropConnID); ok && len(b) == 8 {
+		key = binary.LittleEndian.Uint64(b)
+		if cached, ok := vm.conns[key]; ok && cached.requireMTLS == p.cfg.requireMTLS {
+			*c = *cached
+			return
+		}
+	}
+	*c = connInfo{requireMTLS: p.cfg.requireMTLS}
+	c.id, c.mtls, c.bad = p.identity(s)
+	c.srcIP, _ = parseAddr(s.Property(PropSourceAddr))
+	c.dstIP, c.dstPort = parseAddr(s.Property(PropDestAddr))
+	if sni, ok := s.Property(PropSNI); ok {
+		c.sni = string(sni)
+	}
+	if key != 0 {
+		if len(vm.conns) >= maxConnCache {
+			clear(vm.conns)
+		}
+		cp := *c
+		vm.conns[key] = &cp
+	}
+}
+
+// identity returns the caller's verified SPIFFE ID (zero when the
+// connection has none) and whether the connection is mutual TLS; reason is
+// set when the request must be denied.
+func (p *Plugin) identity(s Stream) (id spiffeid.ID, mtls bool, reason policies.Reason) {
+	san, ok := s.Property(PropURISANPeer)
+	if ok && len(san) > 0 {
+		if id, ok := p.vm.ids[string(san)]; ok {
+			return id, true, ""
+		}
+		id, err := spiffeid.FromString(string(san))
+		if err != nil {
+			return spiffeid.ID{}, true, policies.ReasonDeniedIdentity
+		}
+		if len(p.vm.ids) >= maxIDCache {
+			clear(p.vm.ids)
+		}
+		p.vm.ids[id.String()] = id
+		return id, true, ""
+	}
+	if b, ok := s.Property(PropMTLS); ok && len(b) == 1 && b[0] == 1 {
+		mtls = true
+	}
+	if p.cfg.requireMTLS {
+		if !mtls {
+			return spiffeid.ID{}, false, policies.ReasonDeniedNoMTLS
+		}
+		// A client certificate without a URI SAN is not a SPIFFE identity.
+		return spiffeid.ID{}, true, policies.ReasonDeniedIdentity
+	}
+	return spiffeid.ID{}, mtls, ""
+}
+
+// OnRequestHeaders decides the request. It returns true to let it
+// continue, false when it answered locally.
+func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
+	// Fail closed on a bug too: a panic must deny this request, not trap
+	// the VM (which Envoy would turn into fail-open or a broken worker,
+	// depending on configuration).
+	defer func() {
+		if r := recover(); r != nil {
+			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the request path: %v", r))
+			cont = false
+			if !st.replied {
+				cont = p.deny(s, st, p.cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+			}
+		}
+	}()
+	vm := p.vm
+	vm.m.requests.Add(1)
+	cfg := p.cfg
+	if cfg == nil {
+		return p.deny(s, st, nil, 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
+	}
+	hdrs, err := s.RequestHeaders()
+	if err != nil {
+		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+	}
+	var method, path, authority string
+	spoofed := 0
+	for _, kv := range hdrs {
+		switch kv[0] {
+		case ":method":
+			method = kv[1]
+		case ":path":
+			path = kv[1]
+		case ":authority":
+			authority = kv[1]
+		default:
+			if hasPrefixFold(kv[0], wire.HeaderPrefix) {
+				spoofed++
+			}
+		}
+	}
+	if spoofed > 0 {
+		vm.m.stripped.Add(uint64(spoofed))
+		hdrs = slices.DeleteFunc(hdrs, func(kv [2]string) bool { return hasPrefixFold(kv[0], wire.HeaderPrefix) })
+	}
+
+	c := &st.conn
+	p.connection(s, c)
+	if c.bad != "" {
+		return p.deny(s, st, cfg, 403, c.bad, policies.RuleRef{})
+	}
+	id, mtls, srcIP, dstIP, dstPort, sni := c.id, c.mtls, c.srcIP, c.dstIP, c.dstPort, c.sni
+	routeB, _ := s.Property(PropRouteName)
+	route := string(routeB)
+
+	now := vm.host.Now()
+	if len(vm.blocks) > 0 {
+		if until, ok := vm.blocks[detect.IdentityKey(id, srcIP)]; ok && now < until {
+			return p.deny(s, st, cfg, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+		}
+	}
+
+	st.hv = headerView{h: hdrs}
+	attrs := policies.Attributes{
+		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
+		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
+		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
+		Headers: &st.hv,
+	}
+	dec := cfg.snap.Decide(&attrs)
+
+	dr := detect.Request{Now: now, Source: id, SourceAddr: srcIP, Method: method, Path: path,
+		Authority: authority, DestAddr: dstIP, Route: route, Service: cfg.service}
+	v := vm.engine.Observe(&dr)
+	st.ref, st.observed = v.Ref, true
+	p.report(&v, now, method, route)
+
+	if !dec.Allowed {
+		vm.engine.ObserveResponse(v.Ref, now, 403) // denials feed the error detectors
+		return p.deny(s, st, cfg, 403, dec.Reason, dec.Ref)
+	}
+	if dec.WouldDeny {
+		vm.m.dryRun.Add(1)
+		p.event(wire.Event{Kind: wire.EventDecision, Source: id.String(), Route: route, Method: method,
+			Response: string(policies.ModeDryRun), Detail: string(dec.Reason) + " " + refString(dec.Ref), UnixMillis: now / 1e6})
+	}
+	if v.Status != 0 {
+		ref := policies.RuleRef{Policy: "AnomalyProfile/" + v.Profile, Rule: v.Detector.String()}
+		if v.Reason == policies.ReasonDeniedBaseline {
+			ref = policies.RuleRef{Policy: "TrafficBaseline", Rule: v.Detector.String()}
+		}
+		return p.deny(s, st, cfg, v.Status, v.Reason, ref)
+	}
+	vm.m.decision(dec.Reason)
+
+	// Stamp what ext_authz needs (Istio cannot pass per-route context to a
+	// CUSTOM provider) on a header list already free of client-sent ones.
+	hdrs = append(hdrs,
+		[2]string{wire.HeaderRoute, route},
+		[2]string{wire.HeaderPolicyRef, refString(dec.Ref)},
+		[2]string{wire.HeaderBundleVersion, cfg.snap.Version()})
+	if err := s.ReplaceRequestHeaders(hdrs); err != nil {
+		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+	}
+	return true
+}
+
+func refString(r policies.RuleRef) string {
+	if r.Rule == "" {
+		return r.Policy
+	}
+	return r.Policy + "#" + r.Rule
+}
+
+type denyBody struct {
+	Reason        policies.Reason `json:"reason"`
+	Policy        string          `json:"policy,omitempty"`
+	Rule          string          `json:"rule,omitempty"`
+	BundleVersion string          `json:"bundle_version,omitempty"`
+}
+
+func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
+	p.vm.m.decision(reason)
+	b := denyBody{Reason: reason, Policy: ref.Policy, Rule: ref.Rule}
+	if cfg != nil {
+		b.BundleVersion = cfg.snap.Version()
+	}
+	body, _ := json.Marshal(b) // cannot fail: strings only
+	st.replied = true
+	err := s.SendLocalResponse(status, [][2]string{
+		{wire.HeaderReason, string(reason)},
+		{"content-type", "application/json"},
+	}, body)
+	if err != nil {
+		p.vm.host.Log(LevelError, "meshguard: send local response: "+err.Error())
+	}
+	return false
+}
+
+// OnResponseHeaders feeds the response status to the error detectors.
+func (p *Plugin) OnResponseHeaders(s Stream, st *StreamState) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the response path: %v", r))
+		}
+	}()
+	if !st.observed || st.replied || p.vm.engine == nil || !p.vm.engine.WantsStatus(st.ref) {
+		return
+	}
+	sv, ok := s.ResponseHeader(":status")
+	if !ok {
+		return
+	}
+	code, err := strconv.Atoi(sv)
+	if err != nil {
+		return
+	}
+	now := p.vm.host.Now()
+	v := p.vm.engine.ObserveResponse(st.ref, now, code)
+	p.report(&v, now, "", "")
+}
+
+// report turns findings, edges and quarantine requests into metrics,
+// events and shared blocks.
+func (p *Plugin) report(v *detect.Verdict, now int64, method, route string) {
+	vm := p.vm
+	if v.N == 0 && !v.Edge.Report && !v.Quarantine {
+		return
+	}
+	src := vm.engine.Source(v.Ref)
+	if v.Edge.Report {
+		vm.m.edges.Add(1)
+		detail := "known"
+		if !v.Edge.Known {
+			detail = "unknown"
+		}
+		p.event(wire.Event{Kind: wire.EventEdge, Detector: detect.DetLateral.String(), Source: src,
+			Destination: v.Edge.Dest, Route: route, Method: method, UnixMillis: now / 1e6,
+			Detail: detail + " baseline=" + v.Edge.Mode.String()})
+	}
+	for i := 0; i < v.N; i++ {
+		f := &v.Findings[i]
+		vm.m.anomalies[f.Detector][f.Response].Add(1)
+		if f.Response == detect.RespCount {
+			continue
+		}
+		resp := f.Response.String()
+		if f.DryRun {
+			resp = "dry-run"
+		}
+		e := wire.Event{Kind: wire.EventAnomaly, Detector: f.Detector.String(), Source: src, Route: route,
+			Method: method, Response: resp, Profile: v.Profile, Score: f.Score, Count: f.Count,
+			UnixMillis: now / 1e6, Detail: f.Detail}
+		if f.Response == detect.RespQuarantine && v.Quarantine {
+			e.Detail += " quarantine_for=" + strconv.FormatInt(v.QuarantineFor/1e9, 10) + "s"
+		}
+		p.event(e)
+		vm.host.Log(LevelWarn, fmt.Sprintf("meshguard: anomaly detector=%s source=%s detail=%s score=%.2f response=%s", e.Detector, src, f.Detail, f.Score, resp))
+	}
+	if v.Quarantine {
+		b := block{key: v.Ref.Key(), until: now + v.QuarantineFor}
+		if vm.blocks == nil {
+			vm.blocks = map[uint64]int64{}
+		}
+		vm.blocks[b.key] = b.until
+		vm.pending = append(vm.pending, b)
+		if len(vm.pending) > maxSharedBlocks {
+			vm.pending = vm.pending[len(vm.pending)-maxSharedBlocks:]
+		}
+	}
+}
+
+func (p *Plugin) event(e wire.Event) {
+	if !p.vm.events.add(e) {
+		p.vm.m.dropped.Add(1)
+	}
+}
+
+// OnTick flushes events, publishes and reads the shared blocklist and
+// updates gauges.
+func (p *Plugin) OnTick() {
+	defer func() {
+		if r := recover(); r != nil {
+			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on tick: %v", r))
+			p.vm.events.inflight = false
+		}
+	}()
+	vm := p.vm
+	if vm.engine != nil {
+		st := vm.engine.Stats()
+		vm.m.identities.Set(int64(st.Identities))
+		if st.Evictions > vm.evicted {
+			vm.m.evictions.Add(st.Evictions - vm.evicted)
+			vm.evicted = st.Evictions
+		}
+	}
+	p.syncBlocks()
+	p.flush()
+}
+
+func (p *Plugin) flush() {
+	vm, cfg := p.vm, p.cfg
+	if cfg == nil || vm.events.inflight || (len(vm.events.buf) == 0 && vm.events.dropped == 0) {
+		return
+	}
+	if cfg.cluster == "" {
+		n := len(vm.events.buf)
+		vm.m.dropped.Add(uint64(n))
+		vm.events.buf = vm.events.buf[:0]
+		vm.events.dropped = 0
+		return
+	}
+	reporter := cfg.workloadID
+	if reporter == "" {
+		reporter = defaultReporter
+	}
+	body, n, dropped, err := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.snap.Version())
+	if err != nil {
+		vm.host.Log(LevelError, "meshguard: encode events: "+err.Error())
+		return
+	}
+	hdrs := [][2]string{
+		{":method", "POST"}, {":path", cfg.path}, {":authority", cfg.authority},
+		{"content-type", "application/json"},
+	}
+	vm.events.inflight = true
+	err = vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, func(status int, err error) {
+		vm.events.inflight = false
+		if err != nil || status < 200 || status > 299 {
+			vm.m.dropped.Add(uint64(n))
+			vm.events.dropped += uint64(n) + dropped
+			return
+		}
+		vm.m.sent.Add(uint64(n))
+	})
+	if err != nil {
+		vm.events.inflight = false
+		vm.m.dropped.Add(uint64(n))
+		vm.events.dropped += uint64(n) + dropped
+		vm.host.Log(LevelWarn, "meshguard: dispatch events to cluster "+cfg.cluster+": "+err.Error())
+	}
+}
+
+// syncBlocks merges this VM's quarantine blocks into the shared blocklist
+// (compare-and-swap, a few attempts) and reloads the merged list.
+func (p *Plugin) syncBlocks() {
+	vm := p.vm
+	now := vm.host.Now()
+	for attempt := 0; attempt < 4; attempt++ {
+		raw, cas, err := vm.host.SharedData(SharedBlocklistKey)
+		if err != nil {
+			raw, cas = nil, 0
+		}
+		list := decodeBlocks(raw, now)
+		if len(vm.pending) == 0 {
+			vm.loadBlocks(list)
+			return
+		}
+		for _, b := range vm.pending {
+			list = upsertBlock(list, b)
+		}
+		if len(list) > maxSharedBlocks {
+			slices.SortFunc(list, func(a, b block) int { return int(b.until>>20) - int(a.until>>20) })
+			list = list[:maxSharedBlocks]
+		}
+		if err := vm.host.SetSharedData(SharedBlocklistKey, encodeBlocks(list), cas); err != nil {
+			vm.m.conflicts.Add(1)
+			continue
+		}
+		vm.pending = vm.pending[:0]
+		vm.loadBlocks(list)
+		return
+	}
+}
+
+func (vm *VM) loadBlocks(list []block) {
+	if len(list) == 0 && len(vm.blocks) == 0 {
+		return
+	}
+	m := make(map[uint64]int64, len(list))
+	for _, b := range list {
+		m[b.key] = b.until
+	}
+	for _, b := range vm.pending {
+		m[b.key] = max(m[b.key], b.until)
+	}
+	vm.blocks = m
+}
+
+func upsertBlock(list []block, b block) []block {
+	for i := range list {
+		if list[i].key == b.key {
+			list[i].until = max(list[i].until, b.until)
+			return list
+		}
+	}
+	return append(list, b)
+}
+
+func decodeBlocks(raw []byte, now int64) []block {
+	var out []block
+	for len(raw) >= 16 && len(out) < maxSharedBlocks {
+		b := block{key: binary.LittleEndian.Uint64(raw), until: int64(binary.LittleEndian.Uint64(raw[8:]))}
+		raw = raw[16:]
+		if b.until > now {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func encodeBlocks(list []block) []byte {
+	out := make([]byte, 16*len(list))
+	for i, b := range list {
+		binary.LittleEndian.PutUint64(out[16*i:], b.key)
+		binary.LittleEndian.PutUint64(out[16*i+8:], uint64(b.until))
+	}
+	if len(out) == 0 {
+		out = []byte{0} // empty values are not storable everywhere; one byte decodes to no entry
+	}
+	return out
+}

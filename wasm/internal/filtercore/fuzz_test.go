@@ -1,0 +1,76 @@
+package filtercore
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/meshguard/meshguard/policies/wire"
+	"github.com/meshguard/meshguard/wasm/internal/scenario"
+)
+
+// FuzzParseConfig: any plugin configuration either fails cleanly or yields
+// a usable configuration; nothing panics.
+func FuzzParseConfig(f *testing.F) {
+	good := scenario.Config(f, scenario.Options{})
+	f.Add(good)
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"bundle":null}`))
+	f.Add([]byte(`{"bundle":{"format":"meshguard.dev/bundle/v1","version":"x","hash":"","set":{}}}`))
+	f.Add([]byte(`{"bundle":{},"detection":{"capacity":-1,"maxEvents":99999999}}`))
+	f.Add([]byte(strings.Replace(string(good), `"tickMillis":200`, `"tickMillis":0,"path":"events"`, 1)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig(data)
+		if err != nil {
+			if cfg != nil {
+				t.Fatal("config returned with an error")
+			}
+			return
+		}
+		if cfg.snap == nil || cfg.detect == nil || cfg.path == "" || cfg.path[0] != '/' || cfg.maxEvents <= 0 || cfg.maxBatch <= 0 {
+			t.Fatalf("accepted an unusable configuration: %+v", cfg)
+		}
+	})
+}
+
+// FuzzRequest: whatever headers and connection properties arrive, the
+// filter answers, and a request it lets through carries no client-sent
+// x-meshguard-* header, only the three it stamps, once each.
+func FuzzRequest(f *testing.F) {
+	f.Add(scenario.Web, "GET", "/api/orders/1", "orders", "orders-api", "x-meshguard-route", "forged", "10.0.0.1:1", byte(1))
+	f.Add("spiffe://mesh.test/../x", "TRACE", "//..//", "169.254.169.254", "", "X-MESHGUARD-POLICY", "p", "::1", byte(0))
+	f.Add("", "", "", "", "orders-admin", "x-meshguard-", "", "garbage", byte(7))
+	h := newFakeHost()
+	vm := NewVM(h)
+	p := vm.NewPlugin()
+	if err := p.Configure(scenario.Config(f, scenario.Options{})); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, san, method, path, authority, route, hname, hval, src string, mtls byte) {
+		h.now += 1e7
+		s := &fakeStream{props: map[string][]byte{
+			"connection.uri_san_peer_certificate": []byte(san),
+			"connection.mtls":                     {mtls},
+			"source.address":                      []byte(src),
+			"xds.route_name":                      []byte(route),
+		}}
+		s.req = [][2]string{{":method", method}, {":path", path}, {":authority", authority}, {strings.ToLower(hname), hval}}
+		var st StreamState
+		if !p.OnRequestHeaders(s, &st) {
+			if s.local == nil || (s.local.Status != 403 && s.local.Status != 429) {
+				t.Fatalf("stopped without a 403/429: %+v", s.local)
+			}
+			return
+		}
+		counts := map[string]int{}
+		for _, kv := range s.req {
+			if strings.HasPrefix(strings.ToLower(kv[0]), wire.HeaderPrefix) {
+				counts[kv[0]]++
+			}
+		}
+		if len(counts) != 3 || counts[wire.HeaderRoute] != 1 || counts[wire.HeaderPolicyRef] != 1 || counts[wire.HeaderBundleVersion] != 1 {
+			t.Fatalf("meshguard headers after the filter: %v", counts)
+		}
+		s.resp = [][2]string{{":status", "404"}}
+		p.OnResponseHeaders(s, &st)
+	})
+}

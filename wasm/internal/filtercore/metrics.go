@@ -1,0 +1,79 @@
+package filtercore
+
+import (
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/wasm/internal/detect"
+)
+
+// Metric names. Envoy exposes proxy-wasm metrics under its stats sink;
+// label values are encoded in the name as ".<label>.<value>" pairs drawn
+// from fixed sets (reason codes, detector and response names), never from
+// request data. docs/wasm.md gives the stats_tags regex to extract them.
+const (
+	mRequests       = "meshguard_wasm_requests_total"
+	mDecisions      = "meshguard_wasm_decisions_total"
+	mDryRun         = "meshguard_wasm_dry_run_denials_total"
+	mAnomalies      = "meshguard_wasm_anomalies_total"
+	mEdges          = "meshguard_wasm_edges_reported_total"
+	mStripped       = "meshguard_wasm_spoofed_headers_stripped_total"
+	mEventsSent     = "meshguard_wasm_events_sent_total"
+	mEventsDropped  = "meshguard_wasm_events_dropped_total"
+	mConfig         = "meshguard_wasm_config_loads_total"
+	mIdentities     = "meshguard_wasm_tracked_identities"
+	mEvictions      = "meshguard_wasm_identity_evictions_total"
+	mSharedConflict = "meshguard_wasm_shared_data_conflicts_total"
+)
+
+// reasons is every reason code the filter can answer with; one counter each.
+var reasons = []policies.Reason{
+	policies.ReasonAllowedNoPolicy, policies.ReasonAllowedByPolicy, policies.ReasonAllowedModeOff,
+	policies.ReasonDeniedByPolicy, policies.ReasonDeniedNoMatch, policies.ReasonDeniedDefault,
+	policies.ReasonDeniedUnsafePath, policies.ReasonDeniedInvalidReq, policies.ReasonDeniedQuarantine,
+	policies.ReasonDeniedBaseline, policies.ReasonDeniedNoPolicy, policies.ReasonDeniedNoMTLS,
+	policies.ReasonDeniedIdentity, policies.ReasonDeniedJWT, policies.ReasonDeniedInternal,
+	policies.ReasonDeniedTimeout, policies.ReasonDeniedAnomaly, policies.ReasonRateLimited,
+}
+
+type metrics struct {
+	requests, dryRun, edges, stripped, sent, dropped, evictions, conflicts Counter
+	configOK, configErr                                                    Counter
+	identities                                                             Gauge
+	decisions                                                              map[policies.Reason]Counter
+	other                                                                  Counter
+	anomalies                                                              [5][5]Counter
+}
+
+func newMetrics(h Host) *metrics {
+	m := &metrics{
+		requests:   h.DefineCounter(mRequests),
+		dryRun:     h.DefineCounter(mDryRun),
+		edges:      h.DefineCounter(mEdges),
+		stripped:   h.DefineCounter(mStripped),
+		sent:       h.DefineCounter(mEventsSent),
+		dropped:    h.DefineCounter(mEventsDropped),
+		evictions:  h.DefineCounter(mEvictions),
+		conflicts:  h.DefineCounter(mSharedConflict),
+		configOK:   h.DefineCounter(mConfig + ".result.ok"),
+		configErr:  h.DefineCounter(mConfig + ".result.error"),
+		identities: h.DefineGauge(mIdentities),
+		decisions:  make(map[policies.Reason]Counter, len(reasons)),
+	}
+	for _, r := range reasons {
+		m.decisions[r] = h.DefineCounter(mDecisions + ".reason." + string(r))
+	}
+	m.other = h.DefineCounter(mDecisions + ".reason.other")
+	for _, d := range detect.Detectors() {
+		for _, r := range detect.Responses() {
+			m.anomalies[d][r] = h.DefineCounter(mAnomalies + ".detector." + d.String() + ".response." + r.String())
+		}
+	}
+	return m
+}
+
+func (m *metrics) decision(r policies.Reason) {
+	if c, ok := m.decisions[r]; ok {
+		c.Add(1)
+		return
+	}
+	m.other.Add(1)
+}
