@@ -36,6 +36,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshguard/meshguard/controlplane/istiogen"
+	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/internal/kubestrict"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -123,35 +124,6 @@ func namespace(t *testing.T, c clients, name string) {
 	}
 }
 
-// fanout stands in for the policy store's publication: it builds a bundle
-// from each set it accepts and hands it to every subscriber. It rejects what
-// policies.NewBundle rejects, as the store does.
-type fanout struct {
-	mu   sync.Mutex
-	subs []chan *policies.Bundle
-}
-
-func (f *fanout) subscribe() <-chan *policies.Bundle {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ch := make(chan *policies.Bundle, 256)
-	f.subs = append(f.subs, ch)
-	return ch
-}
-
-func (f *fanout) SetSource(_ string, set policies.Set) error {
-	b, _, err := policies.NewBundle("", set)
-	if err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, ch := range f.subs {
-		ch <- b
-	}
-	return nil
-}
-
 // waitAll waits until every subscriber has received a bundle satisfying ok
 // and returns the time the last one did.
 func waitAll(t *testing.T, subs []<-chan *policies.Bundle, what string, ok func(*policies.Bundle) bool) time.Time {
@@ -194,8 +166,19 @@ func TestKubeAuthorizationPoliciesReachEverySubscriber(t *testing.T) {
 	ctx := context.Background()
 	namespace(t, c, "shop")
 
-	sink := &fanout{}
-	subs := []<-chan *policies.Bundle{sink.subscribe(), sink.subscribe(), sink.subscribe()}
+	// The control plane's policy store, compiling every candidate bundle as
+	// the control plane does; three subscribers stand for the xDS server's
+	// bundle consumers.
+	sink, err := store.New(store.Options{Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subs []<-chan *policies.Bundle
+	for range 3 {
+		ch := make(chan *policies.Bundle, 256)
+		t.Cleanup(sink.Subscribe(func(b *policies.Bundle) { ch <- b }))
+		subs = append(subs, ch)
+	}
 	reporter := NewEventReporter(c.kube, "test-replica", nil)
 	reporter.SetLeading(true)
 	w, err := New(Options{Istio: c.istio, Dynamic: c.dynamic, Discovery: c.kube.Discovery(), Sink: sink, Reporter: reporter})
