@@ -404,8 +404,11 @@ spec:
 				sw.Add(1)
 				go func() {
 					defer sw.Done()
+					// Distinct files, not records: the enumeration detector
+					// folds all-digit and UUID-like segments (/scan/1/2 and
+					// /scan/1/3 are one collection read twice).
 					for i := w; i < 90; i += 6 {
-						call(t, "reviews", "catalog", fmt.Sprintf("/scan/%d/%d", round, i), callOpts{})
+						call(t, "reviews", "catalog", fmt.Sprintf("/scan-r%d/file-%d.bak", round, i), callOpts{})
 					}
 				}()
 			}
