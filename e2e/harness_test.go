@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -213,5 +212,3 @@ func timed(t *testing.T, name string, f func(t *testing.T)) bool {
 		f(t)
 	})
 }
-
-func fmtStatuses(m map[string]int) string { return fmt.Sprint(m) }

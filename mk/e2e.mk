@@ -31,5 +31,5 @@ e2e: spire build wasm ## run the end-to-end suite against real SPIRE, authz and 
 	MESHGUARD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -timeout 30m ./e2e/...
 
 .PHONY: demo
-demo: build ## build and run `meshguard demo` (in-process CA, embedded policies, loopback only)
+demo: build wasm ## build and run `meshguard demo` (in-process CA, embedded policies, loopback only)
 	$(BIN)/meshguard demo $(DEMO_FLAGS)

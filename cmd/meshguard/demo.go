@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -114,5 +113,3 @@ func demoPolicies(dir string) (fs.FS, []string, error) {
 	}
 	return builtinPolicies()
 }
-
-var errNoBuiltin = errors.New("demo: built-in example policies are not available in this build; pass --policies DIR")

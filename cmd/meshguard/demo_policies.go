@@ -1,6 +1,10 @@
 package main
 
-import "io/fs"
+import (
+	"io/fs"
+
+	"github.com/meshguard/meshguard/examples"
+)
 
 // builtinPolicies are the example policies embedded in the binary.
-func builtinPolicies() (fs.FS, []string, error) { return nil, nil, errNoBuiltin }
+func builtinPolicies() (fs.FS, []string, error) { return examples.FS(), []string{"policies"}, nil }

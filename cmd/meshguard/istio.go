@@ -1,20 +1,17 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshguard/meshguard/controlplane/istiogen"
-	"github.com/meshguard/meshguard/internal/kubestrict"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/source"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
@@ -119,11 +116,13 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 			return &exitError{code: 1, msg: err.Error()}
 		}
 	} else {
-		set, err := istioPolicyFiles(f.files)
+		set, diags, err := source.Load(f.files...)
 		if err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+		if err := diags.Err(); err != nil {
 			return &exitError{code: 1, msg: err.Error()}
 		}
-		var diags policies.Diagnostics
 		b, diags, err = policies.NewBundle("", set)
 		for _, d := range diags.Warnings() {
 			fmt.Fprintln(cmd.ErrOrStderr(), d.String())
@@ -134,7 +133,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 	}
 	var targets []istiogen.Target
 	for _, s := range f.targets {
-		t, err := istioParseTarget(s)
+		t, err := parseTarget(s)
 		if err != nil {
 			return &exitError{code: 2, msg: err.Error()}
 		}
@@ -194,8 +193,8 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 	return err
 }
 
-// istioParseTarget reads NAMESPACE[/NAME][:LABEL=VALUE,...].
-func istioParseTarget(s string) (istiogen.Target, error) {
+// parseTarget reads NAMESPACE[/NAME][:LABEL=VALUE,...].
+func parseTarget(s string) (istiogen.Target, error) {
 	var t istiogen.Target
 	scope, labels, hasLabels := strings.Cut(s, ":")
 	t.Namespace, t.Name, _ = strings.Cut(scope, "/")
@@ -213,127 +212,4 @@ func istioParseTarget(s string) (istiogen.Target, error) {
 		}
 	}
 	return t, nil
-}
-
-// istioPolicyFiles reads Istio AuthorizationPolicies and meshguard kinds from
-// YAML files and directories (*.yaml, *.yml), strictly: an unknown field or
-// kind is an error.
-func istioPolicyFiles(paths []string) (policies.Set, error) {
-	var set policies.Set
-	var errs []error
-	settings := 0
-	for _, p := range paths {
-		files, err := istioYAMLFiles(p)
-		if err != nil {
-			return set, err
-		}
-		for _, file := range files {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				return set, err
-			}
-			docs, err := kubestrict.Documents(data)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", file, err))
-				continue
-			}
-			for i, doc := range docs {
-				if err := istioAddDocument(&set, doc, &settings); err != nil {
-					errs = append(errs, fmt.Errorf("%s: document %d: %w", file, i+1, err))
-				}
-			}
-		}
-	}
-	if settings > 1 {
-		errs = append(errs, fmt.Errorf("%d MeshSettings documents; at most one is allowed", settings))
-	}
-	return set, errors.Join(errs...)
-}
-
-func istioYAMLFiles(p string) ([]string, error) {
-	st, err := os.Stat(p)
-	if err != nil {
-		return nil, err
-	}
-	if !st.IsDir() {
-		return []string{p}, nil
-	}
-	var out []string
-	err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() && (strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".yml")) {
-			out = append(out, path)
-		}
-		return nil
-	})
-	return out, err
-}
-
-func istioAddDocument(set *policies.Set, doc []byte, settings *int) error {
-	var head struct {
-		APIVersion string `json:"apiVersion"`
-		Kind       string `json:"kind"`
-	}
-	if err := yaml.Unmarshal(doc, &head); err != nil {
-		return err
-	}
-	strict := func(v any) error { return yaml.UnmarshalStrict(doc, v) }
-	switch {
-	case head.Kind == policies.KindAuthorizationPolicy && (head.APIVersion == policies.APIVersionIstioV1 || head.APIVersion == policies.APIVersionIstioV1beta1):
-		var d policies.AuthorizationPolicy
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.AuthorizationPolicies = append(set.AuthorizationPolicies, d)
-	case head.APIVersion != policies.APIVersionMeshguard:
-		return fmt.Errorf("%s %s is not a policy document", head.APIVersion, head.Kind)
-	case head.Kind == policies.KindIdentityPolicy:
-		var d policies.IdentityPolicy
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.IdentityPolicies = append(set.IdentityPolicies, d)
-	case head.Kind == policies.KindDefaultDeny:
-		var d policies.DefaultDeny
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.DefaultDenies = append(set.DefaultDenies, d)
-	case head.Kind == policies.KindRouteOverride:
-		var d policies.RouteOverride
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.RouteOverrides = append(set.RouteOverrides, d)
-	case head.Kind == policies.KindTrafficBaseline:
-		var d policies.TrafficBaseline
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.TrafficBaselines = append(set.TrafficBaselines, d)
-	case head.Kind == policies.KindAnomalyProfile:
-		var d policies.AnomalyProfile
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.AnomalyProfiles = append(set.AnomalyProfiles, d)
-	case head.Kind == policies.KindQuarantine:
-		var d policies.Quarantine
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.Quarantines = append(set.Quarantines, d)
-	case head.Kind == policies.KindMeshSettings:
-		var d policies.MeshSettings
-		if err := strict(&d); err != nil {
-			return err
-		}
-		set.Settings = d.Spec
-		*settings++
-	default:
-		return fmt.Errorf("unknown kind %s %s", head.APIVersion, head.Kind)
-	}
-	return nil
 }

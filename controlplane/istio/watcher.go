@@ -144,7 +144,7 @@ type watcherMetrics struct {
 func New(opts Options) (*Watcher, error) {
 	var errs []error
 	if opts.Istio == nil {
-		errs = append(errs, errors.New("Istio clientset is required"))
+		errs = append(errs, errors.New("an Istio clientset is required"))
 	}
 	if opts.Dynamic == nil {
 		errs = append(errs, errors.New("dynamic client is required"))

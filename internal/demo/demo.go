@@ -52,6 +52,9 @@ type Summary struct {
 	// Legitimate traffic (every workload except the attacker, and the
 	// attacker before it was compromised).
 	LegitRequests, LegitAllowed, LegitDenied int
+	// LegitDeniedCalls counts denied legitimate requests by
+	// "caller → workload METHOD path".
+	LegitDeniedCalls map[string]int
 	// The attacker's requests during the attack, and how many reached an
 	// application with a 2xx answer.
 	AttackRequests, AttackDenied, AttackSucceeded int
@@ -63,6 +66,8 @@ type Summary struct {
 	// Quarantined and Released list identities, in order.
 	Quarantined []string
 	Released    []string
+	// AfterRelease counts the released attacker's calls by HTTP status.
+	AfterRelease map[string]int
 	// DeniedWhileQuarantined counts the attacker's requests denied with
 	// denied_quarantined.
 	DeniedWhileQuarantined int

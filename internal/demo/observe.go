@@ -1,11 +1,9 @@
 package demo
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
@@ -65,16 +63,6 @@ func (d *decisionMemo) get(reqID string) (decisionlog.Entry, bool) {
 	return e, ok
 }
 
-var _ = bufio.ScanLines
-
-// localDenyBody is the JSON body of a deny (wasm filter local reply or
-// authz denied response).
-type localDenyBody struct {
-	Reason string `json:"reason"`
-	Policy string `json:"policy"`
-	Rule   string `json:"rule"`
-}
-
 // onOutcome shows one request the sidecars handled.
 func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	src := m.name(o.Source)
@@ -82,6 +70,12 @@ func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	what := o.Method + " " + truncate(o.Path, 40)
 	e, haveDecision := m.dlog.get(o.RequestID)
 	reason := o.Reason
+	if o.DeniedBy == envoyemu.DeniedAuthzError {
+		// Envoy sends a bare 403 (status_on_error); count it apart from
+		// the authz server's reason codes.
+		reason = "ext_authz_error"
+		haveDecision = false
+	}
 	ref := ""
 	if haveDecision {
 		if reason == "" {
@@ -144,5 +138,3 @@ func truncate(s string, n int) string {
 	}
 	return s[:n-1] + "…"
 }
-
-var _ = strings.TrimSpace

@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,9 +16,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/tetratelabs/wazero"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/tetratelabs/wazero"
 	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
@@ -25,6 +27,10 @@ import (
 	"github.com/meshguard/meshguard/authz/loader"
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/server"
+	"github.com/meshguard/meshguard/controlplane/api"
+	"github.com/meshguard/meshguard/controlplane/learn"
+	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/internal/envoyemu"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
@@ -51,6 +57,9 @@ type mesh struct {
 
 	dlog *decisionMemo
 
+	store  *store.Store
+	qm     *quarantine.Manager
+	unsub  func()
 	events *http.Server
 	evURL  string
 
@@ -64,12 +73,12 @@ type mesh struct {
 	nodes    map[string]*node
 	byID     map[spiffeid.ID]string
 	sum      Summary
-	detected map[string]bool // source → reported once
+	detected map[string]bool // unknown edges already shown
 }
 
 func start(ctx context.Context, o Options) (_ *mesh, err error) {
 	m := &mesh{o: o, nodes: map[string]*node{}, byID: map[spiffeid.ID]string{}, detected: map[string]bool{},
-		sum: Summary{ByReason: map[string]int{}}}
+		sum: Summary{ByReason: map[string]int{}, LegitDeniedCalls: map[string]int{}, AfterRelease: map[string]int{}}}
 	m.ui = NewUI(o.Out, o.TTY, o.Color, o.Duration)
 	defer func() {
 		if err != nil {
@@ -94,22 +103,24 @@ func start(ctx context.Context, o Options) (_ *mesh, err error) {
 		return nil, fmt.Errorf("demo: policies: %w\n%s", err, diags)
 	}
 	m.set = set
-	b, _, err := policies.NewBundle("demo-1", set)
-	if err != nil {
-		return nil, fmt.Errorf("demo: policies: %w", err)
-	}
-	m.bundle = b
-	m.ui.Info("policies: %d documents, bundle %s", countDocs(&set), b.Version)
-
-	if err := m.startAuthz(ctx); err != nil {
+	if err := m.startControlPlane(); err != nil {
 		return nil, err
 	}
-	if err := m.startEvents(); err != nil {
+	m.ui.Info("policies: %d documents, bundle %s", countDocs(&set), m.bundle.Version)
+
+	if err := m.startAuthz(ctx); err != nil {
 		return nil, err
 	}
 	if err := m.startNodes(ctx); err != nil {
 		return nil, err
 	}
+	// Every bundle the store publishes reaches the authz server and every
+	// filter (the control plane's ADS and ECDS, in process).
+	m.unsub = m.store.Subscribe(func(b *policies.Bundle) {
+		if err := m.publish(b); err != nil {
+			m.ui.Info("publishing bundle %s: %v", b.Version, err)
+		}
+	})
 	return m, nil
 }
 
@@ -166,28 +177,84 @@ func (m *mesh) startAuthz(ctx context.Context) error {
 // controlPlaneCluster is the Envoy cluster name the filters send events to.
 const controlPlaneCluster = "meshguard-controlplane"
 
-// startEvents serves the event endpoint the filters report to.
-func (m *mesh) startEvents() error {
+// controlPlaneID and operatorID are the control plane's identity and the
+// operator who releases the quarantine in the demo.
+var (
+	controlPlaneID = spiffeid.RequireFromPath(trustDomain, "/ns/meshguard/sa/controlplane")
+	operatorID     = spiffeid.RequireFromPath(trustDomain, "/ns/secops/sa/oncall")
+)
+
+// startControlPlane runs the control plane's policy store, quarantine
+// manager and event endpoint in process, as `meshguard controlplane` wires
+// them: filters POST their events over mTLS; anomalies whose profile
+// response is quarantine (or enough block-level ones) quarantine the
+// identity, which is a new bundle version for every filter and the authz
+// server.
+func (m *mesh) startControlPlane() error {
+	st, err := store.New(store.Options{Logger: m.o.Log,
+		Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err }})
+	if err != nil {
+		return fmt.Errorf("demo: control plane: %w", err)
+	}
+	m.store = st
+	if err := st.SetSource("files", m.set); err != nil {
+		return fmt.Errorf("demo: policies: %w", err)
+	}
+	m.bundle = st.Bundle()
+	qm, err := quarantine.New(quarantine.Options{
+		Sink: st,
+		Profiles: func() []policies.AnomalyProfile {
+			if b := st.Bundle(); b != nil {
+				return b.Set.AnomalyProfiles
+			}
+			return nil
+		},
+		Namespace:       "istio-system",
+		DefaultDuration: 15 * time.Minute,
+		// Quarantine after two block-level detections within a minute (the
+		// controlplane command's --quarantine-threshold, default 5), so
+		// that the attack is contained within the demo's short run.
+		Threshold: quarantine.Threshold{Events: 2, Window: time.Minute},
+		Protected: []spiffeid.ID{authzID, controlPlaneID},
+		Logger:    m.o.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("demo: quarantine manager: %w", err)
+	}
+	m.qm = qm
+	handler, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: trustDomain,
+		Admins: []spiffeid.ID{operatorID}, Logger: m.o.Log})
+	if err != nil {
+		return fmt.Errorf("demo: control plane API: %w", err)
+	}
+	svid, err := m.ids.X509(controlPlaneID)
+	if err != nil {
+		return err
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return fmt.Errorf("demo: events listen: %w", err)
+		return fmt.Errorf("demo: control plane listen: %w", err)
 	}
 	mux := http.NewServeMux()
+	mux.Handle("/", handler)
 	mux.HandleFunc("POST "+wire.EventsPath, func(w http.ResponseWriter, r *http.Request) {
-		var batch wire.EventBatch
-		if err := json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&batch); err != nil {
+		// Show the batch, then hand it to the control plane's endpoint.
+		body, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBatchBytes+1))
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		if len(batch.Events) > 0 {
-			m.o.Log.Info("events received", "reporter", batch.Reporter, "events", len(batch.Events), "dropped", batch.Dropped, "first", fmt.Sprintf("%+v", batch.Events[0]))
+		if batch, err := api.DecodeBatch(body); err == nil {
+			m.onEvents(batch)
 		}
-		m.onEvents(&batch)
-		w.WriteHeader(http.StatusAccepted)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		handler.ServeHTTP(w, r)
 	})
-	m.events = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = m.events.Serve(l) }()
-	m.evURL = "http://" + l.Addr().String()
+	m.events = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		TLSConfig: tlsconfig.MTLSServerConfig(svid, m.ids.Bundles(), tlsconfig.AuthorizeMemberOf(trustDomain))}
+	go func() { _ = m.events.ServeTLS(l, "", "") }()
+	m.evURL = "https://" + l.Addr().String()
+	m.ui.Info("control plane: policy store, quarantine manager and event endpoint (mTLS) on %s as %s", l.Addr(), controlPlaneID)
 	return nil
 }
 
@@ -200,6 +267,15 @@ func (m *mesh) onEvents(b *wire.EventBatch) {
 		case e.Kind == wire.EventAnomaly:
 			why = fmt.Sprintf("%s anomaly, response %s", e.Detector, orDash(e.Response))
 		case e.Kind == wire.EventEdge && strings.Contains(e.Detail, "unknown"):
+			// Filters report an unknown edge once per window; show each once.
+			key := e.Source + "|" + e.Destination + "|" + e.Route
+			m.mu.Lock()
+			seen := m.detected[key]
+			m.detected[key] = true
+			m.mu.Unlock()
+			if seen {
+				continue
+			}
 			why = "lateral movement: edge not in the traffic baseline (" + e.Detail + ")"
 		default:
 			continue
@@ -271,10 +347,16 @@ func (m *mesh) startNodes(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		// The filter's event callouts go through the sidecar's cluster for
+		// the control plane: mTLS with the workload's SVID, accepting only
+		// the control plane's ID.
+		cpTransport := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(svids, m.ids.Bundles(), tlsconfig.AuthorizeID(controlPlaneID))}
+		n.closers = append(n.closers, cpTransport.CloseIdleConnections)
 		h, err := host.New(ctx, m.o.Wasm, host.Config{
 			PluginConfig: cfg, VMs: 1, Logger: m.o.Log, CompilationCache: m.wasmCache,
-			Clusters:   map[string]string{controlPlaneCluster: m.evURL},
-			Properties: host.Properties{}.SetString("node.id", w.Name+"."+w.Namespace),
+			Clusters:      map[string]string{controlPlaneCluster: m.evURL},
+			HTTPTransport: cpTransport,
+			Properties:    host.Properties{}.SetString("node.id", w.Name+"."+w.Namespace),
 		})
 		if err != nil {
 			return fmt.Errorf("demo: wasm filter for %s: %w", w.Name, err)
@@ -286,7 +368,7 @@ func (m *mesh) startNodes(ctx context.Context) error {
 		}
 		sc, err := envoyemu.New(envoyemu.Config{
 			Name: w.Name, SVIDs: svids, Bundles: m.ids.Bundles(), Routes: w.routes(id),
-			Filter: n.filter, Authz: client, AuthzTimeout: 500 * time.Millisecond,
+			Filter: n.filter, Authz: client, AuthzTimeout: time.Second,
 			IncludePeerCertificate: true, Upstream: appURL, Logger: m.o.Log,
 			OnOutcome: m.onOutcome,
 		})
@@ -322,8 +404,10 @@ func (m *mesh) publish(b *policies.Bundle) error {
 		}
 	}
 	m.mu.Lock()
+	prev := m.bundle
 	m.bundle = b
 	m.mu.Unlock()
+	m.showQuarantineChanges(prev, b)
 	return errors.Join(errs...)
 }
 
@@ -349,6 +433,9 @@ func (m *mesh) nameOrHost(s string) string {
 }
 
 func (m *mesh) stop() {
+	if m.unsub != nil {
+		m.unsub()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	for _, n := range m.nodes {
@@ -378,4 +465,36 @@ func newWasmCache() wazero.CompilationCache {
 		}
 	}
 	return wazero.NewCompilationCache()
+}
+
+// showQuarantineChanges prints the quarantines a new bundle adds or removes.
+func (m *mesh) showQuarantineChanges(prev, cur *policies.Bundle) {
+	before := map[string]policies.QuarantineSpec{}
+	if prev != nil {
+		for _, q := range prev.Set.Quarantines {
+			before[q.Spec.Identity] = q.Spec
+		}
+	}
+	after := map[string]policies.QuarantineSpec{}
+	for _, q := range cur.Set.Quarantines {
+		after[q.Spec.Identity] = q.Spec
+	}
+	for id, q := range after {
+		if _, ok := before[id]; ok {
+			continue
+		}
+		m.mu.Lock()
+		m.sum.Quarantined = append(m.sum.Quarantined, id)
+		m.mu.Unlock()
+		m.ui.Line(KindQuarantine, m.name(id), "mesh-wide, bundle "+cur.Version, truncate(q.Reason, 120))
+	}
+	for id := range before {
+		if _, ok := after[id]; ok {
+			continue
+		}
+		m.mu.Lock()
+		m.sum.Released = append(m.sum.Released, id)
+		m.mu.Unlock()
+		m.ui.Line(KindRelease, m.name(id), "bundle "+cur.Version, "quarantine lifted")
+	}
 }

@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshguard/meshguard/internal/ca"
 	"github.com/meshguard/meshguard/internal/envoyemu"
-	"github.com/meshguard/meshguard/policies"
 )
 
 // call is one scripted request.
@@ -51,8 +49,8 @@ var legitimate = []call{
 // services it never talks to.
 func attackRound(round int, forged string) []call {
 	var cs []call
-	for i := 0; i < 40; i++ {
-		n := round*40 + i
+	for i := 0; i < 60; i++ {
+		n := round*60 + i
 		p := scanPaths[n%len(scanPaths)]
 		cs = append(cs, call{from: attacker, to: "catalog", method: "GET", path: fmt.Sprintf(p, n)})
 	}
@@ -74,9 +72,9 @@ func attackRound(round int, forged string) []call {
 }
 
 var scanPaths = []string{
-	"/api/books/%d", "/.env?%d", "/admin/%d", "/debug/pprof/%d", "/api/users/%d", "/wp-login.php?%d",
-	"/api/books/%d/../../etc/passwd", "/actuator/env?%d", "/backup-%d.sql", "/api/v2/books/%d",
-	"/.git/config?%d", "/server-status?%d",
+	"/api/books/%d", "/.env.%d", "/admin/%d", "/debug/pprof/%d", "/api/users/%d", "/wp-login-%d.php",
+	"/api/books/%d/../../etc/passwd", "/actuator/env/%d", "/backup-%d.sql", "/api/v2/books/%d",
+	"/.git/objects/%d", "/server-status/%d",
 }
 
 // player runs the scripted traffic.
@@ -150,8 +148,6 @@ func forgedJWT(id spiffeid.ID) string {
 	return tok
 }
 
-var _ x509svid.Source
-
 // play runs the phases and returns the summary.
 func (m *mesh) play(ctx context.Context) (*Summary, error) {
 	m.ui.Start()
@@ -206,6 +202,7 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 				m.sum.LegitAllowed++
 			} else {
 				m.sum.LegitDenied++
+				m.sum.LegitDeniedCalls[fmt.Sprintf("%s → %s %s %s (%d)", c.from, c.to, c.method, c.path, status)]++
 			}
 			m.mu.Unlock()
 			sleep(legitCtx, 60*time.Millisecond)
@@ -261,8 +258,16 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 	if ctx.Err() == nil {
 		m.ui.Phase(4, 4, "release", "an operator releases the quarantine; normal calls work again")
 		m.release(ctx)
-		compromised.set(false)
-		sleep(ctx, time.Until(end))
+		// The released identity's calls are shown, not counted as
+		// legitimate traffic: filters may still hold their own
+		// short-lived block from the attack.
+		for ctx.Err() == nil && time.Now().Before(end) {
+			status := p.do(ctx, call{from: attacker, to: "catalog", method: "GET", path: "/api/books/7"})
+			m.mu.Lock()
+			m.sum.AfterRelease[fmt.Sprint(status)]++
+			m.mu.Unlock()
+			sleep(ctx, 400*time.Millisecond)
+		}
 	}
 	stopLegit()
 	wg.Wait()
@@ -278,11 +283,16 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 
 // release ends the attacker's quarantine, if one is in place.
 func (m *mesh) release(context.Context) {
-	m.mu.Lock()
-	q := append([]string(nil), m.sum.Quarantined...)
-	m.mu.Unlock()
-	if len(q) == 0 {
+	entries := m.qm.List()
+	if len(entries) == 0 {
 		m.ui.Info("nothing to release: no quarantine is in place")
+		return
+	}
+	for _, e := range entries {
+		m.ui.Info("operator %s releases %s (quarantined by %s: %s)", operatorID, m.name(e.Identity), e.By, truncate(e.Reason, 80))
+		if err := m.qm.Release(e.Identity, operatorID.String(), "released after investigation (demo)"); err != nil {
+			m.ui.Info("release %s: %v", e.Identity, err)
+		}
 	}
 }
 
@@ -311,6 +321,9 @@ func (s *Summary) Render() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n──────── summary (%.1fs%s) ────────\n", s.Duration.Seconds(), map[bool]string{true: ", interrupted", false: ""}[s.Interrupted])
 	fmt.Fprintf(&b, "legitimate requests : %d, allowed %d, denied %d\n", s.LegitRequests, s.LegitAllowed, s.LegitDenied)
+	for _, k := range sortedKeys(s.LegitDeniedCalls) {
+		fmt.Fprintf(&b, "  - denied: %s ×%d\n", k, s.LegitDeniedCalls[k])
+	}
 	fmt.Fprintf(&b, "attack requests     : %d, denied %d, reached an app with 2xx %d\n", s.AttackRequests, s.AttackDenied, s.AttackSucceeded)
 	fmt.Fprintf(&b, "dry-run would-deny  : %d\n", s.DryRun)
 	fmt.Fprintf(&b, "detections          : %d\n", len(s.Detections))
@@ -326,6 +339,13 @@ func (s *Summary) Render() string {
 	fmt.Fprintf(&b, "quarantined         : %s\n", listOrNone(s.Quarantined))
 	fmt.Fprintf(&b, "denied while quarantined: %d\n", s.DeniedWhileQuarantined)
 	fmt.Fprintf(&b, "released            : %s\n", listOrNone(s.Released))
+	if len(s.AfterRelease) > 0 {
+		fmt.Fprintf(&b, "attacker after release, by status:")
+		for _, k := range sortedKeys(s.AfterRelease) {
+			fmt.Fprintf(&b, " %s=%d", k, s.AfterRelease[k])
+		}
+		b.WriteString("\n")
+	}
 	fmt.Fprintf(&b, "decisions by reason :")
 	for _, r := range sortedKeys(s.ByReason) {
 		fmt.Fprintf(&b, " %s=%d", r, s.ByReason[r])
@@ -353,5 +373,3 @@ func sortedKeys(m map[string]int) []string {
 	}
 	return keys
 }
-
-var _ = policies.ReasonDeniedQuarantine

@@ -19,7 +19,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -107,7 +106,6 @@ type Sidecar struct {
 	upstream *http.Client
 	srv      *http.Server
 	ln       net.Listener
-	nextID   atomic.Uint64
 	log      *slog.Logger
 }
 
@@ -115,10 +113,10 @@ type Sidecar struct {
 func New(cfg Config) (*Sidecar, error) {
 	var errs []error
 	if cfg.SVIDs == nil || cfg.Bundles == nil {
-		errs = append(errs, errors.New("SVIDs and Bundles are required"))
+		errs = append(errs, errors.New("the SVID and bundle sources are required"))
 	}
 	if cfg.Upstream == nil {
-		errs = append(errs, errors.New("Upstream is required"))
+		errs = append(errs, errors.New("an upstream is required"))
 	}
 	for i, r := range cfg.Routes {
 		if r.Name == "" || !strings.HasPrefix(r.Prefix, "/") {
@@ -444,16 +442,6 @@ func headerValue(hs [][2]string, name string) string {
 	return v
 }
 
-func dropPseudo(hs [][2]string) [][2]string {
-	out := hs[:0:0]
-	for _, kv := range hs {
-		if !strings.HasPrefix(kv[0], ":") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 // deniedReply turns a non-OK CheckResponse into the local reply Envoy sends.
 func deniedReply(resp *authv3.CheckResponse) (int, [][2]string, string) {
 	status := http.StatusForbidden
@@ -497,8 +485,9 @@ func applyOK(hs [][2]string, ok *authv3.OkHttpResponse) [][2]string {
 		}
 		_, exists := pseudo(hs, name)
 		action := h.GetAppendAction()
-		if h.GetAppend() != nil {
-			if h.GetAppend().GetValue() {
+		//lint:ignore SA1019 Envoy still honours the deprecated append field; so does this emulation
+		if appendField := h.GetAppend(); appendField != nil {
+			if appendField.GetValue() {
 				action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
 			} else {
 				action = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD

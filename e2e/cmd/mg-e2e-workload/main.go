@@ -50,7 +50,10 @@ type options struct {
 	includeCert bool
 	filter      string // path to the wasm module
 	filterCfg   string // path to the plugin configuration (JSON)
-	cpEvents    string // base URL of the control plane's event endpoint cluster
+	xdsAddr     string // control plane ADS address (ECDS for the filter)
+	nodeCluster string // xDS node.cluster: <name>.<namespace>
+	cpURL       string // base URL of the control plane's event endpoint
+	cpID        string // SPIFFE ID of the control plane
 }
 
 func run() error {
@@ -62,7 +65,10 @@ func run() error {
 	flag.BoolVar(&o.includeCert, "include-peer-certificate", true, "send source.certificate to ext_authz")
 	flag.StringVar(&o.filter, "wasm", "", "meshguard wasm filter module; empty: no wasm filter")
 	flag.StringVar(&o.filterCfg, "wasm-config", "", "wasm plugin configuration file (JSON)")
-	flag.StringVar(&o.cpEvents, "controlplane-url", "", "base URL of the control plane for the filter's event callouts")
+	flag.StringVar(&o.xdsAddr, "xds", "", "control plane ADS address: the wasm filter's configuration comes over ECDS")
+	flag.StringVar(&o.nodeCluster, "node-cluster", "", "xDS node.cluster (<name>.<namespace> of the mesh description)")
+	flag.StringVar(&o.cpURL, "controlplane-url", "", "https base URL of the control plane's event endpoint (the filter's event callouts)")
+	flag.StringVar(&o.cpID, "controlplane-id", "", "SPIFFE ID the control plane must present")
 	flag.Parse()
 	if o.name == "" {
 		return errors.New("--name is required")
@@ -110,7 +116,7 @@ func run() error {
 		cfg.Authz = client
 	}
 	if o.filter != "" {
-		f, err := newFilter(ctx, o, log)
+		f, err := newFilter(ctx, o, src, log)
 		if err != nil {
 			return err
 		}
