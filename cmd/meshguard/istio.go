@@ -90,7 +90,7 @@ go to files: mesh-config.yaml and resources.yaml.`,
 	fl.StringVar(&f.pullSecret, "wasm-pull-secret", "", "image pull secret for a private registry")
 	fl.Int32Var(&f.priority, "wasm-priority", 0, "priority among AUTHZ-phase plugins (0: Istio's default)")
 	fl.BoolVar(&f.requireMTLS, "require-mtls", true, "the filter denies requests that did not arrive over mTLS")
-	fl.StringVar(&f.eventsCluster, "events-cluster", "outbound|8080||meshguard-controlplane.meshguard.svc.cluster.local", "Envoy cluster the filter sends events through")
+	fl.StringVar(&f.eventsCluster, "events-cluster", "outbound|8443||meshguard-controlplane.meshguard.svc.cluster.local", "Envoy cluster the filter sends events through")
 	fl.StringVar(&f.eventsAuth, "events-authority", "meshguard-controlplane.meshguard.svc.cluster.local", "authority of the event requests")
 	fl.StringArrayVar(&f.targets, "target", nil, "NAMESPACE[/NAME][:LABEL=VALUE,...] to wire (repeatable)")
 	fl.StringVar(&f.rootNamespace, "root-namespace", "", "Istio's root namespace (default: the policies' MeshSettings, else istio-system)")
