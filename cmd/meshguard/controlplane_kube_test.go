@@ -14,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	securityv1beta1api "istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
@@ -84,11 +85,23 @@ func TestControlPlaneKubernetesConfigErrors(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("this: [is not a kubeconfig"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A kubeconfig that loads but points at a port nothing listens on.
+	unreachable := filepath.Join(dir, "unreachable")
+	if err := os.WriteFile(unreachable, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://`+freeAddr(t)+`"}}]
+users: [{name: u, user: {}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
+		{name: "unreachable API server", args: []string{"--kubeconfig", unreachable}, want: "kubernetes: no policy set accepted: kubernetes watch"},
 		{name: "missing kubeconfig", args: []string{"--kubeconfig", filepath.Join(dir, "absent")}, want: "--kubeconfig " + filepath.Join(dir, "absent")},
 		{name: "unparsable kubeconfig", args: []string{"--kubeconfig", bad}, want: "--kubeconfig " + bad},
 	}
@@ -227,13 +240,17 @@ spec:
 	t.Cleanup(stop)
 
 	// Follow the bundle over ADS.
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Short reconnect backoff: the subscriber connects as soon as the
+	// server listens, so that it would see a bundle served before the
+	// cluster's policies arrived.
+	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.2, MaxDelay: 50 * time.Millisecond}, MinConnectTimeout: time.Second}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	var mu sync.Mutex
-	var latest *policies.Bundle
+	var latest, first *policies.Bundle
 	src := &loader.ADSSource{Conn: conn, Node: &corev3.Node{Id: "authz-test", Cluster: "meshguard-authz"},
 		Log: slog.New(slog.DiscardHandler), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	adsCtx, adsCancel := context.WithCancel(ctx)
@@ -244,6 +261,9 @@ spec:
 			if u.Bundle != nil {
 				mu.Lock()
 				latest = u.Bundle
+				if first == nil {
+					first = u.Bundle
+				}
 				mu.Unlock()
 			}
 			return nil
@@ -278,10 +298,10 @@ spec:
 	// The very first bundle served already holds the cluster's policy.
 	waitBundle("first bundle", func(b *policies.Bundle) bool { return b != nil })
 	mu.Lock()
-	first := latest
+	firstBundle := first
 	mu.Unlock()
-	if hasAP(first, "allow-web") == nil || hasAP(first, "from-file") == nil {
-		t.Fatalf("first bundle served lacks the cluster's or the file's policy: %d policies", len(first.Set.AuthorizationPolicies))
+	if hasAP(firstBundle, "allow-web") == nil || hasAP(firstBundle, "from-file") == nil {
+		t.Fatalf("first bundle served lacks the cluster's or the file's policy: %d policies", len(firstBundle.Set.AuthorizationPolicies))
 	}
 
 	cur, err := aps.Get(ctx, "allow-web", metav1.GetOptions{})
