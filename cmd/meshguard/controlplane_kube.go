@@ -246,7 +246,11 @@ func startKube(ctx context.Context, f *kubeFlags, sink istio.Sink, log *slog.Log
 			}
 		}()
 	}
+	lease := ""
+	if f.leaderElection {
+		lease = namespace + "/" + f.leaseName
+	}
 	log.Info("watching Kubernetes", "kubeconfig", f.kubeconfig, "leader_election", f.leaderElection,
-		"lease", namespace+"/"+f.leaseName, "identity", identity)
+		"lease", lease, "identity", identity)
 	return k, nil
 }
