@@ -141,6 +141,7 @@ type controlPlaneFlags struct {
 	logLevel                       string
 	memoryLimitMiB                 int64
 	spiffe                         spiffeFlags
+	kube                           kubeFlags
 }
 
 func newControlPlaneCmd() *cobra.Command {
@@ -155,11 +156,17 @@ the anomaly profiles.
 
 Policies come from --policy files and directories (re-read every --reload);
 a set that does not validate or compile is rejected and the last good bundle
-keeps serving. The mesh description (--mesh) lists the plain-Envoy workloads
+keeps serving. With --kubernetes the control plane also watches Istio
+AuthorizationPolicies and meshguard's kinds in the cluster (store source
+"kubernetes") and serves nothing until the first set from the cluster is
+accepted. The mesh description (--mesh) lists the plain-Envoy workloads
 and proxyless gRPC servers to generate configuration for; without it only
 the bundle is served (authz servers).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.kube.validate(cmd); err != nil {
+				return err
+			}
 			return runControlPlane(cmd.Context(), cmd.ErrOrStderr(), &f)
 		},
 	}
@@ -180,6 +187,7 @@ the bundle is served (authz servers).`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")
 	f.spiffe.register(cmd)
+	f.kube.register(cmd)
 	return cmd
 }
 
@@ -224,6 +232,23 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	// Policies first, so that nothing is served before a good bundle exists.
 	if err := loadPolicyFiles(st, f.policyPaths); err != nil {
 		return err
+	}
+	// Then the cluster's: serving a bundle without the cluster's DENY
+	// policies would open access, so wait for the first accepted set.
+	var kw *kubeWatch
+	if f.kube.enabled {
+		if err := f.kube.validate(nil); err != nil {
+			return err
+		}
+		if kw, err = startKube(ctx, &f.kube, st, log, reg); err != nil {
+			return err
+		}
+		defer kw.stop()
+		defer cancel() // runs before kw.stop
+		log.Info("waiting for the first policy set from Kubernetes")
+		if err := kw.wait(ctx); err != nil {
+			return fmt.Errorf("kubernetes: no policy set accepted: %w", err)
+		}
 	}
 
 	var (
@@ -334,6 +359,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 			http.Error(w, "no policy bundle yet", http.StatusServiceUnavailable)
 			return
 		}
+
 		w.WriteHeader(http.StatusOK)
 	})
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -375,10 +401,15 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		}
 	}()
 
+	var kubeErr <-chan error
+	if kw != nil {
+		kubeErr = kw.errc
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
+	case runErr = <-kubeErr:
 	}
 	cancel()
 	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
