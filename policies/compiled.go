@@ -104,6 +104,7 @@ type req struct {
 	principal string // Istio form: trust-domain/path; "" when unauthenticated
 	ns        string
 	nsOK      bool
+	nsDone    bool // ns and nsOK are computed on first use
 	path      pathView
 	host      string // lowercase is not needed: host matchers fold
 	hostPort  string
@@ -113,7 +114,6 @@ func (r *req) init(a *Attributes, normalization string) {
 	r.a = a
 	if !a.Source.IsZero() {
 		r.principal = a.Source.String()[len("spiffe://"):]
-		r.ns, r.nsOK = sourceNamespace(a.Source)
 	}
 	r.path = viewPath(a.Path, normalization)
 	r.hostPort, r.host = viewHost(a.Host)
@@ -144,6 +144,16 @@ func viewHost(h string) (withPort, name string) {
 }
 
 func (r *req) authed() bool { return r.principal != "" }
+
+// namespace is the caller's namespace, read by position from its SPIFFE ID
+// the first time a rule asks.
+func (r *req) namespace() (string, bool) {
+	if !r.nsDone {
+		r.ns, r.nsOK = sourceNamespace(r.a.Source)
+		r.nsDone = true
+	}
+	return r.ns, r.nsOK
+}
 
 // ----- matching -----
 
@@ -219,11 +229,14 @@ func (f *cfrom) match(r *req, deny bool) bool {
 			return false
 		}
 	}
-	if len(f.namespaces) > 0 && (!r.nsOK || !f.namespaces.match(r.ns)) {
-		return false
-	}
-	if len(f.notNamespaces) > 0 && !neg(r.nsOK, func() bool { return f.notNamespaces.match(r.ns) }, deny) {
-		return false
+	if len(f.namespaces) > 0 || len(f.notNamespaces) > 0 {
+		ns, ok := r.namespace()
+		if len(f.namespaces) > 0 && (!ok || !f.namespaces.match(ns)) {
+			return false
+		}
+		if len(f.notNamespaces) > 0 && !neg(ok, func() bool { return f.notNamespaces.match(ns) }, deny) {
+			return false
+		}
 	}
 	reqP, hasReqP := "", false
 	if a.JWT != nil && a.JWT.Principal != "" {
@@ -370,10 +383,11 @@ func (c *ccond) match(r *req, deny bool) bool {
 		}
 		return len(c.notPorts) == 0 || !c.notPorts.match(a.DestinationPort)
 	case condSourceNamespace:
-		if !r.nsOK {
+		ns, ok := r.namespace()
+		if !ok {
 			return c.absent(deny)
 		}
-		return c.matchString(r.ns)
+		return c.matchString(ns)
 	case condSourcePrincipal:
 		if !r.authed() {
 			return c.absent(deny)
