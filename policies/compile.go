@@ -2,7 +2,6 @@ package policies
 
 import (
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -1009,5 +1008,3 @@ func (c *compiler) quarantine(p *Quarantine) {
 	}
 	c.snap.quarantines[id.String()] = q
 }
-
-var _ = sort.Strings

@@ -3,8 +3,6 @@ package policies
 import (
 	"net/netip"
 	"strings"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // The compiled forms. Every matcher is built once in Compile; evaluation
@@ -571,5 +569,3 @@ func (j *cjwt) match(t *JWT) bool {
 	}
 	return true
 }
-
-var _ = spiffeid.ID{}
