@@ -100,7 +100,10 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	}
 	hdrs := hr.GetHeaders()
 	if hm := hr.GetHeaderMap(); hm != nil && len(hm.GetHeaders()) > 0 {
-		hdrs = joinHeaderMap(hm)
+		var err error
+		if hdrs, err = joinHeaderMap(hm); err != nil {
+			return nil, err
+		}
 	}
 	m := &Mapped{}
 	// Envoy sends lowercase names; the map is used as is unless a name is
@@ -108,7 +111,11 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	size, lower := 0, true
 	for k, v := range hdrs {
 		size += len(k) + len(v)
-		if lower && hasUpper(k) {
+		upper, ok := scanName(k)
+		if !ok {
+			return nil, fmt.Errorf("%w: header name %q is not an HTTP token", ErrInvalid, k)
+		}
+		if upper {
 			lower = false
 		}
 		if strings.HasPrefix(k, wire.HeaderPrefix) {
@@ -285,9 +292,12 @@ func targetLabels(dest map[string]string, ext map[string]string) map[string]stri
 	return out
 }
 
-func joinHeaderMap(hm *corev3.HeaderMap) map[string]string {
+func joinHeaderMap(hm *corev3.HeaderMap) (map[string]string, error) {
 	out := make(map[string]string, len(hm.GetHeaders()))
 	for _, hv := range hm.GetHeaders() {
+		if _, ok := scanName(hv.GetKey()); !ok {
+			return nil, fmt.Errorf("%w: header name %q is not an HTTP token", ErrInvalid, hv.GetKey())
+		}
 		v := hv.GetValue()
 		if raw := hv.GetRawValue(); len(raw) > 0 {
 			v = string(raw)
@@ -298,7 +308,7 @@ func joinHeaderMap(hm *corev3.HeaderMap) map[string]string {
 		}
 		out[k] = v
 	}
-	return out
+	return out, nil
 }
 
 func socketAddr(a *corev3.Address) (netip.Addr, uint32) {
@@ -313,13 +323,30 @@ func socketAddr(a *corev3.Address) (netip.Addr, uint32) {
 	return ip.Unmap(), sa.GetPortValue()
 }
 
-func hasUpper(s string) bool {
+// scanName reports whether a header name holds an upper-case letter and
+// whether it is a valid name: an RFC 9110 token, or ':' and a token for a
+// pseudo-header. Envoy never forwards anything else; a CheckRequest that does
+// is refused rather than guessed at (a name with invalid bytes could
+// otherwise escape the x-meshguard- prefix check after case folding).
+func scanName(s string) (upper, ok bool) {
+	if strings.HasPrefix(s, ":") {
+		s = s[1:]
+	}
+	if s == "" {
+		return false, false
+	}
 	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			return true
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case 'A' <= c && c <= 'Z':
+			upper = true
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return upper, false
 		}
 	}
-	return false
+	return upper, true
 }
 
 func first(vs ...string) string {

@@ -1,6 +1,7 @@
 package request
 
 import (
+	"errors"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -81,6 +82,22 @@ func TestFromHTTPIgnoresContextHeadersUnlessTrusted(t *testing.T) {
 	}
 }
 
+// Header names that are not HTTP tokens never come from Envoy; a request
+// carrying one is refused, so that no case folding of invalid bytes can move
+// a name out of the x-meshguard- prefix check.
+func TestFromCheckRejectsInvalidHeaderNames(t *testing.T) {
+	for _, name := range []string{"x-meshguard-\xff", "x-meshguard-source-id\x00", "x meshguard", "", ":", "x-meshguard-\u0130d"} {
+		r := checkRequest("GET", "/", map[string]string{name: "v", ":authority": "h"}, "", "", nil)
+		if _, err := FromCheck(r, Options{}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("header name %q: err = %v, want ErrInvalid", name, err)
+		}
+	}
+	r := checkRequest("GET", "/", map[string]string{"X-Custom_Name.v2~": "v", ":authority": "h"}, "", "", nil)
+	if _, err := FromCheck(r, Options{}); err != nil {
+		t.Errorf("valid token refused: %v", err)
+	}
+}
+
 // FuzzFromCheck maps arbitrary CheckRequests and resolves their identity:
 // never a panic, never a client-sent x-meshguard header visible to the
 // engine or left in place, and never an identity outside the trusted
@@ -91,6 +108,7 @@ func FuzzFromCheck(f *testing.F) {
 	f.Add("GET", "/", "authorization", "Bearer eyJhbGciOiJub25lIn0.e30.", "", "", "", "")
 	f.Add("", "", "X-MeshGuard-Route", "\xff", "spiffe://evil.example/a", "-----BEGIN%20CERTIFICATE-----%0A", "", "spiffe://")
 	f.Add("GET", "/x", "x-big", strings.Repeat("a", 1000), "frontend.example.com", "%zz", "", "")
+	f.Add("GET", "/", "x-meshguard-\xff", "v", "", "", "", "")
 	c, err := ca.New(spiffeid.RequireTrustDomainFromString("prod.example"))
 	if err != nil {
 		f.Fatal(err)
