@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"sort"
 
 	"github.com/meshguard/meshguard/policies"
@@ -35,6 +36,7 @@ type options struct {
 	perRound            int // requests per timing round
 	rounds              int
 	perConn             int
+	cpuProfile          string
 }
 
 func run(args []string, out io.Writer) error {
@@ -47,6 +49,7 @@ func run(args []string, out io.Writer) error {
 	fs.IntVar(&o.perRound, "per-round", 20_000, "requests per timing round")
 	fs.IntVar(&o.rounds, "rounds", 5, "timing rounds per filter (alternating; the median is reported)")
 	fs.IntVar(&o.perConn, "per-connection", 100, "requests per downstream connection (connection.id); mesh traffic rides long-lived connections")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the timing rounds to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,6 +112,13 @@ func run(args []string, out io.Writer) error {
 		if _, err := load(h, o.perRound); err != nil {
 			return err
 		}
+	}
+	if o.cpuProfile != "" {
+		stop, err := startProfile(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	var mgNs, mg1Ns, noopNs, floorNs, mgAllocs, noopAllocs []float64
 	for r := 0; r < o.rounds; r++ {
@@ -183,6 +193,18 @@ func run(args []string, out io.Writer) error {
 		fmt.Fprintln(out, line)
 	}
 	return nil
+}
+
+func startProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func verdict(ok bool) string {
