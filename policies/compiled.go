@@ -21,18 +21,82 @@ type cpolicy struct {
 // only when every reading does, and negative fields never admit a request
 // that lacks what they negate (no principal, no namespace, no token).
 type crule struct {
+	// Fields read on every match first, so that a match touches as few
+	// cache lines as possible.
 	ord  int
-	pol  *cpolicy
-	ref  RuleRef
-	mode Mode // enforce or dry-run
+	dry  bool // mode is dry-run (set by seal)
 	deny bool
 	from []cfrom
 	to   []cto
 	when []ccond
 	jwt  *cjwt
+	pol  *cpolicy
+	ref  RuleRef
+	mode Mode // enforce or dry-run
+}
+
+// Bits of cfrom.set and cto.set: which fields a source or operation sets.
+// Matching tests the bits (one word) instead of every field's length (the
+// fields span several cache lines).
+const (
+	fPrincipals uint32 = 1 << iota
+	fNotPrincipals
+	fIDs
+	fNotIDs
+	fTrustDomains
+	fNamespaces // namespaces or notNamespaces
+	fReqPrincipals
+	fNotReqPrincipals
+	fIPBlocks
+	fNotIPBlocks
+	fRemoteIPBlocks
+	fNotRemoteBlocks
+)
+
+const (
+	tRoutes uint32 = 1 << iota
+	tHosts
+	tNotHosts
+	tPorts
+	tNotPorts
+	tMethods
+	tNotMethods
+	tPaths
+	tNotPaths
+)
+
+func bit(b uint32, on bool) uint32 {
+	if on {
+		return b
+	}
+	return 0
+}
+
+// seal computes the derived fields once the rule is built. It is
+// idempotent (a rule can sit in several buckets).
+func (c *crule) seal() {
+	c.dry = c.mode == ModeDryRun
+	for i := range c.from {
+		f := &c.from[i]
+		f.set = bit(fPrincipals, len(f.principals) > 0) | bit(fNotPrincipals, len(f.notPrincipals) > 0) |
+			bit(fIDs, len(f.ids) > 0) | bit(fNotIDs, len(f.notIDs) > 0) |
+			bit(fTrustDomains, len(f.trustDomains) > 0) |
+			bit(fNamespaces, len(f.namespaces) > 0 || len(f.notNamespaces) > 0) |
+			bit(fReqPrincipals, len(f.reqPrincipals) > 0) | bit(fNotReqPrincipals, len(f.notReqPrincipals) > 0) |
+			bit(fIPBlocks, len(f.ipBlocks) > 0) | bit(fNotIPBlocks, len(f.notIPBlocks) > 0) |
+			bit(fRemoteIPBlocks, len(f.remoteIPBlocks) > 0) | bit(fNotRemoteBlocks, len(f.notRemoteBlocks) > 0)
+	}
+	for i := range c.to {
+		t := &c.to[i]
+		t.set = bit(tRoutes, len(t.routes) > 0) | bit(tHosts, len(t.hosts) > 0) | bit(tNotHosts, len(t.notHosts) > 0) |
+			bit(tPorts, len(t.ports) > 0) | bit(tNotPorts, len(t.notPorts) > 0) |
+			bit(tMethods, len(t.methods) > 0) | bit(tNotMethods, len(t.notMethods) > 0) |
+			bit(tPaths, len(t.paths) > 0) | bit(tNotPaths, len(t.notPaths) > 0)
+	}
 }
 
 type cfrom struct {
+	set                             uint32 // f* bits (seal)
 	principals, notPrincipals       strSet
 	ids, notIDs                     idSet
 	trustDomains                    []string
@@ -43,6 +107,7 @@ type cfrom struct {
 }
 
 type cto struct {
+	set                 uint32 // t* bits (seal)
 	hosts, notHosts     []hostMatcher
 	ports, notPorts     portSet
 	methods, notMethods strSet
@@ -106,6 +171,7 @@ type req struct {
 	path      pathView
 	host      string // lowercase is not needed: host matchers fold
 	hostPort  string
+	hostDone  bool // host and hostPort are computed on first use
 }
 
 func (r *req) init(a *Attributes, normalization string) {
@@ -114,7 +180,16 @@ func (r *req) init(a *Attributes, normalization string) {
 		r.principal = a.Source.String()[len("spiffe://"):]
 	}
 	r.path = viewPath(a.Path, normalization)
-	r.hostPort, r.host = viewHost(a.Host)
+}
+
+// hosts is the request's host with and without its port, computed the first
+// time a rule asks (most rules name no hosts).
+func (r *req) hosts() (withPort, name string) {
+	if !r.hostDone {
+		r.hostPort, r.host = viewHost(r.a.Host)
+		r.hostDone = true
+	}
+	return r.hostPort, r.host
 }
 
 // viewHost removes a trailing dot from the name and returns the host with
@@ -210,24 +285,24 @@ func neg(present bool, inList func() bool, deny bool) bool {
 
 func (f *cfrom) match(r *req, deny bool) bool {
 	a := r.a
-	if len(f.principals) > 0 && (!r.authed() || !f.principals.match(r.principal)) {
+	if f.set&fPrincipals != 0 && (!r.authed() || !f.principals.match(r.principal)) {
 		return false
 	}
-	if len(f.notPrincipals) > 0 && !neg(r.authed(), func() bool { return f.notPrincipals.match(r.principal) }, deny) {
+	if f.set&fNotPrincipals != 0 && !neg(r.authed(), func() bool { return f.notPrincipals.match(r.principal) }, deny) {
 		return false
 	}
-	if len(f.ids) > 0 && !f.ids.match(a.Source) {
+	if f.set&fIDs != 0 && !f.ids.match(a.Source) {
 		return false
 	}
-	if len(f.notIDs) > 0 && !neg(r.authed(), func() bool { return f.notIDs.match(a.Source) }, deny) {
+	if f.set&fNotIDs != 0 && !neg(r.authed(), func() bool { return f.notIDs.match(a.Source) }, deny) {
 		return false
 	}
-	if len(f.trustDomains) > 0 {
+	if f.set&fTrustDomains != 0 {
 		if !r.authed() || !containsString(f.trustDomains, a.Source.TrustDomain().Name()) {
 			return false
 		}
 	}
-	if len(f.namespaces) > 0 || len(f.notNamespaces) > 0 {
+	if f.set&fNamespaces != 0 {
 		ns, ok := r.namespace()
 		if len(f.namespaces) > 0 && (!ok || !f.namespaces.match(ns)) {
 			return false
@@ -236,26 +311,29 @@ func (f *cfrom) match(r *req, deny bool) bool {
 			return false
 		}
 	}
+	if f.set&^(fPrincipals|fNotPrincipals|fIDs|fNotIDs|fTrustDomains|fNamespaces) == 0 {
+		return true
+	}
 	reqP, hasReqP := "", false
 	if a.JWT != nil && a.JWT.Principal != "" {
 		reqP, hasReqP = a.JWT.Principal, true
 	}
-	if len(f.reqPrincipals) > 0 && (!hasReqP || !f.reqPrincipals.match(reqP)) {
+	if f.set&fReqPrincipals != 0 && (!hasReqP || !f.reqPrincipals.match(reqP)) {
 		return false
 	}
-	if len(f.notReqPrincipals) > 0 && !neg(hasReqP, func() bool { return f.notReqPrincipals.match(reqP) }, deny) {
+	if f.set&fNotReqPrincipals != 0 && !neg(hasReqP, func() bool { return f.notReqPrincipals.match(reqP) }, deny) {
 		return false
 	}
-	if len(f.ipBlocks) > 0 && !f.ipBlocks.match(a.SourceIP) {
+	if f.set&fIPBlocks != 0 && !f.ipBlocks.match(a.SourceIP) {
 		return false
 	}
-	if len(f.notIPBlocks) > 0 && !neg(a.SourceIP.IsValid(), func() bool { return f.notIPBlocks.match(a.SourceIP) }, deny) {
+	if f.set&fNotIPBlocks != 0 && !neg(a.SourceIP.IsValid(), func() bool { return f.notIPBlocks.match(a.SourceIP) }, deny) {
 		return false
 	}
-	if len(f.remoteIPBlocks) > 0 && !f.remoteIPBlocks.match(remoteIP(a)) {
+	if f.set&fRemoteIPBlocks != 0 && !f.remoteIPBlocks.match(remoteIP(a)) {
 		return false
 	}
-	if len(f.notRemoteBlocks) > 0 && !neg(remoteIP(a).IsValid(), func() bool { return f.notRemoteBlocks.match(remoteIP(a)) }, deny) {
+	if f.set&fNotRemoteBlocks != 0 && !neg(remoteIP(a).IsValid(), func() bool { return f.notRemoteBlocks.match(remoteIP(a)) }, deny) {
 		return false
 	}
 	return true
@@ -281,41 +359,42 @@ func containsString(list []string, s string) bool {
 
 func (t *cto) match(r *req, deny bool) bool {
 	a := r.a
-	if len(t.routes) > 0 && !t.routes.match(a.Route) {
+	if t.set&tRoutes != 0 && !t.routes.match(a.Route) {
 		return false
 	}
-	if len(t.hosts) > 0 && !matchHosts(t.hosts, r) {
+	if t.set&tHosts != 0 && !matchHosts(t.hosts, r) {
 		return false
 	}
-	if len(t.notHosts) > 0 && !neg(a.Host != "", func() bool { return matchHosts(t.notHosts, r) }, deny) {
+	if t.set&tNotHosts != 0 && !neg(a.Host != "", func() bool { return matchHosts(t.notHosts, r) }, deny) {
 		return false
 	}
-	if len(t.ports) > 0 && !t.ports.match(a.DestinationPort) {
+	if t.set&tPorts != 0 && !t.ports.match(a.DestinationPort) {
 		return false
 	}
-	if len(t.notPorts) > 0 && !neg(a.DestinationPort != 0, func() bool { return t.notPorts.match(a.DestinationPort) }, deny) {
+	if t.set&tNotPorts != 0 && !neg(a.DestinationPort != 0, func() bool { return t.notPorts.match(a.DestinationPort) }, deny) {
 		return false
 	}
-	if len(t.methods) > 0 && !t.methods.match(a.Method) {
+	if t.set&tMethods != 0 && !t.methods.match(a.Method) {
 		return false
 	}
-	if len(t.notMethods) > 0 && t.notMethods.match(a.Method) {
+	if t.set&tNotMethods != 0 && t.notMethods.match(a.Method) {
 		return false
 	}
-	if len(t.paths) > 0 && !matchPaths(t.paths, r, deny) {
+	if t.set&tPaths != 0 && !matchPaths(t.paths, r, deny) {
 		return false
 	}
-	if len(t.notPaths) > 0 && !notPaths(t.notPaths, r, deny) {
+	if t.set&tNotPaths != 0 && !notPaths(t.notPaths, r, deny) {
 		return false
 	}
 	return true
 }
 
 func matchHosts(ms []hostMatcher, r *req) bool {
+	hostPort, host := r.hosts()
 	for i := range ms {
-		h := r.host
+		h := host
 		if ms[i].withPort {
-			h = r.hostPort
+			h = hostPort
 		}
 		if ms[i].m.match(h) {
 			return true

@@ -39,7 +39,7 @@ type scope struct {
 	// selectors indexed by their first label: key → value → selectors, so
 	// that a workload's labels find their selectors with a few lookups.
 	selKeys  []string
-	selIndex map[string]map[string][]*selectorBucket
+	selIndex map[labelPair][]*selectorBucket
 	targets  map[targetKey]*bucket
 	patterns []patternBucket
 	// byWorkload indexes pattern buckets whose patterns are all exact IDs;
@@ -83,22 +83,21 @@ func (sc *scope) indexSelectors() {
 	if len(sc.selectors) == 0 {
 		return
 	}
-	sc.selIndex = map[string]map[string][]*selectorBucket{}
+	sc.selIndex = map[labelPair][]*selectorBucket{}
+	keys := map[string]bool{}
 	for i := range sc.selectors {
 		sb := &sc.selectors[i]
-		keys := sortedKeys(sb.labels)
-		sb.pairs = make([]labelPair, len(keys))
-		for j, k := range keys {
+		names := sortedKeys(sb.labels)
+		sb.pairs = make([]labelPair, len(names))
+		for j, k := range names {
 			sb.pairs[j] = labelPair{k, sb.labels[k]}
 		}
 		first := sb.pairs[0]
-		byVal := sc.selIndex[first.k]
-		if byVal == nil {
-			byVal = map[string][]*selectorBucket{}
-			sc.selIndex[first.k] = byVal
+		if !keys[first.k] {
+			keys[first.k] = true
 			sc.selKeys = append(sc.selKeys, first.k)
 		}
-		byVal[first.v] = append(byVal[first.v], sb)
+		sc.selIndex[first] = append(sc.selIndex[first], sb)
 	}
 }
 
@@ -234,6 +233,7 @@ type ruleIndex struct {
 }
 
 func (ix *ruleIndex) add(r *crule) {
+	r.seal()
 	ix.rules = append(ix.rules, r)
 	if r.mode == ModeDryRun {
 		ix.hasDryRun = true
@@ -369,7 +369,7 @@ func firstIn(list []*crule, rq *req, limit int, dry bool) *crule {
 		if c.ord >= limit {
 			return nil
 		}
-		if c.mode == ModeDryRun && !dry {
+		if c.dry && !dry {
 			continue
 		}
 		if ok, _ := c.match(rq); ok {
@@ -557,8 +557,9 @@ func (sc *scope) collect(t *Target, bs []*bucket) []*bucket {
 			if !ok {
 				continue
 			}
-			for _, sb := range sc.selIndex[k][v] {
-				if pairsMatch(sb.pairs, t.Labels) {
+			// The first pair is the index key, already matched.
+			for _, sb := range sc.selIndex[labelPair{k, v}] {
+				if pairsMatch(sb.pairs[1:], t.Labels) {
 					bs = append(bs, sb.b)
 				}
 			}
