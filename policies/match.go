@@ -39,7 +39,7 @@ func newStrMatcher(v string, fold bool) strMatcher {
 	return strMatcher{kind: strExact, v: v, fold: fold}
 }
 
-func (m strMatcher) match(s string) bool {
+func (m *strMatcher) match(s string) bool {
 	switch m.kind {
 	case strAny:
 		return s != ""
@@ -70,8 +70,8 @@ func (m strMatcher) match(s string) bool {
 type strSet []strMatcher
 
 func (ss strSet) match(s string) bool {
-	for _, m := range ss {
-		if m.match(s) {
+	for i := range ss {
+		if ss[i].match(s) {
 			return true
 		}
 	}
@@ -299,21 +299,24 @@ func sourceNamespace(id spiffeid.ID) (string, bool) {
 	if id.IsZero() {
 		return "", false
 	}
+	// "/ns/<ns>/sa/<sa>", each segment non-empty, nothing after <sa>. A
+	// byte loop: IDs are short and this runs once per decision.
 	p := id.Path()
-	if !strings.HasPrefix(p, "/ns/") {
+	if len(p) < len("/ns/x/sa/y") || p[:len("/ns/")] != "/ns/" {
 		return "", false
 	}
-	rest := p[len("/ns/"):]
-	ns, rest, ok := strings.Cut(rest, "/")
-	if !ok || ns == "" {
+	i := len("/ns/")
+	for i < len(p) && p[i] != '/' {
+		i++
+	}
+	ns, rest := p[len("/ns/"):i], p[i:]
+	if ns == "" || len(rest) < len("/sa/y") || rest[:len("/sa/")] != "/sa/" {
 		return "", false
 	}
-	if !strings.HasPrefix(rest, "sa/") {
-		return "", false
-	}
-	sa := rest[len("sa/"):]
-	if sa == "" || strings.IndexByte(sa, '/') >= 0 {
-		return "", false
+	for j := len("/sa/"); j < len(rest); j++ {
+		if rest[j] == '/' {
+			return "", false
+		}
 	}
 	return ns, true
 }

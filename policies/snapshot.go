@@ -39,7 +39,7 @@ type scope struct {
 	// selectors indexed by their first label: key → value → selectors, so
 	// that a workload's labels find their selectors with a few lookups.
 	selKeys  []string
-	selIndex map[labelPair][]*selectorBucket
+	selIndex []map[string][]*selectorBucket // parallel to selKeys: value → selectors
 	targets  map[targetKey]*bucket
 	patterns []patternBucket
 	// byWorkload indexes pattern buckets whose patterns are all exact IDs;
@@ -83,8 +83,7 @@ func (sc *scope) indexSelectors() {
 	if len(sc.selectors) == 0 {
 		return
 	}
-	sc.selIndex = map[labelPair][]*selectorBucket{}
-	keys := map[string]bool{}
+	keys := map[string]int{} // label key → position in selKeys
 	for i := range sc.selectors {
 		sb := &sc.selectors[i]
 		names := sortedKeys(sb.labels)
@@ -93,11 +92,14 @@ func (sc *scope) indexSelectors() {
 			sb.pairs[j] = labelPair{k, sb.labels[k]}
 		}
 		first := sb.pairs[0]
-		if !keys[first.k] {
-			keys[first.k] = true
+		pos, ok := keys[first.k]
+		if !ok {
+			pos = len(sc.selKeys)
+			keys[first.k] = pos
 			sc.selKeys = append(sc.selKeys, first.k)
+			sc.selIndex = append(sc.selIndex, map[string][]*selectorBucket{})
 		}
-		sc.selIndex[first] = append(sc.selIndex[first], sb)
+		sc.selIndex[pos][first.v] = append(sc.selIndex[pos][first.v], sb)
 	}
 }
 
@@ -444,11 +446,11 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		d.Audit, d.AuditRef = true, c.ref
 	}
 	v := verdict(bs, &rq, false, tr)
-	if !v.Allowed {
-		v.Custom, v.Audit, v.AuditRef, v.Version = d.Custom, d.Audit, d.AuditRef, d.Version
-		return routeMode(v, ro)
+	if !v.allowed {
+		d.Reason, d.Ref = v.reason, v.ref()
+		return routeMode(d, ro)
 	}
-	d.Allowed, d.Reason, d.Ref = true, v.Reason, v.Ref
+	d.Allowed, d.Reason, d.Ref = true, v.reason, v.ref()
 	dry := false
 	for _, b := range bs {
 		if b.hasDryRun {
@@ -457,9 +459,9 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		}
 	}
 	if dry {
-		if sh := verdict(bs, &rq, true, nil); !sh.Allowed {
-			d.Mode, d.WouldDeny, d.Reason, d.Ref = ModeDryRun, true, sh.Reason, sh.Ref
-			tr.note("dry-run: %s would deny (%s)", sh.Ref.Policy, sh.Reason)
+		if sh := verdict(bs, &rq, true, nil); !sh.allowed {
+			d.Mode, d.WouldDeny, d.Reason, d.Ref = ModeDryRun, true, sh.reason, sh.ref()
+			tr.note("dry-run: %s would deny (%s)", d.Ref.Policy, d.Reason)
 		}
 	}
 	return d
@@ -474,34 +476,52 @@ func routeMode(d Decision, ro *routeInfo) Decision {
 	return d
 }
 
+// outcome is verdict's answer: small, so that it is cheap to return.
+type outcome struct {
+	allowed bool
+	reason  Reason
+	rule    *crule   // the deciding rule, if any
+	dd      *RuleRef // the default-deny policy, for ReasonDeniedDefault
+}
+
+func (o outcome) ref() RuleRef {
+	switch {
+	case o.rule != nil:
+		return o.rule.ref
+	case o.dd != nil:
+		return *o.dd
+	}
+	return RuleRef{}
+}
+
 // verdict is DENY then ALLOW over the buckets. With dry set, dry-run rules
 // and policies count as enforced (the shadow decision).
-func verdict(bs []*bucket, rq *req, dry bool, tr *Trace) Decision {
+func verdict(bs []*bucket, rq *req, dry bool, tr *Trace) outcome {
 	mode := 0
 	if dry {
 		mode = 1
 	}
 	if c := firstOf(bs, ActionDeny, rq, dry, tr); c != nil {
-		return Decision{Reason: ReasonDeniedByPolicy, Mode: ModeEnforce, Ref: c.ref}
+		return outcome{reason: ReasonDeniedByPolicy, rule: c}
 	}
-	allowPols, defaultDeny := 0, false
-	var ddRef RuleRef
+	allowPols := 0
+	var dd *RuleRef
 	for _, b := range bs {
 		allowPols += b.allowPols[mode]
-		if b.defaultDeny[mode] && !defaultDeny {
-			defaultDeny, ddRef = true, b.defaultRef
+		if b.defaultDeny[mode] && dd == nil {
+			dd = &b.defaultRef
 		}
 	}
-	if allowPols == 0 && !defaultDeny {
-		return Decision{Allowed: true, Reason: ReasonAllowedNoPolicy, Mode: ModeEnforce}
+	if allowPols == 0 && dd == nil {
+		return outcome{allowed: true, reason: ReasonAllowedNoPolicy}
 	}
 	if c := firstOf(bs, ActionAllow, rq, dry, tr); c != nil {
-		return Decision{Allowed: true, Reason: ReasonAllowedByPolicy, Mode: ModeEnforce, Ref: c.ref}
+		return outcome{allowed: true, reason: ReasonAllowedByPolicy, rule: c}
 	}
 	if allowPols == 0 {
-		return Decision{Reason: ReasonDeniedDefault, Mode: ModeEnforce, Ref: ddRef}
+		return outcome{reason: ReasonDeniedDefault, dd: dd}
 	}
-	return Decision{Reason: ReasonDeniedNoMatch, Mode: ModeEnforce}
+	return outcome{reason: ReasonDeniedNoMatch}
 }
 
 func firstOf(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule {
@@ -552,13 +572,13 @@ func (sc *scope) collect(t *Target, bs []*bucket) []*bucket {
 		bs = append(bs, sc.all)
 	}
 	if len(t.Labels) > 0 {
-		for _, k := range sc.selKeys {
+		for i, k := range sc.selKeys {
 			v, ok := t.Labels[k]
 			if !ok {
 				continue
 			}
 			// The first pair is the index key, already matched.
-			for _, sb := range sc.selIndex[labelPair{k, v}] {
+			for _, sb := range sc.selIndex[i][v] {
 				if pairsMatch(sb.pairs[1:], t.Labels) {
 					bs = append(bs, sb.b)
 				}
