@@ -88,6 +88,7 @@ func compareMain(args []string) error {
 	ctx := context.Background()
 	fmt.Printf("authzload compare: %d-rule realistic policy (%d bytes), %d distinct CheckRequests\n", *rules, len(data), len(reqs))
 	fmt.Printf("servers: trivial always-OK (pid %d) and meshguard authz (pid %d), plaintext gRPC on loopback, same machine\n", triv.Process.Pid, mg.Process.Pid)
+	fmt.Println("the load generator runs in this process and decodes only status.code of each answer (see statusCodec)")
 	fmt.Printf("closed loop: concurrency %d over %d connections, %s per round, %d interleaved rounds\n", *conc, *conns, *dur, *rounds)
 	var trivRPS, mgRPS float64
 	for r := 0; r < *rounds; r++ {

@@ -118,7 +118,8 @@ func runMain(args []string) error {
 func load(ctx context.Context, c loadConfig, reqs []*authv3.CheckRequest) (*result, error) {
 	conns := make([]authv3.AuthorizationClient, c.conns)
 	for i := range conns {
-		cc, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(statusCodec{})))
 		if err != nil {
 			return nil, err
 		}

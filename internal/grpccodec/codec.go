@@ -1,5 +1,5 @@
 // Package grpccodec is a gRPC codec that marshals messages with their
-// vtprotobuf-generated MarshalVT when they have one (go-control-plane
+// vtprotobuf-generated MarshalVTStrict (built with -tags vtprotobuf) when they have one (go-control-plane
 // generates it for Envoy's types, CheckResponse included) and falls back to
 // the reflection-based protobuf runtime otherwise. Unmarshalling always uses
 // the protobuf runtime. Servers opt in with grpc.ForceServerCodec; nothing
@@ -16,13 +16,13 @@ import (
 type Codec struct{}
 
 type vtMarshaler interface {
-	MarshalVT() ([]byte, error)
+	MarshalVTStrict() ([]byte, error)
 }
 
 // Marshal implements encoding.Codec.
 func (Codec) Marshal(v any) ([]byte, error) {
 	if m, ok := v.(vtMarshaler); ok {
-		return m.MarshalVT()
+		return m.MarshalVTStrict()
 	}
 	m, ok := v.(proto.Message)
 	if !ok {

@@ -11,8 +11,10 @@ import (
 // (strconv's escapes for '"' and '\' are JSON's); anything else goes
 // through encoding/json, which also replaces invalid UTF-8.
 func String(b []byte, s string) []byte {
+	plain := true
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '<' || c == '>' || c == '&' {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '<' || c == '>' || c == '&' {
 			q, err := json.Marshal(s)
 			if err != nil {
 				// Unreachable: a string always encodes.
@@ -20,11 +22,20 @@ func String(b []byte, s string) []byte {
 			}
 			return append(b, q...)
 		}
+		if c == '"' || c == '\\' {
+			plain = false
+		}
 	}
+	if plain {
+		// Printable ASCII without quotes or backslashes: nothing to escape.
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	// Printable ASCII: Go's quoting escapes exactly what JSON needs here.
 	return strconv.AppendQuote(b, s)
 }
 
-// Field appends `,"name":"value"` (without the comma when first).
 func Field(b []byte, first bool, name, value string) []byte {
 	if !first {
 		b = append(b, ',')
