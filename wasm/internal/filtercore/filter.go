@@ -2,7 +2,6 @@ package filtercore
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -339,20 +338,13 @@ func refString(r policies.RuleRef) string {
 	return r.Policy + "#" + r.Rule
 }
 
-type denyBody struct {
-	Reason        policies.Reason `json:"reason"`
-	Policy        string          `json:"policy,omitempty"`
-	Rule          string          `json:"rule,omitempty"`
-	BundleVersion string          `json:"bundle_version,omitempty"`
-}
-
 func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
 	p.vm.m.decision(reason)
-	b := denyBody{Reason: reason, Policy: ref.Policy, Rule: ref.Rule}
+	b := wire.DenyBody{Reason: string(reason), Policy: ref.Policy, Rule: ref.Rule}
 	if cfg != nil {
 		b.BundleVersion = cfg.snap.Version()
 	}
-	body, _ := json.Marshal(b) // cannot fail: strings only
+	body := b.AppendJSON(nil)
 	st.replied = true
 	err := s.SendLocalResponse(status, [][2]string{
 		{wire.HeaderReason, string(reason)},
