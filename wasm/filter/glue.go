@@ -17,6 +17,7 @@ type vmContext struct {
 	// streams counts finished streams, to check the heap now and then.
 	streams       uint32
 	heap, heapSys filtercore.Gauge
+	headers       [][2]string // scratch for every request's headers
 }
 
 func newVMContext(now func() int64) *vmContext { return &vmContext{now: now} }
@@ -75,14 +76,14 @@ type httpContext struct {
 }
 
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
-	if h.p.core.OnRequestHeaders(sdkStream{}, &h.st) {
+	if h.p.core.OnRequestHeaders(sdkStream{&h.p.vmc.headers}, &h.st) {
 		return types.ActionContinue
 	}
 	return types.ActionPause
 }
 
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	h.p.core.OnResponseHeaders(sdkStream{}, &h.st)
+	h.p.core.OnResponseHeaders(sdkStream{&h.p.vmc.headers}, &h.st)
 	return types.ActionContinue
 }
 
@@ -175,10 +176,19 @@ func (sdkHost) SetSharedData(key string, value []byte, cas uint32) error {
 	return proxywasm.SetSharedData(key, value, cas)
 }
 
-// sdkStream adapts the current HTTP stream's host calls.
-type sdkStream struct{}
+// sdkStream adapts the current HTTP stream's host calls. scratch is the
+// VM's header slice, reused by every request.
+type sdkStream struct{ scratch *[][2]string }
 
-func (sdkStream) RequestHeaders() ([][2]string, error) { return proxywasm.GetHttpRequestHeaders() }
+func (s sdkStream) RequestHeaders() ([][2]string, error) {
+	h, err := requestHeaders(*s.scratch)
+	*s.scratch = h[:0]
+	return h, err
+}
+
+func (sdkStream) AddRequestHeader(name, value string) error {
+	return proxywasm.AddHttpRequestHeader(name, value)
+}
 
 func (sdkStream) ReplaceRequestHeaders(h [][2]string) error {
 	return proxywasm.ReplaceHttpRequestHeaders(h)
@@ -189,10 +199,7 @@ func (sdkStream) ResponseHeader(name string) (string, bool) {
 	return v, err == nil
 }
 
-func (sdkStream) Property(path []string) ([]byte, bool) {
-	v, err := proxywasm.GetProperty(path)
-	return v, err == nil
-}
+func (sdkStream) Property(p filtercore.Prop) ([]byte, bool) { return property(p) }
 
 func (sdkStream) SendLocalResponse(status uint32, headers [][2]string, body []byte) error {
 	return proxywasm.SendHttpResponse(status, headers, body, -1)

@@ -7,11 +7,7 @@
 // wasm/internal/filtercore, where the behaviour lives.
 package main
 
-import (
-	"time"
-
-	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
-)
+import "github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 
 // main is never called in a c-shared (reactor) build; Go requires it.
 func main() {}
@@ -20,5 +16,5 @@ func main() {}
 // (the host runs _initialize, which runs init, before any proxy_on_* call).
 // This is the one place the process touches global state.
 func init() {
-	proxywasm.SetVMContext(newVMContext(func() int64 { return time.Now().UnixNano() }))
+	proxywasm.SetVMContext(newVMContext(clock))
 }

@@ -70,10 +70,13 @@ func BenchmarkFakeStreamOnly(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		s.req = req
 		h, _ := s.RequestHeaders()
-		for _, p := range [][]string{PropConnID, PropURISANPeer, PropSourceAddr, PropDestAddr, PropSNI, PropRouteName} {
+		for _, p := range []Prop{PropConnID, PropURISANPeer, PropSourceAddr, PropDestAddr, PropSNI, PropRouteName} {
 			s.Property(p)
 		}
-		s.ReplaceRequestHeaders(append(h, [2]string{"a", "b"}, [2]string{"c", "d"}, [2]string{"e", "f"}))
+		_ = h
+		s.AddRequestHeader("a", "b")
+		s.AddRequestHeader("c", "d")
+		s.AddRequestHeader("e", "f")
 		s.resp = [][2]string{{":status", "200"}}
 		s.ResponseHeader(":status")
 	}

@@ -22,6 +22,7 @@ const SharedBlocklistKey = "meshguard.blocklist.v1"
 const (
 	maxSharedBlocks = 256
 	maxIDCache      = 1024
+	maxInterned     = 1024
 	maxConnCache    = 4096
 	defaultReporter = "meshguard-wasm"
 )
@@ -35,6 +36,10 @@ type VM struct {
 	events  eventBuffer
 	ids     map[string]spiffeid.ID
 	conns   map[uint64]*connInfo // by connection.id
+	// Strings a request would otherwise allocate, kept once: route names
+	// (from the host's scratch bytes) and rule references.
+	routes  map[string]string
+	refs    map[policies.RuleRef]string
 	blocks  map[uint64]int64     // identity key → unix nanos, from shared data
 	pending []block              // local quarantines not yet published
 	evicted uint64
@@ -47,7 +52,8 @@ type block struct {
 
 // NewVM defines the metrics and returns an empty VM.
 func NewVM(h Host) *VM {
-	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{}, events: eventBuffer{max: DefaultMaxEvents}}
+	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{},
+		routes: map[string]string{}, refs: map[policies.RuleRef]string{}, events: eventBuffer{max: DefaultMaxEvents}}
 }
 
 // Plugin is one plugin context: one configuration.
@@ -61,6 +67,7 @@ type Plugin struct {
 // returns the existing metric for a name it knows, and a host that lost
 // them (a restarted emulator) gets them back.
 func (vm *VM) NewPlugin() *Plugin {
+	vm.m.flush()
 	vm.m = newMetrics(vm.host)
 	return &Plugin{vm: vm}
 }
@@ -267,7 +274,6 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	}
 	if spoofed > 0 {
 		vm.m.stripped.Add(uint64(spoofed))
-		hdrs = slices.DeleteFunc(hdrs, func(kv [2]string) bool { return hasPrefixFold(kv[0], wire.HeaderPrefix) })
 	}
 
 	c := &st.conn
@@ -277,7 +283,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	}
 	id, mtls, srcIP, dstIP, dstPort, sni := c.id, c.mtls, c.srcIP, c.dstIP, c.dstPort, c.sni
 	routeB, _ := s.Property(PropRouteName)
-	route := string(routeB)
+	route := vm.intern(routeB)
 
 	now := vm.host.Now()
 	if len(vm.blocks) > 0 {
@@ -294,6 +300,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		Headers: &st.hv,
 	}
 	dec := cfg.snap.Decide(&attrs)
+	st.hv = headerView{} // the headers may be scratch memory of this callback
 
 	dr := detect.Request{Now: now, Source: id, SourceAddr: srcIP, Method: method, Path: path,
 		Authority: authority, DestAddr: dstIP, Route: route, Service: cfg.service}
@@ -320,15 +327,64 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	vm.m.decision(dec.Reason)
 
 	// Stamp what ext_authz needs (Istio cannot pass per-route context to a
-	// CUSTOM provider) on a header list already free of client-sent ones.
-	hdrs = append(hdrs,
-		[2]string{wire.HeaderRoute, route},
-		[2]string{wire.HeaderPolicyRef, refString(dec.Ref)},
-		[2]string{wire.HeaderBundleVersion, cfg.snap.Version()})
-	if err := s.ReplaceRequestHeaders(hdrs); err != nil {
+	// CUSTOM provider) on a header map free of client-sent ones: added one
+	// by one when the client sent none (the common case: three cheap host
+	// calls), else written whole without them.
+	ref := vm.refString(dec.Ref)
+	if spoofed == 0 {
+		err = s.AddRequestHeader(wire.HeaderRoute, route)
+		if err == nil {
+			err = s.AddRequestHeader(wire.HeaderPolicyRef, ref)
+		}
+		if err == nil {
+			err = s.AddRequestHeader(wire.HeaderBundleVersion, cfg.snap.Version())
+		}
+	} else {
+		clean := make([][2]string, 0, len(hdrs)+3)
+		for _, kv := range hdrs {
+			if !hasPrefixFold(kv[0], wire.HeaderPrefix) {
+				clean = append(clean, kv)
+			}
+		}
+		clean = append(clean,
+			[2]string{wire.HeaderRoute, route},
+			[2]string{wire.HeaderPolicyRef, ref},
+			[2]string{wire.HeaderBundleVersion, cfg.snap.Version()})
+		err = s.ReplaceRequestHeaders(clean)
+	}
+	if err != nil {
 		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
 	return true
+}
+
+// intern returns b as a string, from a bounded cache of the few values a
+// property such as the route name takes, so that reading it allocates
+// nothing.
+func (vm *VM) intern(b []byte) string {
+	if s, ok := vm.routes[string(b)]; ok {
+		return s
+	}
+	if len(vm.routes) >= maxInterned {
+		clear(vm.routes)
+	}
+	s := string(b)
+	vm.routes[s] = s
+	return s
+}
+
+// refString is refString(r) from a bounded cache: rule references come
+// from the compiled policy, a small set.
+func (vm *VM) refString(r policies.RuleRef) string {
+	if s, ok := vm.refs[r]; ok {
+		return s
+	}
+	if len(vm.refs) >= maxInterned {
+		clear(vm.refs)
+	}
+	s := refString(r)
+	vm.refs[r] = s
+	return s
 }
 
 func refString(r policies.RuleRef) string {
@@ -445,6 +501,7 @@ func (p *Plugin) OnTick() {
 		}
 	}()
 	vm := p.vm
+	vm.m.flush()
 	if vm.engine != nil {
 		st := vm.engine.Stats()
 		vm.m.identities.Set(int64(st.Identities))
