@@ -30,18 +30,18 @@ const (
 // VM is the state one proxy-wasm VM shares among its plugin contexts: the
 // detectors, the event buffer, metrics and the identity cache.
 type VM struct {
-	host    Host
-	m       *metrics
-	engine  *detect.Engine
-	events  eventBuffer
-	ids     map[string]spiffeid.ID
-	conns   map[uint64]*connInfo // by connection.id
+	host   Host
+	m      *metrics
+	engine *detect.Engine
+	events eventBuffer
+	ids    map[string]spiffeid.ID
+	conns  map[uint64]*connInfo // by connection.id
 	// Strings a request would otherwise allocate, kept once: route names
 	// (from the host's scratch bytes) and rule references.
 	routes  map[string]string
 	refs    map[policies.RuleRef]string
-	blocks  map[uint64]int64     // identity key → unix nanos, from shared data
-	pending []block              // local quarantines not yet published
+	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
+	pending []block          // local quarantines not yet published
 	evicted uint64
 }
 
