@@ -194,10 +194,7 @@ func (sdkStream) ReplaceRequestHeaders(h [][2]string) error {
 	return proxywasm.ReplaceHttpRequestHeaders(h)
 }
 
-func (sdkStream) ResponseHeader(name string) (string, bool) {
-	v, err := proxywasm.GetHttpResponseHeader(name)
-	return v, err == nil
-}
+func (sdkStream) ResponseHeader(name string) (string, bool) { return responseHeader(name) }
 
 func (sdkStream) Property(p filtercore.Prop) ([]byte, bool) { return property(p) }
 

@@ -19,4 +19,9 @@ func property(p filtercore.Prop) ([]byte, bool) {
 	return v, err == nil
 }
 
+func responseHeader(name string) (string, bool) {
+	v, err := proxywasm.GetHttpResponseHeader(name)
+	return v, err == nil
+}
+
 func clock() int64 { return time.Now().UnixNano() }

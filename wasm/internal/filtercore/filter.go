@@ -40,8 +40,9 @@ type VM struct {
 	// (from the host's scratch bytes) and rule references.
 	routes  map[string]string
 	refs    map[policies.RuleRef]string
-	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
-	pending []block          // local quarantines not yet published
+	attrs   policies.Attributes // scratch for the request being decided
+	blocks  map[uint64]int64    // identity key → unix nanos, from shared data
+	pending []block             // local quarantines not yet published
 	evicted uint64
 }
 
@@ -293,13 +294,17 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	}
 
 	st.hv = headerView{h: hdrs}
-	attrs := policies.Attributes{
+	// The attributes live in the VM, not on the stack, where they would
+	// escape to the heap on every request.
+	attrs := &vm.attrs
+	*attrs = policies.Attributes{
 		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
 		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
 		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
 		Headers: &st.hv,
 	}
-	dec := cfg.snap.Decide(&attrs)
+	dec := cfg.snap.Decide(attrs)
+	*attrs = policies.Attributes{}
 	st.hv = headerView{} // the headers may be scratch memory of this callback
 
 	dr := detect.Request{Now: now, Source: id, SourceAddr: srcIP, Method: method, Path: path,
