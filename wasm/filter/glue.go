@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"strconv"
 
+	"github.com/meshguard/meshguard/internal/hostcall"
 	"github.com/meshguard/meshguard/wasm/internal/filtercore"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
@@ -181,7 +182,7 @@ func (sdkHost) SetSharedData(key string, value []byte, cas uint32) error {
 type sdkStream struct{ scratch *[][2]string }
 
 func (s sdkStream) RequestHeaders() ([][2]string, error) {
-	h, err := requestHeaders(*s.scratch)
+	h, err := hostcall.RequestHeaders(*s.scratch)
 	*s.scratch = h[:0]
 	return h, err
 }
@@ -194,9 +195,9 @@ func (sdkStream) ReplaceRequestHeaders(h [][2]string) error {
 	return proxywasm.ReplaceHttpRequestHeaders(h)
 }
 
-func (sdkStream) ResponseHeader(name string) (string, bool) { return responseHeader(name) }
+func (sdkStream) ResponseHeader(name string) (string, bool) { return hostcall.ResponseHeader(name) }
 
-func (sdkStream) Property(p filtercore.Prop) ([]byte, bool) { return property(p) }
+func (sdkStream) Property(p filtercore.Prop) ([]byte, bool) { return hostcall.Property(p.Path, p.Wire) }
 
 func (sdkStream) SendLocalResponse(status uint32, headers [][2]string, body []byte) error {
 	return proxywasm.SendHttpResponse(status, headers, body, -1)

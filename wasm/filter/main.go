@@ -7,7 +7,10 @@
 // wasm/internal/filtercore, where the behaviour lives.
 package main
 
-import "github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+import (
+	"github.com/meshguard/meshguard/internal/hostcall"
+	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
+)
 
 // main is never called in a c-shared (reactor) build; Go requires it.
 func main() {}
@@ -16,5 +19,5 @@ func main() {}
 // (the host runs _initialize, which runs init, before any proxy_on_* call).
 // This is the one place the process touches global state.
 func init() {
-	proxywasm.SetVMContext(newVMContext(clock))
+	proxywasm.SetVMContext(newVMContext(hostcall.Now))
 }
