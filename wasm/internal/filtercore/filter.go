@@ -38,11 +38,13 @@ type VM struct {
 	conns  map[uint64]*connInfo // by connection.id
 	// Strings a request would otherwise allocate, kept once: route names
 	// (from the host's scratch bytes) and rule references.
-	routes  map[string]string
-	refs    map[policies.RuleRef]string
-	attrs   policies.Attributes // scratch for the request being decided
-	blocks  map[uint64]int64    // identity key → unix nanos, from shared data
-	pending []block             // local quarantines not yet published
+	routes map[string]string
+	refs   map[policies.RuleRef]string
+	// Scratch for the request being decided.
+	attrs   policies.Attributes
+	hv      headerView
+	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
+	pending []block          // local quarantines not yet published
 	evicted uint64
 }
 
@@ -111,10 +113,6 @@ type StreamState struct {
 	ref      detect.Ref
 	observed bool
 	replied  bool
-	// Scratch space that lives as long as the stream, so the request path
-	// does not allocate it.
-	conn connInfo
-	hv   headerView
 }
 
 // headerView serves policy header lookups from the request's header list.
@@ -174,17 +172,19 @@ type connInfo struct {
 	requireMTLS  bool
 }
 
-func (p *Plugin) connection(s Stream, c *connInfo) {
+// connection returns the connection's information, from the cache when
+// the connection is known. A cached entry is never modified (a stale one
+// is replaced), so requests share it without copying.
+func (p *Plugin) connection(s Stream) *connInfo {
 	vm := p.vm
 	var key uint64
 	if b, ok := s.Property(PropConnID); ok && len(b) == 8 {
 		key = binary.LittleEndian.Uint64(b)
 		if cached, ok := vm.conns[key]; ok && cached.requireMTLS == p.cfg.requireMTLS {
-			*c = *cached
-			return
+			return cached
 		}
 	}
-	*c = connInfo{requireMTLS: p.cfg.requireMTLS}
+	c := &connInfo{requireMTLS: p.cfg.requireMTLS}
 	c.id, c.mtls, c.bad = p.identity(s)
 	c.srcIP, _ = parseAddr(s.Property(PropSourceAddr))
 	c.dstIP, c.dstPort = parseAddr(s.Property(PropDestAddr))
@@ -195,9 +195,9 @@ func (p *Plugin) connection(s Stream, c *connInfo) {
 		if len(vm.conns) >= maxConnCache {
 			clear(vm.conns)
 		}
-		cp := *c
-		vm.conns[key] = &cp
+		vm.conns[key] = c
 	}
+	return c
 }
 
 // identity returns the caller's verified SPIFFE ID (zero when the
@@ -277,8 +277,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		vm.m.stripped.Add(uint64(spoofed))
 	}
 
-	c := &st.conn
-	p.connection(s, c)
+	c := p.connection(s)
 	if c.bad != "" {
 		return p.deny(s, st, cfg, 403, c.bad, policies.RuleRef{})
 	}
@@ -293,7 +292,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		}
 	}
 
-	st.hv = headerView{h: hdrs}
+	vm.hv = headerView{h: hdrs}
 	// The attributes live in the VM, not on the stack, where they would
 	// escape to the heap on every request.
 	attrs := &vm.attrs
@@ -301,11 +300,11 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
 		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
 		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
-		Headers: &st.hv,
+		Headers: &vm.hv,
 	}
 	dec := cfg.snap.Decide(attrs)
 	*attrs = policies.Attributes{}
-	st.hv = headerView{} // the headers may be scratch memory of this callback
+	vm.hv = headerView{} // the headers may be scratch memory of this callback
 
 	dr := detect.Request{Now: now, Source: id, SourceAddr: srcIP, Method: method, Path: path,
 		Authority: authority, DestAddr: dstIP, Route: route, Service: cfg.service}
