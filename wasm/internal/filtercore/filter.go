@@ -40,12 +40,24 @@ type VM struct {
 	// (from the host's scratch bytes) and rule references.
 	routes map[string]string
 	refs   map[policies.RuleRef]string
-	// Scratch for the request being decided.
-	attrs   policies.Attributes
-	hv      headerView
+	// The last of each, checked before hashing: map lookups are a
+	// measurable cost in a wasm VM, and consecutive requests mostly
+	// repeat them.
+	lastRoute string
+	lastRef   struct {
+		r policies.RuleRef
+		s string
+	}
+	lastConn struct {
+		key uint64
+		c   *connInfo
+	}
 	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
 	pending []block          // local quarantines not yet published
 	evicted uint64
+	// Scratch for the request being decided.
+	attrs policies.Attributes
+	hv    headerView
 }
 
 type block struct {
@@ -180,7 +192,11 @@ func (p *Plugin) connection(s Stream) *connInfo {
 	var key uint64
 	if b, ok := s.Property(PropConnID); ok && len(b) == 8 {
 		key = binary.LittleEndian.Uint64(b)
+		if lc := &vm.lastConn; lc.key == key && lc.c != nil && lc.c.requireMTLS == p.cfg.requireMTLS {
+			return lc.c
+		}
 		if cached, ok := vm.conns[key]; ok && cached.requireMTLS == p.cfg.requireMTLS {
+			vm.lastConn.key, vm.lastConn.c = key, cached
 			return cached
 		}
 	}
@@ -196,6 +212,7 @@ func (p *Plugin) connection(s Stream) *connInfo {
 			clear(vm.conns)
 		}
 		vm.conns[key] = c
+		vm.lastConn.key, vm.lastConn.c = key, c
 	}
 	return c
 }
@@ -366,7 +383,11 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 // property such as the route name takes, so that reading it allocates
 // nothing.
 func (vm *VM) intern(b []byte) string {
+	if string(b) == vm.lastRoute {
+		return vm.lastRoute // most requests repeat the last route: no hashing
+	}
 	if s, ok := vm.routes[string(b)]; ok {
+		vm.lastRoute = s
 		return s
 	}
 	if len(vm.routes) >= maxInterned {
@@ -374,20 +395,25 @@ func (vm *VM) intern(b []byte) string {
 	}
 	s := string(b)
 	vm.routes[s] = s
+	vm.lastRoute = s
 	return s
 }
 
 // refString is refString(r) from a bounded cache: rule references come
 // from the compiled policy, a small set.
 func (vm *VM) refString(r policies.RuleRef) string {
-	if s, ok := vm.refs[r]; ok {
-		return s
+	if r == vm.lastRef.r {
+		return vm.lastRef.s
 	}
-	if len(vm.refs) >= maxInterned {
-		clear(vm.refs)
+	s, ok := vm.refs[r]
+	if !ok {
+		if len(vm.refs) >= maxInterned {
+			clear(vm.refs)
+		}
+		s = refString(r)
+		vm.refs[r] = s
 	}
-	s := refString(r)
-	vm.refs[r] = s
+	vm.lastRef.r, vm.lastRef.s = r, s
 	return s
 }
 

@@ -41,6 +41,10 @@ type metrics struct {
 	other                             *batched
 	anomalies                         [5][5]*batched
 	all                               []*batched
+	last                              struct {
+		r policies.Reason
+		c *batched
+	}
 
 	sent, dropped, evictions, conflicts Counter
 	configOK, configErr                 Counter
@@ -107,9 +111,14 @@ func newMetrics(h Host) *metrics {
 }
 
 func (m *metrics) decision(r policies.Reason) {
-	if c, ok := m.decisions[r]; ok {
-		c.Add(1)
+	if r == m.last.r && m.last.c != nil {
+		m.last.c.Add(1) // the common case: the same reason as the last request
 		return
 	}
-	m.other.Add(1)
+	c, ok := m.decisions[r]
+	if !ok {
+		c = m.other
+	}
+	m.last.r, m.last.c = r, c
+	c.Add(1)
 }
