@@ -51,6 +51,12 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
+// OnPluginDone hands over the counters batched since the last tick.
+func (p *pluginContext) OnPluginDone() bool {
+	p.core.Done()
+	return true
+}
+
 // OnTick runs the filter's periodic work and reports the Go heap inside
 // the module, which the linear memory size alone does not show.
 func (p *pluginContext) OnTick() {

@@ -112,6 +112,10 @@ func (p *Plugin) Configure(data []byte) error {
 	return nil
 }
 
+// Done hands the batched counters to the host, for a plugin context
+// that is going away.
+func (p *Plugin) Done() { p.vm.m.flush() }
+
 // TickMillis is the tick period the plugin wants.
 func (p *Plugin) TickMillis() uint32 {
 	if p.cfg == nil {
