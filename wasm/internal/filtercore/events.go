@@ -21,7 +21,7 @@ func (b *eventBuffer) add(e wire.Event) bool {
 }
 
 // takeBatch removes up to n events and encodes them with the drop count.
-func (b *eventBuffer) takeBatch(n int, reporter, version string) (body []byte, count int, dropped uint64, err error) {
+func (b *eventBuffer) takeBatch(n int, reporter, version string) (body []byte, count int, dropped uint64) {
 	if n > len(b.buf) {
 		n = len(b.buf)
 	}
@@ -32,5 +32,5 @@ func (b *eventBuffer) takeBatch(n int, reporter, version string) (body []byte, c
 	rest := copy(b.buf, b.buf[n:])
 	clear(b.buf[rest:])
 	b.buf = b.buf[:rest]
-	return body, n, dropped, nil
+	return body, n, dropped
 }

@@ -564,17 +564,13 @@ func (p *Plugin) flush() {
 	if reporter == "" {
 		reporter = defaultReporter
 	}
-	body, n, dropped, err := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.snap.Version())
-	if err != nil {
-		vm.host.Log(LevelError, "meshguard: encode events: "+err.Error())
-		return
-	}
+	body, n, dropped := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.snap.Version())
 	hdrs := [][2]string{
 		{":method", "POST"}, {":path", cfg.path}, {":authority", cfg.authority},
 		{"content-type", "application/json"},
 	}
 	vm.events.inflight = true
-	err = vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, func(status int, err error) {
+	err := vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, func(status int, err error) {
 		vm.events.inflight = false
 		if err != nil || status < 200 || status > 299 {
 			vm.m.dropped.Add(uint64(n))
