@@ -74,15 +74,9 @@ var (
 type gen struct {
 	t   target
 	buf bytes.Buffer
-	tmp int
 }
 
 func (g *gen) p(format string, args ...any) { fmt.Fprintf(&g.buf, format+"\n", args...) }
-
-func (g *gen) v(prefix string) string {
-	g.tmp++
-	return fmt.Sprintf("%s%d", prefix, g.tmp)
-}
 
 // structs lists the named struct types reachable from roots, in the
 // order first met.
