@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/meshguard/meshguard/policies/wire"
@@ -61,6 +62,11 @@ func filterConfigCorpus() [][]byte {
 		`{"workload":{"id":"\ud800"}}`, `{"WORKLOAD":{"ID":"x"}}`,
 	} {
 		out = append(out, []byte(s))
+	}
+	// encoding/json's nesting limit: 10000 levels, the outer object counted.
+	for _, depth := range []int{9999, 10000} {
+		out = append(out, []byte(`{"bundle":`+strings.Repeat("[", depth)+strings.Repeat("]", depth)+`}`))
+		out = append(out, []byte(`{"controlPlane":`+strings.Repeat(`{"a":`, depth)+"1"+strings.Repeat("}", depth)+`}`))
 	}
 	return out
 }

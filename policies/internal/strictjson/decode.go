@@ -17,6 +17,23 @@ type Decoder struct {
 	err  error
 	// scratch holds unquoted object keys; it is reused for every key.
 	scratch []byte
+	// depth is the nesting of objects and arrays, bounded as in
+	// encoding/json so that no input can exhaust the stack.
+	depth int
+}
+
+// maxDepth is encoding/json's nesting limit.
+const maxDepth = 10000
+
+// enter counts one more level of nesting; false (with the error set)
+// past the limit.
+func (d *Decoder) enter() bool {
+	d.depth++
+	if d.depth > maxDepth {
+		d.syntax("exceeded max depth")
+		return false
+	}
+	return true
 }
 
 // NewDecoder returns a decoder positioned at the start of data.
@@ -174,6 +191,10 @@ func (d *Decoder) Object(target string, field func(key []byte) bool) {
 		d.mismatch(target)
 		return
 	}
+	if !d.enter() {
+		return
+	}
+	defer func() { d.depth-- }()
 	d.pos++
 	if d.peek() == '}' {
 		d.pos++
@@ -230,6 +251,10 @@ func (d *Decoder) Array(target string, elem func(i int)) int {
 		d.mismatch(target)
 		return 0
 	}
+	if !d.enter() {
+		return 0
+	}
+	defer func() { d.depth-- }()
 	d.pos++
 	if d.peek() == ']' {
 		d.pos++
@@ -443,6 +468,13 @@ func (d *Decoder) Raw() []byte {
 func (d *Decoder) Skip() {
 	if d.err != nil {
 		return
+	}
+	switch c := d.peek(); c {
+	case '{', '[':
+		if !d.enter() {
+			return
+		}
+		defer func() { d.depth-- }()
 	}
 	switch c := d.peek(); c {
 	case '{':
