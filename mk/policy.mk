@@ -8,3 +8,7 @@ policy-examples: ## lint the example policies (warnings fail) and run their YAML
 .PHONY: fuzz-policy-source
 fuzz-policy-source: ## fuzz the policy YAML reader for FUZZTIME
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./policies/source/
+
+.PHONY: generate-json
+generate-json: ## regenerate the reflection-free JSON codecs of the bundle and wire types (policies/internal/jsongen)
+	$(GO) generate ./policies/ ./policies/wire/

@@ -1,11 +1,11 @@
 package policies
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+
+	"github.com/meshguard/meshguard/policies/internal/strictjson"
 )
 
 // BundleFormat identifies the serialization below; bump on breaking change.
@@ -29,10 +29,7 @@ func NewBundle(version string, set Set) (*Bundle, Diagnostics, error) {
 	if err := diags.Err(); err != nil {
 		return nil, diags, err
 	}
-	h, err := hashSet(&set)
-	if err != nil {
-		return nil, diags, err
-	}
+	h := hashSet(&set)
 	if version == "" {
 		version = h[len("sha256:") : len("sha256:")+12]
 	}
@@ -48,14 +45,9 @@ func (b *Bundle) Encode() ([]byte, error) {
 // its format and hash, and validates its set. A bundle that fails any check
 // is rejected whole.
 func DecodeBundle(data []byte) (*Bundle, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	var b Bundle
-	if err := dec.Decode(&b); err != nil {
+	if err := strictjson.Decode(data, "the bundle", b.decodeJSON); err != nil {
 		return nil, fmt.Errorf("policies: decode bundle: %w", err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("policies: decode bundle: trailing data after the bundle")
 	}
 	if b.Format != BundleFormat {
 		return nil, fmt.Errorf("policies: bundle format %q, want %q", b.Format, BundleFormat)
@@ -63,24 +55,25 @@ func DecodeBundle(data []byte) (*Bundle, error) {
 	if b.Version == "" {
 		return nil, fmt.Errorf("policies: bundle has no version")
 	}
-	h, err := hashSet(&b.Set)
-	if err != nil {
-		return nil, err
-	}
+	h := hashSet(&b.Set)
 	if h != b.Hash {
 		return nil, fmt.Errorf("policies: bundle %s: hash %s does not match content %s", b.Version, b.Hash, h)
 	}
-	if err := Validate(&b.Set).Err(); err != nil {
-		return nil, fmt.Errorf("policies: bundle %s: %w", b.Version, err)
+	// Validate's lint half only warns, and a decoded bundle has nowhere
+	// to report warnings: the compiler's errors are the whole answer.
+	if _, diags := compileSet(&b.Set); diags.Err() != nil {
+		return nil, fmt.Errorf("policies: bundle %s: %w", b.Version, diags.Err())
 	}
 	return &b, nil
 }
 
-func hashSet(s *Set) (string, error) {
-	data, err := json.Marshal(s)
-	if err != nil {
-		return "", fmt.Errorf("policies: encode set: %w", err)
-	}
-	sum := sha256.Sum256(data)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+// hashSet is the content hash: SHA-256 over json.Marshal(s) (written by
+// the generated encoder, which produces the same bytes).
+func hashSet(s *Set) string {
+	var e strictjson.Encoder
+	s.encodeJSON(&e)
+	sum := sum256(e.B)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
+
+//go:generate go run ./internal/jsongen -pkg policies

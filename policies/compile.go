@@ -994,12 +994,12 @@ func (c *compiler) quarantine(p *Quarantine) {
 	}
 	var exp int64
 	if p.Spec.ExpiresAt != "" {
-		t, err := time.Parse(time.RFC3339, p.Spec.ExpiresAt)
-		if err != nil {
+		t, ok := parseRFC3339(p.Spec.ExpiresAt)
+		if !ok {
 			c.errf("spec.expiresAt", CodeInvalidTime, "expiresAt %q: want RFC 3339", p.Spec.ExpiresAt)
 			return
 		}
-		exp = t.UnixNano()
+		exp = t
 	}
 	q := quarantineEntry{expires: exp, reason: p.Spec.Reason, ref: RuleRef{Policy: c.obj}}
 	// Several quarantines of one identity: the longest wins.

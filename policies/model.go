@@ -3,6 +3,8 @@ package policies
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/meshguard/meshguard/policies/internal/strictjson"
 )
 
 // API groups and versions accepted in documents.
@@ -152,6 +154,28 @@ func (m *Mode) UnmarshalJSON(b []byte) error {
 }
 
 // Enforcement modes. The zero value means "inherit" (enforce at the top).
+// decodeJSON is UnmarshalJSON for the generated decoders.
+func (m *Mode) decodeJSON(d *strictjson.Decoder) {
+	switch {
+	case d.IsFalse():
+		*m = ModeOff
+	case d.Null():
+		*m = ""
+	default:
+		var s string
+		raw := d.Raw()
+		if d.Err() != nil {
+			return
+		}
+		if raw[0] != '"' {
+			d.Fail(fmt.Errorf("mode: want a string (enforce, dry-run, off), got %s", raw))
+			return
+		}
+		strictjson.NewDecoder(raw).String(&s, "string")
+		*m = Mode(s)
+	}
+}
+
 const (
 	ModeEnforce Mode = "enforce"
 	ModeDryRun  Mode = "dry-run"

@@ -123,3 +123,11 @@ type EventBatch struct {
 	Dropped       uint64  `json:"dropped,omitempty"` // events lost to a full buffer since the last batch
 	Events        []Event `json:"events"`
 }
+
+// DenyBody is the JSON body of a local reply that denies a request.
+type DenyBody struct {
+	Reason        string `json:"reason"`
+	Policy        string `json:"policy,omitempty"`
+	Rule          string `json:"rule,omitempty"`
+	BundleVersion string `json:"bundle_version,omitempty"`
+}

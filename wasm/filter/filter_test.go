@@ -177,6 +177,12 @@ func TestMetricsProxytest(t *testing.T) {
 	ok := scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080", Route: "orders-admin",
 		Method: "GET", Path: "/x", Authority: "orders", Headers: [][2]string{{"x-meshguard-route", "forged"}}}
 	d.Do(t, ok)
+	// Request-path counters are batched in the VM and reach the host on
+	// the next tick.
+	if got, _ := d.host.GetCounterMetric("meshguard_wasm_requests_total"); got != 0 {
+		t.Errorf("requests counted before a tick: %d", got)
+	}
+	d.Tick(t)
 	for name, want := range map[string]uint64{
 		"meshguard_wasm_requests_total":                             1,
 		"meshguard_wasm_decisions_total.reason.denied_by_policy":    1,

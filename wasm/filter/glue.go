@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"strconv"
 
+	"github.com/meshguard/meshguard/internal/hostcall"
 	"github.com/meshguard/meshguard/wasm/internal/filtercore"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
@@ -17,6 +18,7 @@ type vmContext struct {
 	// streams counts finished streams, to check the heap now and then.
 	streams       uint32
 	heap, heapSys filtercore.Gauge
+	headers       [][2]string // scratch for every request's headers
 }
 
 func newVMContext(now func() int64) *vmContext { return &vmContext{now: now} }
@@ -49,6 +51,12 @@ func (p *pluginContext) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
+// OnPluginDone hands over the counters batched since the last tick.
+func (p *pluginContext) OnPluginDone() bool {
+	p.core.Done()
+	return true
+}
+
 // OnTick runs the filter's periodic work and reports the Go heap inside
 // the module, which the linear memory size alone does not show.
 func (p *pluginContext) OnTick() {
@@ -75,14 +83,14 @@ type httpContext struct {
 }
 
 func (h *httpContext) OnHttpRequestHeaders(int, bool) types.Action {
-	if h.p.core.OnRequestHeaders(sdkStream{}, &h.st) {
+	if h.p.core.OnRequestHeaders(sdkStream{&h.p.vmc.headers}, &h.st) {
 		return types.ActionContinue
 	}
 	return types.ActionPause
 }
 
 func (h *httpContext) OnHttpResponseHeaders(int, bool) types.Action {
-	h.p.core.OnResponseHeaders(sdkStream{}, &h.st)
+	h.p.core.OnResponseHeaders(sdkStream{&h.p.vmc.headers}, &h.st)
 	return types.ActionContinue
 }
 
@@ -175,24 +183,27 @@ func (sdkHost) SetSharedData(key string, value []byte, cas uint32) error {
 	return proxywasm.SetSharedData(key, value, cas)
 }
 
-// sdkStream adapts the current HTTP stream's host calls.
-type sdkStream struct{}
+// sdkStream adapts the current HTTP stream's host calls. scratch is the
+// VM's header slice, reused by every request.
+type sdkStream struct{ scratch *[][2]string }
 
-func (sdkStream) RequestHeaders() ([][2]string, error) { return proxywasm.GetHttpRequestHeaders() }
+func (s sdkStream) RequestHeaders() ([][2]string, error) {
+	h, err := hostcall.RequestHeaders(*s.scratch)
+	*s.scratch = h[:0]
+	return h, err
+}
+
+func (sdkStream) AddRequestHeader(name, value string) error {
+	return proxywasm.AddHttpRequestHeader(name, value)
+}
 
 func (sdkStream) ReplaceRequestHeaders(h [][2]string) error {
 	return proxywasm.ReplaceHttpRequestHeaders(h)
 }
 
-func (sdkStream) ResponseHeader(name string) (string, bool) {
-	v, err := proxywasm.GetHttpResponseHeader(name)
-	return v, err == nil
-}
+func (sdkStream) ResponseHeader(name string) (string, bool) { return hostcall.ResponseHeader(name) }
 
-func (sdkStream) Property(path []string) ([]byte, bool) {
-	v, err := proxywasm.GetProperty(path)
-	return v, err == nil
-}
+func (sdkStream) Property(p filtercore.Prop) ([]byte, bool) { return hostcall.Property(p.Path, p.Wire) }
 
 func (sdkStream) SendLocalResponse(status uint32, headers [][2]string, body []byte) error {
 	return proxywasm.SendHttpResponse(status, headers, body, -1)

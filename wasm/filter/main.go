@@ -8,8 +8,7 @@
 package main
 
 import (
-	"time"
-
+	"github.com/meshguard/meshguard/internal/hostcall"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 )
 
@@ -20,5 +19,5 @@ func main() {}
 // (the host runs _initialize, which runs init, before any proxy_on_* call).
 // This is the one place the process touches global state.
 func init() {
-	proxywasm.SetVMContext(newVMContext(func() int64 { return time.Now().UnixNano() }))
+	proxywasm.SetVMContext(newVMContext(hostcall.Now))
 }

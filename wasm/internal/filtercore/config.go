@@ -1,8 +1,6 @@
 package filtercore
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -44,14 +42,9 @@ func (c *Config) Version() string { return c.snap.Version() }
 // engine and compiles the detection settings. It reports every problem it
 // can find at once.
 func ParseConfig(data []byte) (*Config, error) {
-	var fc wire.FilterConfig
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&fc); err != nil {
+	fc, err := wire.DecodeFilterConfig(data)
+	if err != nil {
 		return nil, fmt.Errorf("plugin configuration: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("plugin configuration: trailing data after the JSON object")
 	}
 	var errs []error
 	c := &Config{requireMTLS: fc.RequireMTLS}

@@ -1,10 +1,6 @@
 package filtercore
 
-import (
-	"encoding/json"
-
-	"github.com/meshguard/meshguard/policies/wire"
-)
+import "github.com/meshguard/meshguard/policies/wire"
 
 // eventBuffer is a bounded FIFO of events awaiting a flush. When full, new
 // events are dropped and counted; the count travels in the next batch.
@@ -25,19 +21,16 @@ func (b *eventBuffer) add(e wire.Event) bool {
 }
 
 // takeBatch removes up to n events and encodes them with the drop count.
-func (b *eventBuffer) takeBatch(n int, reporter, version string) (body []byte, count int, dropped uint64, err error) {
+func (b *eventBuffer) takeBatch(n int, reporter, version string) (body []byte, count int, dropped uint64) {
 	if n > len(b.buf) {
 		n = len(b.buf)
 	}
 	batch := wire.EventBatch{Reporter: reporter, BundleVersion: version, Dropped: b.dropped, Events: b.buf[:n]}
-	body, err = json.Marshal(batch)
-	if err != nil {
-		return nil, 0, 0, err
-	}
+	body = batch.AppendJSON(nil)
 	dropped = b.dropped
 	b.dropped = 0
 	rest := copy(b.buf, b.buf[n:])
 	clear(b.buf[rest:])
 	b.buf = b.buf[:rest]
-	return body, n, dropped, nil
+	return body, n, dropped
 }

@@ -110,8 +110,12 @@ func (s *fakeStream) ResponseHeader(name string) (string, bool) {
 	}
 	return "", false
 }
-func (s *fakeStream) Property(path []string) ([]byte, bool) {
-	v, ok := s.props[strings.Join(path, ".")]
+func (s *fakeStream) AddRequestHeader(name, value string) error {
+	s.req = append(s.req, [2]string{name, value})
+	return nil
+}
+func (s *fakeStream) Property(p Prop) ([]byte, bool) {
+	v, ok := s.props[strings.Join(p.Path, ".")]
 	return v, ok
 }
 func (s *fakeStream) SendLocalResponse(status uint32, headers [][2]string, body []byte) error {

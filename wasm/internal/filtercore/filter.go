@@ -2,7 +2,6 @@ package filtercore
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -23,6 +22,7 @@ const SharedBlocklistKey = "meshguard.blocklist.v1"
 const (
 	maxSharedBlocks = 256
 	maxIDCache      = 1024
+	maxInterned     = 1024
 	maxConnCache    = 4096
 	defaultReporter = "meshguard-wasm"
 )
@@ -30,15 +30,34 @@ const (
 // VM is the state one proxy-wasm VM shares among its plugin contexts: the
 // detectors, the event buffer, metrics and the identity cache.
 type VM struct {
-	host    Host
-	m       *metrics
-	engine  *detect.Engine
-	events  eventBuffer
-	ids     map[string]spiffeid.ID
-	conns   map[uint64]*connInfo // by connection.id
-	blocks  map[uint64]int64     // identity key → unix nanos, from shared data
-	pending []block              // local quarantines not yet published
+	host   Host
+	m      *metrics
+	engine *detect.Engine
+	events eventBuffer
+	ids    map[string]spiffeid.ID
+	conns  map[uint64]*connInfo // by connection.id
+	// Strings a request would otherwise allocate, kept once: route names
+	// (from the host's scratch bytes) and rule references.
+	routes map[string]string
+	refs   map[policies.RuleRef]string
+	// The last of each, checked before hashing: map lookups are a
+	// measurable cost in a wasm VM, and consecutive requests mostly
+	// repeat them.
+	lastRoute string
+	lastRef   struct {
+		r policies.RuleRef
+		s string
+	}
+	lastConn struct {
+		key uint64
+		c   *connInfo
+	}
+	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
+	pending []block          // local quarantines not yet published
 	evicted uint64
+	// Scratch for the request being decided.
+	attrs policies.Attributes
+	hv    headerView
 }
 
 type block struct {
@@ -48,7 +67,8 @@ type block struct {
 
 // NewVM defines the metrics and returns an empty VM.
 func NewVM(h Host) *VM {
-	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{}, events: eventBuffer{max: DefaultMaxEvents}}
+	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{},
+		routes: map[string]string{}, refs: map[policies.RuleRef]string{}, events: eventBuffer{max: DefaultMaxEvents}}
 }
 
 // Plugin is one plugin context: one configuration.
@@ -62,6 +82,7 @@ type Plugin struct {
 // returns the existing metric for a name it knows, and a host that lost
 // them (a restarted emulator) gets them back.
 func (vm *VM) NewPlugin() *Plugin {
+	vm.m.flush()
 	vm.m = newMetrics(vm.host)
 	return &Plugin{vm: vm}
 }
@@ -91,6 +112,10 @@ func (p *Plugin) Configure(data []byte) error {
 	return nil
 }
 
+// Done hands the batched counters to the host, for a plugin context
+// that is going away.
+func (p *Plugin) Done() { p.vm.m.flush() }
+
 // TickMillis is the tick period the plugin wants.
 func (p *Plugin) TickMillis() uint32 {
 	if p.cfg == nil {
@@ -104,10 +129,6 @@ type StreamState struct {
 	ref      detect.Ref
 	observed bool
 	replied  bool
-	// Scratch space that lives as long as the stream, so the request path
-	// does not allocate it.
-	conn connInfo
-	hv   headerView
 }
 
 // headerView serves policy header lookups from the request's header list.
@@ -167,17 +188,23 @@ type connInfo struct {
 	requireMTLS  bool
 }
 
-func (p *Plugin) connection(s Stream, c *connInfo) {
+// connection returns the connection's information, from the cache when
+// the connection is known. A cached entry is never modified (a stale one
+// is replaced), so requests share it without copying.
+func (p *Plugin) connection(s Stream) *connInfo {
 	vm := p.vm
 	var key uint64
 	if b, ok := s.Property(PropConnID); ok && len(b) == 8 {
 		key = binary.LittleEndian.Uint64(b)
+		if lc := &vm.lastConn; lc.key == key && lc.c != nil && lc.c.requireMTLS == p.cfg.requireMTLS {
+			return lc.c
+		}
 		if cached, ok := vm.conns[key]; ok && cached.requireMTLS == p.cfg.requireMTLS {
-			*c = *cached
-			return
+			vm.lastConn.key, vm.lastConn.c = key, cached
+			return cached
 		}
 	}
-	*c = connInfo{requireMTLS: p.cfg.requireMTLS}
+	c := &connInfo{requireMTLS: p.cfg.requireMTLS}
 	c.id, c.mtls, c.bad = p.identity(s)
 	c.srcIP, _ = parseAddr(s.Property(PropSourceAddr))
 	c.dstIP, c.dstPort = parseAddr(s.Property(PropDestAddr))
@@ -188,9 +215,10 @@ func (p *Plugin) connection(s Stream, c *connInfo) {
 		if len(vm.conns) >= maxConnCache {
 			clear(vm.conns)
 		}
-		cp := *c
-		vm.conns[key] = &cp
+		vm.conns[key] = c
+		vm.lastConn.key, vm.lastConn.c = key, c
 	}
+	return c
 }
 
 // identity returns the caller's verified SPIFFE ID (zero when the
@@ -268,17 +296,15 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	}
 	if spoofed > 0 {
 		vm.m.stripped.Add(uint64(spoofed))
-		hdrs = slices.DeleteFunc(hdrs, func(kv [2]string) bool { return hasPrefixFold(kv[0], wire.HeaderPrefix) })
 	}
 
-	c := &st.conn
-	p.connection(s, c)
+	c := p.connection(s)
 	if c.bad != "" {
 		return p.deny(s, st, cfg, 403, c.bad, policies.RuleRef{})
 	}
 	id, mtls, srcIP, dstIP, dstPort, sni := c.id, c.mtls, c.srcIP, c.dstIP, c.dstPort, c.sni
 	routeB, _ := s.Property(PropRouteName)
-	route := string(routeB)
+	route := vm.intern(routeB)
 
 	now := vm.host.Now()
 	if len(vm.blocks) > 0 {
@@ -287,14 +313,19 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		}
 	}
 
-	st.hv = headerView{h: hdrs}
-	attrs := policies.Attributes{
+	vm.hv = headerView{h: hdrs}
+	// The attributes live in the VM, not on the stack, where they would
+	// escape to the heap on every request.
+	attrs := &vm.attrs
+	*attrs = policies.Attributes{
 		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
 		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
 		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
-		Headers: &st.hv,
+		Headers: &vm.hv,
 	}
-	dec := cfg.snap.Decide(&attrs)
+	dec := cfg.snap.Decide(attrs)
+	*attrs = policies.Attributes{}
+	vm.hv = headerView{} // the headers may be scratch memory of this callback
 
 	dr := detect.Request{Now: now, Source: id, SourceAddr: srcIP, Method: method, Path: path,
 		Authority: authority, DestAddr: dstIP, Route: route, Service: cfg.service}
@@ -321,15 +352,73 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	vm.m.decision(dec.Reason)
 
 	// Stamp what ext_authz needs (Istio cannot pass per-route context to a
-	// CUSTOM provider) on a header list already free of client-sent ones.
-	hdrs = append(hdrs,
-		[2]string{wire.HeaderRoute, route},
-		[2]string{wire.HeaderPolicyRef, refString(dec.Ref)},
-		[2]string{wire.HeaderBundleVersion, cfg.snap.Version()})
-	if err := s.ReplaceRequestHeaders(hdrs); err != nil {
+	// CUSTOM provider) on a header map free of client-sent ones: added one
+	// by one when the client sent none (the common case: three cheap host
+	// calls), else written whole without them.
+	ref := vm.refString(dec.Ref)
+	if spoofed == 0 {
+		err = s.AddRequestHeader(wire.HeaderRoute, route)
+		if err == nil {
+			err = s.AddRequestHeader(wire.HeaderPolicyRef, ref)
+		}
+		if err == nil {
+			err = s.AddRequestHeader(wire.HeaderBundleVersion, cfg.snap.Version())
+		}
+	} else {
+		clean := make([][2]string, 0, len(hdrs)+3)
+		for _, kv := range hdrs {
+			if !hasPrefixFold(kv[0], wire.HeaderPrefix) {
+				clean = append(clean, kv)
+			}
+		}
+		clean = append(clean,
+			[2]string{wire.HeaderRoute, route},
+			[2]string{wire.HeaderPolicyRef, ref},
+			[2]string{wire.HeaderBundleVersion, cfg.snap.Version()})
+		err = s.ReplaceRequestHeaders(clean)
+	}
+	if err != nil {
 		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
 	return true
+}
+
+// intern returns b as a string, from a bounded cache of the few values a
+// property such as the route name takes, so that reading it allocates
+// nothing.
+func (vm *VM) intern(b []byte) string {
+	if string(b) == vm.lastRoute {
+		return vm.lastRoute // most requests repeat the last route: no hashing
+	}
+	if s, ok := vm.routes[string(b)]; ok {
+		vm.lastRoute = s
+		return s
+	}
+	if len(vm.routes) >= maxInterned {
+		clear(vm.routes)
+	}
+	s := string(b)
+	vm.routes[s] = s
+	vm.lastRoute = s
+	return s
+}
+
+// refString is refString(r) from a bounded cache: rule references come
+// from the compiled policy, a small set.
+func (vm *VM) refString(r policies.RuleRef) string {
+	if r == vm.lastRef.r {
+		return vm.lastRef.s
+	}
+	s, ok := vm.refs[r]
+	if !ok {
+		if len(vm.refs) >= maxInterned {
+			clear(vm.refs)
+		}
+		s = refString(r)
+		vm.refs[r] = s
+	}
+	vm.lastRef.r, vm.lastRef.s = r, s
+	return s
 }
 
 func refString(r policies.RuleRef) string {
@@ -339,20 +428,13 @@ func refString(r policies.RuleRef) string {
 	return r.Policy + "#" + r.Rule
 }
 
-type denyBody struct {
-	Reason        policies.Reason `json:"reason"`
-	Policy        string          `json:"policy,omitempty"`
-	Rule          string          `json:"rule,omitempty"`
-	BundleVersion string          `json:"bundle_version,omitempty"`
-}
-
 func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
 	p.vm.m.decision(reason)
-	b := denyBody{Reason: reason, Policy: ref.Policy, Rule: ref.Rule}
+	b := wire.DenyBody{Reason: string(reason), Policy: ref.Policy, Rule: ref.Rule}
 	if cfg != nil {
 		b.BundleVersion = cfg.snap.Version()
 	}
-	body, _ := json.Marshal(b) // cannot fail: strings only
+	body := b.AppendJSON(nil)
 	st.replied = true
 	err := s.SendLocalResponse(status, [][2]string{
 		{wire.HeaderReason, string(reason)},
@@ -453,6 +535,7 @@ func (p *Plugin) OnTick() {
 		}
 	}()
 	vm := p.vm
+	vm.m.flush()
 	if vm.engine != nil {
 		st := vm.engine.Stats()
 		vm.m.identities.Set(int64(st.Identities))
@@ -481,17 +564,13 @@ func (p *Plugin) flush() {
 	if reporter == "" {
 		reporter = defaultReporter
 	}
-	body, n, dropped, err := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.snap.Version())
-	if err != nil {
-		vm.host.Log(LevelError, "meshguard: encode events: "+err.Error())
-		return
-	}
+	body, n, dropped := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.snap.Version())
 	hdrs := [][2]string{
 		{":method", "POST"}, {":path", cfg.path}, {":authority", cfg.authority},
 		{"content-type", "application/json"},
 	}
 	vm.events.inflight = true
-	err = vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, func(status int, err error) {
+	err := vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, func(status int, err error) {
 		vm.events.inflight = false
 		if err != nil || status < 200 || status > 299 {
 			vm.m.dropped.Add(uint64(n))

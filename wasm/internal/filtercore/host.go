@@ -1,5 +1,7 @@
 package filtercore
 
+import "strings"
+
 // Level is a log level.
 type Level uint8
 
@@ -36,21 +38,37 @@ type Gauge interface{ Set(v int64) }
 
 // Stream is what the filter needs from the proxy within one HTTP stream.
 type Stream interface {
+	// RequestHeaders returns the request headers. The slice and its
+	// strings may be scratch memory lent for the current callback: the
+	// filter neither keeps nor modifies them past it.
 	RequestHeaders() ([][2]string, error)
+	// ReplaceRequestHeaders replaces the whole header map.
 	ReplaceRequestHeaders(headers [][2]string) error
+	// AddRequestHeader adds one header value.
+	AddRequestHeader(name, value string) error
 	ResponseHeader(name string) (string, bool)
-	// Property returns a property, ok=false when it is absent.
-	Property(path []string) (value []byte, ok bool)
+	// Property returns a property, ok=false when it is absent. The value
+	// may be scratch memory, like RequestHeaders.
+	Property(p Prop) (value []byte, ok bool)
 	SendLocalResponse(status uint32, headers [][2]string, body []byte) error
 }
 
-// Property paths read by the filter (Envoy attribute names).
+// Prop is a property path (an Envoy attribute name) with its proxy-wasm
+// serialization, the segments joined by NUL bytes, made once.
+type Prop struct {
+	Path []string
+	Wire string
+}
+
+func newProp(path ...string) Prop { return Prop{Path: path, Wire: strings.Join(path, "\x00")} }
+
+// Property paths read by the filter.
 var (
-	PropURISANPeer = []string{"connection", "uri_san_peer_certificate"}
-	PropMTLS       = []string{"connection", "mtls"}
-	PropSNI        = []string{"connection", "requested_server_name"}
-	PropSourceAddr = []string{"source", "address"}
-	PropDestAddr   = []string{"destination", "address"}
-	PropRouteName  = []string{"xds", "route_name"}
-	PropConnID     = []string{"connection", "id"}
+	PropURISANPeer = newProp("connection", "uri_san_peer_certificate")
+	PropMTLS       = newProp("connection", "mtls")
+	PropSNI        = newProp("connection", "requested_server_name")
+	PropSourceAddr = newProp("source", "address")
+	PropDestAddr   = newProp("destination", "address")
+	PropRouteName  = newProp("xds", "route_name")
+	PropConnID     = newProp("connection", "id")
 )

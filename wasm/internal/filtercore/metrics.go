@@ -35,20 +35,56 @@ var reasons = []policies.Reason{
 }
 
 type metrics struct {
-	requests, dryRun, edges, stripped, sent, dropped, evictions, conflicts Counter
-	configOK, configErr                                                    Counter
-	identities                                                             Gauge
-	decisions                                                              map[policies.Reason]Counter
-	other                                                                  Counter
-	anomalies                                                              [5][5]Counter
+	// Counted on the request path: batched (see batched).
+	requests, dryRun, edges, stripped *batched
+	decisions                         map[policies.Reason]*batched
+	other                             *batched
+	anomalies                         [5][5]*batched
+	all                               []*batched
+	last                              struct {
+		r policies.Reason
+		c *batched
+	}
+
+	sent, dropped, evictions, conflicts Counter
+	configOK, configErr                 Counter
+	identities                          Gauge
+}
+
+// batched counts locally and hands the sum to the host counter on flush,
+// which runs on every tick: a host call per increment is a good part of a
+// request's cost in a wasm VM. Counters stay exact, and lag by at most
+// one tick period.
+type batched struct {
+	c Counter
+	n uint64
+}
+
+func (b *batched) Add(n uint64) { b.n += n }
+
+func (b *batched) flush() {
+	if b.n != 0 {
+		n := b.n
+		b.n = 0
+		b.c.Add(n)
+	}
+}
+
+func (m *metrics) batch(c Counter) *batched {
+	b := &batched{c: c}
+	m.all = append(m.all, b)
+	return b
+}
+
+// flush sends the batched counts to the host.
+func (m *metrics) flush() {
+	for _, b := range m.all {
+		b.flush()
+	}
 }
 
 func newMetrics(h Host) *metrics {
 	m := &metrics{
-		requests:   h.DefineCounter(mRequests),
-		dryRun:     h.DefineCounter(mDryRun),
-		edges:      h.DefineCounter(mEdges),
-		stripped:   h.DefineCounter(mStripped),
 		sent:       h.DefineCounter(mEventsSent),
 		dropped:    h.DefineCounter(mEventsDropped),
 		evictions:  h.DefineCounter(mEvictions),
@@ -56,24 +92,33 @@ func newMetrics(h Host) *metrics {
 		configOK:   h.DefineCounter(mConfig + ".result.ok"),
 		configErr:  h.DefineCounter(mConfig + ".result.error"),
 		identities: h.DefineGauge(mIdentities),
-		decisions:  make(map[policies.Reason]Counter, len(reasons)),
+		decisions:  make(map[policies.Reason]*batched, len(reasons)),
 	}
+	m.requests = m.batch(h.DefineCounter(mRequests))
+	m.dryRun = m.batch(h.DefineCounter(mDryRun))
+	m.edges = m.batch(h.DefineCounter(mEdges))
+	m.stripped = m.batch(h.DefineCounter(mStripped))
 	for _, r := range reasons {
-		m.decisions[r] = h.DefineCounter(mDecisions + ".reason." + string(r))
+		m.decisions[r] = m.batch(h.DefineCounter(mDecisions + ".reason." + string(r)))
 	}
-	m.other = h.DefineCounter(mDecisions + ".reason.other")
+	m.other = m.batch(h.DefineCounter(mDecisions + ".reason.other"))
 	for _, d := range detect.Detectors() {
 		for _, r := range detect.Responses() {
-			m.anomalies[d][r] = h.DefineCounter(mAnomalies + ".detector." + d.String() + ".response." + r.String())
+			m.anomalies[d][r] = m.batch(h.DefineCounter(mAnomalies + ".detector." + d.String() + ".response." + r.String()))
 		}
 	}
 	return m
 }
 
 func (m *metrics) decision(r policies.Reason) {
-	if c, ok := m.decisions[r]; ok {
-		c.Add(1)
+	if r == m.last.r && m.last.c != nil {
+		m.last.c.Add(1) // the common case: the same reason as the last request
 		return
 	}
-	m.other.Add(1)
+	c, ok := m.decisions[r]
+	if !ok {
+		c = m.other
+	}
+	m.last.r, m.last.c = r, c
+	c.Add(1)
 }
