@@ -175,6 +175,11 @@ func (sdkHost) SetSharedData(key string, value []byte, cas uint32) error {
 	return proxywasm.SetSharedData(key, value, cas)
 }
 
+func (sdkHost) Property(path []string) ([]byte, bool) {
+	v, err := proxywasm.GetProperty(path)
+	return v, err == nil
+}
+
 // sdkStream adapts the current HTTP stream's host calls.
 type sdkStream struct{}
 

@@ -26,6 +26,9 @@ type Host interface {
 	// with compare-and-swap.
 	SharedData(key string) (value []byte, cas uint32, err error)
 	SetSharedData(key string, value []byte, cas uint32) error
+	// Property returns a proxy-wide property (node.cluster, node.id),
+	// ok=false when it is absent.
+	Property(path []string) (value []byte, ok bool)
 }
 
 // Counter is a monotonic metric.
@@ -53,4 +56,8 @@ var (
 	PropDestAddr   = []string{"destination", "address"}
 	PropRouteName  = []string{"xds", "route_name"}
 	PropConnID     = []string{"connection", "id"}
+	// The Envoy node, read when the configuration lists the workloads of a
+	// whole mesh (wire.FilterConfig.Workloads).
+	PropNodeCluster = []string{"node", "cluster"}
+	PropNodeID      = []string{"node", "id"}
 )
