@@ -223,7 +223,11 @@ func (s *Server) Cache() cache.SnapshotCache { return s.cache }
 // their previous snapshot; the error reports how many failed.
 func (s *Server) Publish(b *policies.Bundle) error {
 	start := time.Now()
-	eb, err := xds.EncodeBundle(b)
+	encode := xds.EncodeBundle
+	if s.gen != nil {
+		encode = s.gen.Encode
+	}
+	eb, err := encode(b)
 	if err != nil {
 		s.m.failures.Inc()
 		s.log.Error("bundle not published", "version", b.Version, "error", err)
