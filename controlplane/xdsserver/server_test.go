@@ -365,3 +365,60 @@ func TestEnvoyNodeGetsItsWorkload(t *testing.T) {
 type anyProto = anypb.Any
 
 var errNoBundle = errors.New("no bundle resource in the response")
+
+// TestECDSByNameGetsEveryUpdate is what Envoy does for the wasm filter: an
+// ADS stream that asks for the filter's extension config by its name alone
+// (the node's snapshot also holds the bundle resource), ACKs, and must get
+// each new version, and only that resource, without naming the rest.
+func TestECDSByNameGetsEveryUpdate(t *testing.T) {
+	h := newHarness(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/one")); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(h.conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: "web-1", Cluster: "web.shop"}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName}}
+	recv := func(want string) {
+		t.Helper()
+		if err := stream.Send(req); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		var (
+			resp *discovery.DiscoveryResponse
+			rerr error
+		)
+		go func() { defer close(done); resp, rerr = stream.Recv() }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no response for version %s", want)
+		}
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if resp.VersionInfo != want || len(resp.Resources) != 1 {
+			t.Fatalf("version %q with %d resources, want %q with 1", resp.VersionInfo, len(resp.Resources), want)
+		}
+		var tec core.TypedExtensionConfig
+		if err := resp.Resources[0].UnmarshalTo(&tec); err != nil || tec.Name != wire.FilterConfigName {
+			t.Fatalf("got %q (%v)", tec.Name, err)
+		}
+		// ACK: the next request carries the version and nonce.
+		req = &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName},
+			VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}
+	}
+	recv(h.store.Bundle().Version)
+	for _, id := range []string{"two", "three"} {
+		if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/"+id)); err != nil {
+			t.Fatal(err)
+		}
+		recv(h.store.Bundle().Version)
+	}
+	_ = stream.CloseSend()
+}
