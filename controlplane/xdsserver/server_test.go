@@ -52,7 +52,7 @@ type harness struct {
 	conn  *grpc.ClientConn
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, tune ...func(*Options)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	m, err := mesh.Parse([]byte(testMesh))
@@ -60,7 +60,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewPedanticRegistry()
-	srv, err := New(ctx, Options{Mesh: m, Registerer: reg})
+	opts := Options{Mesh: m, Registerer: reg}
+	for _, f := range tune {
+		f(&opts)
+	}
+	srv, err := New(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,9 +360,92 @@ func TestEnvoyNodeGetsItsWorkload(t *testing.T) {
 		}
 		_ = stream.CloseSend()
 	}
-	cancel()
 	if got := testutil.ToFloat64(h.srv.m.nodes); got != 1 {
 		t.Fatalf("nodes = %v", got)
+	}
+	// Its last stream gone, the node is forgotten.
+	cancel()
+	waitFor(t, "the node to be forgotten", func() bool {
+		_, err := h.srv.Cache().GetSnapshot("web-7f9c")
+		return testutil.ToFloat64(h.srv.m.nodes) == 0 && err != nil
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestGoneNodeFreesItsPushSlot: a node that disconnects without answering
+// a push gives its slot back at once instead of after the push timeout,
+// and later pushes skip it, so pods that come and go do not slow the
+// fleet's convergence.
+func TestGoneNodeFreesItsPushSlot(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.MaxInFlight = 1; o.PushTimeout = time.Minute })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/one")); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(ctx context.Context, id string) (discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *discovery.DiscoveryResponse) {
+		t.Helper()
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(h.conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id, Cluster: "web.shop"},
+			TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName}}); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *discovery.DiscoveryResponse, 1)
+		go func() {
+			resp, err := stream.Recv()
+			if err == nil {
+				got <- resp
+			}
+			close(got)
+		}()
+		select {
+		case resp := <-got:
+			if resp == nil {
+				t.Fatalf("%s: stream failed", id)
+			}
+			return stream, resp
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no response while another node holds the only push slot", id)
+		}
+		return nil, nil
+	}
+	// The first pod takes the only slot and never answers, then goes.
+	goneCtx, gone := context.WithCancel(ctx)
+	ask(goneCtx, "web-gone")
+	gone()
+	waitFor(t, "web-gone to be forgotten", func() bool { return testutil.ToFloat64(h.srv.m.nodes) == 0 })
+
+	// The next pod is served at once, and so is an update.
+	stream, resp := ask(ctx, "web-next")
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/two")); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName},
+		VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	next, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.VersionInfo != h.store.Bundle().Version {
+		t.Fatalf("update: version %q, want %q", next.VersionInfo, h.store.Bundle().Version)
+	}
+	if _, err := h.srv.Cache().GetSnapshot("web-gone"); err == nil {
+		t.Fatal("the gone node got a snapshot again")
 	}
 }
 
