@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -70,6 +71,10 @@ type EncodedBundle struct {
 	// Filter is the wasm filter's configuration (ECDS), shared by every
 	// Envoy node of the generator's mesh; nil from EncodeBundle.
 	Filter *core.TypedExtensionConfig
+
+	// patterns are the bundle's workload patterns, compiled once for the
+	// RBAC of every proxyless node. Read-only.
+	patterns map[string]*regexp.Regexp
 }
 
 // EncodeBundle prepares b for distribution to nodes that take the bundle
@@ -91,7 +96,7 @@ func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 	if err := res.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("xds: bundle resource: %w", err)
 	}
-	return &EncodedBundle{Bundle: b, JSON: data, Resource: res}, nil
+	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, patterns: compilePatterns(b)}, nil
 }
 
 // Encode prepares b for every node of g's mesh: the bundle resource and,
@@ -186,7 +191,7 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 		err error
 	)
 	if w.Proxyless {
-		res, err = g.grpcResources(w, eb.Bundle)
+		res, err = g.grpcResources(w, eb)
 	} else if eb.Filter == nil {
 		err = errors.New("bundle encoded without the filter configuration (use Generator.Encode)")
 	} else {
