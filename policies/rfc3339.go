@@ -1,6 +1,6 @@
 package policies
 
-// parseRFC3339 reads a Quarantine's expiresAt: it accepts exactly what
+// parseRFC3339Portable reads a Quarantine's expiresAt: it accepts exactly what
 // time.Parse(time.RFC3339, s) accepts and returns that instant's
 // UnixNano. It exists because time.Parse's general layout machinery is
 // about a fortieth of the wasm filter; rfc3339_test.go compares the two.
@@ -8,7 +8,7 @@ package policies
 // Like time.Parse it takes a one- or two-digit hour, a fraction of a
 // second after '.' or ',' (digits past the ninth ignored), and a zone
 // offset up to 24:60.
-func parseRFC3339(s string) (int64, bool) {
+func parseRFC3339Portable(s string) (int64, bool) {
 	num2 := func(fixed bool) (int, bool) {
 		if len(s) == 0 || !isDigitByte(s[0]) {
 			return 0, false

@@ -9,9 +9,9 @@ import (
 func checkRFC3339(t *testing.T, s string) {
 	t.Helper()
 	want, err := time.Parse(time.RFC3339, s)
-	got, ok := parseRFC3339(s)
+	got, ok := parseRFC3339Portable(s)
 	if ok != (err == nil) {
-		t.Fatalf("%q: parseRFC3339 ok=%v, time.Parse error %v", s, ok, err)
+		t.Fatalf("%q: parseRFC3339Portable ok=%v, time.Parse error %v", s, ok, err)
 	}
 	if ok && got != want.UnixNano() {
 		t.Fatalf("%q: %d, time.Parse %d", s, got, want.UnixNano())

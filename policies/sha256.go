@@ -5,13 +5,14 @@ import (
 	"math/bits"
 )
 
-// sum256 is SHA-256 (FIPS 180-4) of data. The bundle hash is its only
+// sum256Portable is SHA-256 (FIPS 180-4) of data. The wasm filter's bundle hash
+// (portable_wasip1.go) is its only
 // use; it is written out here rather than taken from crypto/sha256
 // because that package brings the whole FIPS 140 module (self-tests,
 // AES, DRBG) into the wasm filter, a tenth of its size. It hashes a
 // configuration at load time, never secrets, so it needs no
 // constant-time care; sha256_test.go checks it against crypto/sha256.
-func sum256(data []byte) [32]byte {
+func sum256Portable(data []byte) [32]byte {
 	h := [8]uint32{
 		0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
 		0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,

@@ -39,6 +39,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/controlplane/store"
@@ -57,6 +58,7 @@ type result struct {
 	Rules           int     `json:"rules"`
 	Documents       int     `json:"documents"`
 	BundleBytes     int     `json:"bundleBytes"`
+	FilterBytes     int     `json:"filterConfigBytes"`
 	BuildInitialSec float64 `json:"buildInitialSec"`
 	BuildInitialCPU float64 `json:"buildInitialCpuSec"`
 	BuildUpdateCPU  float64 `json:"buildUpdateCpuSec"`
@@ -137,13 +139,15 @@ func lastLine(b []byte) []byte {
 func report(base, big result, memlimit int64, replicas int) {
 	fmt.Printf("control plane bench: %d rules in %d documents (internal/policygen.Realistic), bundle %.1f KiB; GOMAXPROCS=%d\n",
 		big.Rules, big.Documents, float64(big.BundleBytes)/1024, runtime.GOMAXPROCS(0))
+	fmt.Printf("wasm filter config (ECDS, one for the mesh: bundle and workload list) %.1f KiB at %d nodes\n",
+		float64(big.FilterBytes)/1024, big.Nodes)
 	if memlimit > 0 {
 		fmt.Printf("Go soft memory limit %d MiB (-memlimit-mib)\n", memlimit)
 	}
 	if replicas <= 1 {
-		fmt.Printf("each node is a distinct workload (1 inbound listener, 3 routes, 1 upstream) whose ECDS filter config carries the bundle\n\n")
+		fmt.Printf("each node is a distinct workload (1 inbound listener, 3 routes, 1 upstream); every node is sent the shared ECDS filter config\n\n")
 	} else {
-		fmt.Printf("%d nodes per workload (1 inbound listener, 3 routes, 1 upstream); a workload's ECDS filter config carries the bundle\n\n", replicas)
+		fmt.Printf("%d nodes per workload (1 inbound listener, 3 routes, 1 upstream); every node is sent the shared ECDS filter config\n\n", replicas)
 	}
 	fmt.Printf("%-28s %12s %12s %8s %10s\n", "metric", fmt.Sprintf("%d nodes", base.Nodes), fmt.Sprintf("%d nodes", big.Nodes), "ratio", "target")
 	row := func(name string, b, v float64, unit string, target string, ok bool) {
@@ -269,6 +273,11 @@ func runSize(n, replicas, rules int, timeout time.Duration) (result, error) {
 		return result{}, err
 	}
 	r.ConvergeUpdSec = time.Since(start).Seconds()
+	if snap, err := xs.Cache().GetSnapshot(nodeID(m.Workloads[0], 0)); err == nil {
+		if fc, ok := snap.GetResources(resource.ExtensionConfigType)[wire.FilterConfigName].(proto.Message); ok {
+			r.FilterBytes = proto.Size(fc)
+		}
+	}
 
 	runtime.GC()
 	if heapProfile != "" {
@@ -370,7 +379,7 @@ func (f *fleet) run(ctx context.Context, conn *grpc.ClientConn, i int, w *mesh.V
 	if err != nil {
 		return
 	}
-	node := &core.Node{Id: fmt.Sprintf("%s-%d", w.Name, i), Cluster: w.Key}
+	node := &core.Node{Id: nodeID(w, i), Cluster: w.Key}
 	names := map[string][]string{
 		resource.ListenerType:        nil,
 		resource.ClusterType:         nil,
@@ -414,6 +423,8 @@ func (f *fleet) run(ctx context.Context, conn *grpc.ClientConn, i int, w *mesh.V
 		f.mu.Unlock()
 	}
 }
+
+func nodeID(w *mesh.ValidWorkload, i int) string { return fmt.Sprintf("%s-%d", w.Name, i) }
 
 // checkFilterConfig checks that the ECDS response holds the filter config;
 // decoding the bundle inside would measure the client, not the server.

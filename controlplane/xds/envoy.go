@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"fmt"
 	"net"
 	"net/url"
 	"sort"
@@ -14,6 +13,7 @@ import (
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthz "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -21,8 +21,6 @@ import (
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -61,9 +59,9 @@ func adsSource() *core.ConfigSource {
 	}
 }
 
-// envoyResources returns the listeners, routes, clusters and the ECDS filter
-// config of an Envoy node serving w.
-func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle, filterConfig filterConfigParts) (map[resource.Type][]types.Resource, error) {
+// envoyResources returns the listeners, routes and clusters of an Envoy
+// node serving w. Its ECDS filter config is the mesh's, built by Encode.
+func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (map[resource.Type][]types.Resource, error) {
 	out := map[resource.Type][]types.Resource{}
 	disabled := disabledRoutes(w, b)
 	for _, in := range w.Inbound {
@@ -105,11 +103,6 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle, fi
 	if fetch := g.wasmFetchCluster(); fetch != nil {
 		out[resource.ClusterType] = append(out[resource.ClusterType], fetch)
 	}
-	ecds, err := g.wasmExtensionConfig(filterConfig)
-	if err != nil {
-		return nil, err
-	}
-	out[resource.ExtensionConfigType] = append(out[resource.ExtensionConfigType], ecds)
 	return out, nil
 }
 
@@ -437,15 +430,10 @@ func (g *Generator) wasmFetchCluster() *cluster.Cluster {
 	return c
 }
 
-// wasmExtensionConfig is the ECDS resource of the meshguard filter. The
-// plugin fails closed: a VM that cannot start or crashes denies traffic.
-//
-// The filter configuration carries the whole bundle and differs per
-// workload, so at fleet scale it dominates the control plane's memory and
-// build time. It is therefore encoded by hand into one buffer, the bundle
-// copied once, instead of through three nested proto marshals (the result
-// is byte-for-byte a valid Wasm message; tests decode it).
-func (g *Generator) wasmExtensionConfig(fc filterConfigParts) (*core.TypedExtensionConfig, error) {
+// wasmExtensionConfig is the ECDS resource of the meshguard filter with
+// plugin configuration fc. The plugin fails closed: a VM that cannot start
+// or crashes denies traffic.
+func (g *Generator) wasmExtensionConfig(fc []byte) (*core.TypedExtensionConfig, error) {
 	code := &core.AsyncDataSource{}
 	if g.mesh.Wasm.URL != "" {
 		code.Specifier = &core.AsyncDataSource_Remote{Remote: &core.RemoteDataSource{
@@ -461,7 +449,11 @@ func (g *Generator) wasmExtensionConfig(fc filterConfigParts) (*core.TypedExtens
 			Specifier: &core.DataSource_Filename{Filename: g.mesh.Wasm.File},
 		}}
 	}
-	plugin, err := deterministic.Marshal(&wasmv3.PluginConfig{
+	configuration, err := marshalAny(wrapperspb.String(string(fc)))
+	if err != nil {
+		return nil, err
+	}
+	tc, err := marshalAny(&wasmfilter.Wasm{Config: &wasmv3.PluginConfig{
 		Name:   wire.FilterConfigName,
 		RootId: wasmRootID,
 		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
@@ -469,40 +461,13 @@ func (g *Generator) wasmExtensionConfig(fc filterConfigParts) (*core.TypedExtens
 			Runtime: wasmRuntime,
 			Code:    code,
 		}},
+		Configuration: configuration,
 		FailurePolicy: wasmv3.FailurePolicy_FAIL_CLOSED,
-	})
+	}})
 	if err != nil {
-		return nil, fmt.Errorf("marshal plugin config: %w", err)
+		return nil, err
 	}
-	const stringValueURL = "type.googleapis.com/google.protobuf.StringValue"
-	jsonLen := fc.len()
-	sv := protowire.SizeTag(1) + protowire.SizeBytes(jsonLen)                   // StringValue.value
-	anyLen := protowire.SizeTag(1) + protowire.SizeBytes(len(stringValueURL)) + // Any.type_url
-		protowire.SizeTag(2) + protowire.SizeBytes(sv) // Any.value
-	field := protowire.SizeTag(4) + protowire.SizeBytes(anyLen) // PluginConfig.configuration
-	pluginLen := len(plugin) + field
-	total := protowire.SizeTag(1) + protowire.SizeBytes(pluginLen) // Wasm.config
-
-	b := make([]byte, 0, total)
-	b = protowire.AppendTag(b, 1, protowire.BytesType) // Wasm.config
-	b = protowire.AppendVarint(b, uint64(pluginLen))
-	b = append(b, plugin...)
-	b = protowire.AppendTag(b, 4, protowire.BytesType) // PluginConfig.configuration
-	b = protowire.AppendVarint(b, uint64(anyLen))
-	b = protowire.AppendTag(b, 1, protowire.BytesType) // Any.type_url
-	b = protowire.AppendString(b, stringValueURL)
-	b = protowire.AppendTag(b, 2, protowire.BytesType) // Any.value
-	b = protowire.AppendVarint(b, uint64(sv))
-	b = protowire.AppendTag(b, 1, protowire.BytesType) // StringValue.value
-	b = protowire.AppendVarint(b, uint64(jsonLen))
-	b = fc.appendTo(b)
-	if len(b) != total {
-		return nil, fmt.Errorf("encode filter config: %d bytes, want %d", len(b), total)
-	}
-	return &core.TypedExtensionConfig{
-		Name:        wire.FilterConfigName,
-		TypedConfig: &anypb.Any{TypeUrl: WasmTypeURL, Value: b},
-	}, nil
+	return &core.TypedExtensionConfig{Name: wire.FilterConfigName, TypedConfig: tc}, nil
 }
 
 func socketAddress(host string, port uint32) *core.Address {

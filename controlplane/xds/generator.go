@@ -12,12 +12,12 @@
 package xds
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -59,15 +59,27 @@ func NewGenerator(m *mesh.Mesh) *Generator { return &Generator{mesh: m} }
 // Mesh returns the mesh the generator serves.
 func (g *Generator) Mesh() *mesh.Mesh { return g.mesh }
 
-// EncodedBundle is a bundle prepared once for every node: its JSON and the
-// bundle resource authz servers subscribe to.
+// EncodedBundle is a bundle prepared once for every node: its JSON, the
+// bundle resource authz servers subscribe to and, when a Generator encoded
+// it, the wasm filter's ECDS resource for every Envoy node of the mesh.
+// Every snapshot under the bundle holds these very resources, so a fleet
+// costs one copy of the bundle, not one per node.
 type EncodedBundle struct {
 	Bundle   *policies.Bundle
 	JSON     []byte
 	Resource *core.TypedExtensionConfig
+	// Filter is the wasm filter's configuration (ECDS), shared by every
+	// Envoy node of the generator's mesh; nil from EncodeBundle.
+	Filter *core.TypedExtensionConfig
+
+	// patterns are the bundle's workload patterns, compiled once for the
+	// RBAC of every proxyless node. Read-only.
+	patterns map[string]*regexp.Regexp
 }
 
-// EncodeBundle prepares b for distribution.
+// EncodeBundle prepares b for distribution to nodes that take the bundle
+// resource only (authz servers). Generator.Encode also prepares the filter
+// configuration.
 func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 	if b == nil {
 		return nil, errors.New("xds: no bundle")
@@ -84,41 +96,51 @@ func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 	if err := res.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("xds: bundle resource: %w", err)
 	}
-	return &EncodedBundle{Bundle: b, JSON: data, Resource: res}, nil
+	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, patterns: compilePatterns(b)}, nil
 }
 
-// FilterConfig returns the wasm filter's configuration (wire.FilterConfig
-// JSON) for w.
-func (g *Generator) FilterConfig(w *mesh.ValidWorkload, eb *EncodedBundle) ([]byte, error) {
-	p, err := g.filterConfigParts(w, eb)
+// Encode prepares b for every node of g's mesh: the bundle resource and,
+// when the mesh has Envoy workloads, the filter configuration they share.
+func (g *Generator) Encode(b *policies.Bundle) (*EncodedBundle, error) {
+	eb, err := EncodeBundle(b)
 	if err != nil {
 		return nil, err
 	}
-	return p.appendTo(make([]byte, 0, p.len())), nil
+	if !g.hasEnvoy() {
+		return eb, nil
+	}
+	fc, err := g.FilterConfig(eb)
+	if err != nil {
+		return nil, err
+	}
+	if eb.Filter, err = g.wasmExtensionConfig(fc); err != nil {
+		return nil, fmt.Errorf("xds: filter config: %w", err)
+	}
+	if err := eb.Filter.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("xds: filter config: %w", err)
+	}
+	return eb, nil
 }
 
-// filterConfigParts is the filter configuration JSON in three pieces: the
-// bundle JSON is shared by every workload and spliced in, never re-encoded.
-type filterConfigParts struct {
-	head, bundle, rest []byte
+func (g *Generator) hasEnvoy() bool {
+	for _, w := range g.mesh.Workloads {
+		if !w.Proxyless {
+			return true
+		}
+	}
+	return false
 }
 
-func (p filterConfigParts) len() int { return len(p.head) + len(p.bundle) + len(p.rest) }
-
-func (p filterConfigParts) appendTo(b []byte) []byte {
-	b = append(b, p.head...)
-	b = append(b, p.bundle...)
-	return append(b, p.rest...)
-}
-
-func (g *Generator) filterConfigParts(w *mesh.ValidWorkload, eb *EncodedBundle) (filterConfigParts, error) {
+// FilterConfig returns the wasm filter's configuration (wire.FilterConfig
+// JSON) under eb. It is the same for every Envoy node of the mesh: it names
+// no workload but lists them all, keyed as nodes are matched to workloads
+// (mesh.Lookup), and each filter picks its own by its node's cluster or ID.
+// The list is small next to the bundle, and one configuration for the
+// fleet is what lets the control plane build and hold it once.
+func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 	fc := wire.FilterConfig{
-		Workload: wire.Workload{
-			ID:        w.SPIFFEID,
-			Namespace: w.Namespace,
-			Labels:    w.Labels,
-			Service:   w.Service,
-		},
+		Bundle:      eb.JSON,
+		Workloads:   map[string]wire.Workload{},
 		RequireMTLS: g.mesh.Wasm.RequireMTLS,
 		ControlPlane: wire.ControlPlane{
 			Cluster:      ClusterControlPlane,
@@ -129,15 +151,22 @@ func (g *Generator) filterConfigParts(w *mesh.ValidWorkload, eb *EncodedBundle) 
 			TimeoutMilli: uint32(g.mesh.ControlPlane.Timeout / time.Millisecond),
 		},
 	}
-	rest, err := json.Marshal(fc)
+	for _, w := range g.mesh.Workloads {
+		if w.Proxyless {
+			continue
+		}
+		fc.Workloads[w.Key] = wire.Workload{
+			ID:        w.SPIFFEID,
+			Namespace: w.Namespace,
+			Labels:    w.Labels,
+			Service:   w.Service,
+		}
+	}
+	data, err := json.Marshal(fc)
 	if err != nil {
-		return filterConfigParts{}, fmt.Errorf("xds: filter config of %s: %w", w.Key, err)
+		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
-	const head = `{"bundle":null`
-	if !bytes.HasPrefix(rest, []byte(head)) {
-		return filterConfigParts{}, fmt.Errorf("xds: filter config of %s: unexpected encoding", w.Key)
-	}
-	return filterConfigParts{head: []byte(`{"bundle":`), bundle: eb.JSON, rest: rest[len(head):]}, nil
+	return data, nil
 }
 
 // BundleOnly is the snapshot of a node that is not a workload of the mesh
@@ -149,41 +178,48 @@ func BundleOnly(eb *EncodedBundle) (*cache.Snapshot, error) {
 	return assemble(res, map[resource.Type]string{resource.ExtensionConfigType: eb.Bundle.Version})
 }
 
-// Snapshot returns the snapshot of a node serving w under bundle eb. It fails
-// when any resource does not validate or the snapshot is not consistent.
+// Snapshot returns the snapshot of a node serving w under bundle eb, which
+// g.Encode prepared. It fails when any resource does not validate or the
+// snapshot is not consistent.
+//
+// The extension configs (bundle and filter configuration) are eb's own
+// resources, validated once by Encode; only the node's own resources are
+// built and validated here.
 func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.Snapshot, error) {
 	var (
 		res map[resource.Type][]types.Resource
 		err error
 	)
 	if w.Proxyless {
-		res, err = g.grpcResources(w, eb.Bundle)
+		res, err = g.grpcResources(w, eb)
+	} else if eb.Filter == nil {
+		err = errors.New("bundle encoded without the filter configuration (use Generator.Encode)")
 	} else {
-		var fc filterConfigParts
-		fc, err = g.filterConfigParts(w, eb)
-		if err == nil {
-			res, err = g.envoyResources(w, eb.Bundle, fc)
-		}
+		res, err = g.envoyResources(w, eb.Bundle)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
 	}
-	res[resource.ExtensionConfigType] = append(res[resource.ExtensionConfigType], eb.Resource)
 	versions := map[resource.Type]string{}
 	for typ, items := range res {
-		if typ == resource.ExtensionConfigType {
-			// The filter config is derived from the bundle and the mesh;
-			// hashing a large bundle per node would cost more than it says.
-			versions[typ] = eb.Bundle.Version
-			continue
-		}
 		v, err := hashResources(items)
 		if err != nil {
 			return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
 		}
 		versions[typ] = v
 	}
-	snap, err := assemble(res, versions)
+	if err := validate(res); err != nil {
+		return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
+	}
+	ecds := []types.Resource{eb.Resource}
+	if !w.Proxyless {
+		ecds = append(ecds, eb.Filter)
+	}
+	// Both are derived from the bundle and the mesh, which a server
+	// never changes: the bundle version names them.
+	res[resource.ExtensionConfigType] = ecds
+	versions[resource.ExtensionConfigType] = eb.Bundle.Version
+	snap, err := build(res, versions)
 	if err != nil {
 		return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
 	}
@@ -193,6 +229,14 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 // assemble validates every resource and builds a consistent snapshot with a
 // version per type.
 func assemble(res map[resource.Type][]types.Resource, versions map[resource.Type]string) (*cache.Snapshot, error) {
+	if err := validate(res); err != nil {
+		return nil, err
+	}
+	return build(res, versions)
+}
+
+// validate runs every resource's ValidateAll and reports every failure.
+func validate(res map[resource.Type][]types.Resource) error {
 	var errs []error
 	for _, typ := range sortedKeys(res) {
 		for _, r := range res[typ] {
@@ -206,9 +250,12 @@ func assemble(res map[resource.Type][]types.Resource, versions map[resource.Type
 			}
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
+	return errors.Join(errs...)
+}
+
+// build makes a snapshot of resources validated before and checks that it
+// is consistent.
+func build(res map[resource.Type][]types.Resource, versions map[resource.Type]string) (*cache.Snapshot, error) {
 	snap := &cache.Snapshot{}
 	for typ, items := range res {
 		snap.Resources[cache.GetResponseType(typ)] = cache.NewResources(versions[typ], items)

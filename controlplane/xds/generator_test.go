@@ -3,7 +3,6 @@ package xds
 import (
 	"encoding/json"
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
-	"google.golang.org/protobuf/proto"
 	"regexp"
 	"strings"
 	"testing"
@@ -47,8 +46,14 @@ func TestFilterConfigCarriesTheBundle(t *testing.T) {
 	if err := dec.Decode(&fc); err != nil {
 		t.Fatalf("filter config is not wire.FilterConfig: %v", err)
 	}
-	if fc.Workload.ID != "spiffe://example.org/ns/shop/sa/web" || fc.Workload.Namespace != "shop" || !fc.RequireMTLS {
-		t.Fatalf("workload = %+v requireMtls=%v", fc.Workload, fc.RequireMTLS)
+	// One configuration for the mesh: it names no workload and lists
+	// every Envoy workload under the key nodes are matched by.
+	web := fc.Workloads["web.shop"]
+	if fc.Workload.ID != "" || web.ID != "spiffe://example.org/ns/shop/sa/web" || web.Namespace != "shop" || !fc.RequireMTLS {
+		t.Fatalf("workload = %+v, workloads = %+v, requireMtls=%v", fc.Workload, fc.Workloads, fc.RequireMTLS)
+	}
+	if len(fc.Workloads) != len(m.Workloads) {
+		t.Fatalf("%d workloads listed, mesh has %d", len(fc.Workloads), len(m.Workloads))
 	}
 	if fc.ControlPlane.Cluster != ClusterControlPlane || fc.ControlPlane.Path != wire.EventsPath {
 		t.Fatalf("control plane = %+v", fc.ControlPlane)
@@ -170,40 +175,55 @@ func mustCompile(t *testing.T, re string) *regexp.Regexp {
 	return r
 }
 
-// The hand-encoded ECDS resource must decode to exactly the message that
-// proto would have built.
-func TestWasmConfigEncodingMatchesProto(t *testing.T) {
-	for _, in := range []string{"testdata/in/basic.yaml", "testdata/in/overrides.yaml"} {
+// TestSnapshotsShareTheBundleResources: every node's snapshot holds the
+// very resources Encode built (one copy of the bundle for the fleet), and
+// the filter configuration is a valid, fail-closed Wasm config.
+func TestSnapshotsShareTheBundleResources(t *testing.T) {
+	for _, in := range []string{"testdata/in/basic.yaml", "testdata/in/overrides.yaml", "testdata/in/proxyless.yaml"} {
 		m, eb := loadCase(t, in)
 		g := NewGenerator(m)
 		for _, w := range m.Workloads {
-			parts, err := g.filterConfigParts(w, eb)
+			snap, err := g.Snapshot(w, eb)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := g.wasmExtensionConfig(parts)
-			if err != nil {
-				t.Fatal(err)
+			ecds := snap.GetResources(resource.ExtensionConfigType)
+			if ecds[wire.BundleResourceName] != eb.Resource {
+				t.Fatalf("%s: bundle resource is not the shared one", w.Key)
 			}
-			var decoded wasmfilter.Wasm
-			if err := got.TypedConfig.UnmarshalTo(&decoded); err != nil {
-				t.Fatalf("%s: hand-encoded Wasm does not decode: %v", w.Key, err)
+			if w.Proxyless {
+				if _, ok := ecds[wire.FilterConfigName]; ok {
+					t.Fatalf("%s: proxyless node got the wasm filter config", w.Key)
+				}
+				continue
 			}
-			fc, err := g.FilterConfig(w, eb)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := proto.Clone(decoded.Config).(*wasmv3.PluginConfig)
-			want.Configuration = mustAny(wrapperspb.String(string(fc)))
-			if !proto.Equal(decoded.Config, want) {
-				t.Fatalf("%s: decoded plugin config differs from the proto-built one", w.Key)
-			}
-			if err := got.ValidateAll(); err != nil {
-				t.Fatal(err)
-			}
-			if decoded.Config.FailurePolicy != wasmv3.FailurePolicy_FAIL_CLOSED || decoded.Config.Name != wire.FilterConfigName {
-				t.Fatalf("%s: %+v", w.Key, decoded.Config)
+			if ecds[wire.FilterConfigName] != eb.Filter {
+				t.Fatalf("%s: filter config is not the shared one", w.Key)
 			}
 		}
+		if eb.Filter == nil {
+			continue
+		}
+		if err := eb.Filter.ValidateAll(); err != nil {
+			t.Fatal(err)
+		}
+		var decoded wasmfilter.Wasm
+		if err := eb.Filter.TypedConfig.UnmarshalTo(&decoded); err != nil {
+			t.Fatal(err)
+		}
+		if decoded.Config.FailurePolicy != wasmv3.FailurePolicy_FAIL_CLOSED || decoded.Config.Name != wire.FilterConfigName {
+			t.Fatalf("%s: %+v", in, decoded.Config)
+		}
+	}
+}
+
+func TestSnapshotNeedsTheFilterConfig(t *testing.T) {
+	m, eb := loadCase(t, "testdata/in/basic.yaml")
+	bare, err := EncodeBundle(eb.Bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewGenerator(m).Snapshot(m.Workloads[0], bare); err == nil || !strings.Contains(err.Error(), "Generator.Encode") {
+		t.Fatalf("err = %v", err)
 	}
 }

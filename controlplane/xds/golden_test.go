@@ -47,7 +47,7 @@ func loadCase(t *testing.T, path string) (*mesh.Mesh, *EncodedBundle) {
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	eb, err := EncodeBundle(b)
+	eb, err := NewGenerator(m).Encode(b)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,8 +50,8 @@ func grpcAddress(in mesh.Inbound) string {
 // grpcResources are the listeners of a proxyless gRPC server: mTLS through
 // the bootstrap's certificate provider, RBAC compiled from the policies, and
 // a non-forwarding route.
-func (g *Generator) grpcResources(w *mesh.ValidWorkload, b *policies.Bundle) (map[resource.Type][]types.Resource, error) {
-	filters, err := compileRBAC(w, b)
+func (g *Generator) grpcResources(w *mesh.ValidWorkload, eb *EncodedBundle) (map[resource.Type][]types.Resource, error) {
+	filters, err := compileRBAC(w, eb.Bundle, eb.patterns)
 	if err != nil {
 		return nil, err
 	}
@@ -144,8 +144,11 @@ func grpcRoutes(in mesh.Inbound) []*route.Route {
 // (it allows less). CUSTOM rules cannot consult their provider from a
 // proxyless server and deny. AUDIT and dry-run/off rules do not change
 // decisions and are left out.
-func compileRBAC(w *mesh.ValidWorkload, b *policies.Bundle) ([]*rbacfilter.RBAC, error) {
-	c := &rbacCompiler{w: w, set: &b.Set, root: b.Set.Settings.RootNamespace}
+//
+// patterns are the bundle's workload patterns compiled once
+// (compilePatterns); a pattern missing from it matches nothing.
+func compileRBAC(w *mesh.ValidWorkload, b *policies.Bundle, patterns map[string]*regexp.Regexp) ([]*rbacfilter.RBAC, error) {
+	c := &rbacCompiler{w: w, set: &b.Set, root: b.Set.Settings.RootNamespace, patterns: patterns}
 	if c.root == "" {
 		c.root = "istio-system"
 	}
@@ -241,9 +244,10 @@ func compileRBAC(w *mesh.ValidWorkload, b *policies.Bundle) ([]*rbacfilter.RBAC,
 func enforced(m policies.Mode) bool { return m == "" || m == policies.ModeEnforce }
 
 type rbacCompiler struct {
-	w    *mesh.ValidWorkload
-	set  *policies.Set
-	root string
+	w        *mesh.ValidWorkload
+	set      *policies.Set
+	root     string
+	patterns map[string]*regexp.Regexp
 }
 
 func (c *rbacCompiler) istioApplies(p *policies.AuthorizationPolicy) bool {
@@ -283,12 +287,35 @@ func (c *rbacCompiler) identityApplies(ns string, workloads []string) bool {
 		return ns == c.w.Namespace || ns == c.root
 	}
 	for _, pat := range workloads {
-		re, err := regexp.Compile(spiffePatternRegex(pat))
-		if err == nil && re.MatchString(c.w.SPIFFEID) {
+		if re := c.patterns[pat]; re != nil && re.MatchString(c.w.SPIFFEID) {
 			return true
 		}
 	}
 	return false
+}
+
+// compilePatterns compiles the workload patterns of b's identity policies
+// and default denies once for every node. A pattern that does not compile
+// is left out and so matches no workload.
+func compilePatterns(b *policies.Bundle) map[string]*regexp.Regexp {
+	out := map[string]*regexp.Regexp{}
+	add := func(pats []string) {
+		for _, pat := range pats {
+			if _, ok := out[pat]; ok {
+				continue
+			}
+			if re, err := regexp.Compile(spiffePatternRegex(pat)); err == nil {
+				out[pat] = re
+			}
+		}
+	}
+	for i := range b.Set.IdentityPolicies {
+		add(b.Set.IdentityPolicies[i].Spec.Workloads)
+	}
+	for i := range b.Set.DefaultDenies {
+		add(b.Set.DefaultDenies[i].Spec.Workloads)
+	}
+	return out
 }
 
 // istioRule translates one Istio rule. ok is false when the rule must be

@@ -7,7 +7,8 @@
 //
 // Publish (a policy store subscriber) rebuilds every workload's snapshot for
 // a new bundle and hands it to every node that serves the workload; a node
-// the cache has not seen gets its snapshot on its first request.
+// the cache has not seen gets its snapshot on its first request, and a node
+// whose last stream closes is forgotten (its snapshot leaves the cache).
 package xdsserver
 
 import (
@@ -71,6 +72,11 @@ type Server struct {
 	byKey    map[string]*cache.Snapshot // workload key → snapshot
 	bundleOn *cache.Snapshot            // for nodes that are not workloads
 	nodes    map[string]string          // node ID → workload key ("" bundle only)
+	// streamNode maps an open stream to its node, and open counts a node's
+	// open streams: a node whose last stream closes is forgotten, so that
+	// pods that come and go leave nothing behind and take no push slot.
+	streamNode map[streamKey]string
+	open       map[string]int
 
 	// sent remembers, per SotW stream and type, the nonce and version of
 	// the last response, so that a NACK can be turned into "I have seen
@@ -93,6 +99,13 @@ type Server struct {
 }
 
 type pushToken struct{ once sync.Once }
+
+// streamKey names a stream: state-of-the-world and delta streams are
+// numbered apart.
+type streamKey struct {
+	delta bool
+	id    int64
+}
 
 type sentResponse struct{ nonce, version string }
 
@@ -132,11 +145,13 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		log:     log,
-		workers: opts.Workers,
-		byKey:   map[string]*cache.Snapshot{},
-		nodes:   map[string]string{},
-		sent:    map[int64]map[string]sentResponse{},
+		log:        log,
+		workers:    opts.Workers,
+		byKey:      map[string]*cache.Snapshot{},
+		nodes:      map[string]string{},
+		streamNode: map[streamKey]string{},
+		open:       map[string]int{},
+		sent:       map[int64]map[string]sentResponse{},
 		m: metrics{
 			published: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "meshguard_controlplane_snapshots_published_total",
@@ -223,7 +238,11 @@ func (s *Server) Cache() cache.SnapshotCache { return s.cache }
 // their previous snapshot; the error reports how many failed.
 func (s *Server) Publish(b *policies.Bundle) error {
 	start := time.Now()
-	eb, err := xds.EncodeBundle(b)
+	encode := xds.EncodeBundle
+	if s.gen != nil {
+		encode = s.gen.Encode
+	}
+	eb, err := encode(b)
 	if err != nil {
 		s.m.failures.Inc()
 		s.log.Error("bundle not published", "version", b.Version, "error", err)
@@ -274,21 +293,30 @@ func (s *Server) push(gen uint64, nodes []string) {
 		if s.pushGen.Load() != gen {
 			return
 		}
-		s.acquire(node)
-		s.mu.Lock()
-		snap := s.snapshotFor(s.nodes[node])
-		s.mu.Unlock()
-		if snap == nil {
-			s.release(node)
-			continue
+		if !s.known(node) {
+			continue // gone since the Publish
 		}
-		if err := s.cache.SetSnapshot(ctx, node, snap); err != nil {
+		s.acquire(node)
+		// Under s.mu so that a node forgotten meanwhile gets no snapshot
+		// back (forget clears it under the same lock).
+		s.mu.Lock()
+		key, ok := s.nodes[node]
+		snap := s.snapshotFor(key)
+		var err error
+		if ok && snap != nil {
+			err = s.cache.SetSnapshot(ctx, node, snap)
+		}
+		s.mu.Unlock()
+		switch {
+		case !ok || snap == nil:
+			s.release(node)
+		case err != nil:
 			s.release(node)
 			s.m.failures.Inc()
 			s.log.Error("set snapshot", "node", node, "error", err)
-			continue
+		default:
+			s.m.published.Inc()
 		}
-		s.m.published.Inc()
 	}
 }
 
@@ -420,25 +448,74 @@ func (s *Server) ensureNode(node *core.Node) {
 
 	s.acquire(id)
 	s.mu.Lock()
+	_, ok := s.nodes[id]
 	snap := s.snapshotFor(key)
-	s.mu.Unlock()
-	if snap == nil {
-		s.release(id)
-		return
+	var err error
+	if ok && snap != nil {
+		err = s.cache.SetSnapshot(context.Background(), id, snap)
 	}
-	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+	s.mu.Unlock()
+	switch {
+	case !ok || snap == nil:
+		s.release(id)
+	case err != nil:
 		s.release(id)
 		s.m.failures.Inc()
 		s.log.Error("set snapshot", "node", id, "error", err)
-		return
+	default:
+		s.m.published.Inc()
 	}
-	s.m.published.Inc()
 }
 
-func (s *Server) forgetNode(node *core.Node) {
-	// Snapshots stay for reconnects; the node count is bounded by the
-	// fleet. Nothing to do beyond bookkeeping of streams.
-	_ = node
+func (s *Server) known(node string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.nodes[node]
+	return ok
+}
+
+// streamOpened records that stream serves node (once per stream), before
+// the node is looked at, so that a stream closing meanwhile cannot forget a
+// node another stream still uses.
+func (s *Server) streamOpened(stream streamKey, node *core.Node) {
+	id := node.GetId()
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.streamNode[stream]; ok {
+		return
+	}
+	s.streamNode[stream] = id
+	s.open[id]++
+}
+
+// streamClosed forgets the stream's node when it was the node's last open
+// stream: its snapshot leaves the cache, its push slot is freed, and later
+// pushes skip it. A node that comes back is served again on its first
+// request.
+func (s *Server) streamClosed(stream streamKey) {
+	s.mu.Lock()
+	id, ok := s.streamNode[stream]
+	if !ok {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.streamNode, stream)
+	s.open[id]--
+	gone := s.open[id] <= 0
+	if gone {
+		delete(s.open, id)
+		delete(s.nodes, id)
+		s.cache.ClearSnapshot(id)
+		s.m.nodes.Set(float64(len(s.nodes)))
+	}
+	s.mu.Unlock()
+	if gone {
+		s.release(id)
+		s.log.Info("xds node disconnected", "node", id)
+	}
 }
 
 func (s *Server) observe(node *core.Node, typeURL string, errDetail interface{ GetMessage() string }, nack bool, version string) {
@@ -458,12 +535,12 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.m.streams.Inc()
 			return nil
 		},
-		StreamClosedFunc: func(id int64, n *core.Node) {
+		StreamClosedFunc: func(id int64, _ *core.Node) {
 			s.m.streams.Dec()
 			s.sentMu.Lock()
 			delete(s.sent, id)
 			s.sentMu.Unlock()
-			s.forgetNode(n)
+			s.streamClosed(streamKey{id: id})
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, r *discovery.DiscoveryResponse) {
 			s.sentMu.Lock()
@@ -479,11 +556,12 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.m.streams.Inc()
 			return nil
 		},
-		DeltaStreamClosedFunc: func(_ int64, n *core.Node) {
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) {
 			s.m.streams.Dec()
-			s.forgetNode(n)
+			s.streamClosed(streamKey{delta: true, id: id})
 		},
 		StreamRequestFunc: func(id int64, r *discovery.DiscoveryRequest) error {
+			s.streamOpened(streamKey{id: id}, r.GetNode())
 			s.ensureNode(r.GetNode())
 			s.observe(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetVersionInfo())
 			if r.GetResponseNonce() != "" && s.endsPush(r.GetNode(), r.GetTypeUrl()) {
@@ -501,7 +579,8 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			}
 			return nil
 		},
-		StreamDeltaRequestFunc: func(_ int64, r *discovery.DeltaDiscoveryRequest) error {
+		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
+			s.streamOpened(streamKey{delta: true, id: id}, r.GetNode())
 			s.ensureNode(r.GetNode())
 			s.observe(r.GetNode(), r.GetTypeUrl(), r.GetErrorDetail(), r.GetErrorDetail() != nil, r.GetResponseNonce())
 			if r.GetResponseNonce() != "" && s.endsPush(r.GetNode(), r.GetTypeUrl()) {

@@ -52,7 +52,7 @@ type harness struct {
 	conn  *grpc.ClientConn
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, tune ...func(*Options)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	m, err := mesh.Parse([]byte(testMesh))
@@ -60,7 +60,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewPedanticRegistry()
-	srv, err := New(ctx, Options{Mesh: m, Registerer: reg})
+	opts := Options{Mesh: m, Registerer: reg}
+	for _, f := range tune {
+		f(&opts)
+	}
+	srv, err := New(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,12 +360,152 @@ func TestEnvoyNodeGetsItsWorkload(t *testing.T) {
 		}
 		_ = stream.CloseSend()
 	}
-	cancel()
 	if got := testutil.ToFloat64(h.srv.m.nodes); got != 1 {
 		t.Fatalf("nodes = %v", got)
+	}
+	// Its last stream gone, the node is forgotten.
+	cancel()
+	waitFor(t, "the node to be forgotten", func() bool {
+		_, err := h.srv.Cache().GetSnapshot("web-7f9c")
+		return testutil.ToFloat64(h.srv.m.nodes) == 0 && err != nil
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestGoneNodeFreesItsPushSlot: a node that disconnects without answering
+// a push gives its slot back at once instead of after the push timeout,
+// and later pushes skip it, so pods that come and go do not slow the
+// fleet's convergence.
+func TestGoneNodeFreesItsPushSlot(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.MaxInFlight = 1; o.PushTimeout = time.Minute })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/one")); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(ctx context.Context, id string) (discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *discovery.DiscoveryResponse) {
+		t.Helper()
+		stream, err := discovery.NewAggregatedDiscoveryServiceClient(h.conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: id, Cluster: "web.shop"},
+			TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName}}); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *discovery.DiscoveryResponse, 1)
+		go func() {
+			resp, err := stream.Recv()
+			if err == nil {
+				got <- resp
+			}
+			close(got)
+		}()
+		select {
+		case resp := <-got:
+			if resp == nil {
+				t.Fatalf("%s: stream failed", id)
+			}
+			return stream, resp
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no response while another node holds the only push slot", id)
+		}
+		return nil, nil
+	}
+	// The first pod takes the only slot and never answers, then goes.
+	goneCtx, gone := context.WithCancel(ctx)
+	ask(goneCtx, "web-gone")
+	gone()
+	waitFor(t, "web-gone to be forgotten", func() bool { return testutil.ToFloat64(h.srv.m.nodes) == 0 })
+
+	// The next pod is served at once, and so is an update.
+	stream, resp := ask(ctx, "web-next")
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/two")); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName},
+		VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	next, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.VersionInfo != h.store.Bundle().Version {
+		t.Fatalf("update: version %q, want %q", next.VersionInfo, h.store.Bundle().Version)
+	}
+	if _, err := h.srv.Cache().GetSnapshot("web-gone"); err == nil {
+		t.Fatal("the gone node got a snapshot again")
 	}
 }
 
 type anyProto = anypb.Any
 
 var errNoBundle = errors.New("no bundle resource in the response")
+
+// TestECDSByNameGetsEveryUpdate is what Envoy does for the wasm filter: an
+// ADS stream that asks for the filter's extension config by its name alone
+// (the node's snapshot also holds the bundle resource), ACKs, and must get
+// each new version, and only that resource, without naming the rest.
+func TestECDSByNameGetsEveryUpdate(t *testing.T) {
+	h := newHarness(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/one")); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(h.conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &core.Node{Id: "web-1", Cluster: "web.shop"}
+	req := &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName}}
+	recv := func(want string) {
+		t.Helper()
+		if err := stream.Send(req); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		var (
+			resp *discovery.DiscoveryResponse
+			rerr error
+		)
+		go func() { defer close(done); resp, rerr = stream.Recv() }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no response for version %s", want)
+		}
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if resp.VersionInfo != want || len(resp.Resources) != 1 {
+			t.Fatalf("version %q with %d resources, want %q with 1", resp.VersionInfo, len(resp.Resources), want)
+		}
+		var tec core.TypedExtensionConfig
+		if err := resp.Resources[0].UnmarshalTo(&tec); err != nil || tec.Name != wire.FilterConfigName {
+			t.Fatalf("got %q (%v)", tec.Name, err)
+		}
+		// ACK: the next request carries the version and nonce.
+		req = &discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ExtensionConfigType, ResourceNames: []string{wire.FilterConfigName},
+			VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}
+	}
+	recv(h.store.Bundle().Version)
+	for _, id := range []string{"two", "three"} {
+		if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/a/sa/"+id)); err != nil {
+			t.Fatal(err)
+		}
+		recv(h.store.Bundle().Version)
+	}
+	_ = stream.CloseSend()
+}

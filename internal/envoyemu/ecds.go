@@ -16,13 +16,19 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshguard/meshguard/policies/wire"
+	"github.com/meshguard/meshguard/wasm/host"
 )
 
 // ECDSClient subscribes, as Envoy does for an HTTP filter whose config comes
 // from the Extension Config Discovery Service, to the meshguard wasm
-// filter's TypedExtensionConfig over ADS (state of the world), and hands each
-// new plugin configuration to Apply. A configuration Apply refuses is NACKed
-// with its error and the previous one keeps serving, as in Envoy.
+// filter's TypedExtensionConfig (by its name alone) over ADS (state of the
+// world), and hands each new plugin configuration to Apply. A configuration
+// Apply refuses is NACKed with its error and the previous one keeps
+// serving, as in Envoy.
+//
+// The control plane's configuration lists every workload of the mesh; the
+// filter picks its own by node.cluster and node.id, so the host running it
+// must expose Node as Envoy does (NodeProperties).
 type ECDSClient struct {
 	Conn *grpc.ClientConn
 	// Node identifies the sidecar; the control plane maps Node.Cluster
@@ -31,10 +37,12 @@ type ECDSClient struct {
 	// Apply receives the plugin configuration (the filter's JSON).
 	Apply func(pluginConfig []byte) error
 	Log   *slog.Logger
-	// ResourceNames to request; default [wire.FilterConfigName], which is
-	// what Envoy asks for. Other names of the same type in a response are
-	// ignored.
-	ResourceNames []string
+}
+
+// NodeProperties are the properties Envoy gives a wasm filter about its
+// node (node.id, node.cluster), for host.Config.Properties.
+func NodeProperties(n *corev3.Node) host.Properties {
+	return host.Properties{}.SetString("node.id", n.GetId()).SetString("node.cluster", n.GetCluster())
 }
 
 func (c *ECDSClient) log() *slog.Logger {
@@ -62,12 +70,8 @@ func (c *ECDSClient) Run(ctx context.Context) error {
 }
 
 func (c *ECDSClient) request(version, nonce string, nack error) *discoveryv3.DiscoveryRequest {
-	names := c.ResourceNames
-	if len(names) == 0 {
-		names = []string{wire.FilterConfigName}
-	}
 	r := &discoveryv3.DiscoveryRequest{
-		Node: c.Node, TypeUrl: wire.BundleTypeURL, ResourceNames: names,
+		Node: c.Node, TypeUrl: wire.BundleTypeURL, ResourceNames: []string{wire.FilterConfigName},
 		VersionInfo: version, ResponseNonce: nonce,
 	}
 	if nack != nil {

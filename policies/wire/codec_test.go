@@ -60,6 +60,9 @@ func filterConfigCorpus() [][]byte {
 		`{"detection":null}`, `{"detection":{}}`, `{"detection":{"capacity":1},"detection":{"edgeCache":2}}`, `{"detection":{"maxEvents":-5}}`,
 		`{"workload":{"labels":{"a":"b"},"labels":{"c":null}}}`, `{"workload":{"labels":null}}`, `{"workload":{"labels":[]}}`,
 		`{"workload":{"id":"\ud800"}}`, `{"WORKLOAD":{"ID":"x"}}`,
+		`{"workloads":{"a.ns":{"id":"spiffe://td/a","labels":{"app":"a"}},"b.ns":null}}`, `{"workloads":{"a.ns":{"id":"x"},"a.ns":{"service":"s"}}}`,
+		`{"workloads":null}`, `{"workloads":{}}`, `{"workloads":[]}`, `{"workloads":{"a":1}}`, `{"workloads":{"a":{"bogus":1}}}`,
+		`{"Workloads":{"a":{"ID":"x"}}}`, `{"workloads":{"a":{"id":"x"}},"workloads":{"b":{}}}`, `{"workloads":{"a":{"labels":{"k":"v"}},"a":{}}}`,
 	} {
 		out = append(out, []byte(s))
 	}

@@ -14,6 +14,7 @@ var jsonFilterConfig = &strictjson.Type{
 	Fields: []strictjson.Field{
 		{Name: "bundle", Offset: unsafe.Offsetof(FilterConfig{}.Bundle), Kind: strictjson.KRaw, OmitEmpty: false},
 		{Name: "workload", Offset: unsafe.Offsetof(FilterConfig{}.Workload), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonWorkload},
+		{Name: "workloads", Offset: unsafe.Offsetof(FilterConfig{}.Workloads), Kind: strictjson.KStructMap, OmitEmpty: true, Type: jsonWorkload},
 		{Name: "requireMtls", Offset: unsafe.Offsetof(FilterConfig{}.RequireMTLS), Kind: strictjson.KBool, OmitEmpty: true},
 		{Name: "controlPlane", Offset: unsafe.Offsetof(FilterConfig{}.ControlPlane), Kind: strictjson.KStruct, OmitEmpty: true, Type: jsonControlPlane},
 		{Name: "detection", Offset: unsafe.Offsetof(FilterConfig{}.Detection), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonDetection},
@@ -21,8 +22,12 @@ var jsonFilterConfig = &strictjson.Type{
 }
 
 var jsonWorkload = &strictjson.Type{
-	Name: "wire.Workload",
-	Size: unsafe.Sizeof(Workload{}),
+	Name:    "wire.Workload",
+	Size:    unsafe.Sizeof(Workload{}),
+	New:     strictjson.New[Workload],
+	MapMake: strictjson.MapMake[Workload],
+	MapNil:  strictjson.MapNil[Workload],
+	MapPut:  strictjson.MapPut[Workload],
 	Fields: []strictjson.Field{
 		{Name: "id", Offset: unsafe.Offsetof(Workload{}.ID), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "namespace", Offset: unsafe.Offsetof(Workload{}.Namespace), Kind: strictjson.KString, OmitEmpty: true},

@@ -46,8 +46,16 @@ const EventsPath = "/v1/events"
 type FilterConfig struct {
 	// Bundle is a policies.Bundle, JSON encoded.
 	Bundle json.RawMessage `json:"bundle"`
-	// Workload is the workload the filter protects.
-	Workload Workload `json:"workload"`
+	// Workload is the workload the filter protects. When it is empty the
+	// filter finds its workload in Workloads.
+	Workload Workload `json:"workload,omitzero"`
+	// Workloads maps the key of every workload of a mesh ("<name>.<namespace>")
+	// to its description, so that one configuration serves every proxy of
+	// the mesh: the filter looks up its Envoy node's cluster (property
+	// node.cluster), then its node ID (node.id), as the control plane does
+	// when it picks a node's snapshot. A node found in neither fails closed.
+	// Ignored when Workload is set.
+	Workloads map[string]Workload `json:"workloads,omitempty"`
 	// RequireMTLS denies requests that did not arrive over mTLS.
 	RequireMTLS bool `json:"requireMtls,omitempty"`
 	// ControlPlane is where events go.

@@ -183,6 +183,12 @@ func (sdkHost) SetSharedData(key string, value []byte, cas uint32) error {
 	return proxywasm.SetSharedData(key, value, cas)
 }
 
+// Property reads a proxy-wide property (the node's), at configuration time.
+func (sdkHost) Property(p filtercore.Prop) ([]byte, bool) {
+	v, err := proxywasm.GetProperty(p.Path)
+	return v, err == nil
+}
+
 // sdkStream adapts the current HTTP stream's host calls. scratch is the
 // VM's header slice, reused by every request.
 type sdkStream struct{ scratch *[][2]string }

@@ -226,3 +226,58 @@ func (d *hostDriver) Events(*testing.T) []wire.Event {
 }
 
 func TestScenariosCompiledModule(t *testing.T) { scenario.Run(t, newHostDriver) }
+
+// TestMeshWideConfigPicksTheNodesWorkload runs the compiled filter with a
+// configuration shaped as the control plane sends it over ECDS (every
+// workload of the mesh listed, none named): the filter scopes policy to
+// the workload of its node (node.cluster), and a node the list does not
+// hold fails to start rather than guess.
+func TestMeshWideConfigPicksTheNodesWorkload(t *testing.T) {
+	var fc wire.FilterConfig
+	if err := json.Unmarshal(scenario.Config(t, scenario.Options{}), &fc); err != nil {
+		t.Fatal(err)
+	}
+	fc.Workloads = map[string]wire.Workload{
+		"orders.shop":  fc.Workload,
+		"stock.supply": {ID: "spiffe://mesh.test/ns/supply/sa/stock", Namespace: "supply", Service: "stock"},
+	}
+	fc.Workload = wire.Workload{}
+	cfg, err := json.Marshal(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(cluster string) (*host.Host, error) {
+		return host.New(context.Background(), filterWasm, host.Config{
+			PluginConfig: cfg, VMs: 1, ManualTicks: true, CompilationCache: cache,
+			Properties: host.Properties{}.SetString("node.id", cluster+"-1").SetString("node.cluster", cluster),
+		})
+	}
+	// The shop namespace's policy refuses the intruder; nothing guards
+	// the supply namespace.
+	for _, tc := range []struct {
+		cluster   string
+		forwarded bool
+	}{{"orders.shop", false}, {"stock.supply", true}} {
+		h, err := start(tc.cluster)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.cluster, err)
+		}
+		props := host.Properties{}.SetString("connection.uri_san_peer_certificate", scenario.Intruder).
+			SetBool("connection.mtls", true).SetString("xds.route_name", "orders-api")
+		res, err := h.HandleRequest(context.Background(), host.Request{
+			Headers:    [][2]string{{":method", "GET"}, {":path", "/api/x"}, {":authority", "x"}, {":scheme", "http"}},
+			Properties: props,
+		}, func(context.Context, host.UpstreamRequest) host.Response { return host.Response{Status: 200} })
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Forwarded != tc.forwarded {
+			t.Errorf("node %s: forwarded=%v, want %v", tc.cluster, res.Forwarded, tc.forwarded)
+		}
+	}
+	if h, err := start("db.shop"); err == nil {
+		h.Close()
+		t.Fatal("a node the configuration does not list started")
+	}
+}

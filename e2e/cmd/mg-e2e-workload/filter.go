@@ -20,7 +20,6 @@ import (
 
 	"github.com/meshguard/meshguard/controlplane/xds"
 	"github.com/meshguard/meshguard/internal/envoyemu"
-	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/host"
 )
 
@@ -105,13 +104,12 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 		h     *host.Host
 		first = make(chan struct{})
 	)
+	node := &corev3.Node{Id: o.name + "-" + fmt.Sprint(os.Getpid()), Cluster: o.nodeCluster}
+	// The configuration lists the mesh's workloads; the filter finds its
+	// own by the node, as under Envoy.
+	hc.Properties = envoyemu.NodeProperties(node)
 	client := &envoyemu.ECDSClient{
-		Conn: cc, Log: log,
-		Node: &corev3.Node{Id: o.name + "-" + fmt.Sprint(os.Getpid()), Cluster: o.nodeCluster},
-		// WORKAROUND (reported): the control plane's ADS cache answers a
-		// TypedExtensionConfig request only when it names every resource
-		// of that type; Envoy would ask for meshguard-wasm alone.
-		ResourceNames: []string{wire.FilterConfigName, wire.BundleResourceName},
+		Conn: cc, Log: log, Node: node,
 		Apply: func(cfg []byte) error {
 			mu.Lock()
 			defer mu.Unlock()

@@ -108,9 +108,21 @@ func structs(roots []reflect.Type) []reflect.Type {
 }
 
 type field struct {
-	goName, name string
-	omitempty    bool
-	typ          reflect.Type
+	goName, name        string
+	omitempty, omitzero bool
+	typ                 reflect.Type
+}
+
+// encodable panics when a type reached from an encode root uses what only
+// the decoder supports (omitzero, maps of structs).
+func encodable(roots []reflect.Type) {
+	for _, st := range structs(roots) {
+		for _, f := range fields(st) {
+			if k, _ := kind(f.typ); f.omitzero || k == "KStructMap" {
+				panic(fmt.Sprintf("%s.%s: omitzero and maps of structs can be decoded, not encoded", st, f.goName))
+			}
+		}
+	}
 }
 
 func fields(t reflect.Type) []field {
@@ -128,12 +140,17 @@ func fields(t reflect.Type) []field {
 		if name == "" {
 			name = f.Name
 		}
+		omitzero := false
 		for _, o := range strings.Split(opts, ",") {
-			if o != "" && o != "omitempty" {
+			switch o {
+			case "", "omitempty":
+			case "omitzero":
+				omitzero = true // only matters when encoding: see encodable
+			default:
 				panic(fmt.Sprintf("%s.%s: json option %q is not supported", t, f.Name, o))
 			}
 		}
-		out = append(out, field{goName: f.Name, name: name, omitempty: strings.Contains(opts, "omitempty"), typ: f.Type})
+		out = append(out, field{goName: f.Name, name: name, omitempty: strings.Contains(opts, "omitempty"), omitzero: omitzero, typ: f.Type})
 	}
 	return out
 }
@@ -149,11 +166,12 @@ func generate(t target) ([]byte, error) {
 	g.p("")
 	g.p("\t\"github.com/meshguard/meshguard/policies/internal/strictjson\"")
 	g.p(")")
+	encodable(t.encode)
 	all := structs(append(append([]reflect.Type(nil), t.decode...), t.encode...))
 	// What the tables need besides the field lists: New for pointer
 	// elements, Grow for slice elements, and a decoder for each type with
 	// its own UnmarshalJSON.
-	news, grows := map[reflect.Type]bool{}, map[reflect.Type]bool{}
+	news, grows, maps := map[reflect.Type]bool{}, map[reflect.Type]bool{}, map[reflect.Type]bool{}
 	var customs []reflect.Type
 	for _, st := range all {
 		for _, f := range fields(st) {
@@ -162,6 +180,8 @@ func generate(t target) ([]byte, error) {
 				news[elem] = true
 			case "KStructs":
 				grows[elem] = true
+			case "KStructMap":
+				news[elem], maps[elem] = true, true
 			case "KCustom":
 				if !slices.Contains(customs, f.typ) {
 					customs = append(customs, f.typ)
@@ -179,6 +199,11 @@ func generate(t target) ([]byte, error) {
 		}
 		if grows[st] {
 			g.p("Grow: strictjson.Grow[%s],", st.Name())
+		}
+		if maps[st] {
+			g.p("MapMake: strictjson.MapMake[%s],", st.Name())
+			g.p("MapNil: strictjson.MapNil[%s],", st.Name())
+			g.p("MapPut: strictjson.MapPut[%s],", st.Name())
 		}
 		g.p("Fields: []strictjson.Field{")
 		for _, f := range fields(st) {
@@ -264,6 +289,9 @@ func kind(t reflect.Type) (string, reflect.Type) {
 	case reflect.Map:
 		if t == reflect.TypeFor[map[string]string]() {
 			return "KStringMap", nil
+		}
+		if t.Key().Kind() == reflect.String && t.Key().Name() == "string" && t.Elem().Kind() == reflect.Struct {
+			return "KStructMap", t.Elem()
 		}
 	}
 	panic(fmt.Sprintf("type %s is not supported", t))

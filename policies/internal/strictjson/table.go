@@ -25,6 +25,7 @@ const (
 	KStringMap              // map[string]string
 	KRaw                    // json.RawMessage (decoding only)
 	KCustom                 // decoded by Field.Decode, encoded as KString
+	KStructMap              // map[string]S, S described by Field.Type (decoding only)
 )
 
 // Type describes a struct type for the interpreter.
@@ -36,6 +37,12 @@ type Type struct {
 	// one zero element to the slice it points to (for KStructs fields).
 	New  func() unsafe.Pointer
 	Grow func(slice unsafe.Pointer)
+	// Map operations on a map[string]T field at m (for KStructMap fields
+	// whose element type this is): make it if nil, set it to nil, store
+	// the value at v under key.
+	MapMake func(m unsafe.Pointer)
+	MapNil  func(m unsafe.Pointer)
+	MapPut  func(m unsafe.Pointer, key string, v unsafe.Pointer)
 }
 
 // Field is one JSON member of a struct.
@@ -50,6 +57,21 @@ type Field struct {
 
 // New is Type.New for T.
 func New[T any]() unsafe.Pointer { return unsafe.Pointer(new(T)) }
+
+// MapMake is Type.MapMake for T.
+func MapMake[T any](m unsafe.Pointer) {
+	if mp := (*map[string]T)(m); *mp == nil {
+		*mp = map[string]T{}
+	}
+}
+
+// MapNil is Type.MapNil for T.
+func MapNil[T any](m unsafe.Pointer) { *(*map[string]T)(m) = nil }
+
+// MapPut is Type.MapPut for T.
+func MapPut[T any](m unsafe.Pointer, key string, v unsafe.Pointer) {
+	(*(*map[string]T)(m))[key] = *(*T)(v)
+}
 
 // Grow is Type.Grow for T.
 func Grow[T any](p unsafe.Pointer) {
@@ -138,6 +160,8 @@ func (d *Decoder) decodeField(f *Field, p unsafe.Pointer) {
 		d.structs(f.Type, p)
 	case KStringMap:
 		d.StringMap((*map[string]string)(p))
+	case KStructMap:
+		d.structMap(f.Type, p)
 	case KRaw:
 		if raw := d.Raw(); raw != nil {
 			b := (*[]byte)(p)
@@ -146,6 +170,35 @@ func (d *Decoder) decodeField(f *Field, p unsafe.Pointer) {
 	case KCustom:
 		f.Decode(d, p)
 	}
+}
+
+// structMap decodes an object into the map[string]S at p with
+// encoding/json's semantics: null is a nil map; an existing map is added
+// to; each member is decoded into a fresh zero S (a repeated key replaces
+// the earlier value; a null member stores the zero S).
+func (d *Decoder) structMap(t *Type, p unsafe.Pointer) {
+	if d.err != nil {
+		return
+	}
+	if d.Null() {
+		t.MapNil(p)
+		return
+	}
+	what := "map[string]" + t.Name
+	if d.peek() != '{' {
+		d.mismatch(what)
+		return
+	}
+	t.MapMake(p)
+	d.Object(what, func(key []byte) bool {
+		k := string(key)
+		v := t.New()
+		d.DecodeStruct(t, v)
+		if d.err == nil {
+			t.MapPut(p, k, v)
+		}
+		return true
+	})
 }
 
 // structs decodes an array into the slice of structs at p with
@@ -276,5 +329,7 @@ func (e *Encoder) encodeField(f *Field, p unsafe.Pointer) {
 		e.StringMap(*(*map[string]string)(p))
 	case KRaw:
 		panic("strictjson: encoding raw JSON is not supported")
+	case KStructMap:
+		panic("strictjson: encoding a map of structs is not supported")
 	}
 }

@@ -41,7 +41,7 @@ func BenchmarkAllowedRequest(b *testing.B) {
 
 // BenchmarkDecide is the policy engine's share of the allow path.
 func BenchmarkDecide(b *testing.B) {
-	cfg, err := ParseConfig(scenario.Config(b, scenario.Options{}))
+	cfg, err := ParseConfig(scenario.Config(b, scenario.Options{}), Node{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -37,11 +37,18 @@ type Config struct {
 // Version is the bundle version.
 func (c *Config) Version() string { return c.snap.Version() }
 
+// Node identifies the proxy the filter runs in: Envoy's node.cluster and
+// node.id. It selects the workload when the configuration lists every
+// workload of a mesh rather than naming one.
+type Node struct {
+	Cluster, ID string
+}
+
 // ParseConfig decodes the plugin configuration strictly (unknown fields are
 // errors), decodes and verifies the bundle, compiles it with the policy
 // engine and compiles the detection settings. It reports every problem it
 // can find at once.
-func ParseConfig(data []byte) (*Config, error) {
+func ParseConfig(data []byte, node Node) (*Config, error) {
 	fc, err := wire.DecodeFilterConfig(data)
 	if err != nil {
 		return nil, fmt.Errorf("plugin configuration: %w", err)
@@ -61,7 +68,10 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	c.snap = snap
 
-	w := fc.Workload
+	w, err := workloadOf(&fc, node)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	c.target = policies.Target{Namespace: w.Namespace, Labels: w.Labels, Service: w.Service, Gateway: w.Gateway}
 	if w.ID != "" {
 		id, err := spiffeid.FromString(w.ID)
@@ -119,4 +129,25 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, fmt.Errorf("plugin configuration (bundle %s): %w", b.Version, err)
 	}
 	return c, nil
+}
+
+// workloadOf is the workload the configuration names, or the one it lists
+// for node: by cluster, then by ID, as the control plane picks a node's
+// snapshot. A node the list does not hold has no workload to protect, and
+// its filter must not run with a guessed one.
+func workloadOf(fc *wire.FilterConfig, node Node) (wire.Workload, error) {
+	if !isZeroWorkload(&fc.Workload) || fc.Workloads == nil {
+		return fc.Workload, nil
+	}
+	if w, ok := fc.Workloads[node.Cluster]; ok && node.Cluster != "" {
+		return w, nil
+	}
+	if w, ok := fc.Workloads[node.ID]; ok && node.ID != "" {
+		return w, nil
+	}
+	return wire.Workload{}, fmt.Errorf("workloads: none for node cluster %q or node id %q", node.Cluster, node.ID)
+}
+
+func isZeroWorkload(w *wire.Workload) bool {
+	return w.ID == "" && w.Namespace == "" && len(w.Labels) == 0 && w.Service == "" && w.Gateway == ""
 }

@@ -24,6 +24,7 @@ type fakeHost struct {
 	shared   map[string]sharedVal
 	calls    []fakeCall
 	failCall bool
+	props    map[string][]byte // proxy-wide properties by dotted path
 }
 
 type sharedVal struct {
@@ -61,6 +62,10 @@ func (h *fakeHost) Log(l Level, msg string)           { h.logs = append(h.logs, 
 func (h *fakeHost) Now() int64                        { return h.now }
 func (h *fakeHost) DefineCounter(name string) Counter { return fakeCounter{h, name} }
 func (h *fakeHost) DefineGauge(name string) Gauge     { return fakeGauge{h, name} }
+func (h *fakeHost) Property(p Prop) ([]byte, bool) {
+	v, ok := h.props[strings.Join(p.Path, ".")]
+	return v, ok
+}
 func (h *fakeHost) SharedData(k string) ([]byte, uint32, error) {
 	v, ok := h.shared[k]
 	if !ok {

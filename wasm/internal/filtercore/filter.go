@@ -90,7 +90,7 @@ func (vm *VM) NewPlugin() *Plugin {
 // Configure parses and installs a configuration. On error the previous
 // configuration (if any) stays in force and the error is logged.
 func (p *Plugin) Configure(data []byte) error {
-	cfg, err := ParseConfig(data)
+	cfg, err := ParseConfig(data, p.vm.node())
 	if err != nil {
 		p.vm.m.configErr.Add(1)
 		p.vm.host.Log(LevelCritical, "meshguard: invalid plugin configuration, refusing it: "+err.Error())
@@ -115,6 +115,18 @@ func (p *Plugin) Configure(data []byte) error {
 // Done hands the batched counters to the host, for a plugin context
 // that is going away.
 func (p *Plugin) Done() { p.vm.m.flush() }
+
+// node reads the Envoy node's identity from the proxy.
+func (vm *VM) node() Node {
+	var n Node
+	if v, ok := vm.host.Property(PropNodeCluster); ok {
+		n.Cluster = string(v)
+	}
+	if v, ok := vm.host.Property(PropNodeID); ok {
+		n.ID = string(v)
+	}
+	return n
+}
 
 // TickMillis is the tick period the plugin wants.
 func (p *Plugin) TickMillis() uint32 {

@@ -19,7 +19,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"bundle":{},"detection":{"capacity":-1,"maxEvents":99999999}}`))
 	f.Add([]byte(strings.Replace(string(good), `"tickMillis":200`, `"tickMillis":0,"path":"events"`, 1)))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseConfig(data)
+		cfg, err := ParseConfig(data, Node{})
 		if err != nil {
 			if cfg != nil {
 				t.Fatal("config returned with an error")

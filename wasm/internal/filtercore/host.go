@@ -28,6 +28,9 @@ type Host interface {
 	// with compare-and-swap.
 	SharedData(key string) (value []byte, cas uint32, err error)
 	SetSharedData(key string, value []byte, cas uint32) error
+	// Property returns a proxy-wide property (node.cluster, node.id),
+	// ok=false when it is absent.
+	Property(p Prop) (value []byte, ok bool)
 }
 
 // Counter is a monotonic metric.
@@ -71,4 +74,8 @@ var (
 	PropDestAddr   = newProp("destination", "address")
 	PropRouteName  = newProp("xds", "route_name")
 	PropConnID     = newProp("connection", "id")
+	// The Envoy node, read when the configuration lists the workloads of a
+	// whole mesh (wire.FilterConfig.Workloads).
+	PropNodeCluster = newProp("node", "cluster")
+	PropNodeID      = newProp("node", "id")
 )
