@@ -32,6 +32,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -165,13 +166,32 @@ func TestHelmChart(t *testing.T) {
 			values: nil,
 			want: map[string]int{
 				"*v1.Deployment": 2, "*v1.Service": 2, "*v1.ServiceAccount": 2, "*v1.PodDisruptionBudget": 2,
-				// Nothing meshguard runs reads the Kubernetes API yet.
-				"*v1.ClusterRole": 0, "*v1.ClusterRoleBinding": 0, "*v1.Role": 0, "*v1.RoleBinding": 0,
+				// The control plane watches the cluster and elects a leader.
+				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 1, "*v1.RoleBinding": 1,
 				"*v1.CustomResourceDefinition": len(crdgen.Kinds),
 			},
 			check: func(t *testing.T, objs []rendered) {
 				checkWorkloads(t, objs)
 				checkArgs(t, objs)
+				checkKubernetesAccess(t, objs, true, true)
+			},
+		},
+		{
+			name:   "control plane without the Kubernetes API",
+			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}}},
+			want:   map[string]int{"*v1.ClusterRole": 0, "*v1.ClusterRoleBinding": 0, "*v1.Role": 0, "*v1.RoleBinding": 0},
+			check: func(t *testing.T, objs []rendered) {
+				checkArgs(t, objs)
+				checkKubernetesAccess(t, objs, false, false)
+			},
+		},
+		{
+			name:   "watching without leader election",
+			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"leaderElection": false}}},
+			want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 0, "*v1.RoleBinding": 0},
+			check: func(t *testing.T, objs []rendered) {
+				checkArgs(t, objs)
+				checkKubernetesAccess(t, objs, true, false)
 			},
 		},
 		{
@@ -239,6 +259,100 @@ func TestHelmChart(t *testing.T) {
 			}
 			tt.check(t, objs)
 		})
+	}
+}
+
+// checkKubernetesAccess: with watch, the control plane runs with
+// --kubernetes, its API token, and a ClusterRole bound to its service
+// account that reads every kind it watches (Istio AuthorizationPolicies and
+// each meshguard CRD) and writes Events; with elect, --leader-election and a
+// Role on Leases in the release namespace. Without them, neither.
+func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
+	t.Helper()
+	for _, r := range objs {
+		dep, ok := r.obj.(*appsv1.Deployment)
+		if !ok || !strings.Contains(dep.Name, "controlplane") {
+			continue
+		}
+		ps := dep.Spec.Template.Spec
+		args := ps.Containers[0].Args
+		if slices.Contains(args, "--kubernetes") != watch || slices.Contains(args, "--leader-election") != elect {
+			t.Errorf("controlplane args %v (watch %v, elect %v)", args, watch, elect)
+		}
+		if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken != watch {
+			t.Errorf("automountServiceAccountToken %v, want %v", ps.AutomountServiceAccountToken, watch)
+		}
+		ns := false
+		for _, e := range ps.Containers[0].Env {
+			ns = ns || (e.Name == "POD_NAMESPACE" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace")
+		}
+		if !ns {
+			t.Error("controlplane has no POD_NAMESPACE (the Lease's namespace)")
+		}
+	}
+	if !watch {
+		return
+	}
+	can := func(rules []rbacv1.PolicyRule, group, resource, verb string) bool {
+		for _, r := range rules {
+			if slices.Contains(r.APIGroups, group) && slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) {
+				return true
+			}
+		}
+		return false
+	}
+	var lease *rbacv1.Role
+	var cluster *rbacv1.ClusterRole
+	bound := map[string]bool{}
+	for _, r := range objs {
+		switch o := r.obj.(type) {
+		case *rbacv1.ClusterRole:
+			cluster = o
+		case *rbacv1.Role:
+			lease = o
+		case *rbacv1.ClusterRoleBinding:
+			for _, s := range o.Subjects {
+				bound[o.RoleRef.Kind+"/"+o.RoleRef.Name+"→"+s.Namespace+"/"+s.Name] = true
+			}
+		case *rbacv1.RoleBinding:
+			for _, s := range o.Subjects {
+				bound[o.RoleRef.Kind+"/"+o.RoleRef.Name+"→"+s.Namespace+"/"+s.Name] = true
+			}
+		}
+	}
+	if cluster == nil {
+		t.Fatal("no ClusterRole")
+	}
+	for _, verb := range []string{"get", "list", "watch"} {
+		if !can(cluster.Rules, "security.istio.io", "authorizationpolicies", verb) {
+			t.Errorf("ClusterRole cannot %s authorizationpolicies", verb)
+		}
+		for _, k := range crdgen.Kinds {
+			if !can(cluster.Rules, crdgen.Group, k.Plural, verb) {
+				t.Errorf("ClusterRole cannot %s %s.%s", verb, k.Plural, crdgen.Group)
+			}
+		}
+	}
+	if !can(cluster.Rules, "", "events", "create") {
+		t.Error("ClusterRole cannot create events")
+	}
+	sa := "meshguard/meshguard-controlplane"
+	if !bound["ClusterRole/"+cluster.Name+"→"+sa] {
+		t.Errorf("ClusterRole %s not bound to %s: %v", cluster.Name, sa, bound)
+	}
+	if !elect {
+		return
+	}
+	if lease == nil {
+		t.Fatal("no Role for the leader-election Lease")
+	}
+	for _, verb := range []string{"get", "create", "update"} {
+		if !can(lease.Rules, "coordination.k8s.io", "leases", verb) {
+			t.Errorf("Role cannot %s leases", verb)
+		}
+	}
+	if lease.Namespace != "meshguard" || !bound["Role/"+lease.Name+"→"+sa] {
+		t.Errorf("Role %s/%s not bound to %s: %v", lease.Namespace, lease.Name, sa, bound)
 	}
 }
 
