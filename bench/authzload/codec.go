@@ -52,60 +52,42 @@ func (statusCodec) Unmarshal(data []byte, v any) error {
 	return nil
 }
 
-// checkStatusCode walks the top-level fields of an encoded CheckResponse
-// and returns status.code (0 when absent, as protobuf defaults it).
+// checkStatusCode returns status.code of an encoded CheckResponse (0 when
+// absent, as protobuf defaults it), checking that every field on the way is
+// well formed.
 func checkStatusCode(b []byte) (int32, error) {
-	var code int32
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0, protowire.ParseError(n)
-		}
-		b = b[n:]
-		if num == fieldCheckStatus && typ == protowire.BytesType {
-			msg, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return 0, protowire.ParseError(n)
-			}
-			b = b[n:]
-			c, err := statusCode(msg)
-			if err != nil {
-				return 0, err
-			}
-			code = c
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return 0, protowire.ParseError(n)
-		}
-		b = b[n:]
+	status, ok, err := lastField(b, fieldCheckStatus, protowire.BytesType)
+	if err != nil || !ok {
+		return 0, err
 	}
-	return code, nil
+	msg, _ := protowire.ConsumeBytes(status)
+	code, ok, err := lastField(msg, fieldStatusCode, protowire.VarintType)
+	if err != nil || !ok {
+		return 0, err
+	}
+	v, _ := protowire.ConsumeVarint(code)
+	return int32(v), nil
 }
 
-func statusCode(b []byte) (int32, error) {
-	var code int32
+// lastField returns the encoded value of the last field num of wire type
+// typ in the message b (the occurrence protobuf keeps for a scalar).
+func lastField(b []byte, num protowire.Number, typ protowire.Type) ([]byte, bool, error) {
+	var val []byte
+	found := false
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0, protowire.ParseError(n)
+		n, t, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return nil, false, protowire.ParseError(l)
 		}
-		b = b[n:]
-		if num == fieldStatusCode && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return 0, protowire.ParseError(n)
-			}
-			b = b[n:]
-			code = int32(v)
-			continue
+		b = b[l:]
+		vl := protowire.ConsumeFieldValue(n, t, b)
+		if vl < 0 {
+			return nil, false, protowire.ParseError(vl)
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return 0, protowire.ParseError(n)
+		if n == num && t == typ {
+			val, found = b[:vl], true
 		}
-		b = b[n:]
+		b = b[vl:]
 	}
-	return code, nil
+	return val, found, nil
 }

@@ -382,30 +382,43 @@ func (d *Decoder) number() (lit []byte, ok bool) {
 // Int decodes an integer that fits in bits into *v; null leaves it
 // unchanged.
 func (d *Decoder) Int(v *int64, bits int, target string) {
-	if d.err != nil || d.Null() {
-		return
-	}
-	start := d.pos
-	lit, ok := d.number()
-	if !ok {
-		d.mismatch(target)
-		return
-	}
-	if d.err != nil {
-		return
-	}
-	n, err := strconv.ParseInt(string(lit), 10, bits)
-	if err != nil {
-		d.pos = start
-		d.typeErr("number "+string(lit), target)
-		return
-	}
-	*v = n
+	d.parseNumber(target, func(lit string) error {
+		n, err := strconv.ParseInt(lit, 10, bits)
+		if err == nil {
+			*v = n
+		}
+		return err
+	})
 }
 
 // Uint decodes an unsigned integer that fits in bits into *v; null
 // leaves it unchanged.
 func (d *Decoder) Uint(v *uint64, bits int, target string) {
+	d.parseNumber(target, func(lit string) error {
+		n, err := strconv.ParseUint(lit, 10, bits)
+		if err == nil {
+			*v = n
+		}
+		return err
+	})
+}
+
+// Float64 decodes a number into *v; null leaves it unchanged.
+func (d *Decoder) Float64(v *float64) {
+	d.parseNumber("float64", func(lit string) error {
+		f, err := strconv.ParseFloat(lit, 64)
+		if err == nil {
+			*v = f
+		}
+		return err
+	})
+}
+
+// parseNumber reads a number literal for target and hands it to parse;
+// null is a no-op, a non-number a type mismatch, and a literal parse
+// refuses (out of range, a fraction for an integer) encoding/json's
+// "cannot unmarshal number N" error at the literal.
+func (d *Decoder) parseNumber(target string, parse func(lit string) error) {
 	if d.err != nil || d.Null() {
 		return
 	}
@@ -418,36 +431,10 @@ func (d *Decoder) Uint(v *uint64, bits int, target string) {
 	if d.err != nil {
 		return
 	}
-	n, err := strconv.ParseUint(string(lit), 10, bits)
-	if err != nil {
+	if err := parse(string(lit)); err != nil {
 		d.pos = start
 		d.typeErr("number "+string(lit), target)
-		return
 	}
-	*v = n
-}
-
-// Float64 decodes a number into *v; null leaves it unchanged.
-func (d *Decoder) Float64(v *float64) {
-	if d.err != nil || d.Null() {
-		return
-	}
-	start := d.pos
-	lit, ok := d.number()
-	if !ok {
-		d.mismatch("float64")
-		return
-	}
-	if d.err != nil {
-		return
-	}
-	f, err := strconv.ParseFloat(string(lit), 64)
-	if err != nil {
-		d.pos = start
-		d.typeErr("number "+string(lit), "float64")
-		return
-	}
-	*v = f
 }
 
 // Raw returns the next value's bytes, checked to be well-formed JSON.
