@@ -329,9 +329,7 @@ func socketAddr(a *corev3.Address) (netip.Addr, uint32) {
 // is refused rather than guessed at (a name with invalid bytes could
 // otherwise escape the x-meshguard- prefix check after case folding).
 func scanName(s string) (upper, ok bool) {
-	if strings.HasPrefix(s, ":") {
-		s = s[1:]
-	}
+	s = strings.TrimPrefix(s, ":")
 	if s == "" {
 		return false, false
 	}
