@@ -334,7 +334,11 @@ func (s *Summary) Render() string {
 			continue
 		}
 		seen[k] = true
-		fmt.Fprintf(&b, "  - %s by %s (response %s)\n", d.Detector, d.Source, d.Response)
+		resp := d.Response
+		if resp == "" {
+			resp = "none, reported only" // e.g. an unknown edge in shadow mode
+		}
+		fmt.Fprintf(&b, "  - %s by %s (response %s)\n", d.Detector, d.Source, resp)
 	}
 	fmt.Fprintf(&b, "quarantined         : %s\n", listOrNone(s.Quarantined))
 	fmt.Fprintf(&b, "denied while quarantined: %d\n", s.DeniedWhileQuarantined)
