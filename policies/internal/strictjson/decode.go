@@ -457,7 +457,7 @@ func (d *Decoder) Skip() {
 		return
 	}
 	switch c := d.peek(); c {
-	case '{', '[':
+	case '[':
 		if !d.enter() {
 			return
 		}
@@ -465,36 +465,12 @@ func (d *Decoder) Skip() {
 	}
 	switch c := d.peek(); c {
 	case '{':
-		d.pos++
-		if d.peek() == '}' {
-			d.pos++
-			return
-		}
-		for d.err == nil {
-			if d.peek() != '"' {
-				d.syntax("expected a string key")
-				return
-			}
-			d.unquote(d.scratch[:0])
-			if d.peek() != ':' {
-				d.syntax("expected ':' after an object key")
-				return
-			}
-			d.pos++
+		// Object checks the nesting depth and the object's syntax; every
+		// member is skipped.
+		d.Object("", func([]byte) bool {
 			d.Skip()
-			if d.err != nil {
-				return
-			}
-			switch d.peek() {
-			case ',':
-				d.pos++
-			case '}':
-				d.pos++
-				return
-			default:
-				d.syntax("expected ',' or '}' after an object value")
-			}
-		}
+			return true
+		})
 	case '[':
 		d.pos++
 		if d.peek() == ']' {
