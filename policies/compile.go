@@ -195,11 +195,7 @@ func forEachScope(s *Snapshot, f func(*scope)) {
 }
 
 func buildBucket(b *bucket) {
-	b.acts = 0
 	for i := range b.idx {
-		if len(b.idx[i].rules) > 0 {
-			b.acts |= 1 << i
-		}
 		b.idx[i].build()
 		if b.idx[i].hasDryRun {
 			b.hasDryRun = true

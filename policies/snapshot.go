@@ -121,7 +121,6 @@ type bucket struct {
 	defaultDeny [2]bool // [enforce, enforce+dry-run]
 	defaultRef  RuleRef
 	hasDryRun   bool
-	acts        uint8 // bit 1<<Action set when idx[Action] has rules (buildBucket)
 }
 
 type routeInfo struct {
@@ -440,33 +439,27 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 	var arr [maxBuckets]*bucket
 	bs := s.collect(a, ro, arr[:0], tr)
 
-	var acts uint8
-	dry := false
-	for _, b := range bs {
-		acts |= b.acts
-		dry = dry || b.hasDryRun
+	if c := firstOf(bs, ActionCustom, &rq, true, tr); c != nil {
+		d.Custom = c.pol.provider
 	}
-	if tr != nil {
-		acts = ^uint8(0) // explain records every action's rules
+	if c := firstOf(bs, ActionAudit, &rq, true, tr); c != nil {
+		d.Audit, d.AuditRef = true, c.ref
 	}
-	if acts&(1<<ActionCustom) != 0 {
-		if c := firstOf(bs, ActionCustom, &rq, true, tr); c != nil {
-			d.Custom = c.pol.provider
-		}
-	}
-	if acts&(1<<ActionAudit) != 0 {
-		if c := firstOf(bs, ActionAudit, &rq, true, tr); c != nil {
-			d.Audit, d.AuditRef = true, c.ref
-		}
-	}
-	v := verdict(bs, &rq, acts, false, tr)
+	v := verdict(bs, &rq, false, tr)
 	if !v.allowed {
 		d.Reason, d.Ref = v.reason, v.ref()
 		return routeMode(d, ro)
 	}
 	d.Allowed, d.Reason, d.Ref = true, v.reason, v.ref()
+	dry := false
+	for _, b := range bs {
+		if b.hasDryRun {
+			dry = true
+			break
+		}
+	}
 	if dry {
-		if sh := verdict(bs, &rq, acts, true, nil); !sh.allowed {
+		if sh := verdict(bs, &rq, true, nil); !sh.allowed {
 			d.Mode, d.WouldDeny, d.Reason, d.Ref = ModeDryRun, true, sh.reason, sh.ref()
 			tr.note("dry-run: %s would deny (%s)", d.Ref.Policy, d.Reason)
 		}
@@ -503,15 +496,13 @@ func (o outcome) ref() RuleRef {
 
 // verdict is DENY then ALLOW over the buckets. With dry set, dry-run rules
 // and policies count as enforced (the shadow decision).
-func verdict(bs []*bucket, rq *req, acts uint8, dry bool, tr *Trace) outcome {
+func verdict(bs []*bucket, rq *req, dry bool, tr *Trace) outcome {
 	mode := 0
 	if dry {
 		mode = 1
 	}
-	if acts&(1<<ActionDeny) != 0 {
-		if c := firstOf(bs, ActionDeny, rq, dry, tr); c != nil {
-			return outcome{reason: ReasonDeniedByPolicy, rule: c}
-		}
+	if c := firstOf(bs, ActionDeny, rq, dry, tr); c != nil {
+		return outcome{reason: ReasonDeniedByPolicy, rule: c}
 	}
 	allowPols := 0
 	var dd *RuleRef
@@ -524,10 +515,8 @@ func verdict(bs []*bucket, rq *req, acts uint8, dry bool, tr *Trace) outcome {
 	if allowPols == 0 && dd == nil {
 		return outcome{allowed: true, reason: ReasonAllowedNoPolicy}
 	}
-	if acts&(1<<ActionAllow) != 0 {
-		if c := firstOf(bs, ActionAllow, rq, dry, tr); c != nil {
-			return outcome{allowed: true, reason: ReasonAllowedByPolicy, rule: c}
-		}
+	if c := firstOf(bs, ActionAllow, rq, dry, tr); c != nil {
+		return outcome{allowed: true, reason: ReasonAllowedByPolicy, rule: c}
 	}
 	if allowPols == 0 {
 		return outcome{reason: ReasonDeniedDefault, dd: dd}
