@@ -374,6 +374,11 @@ func (w *Watcher) loop(ctx context.Context, src *sources) {
 // push converts everything in the informer caches and hands the set over.
 func (w *Watcher) push(ctx context.Context, src *sources, since time.Time) {
 	set, problems, counts, err := w.build(src)
+	// The gauges are set before the sink has the set, so that whoever
+	// sees the set also sees the counts that describe it.
+	for _, kind := range watchedKinds {
+		w.metrics.objects.WithLabelValues(kind).Set(float64(counts[kind]))
+	}
 	if err == nil {
 		err = w.opts.Sink.SetSource(w.opts.SourceName, set)
 	}
@@ -384,9 +389,6 @@ func (w *Watcher) push(ctx context.Context, src *sources, since time.Time) {
 	w.lastErr = err
 	w.lastSync = time.Now()
 	w.mu.Unlock()
-	for _, kind := range watchedKinds {
-		w.metrics.objects.WithLabelValues(kind).Set(float64(counts[kind]))
-	}
 	if err != nil {
 		w.metrics.pushes.WithLabelValues("rejected").Inc()
 		w.log.Error("policy set rejected; the last good bundle keeps serving", slog.String("source", w.opts.SourceName), slog.Any("error", err))
