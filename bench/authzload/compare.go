@@ -90,24 +90,37 @@ func compareMain(args []string) error {
 	fmt.Printf("servers: trivial always-OK (pid %d) and meshguard authz (pid %d), plaintext gRPC on loopback, same machine\n", triv.Process.Pid, mg.Process.Pid)
 	fmt.Println("the load generator runs in this process and decodes only status.code of each answer (see statusCodec)")
 	fmt.Printf("closed loop: concurrency %d over %d connections, %s per round, %d interleaved rounds\n", *conc, *conns, *dur, *rounds)
-	var trivRPS, mgRPS float64
+	type tally struct {
+		rps      float64
+		cpu      time.Duration
+		requests int64
+	}
+	var trivT, mgT tally
 	for r := 0; r < *rounds; r++ {
 		for _, s := range []struct {
 			name, addr string
-			sum        *float64
-		}{{"trivial", trivAddr, &trivRPS}, {"meshguard", mgAddr, &mgRPS}} {
-			res, err := load(ctx, loadConfig{addr: s.addr, mode: "max", concurrency: *conc, conns: *conns, duration: *dur, warmup: time.Second}, reqs)
+			pid        int
+			sum        *tally
+		}{{"trivial", trivAddr, triv.Process.Pid, &trivT}, {"meshguard", mgAddr, mg.Process.Pid, &mgT}} {
+			res, err := load(ctx, loadConfig{addr: s.addr, mode: "max", concurrency: *conc, conns: *conns, duration: *dur, warmup: time.Second, serverPID: s.pid}, reqs)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			*s.sum += res.rps()
+			s.sum.rps += res.rps()
+			s.sum.cpu += res.serverCPU
+			s.sum.requests += res.requests
 			fmt.Printf("  round %d %-9s %s\n", r+1, s.name, res)
 		}
 	}
-	trivRPS /= float64(*rounds)
-	mgRPS /= float64(*rounds)
+	trivRPS := trivT.rps / float64(*rounds)
+	mgRPS := mgT.rps / float64(*rounds)
 	ratio := mgRPS / trivRPS
 	fmt.Printf("closed loop mean: trivial %.0f rps, meshguard %.0f rps, ratio %.3f (target >= 0.85: %s)\n", trivRPS, mgRPS, ratio, verdict(ratio >= 0.85))
+	if trivT.requests > 0 && mgT.requests > 0 && trivT.cpu > 0 {
+		tc := float64(trivT.cpu) / float64(trivT.requests) / float64(time.Microsecond)
+		mc := float64(mgT.cpu) / float64(mgT.requests) / float64(time.Microsecond)
+		fmt.Printf("server CPU per request (all rounds): trivial %.1fµs, meshguard %.1fµs, meshguard costs %.2fx the trivial server's CPU per request\n", tc, mc, mc/tc)
+	}
 
 	fmt.Printf("open loop: %.0f rps offered for %s, in-flight limit %d\n", *rate, *dur, *conc*8)
 	var mgP99 time.Duration

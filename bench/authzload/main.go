@@ -17,11 +17,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +68,10 @@ type loadConfig struct {
 	rate        float64
 	duration    time.Duration
 	warmup      time.Duration
+	// serverPID, when set, is the server process whose CPU time over the
+	// measured period is recorded (Linux /proc), the steadier figure on a
+	// shared machine: throughput moves with everything else that runs.
+	serverPID int
 }
 
 // result of one measurement.
@@ -72,6 +79,15 @@ type result struct {
 	requests, errors, allowed, denied int64
 	elapsed                           time.Duration
 	lat                               []time.Duration
+	serverCPU                         time.Duration // 0 when not measured
+}
+
+// cpuPerRequest is the server's CPU time per answered request.
+func (r *result) cpuPerRequest() time.Duration {
+	if r.requests == 0 {
+		return 0
+	}
+	return r.serverCPU / time.Duration(r.requests)
 }
 
 func (r *result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -85,8 +101,12 @@ func (r *result) quantile(q float64) time.Duration {
 }
 
 func (r *result) String() string {
-	return fmt.Sprintf("%9.0f rps  p50 %8s  p99 %8s  (n=%d allow=%d deny=%d errors=%d)",
-		r.rps(), r.quantile(0.50).Round(time.Microsecond), r.quantile(0.99).Round(time.Microsecond),
+	cpu := ""
+	if r.serverCPU > 0 {
+		cpu = fmt.Sprintf("  server CPU %5.1fµs/req", float64(r.cpuPerRequest())/float64(time.Microsecond))
+	}
+	return fmt.Sprintf("%9.0f rps  p50 %8s  p99 %8s%s  (n=%d allow=%d deny=%d errors=%d)",
+		r.rps(), r.quantile(0.50).Round(time.Microsecond), r.quantile(0.99).Round(time.Microsecond), cpu,
 		r.requests, r.allowed, r.denied, r.errors)
 }
 
@@ -133,7 +153,49 @@ func load(ctx context.Context, c loadConfig, reqs []*authv3.CheckRequest) (*resu
 			return nil, err
 		}
 	}
-	return measure(ctx, c, conns, reqs)
+	var before time.Duration
+	if c.serverPID > 0 {
+		var err error
+		if before, err = processCPU(c.serverPID); err != nil {
+			return nil, err
+		}
+	}
+	r, err := measure(ctx, c, conns, reqs)
+	if err == nil && c.serverPID > 0 {
+		var after time.Duration
+		if after, err = processCPU(c.serverPID); err == nil {
+			r.serverCPU = after - before
+		}
+	}
+	return r, err
+}
+
+// processCPU is the user+system CPU time pid has used, from
+// /proc/PID/stat (fields 14 and 15, in clock ticks of 1/100 s: the
+// kernel's USER_HZ on every Linux architecture Go supports).
+func processCPU(pid int) (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is parenthesised and may hold spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // utime, stime: fields 14 and 15 overall
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100), nil
 }
 
 func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClient, reqs []*authv3.CheckRequest) (*result, error) {
