@@ -163,6 +163,7 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 	forEachScope(s, (*scope).indexSelectors)
 	forEachScope(s, (*scope).indexPatterns)
 	s.nrules = c.ord
+	s.views = newViewCache()
 	return s, c.diags
 }
 

@@ -16,3 +16,21 @@ func EncodeSetJSON(s *Set) []byte {
 	s.encodeJSON(&e)
 	return e.B
 }
+
+// WithoutViews returns a copy of s that keeps no target views: every
+// decision takes the uncached path, as each did before views existed.
+func WithoutViews(s *Snapshot) *Snapshot {
+	c := *s
+	c.views = viewCache{}
+	return &c
+}
+
+// Views reports how many target views s holds and how many it can hold.
+func Views(s *Snapshot) (n, capacity int) {
+	for i := range s.views.slots {
+		if s.views.slots[i].Load() != nil {
+			n++
+		}
+	}
+	return n, len(s.views.slots)
+}

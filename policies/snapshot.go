@@ -13,7 +13,9 @@ import (
 const DefaultRootNamespace = "istio-system"
 
 // Snapshot is a compiled bundle: immutable, safe for concurrent use.
-// Decide allocates nothing for ordinary requests.
+// Decide allocates nothing for ordinary requests. The one thing a snapshot
+// fills in as it decides is its table of target views (views.go), which
+// changes no decision.
 type Snapshot struct {
 	version       string
 	hash          string
@@ -29,6 +31,7 @@ type Snapshot struct {
 	baseline    string // strongest baseline mode, "" without baselines
 	profiles    []cprofile
 	nrules      int
+	views       viewCache
 }
 
 // scope holds the buckets of one namespace (or of the mesh, for the root
@@ -40,8 +43,11 @@ type scope struct {
 	// that a workload's labels find their selectors with a few lookups.
 	selKeys  []string
 	selIndex []map[string][]*selectorBucket // parallel to selKeys: value → selectors
-	targets  map[targetKey]*bucket
-	patterns []patternBucket
+	// labelKeys are the keys any selector names, sorted: all that the
+	// scope reads of a target's labels.
+	labelKeys []string
+	targets   map[targetKey]*bucket
+	patterns  []patternBucket
 	// byWorkload indexes pattern buckets whose patterns are all exact IDs;
 	// globPatterns are the rest, matched one by one.
 	byWorkload   map[string][]*bucket
@@ -84,12 +90,14 @@ func (sc *scope) indexSelectors() {
 		return
 	}
 	keys := map[string]int{} // label key → position in selKeys
+	named := map[string]bool{}
 	for i := range sc.selectors {
 		sb := &sc.selectors[i]
 		names := sortedKeys(sb.labels)
 		sb.pairs = make([]labelPair, len(names))
 		for j, k := range names {
 			sb.pairs[j] = labelPair{k, sb.labels[k]}
+			named[k] = true
 		}
 		first := sb.pairs[0]
 		pos, ok := keys[first.k]
@@ -101,6 +109,7 @@ func (sc *scope) indexSelectors() {
 		}
 		sc.selIndex[pos][first.v] = append(sc.selIndex[pos][first.v], sb)
 	}
+	sc.labelKeys = sortedKeys(named)
 }
 
 type patternBucket struct {
@@ -436,35 +445,52 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		tr.note("%s; route %q allows it (DENY rules are matched against every reading)", rq.path.unsafe, a.Route)
 	}
 
-	var arr [maxBuckets]*bucket
-	bs := s.collect(a, ro, arr[:0], tr)
-
-	if c := firstOf(bs, ActionCustom, &rq, true, tr); c != nil {
-		d.Custom = c.pol.provider
-	}
-	if c := firstOf(bs, ActionAudit, &rq, true, tr); c != nil {
-		d.Audit, d.AuditRef = true, c.ref
-	}
-	v := verdict(bs, &rq, false, tr)
-	if !v.allowed {
-		d.Reason, d.Ref = v.reason, v.ref()
-		return routeMode(d, ro)
-	}
-	d.Allowed, d.Reason, d.Ref = true, v.reason, v.ref()
-	dry := false
-	for _, b := range bs {
-		if b.hasDryRun {
-			dry = true
-			break
+	// A target's buckets are resolved once and kept in the view cache; a
+	// route's own bucket and explain's trace take the uncached path.
+	cache := tr == nil && (ro == nil || ro.b == nil)
+	var h uint64
+	if cache {
+		h = s.views.hash(&a.Target)
+		if v := s.views.get(h, &a.Target); v != nil {
+			judge(&d, &v.applicable, &rq, nil)
+			return routeMode(d, ro)
 		}
 	}
-	if dry {
-		if sh := verdict(bs, &rq, true, nil); !sh.allowed {
-			d.Mode, d.WouldDeny, d.Reason, d.Ref = ModeDryRun, true, sh.reason, sh.ref()
+	var (
+		arr  [maxBuckets]*bucket
+		room [4][maxBuckets]*ruleIndex
+	)
+	bs := s.collect(a, ro, arr[:0], tr)
+	ap := sum(bs, &room)
+	ap.bs = bs
+	if cache {
+		s.views.put(h, s, &a.Target, bs)
+	}
+	judge(&d, &ap, &rq, tr)
+	return routeMode(d, ro)
+}
+
+// judge is Istio's order over what applies: CUSTOM, AUDIT, then DENY and
+// ALLOW, and the dry-run shadow of an allow.
+func judge(d *Decision, ap *applicable, rq *req, tr *Trace) {
+	if c := firstOf(ap, ActionCustom, rq, true, tr); c != nil {
+		d.Custom = c.pol.provider
+	}
+	if c := firstOf(ap, ActionAudit, rq, true, tr); c != nil {
+		d.Audit, d.AuditRef = true, c.ref
+	}
+	v := verdict(ap, rq, false, tr)
+	if !v.allowed {
+		d.Reason, d.Ref = v.reason, v.ref
+		return
+	}
+	d.Allowed, d.Reason, d.Ref = true, v.reason, v.ref
+	if ap.dry {
+		if sh := verdict(ap, rq, true, nil); !sh.allowed {
+			d.Mode, d.WouldDeny, d.Reason, d.Ref = ModeDryRun, true, sh.reason, sh.ref
 			tr.note("dry-run: %s would deny (%s)", d.Ref.Policy, d.Reason)
 		}
 	}
-	return d
 }
 
 // routeMode turns a deny into a would-deny on a route in dry-run.
@@ -480,71 +506,90 @@ func routeMode(d Decision, ro *routeInfo) Decision {
 type outcome struct {
 	allowed bool
 	reason  Reason
-	rule    *crule   // the deciding rule, if any
-	dd      *RuleRef // the default-deny policy, for ReasonDeniedDefault
+	ref     RuleRef // the deciding rule, or the DefaultDeny for ReasonDeniedDefault
 }
 
-func (o outcome) ref() RuleRef {
-	switch {
-	case o.rule != nil:
-		return o.rule.ref
-	case o.dd != nil:
-		return *o.dd
-	}
-	return RuleRef{}
-}
-
-// verdict is DENY then ALLOW over the buckets. With dry set, dry-run rules
+// verdict is DENY then ALLOW over what applies. With dry set, dry-run rules
 // and policies count as enforced (the shadow decision).
-func verdict(bs []*bucket, rq *req, dry bool, tr *Trace) outcome {
+func verdict(ap *applicable, rq *req, dry bool, tr *Trace) outcome {
 	mode := 0
 	if dry {
 		mode = 1
 	}
-	if c := firstOf(bs, ActionDeny, rq, dry, tr); c != nil {
-		return outcome{reason: ReasonDeniedByPolicy, rule: c}
+	if c := firstOf(ap, ActionDeny, rq, dry, tr); c != nil {
+		return outcome{reason: ReasonDeniedByPolicy, ref: c.ref}
 	}
-	allowPols := 0
-	var dd *RuleRef
-	for _, b := range bs {
-		allowPols += b.allowPols[mode]
-		if b.defaultDeny[mode] && dd == nil {
-			dd = &b.defaultRef
-		}
-	}
+	allowPols, dd := ap.allowPols[mode], ap.defaultDeny[mode]
 	if allowPols == 0 && dd == nil {
 		return outcome{allowed: true, reason: ReasonAllowedNoPolicy}
 	}
-	if c := firstOf(bs, ActionAllow, rq, dry, tr); c != nil {
-		return outcome{allowed: true, reason: ReasonAllowedByPolicy, rule: c}
+	if c := firstOf(ap, ActionAllow, rq, dry, tr); c != nil {
+		return outcome{allowed: true, reason: ReasonAllowedByPolicy, ref: c.ref}
 	}
 	if allowPols == 0 {
-		return outcome{reason: ReasonDeniedDefault, dd: dd}
+		return outcome{reason: ReasonDeniedDefault, ref: *dd}
 	}
 	return outcome{reason: ReasonDeniedNoMatch}
 }
 
-func firstOf(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule {
+// firstOf is the first rule in order of the action that matches, over
+// every applicable bucket.
+func firstOf(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule {
 	if tr != nil {
-		return explainFirst(bs, act, rq, dry, tr)
+		return explainFirst(ap.bs, act, rq, dry, tr)
 	}
 	var best *crule
 	limit := maxInt
-	for _, b := range bs {
-		if c := b.idx[act].first(rq, limit, dry); c != nil {
+	for _, ix := range ap.idx[act] {
+		if c := ix.first(rq, limit, dry); c != nil {
 			best, limit = c, c.ord
 		}
 	}
 	return best
 }
 
+// applicable is what applies to one request: the buckets collect found for
+// its target and route, in order, and their sums. idx holds, per action,
+// the indexes of the buckets that have rules for it, so that an action no
+// bucket has costs nothing.
+type applicable struct {
+	bs          []*bucket
+	idx         [4][]*ruleIndex
+	allowPols   [2]int      // ALLOW policies: [enforce, enforce+dry-run]
+	defaultDeny [2]*RuleRef // the first DefaultDeny in bucket order: [enforce, enforce+dry-run]
+	dry         bool        // some bucket has dry-run rules or policies
+}
+
+// sum is what applies with the buckets bs, but for bs itself. The lists of
+// indexes start in room, when given (a decision's stack).
+func sum(bs []*bucket, room *[4][maxBuckets]*ruleIndex) applicable {
+	var ap applicable
+	if room != nil {
+		for act := range ap.idx {
+			ap.idx[act] = room[act][:0]
+		}
+	}
+	for _, b := range bs {
+		for act := range b.idx {
+			if len(b.idx[act].rules) > 0 {
+				ap.idx[act] = append(ap.idx[act], &b.idx[act])
+			}
+		}
+		for m := range ap.allowPols {
+			ap.allowPols[m] += b.allowPols[m]
+			if b.defaultDeny[m] && ap.defaultDeny[m] == nil {
+				ap.defaultDeny[m] = &b.defaultRef
+			}
+		}
+		ap.dry = ap.dry || b.hasDryRun
+	}
+	return ap
+}
+
 // collect appends the buckets that apply to the request's target and route.
 func (s *Snapshot) collect(a *Attributes, ro *routeInfo, bs []*bucket, tr *Trace) []*bucket {
 	t := &a.Target
-	ns := t.Namespace
-	if ns == "" {
-		ns, _ = sourceNamespace(t.ID)
-	}
+	ns := targetNamespace(t)
 	bs = s.mesh.collect(t, bs)
 	if ns != "" && ns != s.rootNS {
 		if sc := s.namespaces[ns]; sc != nil {
@@ -565,6 +610,15 @@ func (s *Snapshot) collect(a *Attributes, ro *routeInfo, bs []*bucket, tr *Trace
 		}
 	}
 	return bs
+}
+
+// targetNamespace is the target's namespace: as given, or read from its ID.
+func targetNamespace(t *Target) string {
+	if t.Namespace != "" {
+		return t.Namespace
+	}
+	ns, _ := sourceNamespace(t.ID)
+	return ns
 }
 
 func (sc *scope) collect(t *Target, bs []*bucket) []*bucket {
