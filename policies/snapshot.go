@@ -434,13 +434,15 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 	if a.Method == "" || a.Path == "" {
 		d.Reason = ReasonDeniedInvalidReq
 		tr.note("request has no method or no path")
-		return routeMode(d, ro)
+		routeMode(&d, ro)
+		return d
 	}
 	if rq.path.unsafe != "" {
 		if ro == nil || !ro.spec.AllowUnsafePaths {
 			d.Reason = ReasonDeniedUnsafePath
 			tr.note("%s", rq.path.unsafe)
-			return routeMode(d, ro)
+			routeMode(&d, ro)
+			return d
 		}
 		tr.note("%s; route %q allows it (DENY rules are matched against every reading)", rq.path.unsafe, a.Route)
 	}
@@ -453,7 +455,8 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		h = s.views.hash(&a.Target)
 		if v := s.views.get(h, &a.Target); v != nil {
 			judge(&d, &v.applicable, &rq, nil)
-			return routeMode(d, ro)
+			routeMode(&d, ro)
+			return d
 		}
 	}
 	var (
@@ -467,7 +470,8 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		s.views.put(h, s, &a.Target, bs)
 	}
 	judge(&d, &ap, &rq, tr)
-	return routeMode(d, ro)
+	routeMode(&d, ro)
+	return d
 }
 
 // judge is Istio's order over what applies: CUSTOM, AUDIT, then DENY and
@@ -494,12 +498,11 @@ func judge(d *Decision, ap *applicable, rq *req, tr *Trace) {
 }
 
 // routeMode turns a deny into a would-deny on a route in dry-run.
-func routeMode(d Decision, ro *routeInfo) Decision {
+func routeMode(d *Decision, ro *routeInfo) {
 	if d.Allowed || ro == nil || ro.spec.Mode != ModeDryRun {
-		return d
+		return
 	}
 	d.Allowed, d.WouldDeny, d.Mode = true, true, ModeDryRun
-	return d
 }
 
 // outcome is verdict's answer: small, so that it is cheap to return.
