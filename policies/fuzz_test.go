@@ -65,6 +65,12 @@ func FuzzPathNormalization(f *testing.F) {
 			t.Fatalf("%s: %q (read as %q) allowed past DENY: %+v", norms[i], p, ref, d)
 		}
 		v := viewPath(p, norms[i])
+		// viewPath reads the path up to '?' or '#' in one pass: its readings
+		// are those of the path cut there, even when it finds the path
+		// clean and rewrites nothing.
+		if cut := stripQuery(p); v.norm != normalizePath(cut, norms[i]) || v.alt != aggressivePath(cut) {
+			t.Fatalf("%s: %q: readings %q, %q; of %q: %q, %q", norms[i], p, v.norm, v.alt, cut, normalizePath(cut, norms[i]), aggressivePath(cut))
+		}
 		if v.unsafe == "" {
 			if again := normalizePath(v.norm, norms[i]); again != v.norm {
 				t.Fatalf("%s: normalization not idempotent: %q -> %q -> %q", norms[i], p, v.norm, again)

@@ -33,7 +33,7 @@ func stripQuery(p string) string {
 }
 
 // special marks the bytes classifyPath must look at; every other byte of a
-// path is ordinary.
+// path is ordinary. '?' and '#' end the path.
 var special = func() (t [256]bool) {
 	for c := 0; c < 0x20; c++ {
 		t[c] = true
@@ -41,18 +41,18 @@ var special = func() (t [256]bool) {
 	for c := 0x7f; c < 256; c++ {
 		t[c] = true
 	}
-	t['\\'], t[';'], t['%'], t['/'] = true, true, true, true
+	t['\\'], t[';'], t['%'], t['/'], t['?'], t['#'] = true, true, true, true, true, true
 	return t
 }()
 
 // viewPath classifies and normalizes a path. It allocates only when the path
 // needs rewriting, which ordinary paths do not.
 func viewPath(raw, normalization string) pathView {
-	p := stripQuery(raw)
-	unsafe, clean := classifyPath(p)
+	p, unsafe, clean := classifyPath(raw)
 	if clean {
 		return pathView{norm: p, alt: p}
 	}
+	p = stripQuery(raw)
 	return pathView{
 		norm:   normalizePath(p, normalization),
 		alt:    aggressivePath(p),
@@ -74,49 +74,60 @@ func unhex(c byte) byte {
 	return c - 'A' + 10
 }
 
-// classifyPath returns why p is unsafe ("" if not) and whether it is clean:
-// already in every normal form, so that no rewriting is needed.
-func classifyPath(p string) (unsafe string, clean bool) {
-	if p == "" || p[0] != '/' {
-		return unsafeNoSlash, false
+// classifyPath reads the path of raw (raw up to its query or fragment) in
+// one pass, and returns why the path is unsafe ("" if not) and whether it is
+// clean: already in every normal form, so that no rewriting is needed. When
+// it is clean it also returns the path.
+//
+// Looking ahead from byte i never passes the end of the path: the byte that
+// ends it, if any, is '?' or '#', which is neither a hex digit, nor '/',
+// nor '.'.
+func classifyPath(raw string) (p, unsafe string, clean bool) {
+	if raw == "" || raw[0] != '/' {
+		return "", unsafeNoSlash, false
 	}
 	clean = true
-	for i := 0; i < len(p); i++ {
-		c := p[i]
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
 		if !special[c] {
 			continue
 		}
 		switch {
+		case c == '/':
+			if i+1 < len(raw) && (raw[i+1] == '/' || raw[i+1] == '.' && dotSegmentAt(raw, i+1)) {
+				clean = false
+			}
+		case c == '?' || c == '#':
+			if clean {
+				p = raw[:i]
+			}
+			return p, unsafe, clean
 		case c < 0x20 || c >= 0x7f:
-			return unsafeControl, false
+			return "", unsafeControl, false
 		case c == '\\':
 			unsafe, clean = firstReason(unsafe, unsafeBackslash), false
 		case c == ';':
 			unsafe, clean = firstReason(unsafe, unsafeSemicolon), false
 		case c == '%':
 			clean = false
-			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
-				return unsafeBadEscape, false
+			if i+2 >= len(raw) || !isHex(raw[i+1]) || !isHex(raw[i+2]) {
+				return "", unsafeBadEscape, false
 			}
-			v := unhex(p[i+1])<<4 | unhex(p[i+2])
+			v := unhex(raw[i+1])<<4 | unhex(raw[i+2])
 			switch {
 			case v == '/' || v == '\\':
 				unsafe = firstReason(unsafe, unsafeEscapedSlash)
 			case v == '%':
 				unsafe = firstReason(unsafe, unsafeDoubleEncoded)
 			case v < 0x20 || v >= 0x7f:
-				return unsafeControl, false
-			}
-		case c == '/':
-			if i+1 < len(p) && p[i+1] == '/' {
-				clean = false
-			}
-			if dotSegmentAt(p, i+1) {
-				clean = false
+				return "", unsafeControl, false
 			}
 		}
 	}
-	return unsafe, clean
+	if clean {
+		p = raw
+	}
+	return p, unsafe, clean
 }
 
 func firstReason(cur, r string) string {
@@ -126,15 +137,21 @@ func firstReason(cur, r string) string {
 	return r
 }
 
-// dotSegmentAt reports whether a "." or ".." segment starts at i.
+// dotSegmentAt reports whether a "." or ".." segment starts at i. A
+// segment ends at '/', at the end of p, or where the path ends in p (at '?'
+// or '#').
 func dotSegmentAt(p string, i int) bool {
 	if i >= len(p) || p[i] != '.' {
 		return false
 	}
-	if i+1 == len(p) || p[i+1] == '/' {
+	if segmentEnd(p, i+1) {
 		return true
 	}
-	return p[i+1] == '.' && (i+2 == len(p) || p[i+2] == '/')
+	return p[i+1] == '.' && segmentEnd(p, i+2)
+}
+
+func segmentEnd(p string, i int) bool {
+	return i == len(p) || p[i] == '/' || p[i] == '?' || p[i] == '#'
 }
 
 func isUnreserved(c byte) bool {
