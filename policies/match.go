@@ -71,7 +71,13 @@ type strSet []strMatcher
 
 func (ss strSet) match(s string) bool {
 	for i := range ss {
-		if ss[i].match(s) {
+		m := &ss[i]
+		if m.kind == strExact && !m.fold {
+			// the common case, without a call
+			if s == m.v {
+				return true
+			}
+		} else if m.match(s) {
 			return true
 		}
 	}
