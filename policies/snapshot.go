@@ -537,7 +537,16 @@ func verdict(ap *applicable, rq *req, dry bool, tr *Trace) outcome {
 
 // firstOf is the first rule in order of the action that matches, over
 // every applicable bucket.
+// It is small enough to inline, so that an action no bucket has rules for
+// (nor explain anything to record) costs only a length test.
 func firstOf(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule {
+	if len(ap.idx[act]) == 0 {
+		return nil
+	}
+	return firstAmong(ap, act, rq, dry, tr)
+}
+
+func firstAmong(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule {
 	if tr != nil {
 		return explainFirst(ap.bs, act, rq, dry, tr)
 	}
