@@ -23,16 +23,17 @@ type cpolicy struct {
 type crule struct {
 	// Fields read on every match first, so that a match touches as few
 	// cache lines as possible.
-	ord  int
-	dry  bool // mode is dry-run (set by seal)
-	deny bool
-	from []cfrom
-	to   []cto
-	when []ccond
-	jwt  *cjwt
-	pol  *cpolicy
-	ref  RuleRef
-	mode Mode // enforce or dry-run
+	ord     int
+	dry     bool // mode is dry-run (set by seal)
+	deny    bool
+	toFirst bool // match tests to before from, the cheaper first (set by seal)
+	from    []cfrom
+	to      []cto
+	when    []ccond
+	jwt     *cjwt
+	pol     *cpolicy
+	ref     RuleRef
+	mode    Mode // enforce or dry-run
 }
 
 // Bits of cfrom.set and cto.set: which fields a source or operation sets.
@@ -93,6 +94,39 @@ func (c *crule) seal() {
 			bit(tMethods, len(t.methods) > 0) | bit(tNotMethods, len(t.notMethods) > 0) |
 			bit(tPaths, len(t.paths) > 0) | bit(tNotPaths, len(t.notPaths) > 0)
 	}
+	// Test the cheaper of from and to first: most rules fail, and the
+	// cheaper test most often decides it alone.
+	fromCost, toCost := 0, 0
+	for i := range c.from {
+		fromCost = max(fromCost, c.from[i].cost())
+	}
+	for i := range c.to {
+		toCost = max(toCost, c.to[i].cost())
+	}
+	c.toFirst = toCost < fromCost
+}
+
+// cost is roughly what testing a source costs (seal must have set set):
+// reading the caller's namespace from its ID is dearer than matching its
+// ID against patterns, which is dearer than comparing its principal.
+func (f *cfrom) cost() int {
+	switch {
+	case f.set&fNamespaces != 0:
+		return 3
+	case f.set&(fIDs|fNotIDs) != 0:
+		return 2
+	}
+	return 1
+}
+
+// cost is roughly what testing an operation costs, on the scale of
+// cfrom.cost: matching paths or hosts is dearer than comparing the method
+// or the port.
+func (t *cto) cost() int {
+	if t.set&(tHosts|tNotHosts|tPaths|tNotPaths) != 0 {
+		return 2
+	}
+	return 1
 }
 
 type cfrom struct {
@@ -238,40 +272,61 @@ const (
 	whyJWT  = "JWT-SVID requirement not met"
 )
 
-func (c *crule) match(r *req) (bool, string) {
-	if len(c.from) > 0 {
-		ok := false
-		for i := range c.from {
-			if c.from[i].match(r, c.deny) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false, whyFrom
+// match reports whether the rule matches, testing its parts in the order
+// seal chose: a conjunction of pure tests, so the order changes only the
+// cost.
+func (c *crule) match(r *req) bool {
+	if c.toFirst {
+		return c.matchTo(r) && c.matchFrom(r) && c.matchWhen(r) && c.matchJWT(r)
+	}
+	return c.matchFrom(r) && c.matchTo(r) && c.matchWhen(r) && c.matchJWT(r)
+}
+
+// why is, for explain, the first part of the rule that does not match in
+// the order a policy writes them, or "" when the rule matches.
+func (c *crule) why(r *req) string {
+	switch {
+	case !c.matchFrom(r):
+		return whyFrom
+	case !c.matchTo(r):
+		return whyTo
+	case !c.matchWhen(r):
+		return whyWhen
+	case !c.matchJWT(r):
+		return whyJWT
+	}
+	return ""
+}
+
+func (c *crule) matchFrom(r *req) bool {
+	for i := range c.from {
+		if c.from[i].match(r, c.deny) {
+			return true
 		}
 	}
-	if len(c.to) > 0 {
-		ok := false
-		for i := range c.to {
-			if c.to[i].match(r, c.deny) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false, whyTo
+	return len(c.from) == 0
+}
+
+func (c *crule) matchTo(r *req) bool {
+	for i := range c.to {
+		if c.to[i].match(r, c.deny) {
+			return true
 		}
 	}
+	return len(c.to) == 0
+}
+
+func (c *crule) matchWhen(r *req) bool {
 	for i := range c.when {
 		if !c.when[i].match(r, c.deny) {
-			return false, whyWhen
+			return false
 		}
 	}
-	if c.jwt != nil && !c.jwt.match(r.a.JWT) {
-		return false, whyJWT
-	}
-	return true, ""
+	return true
+}
+
+func (c *crule) matchJWT(r *req) bool {
+	return c.jwt == nil || c.jwt.match(r.a.JWT)
 }
 
 // neg evaluates a negative field: when the attribute is absent, a deny-side

@@ -36,3 +36,36 @@ func TestExplainMatchesDecide(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainWhy: explain names the first part of a rule that does not
+// match in the order the policy writes them, whatever order the engine
+// tests them in.
+func TestExplainWhy(t *testing.T) {
+	s := compileYAML(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {notNamespaces: [ops]}}]
+    to: [{operation: {paths: ["/admin*"]}}]
+    when: [{key: "request.headers[x-debug]", values: ["1"]}]`)
+	for _, c := range []struct {
+		source, path, header, why string
+	}{
+		{"spiffe://cluster.local/ns/ops/sa/x", "/public", "", "source did not match (from)"},
+		{"spiffe://cluster.local/ns/shop/sa/x", "/public", "", "operation did not match (to)"},
+		{"spiffe://cluster.local/ns/shop/sa/x", "/admin", "", "a condition did not match (when)"},
+		{"spiffe://cluster.local/ns/shop/sa/x", "/admin", "1", ""},
+	} {
+		a := rq(c.source, "GET", c.path)
+		if c.header != "" {
+			a.Headers = policies.MapHeaders{"x-debug": c.header}
+		}
+		_, tr := s.Explain(a)
+		if len(tr.Steps) != 1 || tr.Steps[0].Why != c.why || tr.Steps[0].Matched != (c.why == "") {
+			t.Errorf("%s %s: steps %+v, want why %q", c.source, c.path, tr.Steps, c.why)
+		}
+	}
+}

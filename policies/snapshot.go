@@ -383,7 +383,7 @@ func firstIn(list []*crule, rq *req, limit int, dry bool) *crule {
 		if c.dry && !dry {
 			continue
 		}
-		if ok, _ := c.match(rq); ok {
+		if c.match(rq) {
 			return c
 		}
 	}
@@ -737,7 +737,10 @@ func explainFirst(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule
 			if c.mode == ModeDryRun && !dry {
 				continue
 			}
-			ok, why := c.match(rq)
+			ok, why := c.match(rq), ""
+			if !ok {
+				why = c.why(rq)
+			}
 			tr.Steps = append(tr.Steps, TraceStep{
 				Scope: b.name, Policy: c.ref.Policy, Rule: c.ref.Rule, Action: act.String(),
 				Mode: c.mode, Matched: ok, Why: why,
