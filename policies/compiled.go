@@ -129,24 +129,28 @@ func (t *cto) cost() int {
 	return 1
 }
 
+// cfrom and cto list the fields policies set most first, so that testing
+// them reads as few cache lines as possible.
 type cfrom struct {
 	set                             uint32 // f* bits (seal)
-	principals, notPrincipals       strSet
+	principals, namespaces          strSet
+	notPrincipals, notNamespaces    strSet
 	ids, notIDs                     idSet
 	trustDomains                    []string
 	reqPrincipals, notReqPrincipals strSet
-	namespaces, notNamespaces       strSet
 	ipBlocks, notIPBlocks           ipSet
 	remoteIPBlocks, notRemoteBlocks ipSet
 }
 
 type cto struct {
-	set                 uint32 // t* bits (seal)
-	hosts, notHosts     []hostMatcher
-	ports, notPorts     portSet
-	methods, notMethods strSet
-	paths, notPaths     []pathMatcher
-	routes              strSet
+	set             uint32 // t* bits (seal)
+	methods         strSet
+	paths           []pathMatcher
+	notMethods      strSet
+	notPaths        []pathMatcher
+	ports, notPorts portSet
+	hosts, notHosts []hostMatcher
+	routes          strSet
 }
 
 type hostMatcher struct {
