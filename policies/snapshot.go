@@ -540,7 +540,7 @@ func verdict(ap *applicable, rq *req, dry bool, tr *Trace) outcome {
 // It is small enough to inline, so that an action no bucket has rules for
 // (nor explain anything to record) costs only a length test.
 func firstOf(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule {
-	if len(ap.idx[act]) == 0 {
+	if ap.acts&(1<<act) == 0 {
 		return nil
 	}
 	return firstAmong(ap, act, rq, dry, tr)
@@ -549,6 +549,9 @@ func firstOf(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule {
 func firstAmong(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule {
 	if tr != nil {
 		return explainFirst(ap.bs, act, rq, dry, tr)
+	}
+	if m := ap.merged[act]; m != nil {
+		return firstIn(m, rq, maxInt, dry)
 	}
 	var best *crule
 	limit := maxInt
@@ -563,13 +566,18 @@ func firstAmong(ap *applicable, act Action, rq *req, dry bool, tr *Trace) *crule
 // applicable is what applies to one request: the buckets collect found for
 // its target and route, in order, and their sums. idx holds, per action,
 // the indexes of the buckets that have rules for it, so that an action no
-// bucket has costs nothing.
+// bucket has costs nothing. The fields a decision reads come first.
 type applicable struct {
-	bs          []*bucket
-	idx         [4][]*ruleIndex
+	// merged holds, per action, the rules of the indexes of idx in rule
+	// order when none of them is big enough to be indexed (in a view), so
+	// that finding the first match is one scan.
+	merged      [4][]*crule
+	acts        uint8       // bit 1<<action: idx[action] is not empty
+	dry         bool        // some bucket has dry-run rules or policies
 	allowPols   [2]int      // ALLOW policies: [enforce, enforce+dry-run]
 	defaultDeny [2]*RuleRef // the first DefaultDeny in bucket order: [enforce, enforce+dry-run]
-	dry         bool        // some bucket has dry-run rules or policies
+	idx         [4][]*ruleIndex
+	bs          []*bucket
 }
 
 // sum is what applies with the buckets bs, but for bs itself. The lists of
@@ -585,6 +593,7 @@ func sum(bs []*bucket, room *[4][maxBuckets]*ruleIndex) applicable {
 		for act := range b.idx {
 			if len(b.idx[act].rules) > 0 {
 				ap.idx[act] = append(ap.idx[act], &b.idx[act])
+				ap.acts |= 1 << act
 			}
 		}
 		for m := range ap.allowPols {

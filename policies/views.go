@@ -1,8 +1,10 @@
 package policies
 
 import (
+	"cmp"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"sync/atomic"
 )
 
@@ -38,16 +40,18 @@ func newViewCache() viewCache {
 
 // targetView is what applies to one target, and everything collect read to
 // find it: a target is the view's when it agrees on all of it.
+//
+// What every lookup compares comes first, in one cache line.
 type targetView struct {
-	applicable
 	id, ns string // Target.ID, and Target.Namespace as given
-	// byService: a scope of the target has targetRefs, so its buckets
-	// depend on Service and Gateway.
-	byService        bool
-	service, gateway string
 	// labels holds every label key that a selector of the target's scopes
 	// (the mesh's and its namespace's) names, with the target's value.
 	labels []labelValue
+	// byService: a scope of the target has targetRefs, so its buckets
+	// depend on Service and Gateway.
+	byService bool
+	applicable
+	service, gateway string
 }
 
 type labelValue struct {
@@ -133,6 +137,9 @@ func (c *viewCache) put(h uint64, s *Snapshot, t *Target, bs []*bucket) {
 func (s *Snapshot) newView(t *Target, bs []*bucket) *targetView {
 	// v.bs stays empty: only explain reads it, and explain takes no view.
 	v := &targetView{applicable: sum(bs, nil), id: t.ID.String(), ns: t.Namespace}
+	for act := range v.idx {
+		v.merged[act] = merge(v.idx[act])
+	}
 	keys := s.mesh.labelKeys
 	if ns := targetNamespace(t); ns != "" {
 		if sc := s.namespaces[ns]; sc != nil {
@@ -149,5 +156,49 @@ func (s *Snapshot) newView(t *Target, bs []*bucket) *targetView {
 		val, ok := t.Labels[k]
 		v.labels = append(v.labels, labelValue{key: k, value: val, present: ok})
 	}
+	v.packKey()
 	return v
+}
+
+// packKey copies the strings every lookup compares (the ID, the namespace,
+// the label values) into one allocation, so that comparing them reads one
+// or two cache lines, not one per request they came from.
+func (v *targetView) packKey() {
+	var b strings.Builder
+	n := len(v.id) + len(v.ns)
+	for i := range v.labels {
+		n += len(v.labels[i].value)
+	}
+	b.Grow(n)
+	b.WriteString(v.id)
+	b.WriteString(v.ns)
+	for i := range v.labels {
+		b.WriteString(v.labels[i].value)
+	}
+	all := b.String()
+	v.id, all = all[:len(v.id)], all[len(v.id):]
+	v.ns, all = all[:len(v.ns)], all[len(v.ns):]
+	for i := range v.labels {
+		l := &v.labels[i]
+		l.value, all = all[:len(l.value)], all[len(l.value):]
+	}
+}
+
+// merge is the rules of idx in rule order, or nil when one of idx is
+// indexed (scanning it whole would cost more than its index).
+func merge(idx []*ruleIndex) []*crule {
+	if len(idx) == 1 && idx[0].byPrincipal == nil {
+		return idx[0].rules // shared by every view of the bucket
+	}
+	var out []*crule
+	for _, ix := range idx {
+		if ix.byPrincipal != nil {
+			return nil
+		}
+		out = append(out, ix.rules...)
+	}
+	// A rule is in several buckets when its policy has several targetRefs:
+	// once is enough.
+	slices.SortFunc(out, func(a, b *crule) int { return cmp.Compare(a.ord, b.ord) })
+	return slices.Compact(out)
 }

@@ -17,10 +17,11 @@ import (
 
 // viewsSet scopes policies in every way collect distinguishes targets: the
 // mesh (root namespace) with and without selectors, a namespace with
-// multi-label selectors (one on a label's empty value), targetRefs (Service and Gateway, in a namespace
-// and in the root namespace), exact and glob workload patterns, DefaultDeny
-// in enforce and dry-run, dry-run ALLOW policies, AUDIT, CUSTOM and route
-// overrides with rules.
+// multi-label selectors (one on a label's empty value), targetRefs
+// (Service and Gateway, in a namespace and in the root namespace, one
+// policy with both), exact and glob workload patterns, DefaultDeny in
+// enforce and dry-run, dry-run ALLOW policies, AUDIT, CUSTOM, route
+// overrides with rules, and a bucket with enough rules to be indexed.
 const viewsSet = `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -63,6 +64,15 @@ spec:
   targetRefs: [{kind: Gateway, name: ingress}]
   rules:
   - from: [{source: {principals: ["cluster.local/ns/edge/sa/lb"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop-web-first, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - from: [{source: {namespaces: [shop]}}]
+    to: [{operation: {methods: [GET]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -115,6 +125,34 @@ spec:
   targetRefs: [{kind: Gateway, name: shop-gw}]
   rules:
   - from: [{source: {namespaces: [edge]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop-edge-both, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: catalog}, {kind: Gateway, name: shop-gw}]
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]
+    to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: shop-many, namespace: shop}
+spec:
+  selector: {matchLabels: {team: many}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/a/sa/a"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/b/sa/b"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/c/sa/c"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/d/sa/d"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/e/sa/e"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/f/sa/f"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/g/sa/g"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/h/sa/h"]}}]
+  - from: [{source: {principals: ["cluster.local/ns/jobs/sa/batch"]}}]
+    to: [{operation: {methods: [DELETE]}}]
+  - to: [{operation: {paths: ["/catalog/*"]}}]
+    when: [{key: "request.headers[x-tenant]", values: [gold]}]
 ---
 apiVersion: meshguard.dev/v1alpha1
 kind: IdentityPolicy
@@ -184,10 +222,12 @@ func targetVariants(t policies.Target) []policies.Target {
 	add(func(v *policies.Target) { v.Labels["version"] = "v2" })
 	add(func(v *policies.Target) { v.Labels["tier"] = "edge" })
 	add(func(v *policies.Target) { v.Labels["canary"] = "" })
+	add(func(v *policies.Target) { v.Labels["team"] = "many" })
 	add(func(v *policies.Target) { v.Labels["app"] = "pay" })
 	add(func(v *policies.Target) { v.Service = "catalog" })
 	add(func(v *policies.Target) { v.Service = "" })
 	add(func(v *policies.Target) { v.Gateway = "shop-gw" })
+	add(func(v *policies.Target) { v.Service, v.Gateway = "catalog", "shop-gw" })
 	add(func(v *policies.Target) { v.Gateway = "ingress"; v.Namespace = "istio-system" })
 	add(func(v *policies.Target) { v.ID = spiffeid.ID{} })
 	return out
