@@ -78,12 +78,12 @@ func (v *targetView) of(t *Target) bool {
 
 // hash places t in the table.
 func (c *viewCache) hash(t *Target) uint64 {
+	if c.slots == nil {
+		return 0
+	}
 	k := t.ID.String()
 	if k == "" {
 		k = t.Namespace
-	}
-	if c.slots == nil {
-		return 0
 	}
 	return maphash.String(c.seed, k)
 }
