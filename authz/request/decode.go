@@ -129,6 +129,13 @@ func (d *decoder) str(v value) (string, error) {
 	return s, nil
 }
 
+// setStr sets *dst to the string field v.
+func (d *decoder) setStr(v value, dst *string) error {
+	s, err := d.str(v)
+	*dst = s
+	return err
+}
+
 func (d *decoder) attributes(v value, ac *authv3.AttributeContext) error {
 	return d.message(v.start, v.end, func(num protowire.Number, typ protowire.Type, v value) error {
 		if num == 10 && ac.ContextExtensions == nil {
@@ -165,9 +172,7 @@ func (d *decoder) attributes(v value, ac *authv3.AttributeContext) error {
 				if num != 1 || typ != protowire.BytesType {
 					return errSkip
 				}
-				s, err := d.str(v)
-				ac.TlsSession.Sni = s
-				return err
+				return d.setStr(v, &ac.TlsSession.Sni)
 			})
 		}
 		return errSkip
@@ -197,13 +202,9 @@ func (d *decoder) peer(v value, p *authv3.AttributeContext_Peer, addr *corev3.Ad
 			}
 			return d.mapEntry(v, p.Labels)
 		case 4:
-			s, err := d.str(v)
-			p.Principal = s
-			return err
+			return d.setStr(v, &p.Principal)
 		case 5:
-			s, err := d.str(v)
-			p.Certificate = s
-			return err
+			return d.setStr(v, &p.Certificate)
 		}
 		return errSkip
 	})
@@ -243,9 +244,7 @@ func (d *decoder) socket(v value, s *corev3.SocketAddress, port *corev3.SocketAd
 	return d.message(v.start, v.end, func(num protowire.Number, typ protowire.Type, v value) error {
 		switch {
 		case num == 2 && typ == protowire.BytesType:
-			str, err := d.str(v)
-			s.Address = str
-			return err
+			return d.setStr(v, &s.Address)
 		case num == 3 && typ == protowire.VarintType:
 			port.PortValue = uint32(v.n)
 			s.PortSpecifier = port
@@ -298,9 +297,7 @@ func (d *decoder) http(v value, h *authv3.AttributeContext_HttpRequest) error {
 		default:
 			return errSkip
 		}
-		s, err := d.str(v)
-		*dst = s
-		return err
+		return d.setStr(v, dst)
 	})
 }
 
@@ -317,13 +314,9 @@ func (d *decoder) headerMap(v value, hm *corev3.HeaderMap) error {
 			}
 			switch num {
 			case 1:
-				s, err := d.str(v)
-				hv.Key = s
-				return err
+				return d.setStr(v, &hv.Key)
 			case 2:
-				s, err := d.str(v)
-				hv.Value = s
-				return err
+				return d.setStr(v, &hv.Value)
 			case 3:
 				// bytes: no UTF-8 check, and a copy of its own (the
 				// message owns its byte slices).
