@@ -1,7 +1,9 @@
 # meshguard — `make help` lists the targets.
 SHELL := /bin/bash
 GO ?= go
-export GOFLAGS ?= -mod=mod
+# vtprotobuf: Envoy's generated marshalers encode ext_authz answers without
+# reflection (internal/grpccodec).
+export GOFLAGS ?= -mod=mod -tags=vtprotobuf
 BIN := bin
 PKGS := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

@@ -39,6 +39,16 @@ type Attributes struct {
 
 	// JWT is the validated JWT-SVID of the request, if any.
 	JWT *JWT
+	// JWTDeferred says that a JWT-SVID, if the request carries one, is
+	// verified after this decision by meshguard's ext_authz server, which
+	// evaluates the same policy in full (the wasm filter, which cannot
+	// verify one, sets it where the control plane says the server follows).
+	// Every check that needs a verified JWT-SVID then takes the permissive
+	// side: met in ALLOW rules, unmet in DENY, AUDIT and CUSTOM rules. Rules
+	// combine their checks with and/or only, so the decision is never
+	// stricter than the full one, whatever token the request carries, and
+	// the server's full decision is the one that holds. JWT is ignored.
+	JWTDeferred bool
 }
 
 // Target is the workload a request is for: how policies are scoped to it.

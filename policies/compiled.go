@@ -330,7 +330,7 @@ func (c *crule) matchWhen(r *req) bool {
 }
 
 func (c *crule) matchJWT(r *req) bool {
-	return c.jwt == nil || c.jwt.match(r.a.JWT)
+	return c.jwt == nil || c.jwtMet(r)
 }
 
 // neg evaluates a negative field: when the attribute is absent, a deny-side
@@ -373,6 +373,13 @@ func (f *cfrom) match(r *req, deny bool) bool {
 	if f.set&^(fPrincipals|fNotPrincipals|fIDs|fNotIDs|fTrustDomains|fNamespaces) == 0 {
 		return true
 	}
+	if a.JWTDeferred && f.set&(fReqPrincipals|fNotReqPrincipals) != 0 {
+		// Left to the server that verifies the token: the permissive side.
+		if deny {
+			return false
+		}
+		return f.matchNetwork(a, deny)
+	}
 	reqP, hasReqP := "", false
 	if a.JWT != nil && a.JWT.Principal != "" {
 		reqP, hasReqP = a.JWT.Principal, true
@@ -383,6 +390,11 @@ func (f *cfrom) match(r *req, deny bool) bool {
 	if f.set&fNotReqPrincipals != 0 && !neg(hasReqP, func() bool { return f.notReqPrincipals.match(reqP) }, deny) {
 		return false
 	}
+	return f.matchNetwork(a, deny)
+}
+
+// matchNetwork checks the address fields of a source.
+func (f *cfrom) matchNetwork(a *Attributes, deny bool) bool {
 	if f.set&fIPBlocks != 0 && !f.ipBlocks.match(a.SourceIP) {
 		return false
 	}
@@ -536,6 +548,9 @@ func (c *ccond) match(r *req, deny bool) bool {
 		return c.matchString(a.SNI)
 	}
 	// request.auth.*
+	if a.JWTDeferred {
+		return !deny // left to the server that verifies the token
+	}
 	j := a.JWT
 	if j == nil {
 		return c.absent(deny)
@@ -656,6 +671,15 @@ func lookupClaim(claims map[string]any, path []string) (any, bool) {
 		}
 	}
 	return cur, true
+}
+
+// jwtMet is the rule's JWT-SVID requirement; when the token is verified
+// later (Attributes.JWTDeferred) it is met on the permissive side only.
+func (c *crule) jwtMet(r *req) bool {
+	if r.a.JWTDeferred {
+		return !c.deny
+	}
+	return c.jwt.match(r.a.JWT)
 }
 
 func (j *cjwt) match(t *JWT) bool {

@@ -149,13 +149,15 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	m.Headers = h
 	a := &m.Attrs
 	a.Headers = h
-	a.Method = first(hr.GetMethod(), names[":method"])
-	a.Path = first(hr.GetPath(), names[":path"])
-	a.Host = first(hr.GetHost(), names[":authority"], names["host"])
+	a.Method = orHeader(hr.GetMethod(), names, ":method")
+	a.Path = orHeader(hr.GetPath(), names, ":path")
+	if a.Host = orHeader(hr.GetHost(), names, ":authority"); a.Host == "" {
+		a.Host = names["host"]
+	}
 	if a.Method == "" || a.Path == "" {
 		return nil, fmt.Errorf("%w: method or path missing", ErrInvalid)
 	}
-	m.RequestID = first(hr.GetId(), names["x-request-id"])
+	m.RequestID = orHeader(hr.GetId(), names, "x-request-id")
 	a.SourceIP, _ = socketAddr(ac.GetSource().GetAddress())
 	a.RemoteIP = a.SourceIP
 	a.DestinationIP, a.DestinationPort = socketAddr(ac.GetDestination().GetAddress())
@@ -333,25 +335,39 @@ func scanName(s string) (upper, ok bool) {
 	if s == "" {
 		return false, false
 	}
+	var seen uint8
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
-		case 'A' <= c && c <= 'Z':
-			upper = true
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return upper, false
+		c := tokenClass[s[i]]
+		if c == 0 {
+			return seen&classUpper != 0, false
 		}
+		seen |= c
 	}
-	return upper, true
+	return seen&classUpper != 0, true
 }
 
-func first(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
+// tokenClass classifies each byte of a header name: 0 is not a token byte.
+var tokenClass = func() (t [256]uint8) {
+	for c := range 256 {
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', strings.IndexByte("!#$%&'*+-.^_`|~", byte(c)) >= 0:
+			t[c] = classToken
+		case 'A' <= c && c <= 'Z':
+			t[c] = classToken | classUpper
 		}
 	}
-	return ""
+	return t
+}()
+
+const (
+	classToken uint8 = 1 << iota
+	classUpper
+)
+
+// orHeader is v, or when it is empty the header name.
+func orHeader(v string, names map[string]string, name string) string {
+	if v != "" {
+		return v
+	}
+	return names[name]
 }

@@ -20,7 +20,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshguard/meshguard/authz/request"
-	"github.com/meshguard/meshguard/internal/grpccodec"
 	"github.com/meshguard/meshguard/internal/jsonw"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -197,9 +196,9 @@ func (s *Server) recoverInterceptor(ctx context.Context, req any, info *grpc.Una
 func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.recoverInterceptor),
-		// Envoy's types carry generated marshalers: answers are encoded
-		// without reflection.
-		grpc.ForceServerCodec(grpccodec.Codec{}),
+		// CheckRequests decoded for what the server reads; answers
+		// encoded with Envoy's generated marshalers (-tags vtprotobuf).
+		grpc.ForceServerCodec(checkCodec{}),
 	}
 }
 

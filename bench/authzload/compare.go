@@ -123,18 +123,25 @@ func compareMain(args []string) error {
 	}
 
 	fmt.Printf("open loop: %.0f rps offered for %s, in-flight limit %d\n", *rate, *dur, *conc*8)
-	var mgP99 time.Duration
-	for _, s := range []struct{ name, addr string }{{"trivial", trivAddr}, {"meshguard", mgAddr}} {
-		res, err := load(ctx, loadConfig{addr: s.addr, mode: "rate", rate: *rate, concurrency: *conc * 8, conns: *conns, duration: *dur, warmup: time.Second}, reqs)
+	var mgOpen *result
+	for _, s := range []struct {
+		name, addr string
+		pid        int
+	}{{"trivial", trivAddr, triv.Process.Pid}, {"meshguard", mgAddr, mg.Process.Pid}} {
+		res, err := load(ctx, loadConfig{addr: s.addr, mode: "rate", rate: *rate, concurrency: *conc * 8, conns: *conns, duration: *dur, warmup: time.Second, serverPID: s.pid}, reqs)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		fmt.Printf("  %-9s %s\n", s.name, res)
 		if s.name == "meshguard" {
-			mgP99 = res.quantile(0.99)
+			mgOpen = res
 		}
 	}
-	fmt.Printf("open loop meshguard p99 at %.0f rps: %s (target <= 2ms: %s)\n", *rate, mgP99.Round(time.Microsecond), verdict(mgP99 <= 2*time.Millisecond))
+	// The target is read from send to answer; it holds only if no request
+	// waited for a free worker (that wait would be the server's queue).
+	p99 := mgOpen.quantile(0.99)
+	fmt.Printf("open loop meshguard p99 at %.0f rps: %s from send, %d backlogged (target <= 2ms with no backlog: %s)\n",
+		*rate, p99.Round(time.Microsecond), mgOpen.backlogged, verdict(p99 <= 2*time.Millisecond && mgOpen.backlogged == 0))
 	return nil
 }
 

@@ -5,8 +5,15 @@
 // queries inside paths, as Envoy sends them) in two modes: closed loop
 // (-mode max: N workers each send the next request as soon as the last one
 // is answered: maximum throughput) and open loop (-mode rate: requests are
-// scheduled at a constant rate and latency is measured from the scheduled
-// time, so that a slow server cannot hide its queueing).
+// scheduled at a constant rate by up to N workers in flight).
+//
+// Latency is measured from the moment a request is sent. In open loop it is
+// also measured from its scheduled time, and the generator's lateness (sent
+// minus scheduled) is reported apart: Go's timers wake a sleeping worker up
+// to a millisecond late on Linux, which is the generator's delay, not the
+// server's; a request that waited for a free worker (all N in flight: the
+// server falling behind) is counted as backlogged, so that queueing cannot
+// hide behind the from-send figure.
 //
 // Subcommands:
 //
@@ -22,7 +29,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,9 +85,18 @@ type loadConfig struct {
 type result struct {
 	requests, errors, allowed, denied int64
 	elapsed                           time.Duration
-	lat                               []time.Duration
-	serverCPU                         time.Duration // 0 when not measured
+	lat                               []time.Duration // from send, sorted
+	// Open loop only: latency from the scheduled time and the
+	// generator's lateness (both sorted), and the requests sent more than
+	// backlogAfter late because every worker was busy.
+	latSched, late []time.Duration
+	backlogged     int64
+	serverCPU      time.Duration // 0 when not measured
 }
+
+// backlogAfter is the lateness past which a request that found no free
+// worker counts as backlogged.
+const backlogAfter = time.Millisecond
 
 // cpuPerRequest is the server's CPU time per answered request.
 func (r *result) cpuPerRequest() time.Duration {
@@ -92,12 +108,25 @@ func (r *result) cpuPerRequest() time.Duration {
 
 func (r *result) rps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
 
-func (r *result) quantile(q float64) time.Duration {
-	if len(r.lat) == 0 {
+func (r *result) quantile(q float64) time.Duration { return quantile(r.lat, q) }
+
+// quantile of sorted samples.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(q * float64(len(r.lat)-1))
-	return r.lat[i]
+	return sorted[int(q*float64(len(sorted)-1))]
+}
+
+// openLoop describes the open-loop figures: from the scheduled time, and
+// the generator's own lateness.
+func (r *result) openLoop() string {
+	if r.latSched == nil {
+		return ""
+	}
+	us := func(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+	return fmt.Sprintf("from schedule p50 %s p99 %s; generator late p50 %s p99 %s; backlogged %d",
+		us(quantile(r.latSched, 0.5)), us(quantile(r.latSched, 0.99)), us(quantile(r.late, 0.5)), us(quantile(r.late, 0.99)), r.backlogged)
 }
 
 func (r *result) String() string {
@@ -105,9 +134,13 @@ func (r *result) String() string {
 	if r.serverCPU > 0 {
 		cpu = fmt.Sprintf("  server CPU %5.1fµs/req", float64(r.cpuPerRequest())/float64(time.Microsecond))
 	}
-	return fmt.Sprintf("%9.0f rps  p50 %8s  p99 %8s%s  (n=%d allow=%d deny=%d errors=%d)",
+	open := ""
+	if r.latSched != nil {
+		open = "\n            " + r.openLoop()
+	}
+	return fmt.Sprintf("%9.0f rps  p50 %8s  p99 %8s%s  (n=%d allow=%d deny=%d errors=%d)%s",
 		r.rps(), r.quantile(0.50).Round(time.Microsecond), r.quantile(0.99).Round(time.Microsecond), cpu,
-		r.requests, r.allowed, r.denied, r.errors)
+		r.requests, r.allowed, r.denied, r.errors, open)
 }
 
 func runMain(args []string) error {
@@ -202,18 +235,20 @@ func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClie
 	var (
 		next                  atomic.Int64
 		errs, allowed, denied atomic.Int64
+		backlogged            atomic.Int64
 		mu                    sync.Mutex
-		all                   []time.Duration
+		all                   samples
 		wg                    sync.WaitGroup
 		firstErr              atomic.Value
-		start                               = time.Now()
-		deadline                            = start.Add(c.duration)
-		interval              time.Duration = 0
+		start                 = time.Now()
+		deadline              = start.Add(c.duration)
 	)
-	do := func(i int64, sched time.Time, lat *[]time.Duration) {
+	// do sends request i, scheduled at sched, and records its latencies.
+	do := func(i int64, sched time.Time, s *samples) {
 		req := reqs[i%int64(len(reqs))]
+		sent := time.Now()
 		resp, err := conns[i%int64(len(conns))].Check(ctx, req)
-		d := time.Since(sched)
+		end := time.Now()
 		switch {
 		case err != nil:
 			errs.Add(1)
@@ -223,7 +258,18 @@ func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClie
 		default:
 			denied.Add(1)
 		}
-		*lat = append(*lat, d)
+		s.lat = append(s.lat, end.Sub(sent))
+		if c.mode == "rate" {
+			s.latSched = append(s.latSched, end.Sub(sched))
+			s.late = append(s.late, sent.Sub(sched))
+		}
+	}
+	collect := func(s *samples) {
+		mu.Lock()
+		all.lat = append(all.lat, s.lat...)
+		all.latSched = append(all.latSched, s.latSched...)
+		all.late = append(all.late, s.late...)
+		mu.Unlock()
 	}
 	switch c.mode {
 	case "max":
@@ -231,28 +277,28 @@ func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClie
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				lat := make([]time.Duration, 0, 1<<14)
+				s := samples{lat: make([]time.Duration, 0, 1<<14)}
 				for time.Now().Before(deadline) {
-					do(next.Add(1), time.Now(), &lat)
+					do(next.Add(1), time.Now(), &s)
 				}
-				mu.Lock()
-				all = append(all, lat...)
-				mu.Unlock()
+				collect(&s)
 			}()
 		}
 	case "rate":
 		if c.rate <= 0 {
 			return nil, fmt.Errorf("rate must be positive")
 		}
-		interval = time.Duration(float64(time.Second) / c.rate)
+		interval := time.Duration(float64(time.Second) / c.rate)
 		total := int64(c.duration / interval)
 		// Workers take the next request index and wait for its scheduled
-		// time; latency counts from that time, so a backlog shows.
+		// time. A worker that takes a request already past it found no
+		// free worker in time: the request is backlogged if that made it
+		// more than backlogAfter late.
 		for w := 0; w < c.concurrency; w++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				lat := make([]time.Duration, 0, 1<<14)
+				s := samples{lat: make([]time.Duration, 0, 1<<14), latSched: make([]time.Duration, 0, 1<<14), late: make([]time.Duration, 0, 1<<14)}
 				for {
 					i := next.Add(1) - 1
 					if i >= total {
@@ -261,12 +307,12 @@ func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClie
 					sched := start.Add(time.Duration(i) * interval)
 					if d := time.Until(sched); d > 0 {
 						time.Sleep(d)
+					} else if -d > backlogAfter {
+						backlogged.Add(1)
 					}
-					do(i, sched, &lat)
+					do(i, sched, &s)
 				}
-				mu.Lock()
-				all = append(all, lat...)
-				mu.Unlock()
+				collect(&s)
 			}()
 		}
 	default:
@@ -274,10 +320,16 @@ func measure(ctx context.Context, c loadConfig, conns []authv3.AuthorizationClie
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r := &result{requests: int64(len(all)), errors: errs.Load(), allowed: allowed.Load(), denied: denied.Load(), elapsed: elapsed, lat: all}
+	for _, l := range [][]time.Duration{all.lat, all.latSched, all.late} {
+		slices.Sort(l)
+	}
+	r := &result{requests: int64(len(all.lat)), errors: errs.Load(), allowed: allowed.Load(), denied: denied.Load(), elapsed: elapsed,
+		lat: all.lat, latSched: all.latSched, late: all.late, backlogged: backlogged.Load()}
 	if r.errors > 0 {
 		return r, fmt.Errorf("%d errors, first: %v", r.errors, firstErr.Load())
 	}
 	return r, nil
 }
+
+// samples are one worker's (then all workers') latencies.
+type samples struct{ lat, latSched, late []time.Duration }

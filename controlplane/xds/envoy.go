@@ -3,6 +3,7 @@ package xds
 import (
 	"net"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -121,6 +122,24 @@ func disabledRoutes(w *mesh.ValidWorkload, b *policies.Bundle) map[string]bool {
 		}
 	}
 	return out
+}
+
+// extAuthzOf tells w's wasm filter that the ext_authz server follows it
+// (every inbound listener has the ext_authz filter), and on which routes
+// it is disabled: there the filter decides alone.
+func extAuthzOf(w *mesh.ValidWorkload, b *policies.Bundle) *wire.ExtAuthz {
+	disabled := disabledRoutes(w, b)
+	ea := &wire.ExtAuthz{}
+	for _, in := range w.Inbound {
+		for _, r := range in.Routes {
+			if r.DisableExtAuthz || disabled[r.Name] {
+				ea.SkipRoutes = append(ea.SkipRoutes, r.Name)
+			}
+		}
+	}
+	slices.Sort(ea.SkipRoutes)
+	ea.SkipRoutes = slices.Compact(ea.SkipRoutes)
+	return ea
 }
 
 func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabled map[string]bool) (*route.RouteConfiguration, error) {

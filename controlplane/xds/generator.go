@@ -160,6 +160,7 @@ func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 			Namespace: w.Namespace,
 			Labels:    w.Labels,
 			Service:   w.Service,
+			ExtAuthz:  extAuthzOf(w, eb.Bundle),
 		}
 	}
 	data, err := json.Marshal(fc)

@@ -312,7 +312,9 @@ func (m *mesh) filterConfig(w workloadSpec, id spiffeid.ID, b *policies.Bundle) 
 	return json.Marshal(wire.FilterConfig{
 		Bundle: enc,
 		Workload: wire.Workload{ID: id.String(), Namespace: w.Namespace, Service: w.Service(),
-			Labels: map[string]string{"app": w.Name}},
+			Labels: map[string]string{"app": w.Name},
+			// Every demo route calls the authz server after the filter.
+			ExtAuthz: &wire.ExtAuthz{}},
 		RequireMTLS:  true,
 		ControlPlane: wire.ControlPlane{Cluster: controlPlaneCluster, TickMillis: 250},
 	})

@@ -34,6 +34,16 @@ var jsonWorkload = &strictjson.Type{
 		{Name: "labels", Offset: unsafe.Offsetof(Workload{}.Labels), Kind: strictjson.KStringMap, OmitEmpty: true},
 		{Name: "service", Offset: unsafe.Offsetof(Workload{}.Service), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "gateway", Offset: unsafe.Offsetof(Workload{}.Gateway), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "extAuthz", Offset: unsafe.Offsetof(Workload{}.ExtAuthz), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonExtAuthz},
+	},
+}
+
+var jsonExtAuthz = &strictjson.Type{
+	Name: "wire.ExtAuthz",
+	Size: unsafe.Sizeof(ExtAuthz{}),
+	New:  strictjson.New[ExtAuthz],
+	Fields: []strictjson.Field{
+		{Name: "skipRoutes", Offset: unsafe.Offsetof(ExtAuthz{}.SkipRoutes), Kind: strictjson.KStrings, OmitEmpty: true},
 	},
 }
 

@@ -88,6 +88,33 @@ type Workload struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Service   string            `json:"service,omitempty"`
 	Gateway   string            `json:"gateway,omitempty"`
+	// ExtAuthz, when set, says that meshguard's ext_authz server checks
+	// this workload's requests after the filter, with the same bundle and
+	// verified JWT-SVIDs. The filter, which cannot verify a JWT-SVID, then
+	// leaves the checks that need one to the server (policies.Attributes.
+	// JWTDeferred) instead of deciding as if no request carried one. Unset:
+	// the filter decides alone.
+	ExtAuthz *ExtAuthz `json:"extAuthz,omitempty"`
+}
+
+// ExtAuthz describes the ext_authz check that follows the filter.
+type ExtAuthz struct {
+	// SkipRoutes are the Envoy routes on which ext_authz is disabled: there
+	// the filter decides alone.
+	SkipRoutes []string `json:"skipRoutes,omitempty"`
+}
+
+// Defers reports whether JWT-SVID checks on route are left to ext_authz.
+func (e *ExtAuthz) Defers(route string) bool {
+	if e == nil {
+		return false
+	}
+	for _, r := range e.SkipRoutes {
+		if r == route {
+			return false
+		}
+	}
+	return true
 }
 
 // ControlPlane tells the filter how to reach the event endpoint through an

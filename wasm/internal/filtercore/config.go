@@ -28,6 +28,9 @@ type Config struct {
 	workloadID  string
 	requireMTLS bool
 	service     string
+	// extAuthz: meshguard's ext_authz server follows the filter (JWT-SVID
+	// checks are left to it, except on the routes it skips).
+	extAuthz *wire.ExtAuthz
 
 	cluster, authority, path  string
 	tickMillis, timeoutMillis uint32
@@ -81,6 +84,7 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 		c.target.ID, c.workloadID = id, w.ID
 	}
 	c.service = w.Service
+	c.extAuthz = w.ExtAuthz
 
 	cp := fc.ControlPlane
 	c.cluster, c.authority, c.path = cp.Cluster, cp.Authority, cp.Path

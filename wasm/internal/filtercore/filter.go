@@ -333,7 +333,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
 		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
 		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
-		Headers: &vm.hv,
+		Headers: &vm.hv, JWTDeferred: cfg.extAuthz.Defers(route),
 	}
 	dec := cfg.snap.Decide(attrs)
 	*attrs = policies.Attributes{}

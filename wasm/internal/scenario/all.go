@@ -27,6 +27,7 @@ var All = []Scenario{
 	{Name: "detector_egress", Run: detectEgress},
 	{Name: "detector_lateral", Run: detectLateral},
 	{Name: "baseline_enforce", Run: baselineEnforce},
+	{Name: "jwt_left_to_ext_authz", Run: jwtLeftToExtAuthz},
 	{Name: "detector_rate", Slow: true, Run: detectRate},
 	{Name: "steady_traffic_no_false_positives", Slow: true, Run: steadyTraffic},
 }
@@ -71,6 +72,28 @@ func deniedByRoute(t *testing.T, d Driver) {
 		t.Fatalf("body %s does not name the route override", r.Body)
 	}
 	wantForwarded(t, d.Do(t, get(Admin, "orders-admin", "/admin/users")))
+}
+
+// jwtLeftToExtAuthz: a rule that needs a JWT-SVID cannot match in the
+// filter, which cannot verify one; where the ext_authz server follows, the
+// filter leaves that check to it (and the server decides), elsewhere the
+// filter decides alone and the rule does not match.
+func jwtLeftToExtAuthz(t *testing.T, d Driver) {
+	partner := get(Intruder, "orders-partner", "/partner/orders")
+	mustStart(t, d, Options{})
+	wantDenied(t, d.Do(t, partner), 403, policies.ReasonDeniedNoMatch)
+
+	mustStart(t, d, Options{ExtAuthz: &wire.ExtAuthz{}})
+	r := d.Do(t, partner)
+	wantForwarded(t, r)
+	if ref, _ := Header(r.Upstream, wire.HeaderPolicyRef); ref != "IdentityPolicy/shop/orders-callers#partner-with-token" {
+		t.Errorf("policy ref %q", ref)
+	}
+	// Nothing else changes: the same caller elsewhere is still denied.
+	wantDenied(t, d.Do(t, get(Intruder, "orders-api", "/api/orders/1")), 403, policies.ReasonDeniedNoMatch)
+
+	mustStart(t, d, Options{ExtAuthz: &wire.ExtAuthz{SkipRoutes: []string{"orders-partner"}}})
+	wantDenied(t, d.Do(t, partner), 403, policies.ReasonDeniedNoMatch)
 }
 
 func dryRun(t *testing.T, d Driver) {

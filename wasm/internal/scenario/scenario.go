@@ -92,6 +92,8 @@ type Options struct {
 	BadProfile  bool   // an invalid AnomalyProfile response
 	// EgressResponse replaces the egress detector's response (block).
 	EgressResponse string
+	// ExtAuthz says the ext_authz server follows the filter.
+	ExtAuthz *wire.ExtAuthz
 }
 
 // Set is the scenarios' policy set.
@@ -124,6 +126,12 @@ func Set(o Options) policies.Set {
 			Spec: policies.IdentityPolicySpec{Action: "ALLOW", Rules: []policies.IdentityRule{{
 				Name: "mesh-callers",
 				From: []policies.IdentitySource{{TrustDomains: []string{TrustDomain}, NotIDs: []string{Intruder}}},
+			}, {
+				// Only with a JWT-SVID, which the filter cannot verify.
+				Name: "partner-with-token",
+				From: []policies.IdentitySource{{IDs: []string{Intruder}}},
+				To:   []policies.IdentityTarget{{Routes: []string{"orders-partner"}}},
+				JWT:  &policies.JWTRequirement{Audiences: []string{"orders"}},
 			}}},
 		}},
 		RouteOverrides: []policies.RouteOverride{
@@ -172,7 +180,7 @@ func Config(t testing.TB, o Options) []byte {
 	}
 	fc := wire.FilterConfig{
 		Bundle:       raw,
-		Workload:     wire.Workload{ID: Workload, Namespace: "shop", Service: "orders", Labels: map[string]string{"app": "orders"}},
+		Workload:     wire.Workload{ID: Workload, Namespace: "shop", Service: "orders", Labels: map[string]string{"app": "orders"}, ExtAuthz: o.ExtAuthz},
 		RequireMTLS:  o.RequireMTLS,
 		ControlPlane: wire.ControlPlane{Cluster: Cluster, Authority: "meshguard-controlplane", TickMillis: 200},
 		Detection:    &wire.Detection{WarmupSeconds: 2},
