@@ -72,29 +72,48 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 		a.resp.DynamicMetadata = s.metadata(o, &a.md)
 		return &a.resp
 	}
-	body := denyJSON(o)
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(codes.PermissionDenied), Message: string(o.dec.Reason)},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status: &typev3.HttpStatus{Code: typev3.StatusCode(httpStatus(o.dec.Reason))},
-			Headers: []*corev3.HeaderValueOption{
-				setHeader("content-type", "application/json"),
-				setHeader(wire.HeaderReason, string(o.dec.Reason)),
-				setHeader(wire.HeaderDecisionID, o.decisionID),
-			},
-			Body: string(body),
-		}},
-		DynamicMetadata: s.metadata(o, &answerMetadata{}),
+	a := &deniedAnswer{}
+	a.status.Code, a.status.Message = int32(codes.PermissionDenied), string(o.dec.Reason)
+	a.httpStatus.Code = typev3.StatusCode(httpStatus(o.dec.Reason))
+	a.http.Status = &a.httpStatus
+	for i, kv := range [3][2]string{{"content-type", "application/json"}, {wire.HeaderReason, string(o.dec.Reason)}, {wire.HeaderDecisionID, o.decisionID}} {
+		a.list[i] = overwrite(&a.opts[i], &a.hdrs[i], kv[0], kv[1])
 	}
+	a.http.Headers = a.list[:]
+	a.http.Body = string(denyJSON(o))
+	a.denied.DeniedResponse = &a.http
+	a.resp.Status = &a.status
+	a.resp.HttpResponse = &a.denied
+	a.resp.DynamicMetadata = s.metadata(o, &a.md)
+	return &a.resp
+}
+
+// deniedAnswer holds every part of a denying CheckResponse: one allocation
+// (plus the body and the metadata map).
+type deniedAnswer struct {
+	resp       authv3.CheckResponse
+	status     rpcstatus.Status
+	denied     authv3.CheckResponse_DeniedResponse
+	http       authv3.DeniedHttpResponse
+	httpStatus typev3.HttpStatus
+	opts       [3]corev3.HeaderValueOption
+	hdrs       [3]corev3.HeaderValue
+	list       [3]*corev3.HeaderValueOption
+	md         answerMetadata
 }
 
 func (a *okAnswer) setHeader(n *int, k, v string) {
 	i := *n
-	a.hdrs[i].Key, a.hdrs[i].Value = k, v
-	a.opts[i].Header = &a.hdrs[i]
-	a.opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-	a.list[i] = &a.opts[i]
+	a.list[i] = overwrite(&a.opts[i], &a.hdrs[i], k, v)
 	*n = i + 1
+}
+
+// overwrite fills opt and hv as the header k: v, replacing any value.
+func overwrite(opt *corev3.HeaderValueOption, hv *corev3.HeaderValue, k, v string) *corev3.HeaderValueOption {
+	hv.Key, hv.Value = k, v
+	opt.Header = hv
+	opt.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	return opt
 }
 
 // denyJSON is the deny body: {"reason","decision_id","policy","rule"}.
@@ -110,13 +129,6 @@ func denyJSON(o *outcome) []byte {
 		b = jsonw.Field(b, false, "rule", o.dec.Ref.Rule)
 	}
 	return append(b, '}', '\n')
-}
-
-func setHeader(k, v string) *corev3.HeaderValueOption {
-	return &corev3.HeaderValueOption{
-		Header:       &corev3.HeaderValue{Key: k, Value: v},
-		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-	}
 }
 
 // metadata is the dynamic metadata Envoy puts under the ext_authz filter's
