@@ -391,6 +391,19 @@ func checkWorkloads(t *testing.T, objs []rendered) {
 		if !hasEnv(c.Env, "SPIFFE_ENDPOINT_SOCKET") {
 			t.Errorf("%s: no SPIFFE_ENDPOINT_SOCKET", dep.Name)
 		}
+		if strings.HasSuffix(dep.Name, "-authz") {
+			// --gc-percent lets the heap grow between collections; the
+			// soft limit keeps it under the container's.
+			ok := false
+			for _, e := range c.Env {
+				if e.Name == "GOMEMLIMIT" && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" {
+					ok = true
+				}
+			}
+			if !ok {
+				t.Errorf("%s: no GOMEMLIMIT from limits.memory", dep.Name)
+			}
+		}
 		podLabels := labels.Set(dep.Spec.Template.Labels)
 		sel := labels.SelectorFromSet(dep.Spec.Selector.MatchLabels)
 		if !sel.Matches(podLabels) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -36,7 +37,13 @@ func compareMain(args []string) error {
 	rounds := fs.Int("rounds", 2, "interleaved closed-loop rounds per server")
 	rate := fs.Float64("rate", 5000, "offered rate of the open-loop measurement")
 	sample := fs.Float64("decision-log-allow-sample", 0.01, "meshguard's --decision-log-allow-sample (denies are always logged, to a file)")
+	genGC := fs.Int("generator-gogc", 400, "the load generator's own GOGC")
+	trivGC := fs.Int("trivial-gogc", 0, "GOGC of the trivial server (0: the runtime's default); meshguard runs with its own --gc-percent default")
 	_ = fs.Parse(args)
+	// The generator allocates per request too; its collections delay sends
+	// and answers alike and would be billed to whichever server is loaded.
+	// Fewer of them in this process; none of this reaches the servers.
+	debug.SetGCPercent(*genGC)
 
 	dir, err := os.MkdirTemp("", "authzload-")
 	if err != nil {
@@ -70,7 +77,7 @@ func compareMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	triv, trivAddr, err := startTrivial(self)
+	triv, trivAddr, err := startTrivial(self, *trivGC)
 	if err != nil {
 		return fmt.Errorf("start trivial server: %w", err)
 	}
@@ -89,6 +96,11 @@ func compareMain(args []string) error {
 	fmt.Printf("authzload compare: %d-rule realistic policy (%d bytes), %d distinct CheckRequests\n", *rules, len(data), len(reqs))
 	fmt.Printf("servers: trivial always-OK (pid %d) and meshguard authz (pid %d), plaintext gRPC on loopback, same machine\n", triv.Process.Pid, mg.Process.Pid)
 	fmt.Println("the load generator runs in this process and decodes only status.code of each answer (see statusCodec)")
+	trivGCName := "the runtime's default (GOGC=100)"
+	if *trivGC > 0 {
+		trivGCName = fmt.Sprintf("GOGC=%d", *trivGC)
+	}
+	fmt.Printf("garbage collector: trivial server %s; meshguard its shipped --gc-percent default; load generator GOGC=%d\n", trivGCName, *genGC)
 	fmt.Printf("closed loop: concurrency %d over %d connections, %s per round, %d interleaved rounds\n", *conc, *conns, *dur, *rounds)
 	type tally struct {
 		rps      float64
@@ -145,6 +157,19 @@ func compareMain(args []string) error {
 	return nil
 }
 
+// serverEnv is this process's environment without the Go runtime's GC
+// settings, so that the servers' own (or -trivial-gogc) apply, whatever the
+// caller's shell holds.
+func serverEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GOGC=") && !strings.HasPrefix(kv, "GOMEMLIMIT=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 func verdict(ok bool) string {
 	if ok {
 		return "met"
@@ -164,8 +189,12 @@ func stop(c *exec.Cmd) {
 	}
 }
 
-func startTrivial(self string) (*exec.Cmd, string, error) {
+func startTrivial(self string, gogc int) (*exec.Cmd, string, error) {
 	c := exec.Command(self, "trivial", "-addr", "127.0.0.1:0")
+	c.Env = serverEnv()
+	if gogc > 0 {
+		c.Env = append(c.Env, fmt.Sprintf("GOGC=%d", gogc))
+	}
 	c.Stderr = os.Stderr
 	out, err := c.StdoutPipe()
 	if err != nil {
@@ -199,7 +228,7 @@ func startMeshguard(bin, dir, bundle, trust string, sample float64) (*exec.Cmd, 
 		return nil, "", err
 	}
 	c.Stdout = os.Stdout
-	c.Env = append(os.Environ(), "SPIFFE_ENDPOINT_SOCKET=")
+	c.Env = append(serverEnv(), "SPIFFE_ENDPOINT_SOCKET=")
 	if err := c.Start(); err != nil {
 		return nil, "", err
 	}

@@ -201,6 +201,7 @@ func TestAuthzCommandRefusesUnsafeConfig(t *testing.T) {
 		{"no allowed caller", append(base, "--jwt-audience", "a"), "allowed caller"},
 		{"no policy source", []string{"--spiffe-socket", "", "--jwt-audience", "a"}, "no policy source"},
 		{"no bundle", []string{"--spiffe-socket", "", "--jwt-audience", "a", "--policy", dir}, "no trust bundle"},
+		{"collector target out of range", append(base, "--jwt-audience", "a", "--gc-percent", "10"), "--gc-percent 10"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
