@@ -11,14 +11,7 @@ import (
 func compileRealistic(b *testing.B, rules int) (*policies.Snapshot, []policies.Attributes) {
 	b.Helper()
 	set, m := policygen.Realistic(rules, 1)
-	bu, _, err := policies.NewBundle("", set)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := policies.Compile(bu)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := compileSet(b, "", set)
 	if m.Services > 256 {
 		m.Services = 256 // the same traffic for every set size: see bench/policybench
 	}

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/policytest"
 	"github.com/meshguard/meshguard/policies/source"
 )
@@ -23,14 +22,7 @@ func TestCases(t *testing.T) {
 			if err != nil || diags.HasErrors() {
 				t.Fatalf("load: %v %v", err, diags)
 			}
-			b, _, err := policies.NewBundle("cases", set)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := policies.Compile(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := compileSet(t, "cases", set)
 			if _, err := os.Stat(filepath.Join(dir, "cases.yaml")); err != nil {
 				t.Fatal(err)
 			}

@@ -12,14 +12,7 @@ import (
 func TestExplainMatchesDecide(t *testing.T) {
 	for _, rules := range []int{10, 1000} {
 		set, m := policygen.Realistic(rules, 1)
-		b, _, err := policies.NewBundle("", set)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := policies.Compile(b)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := compileSet(t, "", set)
 		reqs := policygen.Requests(&set, m, 2000, 2)
 		allowed := 0
 		for i := range reqs {

@@ -72,7 +72,13 @@ func setFromYAML(t testing.TB, docs string) policies.Set {
 
 func compileYAML(t testing.TB, docs string) *policies.Snapshot {
 	t.Helper()
-	b, _, err := policies.NewBundle("test", setFromYAML(t, docs))
+	return compileSet(t, "test", setFromYAML(t, docs))
+}
+
+// compileSet bundles set as version and compiles it.
+func compileSet(t testing.TB, version string, set policies.Set) *policies.Snapshot {
+	t.Helper()
+	b, _, err := policies.NewBundle(version, set)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -265,14 +265,7 @@ func TestViewsDecideAsUncached(t *testing.T) {
 	for _, rules := range []int{10, 1000} {
 		t.Run(fmt.Sprintf("realistic-%d", rules), func(t *testing.T) {
 			set, m := policygen.Realistic(rules, 7)
-			b, _, err := policies.NewBundle("", set)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := policies.Compile(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := compileSet(t, "", set)
 			checkSameDecisions(t, s, policygen.Requests(&set, m, 512, 3))
 		})
 	}
@@ -318,14 +311,7 @@ func TestViewsDecideAsUncached(t *testing.T) {
 			if err != nil || diags.HasErrors() {
 				t.Fatalf("load: %v %v", err, diags)
 			}
-			b, _, err := policies.NewBundle("cases", set)
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := policies.Compile(b)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := compileSet(t, "cases", set)
 			cases, err := policytest.Load(filepath.Join(dir, "cases.yaml"))
 			if err != nil {
 				t.Fatal(err)
@@ -387,14 +373,7 @@ func TestViewsTellIDsApart(t *testing.T) {
 // without allocating, and as without views.
 func TestViewsBounded(t *testing.T) {
 	set, m := policygen.Realistic(1000, 1)
-	b, _, err := policies.NewBundle("", set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := policies.Compile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := compileSet(t, "", set)
 	plain := policies.WithoutViews(s)
 	reqs := policygen.Requests(&set, m, 64, 5)
 	// Targets with IDs of their own: each needs a view.
@@ -442,14 +421,7 @@ func TestViewsBounded(t *testing.T) {
 // allocates nothing.
 func TestViewsNoAllocations(t *testing.T) {
 	set, m := policygen.Realistic(1000, 1)
-	b, _, err := policies.NewBundle("", set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := policies.Compile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := compileSet(t, "", set)
 	reqs := policygen.Requests(&set, m, 256, 2)
 	for i := range reqs {
 		s.Decide(&reqs[i])
@@ -465,14 +437,7 @@ func TestViewsNoAllocations(t *testing.T) {
 // among them, and each decides as without views (run with -race).
 func TestViewsConcurrent(t *testing.T) {
 	set, m := policygen.Realistic(1000, 1)
-	b, _, err := policies.NewBundle("", set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := policies.Compile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := compileSet(t, "", set)
 	_, capacity := policies.Views(s)
 	base := policygen.Requests(&set, m, 256, 4)
 	reqs := make([]policies.Attributes, 2*capacity)
