@@ -536,26 +536,11 @@ func (d *Decoder) unquote(buf []byte) []byte {
 				d.syntax("unexpected end of JSON input in a string")
 				return buf
 			}
-			switch e := data[p+1]; e {
-			case '"', '\\', '/':
-				buf = append(buf, e)
+			switch e := data[p+1]; {
+			case unescape[e] != 0:
+				buf = append(buf, unescape[e])
 				p += 2
-			case 'b':
-				buf = append(buf, '\b')
-				p += 2
-			case 'f':
-				buf = append(buf, '\f')
-				p += 2
-			case 'n':
-				buf = append(buf, '\n')
-				p += 2
-			case 'r':
-				buf = append(buf, '\r')
-				p += 2
-			case 't':
-				buf = append(buf, '\t')
-				p += 2
-			case 'u':
+			case e == 'u':
 				r, ok := hex4(data[p+2:])
 				if !ok {
 					d.pos = p
@@ -703,3 +688,7 @@ func Decode(data []byte, what string, decode func(*Decoder)) error {
 	d.End(what)
 	return d.Err()
 }
+
+// unescape maps the byte after a backslash to what it stands for, for the
+// one-byte escapes (\u is read apart); 0 is not one.
+var unescape = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
