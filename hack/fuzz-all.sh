@@ -4,9 +4,9 @@
 # Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
 # exceeded" when -fuzztime ends while a worker is mid-call on a loaded machine
 # (go.dev/issue/75804, fixed in Go 1.27). Such a run wrote no failing input and
-# printed no test failure; it is run again, up to twice more (on a 2-core CI
-# machine about one target in twelve hits it once), and fails CI if every run
-# fails that way. Any other failure fails at once.
+# printed no test failure; it is run again, up to twice more (one CI run on a
+# 2-core machine saw it in 3 of 26 targets), and fails CI if every run fails
+# that way. Any other failure fails at once.
 set -euo pipefail
 fuzztime=${1:-10s}
 cd "$(dirname "$0")/.."

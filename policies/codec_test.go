@@ -120,14 +120,7 @@ func codecCorpus(t testing.TB) [][]byte {
 		}
 		out = append(out, data)
 	}
-	set, _, err := source.LoadFS(examples.FS(), "policies")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _, err := policies.NewBundle("examples", set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b := examplesBundle(t)
 	data, err := b.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +186,9 @@ func TestBundleCodecMatchesEncodingJSON(t *testing.T) {
 	}
 }
 
-func TestNewBundleHashIsOverJSONMarshal(t *testing.T) {
+// examplesBundle is the bundle of the example policies, and their set.
+func examplesBundle(t testing.TB) (policies.Set, *policies.Bundle) {
+	t.Helper()
 	set, _, err := source.LoadFS(examples.FS(), "policies")
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +197,11 @@ func TestNewBundleHashIsOverJSONMarshal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return set, b
+}
+
+func TestNewBundleHashIsOverJSONMarshal(t *testing.T) {
+	set, b := examplesBundle(t)
 	raw, _ := json.Marshal(&set)
 	if !strings.HasPrefix(b.Hash, "sha256:") || b.Hash != hashOf(raw) {
 		t.Fatalf("hash %s, want sha256 over json.Marshal", b.Hash)

@@ -116,7 +116,7 @@ func TestJWTDeferredNeverStricter(t *testing.T) {
 		withJWT("spiffe://cluster.local/ns/evil/sa/x", []string{"payments"}, map[string]any{"groups": "admin"}),
 		withJWT("spiffe://other.example/ns/shop/sa/orders", nil, nil),
 	}
-	checked := 0
+	var fullAllows, relaxed int
 	for _, src := range sources {
 		for _, op := range ops {
 			for ti, tok := range tokens {
@@ -127,11 +127,17 @@ func TestJWTDeferredNeverStricter(t *testing.T) {
 				if full.Allowed && !def.Allowed {
 					t.Errorf("%s %s from %q token %d: full decision allows (%s), deferred denies (%s %v)", op[0], op[1], src, ti, full.Ref, def.Reason, def.Ref)
 				}
-				checked++
+				if full.Allowed {
+					fullAllows++
+				} else if def.Allowed {
+					relaxed++
+				}
 			}
 		}
 	}
-	if checked != len(sources)*len(ops)*len(tokens) {
-		t.Fatal("not every combination was checked")
+	// The property is not vacuous: some requests are allowed in full, and
+	// deferral lets through some that only the server can deny.
+	if fullAllows == 0 || relaxed == 0 {
+		t.Fatalf("allowed in full %d, allowed only under deferral %d: the combinations exercise nothing", fullAllows, relaxed)
 	}
 }

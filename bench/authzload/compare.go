@@ -37,13 +37,15 @@ func compareMain(args []string) error {
 	rounds := fs.Int("rounds", 2, "interleaved closed-loop rounds per server")
 	rate := fs.Float64("rate", 5000, "offered rate of the open-loop measurement")
 	sample := fs.Float64("decision-log-allow-sample", 0.01, "meshguard's --decision-log-allow-sample (denies are always logged, to a file)")
-	genGC := fs.Int("generator-gogc", 400, "the load generator's own GOGC")
+	genGC := fs.Int("generator-gogc", 400, "the load generator's own GOGC (0: the runtime's default)")
 	trivGC := fs.Int("trivial-gogc", 0, "GOGC of the trivial server (0: the runtime's default); meshguard runs with its own --gc-percent default")
 	_ = fs.Parse(args)
 	// The generator allocates per request too; its collections delay sends
 	// and answers alike and would be billed to whichever server is loaded.
 	// Fewer of them in this process; none of this reaches the servers.
-	debug.SetGCPercent(*genGC)
+	if *genGC > 0 {
+		debug.SetGCPercent(*genGC)
+	}
 
 	dir, err := os.MkdirTemp("", "authzload-")
 	if err != nil {

@@ -168,11 +168,7 @@ func runMain(args []string) error {
 }
 
 // load runs one measurement against c.addr.
-func load(ctx context.Context, c loadConfig, reqs []*authv3.CheckRequest) (*result, error) {
-	enc, err := encodeRequests(reqs)
-	if err != nil {
-		return nil, err
-	}
+func load(ctx context.Context, c loadConfig, reqs []*encodedRequest) (*result, error) {
 	conns := make([]*grpc.ClientConn, c.conns)
 	for i := range conns {
 		cc, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -186,7 +182,7 @@ func load(ctx context.Context, c loadConfig, reqs []*authv3.CheckRequest) (*resu
 	if c.warmup > 0 {
 		w := c
 		w.duration, w.warmup, w.mode = c.warmup, 0, "max"
-		if _, err := measure(ctx, w, conns, enc); err != nil {
+		if _, err := measure(ctx, w, conns, reqs); err != nil {
 			return nil, err
 		}
 	}
@@ -197,7 +193,7 @@ func load(ctx context.Context, c loadConfig, reqs []*authv3.CheckRequest) (*resu
 			return nil, err
 		}
 	}
-	r, err := measure(ctx, c, conns, enc)
+	r, err := measure(ctx, c, conns, reqs)
 	if err == nil && c.serverPID > 0 {
 		var after time.Duration
 		if after, err = processCPU(c.serverPID); err == nil {

@@ -27,8 +27,8 @@ func realisticBundle(rules int) (*policies.Bundle, policygen.Mesh, error) {
 }
 
 // checkRequests turns policygen's realistic requests into CheckRequests as
-// an Istio sidecar's ext_authz filter sends them.
-func checkRequests(rules, n int) ([]*authv3.CheckRequest, error) {
+// an Istio sidecar's ext_authz filter sends them, encoded once for the load.
+func checkRequests(rules, n int) ([]*encodedRequest, error) {
 	b, mesh, err := realisticBundle(rules)
 	if err != nil {
 		return nil, err
@@ -67,7 +67,7 @@ func checkRequests(rules, n int) ([]*authv3.CheckRequest, error) {
 			}},
 		}}
 	}
-	return out, nil
+	return encodeRequests(out)
 }
 
 func bundleMain(args []string) error {
