@@ -40,7 +40,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshguard/meshguard/internal/crdgen"
-	"github.com/meshguard/meshguard/internal/kubestrict"
+	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 )
 
 var update = flag.Bool("update", false, "regenerate deploy/crds and the chart's crds/ from the policy model")

@@ -2,7 +2,7 @@
 
 // Package e2e runs meshguard end to end with real processes: SPIRE server
 // and agent, `meshguard controlplane`, `meshguard authz`, and workloads
-// behind an Envoy-EMULATING sidecar (internal/envoyemu) that runs the
+// behind an Envoy-EMULATING sidecar (internal/testbed/envoyemu) that runs the
 // compiled wasm filter in the wazero proxy-wasm host. Run it with `make e2e`.
 package e2e
 

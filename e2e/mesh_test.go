@@ -21,7 +21,7 @@ import (
 
 	"github.com/meshguard/meshguard/e2e/internal/proc"
 	"github.com/meshguard/meshguard/e2e/internal/spire"
-	"github.com/meshguard/meshguard/internal/ca"
+	"github.com/meshguard/meshguard/internal/testbed/ca"
 )
 
 // trustDomain is the example policies' trust domain (examples/policies).

@@ -1,4 +1,4 @@
-# The proxy-wasm host (wasm/host) and the no-op filter (wasm/noop).
+# The proxy-wasm host (internal/testbed/wasmhost) and the no-op filter (wasm/noop).
 
 WASM_NOOP := $(BIN)/noop.wasm
 

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 )
 
@@ -19,7 +19,7 @@ func compileRealistic(b *testing.B, rules int) (*policies.Snapshot, []policies.A
 }
 
 // BenchmarkDecide measures one decision against realistic sets of 10, 1,000
-// and 100,000 rules (see internal/policygen for the mix).
+// and 100,000 rules (see internal/testbed/policygen for the mix).
 func BenchmarkDecide(b *testing.B) {
 	for _, rules := range []int{10, 1000, 100000} {
 		b.Run(fmt.Sprintf("rules=%d", rules), func(b *testing.B) {

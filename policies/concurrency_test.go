@@ -5,7 +5,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 )
 

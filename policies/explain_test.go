@@ -3,7 +3,7 @@ package policies_test
 import (
 	"testing"
 
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 )
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/policytest"
 	"github.com/meshguard/meshguard/policies/source"

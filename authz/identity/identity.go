@@ -38,7 +38,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/meshguard/meshguard/authz/xfcc"
+	"github.com/meshguard/meshguard/authz/internal/xfcc"
 	"github.com/meshguard/meshguard/policies"
 )
 

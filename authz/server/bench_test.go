@@ -23,8 +23,8 @@ import (
 	"github.com/meshguard/meshguard/authz/identity"
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
-	"github.com/meshguard/meshguard/internal/ca"
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/ca"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )

@@ -27,7 +27,7 @@ import (
 	"github.com/meshguard/meshguard/authz/identity"
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
-	"github.com/meshguard/meshguard/internal/ca"
+	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/policies"
 )
 

@@ -19,8 +19,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/meshguard/meshguard/internal/ca"
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/ca"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 )
 
 // compareMain starts the trivial server and `meshguard authz` as separate

@@ -1,6 +1,6 @@
 // Command authzload is a load generator for Envoy ext_authz gRPC servers.
 //
-// It replays CheckRequests built from internal/policygen's realistic traffic
+// It replays CheckRequests built from internal/testbed/policygen's realistic traffic
 // (principals, destination principals, context extensions, pseudo-headers,
 // queries inside paths, as Envoy sends them) in two modes: closed loop
 // (-mode max: N workers each send the next request as soon as the last one

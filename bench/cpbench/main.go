@@ -45,7 +45,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xds"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -77,7 +77,7 @@ func main() {
 		child    = flag.Int("child", 0, "internal: run one size and print JSON")
 		nodes    = flag.Int("nodes", 1000, "nodes (distinct workloads) and ADS clients")
 		baseline = flag.Int("baseline", 10, "baseline node count measured in the same run")
-		rules    = flag.Int("rules", 1000, "policy rules (internal/policygen.Realistic)")
+		rules    = flag.Int("rules", 1000, "policy rules (internal/testbed/policygen.Realistic)")
 		timeout  = flag.Duration("timeout", 2*time.Minute, "give up converging after this long")
 		cpuprof  = flag.String("cpuprofile", "", "internal: write a CPU profile of a -child run")
 		memprof  = flag.String("memprofile", "", "internal: write a heap profile of a -child run after convergence")
@@ -137,7 +137,7 @@ func lastLine(b []byte) []byte {
 }
 
 func report(base, big result, memlimit int64, replicas int) {
-	fmt.Printf("control plane bench: %d rules in %d documents (internal/policygen.Realistic), bundle %.1f KiB; GOMAXPROCS=%d\n",
+	fmt.Printf("control plane bench: %d rules in %d documents (internal/testbed/policygen.Realistic), bundle %.1f KiB; GOMAXPROCS=%d\n",
 		big.Rules, big.Documents, float64(big.BundleBytes)/1024, runtime.GOMAXPROCS(0))
 	fmt.Printf("wasm filter config (ECDS, one for the mesh: bundle and workload list) %.1f KiB at %d nodes\n",
 		float64(big.FilterBytes)/1024, big.Nodes)

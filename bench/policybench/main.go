@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshguard/meshguard/internal/policygen"
+	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
 )
 

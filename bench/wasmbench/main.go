@@ -1,6 +1,6 @@
 // Command wasmbench measures the meshguard proxy-wasm filter against a
 // no-op filter built with the same SDK and toolchain, both run in the same
-// wazero proxy-wasm host (wasm/host) in the same process: cost per request
+// wazero proxy-wasm host (internal/testbed/wasmhost) in the same process: cost per request
 // and its ratio to the no-op, the module's memory after many requests
 // (linear memory and the Go heap inside the module), and module sizes.
 //
@@ -18,9 +18,9 @@ import (
 	"runtime/pprof"
 	"sort"
 
+	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
-	"github.com/meshguard/meshguard/wasm/host"
 )
 
 func main() {
@@ -68,19 +68,19 @@ func run(args []string, out io.Writer) error {
 	}
 	ctx := context.Background()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	mg, err := host.New(ctx, filterWasm, host.Config{PluginConfig: cfg, VMs: 1, ManualTicks: true, Logger: quiet})
+	mg, err := wasmhost.New(ctx, filterWasm, wasmhost.Config{PluginConfig: cfg, VMs: 1, ManualTicks: true, Logger: quiet})
 	if err != nil {
 		return fmt.Errorf("start meshguard filter: %w", err)
 	}
 	defer mg.Close()
-	noop, err := host.New(ctx, noopWasm, host.Config{VMs: 1, ManualTicks: true, Logger: quiet})
+	noop, err := wasmhost.New(ctx, noopWasm, wasmhost.Config{VMs: 1, ManualTicks: true, Logger: quiet})
 	if err != nil {
 		return fmt.Errorf("start no-op filter: %w", err)
 	}
 	defer noop.Close()
-	var floor *host.Host
+	var floor *wasmhost.Host
 	if floorWasm != nil {
-		if floor, err = host.New(ctx, floorWasm, host.Config{VMs: 1, ManualTicks: true, Logger: quiet}); err != nil {
+		if floor, err = wasmhost.New(ctx, floorWasm, wasmhost.Config{VMs: 1, ManualTicks: true, Logger: quiet}); err != nil {
 			return fmt.Errorf("start floor filter: %w", err)
 		}
 		defer floor.Close()
@@ -93,19 +93,19 @@ func run(args []string, out io.Writer) error {
 	}
 
 	perConn := max(o.perConn, 1)
-	reqFor := func(perConn int) func(int) host.Request {
-		return func(i int) host.Request { return request(i, perConn) }
+	reqFor := func(perConn int) func(int) wasmhost.Request {
+		return func(i int) wasmhost.Request { return request(i, perConn) }
 	}
-	load := func(h *host.Host, n int) (host.LoadReport, error) { return loadWith(h, n, reqFor(perConn)) }
-	loadWith = func(h *host.Host, n int, req func(int) host.Request) (host.LoadReport, error) {
-		rep, err := h.RunLoad(ctx, host.LoadOptions{Requests: n, Concurrency: 1, Request: req})
+	load := func(h *wasmhost.Host, n int) (wasmhost.LoadReport, error) { return loadWith(h, n, reqFor(perConn)) }
+	loadWith = func(h *wasmhost.Host, n int, req func(int) wasmhost.Request) (wasmhost.LoadReport, error) {
+		rep, err := h.RunLoad(ctx, wasmhost.LoadOptions{Requests: n, Concurrency: 1, Request: req})
 		if err == nil && rep.Errors > 0 {
 			err = fmt.Errorf("%d errors, first: %v", rep.Errors, rep.FirstError)
 		}
 		return rep, err
 	}
 	// Warm up both (JIT-compiled code is ready; Go heaps reach steady state).
-	for _, h := range []*host.Host{mg, noop, floor} {
+	for _, h := range []*wasmhost.Host{mg, noop, floor} {
 		if h == nil {
 			continue
 		}
@@ -231,15 +231,15 @@ var callers = []string{
 
 // request is an ordinary allowed request: a realistic header set, one of a
 // few callers, record IDs in the path, the route the baseline knows.
-func request(i, perConn int) host.Request {
-	props := host.Properties{}
+func request(i, perConn int) wasmhost.Request {
+	props := wasmhost.Properties{}
 	props.SetUint("connection.id", uint64(i/perConn+1))
 	props.SetString("connection.uri_san_peer_certificate", callers[(i/perConn)%len(callers)])
 	props.SetBool("connection.mtls", true)
 	props.SetString("source.address", "10.1.0.7:43512")
 	props.SetString("destination.address", "10.1.0.9:8080")
 	props.SetString("xds.route_name", "orders-api")
-	return host.Request{
+	return wasmhost.Request{
 		Headers: [][2]string{
 			{":method", "GET"}, {":path", fmt.Sprintf("/api/orders/%d?expand=items", i%5000)},
 			{":authority", "orders.shop.svc.cluster.local:8080"}, {":scheme", "http"},
@@ -296,4 +296,4 @@ func pluginConfig() ([]byte, error) {
 	})
 }
 
-var loadWith func(h *host.Host, n int, req func(int) host.Request) (host.LoadReport, error)
+var loadWith func(h *wasmhost.Host, n int, req func(int) wasmhost.Request) (wasmhost.LoadReport, error)

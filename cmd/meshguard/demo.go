@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshguard/meshguard/internal/demo"
+	"github.com/meshguard/meshguard/internal/testbed/demo"
 )
 
 // filterModuleName is what `make wasm` writes into bin/.

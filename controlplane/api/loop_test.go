@@ -31,7 +31,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/quarantine"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
-	"github.com/meshguard/meshguard/internal/ca"
+	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )

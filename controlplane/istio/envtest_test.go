@@ -37,7 +37,7 @@ import (
 
 	"github.com/meshguard/meshguard/controlplane/istiogen"
 	"github.com/meshguard/meshguard/controlplane/store"
-	"github.com/meshguard/meshguard/internal/kubestrict"
+	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )

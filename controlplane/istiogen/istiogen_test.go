@@ -21,7 +21,7 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshguard/meshguard/internal/kubestrict"
+	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )

@@ -1,7 +1,7 @@
 // Package wasmtest builds meshguard's proxy-wasm modules with the upstream Go
 // toolchain for tests and benchmarks, and holds the suite that runs the
 // filter's scenarios on the compiled module in the wazero proxy-wasm host
-// (wasm/host): the same bytes Envoy would load.
+// (internal/testbed/wasmhost): the same bytes Envoy would load.
 package wasmtest
 
 import (

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 	"github.com/meshguard/meshguard/policies/wire"
-	"github.com/meshguard/meshguard/wasm/host"
 	"github.com/meshguard/meshguard/wasm/internal/scenario"
 	"github.com/tetratelabs/wazero"
 )
@@ -105,7 +105,7 @@ func (cp *controlPlane) snapshot() (batches int, events []wire.Event, bad []stri
 // the module while a slow runner (-race, a loaded machine) cannot stretch a
 // burst of requests into steady traffic.
 type hostDriver struct {
-	h  *host.Host
+	h  *wasmhost.Host
 	cp *controlPlane
 
 	mu     sync.Mutex
@@ -135,7 +135,7 @@ func (d *hostDriver) Start(t *testing.T, cfg []byte) error {
 		d.h = nil
 	}
 	d.cp = newControlPlane(t)
-	h, err := host.New(context.Background(), filterWasm, host.Config{
+	h, err := wasmhost.New(context.Background(), filterWasm, wasmhost.Config{
 		PluginConfig:     cfg,
 		VMs:              1,
 		ManualTicks:      true,
@@ -153,7 +153,7 @@ func (d *hostDriver) Start(t *testing.T, cfg []byte) error {
 func (d *hostDriver) Reconfigure(t *testing.T, cfg []byte) error { return d.h.Reconfigure(cfg) }
 
 func (d *hostDriver) Do(t *testing.T, r scenario.Request) scenario.Result {
-	props := host.Properties{}
+	props := wasmhost.Properties{}
 	if r.Source != "" {
 		props.SetString("connection.uri_san_peer_certificate", r.Source)
 	}
@@ -172,8 +172,10 @@ func (d *hostDriver) Do(t *testing.T, r scenario.Request) scenario.Result {
 	if status == 0 {
 		status = 200
 	}
-	res, err := d.h.HandleRequest(context.Background(), host.Request{Headers: hdrs, Properties: props},
-		func(context.Context, host.UpstreamRequest) host.Response { return host.Response{Status: status} })
+	res, err := d.h.HandleRequest(context.Background(), wasmhost.Request{Headers: hdrs, Properties: props},
+		func(context.Context, wasmhost.UpstreamRequest) wasmhost.Response {
+			return wasmhost.Response{Status: status}
+		})
 	if err != nil {
 		t.Fatalf("request: %v", err)
 	}
@@ -246,10 +248,10 @@ func TestMeshWideConfigPicksTheNodesWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(cluster string) (*host.Host, error) {
-		return host.New(context.Background(), filterWasm, host.Config{
+	start := func(cluster string) (*wasmhost.Host, error) {
+		return wasmhost.New(context.Background(), filterWasm, wasmhost.Config{
 			PluginConfig: cfg, VMs: 1, ManualTicks: true, CompilationCache: cache,
-			Properties: host.Properties{}.SetString("node.id", cluster+"-1").SetString("node.cluster", cluster),
+			Properties: wasmhost.Properties{}.SetString("node.id", cluster+"-1").SetString("node.cluster", cluster),
 		})
 	}
 	// The shop namespace's policy refuses the intruder; nothing guards
@@ -262,12 +264,14 @@ func TestMeshWideConfigPicksTheNodesWorkload(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tc.cluster, err)
 		}
-		props := host.Properties{}.SetString("connection.uri_san_peer_certificate", scenario.Intruder).
+		props := wasmhost.Properties{}.SetString("connection.uri_san_peer_certificate", scenario.Intruder).
 			SetBool("connection.mtls", true).SetString("xds.route_name", "orders-api")
-		res, err := h.HandleRequest(context.Background(), host.Request{
+		res, err := h.HandleRequest(context.Background(), wasmhost.Request{
 			Headers:    [][2]string{{":method", "GET"}, {":path", "/api/x"}, {":authority", "x"}, {":scheme", "http"}},
 			Properties: props,
-		}, func(context.Context, host.UpstreamRequest) host.Response { return host.Response{Status: 200} })
+		}, func(context.Context, wasmhost.UpstreamRequest) wasmhost.Response {
+			return wasmhost.Response{Status: 200}
+		})
 		h.Close()
 		if err != nil {
 			t.Fatal(err)

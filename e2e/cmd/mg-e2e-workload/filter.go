@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/controlplane/xds"
-	"github.com/meshguard/meshguard/internal/envoyemu"
-	"github.com/meshguard/meshguard/wasm/host"
+	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
+	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 )
 
 // controlPlaneCluster is the cluster name the control plane's generated
@@ -49,7 +49,7 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 			closers[i]()
 		}
 	}
-	hc := host.Config{VMs: 1, Logger: log}
+	hc := wasmhost.Config{VMs: 1, Logger: log}
 	if dir := os.Getenv("MG_E2E_WAZERO_CACHE"); dir != "" {
 		// Shared on disk between the workload processes: compile once.
 		if c, err := wazero.NewCompilationCacheWithDir(dir); err == nil {
@@ -67,10 +67,10 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 		hc.Clusters = map[string]string{controlPlaneCluster: o.cpURL}
 		hc.HTTPTransport = tr
 	}
-	start := func(cfg []byte) (*host.Host, error) {
+	start := func(cfg []byte) (*wasmhost.Host, error) {
 		c := hc
 		c.PluginConfig = cfg
-		return host.New(ctx, module, c)
+		return wasmhost.New(ctx, module, c)
 	}
 
 	if o.filterCfg != "" {
@@ -101,7 +101,7 @@ func newFilter(ctx context.Context, o options, src *workloadapi.X509Source, log 
 	closers = append(closers, func() { _ = cc.Close() })
 	var (
 		mu    sync.Mutex
-		h     *host.Host
+		h     *wasmhost.Host
 		first = make(chan struct{})
 	)
 	node := &corev3.Node{Id: o.name + "-" + fmt.Sprint(os.Getpid()), Cluster: o.nodeCluster}

@@ -1,5 +1,5 @@
 // Command mg-e2e-workload is one workload of the end-to-end suite: an
-// application behind an Envoy-EMULATING sidecar (internal/envoyemu), with
+// application behind an Envoy-EMULATING sidecar (internal/testbed/envoyemu), with
 // its identity from the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET). The
 // suite runs one copy of this binary per workload, each at its own path, so
 // that SPIRE's unix workload attestor (unix:path) gives each its own SVID.
@@ -32,7 +32,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/meshguard/meshguard/internal/envoyemu"
+	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
 )
 
 func main() {

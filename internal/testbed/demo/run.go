@@ -1,0 +1,502 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/tetratelabs/wazero"
+	"google.golang.org/grpc"
+
+	"github.com/meshguard/meshguard/authz/decisionlog"
+	"github.com/meshguard/meshguard/authz/identity"
+	"github.com/meshguard/meshguard/authz/loader"
+	"github.com/meshguard/meshguard/authz/metrics"
+	"github.com/meshguard/meshguard/authz/server"
+	"github.com/meshguard/meshguard/controlplane/api"
+	"github.com/meshguard/meshguard/controlplane/learn"
+	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/store"
+	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
+	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/source"
+	"github.com/meshguard/meshguard/policies/wire"
+)
+
+// authzID is the authz server's identity in the demo mesh.
+var authzID = spiffeid.RequireFromPath(trustDomain, "/ns/meshguard/sa/authz")
+
+// jwtAudience is the audience the example payments policy requires.
+const jwtAudience = "payments"
+
+// mesh is the running demo.
+type mesh struct {
+	o   Options
+	ui  *UI
+	ids identities
+
+	engine *policies.Engine
+	loader *loader.Loader
+	grpc   *grpc.Server
+	authz  string // address
+
+	dlog *decisionMemo
+
+	store  *store.Store
+	qm     *quarantine.Manager
+	unsub  func()
+	events *http.Server
+	evURL  string
+
+	// wasmCache shares the compiled filter between the sidecars' hosts
+	// (and, on disk, between runs).
+	wasmCache wazero.CompilationCache
+
+	mu       sync.Mutex
+	bundle   *policies.Bundle
+	set      policies.Set
+	nodes    map[string]*node
+	byID     map[spiffeid.ID]string
+	sum      Summary
+	detected map[string]bool // unknown edges already shown
+}
+
+func start(ctx context.Context, o Options) (_ *mesh, err error) {
+	m := &mesh{o: o, nodes: map[string]*node{}, byID: map[spiffeid.ID]string{}, detected: map[string]bool{},
+		sum: Summary{ByReason: map[string]int{}, LegitDeniedCalls: map[string]int{}, AfterRelease: map[string]int{}}}
+	m.ui = NewUI(o.Out, o.TTY, o.Color, o.Duration)
+	defer func() {
+		if err != nil {
+			m.stop()
+		}
+	}()
+
+	// Identities.
+	if o.SpireSocket != "" {
+		m.ids, err = newSPIREIdentities(ctx, o.SpireSocket)
+	} else {
+		m.ids, err = newCAIdentities(trustDomain)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("demo: identities: %w", err)
+	}
+	m.ui.Info("identities: %s", m.ids.Describe())
+
+	// Policies.
+	set, diags, err := source.LoadFS(o.Policies, o.PolicyPaths...)
+	if err != nil {
+		return nil, fmt.Errorf("demo: policies: %w\n%s", err, diags)
+	}
+	m.set = set
+	if err := m.startControlPlane(); err != nil {
+		return nil, err
+	}
+	m.ui.Info("policies: %d documents, bundle %s", countDocs(&set), m.bundle.Version)
+
+	if err := m.startAuthz(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.startNodes(ctx); err != nil {
+		return nil, err
+	}
+	// Every bundle the store publishes reaches the authz server and every
+	// filter (the control plane's ADS and ECDS, in process).
+	m.unsub = m.store.Subscribe(func(b *policies.Bundle) {
+		if err := m.publish(b); err != nil {
+			m.ui.Info("publishing bundle %s: %v", b.Version, err)
+		}
+	})
+	return m, nil
+}
+
+func countDocs(s *policies.Set) int {
+	return len(s.AuthorizationPolicies) + len(s.IdentityPolicies) + len(s.DefaultDenies) + len(s.RouteOverrides) +
+		len(s.TrafficBaselines) + len(s.AnomalyProfiles) + len(s.Quarantines)
+}
+
+// startAuthz runs the authz server in process on a loopback gRPC mTLS
+// listener, as `meshguard authz` runs it.
+func (m *mesh) startAuthz(ctx context.Context) error {
+	svid, err := m.ids.X509(authzID)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	met := metrics.New(reg)
+	m.engine = &policies.Engine{}
+	m.loader = loader.New(m.engine, m.o.Log, met)
+	if err := m.loader.Apply("demo", loader.Update{Bundle: m.bundle, Origin: "demo"}); err != nil {
+		return fmt.Errorf("demo: authz: %w", err)
+	}
+	res, err := identity.New(identity.Config{Bundles: m.ids.Bundles(), JWTAudiences: []string{jwtAudience}})
+	if err != nil {
+		return fmt.Errorf("demo: authz identity: %w", err)
+	}
+	m.dlog = newDecisionMemo(4096)
+	dl, err := decisionlog.New(decisionlog.Config{W: m.dlog, AllowSampleRate: 1})
+	if err != nil {
+		return fmt.Errorf("demo: decision log: %w", err)
+	}
+	srv, err := server.New(server.Config{Engine: m.engine, Identity: res, Log: m.o.Log, Metrics: met, DecisionLog: dl})
+	if err != nil {
+		return fmt.Errorf("demo: authz: %w", err)
+	}
+	auth, err := server.Callers{TrustDomains: []spiffeid.TrustDomain{trustDomain}}.Authorizer()
+	if err != nil {
+		return err
+	}
+	opts := append(srv.GRPCServerOptions(), grpc.Creds(grpccredentials.MTLSServerCredentials(svid, m.ids.Bundles(), auth)))
+	m.grpc = grpc.NewServer(opts...)
+	srv.Register(m.grpc)
+	srv.MarkReady()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("demo: authz listen: %w", err)
+	}
+	m.authz = l.Addr().String()
+	go func() { _ = m.grpc.Serve(l) }()
+	m.ui.Info("authz server: gRPC ext_authz with mTLS on %s as %s", m.authz, authzID)
+	return nil
+}
+
+// controlPlaneCluster is the Envoy cluster name the filters send events to.
+const controlPlaneCluster = "meshguard-controlplane"
+
+// controlPlaneID and operatorID are the control plane's identity and the
+// operator who releases the quarantine in the demo.
+var (
+	controlPlaneID = spiffeid.RequireFromPath(trustDomain, "/ns/meshguard/sa/controlplane")
+	operatorID     = spiffeid.RequireFromPath(trustDomain, "/ns/secops/sa/oncall")
+)
+
+// startControlPlane runs the control plane's policy store, quarantine
+// manager and event endpoint in process, as `meshguard controlplane` wires
+// them: filters POST their events over mTLS; anomalies whose profile
+// response is quarantine (or enough block-level ones) quarantine the
+// identity, which is a new bundle version for every filter and the authz
+// server.
+func (m *mesh) startControlPlane() error {
+	st, err := store.New(store.Options{Logger: m.o.Log,
+		Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err }})
+	if err != nil {
+		return fmt.Errorf("demo: control plane: %w", err)
+	}
+	m.store = st
+	if err := st.SetSource("files", m.set); err != nil {
+		return fmt.Errorf("demo: policies: %w", err)
+	}
+	m.bundle = st.Bundle()
+	qm, err := quarantine.New(quarantine.Options{
+		Sink: st,
+		Profiles: func() []policies.AnomalyProfile {
+			if b := st.Bundle(); b != nil {
+				return b.Set.AnomalyProfiles
+			}
+			return nil
+		},
+		Namespace:       "istio-system",
+		DefaultDuration: 15 * time.Minute,
+		// Quarantine after two block-level detections within a minute (the
+		// controlplane command's --quarantine-threshold, default 5), so
+		// that the attack is contained within the demo's short run.
+		Threshold: quarantine.Threshold{Events: 2, Window: time.Minute},
+		Protected: []spiffeid.ID{authzID, controlPlaneID},
+		Logger:    m.o.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("demo: quarantine manager: %w", err)
+	}
+	m.qm = qm
+	handler, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: trustDomain,
+		Admins: []spiffeid.ID{operatorID}, Logger: m.o.Log})
+	if err != nil {
+		return fmt.Errorf("demo: control plane API: %w", err)
+	}
+	svid, err := m.ids.X509(controlPlaneID)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("demo: control plane listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", handler)
+	mux.HandleFunc("POST "+wire.EventsPath, func(w http.ResponseWriter, r *http.Request) {
+		// Show the batch, then hand it to the control plane's endpoint.
+		body, err := io.ReadAll(io.LimitReader(r.Body, api.MaxBatchBytes+1))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if batch, err := api.DecodeBatch(body); err == nil {
+			m.onEvents(batch)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		handler.ServeHTTP(w, r)
+	})
+	m.events = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		TLSConfig: tlsconfig.MTLSServerConfig(svid, m.ids.Bundles(), tlsconfig.AuthorizeMemberOf(trustDomain))}
+	go func() { _ = m.events.ServeTLS(l, "", "") }()
+	m.evURL = "https://" + l.Addr().String()
+	m.ui.Info("control plane: policy store, quarantine manager and event endpoint (mTLS) on %s as %s", l.Addr(), controlPlaneID)
+	return nil
+}
+
+// onEvents shows what the filters detected: anomalies, and edges of the
+// service graph that the traffic baseline does not list (lateral movement).
+func (m *mesh) onEvents(b *wire.EventBatch) {
+	for _, e := range b.Events {
+		var why string
+		switch {
+		case e.Kind == wire.EventAnomaly:
+			why = fmt.Sprintf("%s anomaly, response %s", e.Detector, orDash(e.Response))
+		case e.Kind == wire.EventEdge && strings.Contains(e.Detail, "unknown"):
+			// Filters report an unknown edge once per window; show each once.
+			key := e.Source + "|" + e.Destination + "|" + e.Route
+			m.mu.Lock()
+			seen := m.detected[key]
+			m.detected[key] = true
+			m.mu.Unlock()
+			if seen {
+				continue
+			}
+			why = "lateral movement: edge not in the traffic baseline (" + e.Detail + ")"
+		default:
+			continue
+		}
+		if e.Detail != "" && e.Kind == wire.EventAnomaly {
+			why += " · " + e.Detail
+		}
+		d := Detection{Detector: e.Detector, Source: e.Source, Destination: e.Destination, Response: e.Response, Detail: e.Detail}
+		m.mu.Lock()
+		m.sum.Detections = append(m.sum.Detections, d)
+		m.mu.Unlock()
+		what := e.Method + " route " + e.Route
+		dest := e.Destination
+		if dest == "" {
+			dest = b.Reporter // the filter reports about traffic to its own workload
+		}
+		m.ui.Line(KindDetect, m.name(e.Source)+" → "+m.nameOrHost(dest), what, why)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// filterConfig is the plugin configuration for one workload's filter.
+func (m *mesh) filterConfig(w workloadSpec, id spiffeid.ID, b *policies.Bundle) ([]byte, error) {
+	enc, err := b.Encode()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(wire.FilterConfig{
+		Bundle: enc,
+		Workload: wire.Workload{ID: id.String(), Namespace: w.Namespace, Service: w.Service(),
+			Labels: map[string]string{"app": w.Name},
+			// Every demo route calls the authz server after the filter.
+			ExtAuthz: &wire.ExtAuthz{}},
+		RequireMTLS:  true,
+		ControlPlane: wire.ControlPlane{Cluster: controlPlaneCluster, TickMillis: 250},
+	})
+}
+
+func (m *mesh) startNodes(ctx context.Context) error {
+	m.wasmCache = newWasmCache()
+	compileStart := time.Now()
+	for _, w := range demoWorkloads {
+		id := w.id(trustDomain)
+		svids, err := m.ids.X509(id)
+		if err != nil {
+			return err
+		}
+		n := &node{spec: w, id: id, svids: svids}
+		m.nodes[w.Name] = n
+		m.byID[id] = w.Name
+		if len(w.Routes) == 0 {
+			continue
+		}
+		app, appURL, err := startApp(w.Name)
+		if err != nil {
+			return err
+		}
+		n.app = app
+		client, cc, err := envoyemu.DialAuthz(m.authz, svids, m.ids.Bundles(), authzID)
+		if err != nil {
+			return err
+		}
+		n.closers = append(n.closers, func() { _ = cc.Close() })
+		cfg, err := m.filterConfig(w, id, m.bundle)
+		if err != nil {
+			return err
+		}
+		// The filter's event callouts go through the sidecar's cluster for
+		// the control plane: mTLS with the workload's SVID, accepting only
+		// the control plane's ID.
+		cpTransport := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(svids, m.ids.Bundles(), tlsconfig.AuthorizeID(controlPlaneID))}
+		n.closers = append(n.closers, cpTransport.CloseIdleConnections)
+		h, err := wasmhost.New(ctx, m.o.Wasm, wasmhost.Config{
+			PluginConfig: cfg, VMs: 1, Logger: m.o.Log, CompilationCache: m.wasmCache,
+			Clusters:      map[string]string{controlPlaneCluster: m.evURL},
+			HTTPTransport: cpTransport,
+			Properties:    wasmhost.Properties{}.SetString("node.id", w.Name+"."+w.Namespace),
+		})
+		if err != nil {
+			return fmt.Errorf("demo: wasm filter for %s: %w", w.Name, err)
+		}
+		n.closers = append(n.closers, func() { _ = h.Close() })
+		n.filter = envoyemu.NewWasmFilter(h)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		sc, err := envoyemu.New(envoyemu.Config{
+			Name: w.Name, SVIDs: svids, Bundles: m.ids.Bundles(), Routes: w.routes(id),
+			Filter: n.filter, Authz: client, AuthzTimeout: time.Second,
+			IncludePeerCertificate: true, Upstream: appURL, Logger: m.o.Log,
+			OnOutcome: m.onOutcome,
+		})
+		if err != nil {
+			return err
+		}
+		if err := sc.Listen("127.0.0.1:0"); err != nil {
+			return err
+		}
+		n.sidecar = sc
+	}
+	m.ui.Info("wasm filter: %d KiB module compiled and started in %d sidecars in %v", len(m.o.Wasm)/1024, len(m.nodes)-3, time.Since(compileStart).Round(10*time.Millisecond))
+	m.ui.Info("workloads: %d sidecars (Envoy emulated: mTLS, wasm filter in wazero, ext_authz) + 3 clients", len(m.nodes)-3)
+	return nil
+}
+
+// publish sends a new bundle to the authz server and every filter.
+func (m *mesh) publish(b *policies.Bundle) error {
+	var errs []error
+	if err := m.loader.Apply("demo", loader.Update{Bundle: b, Origin: "demo"}); err != nil {
+		errs = append(errs, err)
+	}
+	for _, n := range m.nodes {
+		if n.filter == nil {
+			continue
+		}
+		cfg, err := m.filterConfig(n.spec, n.id, b)
+		if err == nil {
+			err = n.filter.Host().Reconfigure(cfg)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.spec.Name, err))
+		}
+	}
+	m.mu.Lock()
+	prev := m.bundle
+	m.bundle = b
+	m.mu.Unlock()
+	m.showQuarantineChanges(prev, b)
+	return errors.Join(errs...)
+}
+
+func (m *mesh) name(id string) string {
+	if sid, err := spiffeid.FromString(id); err == nil {
+		if n, ok := m.byID[sid]; ok {
+			return n
+		}
+	}
+	if id == "" {
+		return "?"
+	}
+	return id
+}
+
+func (m *mesh) nameOrHost(s string) string {
+	for _, w := range demoWorkloads {
+		if s == w.Service() || s == w.Name {
+			return w.Name
+		}
+	}
+	return m.name(s)
+}
+
+func (m *mesh) stop() {
+	if m.unsub != nil {
+		m.unsub()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for _, n := range m.nodes {
+		n.close(ctx)
+	}
+	if m.grpc != nil {
+		m.grpc.Stop()
+	}
+	if m.events != nil {
+		_ = m.events.Close()
+	}
+	if m.ids != nil {
+		_ = m.ids.Close()
+	}
+	if m.wasmCache != nil {
+		_ = m.wasmCache.Close(context.Background())
+	}
+}
+
+// newWasmCache returns a compilation cache kept in the user's cache
+// directory, so that a second run starts in a fraction of the first's time;
+// in memory only when that directory is not usable.
+func newWasmCache() wazero.CompilationCache {
+	if dir, err := os.UserCacheDir(); err == nil {
+		if c, err := wazero.NewCompilationCacheWithDir(filepath.Join(dir, "meshguard", "wazero")); err == nil {
+			return c
+		}
+	}
+	return wazero.NewCompilationCache()
+}
+
+// showQuarantineChanges prints the quarantines a new bundle adds or removes.
+func (m *mesh) showQuarantineChanges(prev, cur *policies.Bundle) {
+	before := map[string]policies.QuarantineSpec{}
+	if prev != nil {
+		for _, q := range prev.Set.Quarantines {
+			before[q.Spec.Identity] = q.Spec
+		}
+	}
+	after := map[string]policies.QuarantineSpec{}
+	for _, q := range cur.Set.Quarantines {
+		after[q.Spec.Identity] = q.Spec
+	}
+	for id, q := range after {
+		if _, ok := before[id]; ok {
+			continue
+		}
+		m.mu.Lock()
+		m.sum.Quarantined = append(m.sum.Quarantined, id)
+		m.mu.Unlock()
+		m.ui.Line(KindQuarantine, m.name(id), "mesh-wide, bundle "+cur.Version, truncate(q.Reason, 120))
+	}
+	for id := range before {
+		if _, ok := after[id]; ok {
+			continue
+		}
+		m.mu.Lock()
+		m.sum.Released = append(m.sum.Released, id)
+		m.mu.Unlock()
+		m.ui.Line(KindRelease, m.name(id), "bundle "+cur.Version, "quarantine lifted")
+	}
+}
