@@ -26,7 +26,7 @@ func ModuleForTest(name string) []byte      { return testModules[name] }
 func CacheForTest() wazero.CompilationCache { return testCache }
 
 var filters = map[string]string{
-	"noop":    "../noop",
+	"noop":    "../../../wasm/noop",
 	"abitest": "./testdata/abitest",
 }
 
