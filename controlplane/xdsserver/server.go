@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +58,23 @@ type Options struct {
 	// PushTimeout frees a push slot of a node that does not answer.
 	// Default 2s.
 	PushTimeout time.Duration
+	// BundleHeartbeat, when positive, sends nodes that serve only the
+	// bundle (authz servers) and declare the client feature
+	// envoy.config.supports-resource-ttl the bundle with a TTL of three
+	// heartbeats and, every BundleHeartbeat, a heartbeat (the resource
+	// without its body), so that an idle but healthy control plane keeps
+	// their bundle confirmed and a silent one is noticed within the TTL.
+	// Envoy nodes get no TTL: a filter configuration must not expire.
+	BundleHeartbeat time.Duration
 }
+
+// ClientFeatureTTL is the client feature (Envoy's name) of a node that
+// understands resource TTLs and heartbeats.
+const ClientFeatureTTL = "envoy.config.supports-resource-ttl"
+
+// keyBundleTTL is the snapshot key of bundle-only nodes that take TTLs; no
+// workload key is empty or starts with a NUL.
+const keyBundleTTL = "\x00bundle-ttl"
 
 // Server is the xDS server. Create it with New, register it on a gRPC
 // server with Register and feed it bundles with Publish.
@@ -67,10 +85,12 @@ type Server struct {
 	workers int
 	xds     serverv3.Server
 
-	mu       sync.Mutex
-	bundle   *xds.EncodedBundle
-	byKey    map[string]*cache.Snapshot // workload key → snapshot
-	bundleOn *cache.Snapshot            // for nodes that are not workloads
+	mu        sync.Mutex
+	bundle    *xds.EncodedBundle
+	byKey     map[string]*cache.Snapshot // workload key → snapshot
+	bundleOn  *cache.Snapshot            // for nodes that are not workloads
+	bundleTTL *cache.Snapshot            // the same with a TTL (BundleHeartbeat)
+	ttl       time.Duration              // of bundleTTL's resource; 0: no heartbeats
 	nodes    map[string]string          // node ID → workload key ("" bundle only)
 	// streamNode maps an open stream to its node, and open counts a node's
 	// open streams: a node whose last stream closes is forgotten, so that
@@ -215,7 +235,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	// in the snapshot, and Envoy asks for the filter config alone while
 	// authz servers ask for the bundle alone. Snapshots are consistent
 	// (checked before publication), which is what ADS ordering protects.
-	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	if opts.BundleHeartbeat > 0 {
+		s.ttl = 3 * opts.BundleHeartbeat
+		s.cache = cache.NewSnapshotCacheWithHeartbeating(ctx, false, cache.IDHash{}, cacheLogger{log}, opts.BundleHeartbeat)
+	} else {
+		s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	}
 	s.xds = serverv3.NewServer(ctx, s.cache, s.callbacks())
 	return s, nil
 }
@@ -254,11 +279,20 @@ func (s *Server) Publish(b *policies.Bundle) error {
 		s.log.Error("bundle not published", "version", b.Version, "error", err)
 		return err
 	}
+	var bundleTTL *cache.Snapshot
+	if s.ttl > 0 {
+		if bundleTTL, err = withTTL(bundleOnly, s.ttl); err != nil {
+			s.m.failures.Inc()
+			s.log.Error("bundle not published", "version", b.Version, "error", err)
+			return err
+		}
+	}
 	built, failed := s.buildAll(eb)
 
 	s.mu.Lock()
 	s.bundle = eb
 	s.bundleOn = bundleOnly
+	s.bundleTTL = bundleTTL
 	for k, snap := range built {
 		s.byKey[k] = snap
 	}
@@ -416,10 +450,30 @@ func (s *Server) buildAll(eb *xds.EncodedBundle) (map[string]*cache.Snapshot, in
 
 // snapshotFor must be called with s.mu held.
 func (s *Server) snapshotFor(key string) *cache.Snapshot {
-	if key == "" {
+	switch key {
+	case "":
 		return s.bundleOn
+	case keyBundleTTL:
+		return s.bundleTTL
 	}
 	return s.byKey[key]
+}
+
+// withTTL is snap with a TTL on every resource (heartbeats keep them).
+func withTTL(snap *cache.Snapshot, ttl time.Duration) (*cache.Snapshot, error) {
+	res := map[resource.Type][]types.ResourceWithTTL{}
+	version := ""
+	for _, typ := range []resource.Type{resource.ExtensionConfigType} {
+		for _, r := range snap.GetResourcesAndTTL(typ) {
+			res[typ] = append(res[typ], types.ResourceWithTTL{Resource: r.Resource, TTL: &ttl})
+		}
+		version = snap.GetVersion(typ)
+	}
+	out, err := cache.NewSnapshotWithTTLs(version, res)
+	if err != nil {
+		return nil, fmt.Errorf("xdsserver: bundle snapshot with a TTL: %w", err)
+	}
+	return out, nil
 }
 
 // ensureNode gives a node it has not seen its snapshot. It takes a push
@@ -440,6 +494,9 @@ func (s *Server) ensureNode(node *core.Node) {
 		if w, ok := s.gen.Mesh().Lookup(node.GetCluster(), id); ok {
 			key = w.Key
 		}
+	}
+	if key == "" && s.ttl > 0 && slices.Contains(node.GetClientFeatures(), ClientFeatureTTL) {
+		key = keyBundleTTL
 	}
 	s.nodes[id] = key
 	s.m.nodes.Set(float64(len(s.nodes)))

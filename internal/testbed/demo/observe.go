@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
@@ -56,11 +57,19 @@ func (d *decisionMemo) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// get returns the entry of a request. The decision log is written by a
+// goroutine of its own, so an entry may arrive just after the answer: wait
+// for it a little.
 func (d *decisionMemo) get(reqID string) (decisionlog.Entry, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	e, ok := d.byReq[reqID]
-	return e, ok
+	for deadline := time.Now().Add(200 * time.Millisecond); ; {
+		d.mu.Lock()
+		e, ok := d.byReq[reqID]
+		d.mu.Unlock()
+		if ok || time.Now().After(deadline) {
+			return e, ok
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // onOutcome shows one request the sidecars handled.
