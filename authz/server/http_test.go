@@ -17,8 +17,8 @@ import (
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/authz/identity"
-	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )

@@ -28,8 +28,8 @@ import (
 	extensionservice "github.com/envoyproxy/go-control-plane/envoy/service/extension/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,7 +91,7 @@ type Server struct {
 	bundleOn  *cache.Snapshot            // for nodes that are not workloads
 	bundleTTL *cache.Snapshot            // the same with a TTL (BundleHeartbeat)
 	ttl       time.Duration              // of bundleTTL's resource; 0: no heartbeats
-	nodes    map[string]string          // node ID → workload key ("" bundle only)
+	nodes     map[string]string          // node ID → workload key ("" bundle only)
 	// streamNode maps an open stream to its node, and open counts a node's
 	// open streams: a node whose last stream closes is forgotten, so that
 	// pods that come and go leave nothing behind and take no push slot.
