@@ -306,11 +306,14 @@ func (w *Watcher) Next(now time.Time) (*Snapshot, error) {
 		return nil, nil
 	}
 	w.lastErr = ""
+	if s.Hash != w.cand {
+		// Any other content in between restarts the clock: content that
+		// comes and goes (a file rewritten in place again and again) is
+		// not settled, however often it is seen.
+		w.cand, w.candSince = s.Hash, now
+	}
 	if w.hasHanded && s.Hash == w.handed {
 		return nil, nil
-	}
-	if s.Hash != w.cand {
-		w.cand, w.candSince = s.Hash, now
 	}
 	if now.Sub(s.Newest) < w.Settle && now.Sub(w.candSince) < w.Settle {
 		return nil, nil

@@ -192,3 +192,28 @@ func TestWatcherSettles(t *testing.T) {
 		t.Fatal("content back after an error not handed out")
 	}
 }
+
+// TestWatcherIntermittentContentIsNotSettled: content seen again and again
+// between reads of the settled content (a file rewritten in place, read
+// half-written now and then) never counts as settled.
+func TestWatcherIntermittentContentIsNotSettled(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.yaml")
+	future := time.Now().Add(time.Hour) // mtimes never old enough: only the second rule counts
+	w := &Watcher{Paths: []string{dir}, Exts: exts, Settle: time.Second}
+	write(t, path, "kind: Whole\n", time.Now().Add(-time.Hour))
+	now := time.Now()
+	if s, _ := w.Next(now); s == nil {
+		t.Fatal("whole content not handed out")
+	}
+	for i := range 40 {
+		content := "kind: Whole\n"
+		if i%3 == 0 {
+			content = "kind: Half\n"
+		}
+		write(t, path, content, future)
+		if s, _ := w.Next(now.Add(time.Duration(i+1) * 100 * time.Millisecond)); s != nil {
+			t.Fatalf("read %d: %q handed out while the file keeps changing", i, s.Files[0].Data)
+		}
+	}
+}
