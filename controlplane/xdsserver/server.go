@@ -92,6 +92,11 @@ type Server struct {
 	bundleTTL *cache.Snapshot            // the same with a TTL (BundleHeartbeat)
 	ttl       time.Duration              // of bundleTTL's resource; 0: no heartbeats
 	nodes     map[string]string          // node ID → workload key ("" bundle only)
+	// joining are nodes whose first snapshot ensureNode is handing over:
+	// their stream waits for a push slot and answers nothing meanwhile,
+	// so a Publish's push must not take a slot for them (it would be
+	// held until PushTimeout); ensureNode hands them the newest snapshot.
+	joining map[string]bool
 	// streamNode maps an open stream to its node, and open counts a node's
 	// open streams: a node whose last stream closes is forgotten, so that
 	// pods that come and go leave nothing behind and take no push slot.
@@ -169,6 +174,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		workers:    opts.Workers,
 		byKey:      map[string]*cache.Snapshot{},
 		nodes:      map[string]string{},
+		joining:    map[string]bool{},
 		streamNode: map[streamKey]string{},
 		open:       map[string]int{},
 		sent:       map[int64]map[string]sentResponse{},
@@ -327,15 +333,25 @@ func (s *Server) push(gen uint64, nodes []string) {
 		if s.pushGen.Load() != gen {
 			return
 		}
-		if !s.known(node) {
-			continue // gone since the Publish
+		if !s.pushable(node) {
+			continue // gone since the Publish, or joining
 		}
 		s.acquire(node)
 		// Under s.mu so that a node forgotten meanwhile gets no snapshot
-		// back (forget clears it under the same lock).
+		// back (forget clears it under the same lock), and a node that
+		// rejoined meanwhile holds no slot it cannot give back.
 		s.mu.Lock()
 		key, ok := s.nodes[node]
+		ok = ok && !s.joining[node]
 		snap := s.snapshotFor(key)
+		if ok && snap != nil {
+			// A node that joined during this Publish already holds the
+			// newest snapshot: setting it again sends nothing, and the
+			// slot would wait for an answer that never comes.
+			if cur, err := s.cache.GetSnapshot(node); err == nil && cur == cache.ResourceSnapshot(snap) {
+				ok = false
+			}
+		}
 		var err error
 		if ok && snap != nil {
 			err = s.cache.SetSnapshot(ctx, node, snap)
@@ -499,6 +515,7 @@ func (s *Server) ensureNode(node *core.Node) {
 		key = keyBundleTTL
 	}
 	s.nodes[id] = key
+	s.joining[id] = true
 	s.m.nodes.Set(float64(len(s.nodes)))
 	s.mu.Unlock()
 	s.log.Info("xds node connected", "node", id, "workload", key)
@@ -506,7 +523,8 @@ func (s *Server) ensureNode(node *core.Node) {
 	s.acquire(id)
 	s.mu.Lock()
 	_, ok := s.nodes[id]
-	snap := s.snapshotFor(key)
+	delete(s.joining, id)
+	snap := s.snapshotFor(key) // the newest: a Publish meanwhile skipped it
 	var err error
 	if ok && snap != nil {
 		err = s.cache.SetSnapshot(context.Background(), id, snap)
@@ -524,11 +542,13 @@ func (s *Server) ensureNode(node *core.Node) {
 	}
 }
 
-func (s *Server) known(node string) bool {
+// pushable reports whether a Publish's push should take node: known, and
+// not joining (ensureNode serves it).
+func (s *Server) pushable(node string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.nodes[node]
-	return ok
+	return ok && !s.joining[node]
 }
 
 // streamOpened records that stream serves node (once per stream), before
@@ -565,6 +585,7 @@ func (s *Server) streamClosed(stream streamKey) {
 	if gone {
 		delete(s.open, id)
 		delete(s.nodes, id)
+		delete(s.joining, id)
 		s.cache.ClearSnapshot(id)
 		s.m.nodes.Set(float64(len(s.nodes)))
 	}

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshguard/meshguard/internal/testbed/netfault"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
@@ -92,8 +94,12 @@ func TestFault1EmptiedOrCutPolicyFile(t *testing.T) {
 func TestFault2ReloadRace(t *testing.T) {
 	fx := newFixture(t)
 	path := filepath.Join(fx.dir, "policy.yaml")
-	withProbe := wholePolicy + "---\n" + probeDoc
-	versions := map[string]string{withProbe: bundleVersion(t, withProbe), wholePolicy: bundleVersion(t, wholePolicy)}
+	// A large file (a generated policy set is often one): its reads take
+	// long enough that a version can change between two of them.
+	pad := strings.Repeat("# "+strings.Repeat("generated padding ", 5)+"\n", 12000)
+	withProbe, without := pad+wholePolicy+"---\n"+probeDoc, pad+wholePolicy
+	versions := map[string]string{withProbe: bundleVersion(t, withProbe), without: bundleVersion(t, without)}
+	alt := filepath.Join(fx.dir, "policy-other.yaml")
 	writeAtomic(t, path, wholePolicy)
 	a := startAuthz(t, "fault2-authz", fx, []string{"--policy", path, "--policy-poll-interval", "5ms", "--decision-log", "off"}, nil, nil)
 	waitReady(t, a, 20*time.Second)
@@ -102,16 +108,23 @@ func TestFault2ReloadRace(t *testing.T) {
 	wrong := 0
 	var converge []time.Duration
 	for trial := range trials {
-		final := []string{withProbe, wholePolicy}[trial%2]
-		other := []string{wholePolicy, withProbe}[trial%2]
-		// Flip as fast as renames go, for 150ms, then settle on final.
-		for end := time.Now().Add(150 * time.Millisecond); time.Now().Before(end); {
-			writeAtomic(t, path, other)
-			writeAtomic(t, path, final)
+		final := []string{withProbe, without}[trial%2]
+		other := []string{without, withProbe}[trial%2]
+		// Flip for 150ms as fast as the kernel swaps two names (each
+		// swap atomic: every read sees one whole version), then stop on
+		// final.
+		writeAtomic(t, path, final)
+		writeAtomic(t, alt, other)
+		swaps := 0
+		for end := time.Now().Add(150 * time.Millisecond); time.Now().Before(end); swaps++ {
+			exchange(t, alt, path)
+		}
+		if swaps%2 == 1 {
+			exchange(t, alt, path)
 		}
 		start := time.Now()
 		served := ""
-		for time.Since(start) < 2*time.Second {
+		for time.Since(start) < 5*time.Second {
 			if _, body := readyz(a.admin); strings.Contains(body, versions[final]) {
 				served = versions[final]
 				break
@@ -119,7 +132,7 @@ func TestFault2ReloadRace(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		probe := a.check(context.Background(), trial, "/api/probe", time.Second)
-		probeOK := probe.err == nil && probe.allowed == (final == wholePolicy)
+		probeOK := probe.err == nil && probe.allowed == (final == without)
 		if served == "" || !probeOK {
 			wrong++
 			_, body := readyz(a.admin)
@@ -137,6 +150,15 @@ func TestFault2ReloadRace(t *testing.T) {
 		wrong == 0,
 		"%d of %d trials served another version than the file's (ready all along); converged within %s in the others",
 		wrong, trials, ms(worst))
+}
+
+// exchange swaps two files' names in one step (renameat2
+// RENAME_EXCHANGE): the path holds one whole version or the other.
+func exchange(t *testing.T, a, b string) {
+	t.Helper()
+	if err := unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE); err != nil {
+		t.Fatalf("rename exchange: %v", err)
+	}
 }
 
 // bundleVersion is the version the server gives a policy file's content.
