@@ -62,8 +62,12 @@ func TestMalformedInput(t *testing.T) {
 		{},
 		{Attributes: &authv3.AttributeContext{}},
 		mutate(func(r *authv3.CheckRequest) { r.Attributes.Destination = nil }),
-		mutate(func(r *authv3.CheckRequest) { r.Attributes.Source.Principal = "spiffe://evil.example/ns/web/sa/frontend" }),
-		mutate(func(r *authv3.CheckRequest) { r.Attributes.Source.Principal = "spiffe://" + td + "/ns/web/sa/frontend/../../admin" }),
+		mutate(func(r *authv3.CheckRequest) {
+			r.Attributes.Source.Principal = "spiffe://evil.example/ns/web/sa/frontend"
+		}),
+		mutate(func(r *authv3.CheckRequest) {
+			r.Attributes.Source.Principal = "spiffe://" + td + "/ns/web/sa/frontend/../../admin"
+		}),
 		mutate(func(r *authv3.CheckRequest) { r.Attributes.Request.Http.Path = "/api/admin\x00/items" }),
 		mutate(func(r *authv3.CheckRequest) { r.Attributes.Request.Http.Path = "/api/%61dmin" }),
 		mutate(func(r *authv3.CheckRequest) { r.Attributes.Request.Http.Path = "/api/items/..%2fadmin" }),
