@@ -24,6 +24,7 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"helm.sh/helm/v3/pkg/chart/loader"
@@ -627,6 +628,17 @@ func TestEnvoyBootstrap(t *testing.T) {
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetName() == "meshguard-controlplane" && c.GetTransportSocket() == nil {
 			t.Error("control plane cluster without TLS")
+		}
+		if c.GetName() == "meshguard-controlplane" {
+			// A silent partition must end the ADS stream (docs/faults.md).
+			var opts httpv3.HttpProtocolOptions
+			if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&opts); err != nil {
+				t.Errorf("control plane cluster protocol options: %v", err)
+			}
+			ka := opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions().GetConnectionKeepalive()
+			if ka.GetInterval().AsDuration() < 5*time.Second || ka.GetTimeout().AsDuration() <= 0 {
+				t.Errorf("control plane cluster HTTP/2 keepalive %v: want an interval of at least 5s (the control plane's ping floor) and a timeout", ka)
+			}
 		}
 		for _, e := range c.GetLoadAssignment().GetEndpoints() {
 			for _, le := range e.GetLbEndpoints() {

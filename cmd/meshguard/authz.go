@@ -307,7 +307,14 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 }
 
 func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) error {
-	log, err := newLogger(stderr, f.logLevel)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	logOut, err := asyncStderr(stderr, reg, "authz")
+	if err != nil {
+		return err
+	}
+	defer closeWithin(logOut, 2*time.Second)
+	log, err := newLogger(logOut, f.logLevel)
 	if err != nil {
 		return err
 	}
@@ -372,8 +379,6 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		creds = insecure.NewCredentials()
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 
 	var dlog *decisionlog.Logger
@@ -590,6 +595,25 @@ func parsePolicyFiles(files []source.File) (*policies.Bundle, error) {
 	}
 	b, _, err := policies.NewBundle("", set)
 	return b, err
+}
+
+// asyncStderr puts the process log behind a spool: a request path that logs
+// (a check denied on an error path, an xDS node that connects) never waits
+// for stderr; lines that find the buffer full are dropped and counted in
+// meshguard_<component>_log_dropped_total.
+func asyncStderr(stderr io.Writer, reg prometheus.Registerer, component string) (*spool.Writer, error) {
+	m, err := spool.NewMetrics(reg, component, "log")
+	if err != nil {
+		return nil, err
+	}
+	return spool.NewWriter(stderr, spool.Options{Capacity: 4096, Metrics: m}), nil
+}
+
+// closeWithin writes what w holds, for at most d.
+func closeWithin(w *spool.Writer, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_ = w.Close(ctx)
 }
 
 func addrOf(l net.Listener) string {

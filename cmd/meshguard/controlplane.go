@@ -205,7 +205,14 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	logOut, err := asyncStderr(stderr, reg, "controlplane")
+	if err != nil {
+		return err
+	}
+	defer closeWithin(logOut, 2*time.Second)
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
 	if f.memoryLimitMiB < 0 {
 		return errors.New("--memory-limit-mib must not be negative")
 	}
@@ -214,9 +221,6 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var m *mesh.Mesh
 	if f.meshFile != "" {

@@ -193,10 +193,15 @@ func TestFault3StalledDecisionLog(t *testing.T) {
 	w.Close()
 	waitReady(t, a, 20*time.Second)
 
+	// The process log (stderr) stalls too: requests that name no target
+	// are denied on an error path, which the server logs.
+	a.p.pauseOutput()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
-	// Every check is a deny, and every deny is logged.
-	st := a.runLoad(ctx, 8, []string{"/api/admin"}, 3*checkTimeout, denyAdmin)
+	// Every check is a deny, and every deny is in the decision log.
+	st := a.runLoad(ctx, 8, []string{"/api/admin", untargeted}, 3*checkTimeout, denyAdmin)
+	logDropped, _ := metric(a.admin, "meshguard_authz_log_dropped_total")
+	a.p.resumeOutput()
 	_, body := readyz(a.admin)
 	dropped, _ := metric(a.admin, "meshguard_authz_decision_log_dropped_total")
 	stallLine := "(no decision log line in /readyz)"
@@ -213,11 +218,11 @@ func TestFault3StalledDecisionLog(t *testing.T) {
 		}
 	}
 	st.mu.Unlock()
-	record(t, "3. stalled decision-log sink",
+	record(t, "3. stalled decision-log sink (and process log)",
 		"every check answered within the check timeout (1s); the stall shows in /readyz and metrics",
 		st.errors == 0 && within == st.sent && st.wrong == 0,
-		"%d of %d checks answered within 1s (p99 %s, max %s, %d errors %v); %v decisions dropped and counted; /readyz: %s",
-		within, st.sent, ms(st.pct(0.99)), ms(st.maxLatency()), st.errors, st.errKinds, dropped, stallLine)
+		"%d of %d checks answered within 1s (p99 %s, max %s, %d errors %v); %v decisions and %v log lines dropped and counted; /readyz: %s",
+		within, st.sent, ms(st.pct(0.99)), ms(st.maxLatency()), st.errors, st.errKinds, dropped, logDropped, stallLine)
 }
 
 // TestFault4DecisionsLostAtShutdown: SIGTERM under load; every decision

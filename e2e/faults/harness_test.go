@@ -156,8 +156,28 @@ type process struct {
 	done    chan struct{}
 	err     error
 
-	mu    sync.Mutex
-	lines []string
+	mu     sync.Mutex
+	lines  []string
+	paused chan struct{} // while set, the output is not read
+}
+
+// pauseOutput stops reading the process's output (its stderr), as a stuck
+// log collector would; resumeOutput reads again.
+func (p *process) pauseOutput() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.paused == nil {
+		p.paused = make(chan struct{})
+	}
+}
+
+func (p *process) resumeOutput() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.paused != nil {
+		close(p.paused)
+		p.paused = nil
+	}
 }
 
 // startProcess runs meshguard with args. Its stderr (and stdout unless
@@ -193,6 +213,12 @@ func startProcess(t *testing.T, name string, args []string, stdout *os.File) *pr
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 4<<20)
 		for sc.Scan() {
+			p.mu.Lock()
+			wait := p.paused
+			p.mu.Unlock()
+			if wait != nil {
+				<-wait
+			}
 			fmt.Fprintln(logf, sc.Text())
 			p.mu.Lock()
 			if len(p.lines) < 200000 {
@@ -208,7 +234,7 @@ func startProcess(t *testing.T, name string, args []string, stdout *os.File) *pr
 		logf.Close()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(func() { p.resumeOutput(); p.kill() })
 	return p
 }
 
@@ -451,7 +477,16 @@ func metric(admin, name string, labels ...string) (float64, bool) {
 
 // ----- checks and load -----
 
+// untargeted is a path marker: the request names no target workload, which
+// the server denies on an error path (and logs).
+const untargeted = "/untargeted"
+
 func checkRequest(path, reqID string) *authv3.CheckRequest {
+	if path == untargeted {
+		r := checkRequest("/api/items", reqID)
+		r.Attributes.Destination = nil
+		return r
+	}
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source:      &authv3.AttributeContext_Peer{Principal: frontendID},
 		Destination: &authv3.AttributeContext_Peer{Principal: apiID},
@@ -574,7 +609,7 @@ func (a *authz) runLoad(ctx context.Context, workers int, paths []string, timeou
 // denyAdmin is the test policy's answer: /api/admin* denied, the rest of
 // /api/* allowed.
 func denyAdmin(path string, a answer) (bool, string) {
-	if strings.HasPrefix(path, "/api/admin") {
+	if strings.HasPrefix(path, "/api/admin") || path == untargeted {
 		if a.allowed {
 			return true, "admin allowed (" + a.reason + ")"
 		}

@@ -141,3 +141,41 @@ func TestParseOverflow(t *testing.T) {
 		t.Error("unknown policy accepted")
 	}
 }
+
+// TestWriterNeverBlocks: a logger writing through a Writer whose target is
+// stuck goes on at full speed; lines it could not queue are counted, and
+// the rest arrive in order once the target moves.
+func TestWriterNeverBlocks(t *testing.T) {
+	gate := make(chan struct{})
+	var mu sync.Mutex
+	var out []byte
+	target := writerFunc(func(p []byte) (int, error) {
+		<-gate
+		mu.Lock()
+		defer mu.Unlock()
+		out = append(out, p...)
+		return len(p), nil
+	})
+	w := NewWriter(target, Options{Capacity: 16, Overflow: Block})
+	start := time.Now()
+	for i := range 1000 {
+		if _, err := w.Write([]byte{byte('a' + i%26), '\n'}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("1000 writes took %s with a stuck target", d)
+	}
+	close(gate)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h := w.Health()
+	if h.Dropped == 0 || h.Written+h.Dropped != 1000 || uint64(len(out)) != 2*h.Written {
+		t.Fatalf("health %+v, %d bytes out", h, len(out))
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
