@@ -323,7 +323,11 @@ func TestFault5SilentControlPlane(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	stale, _ := metric(a.admin, "meshguard_authz_policy_stale_total")
+	// The crossing is counted by the subscription's once-a-second check.
+	stale := 0.0
+	for end := time.Now().Add(2 * time.Second); stale == 0 && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		stale, _ = metric(a.admin, "meshguard_authz_policy_stale_total")
+	}
 	healAt := time.Now()
 	proxy.Heal()
 	readyAgain := time.Duration(-1)
