@@ -317,19 +317,18 @@ func (a *ADSSource) stream(ctx context.Context, apply ApplyFunc) (progressed boo
 		wd.reset(ttl)
 		version := resp.GetVersionInfo()
 		if heartbeat {
-			if derr == nil && version == a.acked && version != "" {
+			switch {
+			case derr != nil:
+			case version != "" && version == a.acked:
 				a.confirm(ttl)
-				derr = nil
-			} else if derr == nil {
-				// A heartbeat of a version this server does not serve
-				// (rejected, or never received): no confirmation.
+			case version != "" && version == a.rejectedVersion:
+				// The version this server rejected is still the control
+				// plane's: no confirmation, the same NACK.
 				derr = a.rejectedErr
-				if version != a.rejectedVersion || derr == nil {
-					derr = fmt.Errorf("heartbeat for version %q, which this server does not hold", version)
-				}
+			default:
+				derr = fmt.Errorf("heartbeat for version %q, which this server does not hold", version)
 			}
-			next := a.request(a.acked, resp.GetNonce(), derr)
-			if err := st.Send(next); err != nil {
+			if err := st.Send(a.request(a.acked, resp.GetNonce(), derr)); err != nil {
 				return progressed, "error", fmt.Errorf("send ADS ACK: %w", err)
 			}
 			continue

@@ -376,3 +376,31 @@ func TestADSStaleBeforeTheFirstBundle(t *testing.T) {
 		return testutil.ToFloat64(m.ControlPlaneStreams.WithLabelValues("watchdog")) > 0
 	})
 }
+
+// TestADSRejectedVersionIsNotFresh: when the control plane's current
+// version is one this server rejected, its heartbeats confirm nothing: the
+// last good bundle serves, and turns stale past the bound.
+func TestADSRejectedVersionIsNotFresh(t *testing.T) {
+	cp := startTTLControlPlane(t, 30*time.Millisecond)
+	l, eng, m, _ := newLoader(t)
+	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	src := &ADSSource{Conn: conn, Node: &corev3.Node{Id: nodeID}, Log: slog.New(slog.DiscardHandler), MaxStaleness: 300 * time.Millisecond,
+		Metrics: m, RepeatNACKDelay: 10 * time.Millisecond}
+	cp.publishTTL(t, "x1", bundleJSON(t, "v1", set("one")), 90*time.Millisecond)
+	runADS(t, l, src)
+	waitVersion(t, eng, "v1")
+	cp.publishTTL(t, "x2", invalidBundle(t, "v2"), 90*time.Millisecond)
+	cp.waitRequest(t, func(r *discoveryv3.DiscoveryRequest) bool { return r.GetErrorDetail() != nil })
+	waitFor(t, "stale with a rejected version", 3*time.Second, func() bool { return src.Fresh() != nil })
+	if got := eng.Snapshot().Version(); got != "v1" {
+		t.Fatalf("serving %s, want the last good v1", got)
+	}
+	// The control plane moves on to a good version: fresh again.
+	cp.publishTTL(t, "x3", bundleJSON(t, "v3", set("three")), 90*time.Millisecond)
+	waitVersion(t, eng, "v3")
+	waitFor(t, "fresh again", 3*time.Second, func() bool { return src.Fresh() == nil })
+}
