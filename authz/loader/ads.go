@@ -382,7 +382,7 @@ func decodeResponse(resp *discoveryv3.DiscoveryResponse) (b *policies.Bundle, tt
 			if w.GetName() != wire.BundleResourceName {
 				continue
 			}
-			if d := w.GetTtl(); d != nil {
+			if d := w.GetTtl(); d != nil && d.AsDuration() > 0 {
 				ttl = d.AsDuration()
 			}
 			if w.GetResource() == nil {

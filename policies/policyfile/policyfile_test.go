@@ -217,3 +217,17 @@ func TestWatcherIntermittentContentIsNotSettled(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCheck: any file content is judged without a panic, and content that
+// passes holds a document and (YAML) ends with a line break.
+func FuzzCheck(f *testing.F) {
+	for _, s := range []string{"", "kind: A\n", "# c\n---\n", "kind: A", "\n\n...\n", "\xff\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data string) {
+		s := &Snapshot{Files: []File{{Path: "p.yaml", Data: []byte(data)}}}
+		if s.Check(false) == nil && (!hasDocument([]byte(data)) || !strings.HasSuffix(data, "\n")) {
+			t.Fatalf("%q passed", data)
+		}
+	})
+}
