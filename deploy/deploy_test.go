@@ -19,10 +19,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"helm.sh/helm/v3/pkg/chart/loader"
@@ -358,6 +360,43 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 
 // checkWorkloads: every Deployment is non-root with the SPIFFE socket and
 // both probes, and its Service and PodDisruptionBudget select its pods.
+// checkAuthzShutdown: the authz pod stops in the order that loses nothing
+// — preStop sleep while the endpoint goes away, then on SIGTERM not ready
+// for --shutdown-delay (longer than a readiness probe period, so the
+// kubelet sees it), drain, decision log — and the grace period covers it.
+func checkAuthzShutdown(t *testing.T, pod corev1.PodSpec) {
+	t.Helper()
+	c := pod.Containers[0]
+	arg := func(name string) time.Duration {
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					t.Errorf("--%s=%s: %v", name, v, err)
+				}
+				return d
+			}
+		}
+		t.Errorf("authz args lack --%s: %v", name, c.Args)
+		return 0
+	}
+	delay, grace, flush := arg("shutdown-delay"), arg("shutdown-grace"), arg("decision-log-flush-timeout")
+	var preStop time.Duration
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
+		t.Errorf("authz has no preStop sleep: %+v", c.Lifecycle)
+	} else {
+		preStop = time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	}
+	rp := c.ReadinessProbe
+	if rp == nil || time.Duration(rp.PeriodSeconds*rp.FailureThreshold)*time.Second >= delay {
+		t.Errorf("readiness probe %+v does not see the not-ready delay %s", rp, delay)
+	}
+	if pod.TerminationGracePeriodSeconds == nil || time.Duration(*pod.TerminationGracePeriodSeconds)*time.Second < preStop+delay+grace+flush {
+		t.Errorf("terminationGracePeriodSeconds %v < preStop %s + delay %s + grace %s + flush %s",
+			pod.TerminationGracePeriodSeconds, preStop, delay, grace, flush)
+	}
+}
+
 func checkWorkloads(t *testing.T, objs []rendered) {
 	t.Helper()
 	for _, r := range objs {
@@ -392,6 +431,7 @@ func checkWorkloads(t *testing.T, objs []rendered) {
 			t.Errorf("%s: no SPIFFE_ENDPOINT_SOCKET", dep.Name)
 		}
 		if strings.HasSuffix(dep.Name, "-authz") {
+			checkAuthzShutdown(t, pod)
 			// --gc-percent lets the heap grow between collections; the
 			// soft limit keeps it under the container's.
 			ok := false
@@ -588,6 +628,17 @@ func TestEnvoyBootstrap(t *testing.T) {
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetName() == "meshguard-controlplane" && c.GetTransportSocket() == nil {
 			t.Error("control plane cluster without TLS")
+		}
+		if c.GetName() == "meshguard-controlplane" {
+			// A silent partition must end the ADS stream (docs/faults.md).
+			var opts httpv3.HttpProtocolOptions
+			if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&opts); err != nil {
+				t.Errorf("control plane cluster protocol options: %v", err)
+			}
+			ka := opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions().GetConnectionKeepalive()
+			if ka.GetInterval().AsDuration() < 5*time.Second || ka.GetTimeout().AsDuration() <= 0 {
+				t.Errorf("control plane cluster HTTP/2 keepalive %v: want an interval of at least 5s (the control plane's ping floor) and a timeout", ka)
+			}
 		}
 		for _, e := range c.GetLoadAssignment().GetEndpoints() {
 			for _, le := range e.GetLbEndpoints() {

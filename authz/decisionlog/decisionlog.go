@@ -1,4 +1,6 @@
-// Package decisionlog writes one JSON line per authorization decision.
+// Package decisionlog writes one JSON line per authorization decision, from
+// a writer goroutine behind a bounded buffer (package spool), so that a
+// slow or stalled sink never holds up a check.
 //
 // Denies are always written; allows are sampled at a configured rate. The
 // path is written without its query string and fragment. Headers are
@@ -9,17 +11,16 @@
 package decisionlog
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/meshguard/meshguard/internal/jsonw"
+	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
 )
 
@@ -54,7 +55,7 @@ type Entry struct {
 
 // Config configures a Logger.
 type Config struct {
-	// W receives the lines; writes are serialized.
+	// W receives the lines, one write per batch, from one goroutine.
 	W io.Writer
 	// AllowSampleRate is the fraction of allowed decisions written, in
 	// [0, 1]. Denies and dry-run would-denies are always written.
@@ -64,23 +65,30 @@ type Config struct {
 	// Redact are header names that must never be written (in addition to
 	// the built-in credential headers).
 	Redact []string
-	// Buffer, when positive, batches lines in a buffer of that many bytes
-	// that is written when full and on Flush: one write per batch rather
-	// than per decision. The owner must call Flush periodically and Close
-	// at shutdown.
+	// Buffer bounds the decisions waiting for the writer (default 8192).
 	Buffer int
+	// Overflow is what happens to a decision that finds the buffer full:
+	// spool.Drop (the default) drops and counts it; spool.Block makes the
+	// check wait for room until its deadline, then drops and counts it.
+	Overflow spool.Overflow
+	// StallAfter: a write running longer than this is a stalled sink
+	// (Health; default 2s).
+	StallAfter time.Duration
+	// Metrics, when set, counts what is written and dropped.
+	Metrics *spool.Metrics
 }
 
 // neverLogged are credential headers that are never written.
 var neverLogged = []string{"authorization", "proxy-authorization", "cookie", "set-cookie", "x-forwarded-client-cert"}
 
-// Logger writes entries. Safe for concurrent use.
+// Logger queues entries for a writer goroutine: a slow or stalled writer
+// never holds up the check that produced the entry (see package spool for
+// the overflow policy). Safe for concurrent use; Close it after the
+// server's drain, so that every answered decision is written.
 type Logger struct {
-	mu      sync.Mutex
-	w       io.Writer
-	buf     *bufio.Writer
 	rate    float64
 	headers []string
+	spool   *spool.Spool[Entry]
 }
 
 // New validates cfg and returns a Logger.
@@ -90,6 +98,9 @@ func New(cfg Config) (*Logger, error) {
 	}
 	if cfg.AllowSampleRate < 0 || cfg.AllowSampleRate > 1 {
 		return nil, fmt.Errorf("decisionlog: allow sample rate %v not in [0, 1]", cfg.AllowSampleRate)
+	}
+	if cfg.Buffer < 0 {
+		return nil, fmt.Errorf("decisionlog: buffer %d is negative", cfg.Buffer)
 	}
 	redact := map[string]bool{}
 	for _, h := range append(append([]string{}, neverLogged...), cfg.Redact...) {
@@ -103,41 +114,48 @@ func New(cfg Config) (*Logger, error) {
 		}
 		hs = append(hs, h)
 	}
-	l := &Logger{w: cfg.W, rate: cfg.AllowSampleRate, headers: hs}
-	if cfg.Buffer > 0 {
-		l.buf = bufio.NewWriterSize(cfg.W, cfg.Buffer)
-		l.w = l.buf
-	}
+	w := &lineWriter{w: cfg.W}
+	l := &Logger{rate: cfg.AllowSampleRate, headers: hs}
+	l.spool = spool.New[Entry](w, spool.Options{
+		Capacity: cfg.Buffer, Overflow: cfg.Overflow, StallAfter: cfg.StallAfter, Metrics: cfg.Metrics,
+	})
+	l.spool.Start()
 	return l, nil
 }
 
-// Flush writes buffered lines.
-func (l *Logger) Flush() error {
-	if l.buf == nil {
-		return nil
+// lineWriter encodes a batch of entries as JSON lines and writes them at
+// once.
+type lineWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (lw *lineWriter) WriteBatch(batch []Entry) error {
+	b := lw.buf[:0]
+	for i := range batch {
+		b = batch[i].appendJSON(b)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.buf.Flush(); err != nil {
-		return fmt.Errorf("decisionlog: flush: %w", err)
+	_, err := lw.w.Write(b)
+	if cap(b) <= 1<<20 {
+		lw.buf = b // keep a reasonable buffer for the next batch
+	}
+	if err != nil {
+		return fmt.Errorf("decisionlog: write: %w", err)
 	}
 	return nil
 }
 
-// Run flushes every interval until ctx is done, then flushes once more.
-func (l *Logger) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			_ = l.Flush()
-			return
-		case <-t.C:
-			_ = l.Flush()
-		}
+// Close writes every queued entry and returns; past ctx's deadline it
+// returns an error counting those that were not written.
+func (l *Logger) Close(ctx context.Context) error {
+	if err := l.spool.Close(ctx); err != nil {
+		return fmt.Errorf("decisionlog: %w", err)
 	}
+	return nil
 }
+
+// Health reports the writer's state (a stall, a full buffer).
+func (l *Logger) Health() spool.Health { return l.spool.Health() }
 
 // Sampled reports whether a decision is to be written: always for a deny or
 // a would-deny, at the sample rate for an allow.
@@ -148,9 +166,11 @@ func (l *Logger) Sampled(allowed, wouldDeny bool) bool {
 	return l.rate > 0 && rand.Float64() < l.rate
 }
 
-// Log writes e, adding the configured headers from h and removing the
+// Log queues e, adding the configured headers from h and removing the
 // path's query and fragment. The caller decides sampling with Sampled.
-func (l *Logger) Log(e *Entry, h policies.HeaderGetter) error {
+// With the block overflow policy it waits for room until deadline. It
+// reports whether the entry was queued (one that was not is counted).
+func (l *Logger) Log(e *Entry, h policies.HeaderGetter, deadline time.Time) bool {
 	e.Path = StripQuery(e.Path)
 	if h != nil && len(l.headers) > 0 {
 		e.Headers = make(map[string]string, len(l.headers))
@@ -160,13 +180,7 @@ func (l *Logger) Log(e *Entry, h policies.HeaderGetter) error {
 			}
 		}
 	}
-	line := e.appendJSON(make([]byte, 0, 512))
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, err := l.w.Write(line); err != nil {
-		return fmt.Errorf("decisionlog: write: %w", err)
-	}
-	return nil
+	return l.spool.Put(*e, deadline)
 }
 
 // appendJSON encodes e as one line; it writes what json.Marshal would (the

@@ -4,22 +4,30 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
 )
 
 func TestLogRedactsAndStripsQuery(t *testing.T) {
-	var out bytes.Buffer
+	var out syncBuf
 	l, err := New(Config{W: &out, AllowSampleRate: 1, Headers: []string{"x-tenant", "X-Missing"}, Redact: []string{"x-api-key"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := policies.MapHeaders{"x-tenant": "t1", "authorization": "Bearer s3cret", "cookie": "c=s3cret", "x-api-key": "s3cret"}
-	if err := l.Log(&Entry{DecisionID: "d1", Path: "/a/b?token=s3cret#frag", Reason: policies.ReasonDeniedNoMatch}, h); err != nil {
+	if !l.Log(&Entry{DecisionID: "d1", Path: "/a/b?token=s3cret#frag", Reason: policies.ReasonDeniedNoMatch}, h, time.Time{}) {
+		t.Fatal("entry not queued")
+	}
+	if err := l.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	line := out.String()
@@ -66,25 +74,120 @@ func TestSampling(t *testing.T) {
 	}
 }
 
-func TestBufferedFlushes(t *testing.T) {
+// TestCloseWritesEverything: entries queued before Close are all written,
+// in order, by the time Close returns; later ones are refused and counted.
+func TestCloseWritesEverything(t *testing.T) {
 	var out syncBuf
-	l, _ := New(Config{W: &out, AllowSampleRate: 1, Buffer: 1 << 16})
-	_ = l.Log(&Entry{DecisionID: "d1", Reason: policies.ReasonDeniedNoMatch}, nil)
-	if out.Len() != 0 {
-		t.Fatal("buffered line written at once")
+	l, _ := New(Config{W: &out, AllowSampleRate: 1, Buffer: 16})
+	const n = 1000
+	for i := range n {
+		e := &Entry{DecisionID: fmt.Sprintf("d%d", i), Reason: policies.ReasonDeniedNoMatch}
+		for !l.Log(e, nil, time.Time{}) {
+			// Drop policy with a small buffer: retry, as a test only can.
+			time.Sleep(time.Millisecond)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { l.Run(ctx, 10*time.Millisecond); close(done) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for out.Len() == 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-	_ = l.Log(&Entry{DecisionID: "d2", Reason: policies.ReasonDeniedNoMatch}, nil)
-	cancel()
-	<-done
-	if !strings.Contains(out.String(), `"d1"`) || !strings.Contains(out.String(), `"d2"`) {
-		t.Fatalf("lines lost: %q", out.String())
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != n {
+		t.Fatalf("%d lines written, want %d", len(lines), n)
+	}
+	for i, line := range lines {
+		if !strings.Contains(line, fmt.Sprintf(`"decision_id":"d%d"`, i)) {
+			t.Fatalf("line %d = %s", i, line)
+		}
+	}
+	if l.Log(&Entry{DecisionID: "late"}, nil, time.Time{}) {
+		t.Error("entry queued after Close")
+	}
+	if h := l.Health(); h.Written != n || h.Dropped < 1 {
+		t.Errorf("health after close = %+v", h)
+	}
+}
+
+// stuckWriter blocks every write until released, as a pipe nobody reads.
+type stuckWriter struct{ release chan struct{} }
+
+func (w stuckWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
+
+// TestStalledWriterNeverBlocksLog: with the drop policy a stalled sink
+// costs decisions (counted), never time; Health reports the stall.
+func TestStalledWriterNeverBlocksLog(t *testing.T) {
+	w := stuckWriter{release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	m, err := spool.NewMetrics(reg, "authz", "decision_log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := New(Config{W: w, AllowSampleRate: 1, Buffer: 8, StallAfter: 20 * time.Millisecond, Metrics: m})
+	start := time.Now()
+	queued := 0
+	for i := range 100 {
+		if l.Log(&Entry{DecisionID: fmt.Sprint(i)}, nil, time.Now().Add(time.Second)) {
+			queued++
+		}
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("100 logs took %s with a stalled writer", d)
+	}
+	if queued > 8+1 { // the buffer and the batch being written
+		t.Errorf("%d entries queued into a buffer of 8", queued)
+	}
+	if got := testutil.ToFloat64(m.Dropped("overflow")); got != float64(100-queued) {
+		t.Errorf("dropped{overflow} = %v, want %d", got, 100-queued)
+	}
+	time.Sleep(40 * time.Millisecond)
+	if h := l.Health(); !h.Stalled || h.Err() == nil {
+		t.Errorf("health = %+v, want a stall", h)
+	}
+	close(w.release)
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h := l.Health(); h.Stalled || h.Written != uint64(queued) {
+		t.Errorf("health after release = %+v, want %d written", h, queued)
+	}
+}
+
+// TestBlockPolicyWaitsUntilTheDeadline: with the block policy a full
+// buffer holds the caller until its deadline, not longer.
+func TestBlockPolicyWaitsUntilTheDeadline(t *testing.T) {
+	w := stuckWriter{release: make(chan struct{})}
+	l, _ := New(Config{W: w, AllowSampleRate: 1, Buffer: 1, Overflow: spool.Block})
+	// Fill the writer and the buffer: a zero deadline never waits.
+	for i := 0; l.Log(&Entry{DecisionID: fmt.Sprint(i)}, nil, time.Time{}) || i < 2; i++ {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	ok := l.Log(&Entry{DecisionID: "late"}, nil, start.Add(50*time.Millisecond))
+	d := time.Since(start)
+	if ok || d < 45*time.Millisecond || d > time.Second {
+		t.Errorf("blocked log returned %v after %s, want false after ~50ms", ok, d)
+	}
+	close(w.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCloseGivesUpAtTheDeadline: a sink that never returns cannot hold
+// the shutdown past its deadline; what was not written is counted.
+func TestCloseGivesUpAtTheDeadline(t *testing.T) {
+	w := stuckWriter{release: make(chan struct{})}
+	t.Cleanup(func() { close(w.release) })
+	l, _ := New(Config{W: w, AllowSampleRate: 1, Buffer: 8})
+	for i := range 5 {
+		l.Log(&Entry{DecisionID: fmt.Sprint(i)}, nil, time.Time{})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := l.Close(ctx)
+	if err == nil || !strings.Contains(err.Error(), "not written") {
+		t.Fatalf("Close = %v, want an error counting unwritten entries", err)
 	}
 }
 

@@ -2,30 +2,39 @@ package loader
 
 import (
 	"context"
-	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/policyfile"
+	"github.com/meshguard/meshguard/policies/source"
 )
 
-// ParseFunc builds a bundle from policy documents (YAML files); the command
-// wires the policy parser in. Paths are files, sorted.
-type ParseFunc func(paths []string) (*policies.Bundle, error)
+// ParseFunc builds a bundle from policy documents (YAML files, in the
+// order read); the command wires the policy parser in. It parses the bytes
+// it is given and reads nothing itself.
+type ParseFunc func(files []source.File) (*policies.Bundle, error)
 
 // FileSource watches a bundle file (*.json, a policies.Bundle), a policy
-// file or a directory of policy files by polling: every Interval it hashes
-// the files' contents and, when they changed, builds and applies an update.
-// Polling (rather than inotify) also sees the atomic symlink swaps of
-// Kubernetes ConfigMap volumes.
+// file or a directory of policy files by polling (which also sees the
+// atomic symlink swaps of Kubernetes ConfigMap volumes). It follows the
+// reload rules of package policyfile: every poll reads each file once and
+// hashes, checks and parses those same bytes; content is applied once it
+// has settled; a file with no document, or cut off mid-line, is refused;
+// and so is a set that leaves a namespace this source had applied
+// documents in without any (an empty set among them), unless AllowEmpty.
 type FileSource struct {
 	Path     string
 	Interval time.Duration // default 2s
+	// Settle is how long the files must have stayed unchanged before new
+	// content applies (zero: as soon as it reads whole).
+	Settle time.Duration
+	// AllowEmpty accepts files without documents and sets that leave
+	// namespaces without documents.
+	AllowEmpty bool
 	// Parse reads policy documents; nil accepts only bundle JSON.
 	Parse ParseFunc
 }
@@ -39,22 +48,21 @@ func (f *FileSource) Run(ctx context.Context, apply ApplyFunc) error {
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
-	var last [sha256.Size]byte
-	first := true
+	w := &policyfile.Watcher{Paths: []string{f.Path}, Exts: []string{".yaml", ".yml", ".json"}, Settle: f.Settle}
+	var applied *policies.Set // what this source last applied
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		files, sum, err := f.snapshot()
-		if err != nil {
-			// A missing or unreadable path is an update error once per state.
-			errSum := sha256.Sum256([]byte(err.Error()))
-			if first || errSum != last {
-				_ = apply(Update{Err: err, Origin: f.Path})
-				last, first = errSum, false
+		snap, err := w.Next(time.Now())
+		switch {
+		case err != nil:
+			// A missing or unreadable path: an update error once per state.
+			_ = apply(Update{Err: err, Origin: f.Path})
+		case snap != nil:
+			u := f.build(snap, applied)
+			if apply(u) == nil && u.Bundle != nil {
+				applied = &u.Bundle.Set
 			}
-		} else if first || sum != last {
-			last, first = sum, false
-			_ = apply(f.build(files))
 		}
 		select {
 		case <-ctx.Done():
@@ -64,86 +72,36 @@ func (f *FileSource) Run(ctx context.Context, apply ApplyFunc) error {
 	}
 }
 
-type file struct {
-	path string
-	data []byte
-}
-
-// snapshot reads every policy file under Path and hashes names and contents.
-func (f *FileSource) snapshot() ([]file, [sha256.Size]byte, error) {
-	var zero [sha256.Size]byte
-	st, err := os.Stat(f.Path)
-	if err != nil {
-		return nil, zero, fmt.Errorf("policy path: %w", err)
+// build turns a snapshot into an update: checked, parsed from the bytes
+// read, and compared with what this source applied before.
+func (f *FileSource) build(snap *policyfile.Snapshot, applied *policies.Set) Update {
+	origin := f.Path + " sha256:" + hex.EncodeToString(snap.Hash[:6])
+	fail := func(err error) Update { return Update{Err: err, Origin: origin} }
+	if len(snap.Files) == 0 {
+		return fail(fmt.Errorf("%s: no policy files", f.Path))
 	}
-	var paths []string
-	if st.IsDir() {
-		err := filepath.WalkDir(f.Path, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			name := d.Name()
-			if d.IsDir() {
-				// Kubernetes ConfigMap volumes keep old copies in ..data dirs.
-				if p != f.Path && strings.HasPrefix(name, ".") {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if strings.HasPrefix(name, ".") {
-				return nil
-			}
-			switch strings.ToLower(filepath.Ext(name)) {
-			case ".yaml", ".yml", ".json":
-				paths = append(paths, p)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, zero, fmt.Errorf("policy directory: %w", err)
+	if err := snap.Check(f.AllowEmpty); err != nil {
+		return fail(err)
+	}
+	var b *policies.Bundle
+	if first := snap.Files[0]; len(snap.Files) == 1 && strings.EqualFold(filepath.Ext(first.Path), ".json") {
+		var err error
+		if b, err = policies.DecodeBundle(first.Data); err != nil {
+			return fail(fmt.Errorf("%s: %w", first.Path, err))
 		}
 	} else {
-		paths = []string{f.Path}
-	}
-	sort.Strings(paths)
-	h := sha256.New()
-	files := make([]file, 0, len(paths))
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return nil, zero, fmt.Errorf("read policy file: %w", err)
+		if f.Parse == nil {
+			return fail(fmt.Errorf("%s: only a bundle JSON file is supported here", f.Path))
 		}
-		fmt.Fprintf(h, "%s\x00%d\x00", p, len(data))
-		h.Write(data)
-		files = append(files, file{p, data})
-	}
-	var sum [sha256.Size]byte
-	copy(sum[:], h.Sum(nil))
-	return files, sum, nil
-}
-
-func (f *FileSource) build(files []file) Update {
-	origin := f.Path
-	if len(files) == 1 && strings.EqualFold(filepath.Ext(files[0].path), ".json") {
-		b, err := policies.DecodeBundle(files[0].data)
-		if err != nil {
-			return Update{Err: fmt.Errorf("%s: %w", files[0].path, err), Origin: origin}
+		var err error
+		if b, err = f.Parse(snap.SourceFiles()); err != nil {
+			return fail(err)
 		}
-		return Update{Bundle: b, Origin: origin}
 	}
-	if len(files) == 0 {
-		return Update{Err: fmt.Errorf("%s: no policy files", f.Path), Origin: origin}
-	}
-	if f.Parse == nil {
-		return Update{Err: fmt.Errorf("%s: only a bundle JSON file is supported here", f.Path), Origin: origin}
-	}
-	paths := make([]string, len(files))
-	for i, fl := range files {
-		paths[i] = fl.path
-	}
-	b, err := f.Parse(paths)
-	if err != nil {
-		return Update{Err: err, Origin: origin}
+	if !f.AllowEmpty {
+		if err := policyfile.CheckCoverage(applied, &b.Set); err != nil {
+			return fail(fmt.Errorf("%s: %w", f.Path, err))
+		}
 	}
 	return Update{Bundle: b, Origin: origin}
 }

@@ -2,8 +2,10 @@
 // compiles each update and swaps it in atomically, and it rejects an invalid
 // update whole (logging every error and counting it) so that the last good
 // version keeps serving. Updates come from Sources: files and directories
-// watched by polling (FileSource) and the control plane's ADS subscription
-// (ADSSource). Several sources may run at once; the latest valid update wins.
+// watched by polling under the reload rules of package policyfile
+// (FileSource), and the control plane's ADS subscription, which also tells
+// how fresh its bundle is (ADSSource). Several sources may run at once; the
+// latest valid update wins.
 package loader
 
 import (

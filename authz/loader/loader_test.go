@@ -2,6 +2,7 @@ package loader
 
 import (
 	"context"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"os"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/policyfile"
+	"github.com/meshguard/meshguard/policies/source"
 )
 
 // lockedBuffer collects log output from several goroutines.
@@ -184,34 +187,147 @@ func TestFileSourceHotReload(t *testing.T) {
 	waitVersion(t, eng, "v4")
 }
 
+// yamlParse is the command's parser: the YAML reader over the bytes read.
+func yamlParse(files []source.File) (*policies.Bundle, error) {
+	set, diags := source.ParseFiles(files...)
+	if err := diags.Err(); err != nil {
+		return nil, err
+	}
+	b, _, err := policies.NewBundle("", set)
+	return b, err
+}
+
 func TestFileSourceDirectoryNeedsParser(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("kind: x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	fs := &FileSource{Path: dir, Parse: func(paths []string) (*policies.Bundle, error) {
-		got = paths
+	var got []source.File
+	fs := &FileSource{Path: dir, Parse: func(files []source.File) (*policies.Bundle, error) {
+		got = files
 		b, _, err := policies.NewBundle("dir", set("d"))
 		return b, err
 	}}
-	u := fs.build(mustSnapshotFiles(t, fs))
+	u := fs.build(mustRead(t, dir), nil)
 	if u.Err != nil || u.Bundle.Version != "dir" || len(got) != 1 {
 		t.Fatalf("directory update = %+v, parser saw %v", u, got)
 	}
 	fs.Parse = nil
-	if u := fs.build(mustSnapshotFiles(t, fs)); u.Err == nil {
+	if u := fs.build(mustRead(t, dir), nil); u.Err == nil {
 		t.Fatal("YAML accepted without a parser")
 	}
 }
 
-func mustSnapshotFiles(t *testing.T, fs *FileSource) []file {
+func mustRead(t *testing.T, path string) *policyfile.Snapshot {
 	t.Helper()
-	files, _, err := fs.snapshot()
+	s, err := policyfile.Read([]string{path}, []string{".yaml", ".yml", ".json"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return files
+	return s
+}
+
+// TestFileSourceParsesTheBytesItHashed: the update is built from the bytes
+// of the snapshot, whatever the file holds by the time it is parsed.
+func TestFileSourceParsesTheBytesItHashed(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(path, []byte(policyYAML("shop", "deny-admin", "DENY")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	snap := mustRead(t, path)
+	// The file changes between the read and the parse.
+	if err := os.WriteFile(path, []byte(policyYAML("shop", "allow-all", "ALLOW")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	u := (&FileSource{Path: path, Parse: yamlParse}).build(snap, nil)
+	if u.Err != nil {
+		t.Fatal(u.Err)
+	}
+	if got := u.Bundle.Set.AuthorizationPolicies[0].Metadata.Name; got != "deny-admin" {
+		t.Fatalf("parsed %q, not the content hashed", got)
+	}
+	if !strings.Contains(u.Origin, hex.EncodeToString(snap.Hash[:6])) {
+		t.Errorf("origin %q does not name the content hash", u.Origin)
+	}
+}
+
+func policyYAML(ns, name, action string) string {
+	return `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ` + name + `
+  namespace: ` + ns + `
+spec:
+  action: ` + action + `
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin"]
+`
+}
+
+// TestFileSourceRefusesEmptyAndPartialSets: a file emptied, cut off
+// mid-line, or left without a namespace's documents is refused and the
+// last good set keeps serving; with AllowEmpty an empty set applies.
+func TestFileSourceRefusesEmptyAndPartialSets(t *testing.T) {
+	whole := policyYAML("shop", "allow", "ALLOW") + "---\n" + policyYAML("shop", "deny", "DENY") + "---\n" + policyYAML("pay", "deny", "DENY")
+	for _, tc := range []struct {
+		name, data string
+		allowEmpty bool
+		applied    bool
+	}{
+		{"emptied", "", false, false},
+		{"only a comment", "# being rewritten\n", false, false},
+		{"cut mid-line", whole[:len(whole)-12], false, false},
+		{"a namespace lost", policyYAML("shop", "allow", "ALLOW"), false, false},
+		{"a document lost, the namespace kept", policyYAML("shop", "allow", "ALLOW") + "---\n" + policyYAML("pay", "deny", "DENY"), false, true},
+		{"emptied, empty sets allowed", "", true, true},
+		{"a namespace lost, empty sets allowed", policyYAML("shop", "allow", "ALLOW"), true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, eng, m, logs := newLoader(t)
+			dir := t.TempDir()
+			path := filepath.Join(dir, "policy.yaml")
+			replace := func(data string) {
+				tmp := filepath.Join(dir, ".tmp")
+				if err := os.WriteFile(tmp, []byte(data), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(tmp, path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			replace(whole)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				l.Run(ctx, &FileSource{Path: path, Interval: 5 * time.Millisecond, Parse: yamlParse, AllowEmpty: tc.allowEmpty})
+			}()
+			t.Cleanup(func() { cancel(); <-done })
+			deadline := time.Now().Add(5 * time.Second)
+			for eng.Snapshot() == nil && time.Now().Before(deadline) {
+				time.Sleep(2 * time.Millisecond)
+			}
+			first := eng.Snapshot().Hash()
+			replace(tc.data)
+			outcome := func() (applied, rejected bool) {
+				return eng.Snapshot().Hash() != first, testutil.ToFloat64(m.Reloads.WithLabelValues("file", "rejected")) > 0
+			}
+			for {
+				a, r := outcome()
+				if a || r || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			a, r := outcome()
+			if a != tc.applied || r == tc.applied {
+				t.Fatalf("applied=%v rejected=%v, want applied=%v; logs:\n%s", a, r, tc.applied, logs.String())
+			}
+		})
+	}
 }
 
 var _ = io.Discard

@@ -25,6 +25,19 @@ type Metrics struct {
 	Reloads *prometheus.CounterVec
 	// IdentityFailures counts rejected or ignored credentials by kind.
 	IdentityFailures *prometheus.CounterVec
+	// Ready is 1 while the server is ready (/readyz 200).
+	Ready prometheus.Gauge
+	// PolicyStaleness is how long ago the control plane last confirmed the
+	// serving bundle (0 while a live subscription holds it).
+	PolicyStaleness prometheus.Gauge
+	// PolicyStale counts the times the bundle went past the staleness
+	// bound (the server then turns not ready).
+	PolicyStale prometheus.Counter
+	// ControlPlaneConnected is 1 while the policy subscription is live.
+	ControlPlaneConnected prometheus.Gauge
+	// ControlPlaneStreams counts ended policy subscription streams by
+	// reason (error, watchdog).
+	ControlPlaneStreams *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on reg.
@@ -55,7 +68,31 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "meshguard_authz_identity_failures_total",
 			Help: "Caller credentials that were rejected (request denied) or ignored, by kind.",
 		}, []string{"kind"}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshguard_authz_ready",
+			Help: "1 while the server is ready (/readyz answers 200), 0 otherwise.",
+		}),
+		PolicyStaleness: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshguard_authz_policy_staleness_seconds",
+			Help: "Seconds since the control plane last confirmed the serving bundle (an update, a heartbeat or a live stream); 0 while it holds.",
+		}),
+		PolicyStale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshguard_authz_policy_stale_total",
+			Help: "Times the serving bundle went unconfirmed past --policy-max-staleness (the server turned not ready).",
+		}),
+		ControlPlaneConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshguard_authz_control_plane_connected",
+			Help: "1 while the policy subscription to the control plane is live (answered, and not silent past the resource's TTL).",
+		}),
+		ControlPlaneStreams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshguard_authz_control_plane_streams_ended_total",
+			Help: "Policy subscription streams that ended, by reason: error (the transport or the control plane ended it; a keepalive timeout among them), watchdog (silent past the heartbeat TTL, or no first answer in time).",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.Decisions, m.CheckDuration, m.PolicyVersion, m.PolicyLoaded, m.Reloads, m.IdentityFailures)
+	for _, r := range []string{"error", "watchdog"} {
+		m.ControlPlaneStreams.WithLabelValues(r)
+	}
+	reg.MustRegister(m.Decisions, m.CheckDuration, m.PolicyVersion, m.PolicyLoaded, m.Reloads, m.IdentityFailures,
+		m.Ready, m.PolicyStaleness, m.PolicyStale, m.ControlPlaneConnected, m.ControlPlaneStreams)
 	return m
 }

@@ -144,7 +144,7 @@ func BenchmarkGRPC(b *testing.B) {
 	eng.Swap(snap)
 	c, _ := ca.New(spiffeid.RequireTrustDomainFromString(policygen.TrustDomain))
 	res, _ := identity.New(identity.Config{Bundles: spiffebundle.NewSet(c.Bundle()), JWTAudiences: []string{"a"}})
-	dl, _ := decisionlog.New(decisionlog.Config{W: io.Discard, AllowSampleRate: 0.01, Buffer: 64 << 10})
+	dl, _ := decisionlog.New(decisionlog.Config{W: io.Discard, AllowSampleRate: 0.01})
 	srv, _ := New(Config{Engine: eng, Identity: res, Log: slog.New(slog.DiscardHandler), Metrics: metrics.New(prometheus.NewRegistry()), DecisionLog: dl})
 	reqs := benchRequests(b, &set, mesh)
 	for _, tc := range []struct {

@@ -215,7 +215,8 @@ func (s *Server) GRPCServerOptions() []grpc.ServerOption {
 }
 
 // Register registers the Authorization service, health and reflection.
-// Health reports NOT_SERVING until MarkReady.
+// Health reports NOT_SERVING until the server is ready, and follows its
+// readiness afterwards (see WatchReadiness).
 func (s *Server) Register(g *grpc.Server) *health.Server {
 	authv3.RegisterAuthorizationServer(g, s)
 	hs := health.NewServer()
@@ -224,29 +225,6 @@ func (s *Server) Register(g *grpc.Server) *health.Server {
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 	s.health.Store(hs)
-	if s.ready.Load() {
-		s.MarkReady()
-	}
+	s.updateHealth()
 	return hs
-}
-
-// MarkReady flips readiness (gRPC health and /readyz) to serving: call it
-// once a policy bundle is loaded.
-func (s *Server) MarkReady() {
-	s.ready.Store(true)
-	if hs := s.health.Load(); hs != nil {
-		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	}
-}
-
-// Ready reports whether a policy is loaded and MarkReady was called.
-func (s *Server) Ready() bool { return s.ready.Load() && s.engine.Snapshot() != nil }
-
-// Shutdown marks the server not serving (health), so that load balancers
-// stop sending, before the caller drains the listeners.
-func (s *Server) Shutdown() {
-	if hs := s.health.Load(); hs != nil {
-		hs.Shutdown()
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,10 +128,39 @@ func (e *env) Write(p []byte) (int, error) {
 	return e.logBuf.Write(p)
 }
 
-func (e *env) decisionLog() string {
-	e.logMu.Lock()
-	defer e.logMu.Unlock()
-	return e.logBuf.String()
+// decisionLog is the decision log once it holds every string in want (the
+// log is written by a goroutine of its own), or after five seconds.
+func (e *env) decisionLog(want ...string) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e.logMu.Lock()
+		s := e.logBuf.String()
+		e.logMu.Unlock()
+		all := true
+		for _, w := range want {
+			all = all && strings.Contains(s, w)
+		}
+		if all || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// faultyEngine serves the real engine's snapshot but decides with decide:
+// the server's fail-closed paths around the engine.
+type faultyEngine struct {
+	*policies.Engine
+	decide func(*policies.Attributes) policies.Decision
+}
+
+func (f faultyEngine) Decide(a *policies.Attributes) policies.Decision { return f.decide(a) }
+
+// withDecide makes the server decide with fn.
+func withDecide(fn func(*policies.Attributes) policies.Decision) envOpt {
+	return func(c *Config, _ *identity.Config) {
+		c.Engine = faultyEngine{Engine: c.Engine.(*policies.Engine), decide: fn}
+	}
 }
 
 type envOpt func(*Config, *identity.Config)
@@ -194,6 +224,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 	e.grpcAddr = lis.Addr().String()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
+	t.Cleanup(func() { _ = dl.Close(context.Background()) })
 
 	hlis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

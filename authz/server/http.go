@@ -77,19 +77,24 @@ func peerID(r *http.Request) spiffeid.ID {
 	return id
 }
 
-// AdminHandler serves /healthz (the process is up), /readyz (a policy is
-// loaded) and /metrics from g.
+// AdminHandler serves /healthz (the process is up), /readyz (200 when the
+// server is ready, 503 otherwise; one line per condition either way) and
+// /metrics from g.
 func (s *Server) AdminHandler(g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.Ready() {
-			http.Error(w, "no policy bundle loaded", http.StatusServiceUnavailable)
+		ready, lines := s.status()
+		w.Header().Set("content-type", "text/plain; charset=utf-8")
+		w.Header().Set("cache-control", "no-store")
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready\n" + strings.Join(lines, "\n") + "\n"))
 			return
 		}
-		_, _ = w.Write([]byte("ready " + s.engine.Snapshot().Version() + "\n"))
+		_, _ = w.Write([]byte("ready " + s.engine.Snapshot().Version() + "\n" + strings.Join(lines, "\n") + "\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux

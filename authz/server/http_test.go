@@ -1,16 +1,24 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/authz/identity"
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -186,3 +194,90 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return r.body.Write(b)
 }
 func (r *recorder) WriteHeader(c int) { r.code = c }
+
+// TestReadinessConditions: /readyz, gRPC health and the ready gauge follow
+// every condition: a failing readiness check, a stalled decision log under
+// the block policy (not under drop), and a drain, which never comes back.
+func TestReadinessConditions(t *testing.T) {
+	var checkErr atomic.Pointer[error]
+	stuck := stuckWriter{release: make(chan struct{})}
+	t.Cleanup(func() { close(stuck.release) })
+	for _, overflow := range []spool.Overflow{spool.Drop, spool.Block} {
+		t.Run(overflow.String(), func(t *testing.T) {
+			checkErr.Store(nil)
+			e := newEnv(t, func(c *Config, _ *identityConfig) {
+				c.Readiness = []ReadinessCheck{{Name: "control plane", Check: func() error {
+					if p := checkErr.Load(); p != nil {
+						return *p
+					}
+					return nil
+				}}}
+				dl, err := decisionlog.New(decisionlog.Config{W: stuck, AllowSampleRate: 1, Buffer: 1, Overflow: overflow, StallAfter: 10 * time.Millisecond})
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.DecisionLog = dl
+				c.CheckTimeout = 100 * time.Millisecond // the block policy's longest wait
+			})
+			h := e.srv.AdminHandler(e.reg)
+			readyz := func() (int, string) {
+				rec := &recorder{header: http.Header{}}
+				req, _ := http.NewRequest("GET", "/readyz", nil)
+				h.ServeHTTP(rec, req)
+				return rec.code, rec.body.String()
+			}
+			hc := healthpb.NewHealthClient(e.conn)
+			health := func() healthpb.HealthCheckResponse_ServingStatus {
+				e.srv.updateHealth() // what WatchReadiness does every tick
+				st, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st.GetStatus()
+			}
+			e.load(t, "v1", testSet())
+			if c, b := readyz(); c != 200 || health() != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("loaded: /readyz %d %q", c, b)
+			}
+			bad := errors.New("policy bundle unconfirmed for 2m0s")
+			checkErr.Store(&bad)
+			if c, b := readyz(); c != 503 || !strings.Contains(b, "control plane: policy bundle unconfirmed") || health() != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Errorf("failing check: /readyz %d %q", c, b)
+			}
+			if g := testutil.ToFloat64(e.srv.metrics.Ready); g != 0 {
+				t.Errorf("ready gauge = %v with a failing check", g)
+			}
+			checkErr.Store(nil)
+
+			// Stall the decision log: one entry in the writer, one in the
+			// buffer.
+			for i := 0; i < 3; i++ {
+				e.check(t, withPrincipal(get("/api/items", nil), idFrontend.String()))
+			}
+			time.Sleep(30 * time.Millisecond)
+			c, b := readyz()
+			if !strings.Contains(b, "decision log: writer stalled") {
+				t.Errorf("stalled decision log not reported: %q", b)
+			}
+			if want := map[spool.Overflow]int{spool.Drop: 200, spool.Block: 503}[overflow]; c != want {
+				t.Errorf("/readyz with a stalled log = %d, want %d: %q", c, want, b)
+			}
+
+			e.srv.Drain()
+			checkErr.Store(nil)
+			if c, b := readyz(); c != 503 || !strings.Contains(b, "draining") || health() != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Errorf("draining: /readyz %d %q", c, b)
+			}
+			// A drained server still answers.
+			resp := e.check(t, withPrincipal(get("/api/items", nil), idFrontend.String()))
+			if resp.GetStatus() == nil {
+				t.Error("no answer while draining")
+			}
+		})
+	}
+}
+
+// stuckWriter blocks every write until released, as a pipe nobody reads.
+type stuckWriter struct{ release chan struct{} }
+
+func (w stuckWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }

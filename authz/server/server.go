@@ -42,15 +42,34 @@ const (
 	MetadataNamespaceK = "meshguard"
 )
 
+// Engine is what the server needs of the policy engine: a decision, and
+// the snapshot being served (for readiness). *policies.Engine is one.
+type Engine interface {
+	Decide(*policies.Attributes) policies.Decision
+	Snapshot() *policies.Snapshot
+}
+
+// ReadinessCheck is one condition of readiness besides a loaded policy
+// (for example the policy subscription's freshness): Check returns nil
+// when it holds, or why not.
+type ReadinessCheck struct {
+	Name  string
+	Check func() error
+}
+
 // Config configures a Server.
 type Config struct {
-	Engine   *policies.Engine
+	Engine   Engine
 	Identity *identity.Resolver
 	Log      *slog.Logger
 	Metrics  *metrics.Metrics
-	// DecisionLog may be nil (no decision log).
+	// DecisionLog may be nil (no decision log). Its health shows in
+	// /readyz; a stalled log makes the server not ready only with the
+	// block overflow policy, under which checks wait for it.
 	DecisionLog *decisionlog.Logger
-	Request     request.Options
+	// Readiness are further conditions of readiness.
+	Readiness []ReadinessCheck
+	Request   request.Options
 	// CheckTimeout bounds one check (default 1s); past it the answer is a
 	// deny with denied_timeout. Envoy's own ext_authz timeout should be set
 	// longer than this.
@@ -67,7 +86,7 @@ type Config struct {
 
 // Server answers checks. Safe for concurrent use.
 type Server struct {
-	engine  *policies.Engine
+	engine  Engine
 	ident   *identity.Resolver
 	log     *slog.Logger
 	metrics *metrics.Metrics
@@ -77,18 +96,20 @@ type Server struct {
 	prefix  string
 	unscope bool
 
-	idPrefix string
-	seq      atomic.Uint64
-	ready    atomic.Bool
-	health   atomic.Pointer[health.Server]
+	idPrefix  string
+	seq       atomic.Uint64
+	loaded    atomic.Bool // MarkReady was called
+	draining  atomic.Bool // Drain was called
+	readiness []ReadinessCheck
+	health    atomic.Pointer[health.Server]
+	healthMu  sync.Mutex // orders health updates
+	serving   bool       // last status given to health, under healthMu
 	// decisions caches the counter of each (result, reason, mode): the set
 	// is bounded by the reason codes, and a cached counter spares hashing
 	// three label values on every check.
 	decisions sync.Map               // decisionKey -> prometheus.Counter
 	durations [2]prometheus.Observer // grpc, http
 	values    valueCache
-	// decideHook replaces Engine.Decide in tests of the fail-closed paths.
-	decideHook func(*policies.Attributes) policies.Decision
 }
 
 // New validates cfg and returns a Server.
@@ -121,6 +142,7 @@ func New(cfg Config) (*Server, error) {
 		engine: cfg.Engine, ident: cfg.Identity, log: cfg.Log, metrics: cfg.Metrics,
 		dlog: cfg.DecisionLog, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
 		unscope: cfg.AllowUnscoped, idPrefix: hex.EncodeToString(p[:]) + "-",
+		readiness: cfg.Readiness,
 	}
 	s.durations[0] = cfg.Metrics.CheckDuration.WithLabelValues("grpc")
 	s.durations[1] = cfg.Metrics.CheckDuration.WithLabelValues("http")
@@ -152,8 +174,6 @@ func (s *Server) newDecisionID() string {
 	return s.idPrefix + strconv.FormatUint(s.seq.Add(1), 36)
 }
 
-// decide runs identity and the engine for a mapped request. It never
-// returns an allow on an error path.
 // expired reports whether the check ran past its deadline: the caller's
 // (Envoy's gRPC deadline, a closed connection) or the server's own.
 func expired(ctx context.Context, deadline time.Time) error {
@@ -166,6 +186,8 @@ func expired(ctx context.Context, deadline time.Time) error {
 	return nil
 }
 
+// decide runs identity and the engine for a mapped request. It never
+// returns an allow on an error path.
 func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapped, mapErr error) (out outcome) {
 	out.decisionID = s.newDecisionID()
 	out.mapped = m
@@ -214,11 +236,7 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 	}
 	a := &m.Attrs
 	a.Source, a.MTLS, a.JWT = id.ID, id.MTLS, id.JWT
-	if s.decideHook != nil {
-		out.dec = s.decideHook(a)
-	} else {
-		out.dec = s.engine.Decide(a)
-	}
+	out.dec = s.engine.Decide(a)
 	if out.dec.Reason == "" {
 		// An answer without a reason is not an answer.
 		out.dec = policies.Deny(policies.ReasonDeniedInternal)
@@ -252,7 +270,9 @@ func mode(d policies.Decision) string {
 	return string(d.Mode)
 }
 
-// record counts and logs an outcome.
+// record counts and logs an outcome. The decision log entry is queued
+// (never written here); with the block overflow policy the queueing waits
+// at most until the check's deadline.
 func (s *Server) record(proto string, o *outcome, start time.Time) {
 	elapsed := time.Since(start)
 	s.countDecision(o.dec)
@@ -301,9 +321,7 @@ func (s *Server) record(proto string, o *outcome, start time.Time) {
 		e.Method, e.Host, e.Path, e.Route, e.Scope = m.Attrs.Method, m.Attrs.Host, m.Attrs.Path, m.Attrs.Route, m.Scope
 		hdrs = m.Headers
 	}
-	if err := s.dlog.Log(&e, hdrs); err != nil {
-		s.log.Error("decision log write failed", slog.String("error", err.Error()))
-	}
+	s.dlog.Log(&e, hdrs, start.Add(s.timeout))
 }
 
 func idString(id spiffeid.ID) string {

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/authz/identity"
@@ -35,6 +36,7 @@ import (
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
 	"github.com/meshguard/meshguard/authz/server"
+	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
 )
@@ -57,13 +59,22 @@ type authzFlags struct {
 	clockSkew             time.Duration
 	policyPath            string
 	policyPoll            time.Duration
+	policySettle          time.Duration
+	policyAllowEmpty      bool
+	policyMaxStaleness    time.Duration
 	controlPlane          string
 	controlPlaneID        string
 	nodeID                string
+	cpKeepalive           time.Duration
+	cpKeepaliveTimeout    time.Duration
 	decisionLog           string
 	decisionLogSample     float64
 	decisionLogHeaders    []string
 	decisionLogRedact     []string
+	decisionLogBuffer     int
+	decisionLogOverflow   string
+	shutdownDelay         time.Duration
+	flushTimeout          time.Duration
 	trustRouteHeader      bool
 	httpTrustCtxHeaders   bool
 	httpPathPrefix        string
@@ -99,7 +110,15 @@ The server's SVID and the trust bundles come from the SPIFFE Workload API
 --svid-key, --bundle). Policies come from --policy (a bundle JSON file, a YAML
 policy file or a directory of them, polled for changes) and/or from the
 control plane over ADS (--control-plane). Until a policy is loaded every check
-is denied (denied_no_policy_loaded) and /readyz answers 503.
+is denied (denied_no_policy_loaded) and /readyz answers 503. Policy files are
+read once per poll and applied only once settled and complete: an emptied or
+cut-off file is refused and the last good policy keeps serving. A bundle the
+control plane has not confirmed for --policy-max-staleness turns the server
+not ready.
+
+On SIGTERM the server turns not ready, keeps answering for --shutdown-delay,
+drains in-flight checks (--shutdown-grace), then writes the rest of the
+decision log and exits.
 
 Caller identity precedence: source.principal (SPIFFE IDs only), then
 source.certificate, then x-forwarded-client-cert from --trusted-hop peers only,
@@ -130,18 +149,27 @@ then a JWT-SVID (validated against --jwt-audience, which is mandatory unless
 	fl.DurationVar(&f.clockSkew, "clock-skew", 30*time.Second, "clock skew allowed on JWT-SVID exp, nbf and iat")
 	fl.StringVar(&f.policyPath, "policy", "", "policy bundle JSON, YAML policy file or directory, polled for changes")
 	fl.DurationVar(&f.policyPoll, "policy-poll-interval", 2*time.Second, "how often --policy is checked for changes")
+	fl.DurationVar(&f.policySettle, "policy-settle", 300*time.Millisecond, "a change to --policy applies once the files have stayed unchanged this long (a file being written is not read half-way)")
+	fl.BoolVar(&f.policyAllowEmpty, "policy-allow-empty", false, "accept --policy files without documents, and sets that leave a namespace without any document where the serving set had some (refused by default: an emptied or cut-off file would allow everything)")
+	fl.DurationVar(&f.policyMaxStaleness, "policy-max-staleness", time.Minute, "with --control-plane: turn not ready when the control plane has not confirmed the serving bundle for this long (no live subscription, no heartbeat); 0: never")
 	fl.StringVar(&f.controlPlane, "control-plane", "", "address of the meshguard control plane's ADS server to subscribe to the policy bundle")
 	fl.StringVar(&f.controlPlaneID, "control-plane-id", "", "SPIFFE ID the control plane must present (default: any ID of the server's trust domain)")
 	fl.StringVar(&f.nodeID, "node-id", "", "xDS node id sent to the control plane (default: the host name)")
+	fl.DurationVar(&f.cpKeepalive, "control-plane-keepalive", 10*time.Second, "ping the control plane after this long without traffic (gRPC keepalive; at least 10s)")
+	fl.DurationVar(&f.cpKeepaliveTimeout, "control-plane-keepalive-timeout", 5*time.Second, "close the control-plane connection when a keepalive ping is not answered within this long")
 	fl.StringVar(&f.decisionLog, "decision-log", "stdout", "where decision log lines go: stdout, a file path, or off")
 	fl.Float64Var(&f.decisionLogSample, "decision-log-allow-sample", 1, "fraction of allowed decisions logged, 0 to 1 (denies are always logged)")
 	fl.StringArrayVar(&f.decisionLogHeaders, "decision-log-header", nil, "request header copied into decision log lines; repeatable (credential headers are refused)")
 	fl.StringArrayVar(&f.decisionLogRedact, "decision-log-redact-header", nil, "header never written to the decision log, in addition to authorization, cookie and the like; repeatable")
+	fl.IntVar(&f.decisionLogBuffer, "decision-log-buffer", 8192, "decisions held for the decision log writer at most")
+	fl.StringVar(&f.decisionLogOverflow, "decision-log-overflow", "drop", "when the decision log buffer is full: drop (the decision is counted in meshguard_authz_decision_log_dropped_total, the check is not delayed) or block (the check waits for room until its deadline, then the decision is dropped and counted; a stalled log makes the server not ready)")
 	fl.BoolVar(&f.trustRouteHeader, "trust-route-header", false, "believe x-meshguard-route when no context extension names the route (only when meshguard's wasm filter runs before ext_authz and strips client-sent values)")
 	fl.BoolVar(&f.httpTrustCtxHeaders, "http-trust-context-headers", false, "HTTP mode: read context extensions from x-meshguard-ctx-<key> headers set by the HTTP service's headers_to_add")
 	fl.StringVar(&f.httpPathPrefix, "http-path-prefix", "", "HTTP mode: the HTTP service's path_prefix, removed from paths")
 	fl.DurationVar(&f.checkTimeout, "check-timeout", time.Second, "longest time one check may take before it is denied with denied_timeout")
+	fl.DurationVar(&f.shutdownDelay, "shutdown-delay", 3*time.Second, "on SIGTERM, how long to stay not ready while still answering checks before the listeners close (lets load balancers and health-checking Envoys move away)")
 	fl.DurationVar(&f.shutdownGrace, "shutdown-grace", 10*time.Second, "how long in-flight checks may drain on shutdown")
+	fl.DurationVar(&f.flushTimeout, "decision-log-flush-timeout", 5*time.Second, "on shutdown, after the drain, how long writing the rest of the decision log may take")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.workloadAPIWait, "workload-api-timeout", 30*time.Second, "how long to wait for the first SVID and bundles from the Workload API")
 	fl.BoolVar(&f.allowUnscoped, "allow-unscoped-requests", false, "evaluate requests that name no target workload (no destination.principal, no meshguard.workload/namespace context extension) against mesh-wide policies only, instead of denying them with denied_invalid_request")
@@ -279,7 +307,14 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 }
 
 func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) error {
-	log, err := newLogger(stderr, f.logLevel)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	logOut, err := asyncStderr(stderr, reg, "authz")
+	if err != nil {
+		return err
+	}
+	defer closeWithin(logOut, 2*time.Second)
+	log, err := newLogger(logOut, f.logLevel)
 	if err != nil {
 		return err
 	}
@@ -344,11 +379,16 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		creds = insecure.NewCredentials()
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 
 	var dlog *decisionlog.Logger
+	overflow, err := spool.ParseOverflow(f.decisionLogOverflow)
+	if err != nil {
+		return fmt.Errorf("--decision-log-overflow: %w", err)
+	}
+	if f.decisionLogBuffer <= 0 {
+		return fmt.Errorf("--decision-log-buffer %d: want a positive number", f.decisionLogBuffer)
+	}
 	if f.decisionLog != "off" {
 		w := stdout
 		if f.decisionLog != "stdout" && f.decisionLog != "-" {
@@ -360,7 +400,14 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 			w = file
 		}
 		redact := append([]string{f.jwtHeader}, f.decisionLogRedact...)
-		if dlog, err = decisionlog.New(decisionlog.Config{W: w, AllowSampleRate: f.decisionLogSample, Headers: f.decisionLogHeaders, Redact: redact, Buffer: 64 << 10}); err != nil {
+		sm, err := spool.NewMetrics(reg, "authz", "decision_log")
+		if err != nil {
+			return err
+		}
+		if dlog, err = decisionlog.New(decisionlog.Config{
+			W: w, AllowSampleRate: f.decisionLogSample, Headers: f.decisionLogHeaders, Redact: redact,
+			Buffer: f.decisionLogBuffer, Overflow: overflow, Metrics: sm,
+		}); err != nil {
 			return err
 		}
 	}
@@ -368,8 +415,10 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	engine := &policies.Engine{}
 	ld := loader.New(engine, log, m)
 	var sources []loader.Source
+	var readiness []server.ReadinessCheck
 	if f.policyPath != "" {
-		sources = append(sources, &loader.FileSource{Path: f.policyPath, Interval: f.policyPoll, Parse: parsePolicyFiles})
+		sources = append(sources, &loader.FileSource{Path: f.policyPath, Interval: f.policyPoll, Settle: f.policySettle,
+			AllowEmpty: f.policyAllowEmpty, Parse: parsePolicyFiles})
 	}
 	if f.controlPlane != "" {
 		ccreds := insecure.NewCredentials()
@@ -384,7 +433,14 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 			}
 			ccreds = credentials.NewTLS(tlsconfig.MTLSClientConfig(idm.svid, idm.bundles, authCP))
 		}
-		conn, err := grpc.NewClient(f.controlPlane, grpc.WithTransportCredentials(ccreds))
+		if f.cpKeepalive < 10*time.Second || f.cpKeepaliveTimeout <= 0 {
+			return errors.New("--control-plane-keepalive must be at least 10s (gRPC's floor) and --control-plane-keepalive-timeout positive")
+		}
+		// Keepalive pings prove the peer while the subscription is idle:
+		// a control plane gone without a reset (a partition) ends the
+		// stream within keepalive + timeout instead of the OS's hours.
+		conn, err := grpc.NewClient(f.controlPlane, grpc.WithTransportCredentials(ccreds),
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: f.cpKeepalive, Timeout: f.cpKeepaliveTimeout, PermitWithoutStream: true}))
 		if err != nil {
 			return fmt.Errorf("--control-plane: %w", err)
 		}
@@ -393,7 +449,10 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		if node == "" {
 			node, _ = os.Hostname()
 		}
-		sources = append(sources, &loader.ADSSource{Conn: conn, Node: &corev3.Node{Id: node, Cluster: "meshguard-authz"}, Log: log})
+		ads := &loader.ADSSource{Conn: conn, Node: &corev3.Node{Id: node, Cluster: "meshguard-authz"}, Log: log,
+			MaxStaleness: f.policyMaxStaleness, Metrics: m}
+		sources = append(sources, ads)
+		readiness = append(readiness, server.ReadinessCheck{Name: "control plane", Check: ads.Fresh})
 	}
 
 	srv, err := server.New(server.Config{
@@ -402,6 +461,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		CheckTimeout:   f.checkTimeout,
 		HTTPPathPrefix: f.httpPathPrefix,
 		AllowUnscoped:  f.allowUnscoped,
+		Readiness:      readiness,
 	})
 	if err != nil {
 		return err
@@ -432,27 +492,20 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		adminSrv = &http.Server{Handler: srv.AdminHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 	}
 
-	runCtx, stop := context.WithCancel(ctx)
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	errc := make(chan error, 3)
 	loaded := make(chan struct{})
 	go func() { defer close(loaded); ld.Run(runCtx, sources...) }()
-	flushed := make(chan struct{})
-	go func() {
-		defer close(flushed)
-		if dlog != nil {
-			// Lines are batched; at most this much is held in memory.
-			dlog.Run(runCtx, 200*time.Millisecond)
-		}
-	}()
 	go func() {
 		select {
 		case <-ld.Ready():
 			srv.MarkReady()
-			log.Info("ready: policy loaded")
+			log.Info("policy loaded")
 		case <-runCtx.Done():
 		}
 	}()
+	go srv.WatchReadiness(runCtx, 500*time.Millisecond)
 	go func() { errc <- g.Serve(lis) }()
 	if httpSrv != nil {
 		go func() {
@@ -481,11 +534,28 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down: draining in-flight checks", slog.Duration("grace", f.shutdownGrace))
 	case runErr = <-errc:
 		log.Error("listener failed", slog.Any("error", runErr))
 	}
-	srv.Shutdown()
+	shutdownAuthz(log, f, srv, g, httpSrv, adminSrv, dlog, runErr != nil)
+	stop()
+	<-loaded
+	return runErr
+}
+
+// shutdownAuthz stops the server in the order that loses nothing: not
+// ready first (/readyz 503, gRPC health NOT_SERVING) while checks are still
+// answered for --shutdown-delay; then the check listeners close and
+// in-flight checks drain (--shutdown-grace); then the decision log writes
+// what the drained checks logged; the admin listener, which answers 503
+// all along, closes last.
+func shutdownAuthz(log *slog.Logger, f *authzFlags, srv *server.Server, g *grpc.Server, httpSrv, adminSrv *http.Server, dlog *decisionlog.Logger, failed bool) {
+	srv.Drain()
+	if !failed && f.shutdownDelay > 0 {
+		log.Info("shutting down: not ready, still answering checks", slog.Duration("delay", f.shutdownDelay))
+		time.Sleep(f.shutdownDelay)
+	}
+	log.Info("shutting down: draining in-flight checks", slog.Duration("grace", f.shutdownGrace))
 	drainCtx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
 	defer cancel()
 	drained := make(chan struct{})
@@ -499,27 +569,51 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		log.Warn("drain grace expired; closing remaining connections")
 		g.Stop()
 	}
-	if adminSrv != nil {
-		_ = adminSrv.Shutdown(drainCtx)
+	if dlog != nil {
+		flushCtx, cancel := context.WithTimeout(context.Background(), f.flushTimeout)
+		defer cancel()
+		if err := dlog.Close(flushCtx); err != nil {
+			log.Error("decision log not fully written at shutdown", slog.String("error", err.Error()))
+		} else {
+			h := dlog.Health()
+			log.Info("decision log written", slog.Uint64("written", h.Written), slog.Uint64("dropped", h.Dropped))
+		}
 	}
-	stop()
-	<-loaded
-	<-flushed
-	return runErr
+	if adminSrv != nil {
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = adminSrv.Shutdown(closeCtx)
+	}
 }
 
-// parsePolicyFiles reads YAML policy documents into a bundle; every
-// diagnostic error rejects the update.
-func parsePolicyFiles(paths []string) (*policies.Bundle, error) {
-	set, diags, err := source.Load(paths...)
-	if err != nil {
-		return nil, err
-	}
+// parsePolicyFiles parses YAML policy documents, as read, into a bundle;
+// every diagnostic error rejects the update.
+func parsePolicyFiles(files []source.File) (*policies.Bundle, error) {
+	set, diags := source.ParseFiles(files...)
 	if err := diags.Err(); err != nil {
 		return nil, err
 	}
 	b, _, err := policies.NewBundle("", set)
 	return b, err
+}
+
+// asyncStderr puts the process log behind a spool: a request path that logs
+// (a check denied on an error path, an xDS node that connects) never waits
+// for stderr; lines that find the buffer full are dropped and counted in
+// meshguard_<component>_log_dropped_total.
+func asyncStderr(stderr io.Writer, reg prometheus.Registerer, component string) (*spool.Writer, error) {
+	m, err := spool.NewMetrics(reg, component, "log")
+	if err != nil {
+		return nil, err
+	}
+	return spool.NewWriter(stderr, spool.Options{Capacity: 4096, Metrics: m}), nil
+}
+
+// closeWithin writes what w holds, for at most d.
+func closeWithin(w *spool.Writer, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_ = w.Close(ctx)
 }
 
 func addrOf(l net.Listener) string {

@@ -33,6 +33,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/policyfile"
 	"github.com/meshguard/meshguard/policies/source"
 )
 
@@ -131,6 +132,9 @@ type controlPlaneFlags struct {
 	meshFile                       string
 	policyPaths                    []string
 	reload                         time.Duration
+	policySettle                   time.Duration
+	policyAllowEmpty               bool
+	bundleHeartbeat                time.Duration
 	admins                         []string
 	protected                      []string
 	auditLog                       string
@@ -156,7 +160,9 @@ the anomaly profiles.
 
 Policies come from --policy files and directories (re-read every --reload);
 a set that does not validate or compile is rejected and the last good bundle
-keeps serving. With --kubernetes the control plane also watches Istio
+keeps serving. Files are read once per poll and applied once settled and
+complete: an emptied or cut-off file, or a set that leaves a namespace
+without documents, is refused (unless --policy-allow-empty). With --kubernetes the control plane also watches Istio
 AuthorizationPolicies and meshguard's kinds in the cluster (store source
 "kubernetes") and serves nothing until the first set from the cluster is
 accepted. The mesh description (--mesh) lists the plain-Envoy workloads
@@ -177,6 +183,9 @@ the bundle is served (authz servers).`,
 	fl.StringVar(&f.meshFile, "mesh", "", "mesh description (YAML) of plain-Envoy and proxyless gRPC workloads")
 	fl.StringSliceVar(&f.policyPaths, "policy", nil, "policy file or directory (repeatable)")
 	fl.DurationVar(&f.reload, "reload", 5*time.Second, "how often to re-read --policy paths (0: never)")
+	fl.DurationVar(&f.policySettle, "policy-settle", 300*time.Millisecond, "a change to --policy applies once the files have stayed unchanged this long (a file being written is not read half-way)")
+	fl.BoolVar(&f.policyAllowEmpty, "policy-allow-empty", false, "accept --policy files without documents, and sets that leave a namespace without any document where the served set had some")
+	fl.DurationVar(&f.bundleHeartbeat, "bundle-heartbeat", 10*time.Second, "send subscribers that declare envoy.config.supports-resource-ttl (authz servers) the bundle with a TTL of three heartbeats and a heartbeat this often, so that they tell an idle control plane from a lost one (0: off)")
 	fl.StringSliceVar(&f.admins, "admin-id", nil, "SPIFFE ID allowed to use the admin API (repeatable)")
 	fl.StringSliceVar(&f.protected, "protected-id", nil, "SPIFFE ID never quarantined by events (repeatable)")
 	fl.StringVar(&f.auditLog, "audit-log", "", "append quarantine audit records (JSON lines) to this file")
@@ -196,7 +205,14 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	logOut, err := asyncStderr(stderr, reg, "controlplane")
+	if err != nil {
+		return err
+	}
+	defer closeWithin(logOut, 2*time.Second)
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
 	if f.memoryLimitMiB < 0 {
 		return errors.New("--memory-limit-mib must not be negative")
 	}
@@ -205,9 +221,6 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var m *mesh.Mesh
 	if f.meshFile != "" {
@@ -223,14 +236,15 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	if err != nil {
 		return err
 	}
-	xs, err := xdsserver.New(ctx, xdsserver.Options{Mesh: m, Logger: log, Registerer: reg})
+	xs, err := xdsserver.New(ctx, xdsserver.Options{Mesh: m, Logger: log, Registerer: reg, BundleHeartbeat: f.bundleHeartbeat})
 	if err != nil {
 		return err
 	}
 	defer st.Subscribe(func(b *policies.Bundle) { _ = xs.Publish(b) })()
 
 	// Policies first, so that nothing is served before a good bundle exists.
-	if err := loadPolicyFiles(st, f.policyPaths); err != nil {
+	files := newCPPolicyFiles(f.policyPaths, f.policySettle, f.policyAllowEmpty)
+	if err := files.first(ctx, st); err != nil {
 		return err
 	}
 	// Then the cluster's: serving a bundle without the cluster's DENY
@@ -293,7 +307,10 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	grpcOpts = append(grpcOpts,
 		grpc.MaxConcurrentStreams(1<<16),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Subscribers ping every 10s at the most (gRPC's client floor;
+		// authz's --control-plane-keepalive): allow that with a margin,
+		// or a timer firing a little early would cost them the stream.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 
 	var audit io.Writer
@@ -394,7 +411,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := loadPolicyFiles(st, f.policyPaths); err != nil {
+				if err := files.poll(st); err != nil {
 					log.Error("policy reload rejected; the last good bundle keeps serving", "error", err)
 				}
 			}
@@ -438,17 +455,74 @@ func workloadCount(m *mesh.Mesh) int {
 	return len(m.Workloads)
 }
 
-// loadPolicyFiles reads the policy paths into the store's "files" source.
-func loadPolicyFiles(st *store.Store, paths []string) error {
-	if len(paths) == 0 {
+// cpPolicyFiles feeds --policy files into the store's "files" source under
+// the reload rules of package policyfile: read once, settled, complete, no
+// namespace lost (unless allowed).
+type cpPolicyFiles struct {
+	paths      []string
+	watch      *policyfile.Watcher
+	allowEmpty bool
+	applied    *policies.Set
+}
+
+func newCPPolicyFiles(paths []string, settle time.Duration, allowEmpty bool) *cpPolicyFiles {
+	return &cpPolicyFiles{paths: paths, allowEmpty: allowEmpty,
+		watch: &policyfile.Watcher{Paths: paths, Exts: []string{".yaml", ".yml"}, Settle: settle}}
+}
+
+// first loads the files at start, waiting for them to settle.
+func (p *cpPolicyFiles) first(ctx context.Context, st *store.Store) error {
+	if len(p.paths) == 0 {
 		return st.SetSource("files", policies.Set{})
 	}
-	set, diags, err := source.Load(paths...)
+	deadline := time.Now().Add(p.watch.Settle + 5*time.Second)
+	for {
+		snap, err := p.watch.Next(time.Now())
+		if err != nil {
+			return fmt.Errorf("read policies: %w", err)
+		}
+		if snap != nil {
+			return p.apply(st, snap)
+		}
+		if time.Now().After(deadline) {
+			return errors.New("read policies: the files keep changing")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// poll applies the files when they hold new settled content.
+func (p *cpPolicyFiles) poll(st *store.Store) error {
+	snap, err := p.watch.Next(time.Now())
 	if err != nil {
 		return fmt.Errorf("read policies: %w", err)
 	}
+	if snap == nil {
+		return nil
+	}
+	return p.apply(st, snap)
+}
+
+func (p *cpPolicyFiles) apply(st *store.Store, snap *policyfile.Snapshot) error {
+	if err := snap.Check(p.allowEmpty); err != nil {
+		return err
+	}
+	set, diags := source.ParseFiles(snap.SourceFiles()...)
 	if err := diags.Err(); err != nil {
 		return err
 	}
-	return st.SetSource("files", set)
+	if !p.allowEmpty {
+		if err := policyfile.CheckCoverage(p.applied, &set); err != nil {
+			return err
+		}
+	}
+	if err := st.SetSource("files", set); err != nil {
+		return err
+	}
+	p.applied = &set
+	return nil
 }

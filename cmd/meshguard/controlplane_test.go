@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -198,5 +199,51 @@ spec: {}
 	audit, err := os.ReadFile(filepath.Join(dir, "audit.jsonl"))
 	if err != nil || bytes.Count(audit, []byte("\n")) != 2 {
 		t.Fatalf("audit log: %v\n%s", err, audit)
+	}
+}
+
+// TestControlPlanePolicyFilesRefuseEmptyAndCutFiles: the control plane's
+// --policy reload follows the same rules as authz's: an emptied file, a
+// file cut off mid-line and a set that loses a namespace are refused and
+// the served set stays; a complete change applies.
+func TestControlPlanePolicyFilesRefuseEmptyAndCutFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.yaml")
+	doc := func(ns, name string) string {
+		return "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: " + name + ", namespace: " + ns + "}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n"
+	}
+	whole := doc("shop", "a") + "---\n" + doc("pay", "b")
+	if err := os.WriteFile(path, []byte(whole), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.New(store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := newCPPolicyFiles([]string{dir}, 0, false)
+	if err := files.first(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	served := st.Bundle().Hash
+	for name, data := range map[string]string{
+		"emptied":          "",
+		"cut mid-line":     whole[:len(whole)-9],
+		"a namespace lost": doc("shop", "a"),
+	} {
+		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := files.poll(st); err == nil {
+			t.Errorf("%s: applied", name)
+		}
+		if st.Bundle().Hash != served {
+			t.Fatalf("%s: the served bundle changed", name)
+		}
+	}
+	if err := os.WriteFile(path, []byte(whole+"---\n"+doc("pay", "c")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := files.poll(st); err != nil || st.Bundle().Hash == served {
+		t.Fatalf("a complete change: %v", err)
 	}
 }

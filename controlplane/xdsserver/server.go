@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	extensionservice "github.com/envoyproxy/go-control-plane/envoy/service/extension/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cache "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -56,7 +58,23 @@ type Options struct {
 	// PushTimeout frees a push slot of a node that does not answer.
 	// Default 2s.
 	PushTimeout time.Duration
+	// BundleHeartbeat, when positive, sends nodes that serve only the
+	// bundle (authz servers) and declare the client feature
+	// envoy.config.supports-resource-ttl the bundle with a TTL of three
+	// heartbeats and, every BundleHeartbeat, a heartbeat (the resource
+	// without its body), so that an idle but healthy control plane keeps
+	// their bundle confirmed and a silent one is noticed within the TTL.
+	// Envoy nodes get no TTL: a filter configuration must not expire.
+	BundleHeartbeat time.Duration
 }
+
+// ClientFeatureTTL is the client feature (Envoy's name) of a node that
+// understands resource TTLs and heartbeats.
+const ClientFeatureTTL = "envoy.config.supports-resource-ttl"
+
+// keyBundleTTL is the snapshot key of bundle-only nodes that take TTLs; no
+// workload key is empty or starts with a NUL.
+const keyBundleTTL = "\x00bundle-ttl"
 
 // Server is the xDS server. Create it with New, register it on a gRPC
 // server with Register and feed it bundles with Publish.
@@ -67,11 +85,18 @@ type Server struct {
 	workers int
 	xds     serverv3.Server
 
-	mu       sync.Mutex
-	bundle   *xds.EncodedBundle
-	byKey    map[string]*cache.Snapshot // workload key → snapshot
-	bundleOn *cache.Snapshot            // for nodes that are not workloads
-	nodes    map[string]string          // node ID → workload key ("" bundle only)
+	mu        sync.Mutex
+	bundle    *xds.EncodedBundle
+	byKey     map[string]*cache.Snapshot // workload key → snapshot
+	bundleOn  *cache.Snapshot            // for nodes that are not workloads
+	bundleTTL *cache.Snapshot            // the same with a TTL (BundleHeartbeat)
+	ttl       time.Duration              // of bundleTTL's resource; 0: no heartbeats
+	nodes     map[string]string          // node ID → workload key ("" bundle only)
+	// joining are nodes whose first snapshot ensureNode is handing over:
+	// their stream waits for a push slot and answers nothing meanwhile,
+	// so a Publish's push must not take a slot for them (it would be
+	// held until PushTimeout); ensureNode hands them the newest snapshot.
+	joining map[string]bool
 	// streamNode maps an open stream to its node, and open counts a node's
 	// open streams: a node whose last stream closes is forgotten, so that
 	// pods that come and go leave nothing behind and take no push slot.
@@ -149,6 +174,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		workers:    opts.Workers,
 		byKey:      map[string]*cache.Snapshot{},
 		nodes:      map[string]string{},
+		joining:    map[string]bool{},
 		streamNode: map[streamKey]string{},
 		open:       map[string]int{},
 		sent:       map[int64]map[string]sentResponse{},
@@ -215,7 +241,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	// in the snapshot, and Envoy asks for the filter config alone while
 	// authz servers ask for the bundle alone. Snapshots are consistent
 	// (checked before publication), which is what ADS ordering protects.
-	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	if opts.BundleHeartbeat > 0 {
+		s.ttl = 3 * opts.BundleHeartbeat
+		s.cache = cache.NewSnapshotCacheWithHeartbeating(ctx, false, cache.IDHash{}, cacheLogger{log}, opts.BundleHeartbeat)
+	} else {
+		s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	}
 	s.xds = serverv3.NewServer(ctx, s.cache, s.callbacks())
 	return s, nil
 }
@@ -254,11 +285,20 @@ func (s *Server) Publish(b *policies.Bundle) error {
 		s.log.Error("bundle not published", "version", b.Version, "error", err)
 		return err
 	}
+	var bundleTTL *cache.Snapshot
+	if s.ttl > 0 {
+		if bundleTTL, err = withTTL(bundleOnly, s.ttl); err != nil {
+			s.m.failures.Inc()
+			s.log.Error("bundle not published", "version", b.Version, "error", err)
+			return err
+		}
+	}
 	built, failed := s.buildAll(eb)
 
 	s.mu.Lock()
 	s.bundle = eb
 	s.bundleOn = bundleOnly
+	s.bundleTTL = bundleTTL
 	for k, snap := range built {
 		s.byKey[k] = snap
 	}
@@ -293,15 +333,25 @@ func (s *Server) push(gen uint64, nodes []string) {
 		if s.pushGen.Load() != gen {
 			return
 		}
-		if !s.known(node) {
-			continue // gone since the Publish
+		if !s.pushable(node) {
+			continue // gone since the Publish, or joining
 		}
 		s.acquire(node)
 		// Under s.mu so that a node forgotten meanwhile gets no snapshot
-		// back (forget clears it under the same lock).
+		// back (forget clears it under the same lock), and a node that
+		// rejoined meanwhile holds no slot it cannot give back.
 		s.mu.Lock()
 		key, ok := s.nodes[node]
+		ok = ok && !s.joining[node]
 		snap := s.snapshotFor(key)
+		if ok && snap != nil {
+			// A node that joined during this Publish already holds the
+			// newest snapshot: setting it again sends nothing, and the
+			// slot would wait for an answer that never comes.
+			if cur, err := s.cache.GetSnapshot(node); err == nil && cur == cache.ResourceSnapshot(snap) {
+				ok = false
+			}
+		}
 		var err error
 		if ok && snap != nil {
 			err = s.cache.SetSnapshot(ctx, node, snap)
@@ -416,10 +466,30 @@ func (s *Server) buildAll(eb *xds.EncodedBundle) (map[string]*cache.Snapshot, in
 
 // snapshotFor must be called with s.mu held.
 func (s *Server) snapshotFor(key string) *cache.Snapshot {
-	if key == "" {
+	switch key {
+	case "":
 		return s.bundleOn
+	case keyBundleTTL:
+		return s.bundleTTL
 	}
 	return s.byKey[key]
+}
+
+// withTTL is snap with a TTL on every resource (heartbeats keep them).
+func withTTL(snap *cache.Snapshot, ttl time.Duration) (*cache.Snapshot, error) {
+	res := map[resource.Type][]types.ResourceWithTTL{}
+	version := ""
+	for _, typ := range []resource.Type{resource.ExtensionConfigType} {
+		for _, r := range snap.GetResourcesAndTTL(typ) {
+			res[typ] = append(res[typ], types.ResourceWithTTL{Resource: r.Resource, TTL: &ttl})
+		}
+		version = snap.GetVersion(typ)
+	}
+	out, err := cache.NewSnapshotWithTTLs(version, res)
+	if err != nil {
+		return nil, fmt.Errorf("xdsserver: bundle snapshot with a TTL: %w", err)
+	}
+	return out, nil
 }
 
 // ensureNode gives a node it has not seen its snapshot. It takes a push
@@ -441,7 +511,11 @@ func (s *Server) ensureNode(node *core.Node) {
 			key = w.Key
 		}
 	}
+	if key == "" && s.ttl > 0 && slices.Contains(node.GetClientFeatures(), ClientFeatureTTL) {
+		key = keyBundleTTL
+	}
 	s.nodes[id] = key
+	s.joining[id] = true
 	s.m.nodes.Set(float64(len(s.nodes)))
 	s.mu.Unlock()
 	s.log.Info("xds node connected", "node", id, "workload", key)
@@ -449,7 +523,8 @@ func (s *Server) ensureNode(node *core.Node) {
 	s.acquire(id)
 	s.mu.Lock()
 	_, ok := s.nodes[id]
-	snap := s.snapshotFor(key)
+	delete(s.joining, id)
+	snap := s.snapshotFor(key) // the newest: a Publish meanwhile skipped it
 	var err error
 	if ok && snap != nil {
 		err = s.cache.SetSnapshot(context.Background(), id, snap)
@@ -467,11 +542,13 @@ func (s *Server) ensureNode(node *core.Node) {
 	}
 }
 
-func (s *Server) known(node string) bool {
+// pushable reports whether a Publish's push should take node: known, and
+// not joining (ensureNode serves it).
+func (s *Server) pushable(node string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.nodes[node]
-	return ok
+	return ok && !s.joining[node]
 }
 
 // streamOpened records that stream serves node (once per stream), before
@@ -508,6 +585,7 @@ func (s *Server) streamClosed(stream streamKey) {
 	if gone {
 		delete(s.open, id)
 		delete(s.nodes, id)
+		delete(s.joining, id)
 		s.cache.ClearSnapshot(id)
 		s.m.nodes.Set(float64(len(s.nodes)))
 	}

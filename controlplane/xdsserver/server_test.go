@@ -509,3 +509,79 @@ func TestECDSByNameGetsEveryUpdate(t *testing.T) {
 	}
 	_ = stream.CloseSend()
 }
+
+// TestBundleHeartbeats: an authz-like node that declares the TTL client
+// feature gets the bundle with a TTL and a heartbeat (the resource without
+// its body) every interval while nothing changes; a node that does not
+// declare it, and an Envoy node, get the bundle bare and no heartbeat.
+func TestBundleHeartbeats(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.BundleHeartbeat = 50 * time.Millisecond })
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/x/sa/y")); err != nil {
+		t.Fatal(err)
+	}
+	type seen struct {
+		wrapped, heartbeats, bare int
+		ttl                       time.Duration
+	}
+	watch := func(node *core.Node, typ string, names []string) func() seen {
+		ctx, cancel := context.WithCancel(context.Background())
+		st, err := discovery.NewAggregatedDiscoveryServiceClient(h.conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var got seen
+		done := make(chan struct{})
+		t.Cleanup(func() { cancel(); <-done })
+		if err := st.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names}); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			defer close(done)
+			for {
+				resp, err := st.Recv()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				for _, r := range resp.GetResources() {
+					if r.GetTypeUrl() != "type.googleapis.com/envoy.service.discovery.v3.Resource" {
+						got.bare++
+						continue
+					}
+					var w discovery.Resource
+					if err := r.UnmarshalTo(&w); err != nil {
+						t.Error(err)
+					}
+					got.ttl = w.GetTtl().AsDuration()
+					if w.GetResource() == nil {
+						got.heartbeats++
+					} else {
+						got.wrapped++
+					}
+				}
+				mu.Unlock()
+				_ = st.Send(&discovery.DiscoveryRequest{TypeUrl: typ, ResourceNames: names, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+			}
+		}()
+		return func() seen { mu.Lock(); defer mu.Unlock(); return got }
+	}
+	ttlNode := watch(&core.Node{Id: "authz-new", ClientFeatures: []string{ClientFeatureTTL}}, resource.ExtensionConfigType, []string{wire.BundleResourceName})
+	oldNode := watch(&core.Node{Id: "authz-old"}, resource.ExtensionConfigType, []string{wire.BundleResourceName})
+	envoy := watch(&core.Node{Id: "web-1", Cluster: "web.shop", ClientFeatures: []string{ClientFeatureTTL}}, resource.ExtensionConfigType, []string{wire.FilterConfigName})
+	waitFor(t, "heartbeats to the TTL node", func() bool { return ttlNode().heartbeats >= 3 })
+	if s := ttlNode(); s.wrapped != 1 || s.ttl != 150*time.Millisecond || s.bare != 0 {
+		t.Errorf("TTL node saw %+v, want one bundle with a 150ms TTL and heartbeats", s)
+	}
+	if s := oldNode(); s.bare != 1 || s.wrapped+s.heartbeats != 0 {
+		t.Errorf("node without the feature saw %+v, want the bare bundle only", s)
+	}
+	if s := envoy(); s.bare != 1 || s.wrapped+s.heartbeats != 0 {
+		t.Errorf("Envoy node saw %+v, want its filter config bare: it must never expire", s)
+	}
+	// An update reaches the TTL node with its body.
+	if err := h.store.SetSource("files", quarantine("spiffe://example.org/ns/x/sa/z")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "update to the TTL node", func() bool { return ttlNode().wrapped == 2 })
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/meshguard/meshguard/authz/decisionlog"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
@@ -56,11 +57,20 @@ func (d *decisionMemo) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (d *decisionMemo) get(reqID string) (decisionlog.Entry, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	e, ok := d.byReq[reqID]
-	return e, ok
+// get returns the entry of a request. The decision log is written by a
+// goroutine of its own, so the entry of a request the authz server decided
+// may arrive just after the answer: with wait, look again for a moment.
+func (d *decisionMemo) get(reqID string, wait bool) (decisionlog.Entry, bool) {
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for {
+		d.mu.Lock()
+		e, ok := d.byReq[reqID]
+		d.mu.Unlock()
+		if ok || !wait || time.Now().After(deadline) {
+			return e, ok
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // onOutcome shows one request the sidecars handled.
@@ -68,7 +78,9 @@ func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	src := m.name(o.Source)
 	who := src + " → " + o.Workload
 	what := o.Method + " " + truncate(o.Path, 40)
-	e, haveDecision := m.dlog.get(o.RequestID)
+	// Only requests that got past the filter (allowed, or denied by
+	// authz) can have an authz decision to wait for.
+	e, haveDecision := m.dlog.get(o.RequestID, o.DeniedBy == "" || o.DeniedBy == envoyemu.DeniedByAuthz)
 	reason := o.Reason
 	if o.DeniedBy == envoyemu.DeniedAuthzError {
 		// Envoy sends a bare 403 (status_on_error); count it apart from

@@ -55,7 +55,8 @@ type mesh struct {
 	grpc   *grpc.Server
 	authz  string // address
 
-	dlog *decisionMemo
+	dlog      *decisionMemo
+	decisions *decisionlog.Logger // writes into dlog
 
 	store  *store.Store
 	qm     *quarantine.Manager
@@ -152,6 +153,7 @@ func (m *mesh) startAuthz(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("demo: decision log: %w", err)
 	}
+	m.decisions = dl
 	srv, err := server.New(server.Config{Engine: m.engine, Identity: res, Log: m.o.Log, Metrics: met, DecisionLog: dl})
 	if err != nil {
 		return fmt.Errorf("demo: authz: %w", err)
@@ -445,6 +447,9 @@ func (m *mesh) stop() {
 	}
 	if m.grpc != nil {
 		m.grpc.Stop()
+	}
+	if m.decisions != nil {
+		_ = m.decisions.Close(ctx)
 	}
 	if m.events != nil {
 		_ = m.events.Close()
