@@ -447,6 +447,13 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		tr.note("%s; route %q allows it (DENY rules are matched against every reading)", rq.path.unsafe, a.Route)
 	}
 
+	if why := s.unresolved(&a.Target); why != "" {
+		d.Reason = ReasonDeniedUnresolved
+		tr.note("%s", why)
+		routeMode(&d, ro)
+		return d
+	}
+
 	// A target's buckets are resolved once and kept in the view cache; a
 	// route's own bucket and explain's trace take the uncached path.
 	cache := tr == nil && (ro == nil || ro.b == nil)
@@ -631,6 +638,42 @@ func (s *Snapshot) collect(a *Attributes, ro *routeInfo, bs []*bucket, tr *Trace
 		}
 	}
 	return bs
+}
+
+// unresolved says why the policies that apply to t cannot be found: a
+// scope of t (the mesh's, its namespace's) has selector-scoped policies and
+// t's labels are unknown, or targetRef-scoped ones and its service and
+// gateway are. Empty when they can be found. A resolved target, or one with
+// labels and a service, costs two tests.
+func (s *Snapshot) unresolved(t *Target) string {
+	labels, service := t.Resolved || len(t.Labels) > 0, t.Resolved || t.Service != "" || t.Gateway != ""
+	if labels && service {
+		return ""
+	}
+	check := func(sc *scope, where string) string {
+		switch {
+		case sc == nil:
+		case !labels && len(sc.selectors) > 0:
+			return where + " has selector-scoped policies and the target's labels are unknown"
+		case !service && len(sc.targets) > 0:
+			return where + " has targetRef-scoped policies and the target's service and gateway are unknown"
+		}
+		return ""
+	}
+	if why := check(&s.mesh, "the mesh (root namespace "+s.rootNS+")"); why != "" {
+		return why
+	}
+	ns := targetNamespace(t)
+	switch {
+	case ns == "":
+		return ""
+	case ns != s.rootNS:
+		return check(s.namespaces[ns], "namespace "+ns)
+	}
+	if sc := s.namespaces[ns]; sc != nil && !service && len(sc.targets) > 0 {
+		return check(&scope{targets: sc.targets}, "namespace "+ns)
+	}
+	return ""
 }
 
 // targetNamespace is the target's namespace: as given, or read from its ID.
