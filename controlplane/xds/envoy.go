@@ -101,7 +101,7 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (m
 		return nil, err
 	}
 	out[resource.ClusterType] = append(out[resource.ClusterType], authz, cp, g.spireCluster())
-	if fetch := g.wasmFetchCluster(); fetch != nil {
+	if fetch := g.wasmFetchCluster(); fetch != nil && !w.DisableWasm {
 		out[resource.ClusterType] = append(out[resource.ClusterType], fetch)
 	}
 	return out, nil
@@ -160,13 +160,7 @@ func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabl
 			perRoute = &extauthz.ExtAuthzPerRoute{Override: &extauthz.ExtAuthzPerRoute_Disabled{Disabled: true}}
 		} else {
 			perRoute = &extauthz.ExtAuthzPerRoute{Override: &extauthz.ExtAuthzPerRoute_CheckSettings{
-				CheckSettings: &extauthz.CheckSettings{ContextExtensions: map[string]string{
-					wire.ContextRoute:       r.Name,
-					wire.ContextPolicyScope: w.Namespace + "/" + w.Name,
-					wire.ContextNamespace:   w.Namespace,
-					wire.ContextWorkload:    w.SPIFFEID,
-					wire.ContextService:     w.Service,
-				}},
+				CheckSettings: &extauthz.CheckSettings{ContextExtensions: contextExtensions(w, r)},
 			}}
 		}
 		pr, err := marshalAny(perRoute)
@@ -188,6 +182,26 @@ func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabl
 		// Requests that match no route are not forwarded anywhere.
 		ValidateClusters: wrapperspb.Bool(true),
 	}, nil
+}
+
+// contextExtensions are what the authz server learns of route r's target
+// workload w. They come from the route configuration, which no client can
+// touch: the workload's SPIFFE ID, namespace, service and every one of its
+// labels (one meshguard.label.<key> each), with meshguard.resolved saying
+// that these are all of them, so that a workload without labels is known to
+// have none.
+func contextExtensions(w *mesh.ValidWorkload, r mesh.Route) map[string]string {
+	ext := make(map[string]string, 6+len(w.Labels))
+	ext[wire.ContextRoute] = r.Name
+	ext[wire.ContextPolicyScope] = w.Namespace + "/" + w.Name
+	ext[wire.ContextNamespace] = w.Namespace
+	ext[wire.ContextWorkload] = w.SPIFFEID
+	ext[wire.ContextService] = w.Service
+	ext[wire.ContextResolved] = "true"
+	for k, v := range w.Labels {
+		ext[wire.ContextLabelPrefix+k] = v
+	}
+	return ext
 }
 
 func outboundRoutes(u mesh.Upstream) *route.RouteConfiguration {
@@ -233,20 +247,7 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 			ConfigSource:    adsSource(),
 			RouteConfigName: inboundName(in),
 		}},
-		HttpFilters: []*hcm.HttpFilter{
-			{
-				// With config_discovery the filter's name is the ECDS
-				// resource name. No default config: the listener warms
-				// until the filter config (and so the policy) arrives.
-				Name: wire.FilterConfigName,
-				ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
-					ConfigSource: adsSource(),
-					TypeUrls:     []string{WasmTypeURL},
-				}},
-			},
-			{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: authz}},
-			{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}},
-		},
+		HttpFilters: httpFilters(w, authz, rtr),
 		// Identity of the direct peer for the authz server; anything the
 		// client sent in XFCC is replaced.
 		ForwardClientCertDetails: hcm.HttpConnectionManager_SANITIZE_SET,
@@ -283,6 +284,27 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 			},
 		}},
 	}, nil
+}
+
+// httpFilters is the inbound chain: the meshguard wasm filter (unless the
+// workload disables it), ext_authz, the router.
+func httpFilters(w *mesh.ValidWorkload, authz, rtr *anyProto) []*hcm.HttpFilter {
+	var fs []*hcm.HttpFilter
+	if !w.DisableWasm {
+		fs = append(fs, &hcm.HttpFilter{
+			// With config_discovery the filter's name is the ECDS
+			// resource name. No default config: the listener warms
+			// until the filter config (and so the policy) arrives.
+			Name: wire.FilterConfigName,
+			ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
+				ConfigSource: adsSource(),
+				TypeUrls:     []string{WasmTypeURL},
+			}},
+		})
+	}
+	return append(fs,
+		&hcm.HttpFilter{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: authz}},
+		&hcm.HttpFilter{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}})
 }
 
 func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error) {
