@@ -2,11 +2,13 @@ package filtercore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
 
+	"github.com/meshguard/meshguard/internal/hostcall"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/internal/detect"
@@ -108,6 +110,9 @@ func (p *Plugin) Configure(data []byte) error {
 	if cfg.cluster == "" {
 		vm.host.Log(LevelWarn, "meshguard: controlPlane.cluster is empty: events are counted as dropped, not sent")
 	}
+	if cfg.labelsWarning != "" {
+		vm.host.Log(LevelWarn, "meshguard: "+cfg.labelsWarning)
+	}
 	vm.host.Log(LevelInfo, "meshguard: loaded bundle "+cfg.snap.Version()+" ("+cfg.snap.Hash()+")")
 	return nil
 }
@@ -116,7 +121,7 @@ func (p *Plugin) Configure(data []byte) error {
 // that is going away.
 func (p *Plugin) Done() { p.vm.m.flush() }
 
-// node reads the Envoy node's identity from the proxy.
+// node reads the Envoy node's identity and labels from the proxy.
 func (vm *VM) node() Node {
 	var n Node
 	if v, ok := vm.host.Property(PropNodeCluster); ok {
@@ -124,6 +129,11 @@ func (vm *VM) node() Node {
 	}
 	if v, ok := vm.host.Property(PropNodeID); ok {
 		n.ID = string(v)
+	}
+	if v, ok := vm.host.Property(PropNodeLabels); !ok {
+		n.LabelsErr = errors.New("node.metadata.LABELS is not set")
+	} else if n.Labels, n.LabelsErr = hostcall.DecodeMap(v); n.LabelsErr != nil {
+		n.LabelsErr = fmt.Errorf("node.metadata.LABELS is not a string map: %w", n.LabelsErr)
 	}
 	return n
 }
