@@ -199,11 +199,14 @@ func (s *Snapshot) quarantine(id string, now int64) (quarantineEntry, bool) {
 func (s *Snapshot) BaselineMode() string { return s.baseline }
 
 // KnownEdge reports whether source → destination service → route is an
-// edge of a TrafficBaseline. Destination compares case-insensitively.
+// edge of a TrafficBaseline. Destination compares case-insensitively; an
+// edge written as a Kubernetes service host ("reviews.shop.svc.cluster.local")
+// also matches its short forms ("reviews.shop", "reviews"), the names a
+// filter configured by the meshguard control plane reports its service by.
 func (s *Snapshot) KnownEdge(source spiffeid.ID, destination, route string) bool {
 	for i := range s.edges {
 		e := &s.edges[i]
-		if !strings.EqualFold(e.dest, destination) || !e.source.match(source) {
+		if !sameService(e.dest, destination) || !e.source.match(source) {
 			continue
 		}
 		if len(e.routes) == 0 || containsString(e.routes, route) {
@@ -211,6 +214,21 @@ func (s *Snapshot) KnownEdge(source spiffeid.ID, destination, route string) bool
 		}
 	}
 	return false
+}
+
+// sameService reports whether a baseline destination names the service
+// dest: equal, or a Kubernetes service host whose "<svc>.<ns>" or "<svc>"
+// is dest.
+func sameService(baseline, dest string) bool {
+	if strings.EqualFold(baseline, dest) {
+		return true
+	}
+	i := strings.Index(baseline, ".svc")
+	if i <= 0 || len(dest) >= i {
+		return len(dest) == i && strings.EqualFold(baseline[:i], dest)
+	}
+	j := strings.IndexByte(baseline, '.')
+	return j == len(dest) && j < i && strings.EqualFold(baseline[:j], dest)
 }
 
 // AnomalyProfile returns the first profile (by namespace, name) watching
