@@ -69,7 +69,10 @@ type Endpoint struct {
 
 // SPIRE is where the SPIRE agent's SDS API is.
 type SPIRE struct {
-	// SocketPath of the agent's Workload API (which serves SDS).
+	// SocketPath of the agent's Workload API (which serves SDS): where the
+	// bootstrap's static spire_agent cluster points. The control plane
+	// does not send that cluster (Envoy takes SDS only from a statically
+	// defined cluster); it is checked and recorded here for the bootstrap.
 	SocketPath string `json:"socketPath,omitempty"`
 	// BundleSecret names the trust bundle secret; default the trust domain
 	// ID (spiffe://td). SPIRE also serves "ROOTCA".

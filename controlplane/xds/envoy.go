@@ -34,8 +34,10 @@ import (
 const (
 	ClusterAuthz        = "meshguard_authz"
 	ClusterControlPlane = "meshguard_controlplane"
-	ClusterSPIREAgent   = "spire_agent"
-	ClusterWasmFetch    = "meshguard_wasm_fetch"
+	// ClusterSPIREAgent is the bootstrap's static cluster of the SPIRE
+	// agent's socket (SDS); see deploy/envoy/bootstrap.yaml.
+	ClusterSPIREAgent = "spire_agent"
+	ClusterWasmFetch  = "meshguard_wasm_fetch"
 
 	// WasmTypeURL is the ECDS type of the meshguard filter's configuration.
 	WasmTypeURL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -100,7 +102,7 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (m
 	if err != nil {
 		return nil, err
 	}
-	out[resource.ClusterType] = append(out[resource.ClusterType], authz, cp, g.spireCluster())
+	out[resource.ClusterType] = append(out[resource.ClusterType], authz, cp)
 	if fetch := g.wasmFetchCluster(); fetch != nil && !w.DisableWasm {
 		out[resource.ClusterType] = append(out[resource.ClusterType], fetch)
 	}
@@ -337,7 +339,10 @@ func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error
 
 // commonTLS presents the SVID named after the workload's SPIFFE ID and
 // validates peers against the trust bundle, both over SDS from the SPIRE
-// agent; when peerID is set the peer's URI SAN must equal it.
+// agent; when peerID is set the peer's URI SAN must equal it. The SDS
+// source is the cluster ClusterSPIREAgent, which the node's bootstrap
+// defines: Envoy takes an xDS config source only from a statically defined
+// cluster, so the control plane cannot send it.
 func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
 	spire := &core.ConfigSource{
 		ResourceApiVersion: core.ApiVersion_V3,
@@ -425,24 +430,6 @@ func http2Options() *httpopts.HttpProtocolOptions {
 		UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
 		}},
-	}
-}
-
-// spireCluster reaches the SPIRE agent's SDS over its unix socket.
-func (g *Generator) spireCluster() *cluster.Cluster {
-	return &cluster.Cluster{
-		Name:                 ClusterSPIREAgent,
-		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-		ConnectTimeout:       durationpb.New(connectTimeout),
-		LoadAssignment: &endpoint.ClusterLoadAssignment{
-			ClusterName: ClusterSPIREAgent,
-			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
-				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{
-					Address: &core.Address_Pipe{Pipe: &core.Pipe{Path: g.mesh.SPIRESocket}},
-				}}},
-			}}}},
-		},
-		TypedExtensionProtocolOptions: map[string]*anyProto{httpOptsKey: mustAny(http2Options())},
 	}
 }
 
