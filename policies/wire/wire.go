@@ -103,8 +103,8 @@ type Workload struct {
 	// a selector-scoped policy of its namespace or of the mesh then denies
 	// (denied_unresolved_target) instead of being skipped.
 	LabelsFrom string `json:"labelsFrom,omitempty"`
-	Service   string            `json:"service,omitempty"`
-	Gateway   string            `json:"gateway,omitempty"`
+	Service    string `json:"service,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
 	// ExtAuthz, when set, says that meshguard's ext_authz server checks
 	// this workload's requests after the filter, with the same bundle and
 	// verified JWT-SVIDs. The filter, which cannot verify a JWT-SVID, then
