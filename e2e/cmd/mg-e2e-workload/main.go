@@ -123,7 +123,7 @@ func run() error {
 		return err
 	}
 	defer proxy.Close(context.Background())
-	rctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	err = proxy.Ready(rctx)
 	cancel()
 	if err != nil {

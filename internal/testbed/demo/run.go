@@ -367,8 +367,9 @@ func (m *mesh) startNodes(ctx context.Context) error {
 		}
 		n.proxy = px
 		// One at a time: the first compiles the module, the others find
-		// it in the compilation cache.
-		rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		// it in the compilation cache. The first compile takes seconds,
+		// minutes on a loaded machine under the race detector.
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		err = n.proxy.Ready(rctx)
 		cancel()
 		if err != nil {

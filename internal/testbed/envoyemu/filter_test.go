@@ -295,12 +295,13 @@ func TestWasmFilterReadsIstioNodeLabels(t *testing.T) {
 		labels, _ := structpb.NewStruct(map[string]any{"app": "catalog", "version": version, "istio-locality": "region1"})
 		node := &corev3.Node{Id: "catalog-" + version + "-pod", Cluster: "catalog",
 			Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{istiogen.NodeLabelsKey: structpb.NewStructValue(labels)}}}
-		p, err := Start(context.Background(), Config{Node: node, XDS: cc, SVIDs: catalog, Bundles: bundle, BindHost: "127.0.0.1"})
+		p, err := Start(context.Background(), Config{Node: node, XDS: cc, SVIDs: catalog, Bundles: bundle, BindHost: "127.0.0.1",
+			Wasm: WasmOptions{CompilationCache: testCache}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = p.Close(context.Background()) })
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 		err = p.Ready(ctx)
 		cancel()
 		if err != nil {

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/tetratelabs/wazero"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,6 +41,21 @@ import (
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+// testCache shares compiled wasm between the tests' proxies, and on disk
+// with later runs and the demo (whose cache directory it is): the first
+// compiles the module, the others find it.
+var testCache = func() wazero.CompilationCache {
+	if dir, err := os.UserCacheDir(); err == nil {
+		if c, err := wazero.NewCompilationCacheWithDir(filepath.Join(dir, "meshguard", "wazero")); err == nil {
+			return c
+		}
+	}
+	return wazero.NewCompilationCache()
+}()
+
+// readyTimeout bounds a proxy's warming in these tests.
+const readyTimeout = 8 * time.Minute
 
 func sa(ns, name string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/"+name) }
 
@@ -163,12 +181,14 @@ func (c *controlPlane) publish(t *testing.T, version, policyYAML string) {
 func startProxy(t *testing.T, cp *controlPlane, node *corev3.Node, svids x509svid.Source, bundles x509bundle.Source, onOutcome func(Outcome)) *Proxy {
 	t.Helper()
 	p, err := Start(context.Background(), Config{Node: node, XDS: cp.cc, SVIDs: svids, Bundles: bundles,
-		BindHost: "127.0.0.1", OnOutcome: onOutcome})
+		BindHost: "127.0.0.1", OnOutcome: onOutcome, Wasm: WasmOptions{CompilationCache: testCache}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close(context.Background()) })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// Generous: a proxy with the wasm filter compiles the module first,
+	// which takes minutes under -race on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	if err := p.Ready(ctx); err != nil {
 		t.Fatal(err)
