@@ -91,3 +91,19 @@ func TestDecodeMap(t *testing.T) {
 		t.Fatal("a protobuf Struct was decoded as pairs")
 	}
 }
+
+// FuzzDecodeMap: any property value is refused or decodes to a map whose
+// pairs encode back to a prefix of it (the rest being padding).
+func FuzzDecodeMap(f *testing.F) {
+	f.Add(append(encode([][2]string{{"app", "catalog"}, {"version", "v2"}}), make([]byte, 8)...))
+	f.Add([]byte("\x0a\x0cnot pairs"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeMap(b)
+		if err != nil {
+			return
+		}
+		if len(m) > (len(b)-4)/10 {
+			t.Fatalf("%d entries from %d bytes", len(m), len(b))
+		}
+	})
+}
