@@ -58,12 +58,22 @@ type Target struct {
 	// Namespace of the workload. When empty it is read from ID by position
 	// (/ns/<namespace>/sa/<sa>).
 	Namespace string
-	// Labels of the workload, for Istio selectors.
+	// Labels of the workload, for Istio selectors: all of them, from a
+	// source the client cannot touch.
 	Labels map[string]string
 	// Service is the Kubernetes Service name the request addressed, and
 	// Gateway the Gateway name when the workload is a gateway: for targetRefs.
 	Service string
 	Gateway string
+	// Resolved says that Labels, Service and Gateway are everything a
+	// trusted source (the control plane's route configuration, the proxy's
+	// node metadata, a workload registry) knows of the workload, even when
+	// they are empty. Without it, a target with no labels has unknown
+	// labels, and one with neither service nor gateway an unknown service:
+	// a selector-scoped (or targetRef-scoped) policy of its namespace or of
+	// the mesh then cannot be decided for it, and the request is denied
+	// with ReasonDeniedUnresolved instead of skipping that policy.
+	Resolved bool
 }
 
 // HeaderGetter returns a request header by lowercase name.

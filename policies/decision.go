@@ -25,6 +25,11 @@ const (
 	ReasonDeniedTimeout    Reason = "denied_timeout"
 	ReasonDeniedAnomaly    Reason = "denied_anomaly"
 	ReasonRateLimited      Reason = "rate_limited_anomaly"
+	// ReasonDeniedUnresolved: a selector- or targetRef-scoped policy may
+	// apply to the target, but the target's labels (or its service and
+	// gateway) are unknown to the enforcement point, so whether it applies
+	// cannot be decided.
+	ReasonDeniedUnresolved Reason = "denied_unresolved_target"
 )
 
 // Denies reports whether the code is a denial.

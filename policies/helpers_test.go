@@ -128,10 +128,12 @@ func withRoute(r string) func(*policies.Attributes) {
 	return func(a *policies.Attributes) { a.Route = r }
 }
 
+// withTarget sets the target: labels are all it has (nil: none).
 func withTarget(ns string, labels map[string]string, id string) func(*policies.Attributes) {
 	return func(a *policies.Attributes) {
 		a.Target.Namespace = ns
 		a.Target.Labels = labels
+		a.Target.Resolved = true
 		a.Target.ID = spiffeid.ID{}
 		if id != "" {
 			a.Target.ID = spiffeid.RequireFromString(id)

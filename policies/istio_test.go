@@ -1,7 +1,10 @@
 package policies_test
 
 import (
+	"strings"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshguard/meshguard/policies"
 )
@@ -113,13 +116,92 @@ spec: {}`)
 	check(t, s, rq(other, "GET", "/x", withTarget("shop", map[string]string{"app": "web", "version": "v2"}, "")), want{true, policies.ReasonAllowedNoPolicy, "", ""})
 	// targetRefs: only requests to that Service
 	ledger := func(a *policies.Attributes) {
-		a.Target.Namespace, a.Target.Service, a.Target.Labels = "billing", "ledger", nil
+		a.Target.Namespace, a.Target.Service, a.Target.Labels, a.Target.Resolved = "billing", "ledger", nil, true
 	}
 	check(t, s, rq(frontend, "GET", "/x", ledger), want{false, policies.ReasonDeniedNoMatch, "", ""})
 	check(t, s, rq(admin, "GET", "/x", ledger), want{true, policies.ReasonAllowedByPolicy, "AuthorizationPolicy/billing/svc-allow", ""})
 	check(t, s, rq(frontend, "GET", "/x", withTarget("billing", nil, "")), want{true, policies.ReasonAllowedNoPolicy, "", ""})
 	// namespace taken from the target ID when not given
 	check(t, s, rq(frontend, "GET", "/x", withTarget("", nil, "spiffe://cluster.local/ns/other/sa/x")), want{false, policies.ReasonDeniedNoMatch, "", ""})
+}
+
+// TestUnresolvedTargetFailsClosed: an enforcement point that does not know
+// its target's labels (or its service) cannot tell whether a selector-scoped
+// (targetRef-scoped) policy applies, so it denies; it never skips a DENY that
+// might apply while a namespace-wide ALLOW admits the request.
+func TestUnresolvedTargetFailsClosed(t *testing.T) {
+	s := compileYAML(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: read-api, namespace: shop}
+spec:
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: v2-no-export, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web, version: v2}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/export"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ledger-ops, namespace: billing}
+spec:
+  targetRefs: [{kind: Service, group: "", name: ledger}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/export"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: plain, namespace: plain}
+spec:
+  rules: [{to: [{operation: {methods: [GET]}}]}]`)
+	unknown := func(ns string) func(*policies.Attributes) {
+		return func(a *policies.Attributes) {
+			a.Target = policies.Target{ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/" + ns + "/sa/web")}
+		}
+	}
+	v := func(version string) func(*policies.Attributes) {
+		return withTarget("shop", map[string]string{"app": "web", "version": version}, "")
+	}
+	// Labels known: the DENY applies to v2 only.
+	check(t, s, rq(frontend, "GET", "/export", v("v1")), want{true, policies.ReasonAllowedByPolicy, "AuthorizationPolicy/shop/read-api", ""})
+	check(t, s, rq(frontend, "GET", "/export", v("v2")), want{false, policies.ReasonDeniedByPolicy, "AuthorizationPolicy/shop/v2-no-export", ""})
+	// Labels unknown: the DENY may apply, so nothing is allowed, not even
+	// what no selector-scoped policy could deny.
+	check(t, s, rq(frontend, "GET", "/export", unknown("shop")), want{false, policies.ReasonDeniedUnresolved, "", ""})
+	check(t, s, rq(frontend, "GET", "/other", unknown("shop")), want{false, policies.ReasonDeniedUnresolved, "", ""})
+	// Known to have no labels: the selector does not select it.
+	check(t, s, rq(frontend, "GET", "/export", withTarget("shop", nil, "")), want{true, policies.ReasonAllowedByPolicy, "", ""})
+	// A namespace without scoped policies needs no labels.
+	check(t, s, rq(frontend, "GET", "/export", unknown("plain")), want{true, policies.ReasonAllowedByPolicy, "AuthorizationPolicy/plain/plain", ""})
+	// targetRefs: an unknown service cannot be matched either.
+	check(t, s, rq(frontend, "GET", "/export", unknown("billing")), want{false, policies.ReasonDeniedUnresolved, "", ""})
+	check(t, s, rq(frontend, "GET", "/export", func(a *policies.Attributes) {
+		a.Target = policies.Target{Namespace: "billing", Service: "ledger"}
+	}), want{false, policies.ReasonDeniedByPolicy, "AuthorizationPolicy/billing/ledger-ops", ""})
+	check(t, s, rq(frontend, "GET", "/export", func(a *policies.Attributes) {
+		a.Target = policies.Target{Namespace: "billing", Resolved: true}
+	}), want{true, policies.ReasonAllowedNoPolicy, "", ""})
+	// Explain says why.
+	_, tr := s.Explain(rq(frontend, "GET", "/export", unknown("shop")))
+	if len(tr.Notes) != 1 || !strings.Contains(tr.Notes[0], "namespace shop has selector-scoped policies") {
+		t.Errorf("explain notes %q", tr.Notes)
+	}
+
+	// A root-namespace selector makes every namespace need labels.
+	mesh := compileYAML(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-web, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/export"]}}]}]`)
+	check(t, mesh, rq(frontend, "GET", "/other", unknown("plain")), want{false, policies.ReasonDeniedUnresolved, "", ""})
+	check(t, mesh, rq(frontend, "GET", "/export", withTarget("plain", map[string]string{"app": "web"}, "")), want{false, policies.ReasonDeniedByPolicy, "AuthorizationPolicy/istio-system/mesh-web", ""})
 }
 
 func TestSourceFields(t *testing.T) {

@@ -271,6 +271,12 @@ spec:
 	if !s.KnownEdge(spiffeid.RequireFromString(admin), "web.shop.svc.cluster.local", "any") {
 		t.Error("glob edge not found")
 	}
+	// A filter configured by the control plane names its service "web".
+	for dest, want := range map[string]bool{"web": true, "WEB.shop": true, "web.shop.svc": false, "we": false, "web.other": false, "shop": false} {
+		if s.KnownEdge(fe, dest, "catalog") != want {
+			t.Errorf("KnownEdge(%q) = %v", dest, !want)
+		}
+	}
 	if p := s.AnomalyProfile(fe); p == nil || p.Spec.Responses["lateral"] != "quarantine" {
 		t.Errorf("profile %+v", p)
 	}

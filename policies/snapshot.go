@@ -199,11 +199,14 @@ func (s *Snapshot) quarantine(id string, now int64) (quarantineEntry, bool) {
 func (s *Snapshot) BaselineMode() string { return s.baseline }
 
 // KnownEdge reports whether source → destination service → route is an
-// edge of a TrafficBaseline. Destination compares case-insensitively.
+// edge of a TrafficBaseline. Destination compares case-insensitively; an
+// edge written as a Kubernetes service host ("reviews.shop.svc.cluster.local")
+// also matches its short forms ("reviews.shop", "reviews"), the names a
+// filter configured by the meshguard control plane reports its service by.
 func (s *Snapshot) KnownEdge(source spiffeid.ID, destination, route string) bool {
 	for i := range s.edges {
 		e := &s.edges[i]
-		if !strings.EqualFold(e.dest, destination) || !e.source.match(source) {
+		if !sameService(e.dest, destination) || !e.source.match(source) {
 			continue
 		}
 		if len(e.routes) == 0 || containsString(e.routes, route) {
@@ -211,6 +214,21 @@ func (s *Snapshot) KnownEdge(source spiffeid.ID, destination, route string) bool
 		}
 	}
 	return false
+}
+
+// sameService reports whether a baseline destination names the service
+// dest: equal, or a Kubernetes service host whose "<svc>.<ns>" or "<svc>"
+// is dest.
+func sameService(baseline, dest string) bool {
+	if strings.EqualFold(baseline, dest) {
+		return true
+	}
+	i := strings.Index(baseline, ".svc")
+	if i <= 0 || len(dest) >= i {
+		return len(dest) == i && strings.EqualFold(baseline[:i], dest)
+	}
+	j := strings.IndexByte(baseline, '.')
+	return j == len(dest) && j < i && strings.EqualFold(baseline[:j], dest)
 }
 
 // AnomalyProfile returns the first profile (by namespace, name) watching
@@ -447,6 +465,13 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		tr.note("%s; route %q allows it (DENY rules are matched against every reading)", rq.path.unsafe, a.Route)
 	}
 
+	if why := s.unresolved(&a.Target); why != "" {
+		d.Reason = ReasonDeniedUnresolved
+		tr.note("%s", why)
+		routeMode(&d, ro)
+		return d
+	}
+
 	// A target's buckets are resolved once and kept in the view cache; a
 	// route's own bucket and explain's trace take the uncached path.
 	cache := tr == nil && (ro == nil || ro.b == nil)
@@ -631,6 +656,42 @@ func (s *Snapshot) collect(a *Attributes, ro *routeInfo, bs []*bucket, tr *Trace
 		}
 	}
 	return bs
+}
+
+// unresolved says why the policies that apply to t cannot be found: a
+// scope of t (the mesh's, its namespace's) has selector-scoped policies and
+// t's labels are unknown, or targetRef-scoped ones and its service and
+// gateway are. Empty when they can be found. A resolved target, or one with
+// labels and a service, costs two tests.
+func (s *Snapshot) unresolved(t *Target) string {
+	labels, service := t.Resolved || len(t.Labels) > 0, t.Resolved || t.Service != "" || t.Gateway != ""
+	if labels && service {
+		return ""
+	}
+	check := func(sc *scope, where string) string {
+		switch {
+		case sc == nil:
+		case !labels && len(sc.selectors) > 0:
+			return where + " has selector-scoped policies and the target's labels are unknown"
+		case !service && len(sc.targets) > 0:
+			return where + " has targetRef-scoped policies and the target's service and gateway are unknown"
+		}
+		return ""
+	}
+	if why := check(&s.mesh, "the mesh (root namespace "+s.rootNS+")"); why != "" {
+		return why
+	}
+	ns := targetNamespace(t)
+	switch {
+	case ns == "":
+		return ""
+	case ns != s.rootNS:
+		return check(s.namespaces[ns], "namespace "+ns)
+	}
+	if sc := s.namespaces[ns]; sc != nil && !service && len(sc.targets) > 0 {
+		return check(&scope{targets: sc.targets}, "namespace "+ns)
+	}
+	return ""
 }
 
 // targetNamespace is the target's namespace: as given, or read from its ID.

@@ -246,7 +246,17 @@ func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options
 }
 
 // applyContext maps context extensions (set per route by the control plane)
-// to the target and route.
+// and destination.labels (which Envoy fills from its own node metadata, at
+// the ext_authz filter's bootstrap_metadata_labels_key) to the target and
+// route. Both come from the proxy's configuration, never from the request.
+//
+// The target is resolved (its labels are all it has) when the route says so
+// (meshguard.resolved, the meshguard control plane's routes) or when the
+// labels are the node's own: then, as Istio attaches policies to a
+// sidecar, it has no Service for targetRefs, and its Gateway is its
+// gateway.networking.k8s.io/gateway-name label. Otherwise a target without
+// labels has unknown labels, and the engine denies where a selector-scoped
+// policy may apply (denied_unresolved_target).
 func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
 	a := &m.Attrs
 	if w := ext[wire.ContextWorkload]; w != "" {
@@ -259,6 +269,15 @@ func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
 	a.Target.Labels = targetLabels(destLabels, ext)
 	a.Target.Namespace = ext[wire.ContextNamespace]
 	a.Target.Service = ext[wire.ContextService]
+	switch {
+	case ext[wire.ContextResolved] == "true":
+		a.Target.Resolved = true
+	case len(destLabels) > 0:
+		a.Target.Resolved = true
+		if a.Target.Service == "" {
+			a.Target.Gateway = destLabels[GatewayNameLabel]
+		}
+	}
 	a.Route = ext[wire.ContextRoute]
 	m.Scope = ext[wire.ContextPolicyScope]
 	return nil
@@ -267,7 +286,11 @@ func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
 // ContextLabelPrefix prefixes context extensions that carry a label of the
 // destination workload ("meshguard.label.app": "reviews"), for Istio
 // selectors; they override destination.labels.
-const ContextLabelPrefix = "meshguard.label."
+const ContextLabelPrefix = wire.ContextLabelPrefix
+
+// GatewayNameLabel is the label by which Istio attaches targetRefs of kind
+// Gateway to a gateway's pods.
+const GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
 
 func targetLabels(dest map[string]string, ext map[string]string) map[string]string {
 	extLabels := false

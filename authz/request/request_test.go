@@ -66,6 +66,77 @@ func TestFromCheck(t *testing.T) {
 	}
 }
 
+// TestTargetLabelSources: the target's labels come from the proxy's
+// configuration only (the control plane's context extensions, or Envoy's own
+// node metadata in destination.labels), and the target is resolved only
+// when that configuration says its labels are complete.
+func TestTargetLabelSources(t *testing.T) {
+	cp := map[string]string{wire.ContextNamespace: "shop", wire.ContextService: "api", wire.ContextResolved: "true",
+		ContextLabelPrefix + "app": "api", ContextLabelPrefix + "version": "v2"}
+	tests := []struct {
+		name         string
+		ext, dest    map[string]string
+		headers      map[string]string
+		wantLabels   map[string]string
+		wantResolved bool
+		wantGateway  string
+	}{
+		{name: "control plane route", ext: cp, wantLabels: map[string]string{"app": "api", "version": "v2"}, wantResolved: true},
+		{name: "control plane route of a workload without labels",
+			ext: map[string]string{wire.ContextNamespace: "shop", wire.ContextResolved: "true"}, wantResolved: true},
+		{name: "labels without the resolved mark are taken as given",
+			ext: map[string]string{ContextLabelPrefix + "app": "api"}, wantLabels: map[string]string{"app": "api"}},
+		{name: "Istio sidecar: node metadata labels", dest: map[string]string{"app": "api", "version": "v1"},
+			wantLabels: map[string]string{"app": "api", "version": "v1"}, wantResolved: true},
+		{name: "Istio gateway: targetRefs by the gateway-name label",
+			dest:       map[string]string{"app": "gw", GatewayNameLabel: "public"},
+			wantLabels: map[string]string{"app": "gw", GatewayNameLabel: "public"}, wantResolved: true, wantGateway: "public"},
+		{name: "route labels override node labels", ext: map[string]string{ContextLabelPrefix + "version": "v3"},
+			dest: map[string]string{"app": "api", "version": "v1"}, wantLabels: map[string]string{"app": "api", "version": "v3"}, wantResolved: true},
+		{name: "nothing: unknown"},
+		{name: "client headers are not labels", headers: map[string]string{
+			ContextHeaderPrefix + wire.ContextLabelPrefix + "app": "api", ContextHeaderPrefix + wire.ContextResolved: "true",
+			wire.ContextLabelPrefix + "app": "api", "x-meshguard-label-app": "api",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := map[string]string{":method": "GET", ":path": "/"}
+			for k, v := range tt.headers {
+				h[k] = v
+			}
+			r := checkRequest("", "", h, "", "", tt.ext)
+			r.Attributes.Destination.Labels = tt.dest
+			m, err := FromCheck(r, Options{TrustRouteHeader: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := m.Attrs.Target
+			if len(got.Labels) != len(tt.wantLabels) || got.Resolved != tt.wantResolved || got.Gateway != tt.wantGateway {
+				t.Fatalf("target %+v, want labels %v resolved %v gateway %q", got, tt.wantLabels, tt.wantResolved, tt.wantGateway)
+			}
+			for k, v := range tt.wantLabels {
+				if got.Labels[k] != v {
+					t.Errorf("label %s = %q, want %q", k, got.Labels[k], v)
+				}
+			}
+		})
+	}
+	// HTTP mode: only with --http-trust-context-headers (Envoy's
+	// headers_to_add overrides client values of those names).
+	req := httptest.NewRequest("GET", "/x", nil)
+	req.Header.Set(ContextHeaderPrefix+wire.ContextLabelPrefix+"app", "api")
+	req.Header.Set(ContextHeaderPrefix+wire.ContextResolved, "true")
+	m, _ := FromHTTP(req, "", spiffeid.ID{}, Options{})
+	if m.Attrs.Target.Resolved || len(m.Attrs.Target.Labels) != 0 {
+		t.Errorf("untrusted context headers made the target %+v", m.Attrs.Target)
+	}
+	m, _ = FromHTTP(req, "", spiffeid.ID{}, Options{TrustContextHeaders: true})
+	if !m.Attrs.Target.Resolved || m.Attrs.Target.Labels["app"] != "api" {
+		t.Errorf("trusted context headers: target %+v", m.Attrs.Target)
+	}
+}
+
 func TestFromHTTPIgnoresContextHeadersUnlessTrusted(t *testing.T) {
 	req := httptest.NewRequest("GET", "/p/x", nil)
 	req.Header.Set(ContextHeaderPrefix+wire.ContextRoute, "legacy")

@@ -182,8 +182,8 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 		if err := os.WriteFile(filepath.Join(f.outDir, "resources.yaml"), append([]byte(header), res...), 0o644); err != nil {
 			return err
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s and %s: %d AuthorizationPolicies, %d WasmPlugins\n",
-			filepath.Join(f.outDir, "mesh-config.yaml"), filepath.Join(f.outDir, "resources.yaml"), len(out.AuthorizationPolicies), len(out.WasmPlugins))
+		fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s and %s: %d AuthorizationPolicies, %d EnvoyFilters, %d WasmPlugins\n",
+			filepath.Join(f.outDir, "mesh-config.yaml"), filepath.Join(f.outDir, "resources.yaml"), len(out.AuthorizationPolicies), len(out.EnvoyFilters), len(out.WasmPlugins))
 		return nil
 	case f.meshConfig:
 		_, err = cmd.OutOrStdout().Write(append([]byte(header), mc...))

@@ -498,6 +498,15 @@ func TestKubeGeneratedResourcesApplyAndReadBack(t *testing.T) {
 			t.Errorf("AuthorizationPolicy %s/%s read back changed:\n got %v\nwant %v", want.Namespace, want.Name, &got.Spec, &want.Spec)
 		}
 	}
+	for _, want := range out.EnvoyFilters {
+		got, err := c.istio.NetworkingV1alpha3().EnvoyFilters(want.Namespace).Get(ctx, want.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&got.Spec, &want.Spec) {
+			t.Errorf("EnvoyFilter %s/%s read back changed:\n got %v\nwant %v", want.Namespace, want.Name, &got.Spec, &want.Spec)
+		}
+	}
 	for _, want := range out.WasmPlugins {
 		got, err := c.istio.ExtensionsV1alpha1().WasmPlugins(want.Namespace).Get(ctx, want.Name, metav1.GetOptions{})
 		if err != nil {

@@ -1,8 +1,10 @@
 // Package istiogen generates what a user applies to wire meshguard into an
 // Istio mesh: the meshConfig extension provider that points Istio's CUSTOM
 // authorization at the meshguard authz server, CUSTOM AuthorizationPolicies
-// that send the selected workloads' requests to it, and WasmPlugins that load
-// the meshguard filter with the policy bundle as its pluginConfig.
+// that send the selected workloads' requests to it, EnvoyFilters that make
+// Istio's ext_authz filter send the proxy's own pod labels with each check,
+// and WasmPlugins that load the meshguard filter with the policy bundle as
+// its pluginConfig.
 //
 // Everything it writes fails closed: the provider has failOpen false, the
 // WasmPlugins have failStrategy FAIL_CLOSE.
@@ -25,9 +27,11 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	extensionsapi "istio.io/api/extensions/v1alpha1"
 	meshapi "istio.io/api/mesh/v1alpha1"
+	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 	extensionsv1alpha1 "istio.io/client-go/pkg/apis/extensions/v1alpha1"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -151,8 +155,15 @@ type Output struct {
 	// mesh config (MeshConfigYAML writes it as istiod Helm values).
 	MeshConfig            *meshapi.MeshConfig
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
-	WasmPlugins           []*extensionsv1alpha1.WasmPlugin
+	// EnvoyFilters set bootstrap_metadata_labels_key on the ext_authz
+	// filter Istio generates for the CUSTOM policies, one per target.
+	EnvoyFilters []*networkingv1alpha3.EnvoyFilter
+	WasmPlugins  []*extensionsv1alpha1.WasmPlugin
 }
+
+// NodeLabelsKey is the key of an Istio proxy's node metadata that holds its
+// pod's labels.
+const NodeLabelsKey = "LABELS"
 
 // Generate validates cfg, reporting every problem at once, and builds the
 // objects.
@@ -186,6 +197,11 @@ func Generate(cfg Config) (*Output, error) {
 				Rules: []*securityapi.Rule{{}},
 			},
 		})
+		ef, err := labelsFilter(meta, t)
+		if err != nil {
+			return nil, err
+		}
+		out.EnvoyFilters = append(out.EnvoyFilters, ef)
 		pc, err := pluginConfig(bundleJSON, &c.Wasm, t)
 		if err != nil {
 			return nil, err
@@ -217,6 +233,55 @@ func Generate(cfg Config) (*Output, error) {
 		out.WasmPlugins = append(out.WasmPlugins, wp)
 	}
 	return out, nil
+}
+
+// labelsFilter is the EnvoyFilter that makes Istio's ext_authz filter (the
+// one the CUSTOM policy adds to the target's proxies) fill
+// destination.labels from the proxy's node metadata LABELS: the pod labels
+// Istio's injector writes into the proxy's bootstrap. Istio's own filter
+// sends no labels and no context extensions, so without it the authz server
+// cannot tell which selector-scoped policies apply and denies
+// (denied_unresolved_target) where one may.
+func labelsFilter(meta metav1.ObjectMeta, t Target) (*networkingv1alpha3.EnvoyFilter, error) {
+	patch, err := structpb.NewStruct(map[string]any{
+		"typed_config": map[string]any{
+			"@type":                         "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+			"bootstrap_metadata_labels_key": NodeLabelsKey,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("istiogen: envoy filter patch: %w", err)
+	}
+	context := networkingapi.EnvoyFilter_SIDECAR_INBOUND
+	if t.Workload.Gateway != "" {
+		context = networkingapi.EnvoyFilter_GATEWAY
+	}
+	var sel *networkingapi.WorkloadSelector
+	if len(t.Selector) > 0 {
+		sel = &networkingapi.WorkloadSelector{Labels: maps.Clone(t.Selector)}
+	}
+	return &networkingv1alpha3.EnvoyFilter{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.istio.io/v1alpha3", Kind: "EnvoyFilter"},
+		ObjectMeta: *meta.DeepCopy(),
+		Spec: networkingapi.EnvoyFilter{
+			WorkloadSelector: sel,
+			ConfigPatches: []*networkingapi.EnvoyFilter_EnvoyConfigObjectPatch{{
+				ApplyTo: networkingapi.EnvoyFilter_HTTP_FILTER,
+				Match: &networkingapi.EnvoyFilter_EnvoyConfigObjectMatch{
+					Context: context,
+					ObjectTypes: &networkingapi.EnvoyFilter_EnvoyConfigObjectMatch_Listener{Listener: &networkingapi.EnvoyFilter_ListenerMatch{
+						FilterChain: &networkingapi.EnvoyFilter_ListenerMatch_FilterChainMatch{
+							Filter: &networkingapi.EnvoyFilter_ListenerMatch_FilterMatch{
+								Name:      "envoy.filters.network.http_connection_manager",
+								SubFilter: &networkingapi.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: "envoy.filters.http.ext_authz"},
+							},
+						},
+					}},
+				},
+				Patch: &networkingapi.EnvoyFilter_Patch{Operation: networkingapi.EnvoyFilter_Patch_MERGE, Value: patch},
+			}},
+		},
+	}, nil
 }
 
 func objectName(t Target) string {
@@ -259,7 +324,9 @@ func provider(p *Provider) *meshapi.MeshConfig_ExtensionProvider {
 func pluginConfig(bundleJSON []byte, w *Wasm, t Target) (*structpb.Struct, error) {
 	wl := t.Workload
 	wl.Namespace = t.Namespace
-	wl.Labels = maps.Clone(t.Selector)
+	// The target's selector is only some of a pod's labels: the filter
+	// reads all of them from its proxy's node metadata.
+	wl.Labels, wl.LabelsFrom = nil, wire.LabelsFromNode
 	fc := wire.FilterConfig{
 		Bundle:       bundleJSON,
 		Workload:     wl,

@@ -15,9 +15,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	extensionsapi "istio.io/api/extensions/v1alpha1"
 	meshapi "istio.io/api/mesh/v1alpha1"
+	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 	extensionsv1alpha1 "istio.io/client-go/pkg/apis/extensions/v1alpha1"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	"sigs.k8s.io/yaml"
 
@@ -183,8 +185,17 @@ func TestGenerateTargetsAndHTTPMode(t *testing.T) {
 	if api.Name != "meshguard-api" || api.Spec.Selector.MatchLabels["app"] != "api" || api.Spec.Priority.GetValue() != 10 || api.Spec.ImagePullPolicy != extensionsapi.PullPolicy_Always {
 		t.Errorf("api plugin = %v", &api.Spec)
 	}
-	if fc := filterConfig(t, api); fc.Workload.ID != "spiffe://example.org/ns/shop/sa/api" || fc.Workload.Labels["app"] != "api" {
+	// The selector is only part of a pod's labels: the filter reads them
+	// all from its node.
+	if fc := filterConfig(t, api); fc.Workload.ID != "spiffe://example.org/ns/shop/sa/api" || len(fc.Workload.Labels) != 0 || fc.Workload.LabelsFrom != wire.LabelsFromNode {
 		t.Errorf("api workload = %+v", fc.Workload)
+	}
+	if ef := out.EnvoyFilters[0]; ef.Name != "meshguard-api" || ef.Spec.WorkloadSelector.GetLabels()["app"] != "api" ||
+		ef.Spec.ConfigPatches[0].Match.Context != networkingapi.EnvoyFilter_SIDECAR_INBOUND {
+		t.Errorf("api envoy filter = %v", &ef.Spec)
+	}
+	if gw := out.EnvoyFilters[1]; gw.Spec.ConfigPatches[0].Match.Context != networkingapi.EnvoyFilter_GATEWAY {
+		t.Errorf("gateway envoy filter = %v", &gw.Spec)
 	}
 	if gw := out.WasmPlugins[1]; len(gw.Spec.Match) != 0 {
 		t.Errorf("a gateway plugin must not be limited to SERVER mode: %v", gw.Spec.Match)
@@ -277,10 +288,10 @@ func TestYAMLStrict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(docs) != 4 {
-		t.Fatalf("documents = %d, want 4", len(docs))
+	if len(docs) != 6 {
+		t.Fatalf("documents = %d, want 6", len(docs))
 	}
-	var aps, wps int
+	var aps, efs, wps int
 	for _, doc := range docs {
 		obj, _, err := dec.Decode(doc)
 		if err != nil {
@@ -297,6 +308,11 @@ func TestYAMLStrict(t *testing.T) {
 				t.Errorf("plugin %d changed through YAML", wps)
 			}
 			wps++
+		case *networkingv1alpha3.EnvoyFilter:
+			if !proto.Equal(&o.Spec, &out.EnvoyFilters[efs].Spec) {
+				t.Errorf("envoy filter %d changed through YAML", efs)
+			}
+			efs++
 		default:
 			t.Errorf("unexpected %T", obj)
 		}

@@ -9,13 +9,16 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// ResourcesYAML writes the AuthorizationPolicies and WasmPlugins as one
-// multi-document YAML stream, ready for kubectl apply -f.
+// ResourcesYAML writes the AuthorizationPolicies, EnvoyFilters and
+// WasmPlugins as one multi-document YAML stream, ready for kubectl apply -f.
 func (o *Output) ResourcesYAML() ([]byte, error) {
 	var buf bytes.Buffer
 	var objs []any
 	for _, ap := range o.AuthorizationPolicies {
 		objs = append(objs, ap)
+	}
+	for _, ef := range o.EnvoyFilters {
+		objs = append(objs, ef)
 	}
 	for _, wp := range o.WasmPlugins {
 		objs = append(objs, wp)

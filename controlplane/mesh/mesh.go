@@ -69,7 +69,10 @@ type Endpoint struct {
 
 // SPIRE is where the SPIRE agent's SDS API is.
 type SPIRE struct {
-	// SocketPath of the agent's Workload API (which serves SDS).
+	// SocketPath of the agent's Workload API (which serves SDS): where the
+	// bootstrap's static spire_agent cluster points. The control plane
+	// does not send that cluster (Envoy takes SDS only from a statically
+	// defined cluster); it is checked and recorded here for the bootstrap.
 	SocketPath string `json:"socketPath,omitempty"`
 	// BundleSecret names the trust bundle secret; default the trust domain
 	// ID (spiffe://td). SPIRE also serves "ROOTCA".
@@ -93,19 +96,28 @@ type HTTPDefaults struct {
 }
 
 // Workload is one kind of Envoy-fronted service; every Envoy node whose
-// node.cluster (or node.id) is "<name>.<namespace>" serves it.
+// node.cluster (or node.id) is "<name>.<namespace>" serves it. Several
+// workloads of one namespace may share a SPIFFE ID (two Deployments of one
+// service account, say catalog-v1 and catalog-v2) and differ in labels.
 type Workload struct {
-	Name      string            `json:"name"`
-	Namespace string            `json:"namespace"`
-	SPIFFEID  string            `json:"spiffeID"`
-	Labels    map[string]string `json:"labels,omitempty"`
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	SPIFFEID  string `json:"spiffeID"`
+	// Labels are all the workload's labels (Istio selectors match them).
+	// The control plane sends them with every route, so that the authz
+	// server and the filter know them; nothing else may add to them.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Service is the service name callers address (default Name).
 	Service string `json:"service,omitempty"`
 	// Proxyless marks a gRPC workload that consumes xDS itself (grpc-go);
 	// it gets RBAC listeners instead of Envoy listeners.
-	Proxyless bool       `json:"proxyless,omitempty"`
-	Inbound   []Inbound  `json:"inbound"`
-	Upstreams []Upstream `json:"upstreams,omitempty"`
+	Proxyless bool `json:"proxyless,omitempty"`
+	// DisableWasm leaves the meshguard wasm filter out of the node's
+	// inbound listeners: ext_authz alone enforces (for proxies without a
+	// wasm runtime). Envoy nodes only.
+	DisableWasm bool       `json:"disableWasm,omitempty"`
+	Inbound     []Inbound  `json:"inbound"`
+	Upstreams   []Upstream `json:"upstreams,omitempty"`
 }
 
 // Inbound is a port the workload's proxy listens on for mesh traffic.
@@ -284,7 +296,7 @@ func (f *File) Validate() (*Mesh, error) {
 	if len(f.Spec.Workloads) == 0 {
 		bad("spec.workloads", "at least one workload is required")
 	}
-	ids := map[spiffeid.ID]string{}
+	ids := map[spiffeid.ID]*ValidWorkload{}
 	for i := range f.Spec.Workloads {
 		w := f.Spec.Workloads[i]
 		field := fmt.Sprintf("spec.workloads[%d]", i)
@@ -307,10 +319,11 @@ func (f *File) Validate() (*Mesh, error) {
 		case id.TrustDomain() != td:
 			bad(field+".spiffeID", "%q is not in trust domain %q", w.SPIFFEID, f.Spec.TrustDomain)
 		default:
-			if other, dup := ids[id]; dup {
-				bad(field+".spiffeID", "%s is also the ID of workload %s", id, other)
+			// One identity serves in one namespace: policies scope by it.
+			if other, dup := ids[id]; dup && other.Namespace != w.Namespace {
+				bad(field+".spiffeID", "%s is also the ID of workload %s in another namespace", id, other.Key)
 			}
-			ids[id] = vw.Key
+			ids[id] = vw
 		}
 		vw.ID = id
 		if _, dup := m.byKey[vw.Key]; dup {
@@ -356,6 +369,9 @@ func (f *File) Validate() (*Mesh, error) {
 			if !w.Proxyless {
 				usePort(uf+".listenPort", u.ListenPort)
 			}
+		}
+		if w.Proxyless && w.DisableWasm {
+			bad(field+".disableWasm", "a proxyless workload has no Envoy filters")
 		}
 		if len(w.Inbound) == 0 {
 			bad(field+".inbound", "at least one inbound port is required")

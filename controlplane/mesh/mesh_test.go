@@ -61,6 +61,27 @@ func TestParseValid(t *testing.T) {
 	}
 }
 
+// TestSharedIdentityInOneNamespace: two Deployments of one service account
+// (one SPIFFE ID) that differ in labels are two workloads of the mesh.
+func TestSharedIdentityInOneNamespace(t *testing.T) {
+	two := strings.Replace(valid, "  - name: greeter", `  - name: web-v2
+    namespace: shop
+    spiffeID: spiffe://example.org/ns/shop/sa/web
+    labels: {app: web, version: v2}
+    disableWasm: true
+    inbound: [{name: http, port: 15006, appPort: 8080, routes: [{name: web-root, prefix: /}]}]
+  - name: greeter`, 1)
+	m, err := Parse([]byte(two))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, _ := m.Lookup("web.shop", "")
+	v2, _ := m.Lookup("web-v2.shop", "")
+	if v1 == nil || v2 == nil || v1.ID != v2.ID || v2.Labels["version"] != "v2" || !v2.DisableWasm || v1.DisableWasm {
+		t.Fatalf("workloads: %+v %+v", v1, v2)
+	}
+}
+
 func TestParseReportsEveryError(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -74,9 +95,12 @@ func TestParseReportsEveryError(t *testing.T) {
 			s = strings.Replace(s, "prefix: /}", "prefix: /, path: /x}", 1)
 			return strings.Replace(s, "port: 9191", "port: 0", 1)
 		}, []string{"not in trust domain", "port 15006 is also used", "exactly one of prefix and path", "spec.authz.port"}},
-		{"duplicate SPIFFE ID", func(s string) string {
+		{"SPIFFE ID shared across namespaces", func(s string) string {
 			return strings.Replace(s, "spiffe://example.org/ns/demo/sa/greeter", "spiffe://example.org/ns/shop/sa/web", 1)
-		}, []string{"also the ID of workload"}},
+		}, []string{"also the ID of workload web.shop in another namespace"}},
+		{"proxyless without wasm", func(s string) string {
+			return strings.Replace(s, "proxyless: true", "proxyless: true\n    disableWasm: true", 1)
+		}, []string{"disableWasm"}},
 		{"unknown upstream on a route", func(s string) string {
 			return strings.Replace(s, "prefix: /}", "prefix: /, upstream: nope}", 1)
 		}, []string{`no upstream named "nope"`}},

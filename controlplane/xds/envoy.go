@@ -34,8 +34,10 @@ import (
 const (
 	ClusterAuthz        = "meshguard_authz"
 	ClusterControlPlane = "meshguard_controlplane"
-	ClusterSPIREAgent   = "spire_agent"
-	ClusterWasmFetch    = "meshguard_wasm_fetch"
+	// ClusterSPIREAgent is the bootstrap's static cluster of the SPIRE
+	// agent's socket (SDS); see deploy/envoy/bootstrap.yaml.
+	ClusterSPIREAgent = "spire_agent"
+	ClusterWasmFetch  = "meshguard_wasm_fetch"
 
 	// WasmTypeURL is the ECDS type of the meshguard filter's configuration.
 	WasmTypeURL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -100,8 +102,8 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (m
 	if err != nil {
 		return nil, err
 	}
-	out[resource.ClusterType] = append(out[resource.ClusterType], authz, cp, g.spireCluster())
-	if fetch := g.wasmFetchCluster(); fetch != nil {
+	out[resource.ClusterType] = append(out[resource.ClusterType], authz, cp)
+	if fetch := g.wasmFetchCluster(); fetch != nil && !w.DisableWasm {
 		out[resource.ClusterType] = append(out[resource.ClusterType], fetch)
 	}
 	return out, nil
@@ -160,13 +162,7 @@ func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabl
 			perRoute = &extauthz.ExtAuthzPerRoute{Override: &extauthz.ExtAuthzPerRoute_Disabled{Disabled: true}}
 		} else {
 			perRoute = &extauthz.ExtAuthzPerRoute{Override: &extauthz.ExtAuthzPerRoute_CheckSettings{
-				CheckSettings: &extauthz.CheckSettings{ContextExtensions: map[string]string{
-					wire.ContextRoute:       r.Name,
-					wire.ContextPolicyScope: w.Namespace + "/" + w.Name,
-					wire.ContextNamespace:   w.Namespace,
-					wire.ContextWorkload:    w.SPIFFEID,
-					wire.ContextService:     w.Service,
-				}},
+				CheckSettings: &extauthz.CheckSettings{ContextExtensions: contextExtensions(w, r)},
 			}}
 		}
 		pr, err := marshalAny(perRoute)
@@ -188,6 +184,26 @@ func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabl
 		// Requests that match no route are not forwarded anywhere.
 		ValidateClusters: wrapperspb.Bool(true),
 	}, nil
+}
+
+// contextExtensions are what the authz server learns of route r's target
+// workload w. They come from the route configuration, which no client can
+// touch: the workload's SPIFFE ID, namespace, service and every one of its
+// labels (one meshguard.label.<key> each), with meshguard.resolved saying
+// that these are all of them, so that a workload without labels is known to
+// have none.
+func contextExtensions(w *mesh.ValidWorkload, r mesh.Route) map[string]string {
+	ext := make(map[string]string, 6+len(w.Labels))
+	ext[wire.ContextRoute] = r.Name
+	ext[wire.ContextPolicyScope] = w.Namespace + "/" + w.Name
+	ext[wire.ContextNamespace] = w.Namespace
+	ext[wire.ContextWorkload] = w.SPIFFEID
+	ext[wire.ContextService] = w.Service
+	ext[wire.ContextResolved] = "true"
+	for k, v := range w.Labels {
+		ext[wire.ContextLabelPrefix+k] = v
+	}
+	return ext
 }
 
 func outboundRoutes(u mesh.Upstream) *route.RouteConfiguration {
@@ -233,20 +249,7 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 			ConfigSource:    adsSource(),
 			RouteConfigName: inboundName(in),
 		}},
-		HttpFilters: []*hcm.HttpFilter{
-			{
-				// With config_discovery the filter's name is the ECDS
-				// resource name. No default config: the listener warms
-				// until the filter config (and so the policy) arrives.
-				Name: wire.FilterConfigName,
-				ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
-					ConfigSource: adsSource(),
-					TypeUrls:     []string{WasmTypeURL},
-				}},
-			},
-			{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: authz}},
-			{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}},
-		},
+		HttpFilters: httpFilters(w, authz, rtr),
 		// Identity of the direct peer for the authz server; anything the
 		// client sent in XFCC is replaced.
 		ForwardClientCertDetails: hcm.HttpConnectionManager_SANITIZE_SET,
@@ -285,6 +288,27 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 	}, nil
 }
 
+// httpFilters is the inbound chain: the meshguard wasm filter (unless the
+// workload disables it), ext_authz, the router.
+func httpFilters(w *mesh.ValidWorkload, authz, rtr *anyProto) []*hcm.HttpFilter {
+	var fs []*hcm.HttpFilter
+	if !w.DisableWasm {
+		fs = append(fs, &hcm.HttpFilter{
+			// With config_discovery the filter's name is the ECDS
+			// resource name. No default config: the listener warms
+			// until the filter config (and so the policy) arrives.
+			Name: wire.FilterConfigName,
+			ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
+				ConfigSource: adsSource(),
+				TypeUrls:     []string{WasmTypeURL},
+			}},
+		})
+	}
+	return append(fs,
+		&hcm.HttpFilter{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: authz}},
+		&hcm.HttpFilter{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}})
+}
+
 func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error) {
 	rtr, err := marshalAny(&router.Router{})
 	if err != nil {
@@ -315,7 +339,10 @@ func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error
 
 // commonTLS presents the SVID named after the workload's SPIFFE ID and
 // validates peers against the trust bundle, both over SDS from the SPIRE
-// agent; when peerID is set the peer's URI SAN must equal it.
+// agent; when peerID is set the peer's URI SAN must equal it. The SDS
+// source is the cluster ClusterSPIREAgent, which the node's bootstrap
+// defines: Envoy takes an xDS config source only from a statically defined
+// cluster, so the control plane cannot send it.
 func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
 	spire := &core.ConfigSource{
 		ResourceApiVersion: core.ApiVersion_V3,
@@ -403,24 +430,6 @@ func http2Options() *httpopts.HttpProtocolOptions {
 		UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
 		}},
-	}
-}
-
-// spireCluster reaches the SPIRE agent's SDS over its unix socket.
-func (g *Generator) spireCluster() *cluster.Cluster {
-	return &cluster.Cluster{
-		Name:                 ClusterSPIREAgent,
-		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
-		ConnectTimeout:       durationpb.New(connectTimeout),
-		LoadAssignment: &endpoint.ClusterLoadAssignment{
-			ClusterName: ClusterSPIREAgent,
-			Endpoints: []*endpoint.LocalityLbEndpoints{{LbEndpoints: []*endpoint.LbEndpoint{{
-				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: &core.Address{
-					Address: &core.Address_Pipe{Pipe: &core.Pipe{Path: g.mesh.SPIRESocket}},
-				}}},
-			}}}},
-		},
-		TypedExtensionProtocolOptions: map[string]*anyProto{httpOptsKey: mustAny(http2Options())},
 	}
 }
 

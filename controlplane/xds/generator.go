@@ -106,7 +106,7 @@ func (g *Generator) Encode(b *policies.Bundle) (*EncodedBundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !g.hasEnvoy() {
+	if !g.hasWasm() {
 		return eb, nil
 	}
 	fc, err := g.FilterConfig(eb)
@@ -122,9 +122,10 @@ func (g *Generator) Encode(b *policies.Bundle) (*EncodedBundle, error) {
 	return eb, nil
 }
 
-func (g *Generator) hasEnvoy() bool {
+// hasWasm reports whether an Envoy node of the mesh runs the wasm filter.
+func (g *Generator) hasWasm() bool {
 	for _, w := range g.mesh.Workloads {
-		if !w.Proxyless {
+		if !w.Proxyless && !w.DisableWasm {
 			return true
 		}
 	}
@@ -152,15 +153,17 @@ func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 		},
 	}
 	for _, w := range g.mesh.Workloads {
-		if w.Proxyless {
+		if w.Proxyless || w.DisableWasm {
 			continue
 		}
 		fc.Workloads[w.Key] = wire.Workload{
 			ID:        w.SPIFFEID,
 			Namespace: w.Namespace,
-			Labels:    w.Labels,
-			Service:   w.Service,
-			ExtAuthz:  extAuthzOf(w, eb.Bundle),
+			// The mesh description lists every label of the workload.
+			Labels:     w.Labels,
+			LabelsFrom: wire.LabelsFromConfig,
+			Service:    w.Service,
+			ExtAuthz:   extAuthzOf(w, eb.Bundle),
 		}
 	}
 	data, err := json.Marshal(fc)
@@ -193,7 +196,7 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 	)
 	if w.Proxyless {
 		res, err = g.grpcResources(w, eb)
-	} else if eb.Filter == nil {
+	} else if eb.Filter == nil && !w.DisableWasm {
 		err = errors.New("bundle encoded without the filter configuration (use Generator.Encode)")
 	} else {
 		res, err = g.envoyResources(w, eb.Bundle)
@@ -213,7 +216,7 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 		return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
 	}
 	ecds := []types.Resource{eb.Resource}
-	if !w.Proxyless {
+	if !w.Proxyless && !w.DisableWasm {
 		ecds = append(ecds, eb.Filter)
 	}
 	// Both are derived from the bundle and the mesh, which a server

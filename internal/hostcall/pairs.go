@@ -3,6 +3,7 @@ package hostcall
 import (
 	"encoding/binary"
 	"errors"
+	"strings"
 	"unsafe"
 )
 
@@ -32,4 +33,20 @@ func decodePairs(b []byte, out [][2]string) ([][2]string, error) {
 		data = data[ks+vs+2:]
 	}
 	return out, nil
+}
+
+// DecodeMap parses a string map property in the proxy-wasm map encoding
+// (how Envoy returns a map-valued attribute such as node.metadata.LABELS)
+// into a map that owns its strings. Bytes after the encoded pairs are
+// ignored: Envoy pads short encodings.
+func DecodeMap(b []byte) (map[string]string, error) {
+	pairs, err := decodePairs(b, nil)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string, len(pairs))
+	for _, kv := range pairs {
+		m[strings.Clone(kv[0])] = strings.Clone(kv[1])
+	}
+	return m, nil
 }

@@ -70,3 +70,40 @@ func FuzzDecodePairs(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeMap: a map property as Envoy serializes it, padded to at least
+// 30 bytes, decodes to an owned map; a malformed one is refused.
+func TestDecodeMap(t *testing.T) {
+	b := encode([][2]string{{"app", "catalog"}, {"version", "v2"}})
+	b = append(b, make([]byte, 30)...)
+	m, err := DecodeMap(b)
+	if err != nil || len(m) != 2 || m["app"] != "catalog" || m["version"] != "v2" {
+		t.Fatalf("DecodeMap = %v, %v", m, err)
+	}
+	b[len(b)-33] = 'X' // the "v" of "v2": the decoded strings do not alias b
+	if m["version"] != "v2" {
+		t.Fatal("decoded map aliases the buffer")
+	}
+	if m, err := DecodeMap(make([]byte, 30)); err != nil || len(m) != 0 {
+		t.Fatalf("padded empty map: %v, %v", m, err)
+	}
+	if _, err := DecodeMap([]byte("\x0a\x0cnot pairs")); err == nil {
+		t.Fatal("a protobuf Struct was decoded as pairs")
+	}
+}
+
+// FuzzDecodeMap: any property value is refused or decodes to a map whose
+// pairs encode back to a prefix of it (the rest being padding).
+func FuzzDecodeMap(f *testing.F) {
+	f.Add(append(encode([][2]string{{"app", "catalog"}, {"version", "v2"}}), make([]byte, 8)...))
+	f.Add([]byte("\x0a\x0cnot pairs"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeMap(b)
+		if err != nil {
+			return
+		}
+		if len(m) > (len(b)-4)/10 {
+			t.Fatalf("%d entries from %d bytes", len(m), len(b))
+		}
+	})
+}

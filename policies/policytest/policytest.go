@@ -75,13 +75,16 @@ type Request struct {
 	SNI             string            `yaml:"sni,omitempty" json:"sni,omitempty"`
 }
 
-// Target is the workload the request is for.
+// Target is the workload the request is for. Its labels, service and
+// gateway are all it has (policies.Target.Resolved), unless Unresolved says
+// that the enforcement point does not know them.
 type Target struct {
-	Namespace string            `yaml:"namespace,omitempty" json:"namespace,omitempty"`
-	ID        string            `yaml:"id,omitempty" json:"id,omitempty"` // SPIFFE ID
-	Labels    map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
-	Service   string            `yaml:"service,omitempty" json:"service,omitempty"`
-	Gateway   string            `yaml:"gateway,omitempty" json:"gateway,omitempty"`
+	Namespace  string            `yaml:"namespace,omitempty" json:"namespace,omitempty"`
+	ID         string            `yaml:"id,omitempty" json:"id,omitempty"` // SPIFFE ID
+	Labels     map[string]string `yaml:"labels,omitempty" json:"labels,omitempty"`
+	Service    string            `yaml:"service,omitempty" json:"service,omitempty"`
+	Gateway    string            `yaml:"gateway,omitempty" json:"gateway,omitempty"`
+	Unresolved bool              `yaml:"unresolved,omitempty" json:"unresolved,omitempty"`
 }
 
 // JWT is a validated JWT-SVID. Principal defaults to "issuer/subject", as
@@ -307,7 +310,8 @@ func (c Case) Attributes() (*policies.Attributes, error) {
 		a.Headers = h
 	}
 	t := &r.Target
-	a.Target = policies.Target{Namespace: t.Namespace, Labels: t.Labels, Service: t.Service, Gateway: t.Gateway}
+	a.Target = policies.Target{Namespace: t.Namespace, Labels: t.Labels, Service: t.Service, Gateway: t.Gateway,
+		Resolved: !t.Unresolved}
 	if t.ID != "" {
 		if a.Target.ID, err = spiffeid.FromString(t.ID); err != nil {
 			return nil, fmt.Errorf("request.target.id %q: %w", t.ID, err)

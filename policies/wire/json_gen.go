@@ -32,6 +32,7 @@ var jsonWorkload = &strictjson.Type{
 		{Name: "id", Offset: unsafe.Offsetof(Workload{}.ID), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "namespace", Offset: unsafe.Offsetof(Workload{}.Namespace), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "labels", Offset: unsafe.Offsetof(Workload{}.Labels), Kind: strictjson.KStringMap, OmitEmpty: true},
+		{Name: "labelsFrom", Offset: unsafe.Offsetof(Workload{}.LabelsFrom), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "service", Offset: unsafe.Offsetof(Workload{}.Service), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "gateway", Offset: unsafe.Offsetof(Workload{}.Gateway), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "extAuthz", Offset: unsafe.Offsetof(Workload{}.ExtAuthz), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonExtAuthz},

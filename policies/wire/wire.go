@@ -26,6 +26,15 @@ const (
 	ContextNamespace   = "meshguard.namespace"
 	ContextWorkload    = "meshguard.workload"
 	ContextService     = "meshguard.service"
+	// ContextLabelPrefix prefixes one context extension per label of the
+	// destination workload ("meshguard.label.app": "reviews"), for Istio
+	// selectors.
+	ContextLabelPrefix = "meshguard.label."
+	// ContextResolved, "true", says that the route's meshguard.label.*,
+	// meshguard.service and meshguard.namespace extensions are all the
+	// control plane knows of the workload: no label extension then means
+	// the workload has no labels (not that they are unknown).
+	ContextResolved = "meshguard.resolved"
 )
 
 // xDS names of the policy bundle resource that authz servers subscribe to:
@@ -83,11 +92,19 @@ type Detection struct {
 
 // Workload describes the protected workload for policy scoping.
 type Workload struct {
-	ID        string            `json:"id,omitempty"` // SPIFFE ID
-	Namespace string            `json:"namespace,omitempty"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	Service   string            `json:"service,omitempty"`
-	Gateway   string            `json:"gateway,omitempty"`
+	ID        string `json:"id,omitempty"` // SPIFFE ID
+	Namespace string `json:"namespace,omitempty"`
+	// Labels of the workload, for Istio selectors; see LabelsFrom.
+	Labels map[string]string `json:"labels,omitempty"`
+	// LabelsFrom says where the workload's labels come from and whether
+	// they are all of them: LabelsFromConfig, LabelsFromNode, or empty. When
+	// it is empty the labels are taken as given (the selector labels of an
+	// older configuration), and a workload with none has unknown labels:
+	// a selector-scoped policy of its namespace or of the mesh then denies
+	// (denied_unresolved_target) instead of being skipped.
+	LabelsFrom string `json:"labelsFrom,omitempty"`
+	Service    string `json:"service,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
 	// ExtAuthz, when set, says that meshguard's ext_authz server checks
 	// this workload's requests after the filter, with the same bundle and
 	// verified JWT-SVIDs. The filter, which cannot verify a JWT-SVID, then
@@ -96,6 +113,18 @@ type Workload struct {
 	// the filter decides alone.
 	ExtAuthz *ExtAuthz `json:"extAuthz,omitempty"`
 }
+
+// Values of Workload.LabelsFrom.
+const (
+	// LabelsFromConfig: Labels is the workload's whole label set, possibly
+	// empty (the meshguard control plane writes it from the mesh
+	// description).
+	LabelsFromConfig = "config"
+	// LabelsFromNode: the labels are the proxy's own node metadata LABELS
+	// (the property node.metadata.LABELS), where Istio's sidecars and
+	// gateways carry their pod's labels; Labels must be empty.
+	LabelsFromNode = "node"
+)
 
 // ExtAuthz describes the ext_authz check that follows the filter.
 type ExtAuthz struct {

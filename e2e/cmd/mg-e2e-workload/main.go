@@ -1,6 +1,9 @@
 // Command mg-e2e-workload is one workload of the end-to-end suite: an
-// application behind an Envoy-EMULATING sidecar (internal/testbed/envoyemu), with
-// its identity from the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET). The
+// application behind an Envoy-EMULATING proxy (internal/testbed/envoyemu)
+// that takes its whole configuration — listeners, routes, clusters, the
+// ext_authz and wasm filters — from the control plane over ADS, as Envoy
+// does, with its identity from the SPIFFE Workload API
+// (SPIFFE_ENDPOINT_SOCKET). The
 // suite runs one copy of this binary per workload, each at its own path, so
 // that SPIRE's unix workload attestor (unix:path) gives each its own SVID.
 //
@@ -20,7 +23,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -28,9 +30,14 @@ import (
 	"syscall"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/tetratelabs/wazero"
+	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
 )
@@ -44,34 +51,32 @@ func main() {
 
 type options struct {
 	name        string
-	authzAddr   string
-	authzID     string
-	routes      string
-	includeCert bool
-	filter      string // path to the wasm module
-	filterCfg   string // path to the plugin configuration (JSON)
-	xdsAddr     string // control plane ADS address (ECDS for the filter)
+	appAddr     string // where the application listens (the mesh's appPort)
+	xdsAddr     string // control plane ADS address
 	nodeCluster string // xDS node.cluster: <name>.<namespace>
-	cpURL       string // base URL of the control plane's event endpoint
 	cpID        string // SPIFFE ID of the control plane
 }
 
 func run() error {
 	var o options
 	flag.StringVar(&o.name, "name", "", "workload name")
-	flag.StringVar(&o.authzAddr, "authz", "", "ext_authz server address (host:port); empty: no ext_authz filter")
-	flag.StringVar(&o.authzID, "authz-id", "", "SPIFFE ID the ext_authz server must present")
-	flag.StringVar(&o.routes, "routes", `[{"name":"default","prefix":"/"}]`, "route table (JSON list of envoyemu.Route)")
-	flag.BoolVar(&o.includeCert, "include-peer-certificate", true, "send source.certificate to ext_authz")
-	flag.StringVar(&o.filter, "wasm", "", "meshguard wasm filter module; empty: no wasm filter")
-	flag.StringVar(&o.filterCfg, "wasm-config", "", "wasm plugin configuration file (JSON)")
-	flag.StringVar(&o.xdsAddr, "xds", "", "control plane ADS address: the wasm filter's configuration comes over ECDS")
+	flag.StringVar(&o.appAddr, "app-addr", "", "address the application listens on (127.0.0.1:<appPort> of the mesh description)")
+	flag.StringVar(&o.xdsAddr, "xds", "", "control plane ADS address: the proxy's whole configuration comes from there")
 	flag.StringVar(&o.nodeCluster, "node-cluster", "", "xDS node.cluster (<name>.<namespace> of the mesh description)")
-	flag.StringVar(&o.cpURL, "controlplane-url", "", "https base URL of the control plane's event endpoint (the filter's event callouts)")
 	flag.StringVar(&o.cpID, "controlplane-id", "", "SPIFFE ID the control plane must present")
 	flag.Parse()
-	if o.name == "" {
-		return errors.New("--name is required")
+	var errs []error
+	for flagName, v := range map[string]string{"name": o.name, "app-addr": o.appAddr, "xds": o.xdsAddr, "node-cluster": o.nodeCluster, "controlplane-id": o.cpID} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("--%s is required", flagName))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	cpID, err := spiffeid.FromString(o.cpID)
+	if err != nil {
+		return fmt.Errorf("--controlplane-id: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("workload", o.name)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -87,50 +92,47 @@ func run() error {
 		return err
 	}
 
-	app, appURL, err := startApp(o.name)
+	app, err := startApp(o.name, o.appAddr)
 	if err != nil {
 		return err
 	}
 	defer app.Close()
 
-	var routes []envoyemu.Route
-	if err := json.Unmarshal([]byte(o.routes), &routes); err != nil {
-		return fmt.Errorf("--routes: %w", err)
-	}
-	rec := &recorder{}
-	cfg := envoyemu.Config{
-		Name: o.name, SVIDs: src, Bundles: src, Routes: routes, Upstream: appURL,
-		IncludePeerCertificate: o.includeCert, Logger: log,
-		OnOutcome: rec.add,
-	}
-	if o.authzAddr != "" {
-		authzID, err := spiffeid.FromString(o.authzID)
-		if err != nil {
-			return fmt.Errorf("--authz-id: %w", err)
-		}
-		client, cc, err := envoyemu.DialAuthz(o.authzAddr, src, src, authzID)
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		cfg.Authz = client
-	}
-	if o.filter != "" {
-		f, err := newFilter(ctx, o, src, log)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		cfg.Filter = f
-	}
-	sc, err := envoyemu.New(cfg)
+	// The proxy: everything — listeners, routes, clusters, the ext_authz
+	// filter and the wasm filter — comes from the control plane over ADS,
+	// as generated. The connection to it is mTLS with the workload's SVID.
+	cc, err := grpc.NewClient(o.xdsAddr, grpc.WithTransportCredentials(
+		grpccredentials.MTLSClientCredentials(src, src, tlsconfig.AuthorizeID(cpID))))
 	if err != nil {
 		return err
 	}
-	if err := sc.Listen("127.0.0.1:0"); err != nil {
+	defer cc.Close()
+	rec := &recorder{}
+	wcfg := envoyemu.WasmOptions{}
+	if dir := os.Getenv("MG_E2E_WAZERO_CACHE"); dir != "" {
+		// Shared on disk between the workload processes: compile once.
+		if c, err := wazero.NewCompilationCacheWithDir(dir); err == nil {
+			wcfg.CompilationCache = c
+			defer c.Close(context.Background())
+		}
+	}
+	node := &corev3.Node{Id: o.name + "-" + fmt.Sprint(os.Getpid()), Cluster: o.nodeCluster}
+	proxy, err := envoyemu.Start(ctx, envoyemu.Config{Node: node, XDS: cc, SVIDs: src, Bundles: src,
+		BindHost: "127.0.0.1", Wasm: wcfg, Name: o.name, OnOutcome: rec.add, Logger: log})
+	if err != nil {
 		return err
 	}
-	defer sc.Close(context.Background())
+	defer proxy.Close(context.Background())
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	err = proxy.Ready(rctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	inbound, ok := proxy.Listener(inboundListener)
+	if !ok {
+		return fmt.Errorf("the control plane gave no listener %s (listeners: %v)", inboundListener, proxy.Listeners())
+	}
 
 	drv := &driver{src: src, rec: rec, log: log}
 	dl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -141,19 +143,23 @@ func run() error {
 	go func() { _ = dsrv.Serve(dl) }()
 	defer dsrv.Close()
 
-	ready, _ := json.Marshal(map[string]string{"id": svid.ID.String(), "inbound": sc.Addr(), "driver": dl.Addr().String(), "app": appURL.String()})
+	ready, _ := json.Marshal(map[string]string{"id": svid.ID.String(), "inbound": inbound, "driver": dl.Addr().String(), "app": o.appAddr})
 	fmt.Printf("READY %s\n", ready)
 	<-ctx.Done()
 	return nil
 }
 
-// startApp runs the application: it echoes who called it and answers
-// /status/<code> with that code (the attack scenarios use it to produce
-// 401s and 404s).
-func startApp(name string) (*http.Server, *url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// inboundListener is the listener the e2e mesh description gives every
+// workload (inbound port "http").
+const inboundListener = "inbound_http"
+
+// startApp runs the application on addr: it echoes who called it and
+// answers /status/<code> with that code (the attack scenarios use it to
+// produce 401s and 404s).
+func startApp(name, addr string) (*http.Server, error) {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -174,7 +180,7 @@ func startApp(name string) (*http.Server, *url.URL, error) {
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
-	return srv, &url.URL{Scheme: "http", Host: l.Addr().String()}, nil
+	return srv, nil
 }
 
 // recorder keeps the sidecar's recent outcomes for the driver API.
@@ -199,6 +205,8 @@ type driver struct {
 
 	mu      sync.Mutex
 	clients map[string]*http.Client
+	// serial is the SVID the clients' pooled connections were made with.
+	serial string
 }
 
 // CallRequest asks the workload to call another one.
@@ -273,6 +281,15 @@ func (d *driver) client(dest string, timeout time.Duration) (*http.Client, error
 	defer d.mu.Unlock()
 	if d.clients == nil {
 		d.clients = map[string]*http.Client{}
+	}
+	// After a rotation, new connections present the new SVID: pooled ones
+	// would keep presenting the old one until it expires, and the authz
+	// server validates the peer certificate of every request.
+	if s, err := d.src.GetX509SVID(); err == nil && s.Certificates[0].SerialNumber.String() != d.serial {
+		d.serial = s.Certificates[0].SerialNumber.String()
+		for _, c := range d.clients {
+			c.CloseIdleConnections()
+		}
 	}
 	c, ok := d.clients[key]
 	if !ok {

@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	meshdesc "github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -51,32 +53,55 @@ var demoWorkloads = []workloadSpec{
 	{Name: "ledger", Namespace: "payments", SA: "ledger", Routes: []routeSpec{{"ledger", "/"}}},
 }
 
-// routes builds the sidecar's route table with the context extensions the
-// control plane sets on each route's ExtAuthzPerRoute.
-func (w workloadSpec) routes(id spiffeid.ID) []envoyemu.Route {
-	out := make([]envoyemu.Route, 0, len(w.Routes))
-	for _, r := range w.Routes {
-		out = append(out, envoyemu.Route{Name: r.Name, Prefix: r.Prefix, ContextExtensions: map[string]string{
-			wire.ContextRoute:     r.Name,
-			wire.ContextNamespace: w.Namespace,
-			wire.ContextService:   w.Service(),
-			wire.ContextWorkload:  id.String(),
-			"meshguard.label.app": w.Name,
-		}})
+// meshDescription is the demo mesh as a user describes it to the control
+// plane (controlplane/mesh): each workload with a sidecar, its labels, its
+// inbound port, its application's port and its routes. Everything the
+// sidecars run — listeners, routes with their ext_authz context
+// extensions, clusters, the filters — is what the control plane generates
+// from it.
+func meshDescription(authzAddr, eventsAddr, wasmFile string, nodes map[string]*node) (*meshdesc.Mesh, error) {
+	host := func(addr string) (string, uint32) {
+		h, p, _ := net.SplitHostPort(addr)
+		n, _ := strconv.ParseUint(p, 10, 16)
+		return h, uint32(n)
 	}
-	return out
+	ah, ap := host(authzAddr)
+	eh, ep := host(eventsAddr)
+	f := meshdesc.File{APIVersion: meshdesc.APIVersion, Kind: meshdesc.Kind, Metadata: meshdesc.Metadata{Name: "demo"},
+		Spec: meshdesc.Spec{
+			TrustDomain:  trustDomain.Name(),
+			Authz:        meshdesc.Endpoint{Address: ah, Port: ap, SPIFFEID: authzID.String(), Timeout: "1s"},
+			ControlPlane: meshdesc.Endpoint{Address: eh, Port: ep, SPIFFEID: controlPlaneID.String()},
+			Wasm:         meshdesc.Wasm{File: wasmFile, RequireMTLS: true},
+		}}
+	for _, w := range demoWorkloads {
+		n := nodes[w.Name]
+		if n == nil || len(w.Routes) == 0 {
+			continue
+		}
+		wl := meshdesc.Workload{Name: w.Name, Namespace: w.Namespace, SPIFFEID: n.id.String(),
+			Labels: map[string]string{"app": w.Name}, Service: w.Name,
+			Inbound: []meshdesc.Inbound{{Name: "http", Port: n.inboundPort, AppPort: n.appPort}}}
+		for _, r := range w.Routes {
+			wl.Inbound[0].Routes = append(wl.Inbound[0].Routes, meshdesc.Route{Name: r.Name, Prefix: r.Prefix})
+		}
+		f.Spec.Workloads = append(f.Spec.Workloads, wl)
+	}
+	return f.Validate()
 }
 
-// node is one running workload: its app, its sidecar and its outbound
+// node is one running workload: its app, its proxy and its outbound
 // clients.
 type node struct {
 	spec    workloadSpec
 	id      spiffeid.ID
 	svids   x509svid.Source
 	app     *http.Server
-	sidecar *envoyemu.Sidecar
-	filter  *envoyemu.WasmFilter
-	closers []func()
+	proxy   *envoyemu.Proxy
+	inbound string // the proxy's inbound listener address
+	// inboundPort and appPort are the ports the mesh description gives.
+	inboundPort, appPort uint32
+	closers              []func()
 }
 
 // startApp starts the workload's application on loopback. It answers like a
@@ -118,8 +143,8 @@ func startApp(name string) (*http.Server, *url.URL, error) {
 }
 
 func (n *node) close(ctx context.Context) {
-	if n.sidecar != nil {
-		_ = n.sidecar.Close(ctx)
+	if n.proxy != nil {
+		_ = n.proxy.Close(ctx)
 	}
 	if n.app != nil {
 		_ = n.app.Close()

@@ -3,7 +3,6 @@ package demo
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +10,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -31,8 +32,8 @@ import (
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
 	"github.com/meshguard/meshguard/controlplane/store"
+	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
-	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -58,11 +59,19 @@ type mesh struct {
 	dlog      *decisionMemo
 	decisions *decisionlog.Logger // writes into dlog
 
-	store  *store.Store
-	qm     *quarantine.Manager
-	unsub  func()
-	events *http.Server
-	evURL  string
+	store      *store.Store
+	qm         *quarantine.Manager
+	unsub      func()
+	events     *http.Server
+	eventsAddr string
+
+	// The control plane's xDS server, serving what it generates from the
+	// demo's mesh description.
+	xds      *xdsserver.Server
+	xdsGRPC  *grpc.Server
+	xdsAddr  string
+	xdsStop  context.CancelFunc
+	wasmFile string
 
 	// wasmCache shares the compiled filter between the sidecars' hosts
 	// (and, on disk, between runs).
@@ -176,9 +185,6 @@ func (m *mesh) startAuthz(ctx context.Context) error {
 	return nil
 }
 
-// controlPlaneCluster is the Envoy cluster name the filters send events to.
-const controlPlaneCluster = "meshguard-controlplane"
-
 // controlPlaneID and operatorID are the control plane's identity and the
 // operator who releases the quarantine in the demo.
 var (
@@ -255,7 +261,7 @@ func (m *mesh) startControlPlane() error {
 	m.events = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: tlsconfig.MTLSServerConfig(svid, m.ids.Bundles(), tlsconfig.AuthorizeMemberOf(trustDomain))}
 	go func() { _ = m.events.ServeTLS(l, "", "") }()
-	m.evURL = "https://" + l.Addr().String()
+	m.eventsAddr = l.Addr().String()
 	m.ui.Info("control plane: policy store, quarantine manager and event endpoint (mTLS) on %s as %s", l.Addr(), controlPlaneID)
 	return nil
 }
@@ -305,23 +311,11 @@ func orDash(s string) string {
 	return s
 }
 
-// filterConfig is the plugin configuration for one workload's filter.
-func (m *mesh) filterConfig(w workloadSpec, id spiffeid.ID, b *policies.Bundle) ([]byte, error) {
-	enc, err := b.Encode()
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(wire.FilterConfig{
-		Bundle: enc,
-		Workload: wire.Workload{ID: id.String(), Namespace: w.Namespace, Service: w.Service(),
-			Labels: map[string]string{"app": w.Name},
-			// Every demo route calls the authz server after the filter.
-			ExtAuthz: &wire.ExtAuthz{}},
-		RequireMTLS:  true,
-		ControlPlane: wire.ControlPlane{Cluster: controlPlaneCluster, TickMillis: 250},
-	})
-}
-
+// startNodes starts every workload's application and, for those with
+// routes, an Envoy-emulating proxy configured by the control plane over ADS
+// (in process, on loopback, with mTLS): the listeners, routes, clusters,
+// ext_authz settings and the wasm filter are what the control plane
+// generates from the demo's mesh description.
 func (m *mesh) startNodes(ctx context.Context) error {
 	m.wasmCache = newWasmCache()
 	compileStart := time.Now()
@@ -342,70 +336,124 @@ func (m *mesh) startNodes(ctx context.Context) error {
 			return err
 		}
 		n.app = app
-		client, cc, err := envoyemu.DialAuthz(m.authz, svids, m.ids.Bundles(), authzID)
-		if err != nil {
+		p, _ := strconv.ParseUint(appURL.Port(), 10, 16)
+		n.appPort = uint32(p)
+		if n.inboundPort, err = freePort(); err != nil {
 			return err
+		}
+	}
+	if err := m.startXDS(); err != nil {
+		return err
+	}
+	for _, w := range demoWorkloads {
+		n := m.nodes[w.Name]
+		if len(w.Routes) == 0 {
+			continue
+		}
+		cc, err := grpc.NewClient(m.xdsAddr, grpc.WithTransportCredentials(
+			grpccredentials.MTLSClientCredentials(n.svids, m.ids.Bundles(), tlsconfig.AuthorizeID(controlPlaneID))))
+		if err != nil {
+			return fmt.Errorf("demo: %s: %w", w.Name, err)
 		}
 		n.closers = append(n.closers, func() { _ = cc.Close() })
-		cfg, err := m.filterConfig(w, id, m.bundle)
-		if err != nil {
-			return err
-		}
-		// The filter's event callouts go through the sidecar's cluster for
-		// the control plane: mTLS with the workload's SVID, accepting only
-		// the control plane's ID.
-		cpTransport := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(svids, m.ids.Bundles(), tlsconfig.AuthorizeID(controlPlaneID))}
-		n.closers = append(n.closers, cpTransport.CloseIdleConnections)
-		h, err := wasmhost.New(ctx, m.o.Wasm, wasmhost.Config{
-			PluginConfig: cfg, VMs: 1, Logger: m.o.Log, CompilationCache: m.wasmCache,
-			Clusters:      map[string]string{controlPlaneCluster: m.evURL},
-			HTTPTransport: cpTransport,
-			Properties:    wasmhost.Properties{}.SetString("node.id", w.Name+"."+w.Namespace),
+		px, err := envoyemu.Start(ctx, envoyemu.Config{
+			Node: &corev3.Node{Id: w.Name + "-demo", Cluster: w.Name + "." + w.Namespace},
+			XDS:  cc, SVIDs: n.svids, Bundles: m.ids.Bundles(), BindHost: "127.0.0.1",
+			Wasm: envoyemu.WasmOptions{CompilationCache: m.wasmCache}, Name: w.Name,
+			OnOutcome: m.onOutcome, Logger: m.o.Log,
 		})
 		if err != nil {
-			return fmt.Errorf("demo: wasm filter for %s: %w", w.Name, err)
+			return fmt.Errorf("demo: %s: %w", w.Name, err)
 		}
-		n.closers = append(n.closers, func() { _ = h.Close() })
-		n.filter = envoyemu.NewWasmFilter(h)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		sc, err := envoyemu.New(envoyemu.Config{
-			Name: w.Name, SVIDs: svids, Bundles: m.ids.Bundles(), Routes: w.routes(id),
-			Filter: n.filter, Authz: client, AuthzTimeout: time.Second,
-			IncludePeerCertificate: true, Upstream: appURL, Logger: m.o.Log,
-			OnOutcome: m.onOutcome,
-		})
+		n.proxy = px
+		// One at a time: the first compiles the module, the others find
+		// it in the compilation cache. The first compile takes seconds,
+		// minutes on a loaded machine under the race detector.
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		err = n.proxy.Ready(rctx)
+		cancel()
 		if err != nil {
-			return err
+			return fmt.Errorf("demo: %w", err)
 		}
-		if err := sc.Listen("127.0.0.1:0"); err != nil {
-			return err
+		addr, ok := n.proxy.Listener("inbound_http")
+		if !ok {
+			return fmt.Errorf("demo: %s: the control plane gave no inbound listener", w.Name)
 		}
-		n.sidecar = sc
+		n.inbound = addr
 	}
 	m.ui.Info("wasm filter: %d KiB module compiled and started in %d sidecars in %v", len(m.o.Wasm)/1024, len(m.nodes)-3, time.Since(compileStart).Round(10*time.Millisecond))
-	m.ui.Info("workloads: %d sidecars (Envoy emulated: mTLS, wasm filter in wazero, ext_authz) + 3 clients", len(m.nodes)-3)
+	m.ui.Info("workloads: %d sidecars (Envoy emulated, configured by the control plane over ADS: mTLS, wasm filter in wazero via ECDS, ext_authz) + 3 clients", len(m.nodes)-3)
 	return nil
 }
 
-// publish sends a new bundle to the authz server and every filter.
+// startXDS runs the control plane's xDS server in process: the demo mesh's
+// description and the current bundle in, every sidecar's configuration out,
+// on a loopback gRPC listener with mTLS as `meshguard controlplane` serves
+// it. The wasm module is written to a file, which the generated filter
+// configuration names and the sidecars load, as Envoy would.
+func (m *mesh) startXDS() error {
+	f, err := os.CreateTemp("", "meshguard-demo-*.wasm")
+	if err != nil {
+		return fmt.Errorf("demo: wasm module: %w", err)
+	}
+	m.wasmFile = f.Name()
+	_, err = f.Write(m.o.Wasm)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("demo: wasm module: %w", err)
+	}
+	desc, err := meshDescription(m.authz, m.eventsAddr, m.wasmFile, m.nodes)
+	if err != nil {
+		return fmt.Errorf("demo: mesh description: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.xdsStop = cancel
+	xs, err := xdsserver.New(ctx, xdsserver.Options{Mesh: desc, Logger: m.o.Log, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		return fmt.Errorf("demo: xDS server: %w", err)
+	}
+	m.xds = xs
+	if err := xs.Publish(m.bundle); err != nil {
+		return fmt.Errorf("demo: xDS: %w", err)
+	}
+	svid, err := m.ids.X509(controlPlaneID)
+	if err != nil {
+		return err
+	}
+	m.xdsGRPC = grpc.NewServer(grpc.Creds(grpccredentials.MTLSServerCredentials(svid, m.ids.Bundles(), tlsconfig.AuthorizeMemberOf(trustDomain))))
+	xs.Register(m.xdsGRPC)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("demo: xDS listen: %w", err)
+	}
+	m.xdsAddr = l.Addr().String()
+	go func() { _ = m.xdsGRPC.Serve(l) }()
+	m.ui.Info("control plane: xDS (ADS) on %s for %d sidecars, generated from the mesh description", m.xdsAddr, len(desc.Workloads))
+	return nil
+}
+
+// freePort is a loopback port free now, for a listener the control plane
+// will configure.
+func freePort() (uint32, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return uint32(l.Addr().(*net.TCPAddr).Port), nil
+}
+
+// publish sends a new bundle to the authz server and, through the xDS
+// server, to every sidecar's filter (ECDS).
 func (m *mesh) publish(b *policies.Bundle) error {
 	var errs []error
 	if err := m.loader.Apply("demo", loader.Update{Bundle: b, Origin: "demo"}); err != nil {
 		errs = append(errs, err)
 	}
-	for _, n := range m.nodes {
-		if n.filter == nil {
-			continue
-		}
-		cfg, err := m.filterConfig(n.spec, n.id, b)
-		if err == nil {
-			err = n.filter.Host().Reconfigure(cfg)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", n.spec.Name, err))
-		}
+	if err := m.xds.Publish(b); err != nil {
+		errs = append(errs, err)
 	}
 	m.mu.Lock()
 	prev := m.bundle
@@ -450,6 +498,15 @@ func (m *mesh) stop() {
 	}
 	if m.decisions != nil {
 		_ = m.decisions.Close(ctx)
+	}
+	if m.xdsGRPC != nil {
+		m.xdsGRPC.Stop()
+	}
+	if m.xdsStop != nil {
+		m.xdsStop()
+	}
+	if m.wasmFile != "" {
+		_ = os.Remove(m.wasmFile)
 	}
 	if m.events != nil {
 		_ = m.events.Close()

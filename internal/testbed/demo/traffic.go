@@ -93,7 +93,7 @@ func (p *player) client(from, to string) (*http.Client, error) {
 		return c, nil
 	}
 	src, dst := p.m.nodes[from], p.m.nodes[to]
-	if src == nil || dst == nil || dst.sidecar == nil {
+	if src == nil || dst == nil || dst.proxy == nil {
 		return nil, fmt.Errorf("no route %s → %s", from, to)
 	}
 	c := envoyemu.OutboundClient(src.svids, p.m.ids.Bundles(), dst.id, 3*time.Second)
@@ -108,7 +108,7 @@ func (p *player) do(ctx context.Context, c call) int {
 		return 0
 	}
 	dst := p.m.nodes[c.to]
-	req, err := http.NewRequestWithContext(ctx, c.method, "https://"+dst.sidecar.Addr()+c.path, nil)
+	req, err := http.NewRequestWithContext(ctx, c.method, "https://"+dst.inbound+c.path, nil)
 	if err != nil {
 		return 0
 	}

@@ -1,33 +1,56 @@
-// Package envoyemu EMULATES the parts of an Envoy sidecar that meshguard
-// relies on, for the end-to-end suite and `meshguard demo` on machines
-// without an Envoy binary. It is a test harness, not a proxy to deploy.
+// Package envoyemu EMULATES the parts of an Envoy proxy that meshguard
+// relies on, for the end-to-end suite, the acceptance tests and `meshguard
+// demo` on machines without an Envoy binary. It is a test harness, not a
+// proxy to deploy.
 //
-// What it does, in Envoy's order, for each request on an inbound listener:
+// A Proxy is configured the way Envoy is: it opens one ADS stream to the
+// control plane as its node (node.id, node.cluster, node.metadata), asks for
+// clusters and listeners by wildcard and for the route configurations (RDS)
+// and filter configurations (ECDS) the listeners name, ACKs what it applies
+// and NACKs, with the reason, what it cannot honour — an HTTP filter it does
+// not implement, a route match other than prefix or path, a TLS context
+// naming a secret it cannot serve — keeping the last accepted version, as
+// Envoy keeps it. Nothing is configured by hand: listeners, routes and
+// clusters are the control plane's, exactly as generated. A listener starts
+// serving once its routes and filter configurations have arrived (Envoy
+// warms it until then); an RDS or ECDS update applies to the next request.
 //
-//  1. terminates mTLS with the workload's X509-SVID (from any go-spiffe
-//     source: the SPIFFE Workload API or an in-process CA), requiring a
-//     client certificate that chains to the trust bundle (Envoy's
-//     DownstreamTlsContext with require_client_certificate);
-//  2. adds x-request-id and x-forwarded-proto as Envoy's connection manager
-//     does, and picks the route by path prefix (the route's name is
-//     xds.route_name and keys the per-route ext_authz context_extensions);
-//  3. runs the HTTP filter that sits before ext_authz — meshguard's wasm
-//     filter in the wazero proxy-wasm host — with Envoy's connection
-//     properties, and honours its local replies and header rewrites;
-//  4. fills an envoy.service.auth.v3.CheckRequest as Envoy's ext_authz filter
-//     documents it (source/destination address and principal, the URL-encoded
-//     PEM peer certificate when include_peer_certificate is set, lowercase
-//     headers with pseudo-headers, duplicates comma-joined, path with its
-//     query, context_extensions) and calls the authorization server over
-//     gRPC with failure_mode_allow=false: a transport error or timeout is a
-//     403, as in Envoy;
-//  5. applies the OK response's header mutations and forwards to the
-//     upstream application with x-forwarded-client-cert set, or returns the
-//     denied response (status, headers, body);
-//  6. passes the response status back through the filter (the wasm filter's
-//     error-ratio detector reads it).
+// What it honours, for each request on a listener:
 //
-// What it does not do: HTTP/2 multiplexing semantics, retries, load
-// balancing, header size limits, Envoy's path normalization, RDS/LDS/CDS.
-// The real-Envoy suite in e2e/envoy covers those where an envoy binary exists.
+//   - the listener's address (optionally bound on loopback instead of
+//     0.0.0.0: Config.BindHost) and its DownstreamTlsContext: mTLS with the
+//     workload's X509-SVID, a client certificate that chains to the trust
+//     bundle required;
+//   - the HTTP connection manager: x-request-id, x-forwarded-proto,
+//     x-forwarded-for with use_remote_address, x-forwarded-client-cert by
+//     forward_client_cert_details and set_current_client_cert_details,
+//     normalize_path (RFC 3986 dot segments, "%2e" read as "."), merge_slashes
+//     and path_with_escaped_slashes_action (redirect or reject);
+//   - the route configuration: virtual hosts by domain, routes by prefix or
+//     exact path (case_sensitive), first match wins, the route's name is
+//     xds.route_name; ext_authz's per-route config (disabled, or context
+//     extensions merged over the virtual host's); validate_clusters;
+//   - the HTTP filters in their configured order: meshguard's wasm filter
+//     from its ECDS resource (the module the VM config names — a local file,
+//     or a remote one fetched through its cluster with its sha256 checked —
+//     run in the wazero proxy-wasm host, internal/testbed/wasmhost, with
+//     Envoy's connection and node properties, including node.metadata maps
+//     such as Istio's LABELS; failure_policy), ext_authz (gRPC to its
+//     cluster's endpoint with the cluster's TLS and SAN check, its timeout,
+//     failure_mode_allow, status_on_error, include_peer_certificate,
+//     bootstrap_metadata_labels_key → destination.labels from the node's
+//     metadata; the CheckRequest filled as Envoy documents it), the router
+//     (the route's cluster: its address, plain HTTP or TLS with the
+//     workload's SVID and the cluster's SAN matchers);
+//   - the filter's HTTP callouts to the clusters they name.
+//
+// What stands in for Envoy's machinery: secrets come from a go-spiffe
+// source (the SPIFFE Workload API in the e2e suite, an in-process CA in the
+// demo and tests) in place of SDS — the emulator checks that the secret
+// names the configuration uses are ones SPIRE's SDS serves for that
+// identity and NACKs others, where Envoy would wait for them. Not emulated:
+// HTTP/2 multiplexing semantics, retries, load balancing over several
+// endpoints, header size limits, Envoy's full path canonicalizer
+// (backslashes, percent-encoding case). The real-Envoy suite in e2e/envoy
+// covers those where an envoy binary exists.
 package envoyemu

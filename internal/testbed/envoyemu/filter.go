@@ -27,12 +27,12 @@ type Reply struct {
 	Body    []byte
 }
 
-// Next is the rest of the filter chain (ext_authz, then the router): it
-// receives the request as the filter left it.
+// Next is the rest of the filter chain (the next filters, then the
+// router): it receives the request as the filter left it.
 type Next func(ctx context.Context, headers [][2]string, body []byte) Reply
 
-// Filter is an HTTP filter placed before ext_authz in the chain.
-// meshguard's wasm filter running in the wazero proxy-wasm host implements
+// Filter is an HTTP filter of the chain that the emulator runs as a
+// module: meshguard's wasm filter in the wazero proxy-wasm host implements
 // it (WasmFilter).
 type Filter interface {
 	// Handle runs one request through the filter. headers are Envoy's

@@ -5,8 +5,34 @@ import (
 	"errors"
 	"fmt"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 )
+
+// NodeProperties are the properties Envoy gives a wasm filter about its
+// node: node.id, node.cluster, and node.metadata.<key> for each metadata
+// field that is a string (raw) or a struct of strings (a string map, as
+// Envoy serializes a map-valued attribute: Istio's LABELS).
+func NodeProperties(n *corev3.Node) wasmhost.Properties {
+	props := wasmhost.Properties{}.SetString("node.id", n.GetId()).SetString("node.cluster", n.GetCluster())
+	for k, v := range n.GetMetadata().GetFields() {
+		switch kind := v.GetKind().(type) {
+		case *structpb.Value_StringValue:
+			props.SetString("node.metadata."+k, kind.StringValue)
+		case *structpb.Value_StructValue:
+			var m [][2]string
+			for mk, mv := range kind.StructValue.GetFields() {
+				if s, ok := mv.GetKind().(*structpb.Value_StringValue); ok {
+					m = append(m, [2]string{mk, s.StringValue})
+				}
+			}
+			props.SetMap("node.metadata."+k, m)
+		}
+	}
+	return props
+}
 
 // WasmFilter runs a proxy-wasm module — meshguard's compiled filter — in the
 // wazero proxy-wasm host (internal/testbed/wasmhost) as the HTTP filter before ext_authz,

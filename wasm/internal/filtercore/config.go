@@ -31,6 +31,8 @@ type Config struct {
 	// extAuthz: meshguard's ext_authz server follows the filter (JWT-SVID
 	// checks are left to it, except on the routes it skips).
 	extAuthz *wire.ExtAuthz
+	// labelsWarning says why the target's labels are unknown, for the log.
+	labelsWarning string
 
 	cluster, authority, path  string
 	tickMillis, timeoutMillis uint32
@@ -41,10 +43,15 @@ type Config struct {
 func (c *Config) Version() string { return c.snap.Version() }
 
 // Node identifies the proxy the filter runs in: Envoy's node.cluster and
-// node.id. It selects the workload when the configuration lists every
-// workload of a mesh rather than naming one.
+// node.id, which select the workload when the configuration lists every
+// workload of a mesh rather than naming one, and the labels in the node's
+// metadata (LABELS, where Istio's proxies carry their pod's labels).
 type Node struct {
 	Cluster, ID string
+	// Labels is node.metadata.LABELS; LabelsErr says why it could not be
+	// read (absent, or not a string map). Used with labelsFrom: node.
+	Labels    map[string]string
+	LabelsErr error
 }
 
 // ParseConfig decodes the plugin configuration strictly (unknown fields are
@@ -76,6 +83,9 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 		errs = append(errs, err)
 	}
 	c.target = policies.Target{Namespace: w.Namespace, Labels: w.Labels, Service: w.Service, Gateway: w.Gateway}
+	if err := c.targetLabels(&w, node); err != nil {
+		errs = append(errs, err)
+	}
 	if w.ID != "" {
 		id, err := spiffeid.FromString(w.ID)
 		if err != nil {
@@ -133,6 +143,39 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 		return nil, fmt.Errorf("plugin configuration (bundle %s): %w", b.Version, err)
 	}
 	return c, nil
+}
+
+// GatewayNameLabel is the pod label by which Istio attaches targetRefs of
+// kind Gateway to a gateway's proxies.
+const GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
+
+// targetLabels sets the target's labels from where the workload says they
+// come from, and whether they are all of them (policies.Target.Resolved):
+// the configuration's complete list, or the proxy's own node metadata. Node
+// labels that cannot be read leave the target unresolved (selector-scoped
+// policies then deny) rather than refuse the configuration: the rest of the
+// policy still applies.
+func (c *Config) targetLabels(w *wire.Workload, node Node) error {
+	switch w.LabelsFrom {
+	case "":
+	case wire.LabelsFromConfig:
+		c.target.Resolved = true
+	case wire.LabelsFromNode:
+		if len(w.Labels) > 0 {
+			return errors.New("workload.labels: must be empty with labelsFrom node (the labels are the node's)")
+		}
+		if node.LabelsErr != nil {
+			c.labelsWarning = "labels of the node unknown (" + node.LabelsErr.Error() + "): selector-scoped policies deny with " + string(policies.ReasonDeniedUnresolved)
+			return nil
+		}
+		c.target.Labels, c.target.Resolved = node.Labels, true
+		if c.target.Gateway == "" && c.target.Service == "" {
+			c.target.Gateway = node.Labels[GatewayNameLabel]
+		}
+	default:
+		return fmt.Errorf("workload.labelsFrom %q: want %q, %q or empty", w.LabelsFrom, wire.LabelsFromConfig, wire.LabelsFromNode)
+	}
+	return nil
 }
 
 // workloadOf is the workload the configuration names, or the one it lists

@@ -2,11 +2,13 @@ package filtercore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
 
+	"github.com/meshguard/meshguard/internal/hostcall"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/internal/detect"
@@ -108,6 +110,9 @@ func (p *Plugin) Configure(data []byte) error {
 	if cfg.cluster == "" {
 		vm.host.Log(LevelWarn, "meshguard: controlPlane.cluster is empty: events are counted as dropped, not sent")
 	}
+	if cfg.labelsWarning != "" {
+		vm.host.Log(LevelWarn, "meshguard: "+cfg.labelsWarning)
+	}
 	vm.host.Log(LevelInfo, "meshguard: loaded bundle "+cfg.snap.Version()+" ("+cfg.snap.Hash()+")")
 	return nil
 }
@@ -116,7 +121,7 @@ func (p *Plugin) Configure(data []byte) error {
 // that is going away.
 func (p *Plugin) Done() { p.vm.m.flush() }
 
-// node reads the Envoy node's identity from the proxy.
+// node reads the Envoy node's identity and labels from the proxy.
 func (vm *VM) node() Node {
 	var n Node
 	if v, ok := vm.host.Property(PropNodeCluster); ok {
@@ -124,6 +129,11 @@ func (vm *VM) node() Node {
 	}
 	if v, ok := vm.host.Property(PropNodeID); ok {
 		n.ID = string(v)
+	}
+	if v, ok := vm.host.Property(PropNodeLabels); !ok {
+		n.LabelsErr = errors.New("node.metadata.LABELS is not set")
+	} else if n.Labels, n.LabelsErr = hostcall.DecodeMap(v); n.LabelsErr != nil {
+		n.LabelsErr = fmt.Errorf("node.metadata.LABELS is not a string map: %w", n.LabelsErr)
 	}
 	return n
 }
@@ -265,23 +275,15 @@ func (p *Plugin) identity(s Stream) (id spiffeid.ID, mtls bool, reason policies.
 	return spiffeid.ID{}, mtls, ""
 }
 
-// OnRequestHeaders decides the request. It returns true to let it
-// continue, false when it answered locally.
+// OnRequestHeaders decides the request, in the order the steps below read:
+// the configuration, the request line, the connection's identity, the
+// route, a quarantine block shared by the VMs, the policy decision, the
+// detectors, and then either a local reply or the headers ext_authz reads.
+// It returns true to let the request continue, false when it answered
+// locally.
 func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
-	// Fail closed on a bug too: a panic must deny this request, not trap
-	// the VM (which Envoy would turn into fail-open or a broken worker,
-	// depending on configuration).
-	defer func() {
-		if r := recover(); r != nil {
-			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the request path: %v", r))
-			cont = false
-			if !st.replied {
-				cont = p.deny(s, st, p.cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
-			}
-		}
-	}()
-	vm := p.vm
-	vm.m.requests.Add(1)
+	defer p.recoverRequest(s, st, &cont)
+	p.vm.m.requests.Add(1)
 	cfg := p.cfg
 	if cfg == nil {
 		return p.deny(s, st, nil, 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
@@ -290,68 +292,125 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	if err != nil {
 		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
-	var method, path, authority string
-	spoofed := 0
-	for _, kv := range hdrs {
-		switch kv[0] {
-		case ":method":
-			method = kv[1]
-		case ":path":
-			path = kv[1]
-		case ":authority":
-			authority = kv[1]
-		default:
-			if hasPrefixFold(kv[0], wire.HeaderPrefix) {
-				spoofed++
-			}
-		}
-	}
-	if spoofed > 0 {
-		vm.m.stripped.Add(uint64(spoofed))
-	}
-
+	rl := p.readRequestLine(hdrs)
 	c := p.connection(s)
 	if c.bad != "" {
 		return p.deny(s, st, cfg, 403, c.bad, policies.RuleRef{})
 	}
-	id, mtls, srcIP, dstIP, dstPort, sni := c.id, c.mtls, c.srcIP, c.dstIP, c.dstPort, c.sni
-	routeB, _ := s.Property(PropRouteName)
-	route := vm.intern(routeB)
+	route := p.routeName(s)
+	now := p.vm.host.Now()
+	if p.blocked(c, now) {
+		return p.deny(s, st, cfg, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+	}
+	dec := p.decide(cfg, c, &rl, route, hdrs)
+	v := p.observe(cfg, st, c, &rl, route, now)
+	if !p.enforce(s, st, cfg, c, &rl, route, now, &dec, &v) {
+		return false
+	}
+	return p.stampForExtAuthz(s, st, cfg, hdrs, rl.spoofed, route, dec.Ref)
+}
 
-	now := vm.host.Now()
-	if len(vm.blocks) > 0 {
-		if until, ok := vm.blocks[detect.IdentityKey(id, srcIP)]; ok && now < until {
-			return p.deny(s, st, cfg, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+// recoverRequest fails closed on a bug too: a panic must deny this
+// request, not trap the VM (which Envoy would turn into fail-open or a
+// broken worker, depending on configuration).
+func (p *Plugin) recoverRequest(s Stream, st *StreamState, cont *bool) {
+	if r := recover(); r != nil {
+		p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the request path: %v", r))
+		*cont = false
+		if !st.replied {
+			*cont = p.deny(s, st, p.cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 		}
 	}
+}
 
+// requestLine is what the filter reads of the request headers.
+type requestLine struct {
+	method, path, authority string
+	// spoofed counts client-sent x-meshguard-* headers.
+	spoofed int
+}
+
+// readRequestLine reads the pseudo-headers and counts the client-sent
+// headers in meshguard's namespace (stripped before ext_authz).
+func (p *Plugin) readRequestLine(hdrs [][2]string) requestLine {
+	var rl requestLine
+	for _, kv := range hdrs {
+		switch kv[0] {
+		case ":method":
+			rl.method = kv[1]
+		case ":path":
+			rl.path = kv[1]
+		case ":authority":
+			rl.authority = kv[1]
+		default:
+			if hasPrefixFold(kv[0], wire.HeaderPrefix) {
+				rl.spoofed++
+			}
+		}
+	}
+	if rl.spoofed > 0 {
+		p.vm.m.stripped.Add(uint64(rl.spoofed))
+	}
+	return rl
+}
+
+// routeName is the Envoy route the request matched (xds.route_name).
+func (p *Plugin) routeName(s Stream) string {
+	b, _ := s.Property(PropRouteName)
+	return p.vm.intern(b)
+}
+
+// blocked reports whether a quarantine response of any VM blocks the
+// caller.
+func (p *Plugin) blocked(c *connInfo, now int64) bool {
+	vm := p.vm
+	if len(vm.blocks) == 0 {
+		return false
+	}
+	until, ok := vm.blocks[detect.IdentityKey(c.id, c.srcIP)]
+	return ok && now < until
+}
+
+// decide evaluates the policy for the request.
+func (p *Plugin) decide(cfg *Config, c *connInfo, rl *requestLine, route string, hdrs [][2]string) policies.Decision {
+	vm := p.vm
 	vm.hv = headerView{h: hdrs}
 	// The attributes live in the VM, not on the stack, where they would
 	// escape to the heap on every request.
 	attrs := &vm.attrs
 	*attrs = policies.Attributes{
-		Source: id, MTLS: mtls, SourceIP: srcIP, RemoteIP: srcIP,
-		DestinationIP: dstIP, DestinationPort: dstPort, SNI: sni,
-		Target: cfg.target, Method: method, Host: authority, Path: path, Route: route,
+		Source: c.id, MTLS: c.mtls, SourceIP: c.srcIP, RemoteIP: c.srcIP,
+		DestinationIP: c.dstIP, DestinationPort: c.dstPort, SNI: c.sni,
+		Target: cfg.target, Method: rl.method, Host: rl.authority, Path: rl.path, Route: route,
 		Headers: &vm.hv, JWTDeferred: cfg.extAuthz.Defers(route),
 	}
 	dec := cfg.snap.Decide(attrs)
 	*attrs = policies.Attributes{}
 	vm.hv = headerView{} // the headers may be scratch memory of this callback
+	return dec
+}
 
-	dr := detect.Request{Now: now, Source: id, SourceAddr: srcIP, Method: method, Path: path,
-		Authority: authority, DestAddr: dstIP, Route: route, Service: cfg.service}
-	v := vm.engine.Observe(&dr)
+// observe runs the detectors on the request and reports what they found.
+func (p *Plugin) observe(cfg *Config, st *StreamState, c *connInfo, rl *requestLine, route string, now int64) detect.Verdict {
+	dr := detect.Request{Now: now, Source: c.id, SourceAddr: c.srcIP, Method: rl.method, Path: rl.path,
+		Authority: rl.authority, DestAddr: c.dstIP, Route: route, Service: cfg.service}
+	v := p.vm.engine.Observe(&dr)
 	st.ref, st.observed = v.Ref, true
-	p.report(&v, now, method, route)
+	p.report(&v, now, rl.method, route)
+	return v
+}
 
+// enforce answers a request the policy or a detector denies, and records
+// a dry-run would-deny. It returns false when it answered.
+func (p *Plugin) enforce(s Stream, st *StreamState, cfg *Config, c *connInfo, rl *requestLine, route string, now int64, dec *policies.Decision, v *detect.Verdict) bool {
+	vm := p.vm
 	if !dec.Allowed {
 		vm.engine.ObserveResponse(v.Ref, now, 403) // denials feed the error detectors
 		return p.deny(s, st, cfg, 403, dec.Reason, dec.Ref)
 	}
 	if dec.WouldDeny {
 		vm.m.dryRun.Add(1)
-		p.event(wire.Event{Kind: wire.EventDecision, Source: id.String(), Route: route, Method: method,
+		p.event(wire.Event{Kind: wire.EventDecision, Source: c.id.String(), Route: route, Method: rl.method,
 			Response: string(policies.ModeDryRun), Detail: string(dec.Reason) + " " + refString(dec.Ref), UnixMillis: now / 1e6})
 	}
 	if v.Status != 0 {
@@ -362,12 +421,16 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		return p.deny(s, st, cfg, v.Status, v.Reason, ref)
 	}
 	vm.m.decision(dec.Reason)
+	return true
+}
 
-	// Stamp what ext_authz needs (Istio cannot pass per-route context to a
-	// CUSTOM provider) on a header map free of client-sent ones: added one
-	// by one when the client sent none (the common case: three cheap host
-	// calls), else written whole without them.
-	ref := vm.refString(dec.Ref)
+// stampForExtAuthz stamps what ext_authz needs (Istio cannot pass
+// per-route context to a CUSTOM provider) on a header map free of
+// client-sent ones: added one by one when the client sent none (the common
+// case: three cheap host calls), else written whole without them.
+func (p *Plugin) stampForExtAuthz(s Stream, st *StreamState, cfg *Config, hdrs [][2]string, spoofed int, route string, decRef policies.RuleRef) bool {
+	ref := p.vm.refString(decRef)
+	var err error
 	if spoofed == 0 {
 		err = s.AddRequestHeader(wire.HeaderRoute, route)
 		if err == nil {

@@ -78,4 +78,8 @@ var (
 	// whole mesh (wire.FilterConfig.Workloads).
 	PropNodeCluster = newProp("node", "cluster")
 	PropNodeID      = newProp("node", "id")
+	// The node's labels, read when the workload's labels come from the
+	// node (wire.LabelsFromNode): Istio's proxies carry their pod's labels
+	// in node metadata LABELS, which Envoy returns as a string map.
+	PropNodeLabels = newProp("node", "metadata", "LABELS")
 )

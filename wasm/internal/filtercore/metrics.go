@@ -32,6 +32,7 @@ var reasons = []policies.Reason{
 	policies.ReasonDeniedBaseline, policies.ReasonDeniedNoPolicy, policies.ReasonDeniedNoMTLS,
 	policies.ReasonDeniedIdentity, policies.ReasonDeniedJWT, policies.ReasonDeniedInternal,
 	policies.ReasonDeniedTimeout, policies.ReasonDeniedAnomaly, policies.ReasonRateLimited,
+	policies.ReasonDeniedUnresolved,
 }
 
 type metrics struct {
