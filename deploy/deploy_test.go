@@ -41,6 +41,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
+	statekube "github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/internal/crdgen"
 	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 )
@@ -58,11 +59,20 @@ func decoder(t *testing.T) *kubestrict.Decoder {
 	return d
 }
 
+// allCRDs are the policy kinds' and the control plane state's.
+func allCRDs() []*apiextensionsv1.CustomResourceDefinition {
+	out := crdgen.CRDs()
+	for _, k := range statekube.Kinds {
+		out = append(out, crdgen.CRD(k))
+	}
+	return out
+}
+
 // TestCRDsUpToDate regenerates meshguard's CRDs from the policy model and
-// compares them with deploy/crds and the chart's crds/.
+// the state types and compares them with deploy/crds and the chart's crds/.
 func TestCRDsUpToDate(t *testing.T) {
 	d := decoder(t)
-	for _, c := range crdgen.CRDs() {
+	for _, c := range allCRDs() {
 		want, err := crdgen.YAML(c)
 		if err != nil {
 			t.Fatal(err)
@@ -170,7 +180,7 @@ func TestHelmChart(t *testing.T) {
 				"*v1.Deployment": 2, "*v1.Service": 2, "*v1.ServiceAccount": 2, "*v1.PodDisruptionBudget": 2,
 				// The control plane watches the cluster and elects a leader.
 				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 1, "*v1.RoleBinding": 1,
-				"*v1.CustomResourceDefinition": len(crdgen.Kinds),
+				"*v1.CustomResourceDefinition": len(crdgen.Kinds) + len(statekube.Kinds),
 			},
 			check: func(t *testing.T, objs []rendered) {
 				checkWorkloads(t, objs)
