@@ -218,7 +218,8 @@ spec:
 		_, err := runCmd(t, cpCtx, "controlplane", "--insecure-plaintext", "--xds-addr", xdsAddr, "--http-addr", freeAddr(t),
 			"--metrics-addr", metricsAddr, "--policy", policyDir, "--log-level", "warn",
 			"--kubernetes", "--kubeconfig", kubeconfig,
-			"--leader-election", "--leader-election-namespace", "meshguard", "--leader-election-id", "mg-test")
+			"--leader-election", "--leader-election-namespace", "meshguard", "--leader-election-id", "mg-test",
+			"--state-namespace", "meshguard")
 		done <- err
 	}()
 	stopped := false

@@ -98,7 +98,8 @@ spec: {}
 	go func() {
 		_, err := runCmd(t, ctx, "controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
 			"--policy", policyDir, "--svid-cert", cpCert, "--svid-key", cpKey, "--trust-bundle", bundle,
-			"--admin-id", "spiffe://example.org/ns/ops/sa/admin", "--audit-log", filepath.Join(dir, "audit.jsonl"), "--log-level", "warn")
+			"--admin-id", "spiffe://example.org/ns/ops/sa/admin", "--audit-log", filepath.Join(dir, "audit.jsonl"), "--log-level", "warn",
+			"--state-dir", filepath.Join(dir, "state"), "--reporter-id", "spiffe://example.org/ns/shop/sa/*")
 		done <- err
 	}()
 	t.Cleanup(func() {
