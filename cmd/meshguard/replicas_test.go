@@ -281,7 +281,10 @@ func TestControlPlaneReplicas(t *testing.T) {
 		for i := range n {
 			for _, r := range []*replica{a, b} {
 				wg.Add(1)
-				go func() { defer wg.Done(); r.post(t, anomaly(racing, fmt.Sprintf("%s report %d", r.name, i), now+int64(i))) }()
+				go func() {
+					defer wg.Done()
+					r.post(t, anomaly(racing, fmt.Sprintf("%s report %d", r.name, i), now+int64(i)))
+				}()
 			}
 		}
 		wg.Wait()
