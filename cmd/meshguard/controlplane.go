@@ -270,7 +270,14 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	}
 	// Then the cluster's: serving a bundle without the cluster's DENY
 	// policies would open access, so wait for the first accepted set.
+	// The state store is read meanwhile.
 	var kw *kubeWatch
+	type opened struct {
+		st    stateStore
+		close func()
+		err   error
+	}
+	stateC := make(chan opened, 1)
 	if f.kube.enabled {
 		if err := f.kube.validate(nil); err != nil {
 			return err
@@ -280,18 +287,29 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		}
 		defer kw.stop()
 		defer cancel() // runs before kw.stop
+		go func() {
+			s, c, err := openState(ctx, f, kw, log, reg)
+			stateC <- opened{s, c, err}
+		}()
 		log.Info("waiting for the first policy set from Kubernetes")
 		if err := kw.wait(ctx); err != nil {
+			cancel()
+			if o := <-stateC; o.err == nil {
+				o.close()
+			}
 			return fmt.Errorf("kubernetes: no policy set accepted: %w", err)
 		}
+	} else {
+		s, c, err := openState(ctx, f, kw, log, reg)
+		stateC <- opened{s, c, err}
 	}
-
+	o := <-stateC
+	if o.err != nil {
+		return o.err
+	}
+	stateStore := o.st
+	defer o.close()
 	replica := replicaName()
-	stateStore, closeState, err := openState(ctx, f, kw, log, reg)
-	if err != nil {
-		return err
-	}
-	defer closeState()
 
 	var (
 		grpcOpts  []grpc.ServerOption

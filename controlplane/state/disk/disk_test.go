@@ -94,3 +94,29 @@ func TestOpenErrors(t *testing.T) {
 		t.Error("a corrupt database file opened")
 	}
 }
+
+func TestImport(t *testing.T) {
+	dir := t.TempDir()
+	st := open(t, dir)
+	qs := []*state.Quarantine{statetest.Record("spiffe://example.org/a"), statetest.Record("spiffe://example.org/b")}
+	bs := []*state.Baseline{{Destination: "orders", Edges: []state.Edge{{Source: "spiffe://example.org/a", Count: 1}}}}
+	bad := statetest.Record("spiffe://example.org/c")
+	bad.Phase = "Unknown"
+	if err := st.Import(append(qs, bad), bs); err == nil || !strings.Contains(err.Error(), "spiffe://example.org/c") {
+		t.Fatalf("import with an invalid record: %v", err)
+	}
+	if len(st.Quarantines()) != 0 {
+		t.Fatal("a failed import wrote records")
+	}
+	if err := st.Import(qs, bs); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st = open(t, dir)
+	defer st.Close()
+	if len(st.Quarantines()) != 2 || len(st.Baselines()) != 1 {
+		t.Fatalf("after import and reopen: %d quarantines, %d baselines", len(st.Quarantines()), len(st.Baselines()))
+	}
+}

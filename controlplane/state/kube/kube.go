@@ -107,6 +107,9 @@ func New(opts Options) (*Store, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "meshguard-controlplane"
 	}
+	// The initial list is megabytes of JSON between two pods of one
+	// cluster: compressing it costs the API server more time than it saves.
+	cfg.DisableCompression = true
 	if cfg.QPS == 0 {
 		// Expiring many quarantines at once is one write each.
 		cfg.QPS, cfg.Burst = 50, 100
@@ -249,7 +252,7 @@ func (c *collection[R, O]) start(ctx context.Context) cache.InformerSynced {
 		c.s.subs.Notify()
 	}
 	_, ctrl := cache.NewInformerWithOptions(cache.InformerOptions{
-		ListerWatcher: cache.NewListWatchFromClient(c.s.rc, c.resource, c.s.ns, fields.Everything()),
+		ListerWatcher: listWatch{cache.NewListWatchFromClient(c.s.rc, c.resource, c.s.ns, fields.Everything())},
 		ObjectType:    c.newObject(),
 		Transform: func(obj any) (any, error) {
 			if o, ok := obj.(metav1.Object); ok {
@@ -281,6 +284,15 @@ func (c *collection[R, O]) start(ctx context.Context) cache.InformerSynced {
 	go ctrl.RunWithContext(ctx)
 	return ctrl.HasSynced
 }
+
+// listWatch reads the initial state with one LIST rather than client-go's
+// streaming watch-list: with thousands of records, one response decoded
+// once is faster than one watch event per object, each decoded twice (the
+// event, then the object in it).
+type listWatch struct{ *cache.ListWatch }
+
+// IsWatchListSemanticsUnSupported tells the reflector to LIST.
+func (listWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // newer reports whether resource version a is newer than b. Resource
 // versions are compared as the integers the API server issues (etcd
