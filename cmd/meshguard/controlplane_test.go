@@ -248,3 +248,24 @@ func TestControlPlanePolicyFilesRefuseEmptyAndCutFiles(t *testing.T) {
 		t.Fatalf("a complete change: %v", err)
 	}
 }
+
+func TestDefaultStateDir(t *testing.T) {
+	tests := []struct {
+		name, stateDirectory, xdg, home, want string
+	}{
+		{"systemd StateDirectory=", "/var/lib/meshguard:/var/lib/other", "/x", "/home/u", "/var/lib/meshguard"},
+		{"XDG_STATE_HOME", "", "/home/u/.state", "/home/u", "/home/u/.state/meshguard"},
+		{"home", "", "", "/home/u", "/home/u/.local/state/meshguard"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("STATE_DIRECTORY", tt.stateDirectory)
+			t.Setenv("XDG_STATE_HOME", tt.xdg)
+			t.Setenv("HOME", tt.home)
+			got, err := defaultStateDir()
+			if err != nil || got != tt.want {
+				t.Fatalf("defaultStateDir() = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
