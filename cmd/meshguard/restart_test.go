@@ -24,11 +24,15 @@ spec:
 `
 
 // TestControlPlaneRestartKeepsState runs `meshguard controlplane` with its
-// embedded store, adds quarantines (two through the CLI, one from a
-// detection report), kills the process with SIGKILL, and checks that
+// embedded store, an authz server (the real ADS subscription, compile and
+// engine) and a sidecar's wasm filter (the compiled module in the proxy-wasm
+// host, configured over ECDS) fed by it; adds quarantines (two through the
+// CLI, one from a detection report), kills the process with SIGKILL, and
+// checks that
 //
-//   - while it is down, an authz server fed by it keeps enforcing the last
-//     bundle, and the short quarantine lifts at its expiry all the same;
+//   - while it is down, the authz server and the filter keep enforcing
+//     what they last received, and the short quarantine lifts at its expiry
+//     all the same;
 //   - restarted on the same --state-dir, it serves the two that are still
 //     due, and the one that expired while it was down is lifted and
 //     audited as expired.
@@ -37,6 +41,7 @@ func TestControlPlaneRestartKeepsState(t *testing.T) {
 		t.Skip("builds and runs the meshguard binary")
 	}
 	bin := meshguardBinary(t)
+	module := filterWasm(t)
 	dir := t.TempDir()
 	policyDir := filepath.Join(dir, "policies")
 	if err := os.MkdirAll(policyDir, 0o755); err != nil {
@@ -46,11 +51,16 @@ func TestControlPlaneRestartKeepsState(t *testing.T) {
 		t.Fatal(err)
 	}
 	xdsAddr, httpAddr, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	meshFile := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(meshFile, []byte(meshWithFilter(module, httpAddr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	args := []string{"controlplane", "--insecure-plaintext", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
-		"--policy", policyDir, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info"}
+		"--policy", policyDir, "--mesh", meshFile, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info"}
 	cp := startProcess(t, bin, dir, "controlplane-1", nil, args...)
 	waitReady(t, cp, metricsAddr, 30*time.Second)
 	authz := startAuthzServer(t, xdsAddr, "authz-restart")
+	filter := startFilter(t, module, xdsAddr, "http://"+httpAddr, "orders.shop")
 
 	ctx := context.Background()
 	admin := []string{"--server", "http://" + httpAddr, "--insecure-plaintext", "--by", "oncall"}
@@ -78,6 +88,7 @@ func TestControlPlaneRestartKeepsState(t *testing.T) {
 	}
 	for _, id := range []string{held, short, flagged} {
 		authz.waitEnforced(t, id, true, time.Second)
+		filter.waitEnforced(t, id, true, time.Second)
 	}
 	var entries []quarantine.Entry
 	listJSON(t, admin, &entries)
@@ -95,16 +106,23 @@ func TestControlPlaneRestartKeepsState(t *testing.T) {
 	if !killedAt.Before(shortExpiry) {
 		t.Fatalf("killed at %s, after %s expired at %s: the test is too slow to show an expiry while down", killedAt, short, shortExpiry)
 	}
-	// Down: the authz server keeps enforcing its last bundle.
+	configs := filter.configs()
+	// Down: the authz server and the filter keep enforcing what they have.
 	for _, id := range []string{held, flagged} {
-		if !authz.quarantined(id) {
-			t.Fatalf("control plane down: %s no longer denied", id)
+		if !authz.quarantined(id) || !filter.quarantined(t, id) {
+			t.Fatalf("control plane down: %s no longer denied (authz %v, filter %v)", id, authz.quarantined(id), filter.quarantined(t, id))
 		}
 	}
 	// The short one lifts at its expiry even with nobody to sweep it.
 	authz.waitEnforced(t, short, false, time.Until(shortExpiry)+2*time.Second)
-	if authz.version() != before {
-		t.Fatal("the bundle changed while the control plane was down")
+	filter.waitEnforced(t, short, false, time.Second)
+	for _, id := range []string{held, flagged} {
+		if !authz.quarantined(id) || !filter.quarantined(t, id) {
+			t.Fatalf("control plane down for %s: %s no longer denied", time.Since(killedAt), id)
+		}
+	}
+	if authz.version() != before || filter.configs() != configs {
+		t.Fatal("the data plane's configuration changed while the control plane was down")
 	}
 	time.Sleep(time.Until(shortExpiry.Add(500 * time.Millisecond)))
 
@@ -121,6 +139,18 @@ func TestControlPlaneRestartKeepsState(t *testing.T) {
 	for id, want := range map[string]bool{held: true, flagged: true, short: false} {
 		if authz.quarantined(id) != want {
 			t.Errorf("after restart: %s quarantined=%v, want %v", id, !want, want)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for filter.configs() == configs {
+		if time.Now().After(deadline) {
+			t.Fatal("the wasm filter got no configuration from the restarted control plane")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for id, want := range map[string]bool{held: true, flagged: true, short: false} {
+		if filter.quarantined(t, id) != want {
+			t.Errorf("after restart, wasm filter: %s quarantined=%v, want %v", id, !want, want)
 		}
 	}
 	entries = nil
