@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
@@ -253,5 +254,42 @@ func TestStartErrors(t *testing.T) {
 	defer cancel()
 	if err := st.Start(ctx); err == nil || !strings.Contains(err.Error(), "RBAC") {
 		t.Fatalf("start without permission: %v", err)
+	}
+}
+
+// TestWriteRefused: a write the API server refuses (here RBAC lets the
+// replica read but not write) is an error to the caller, counted, and
+// changes nothing in the view.
+func TestWriteRefused(t *testing.T) {
+	cfg := apiServer(t)
+	ns := newNamespace(t, cfg)
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+	if _, err := kc.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "read-state"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{kube.GroupVersion.Group}, Resources: []string{kube.ResourceQuarantines, kube.ResourceBaselines},
+			Verbs: []string{"get", "list", "watch"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kc.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "read-state"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "read-state"},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: "reader"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	user, err := cluster.env.AddUser(envtest.User{Name: "reader"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	st := replica(t, user.Config(), ns, reg)
+	id := "spiffe://example.org/ns/shop/sa/web"
+	_, err = st.UpdateQuarantine(ctx, id, func(*state.Quarantine) (*state.Quarantine, error) { return statetest.Record(id), nil })
+	if err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("write without permission: %v", err)
+	}
+	if got := testutil.ToFloat64(mustCounter(t, reg, "meshguard_controlplane_state_writes_total", "quarantine", "error")); got != 1 {
+		t.Fatalf("write errors counted %v, want 1", got)
+	}
+	if len(st.Quarantines()) != 0 {
+		t.Fatal("a refused write is in the view")
 	}
 }
