@@ -74,7 +74,7 @@ func main() {
 type sample struct {
 	ready, enforcing time.Duration
 	load             time.Duration // reading the store, as the control plane logs it
-	peakRSS, heap    float64 // MiB
+	peakRSS, heap    float64       // MiB
 	documents        int
 }
 
@@ -480,5 +480,3 @@ func print(rows []row) {
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
-
-
