@@ -7,7 +7,11 @@ package kube_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,9 +32,11 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/meshguard/meshguard/controlplane/quarantine"
 	"github.com/meshguard/meshguard/controlplane/state"
 	"github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/controlplane/state/statetest"
+	"github.com/meshguard/meshguard/policies"
 )
 
 var cluster struct {
@@ -182,8 +189,8 @@ func mustCounter(t *testing.T, g prometheus.Gatherer, name string, labels ...str
 				}
 			}
 			if ok {
-				c := prometheus.NewCounter(prometheus.CounterOpts{Name: name})
-				c.Add(m.GetCounter().GetValue())
+				c := prometheus.NewGauge(prometheus.GaugeOpts{Name: name})
+				c.Set(m.GetCounter().GetValue() + m.GetGauge().GetValue())
 				return c
 			}
 		}
@@ -292,4 +299,163 @@ func TestWriteRefused(t *testing.T) {
 	if len(st.Quarantines()) != 0 {
 		t.Fatal("a refused write is in the view")
 	}
+}
+
+// proxy forwards TCP to the API server until cut, as a network partition
+// between a control plane and the API server would.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	down   bool
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			down := p.down
+			p.mu.Unlock()
+			if down {
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); p.cut(true) })
+	return p
+}
+
+// cut drops every connection; with down, new ones are refused until up.
+func (p *proxy) cut(down bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = down
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestAPIServerUnreachable: the quarantine manager on the Kubernetes store,
+// with the API server cut off: the view keeps every quarantine (nothing is
+// released), an add and a release are errors, a detection is enforced by
+// the replica and pending, the failures are counted; once the API server
+// is back the pending quarantine is stored.
+func TestAPIServerUnreachable(t *testing.T) {
+	cfg := apiServer(t)
+	ns := newNamespace(t, cfg)
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := startProxy(t, u.Host)
+	pcfg := rest.CopyConfig(cfg)
+	pcfg.Host = "https://" + px.ln.Addr().String()
+	reg := prometheus.NewRegistry()
+	st, err := kube.New(kube.Options{Config: pcfg, Namespace: ns, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := st.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sink := &sink{}
+	qm, err := quarantine.New(quarantine.Options{Store: st, Sink: sink, Registerer: reg, Replica: "cp-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(qm.Close)
+	if err := qm.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held := "spiffe://example.org/ns/shop/sa/held"
+	if _, err := qm.Add(ctx, quarantine.AddRequest{Identity: held, Reason: "incident", By: "ops", For: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+
+	px.cut(true)
+	if _, err := qm.Add(ctx, quarantine.AddRequest{Identity: "spiffe://example.org/ns/shop/sa/new", Reason: "r", By: "ops"}); !errors.Is(err, quarantine.ErrStore) {
+		t.Fatalf("add with the API server unreachable: %v", err)
+	}
+	if err := qm.Release(ctx, held, "ops", "cleared"); !errors.Is(err, quarantine.ErrStore) {
+		t.Fatalf("release with the API server unreachable: %v", err)
+	}
+	attacker := spiffeid.RequireFromString("spiffe://example.org/ns/shop/sa/attacker")
+	ev := state.Evidence{Key: "report-1", Reporter: "spiffe://example.org/ns/shop/sa/orders", Received: time.Now()}
+	if _, err := qm.Quarantine(ctx, quarantine.Finding{Source: attacker, By: ev.Reporter, Reason: "lateral", Evidence: []state.Evidence{ev}}); !errors.Is(err, quarantine.ErrStore) {
+		t.Fatalf("detection with the API server unreachable: %v", err)
+	}
+	if got := sink.identities(); strings.Join(got, ",") != attacker.String()+","+held {
+		t.Fatalf("served with the API server unreachable: %v", got)
+	}
+	if got := testutil.ToFloat64(mustCounter(t, reg, "meshguard_controlplane_quarantine_pending")); got != 1 {
+		t.Fatalf("pending %v", got)
+	}
+	if got := testutil.ToFloat64(mustCounter(t, reg, "meshguard_controlplane_state_writes_total", "quarantine", "error")); got < 3 {
+		t.Fatalf("write errors counted %v, want at least 3", got)
+	}
+
+	px.cut(false)
+	statetest.Eventually(t, "the pending quarantine stored", func() bool {
+		_ = qm.Sweep(ctx)
+		for _, q := range st.Quarantines() {
+			if q.Identity == attacker.String() && q.HasEvidence("report-1") {
+				return true
+			}
+		}
+		return false
+	})
+	if got := testutil.ToFloat64(mustCounter(t, reg, "meshguard_controlplane_quarantine_pending")); got != 0 {
+		t.Fatalf("pending after recovery %v", got)
+	}
+	if got := sink.identities(); strings.Join(got, ",") != attacker.String()+","+held {
+		t.Fatalf("served after recovery: %v", got)
+	}
+}
+
+// sink records the quarantine sets published.
+type sink struct {
+	mu   sync.Mutex
+	last policies.Set
+}
+
+func (s *sink) SetSource(_ string, set policies.Set) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last = set
+	return nil
+}
+
+func (s *sink) identities() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, q := range s.last.Quarantines {
+		out = append(out, q.Spec.Identity)
+	}
+	return out
 }
