@@ -402,6 +402,18 @@ func (m *Manager) Add(ctx context.Context, r AddRequest) (Entry, error) {
 // meshguard_controlplane_quarantine_pending and stores it as soon as it
 // can; the error says so.
 func (m *Manager) Quarantine(ctx context.Context, f Finding) (Entry, error) {
+	e, err := m.act(ctx, f)
+	if errors.Is(err, ErrInvalid) {
+		return e, err
+	}
+	if perr := m.Publish(); perr != nil {
+		return Entry{}, errors.Join(err, perr)
+	}
+	return e, err
+}
+
+// act is Quarantine without the publish, so that a batch publishes once.
+func (m *Manager) act(ctx context.Context, f Finding) (Entry, error) {
 	if f.Source.IsZero() || f.By == "" {
 		return Entry{}, fmt.Errorf("%w: a finding needs a source and a reporter", ErrInvalid)
 	}
@@ -416,19 +428,12 @@ func (m *Manager) Quarantine(ctx context.Context, f Finding) (Entry, error) {
 	case err == nil:
 		m.dropPending(f.Source.String())
 		m.done(q, action)
+		return entry(q), nil
 	case errors.Is(err, ErrStore):
 		m.addPending(f)
 		m.log.Error("quarantine enforced by this replica but not stored; retrying every sweep", "identity", f.Source.String(), "error", err)
-	default:
-		return Entry{}, err
 	}
-	if perr := m.Publish(); perr != nil {
-		return Entry{}, errors.Join(err, perr)
-	}
-	if q == nil {
-		return Entry{}, err
-	}
-	return entry(q), err
+	return Entry{}, err
 }
 
 type addArgs struct {
@@ -842,9 +847,12 @@ func (m *Manager) HandleEvents(ctx context.Context, reporter string, events []wi
 		default:
 			continue
 		}
-		if _, err := m.Quarantine(ctx, f); err != nil && !errors.Is(err, ErrStore) {
+		if _, err := m.act(ctx, f); err != nil && !errors.Is(err, ErrStore) {
 			m.log.Error("quarantine", "identity", id.String(), "error", err)
 		}
+	}
+	if err := m.Publish(); err != nil {
+		m.log.Error("quarantine publish; retried", "error", err)
 	}
 }
 
