@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -12,13 +12,14 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/tetratelabs/wazero"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
-	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/wasmtest"
@@ -26,6 +27,7 @@ import (
 
 var filterModule struct {
 	once sync.Once
+	dir  string
 	path string
 	err  error
 }
@@ -35,15 +37,15 @@ var filterModule struct {
 func filterWasm(t *testing.T) string {
 	t.Helper()
 	filterModule.once.Do(func() {
-		if filterModule.err = os.MkdirAll(filepath.Join(os.TempDir(), "meshguard-cmd-test-wasm"), 0o755); filterModule.err != nil {
-			return
-		}
 		root, err := wasmtest.ModuleRoot(".")
 		if err != nil {
 			filterModule.err = err
 			return
 		}
-		filterModule.path = filepath.Join(os.TempDir(), "meshguard-cmd-test-wasm", fmt.Sprintf("filter-%d.wasm", os.Getpid()))
+		if filterModule.dir, filterModule.err = os.MkdirTemp("", "meshguard-cmd-test-wasm-"); filterModule.err != nil {
+			return
+		}
+		filterModule.path = filepath.Join(filterModule.dir, "meshguard-filter.wasm")
 		start := time.Now()
 		filterModule.err = wasmtest.Build(root, wasmtest.FilterPackage, filterModule.path)
 		t.Logf("built the wasm filter in %s", time.Since(start).Round(time.Millisecond))
@@ -51,30 +53,32 @@ func filterWasm(t *testing.T) string {
 	if filterModule.err != nil {
 		t.Fatal(filterModule.err)
 	}
-	t.Cleanup(func() { _ = os.Remove(filterModule.path) })
 	return filterModule.path
 }
 
-// filterSidecar is the compiled wasm filter in the proxy-wasm host, fed
-// over ECDS by the control plane as an Envoy sidecar's would be: the
-// Envoy-emulating ECDS client keeps the last configuration it accepted when
-// the stream breaks, as Envoy does.
-type filterSidecar struct {
-	mu sync.Mutex
-	h  *wasmhost.Host
-	f  *envoyemu.WasmFilter
-	// applied counts configurations applied.
-	applied int
+// sidecar is an orders.shop sidecar: the Envoy emulator configured by the
+// control plane over ADS (listener, routes, clusters, the compiled wasm
+// filter over ECDS), which keeps serving the configuration it has when the
+// control plane goes away, as Envoy does. Callers reach it over mTLS with
+// SVIDs of the test CA.
+type sidecar struct {
+	authority *ca.CA
+	proxy     *envoyemu.Proxy
+	inbound   string
+	td        spiffeid.TrustDomain
 }
 
-func startFilter(t *testing.T, module, xdsAddr, eventsURL, nodeCluster string) *filterSidecar {
+const ordersID = "spiffe://example.org/ns/shop/sa/orders"
+
+func startSidecar(t *testing.T, authority *ca.CA, xdsAddr string) *sidecar {
 	t.Helper()
-	code, err := os.ReadFile(module)
+	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond}, MinConnectTimeout: time.Second}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond}, MinConnectTimeout: time.Second}))
+	t.Cleanup(func() { _ = conn.Close() })
+	svid, err := authority.IssueX509SVID(spiffeid.RequireFromString(ordersID), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,90 +88,49 @@ func startFilter(t *testing.T, module, xdsAddr, eventsURL, nodeCluster string) *
 			cache = c
 		}
 	}
-	node := &corev3.Node{Id: nodeCluster + "-1", Cluster: nodeCluster}
-	s := &filterSidecar{}
+	t.Cleanup(func() { _ = cache.Close(context.Background()) })
 	ctx, cancel := context.WithCancel(context.Background())
-	first := make(chan struct{})
-	client := &envoyemu.ECDSClient{Conn: conn, Node: node, Log: slog.New(slog.DiscardHandler),
-		Apply: func(cfg []byte) error {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.h == nil {
-				start := time.Now()
-				h, err := wasmhost.New(ctx, code, wasmhost.Config{PluginConfig: cfg, Properties: envoyemu.NodeProperties(node),
-					Clusters: map[string]string{"meshguard_controlplane": eventsURL}, CompilationCache: cache})
-				if err != nil {
-					t.Logf("wasm filter: configuration refused: %v", err)
-					return err
-				}
-				t.Logf("wasm filter started in %s", time.Since(start).Round(time.Millisecond))
-				s.h, s.f = h, envoyemu.NewWasmFilter(h)
-				s.applied++
-				close(first)
-				return nil
-			}
-			if err := s.h.Reconfigure(cfg); err != nil {
-				t.Logf("wasm filter: configuration refused: %v", err)
-				return err
-			}
-			s.applied++
-			return nil
-		}}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = client.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		s.mu.Lock()
-		if s.h != nil {
-			_ = s.h.Close()
-		}
-		s.mu.Unlock()
-		_ = cache.Close(context.Background())
-		_ = conn.Close()
-	})
-	select {
-	case <-first:
-	case <-time.After(4 * time.Minute):
-		// Compiling the module under -race on a loaded machine takes
-		// tens of seconds when wazero's cache is cold.
-		t.Fatal("the wasm filter got no configuration over ECDS within 4m")
-	}
-	return s
-}
-
-// quarantined runs a request from id through the filter and reports
-// whether the filter denied it as quarantined.
-func (s *filterSidecar) quarantined(t *testing.T, id string) bool {
-	t.Helper()
-	s.mu.Lock()
-	f := s.f
-	s.mu.Unlock()
-	reply, local, err := f.Handle(context.Background(), envoyemu.StreamInfo{PeerURISAN: id, MTLS: true, RouteName: "orders-api"},
-		[][2]string{{":method", "GET"}, {":path", "/api/orders"}, {":authority", "orders"}, {":scheme", "https"}}, nil,
-		func(context.Context, [][2]string, []byte) envoyemu.Reply { return envoyemu.Reply{Status: 200} })
+	t.Cleanup(cancel)
+	p, err := envoyemu.Start(ctx, envoyemu.Config{Node: &corev3.Node{Id: "orders-0", Cluster: "orders.shop"}, XDS: conn,
+		SVIDs: svid, Bundles: authority.X509Bundle(), BindHost: "127.0.0.1", Wasm: envoyemu.WasmOptions{CompilationCache: cache}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !local {
-		return false
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	// Compiling the module under -race on a loaded machine takes tens of
+	// seconds when wazero's cache is cold.
+	rctx, rcancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer rcancel()
+	if err := p.Ready(rctx); err != nil {
+		t.Fatal(err)
 	}
-	for _, h := range reply.Headers {
-		if h[0] == wire.HeaderReason {
-			return reply.Status == 403 && h[1] == string(policies.ReasonDeniedQuarantine)
-		}
+	addr, ok := p.Listener("inbound_http")
+	if !ok {
+		t.Fatalf("no inbound_http listener: %v", p.Listeners())
 	}
-	return false
+	return &sidecar{authority: authority, proxy: p, inbound: addr, td: authority.TrustDomain()}
 }
 
-func (s *filterSidecar) configs() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.applied
+// quarantined calls the sidecar as id and reports whether the wasm filter
+// denied the call as quarantined.
+func (s *sidecar) quarantined(t *testing.T, id string) bool {
+	t.Helper()
+	svid, err := s.authority.IssueX509SVID(spiffeid.RequireFromString(id), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := envoyemu.OutboundClient(svid, s.authority.X509Bundle(), spiffeid.RequireFromString(ordersID), 5*time.Second)
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("https://" + s.inbound + "/api/orders")
+	if err != nil {
+		t.Fatalf("call the sidecar as %s: %v", id, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusForbidden && resp.Header.Get(wire.HeaderReason) == string(policies.ReasonDeniedQuarantine)
 }
 
-// waitEnforced waits until the filter decides id as want.
-func (s *filterSidecar) waitEnforced(t *testing.T, id string, want bool, within time.Duration) {
+// waitEnforced waits until the sidecar's filter decides id as want.
+func (s *sidecar) waitEnforced(t *testing.T, id string, want bool, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for s.quarantined(t, id) != want {
@@ -178,10 +141,21 @@ func (s *filterSidecar) waitEnforced(t *testing.T, id string, want bool, within 
 	}
 }
 
-// meshWithFilter describes one Envoy workload (orders.shop) running the
-// filter module, for the control plane's ECDS.
-func meshWithFilter(module, eventsAddr string) string {
-	_, port, _ := net.SplitHostPort(eventsAddr)
+// meshWithSidecar describes the orders.shop workload with the filter
+// module; its route skips ext_authz, so that the filter decides alone, and
+// forwards to a local app answering 200.
+func meshWithSidecar(t *testing.T, module, eventsAddr string) string {
+	t.Helper()
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }), ReadHeaderTimeout: time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = app.Serve(ln) }()
+	t.Cleanup(func() { _ = app.Close() })
+	_, eventsPort, _ := net.SplitHostPort(eventsAddr)
+	_, appPort, _ := net.SplitHostPort(ln.Addr().String())
+	_, inPort, _ := net.SplitHostPort(freeAddr(t))
 	return fmt.Sprintf(`apiVersion: meshguard.dev/v1alpha1
 kind: Mesh
 metadata: {name: restart}
@@ -193,13 +167,13 @@ spec:
   workloads:
   - name: orders
     namespace: shop
-    spiffeID: spiffe://example.org/ns/shop/sa/orders
+    spiffeID: %s
     labels: {app: orders}
     inbound:
     - name: http
-      port: 15006
-      appPort: 8080
+      port: %s
+      appPort: %s
       routes:
-      - {name: orders-api, prefix: /}
-`, port, module)
+      - {name: orders-api, prefix: /, disableExtAuthz: true}
+`, eventsPort, module, ordersID, inPort, appPort)
 }

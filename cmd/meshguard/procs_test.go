@@ -42,8 +42,10 @@ var built struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if built.dir != "" {
-		_ = os.RemoveAll(built.dir)
+	for _, dir := range []string{built.dir, filterModule.dir} {
+		if dir != "" {
+			_ = os.RemoveAll(dir)
+		}
 	}
 	os.Exit(code)
 }
@@ -158,8 +160,8 @@ func (p *process) grep(s string) []string {
 	return out
 }
 
-// waitReady waits for /readyz on a metrics address.
-func waitReady(t *testing.T, p *process, metricsAddr string, within time.Duration) time.Duration {
+// waitProcessReady waits for /readyz on a process's metrics address.
+func waitProcessReady(t *testing.T, p *process, metricsAddr string, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	deadline := start.Add(within)

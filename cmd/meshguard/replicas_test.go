@@ -106,7 +106,7 @@ func startReplica(t *testing.T, bin, dir, name, kubeconfig, policyDir string) *r
 func (r *replica) start(t *testing.T) {
 	t.Helper()
 	r.proc = startProcess(t, r.bin, r.dir, r.name+"-"+strconv.FormatInt(time.Now().UnixNano(), 36), r.env, r.args...)
-	r.readyIn = waitReady(t, r.proc, r.metrics, 60*time.Second)
+	r.readyIn = waitProcessReady(t, r.proc, r.metrics, 60*time.Second)
 }
 
 // post sends an event batch to the replica's events endpoint.
