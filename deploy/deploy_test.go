@@ -41,6 +41,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
+	statekube "github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/internal/crdgen"
 	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 )
@@ -58,11 +59,20 @@ func decoder(t *testing.T) *kubestrict.Decoder {
 	return d
 }
 
+// allCRDs are the policy kinds' and the control plane state's.
+func allCRDs() []*apiextensionsv1.CustomResourceDefinition {
+	out := crdgen.CRDs()
+	for _, k := range statekube.Kinds {
+		out = append(out, crdgen.CRD(k))
+	}
+	return out
+}
+
 // TestCRDsUpToDate regenerates meshguard's CRDs from the policy model and
-// compares them with deploy/crds and the chart's crds/.
+// the state types and compares them with deploy/crds and the chart's crds/.
 func TestCRDsUpToDate(t *testing.T) {
 	d := decoder(t)
-	for _, c := range crdgen.CRDs() {
+	for _, c := range allCRDs() {
 		want, err := crdgen.YAML(c)
 		if err != nil {
 			t.Fatal(err)
@@ -168,14 +178,18 @@ func TestHelmChart(t *testing.T) {
 			values: nil,
 			want: map[string]int{
 				"*v1.Deployment": 2, "*v1.Service": 2, "*v1.ServiceAccount": 2, "*v1.PodDisruptionBudget": 2,
-				// The control plane watches the cluster and elects a leader.
-				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 1, "*v1.RoleBinding": 1,
-				"*v1.CustomResourceDefinition": len(crdgen.Kinds),
+				// The control plane watches the cluster, keeps its state
+				// there and elects a leader.
+				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 2, "*v1.RoleBinding": 2,
+				"*v1.CustomResourceDefinition": len(crdgen.Kinds) + len(statekube.Kinds),
 			},
 			check: func(t *testing.T, objs []rendered) {
 				checkWorkloads(t, objs)
 				checkArgs(t, objs)
 				checkKubernetesAccess(t, objs, true, true)
+				if args := controlPlaneArgs(t, objs); !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/*/sa/*") {
+					t.Errorf("default reporters: %v", args)
+				}
 			},
 		},
 		{
@@ -185,12 +199,28 @@ func TestHelmChart(t *testing.T) {
 			check: func(t *testing.T, objs []rendered) {
 				checkArgs(t, objs)
 				checkKubernetesAccess(t, objs, false, false)
+				checkStateVolume(t, objs, "")
+			},
+		},
+		{
+			name: "embedded state on a persistent volume, reporters named",
+			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}, "stateClaim": "meshguard-state",
+				"reporterIds": []any{"spiffe://cluster.local/ns/shop/sa/*", "spiffe://cluster.local/ns/bank/sa/*"}}},
+			want: map[string]int{"*v1.Role": 0},
+			check: func(t *testing.T, objs []rendered) {
+				checkArgs(t, objs)
+				checkStateVolume(t, objs, "meshguard-state")
+				args := controlPlaneArgs(t, objs)
+				if !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/shop/sa/*") || !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/bank/sa/*") ||
+					slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/*/sa/*") {
+					t.Errorf("reporter args %v", args)
+				}
 			},
 		},
 		{
 			name:   "watching without leader election",
 			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"leaderElection": false}}},
-			want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 0, "*v1.RoleBinding": 0},
+			want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 1, "*v1.RoleBinding": 1},
 			check: func(t *testing.T, objs []rendered) {
 				checkArgs(t, objs)
 				checkKubernetesAccess(t, objs, true, false)
@@ -303,7 +333,7 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 		}
 		return false
 	}
-	var lease *rbacv1.Role
+	var lease, stateRole *rbacv1.Role
 	var cluster *rbacv1.ClusterRole
 	bound := map[string]bool{}
 	for _, r := range objs {
@@ -311,7 +341,11 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 		case *rbacv1.ClusterRole:
 			cluster = o
 		case *rbacv1.Role:
-			lease = o
+			if strings.HasSuffix(o.Name, "-state") {
+				stateRole = o
+			} else {
+				lease = o
+			}
 		case *rbacv1.ClusterRoleBinding:
 			for _, s := range o.Subjects {
 				bound[o.RoleRef.Kind+"/"+o.RoleRef.Name+"→"+s.Namespace+"/"+s.Name] = true
@@ -342,6 +376,23 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 	if !bound["ClusterRole/"+cluster.Name+"→"+sa] {
 		t.Errorf("ClusterRole %s not bound to %s: %v", cluster.Name, sa, bound)
 	}
+	// The state kinds: read and written in the release namespace only.
+	if stateRole == nil {
+		t.Fatal("no Role for the state kinds")
+	}
+	for _, k := range statekube.Kinds {
+		for _, verb := range []string{"get", "list", "watch", "create", "update", "delete"} {
+			if !can(stateRole.Rules, crdgen.Group, k.Plural, verb) {
+				t.Errorf("state Role cannot %s %s", verb, k.Plural)
+			}
+		}
+		if can(cluster.Rules, crdgen.Group, k.Plural, "create") || can(cluster.Rules, crdgen.Group, k.Plural, "update") {
+			t.Errorf("the ClusterRole may write %s in every namespace", k.Plural)
+		}
+	}
+	if stateRole.Namespace != "meshguard" || !bound["Role/"+stateRole.Name+"→"+sa] {
+		t.Errorf("state Role %s/%s not bound to %s: %v", stateRole.Namespace, stateRole.Name, sa, bound)
+	}
 	if !elect {
 		return
 	}
@@ -356,6 +407,53 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 	if lease.Namespace != "meshguard" || !bound["Role/"+lease.Name+"→"+sa] {
 		t.Errorf("Role %s/%s not bound to %s: %v", lease.Namespace, lease.Name, sa, bound)
 	}
+}
+
+func controlPlaneArgs(t *testing.T, objs []rendered) []string {
+	t.Helper()
+	for _, r := range objs {
+		if dep, ok := r.obj.(*appsv1.Deployment); ok && strings.HasSuffix(dep.Name, "-controlplane") {
+			return dep.Spec.Template.Spec.Containers[0].Args
+		}
+	}
+	t.Fatal("no control plane Deployment")
+	return nil
+}
+
+// checkStateVolume: without the Kubernetes API the control plane keeps its
+// state in --state-dir on a volume: the claim when one is named, else an
+// emptyDir.
+func checkStateVolume(t *testing.T, objs []rendered, claim string) {
+	t.Helper()
+	for _, r := range objs {
+		dep, ok := r.obj.(*appsv1.Deployment)
+		if !ok || !strings.HasSuffix(dep.Name, "-controlplane") {
+			continue
+		}
+		ps := dep.Spec.Template.Spec
+		if !slices.Contains(ps.Containers[0].Args, "--state-dir=/var/lib/meshguard") {
+			t.Errorf("args %v: no --state-dir", ps.Containers[0].Args)
+		}
+		mounted := slices.ContainsFunc(ps.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
+			return m.Name == "state" && m.MountPath == "/var/lib/meshguard" && !m.ReadOnly
+		})
+		var vol *corev1.Volume
+		for i := range ps.Volumes {
+			if ps.Volumes[i].Name == "state" {
+				vol = &ps.Volumes[i]
+			}
+		}
+		switch {
+		case !mounted || vol == nil:
+			t.Errorf("state volume mounted %v, volume %+v", mounted, vol)
+		case claim == "" && vol.EmptyDir == nil:
+			t.Errorf("state volume %+v, want an emptyDir", vol)
+		case claim != "" && (vol.PersistentVolumeClaim == nil || vol.PersistentVolumeClaim.ClaimName != claim):
+			t.Errorf("state volume %+v, want claim %s", vol, claim)
+		}
+		return
+	}
+	t.Fatal("no control plane Deployment")
 }
 
 // checkWorkloads: every Deployment is non-root with the SPIFFE socket and

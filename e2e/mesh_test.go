@@ -236,6 +236,7 @@ func TestE2E(t *testing.T) {
 	}
 	cp, err := proc.Start(proc.Spec{Name: "controlplane", Path: cpBin, Env: spiffeEnv, LogDir: logs, Args: []string{
 		"controlplane", "--xds-addr", cpXDS, "--http-addr", cpHTTP, "--metrics-addr", freeAddr(t),
+		"--state-dir", filepath.Join(wdir, "controlplane-state"),
 		"--mesh", meshFile, "--policy", policyDir, "--reload", "200ms",
 		"--admin-id", adminID.String(), "--protected-id", authzID.String(),
 		"--quarantine-threshold", "2", "--quarantine-window", "1m",

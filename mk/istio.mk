@@ -23,5 +23,6 @@ kube-assets: ## build bin/kube-apiserver and bin/etcd for the Istio tests (skipp
 	echo "$$want" > $(KUBE_STAMP)
 
 .PHONY: test-istio
-test-istio: kube-assets ## run the Istio integration and deploy/ tests against a real kube-apiserver
-	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) $(GO) test -count=1 ./controlplane/istio/... ./deploy/...
+test-istio: kube-assets ## run the Istio integration, state store, control plane replica and deploy/ tests against a real kube-apiserver
+	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) $(GO) test -count=1 ./controlplane/istio/... ./controlplane/state/... ./deploy/...
+	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) $(GO) test -count=1 -run 'Kube|Replicas|Restart' ./cmd/meshguard

@@ -181,7 +181,7 @@ spec:
 	})
 	run("controlplane", "controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", freeAddr(t),
 		"--mesh", meshFile, "--policy", policyDir, "--svid-cert", cpFiles.Cert, "--svid-key", cpFiles.Key,
-		"--trust-bundle", cpFiles.Bundle, "--log-level", "warn")
+		"--trust-bundle", cpFiles.Bundle, "--log-level", "warn", "--state-dir", filepath.Join(t.TempDir(), "state"))
 	authzAdmin := freeAddr(t)
 	run("authz", "authz", "--grpc-addr", authzAddr, "--admin-addr", authzAdmin,
 		"--svid-cert", azFiles.Cert, "--svid-key", azFiles.Key, "--bundle", azFiles.SPIFFEBundle,

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +32,8 @@ import (
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
+	statekube "github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/policies"
@@ -138,6 +142,10 @@ type controlPlaneFlags struct {
 	admins                         []string
 	protected                      []string
 	auditLog                       string
+	stateDir                       string
+	stateRetention                 time.Duration
+	baselineFlush                  time.Duration
+	reporters                      []string
 	rootNamespace                  string
 	quarantineFor                  time.Duration
 	thresholdEvents                int
@@ -158,6 +166,12 @@ func newControlPlaneCmd() *cobra.Command {
 filters and authz servers, and quarantines identities mesh-wide according to
 the anomaly profiles.
 
+Quarantines (with their evidence and the history of every change) and the
+learned traffic baselines are kept in a store every replica shares and
+that survives restarts: with --kubernetes, meshguard's QuarantineRecord
+and LearnedBaseline resources in --state-namespace; otherwise a bbolt
+database in --state-dir. Nothing is served before the store is read.
+
 Policies come from --policy files and directories (re-read every --reload);
 a set that does not validate or compile is rejected and the last good bundle
 keeps serving. Files are read once per poll and applied once settled and
@@ -172,6 +186,9 @@ the bundle is served (authz servers).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.kube.validate(cmd); err != nil {
 				return err
+			}
+			if f.kube.enabled && cmd.Flags().Changed("state-dir") {
+				return errors.New("--state-dir is the embedded store's; with --kubernetes the state lives in the cluster (--state-namespace)")
 			}
 			return runControlPlane(cmd.Context(), cmd.ErrOrStderr(), &f)
 		},
@@ -188,7 +205,11 @@ the bundle is served (authz servers).`,
 	fl.DurationVar(&f.bundleHeartbeat, "bundle-heartbeat", 10*time.Second, "send subscribers that declare envoy.config.supports-resource-ttl (authz servers) the bundle with a TTL of three heartbeats and a heartbeat this often, so that they tell an idle control plane from a lost one (0: off)")
 	fl.StringSliceVar(&f.admins, "admin-id", nil, "SPIFFE ID allowed to use the admin API (repeatable)")
 	fl.StringSliceVar(&f.protected, "protected-id", nil, "SPIFFE ID never quarantined by events (repeatable)")
-	fl.StringVar(&f.auditLog, "audit-log", "", "append quarantine audit records (JSON lines) to this file")
+	fl.StringVar(&f.auditLog, "audit-log", "", "also append this replica's quarantine changes (JSON lines) to this file")
+	fl.StringVar(&f.stateDir, "state-dir", "", "directory of the embedded state store (quarantines, learned baselines) when not --kubernetes (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/meshguard, else ~/.local/state/meshguard)")
+	fl.DurationVar(&f.stateRetention, "state-retention", 30*24*time.Hour, "how long released and expired quarantine records, with their history, are kept")
+	fl.DurationVar(&f.baselineFlush, "baseline-flush", 10*time.Second, "how often learned edges are written to the state store")
+	fl.StringSliceVar(&f.reporters, "reporter-id", nil, "SPIFFE ID pattern of data-plane components that may post events besides the --mesh workloads, e.g. spiffe://cluster.local/ns/*/sa/* for Istio sidecars (repeatable)")
 	fl.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide documents (quarantines)")
 	fl.DurationVar(&f.quarantineFor, "quarantine-for", 15*time.Minute, "quarantine duration when the anomaly profile sets none")
 	fl.IntVar(&f.thresholdEvents, "quarantine-threshold", 5, "quarantine after this many block-level events in --quarantine-window (0: off)")
@@ -249,7 +270,14 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	}
 	// Then the cluster's: serving a bundle without the cluster's DENY
 	// policies would open access, so wait for the first accepted set.
+	// The state store is read meanwhile.
 	var kw *kubeWatch
+	type opened struct {
+		st    stateStore
+		close func()
+		err   error
+	}
+	stateC := make(chan opened, 1)
 	if f.kube.enabled {
 		if err := f.kube.validate(nil); err != nil {
 			return err
@@ -259,11 +287,29 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		}
 		defer kw.stop()
 		defer cancel() // runs before kw.stop
+		go func() {
+			s, c, err := openState(ctx, f, kw, log, reg)
+			stateC <- opened{s, c, err}
+		}()
 		log.Info("waiting for the first policy set from Kubernetes")
 		if err := kw.wait(ctx); err != nil {
+			cancel()
+			if o := <-stateC; o.err == nil {
+				o.close()
+			}
 			return fmt.Errorf("kubernetes: no policy set accepted: %w", err)
 		}
+	} else {
+		s, c, err := openState(ctx, f, kw, log, reg)
+		stateC <- opened{s, c, err}
 	}
+	o := <-stateC
+	if o.err != nil {
+		return o.err
+	}
+	stateStore := o.st
+	defer o.close()
+	replica := replicaName()
 
 	var (
 		grpcOpts  []grpc.ServerOption
@@ -322,8 +368,13 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		defer af.Close()
 		audit = af
 	}
+	var leading func() bool
+	if kw != nil && f.kube.leaderElection {
+		leading = kw.leading.Load
+	}
 	qm, err := quarantine.New(quarantine.Options{
-		Sink: st,
+		Store: stateStore,
+		Sink:  st,
 		Profiles: func() []policies.AnomalyProfile {
 			if b := st.Bundle(); b != nil {
 				return b.Set.AnomalyProfiles
@@ -337,13 +388,31 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		Audit:           audit,
 		Logger:          log,
 		Registerer:      reg,
+		Replica:         replica,
+		Leading:         leading,
+		Retention:       f.stateRetention,
 	})
 	if err != nil {
 		return err
 	}
-	learner := learn.New(0, nil)
+	defer qm.Close()
+	// The quarantines are in the bundle before anything is served.
+	if err := qm.Load(ctx); err != nil {
+		return err
+	}
+	learner, err := learn.NewWithOptions(learn.Options{Store: stateStore, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	reporters, err := reportersOf(m, f.reporters)
+	if err != nil {
+		return err
+	}
+	if reporters.Empty() && !f.spiffe.insecure {
+		log.Warn("no data-plane components known (no --mesh workloads, no --reporter-id): every event batch is refused")
+	}
 	handler, err := api.New(api.Options{
-		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs,
+		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters,
 		Insecure: f.spiffe.insecure, Logger: log, Registerer: reg,
 	})
 	if err != nil {
@@ -382,7 +451,8 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	log.Info("control plane listening", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
-		"metrics", metricsLis.Addr().String(), "tls", !f.spiffe.insecure, "workloads", workloadCount(m))
+		"metrics", metricsLis.Addr().String(), "tls", !f.spiffe.insecure, "workloads", workloadCount(m),
+		"replica", replica, "quarantined", len(qm.List()))
 
 	errc := make(chan error, 3)
 	go func() { errc <- gs.Serve(xdsLis) }()
@@ -398,6 +468,8 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	go func() { errc <- metricsSrv.Serve(metricsLis) }()
 	sweepDone := make(chan struct{})
 	go func() { defer close(sweepDone); qm.Run(ctx, time.Second) }()
+	learnDone := make(chan struct{})
+	go func() { defer close(learnDone); learner.Run(ctx, f.baselineFlush) }()
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
@@ -441,11 +513,106 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		gs.Stop()
 	}
 	<-sweepDone
+	<-learnDone
 	<-reloadDone
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) && !errors.Is(runErr, grpc.ErrServerStopped) {
 		return runErr
 	}
 	return nil
+}
+
+// stateStore is what the quarantine manager and the learner keep their
+// state in.
+type stateStore interface {
+	quarantine.Store
+	learn.Store
+}
+
+// openState opens the state store: the cluster's with --kubernetes (every
+// replica shares it), else the embedded database in --state-dir. It
+// returns once the store's view is complete.
+func openState(ctx context.Context, f *controlPlaneFlags, kw *kubeWatch, log *slog.Logger, reg prometheus.Registerer) (stateStore, func(), error) {
+	if kw != nil {
+		ns, err := f.kube.stateNamespaceOrDefault()
+		if err != nil {
+			return nil, nil, err
+		}
+		ks, err := statekube.New(statekube.Options{Config: kw.cfg, Namespace: ns, Logger: log, Registerer: reg})
+		if err != nil {
+			return nil, nil, err
+		}
+		start := time.Now()
+		if err := ks.Start(ctx); err != nil {
+			return nil, nil, err
+		}
+		log.Info("state store: Kubernetes", "namespace", ns, "quarantine_records", len(ks.Quarantines()),
+			"baselines", len(ks.Baselines()), "load_seconds", time.Since(start).Seconds())
+		return ks, func() {}, nil
+	}
+	dir := f.stateDir
+	if dir == "" {
+		var err error
+		if dir, err = defaultStateDir(); err != nil {
+			return nil, nil, err
+		}
+	}
+	start := time.Now()
+	ds, err := disk.Open(dir, disk.Options{Logger: log, Registerer: reg})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--state-dir: %w", err)
+	}
+	log.Info("state store: embedded", "dir", dir, "quarantine_records", len(ds.Quarantines()),
+		"baselines", len(ds.Baselines()), "load_seconds", time.Since(start).Seconds())
+	return ds, func() {
+		if err := ds.Close(); err != nil {
+			log.Error("close the state store", "error", err)
+		}
+	}, nil
+}
+
+// defaultStateDir is $STATE_DIRECTORY (systemd's StateDirectory=), else
+// $XDG_STATE_HOME/meshguard, else ~/.local/state/meshguard.
+func defaultStateDir() (string, error) {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		return strings.Split(d, ":")[0], nil
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "meshguard"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("--state-dir: no default (no home directory): %w", err)
+	}
+	return filepath.Join(home, ".local", "state", "meshguard"), nil
+}
+
+// replicaName names this process in the state records: $POD_NAME, else the
+// host name.
+func replicaName() string {
+	if n, err := replicaIdentity(); err == nil {
+		return n
+	}
+	return "controlplane"
+}
+
+// reportersOf: the mesh description's Envoy workloads (their filters
+// report with the workload's SVID) and the --reporter-id patterns may post
+// events.
+func reportersOf(m *mesh.Mesh, patterns []string) (*api.Reporters, error) {
+	var ws []api.ReportingWorkload
+	if m != nil {
+		for _, w := range m.Workloads {
+			if w.Proxyless {
+				continue // no filter: reports nothing
+			}
+			ws = append(ws, api.ReportingWorkload{ID: w.ID, Namespace: w.Namespace, Service: w.Service})
+		}
+	}
+	r, err := api.NewReporters(ws, patterns)
+	if err != nil {
+		return nil, fmt.Errorf("--reporter-id: %w", err)
+	}
+	return r, nil
 }
 
 func workloadCount(m *mesh.Mesh) int {

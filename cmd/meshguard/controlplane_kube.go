@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -31,6 +33,8 @@ type kubeFlags struct {
 	leaderElection bool
 	leaseNamespace string
 	leaseName      string
+	leaseDuration  time.Duration
+	stateNamespace string
 }
 
 const defaultLeaseName = "meshguard-controlplane"
@@ -45,6 +49,8 @@ func (f *kubeFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.leaderElection, "leader-election", false, "with --kubernetes: campaign for a Lease; only the leader writes Kubernetes events")
 	fl.StringVar(&f.leaseNamespace, "leader-election-namespace", "", "namespace of the Lease (default: $POD_NAMESPACE, else the service account's namespace)")
 	fl.StringVar(&f.leaseName, "leader-election-id", defaultLeaseName, "name of the Lease")
+	fl.DurationVar(&f.leaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a Lease holds without renewal: a dead leader is replaced after at most this (renewed every 2/3 of it)")
+	fl.StringVar(&f.stateNamespace, "state-namespace", "", "with --kubernetes: namespace of the QuarantineRecords and LearnedBaselines (default: $POD_NAMESPACE, else the service account's namespace)")
 }
 
 // validate checks the flags without touching a cluster; every problem is
@@ -53,7 +59,7 @@ func (f *kubeFlags) validate(cmd *cobra.Command) error {
 	var errs []error
 	changed := func(name string) bool { return cmd != nil && cmd.Flags().Changed(name) }
 	if !f.enabled {
-		for _, name := range []string{"kubeconfig", "leader-election", "leader-election-namespace", "leader-election-id"} {
+		for _, name := range []string{"kubeconfig", "leader-election", "leader-election-namespace", "leader-election-id", "leader-election-lease-duration", "state-namespace"} {
 			if changed(name) {
 				errs = append(errs, fmt.Errorf("--%s needs --kubernetes", name))
 			}
@@ -63,13 +69,21 @@ func (f *kubeFlags) validate(cmd *cobra.Command) error {
 		}
 		return errors.Join(errs...)
 	}
+	if f.stateNamespace != "" {
+		for _, msg := range validation.IsDNS1123Label(f.stateNamespace) {
+			errs = append(errs, fmt.Errorf("--state-namespace %q: %s", f.stateNamespace, msg))
+		}
+	}
 	if !f.leaderElection {
-		for _, name := range []string{"leader-election-namespace", "leader-election-id"} {
+		for _, name := range []string{"leader-election-namespace", "leader-election-id", "leader-election-lease-duration"} {
 			if changed(name) {
 				errs = append(errs, fmt.Errorf("--%s needs --leader-election", name))
 			}
 		}
 		return errors.Join(errs...)
+	}
+	if f.leaseDuration < time.Second {
+		errs = append(errs, fmt.Errorf("--leader-election-lease-duration %s: at least 1s", f.leaseDuration))
 	}
 	if f.leaseNamespace != "" {
 		for _, msg := range validation.IsDNS1123Label(f.leaseNamespace) {
@@ -107,15 +121,33 @@ func (f *kubeFlags) leaseNamespaceOrDefault() (string, error) {
 	if f.leaseNamespace != "" {
 		return f.leaseNamespace, nil
 	}
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+	if ns := ownNamespace(); ns != "" {
 		return ns, nil
 	}
-	if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
-		if ns := strings.TrimSpace(string(b)); ns != "" {
-			return ns, nil
-		}
-	}
 	return "", errors.New("--leader-election: no namespace for the Lease; set --leader-election-namespace or $POD_NAMESPACE")
+}
+
+// stateNamespaceOrDefault resolves the namespace of the state records.
+func (f *kubeFlags) stateNamespaceOrDefault() (string, error) {
+	if f.stateNamespace != "" {
+		return f.stateNamespace, nil
+	}
+	if ns := ownNamespace(); ns != "" {
+		return ns, nil
+	}
+	return "", errors.New("--kubernetes: no namespace for the state records; set --state-namespace or $POD_NAMESPACE")
+}
+
+// ownNamespace is the pod's namespace: $POD_NAMESPACE, else the service
+// account's; empty outside a pod.
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	return ""
 }
 
 // replicaIdentity names this replica in the Lease: $POD_NAME, else the
@@ -133,7 +165,11 @@ func replicaIdentity() (string, error) {
 
 // kubeWatch is a started Kubernetes watch.
 type kubeWatch struct {
+	cfg     *rest.Config
 	watcher *istio.Watcher
+	// leading is whether this replica holds the Lease (always false
+	// without --leader-election).
+	leading atomic.Bool
 	first   chan struct{} // closed on the first accepted set
 	once    sync.Once
 	errc    chan error // the watch could not start
@@ -196,7 +232,7 @@ func startKube(ctx context.Context, f *kubeFlags, sink istio.Sink, log *slog.Log
 		}
 		reporter = istio.NewEventReporter(kube, identity, log)
 	}
-	k := &kubeWatch{first: make(chan struct{}), errc: make(chan error, 1)}
+	k := &kubeWatch{cfg: cfg, first: make(chan struct{}), errc: make(chan error, 1)}
 	opts := istio.Options{
 		Istio: ic, Dynamic: dyn, Discovery: kube.Discovery(),
 		Sink: istio.SinkFunc(func(name string, set policies.Set) error {
@@ -231,7 +267,9 @@ func startKube(ctx context.Context, f *kubeFlags, sink istio.Sink, log *slog.Log
 			defer k.wg.Done()
 			err := istio.RunLeaderElection(ctx, kube, istio.LeaderOptions{
 				Namespace: namespace, Name: f.leaseName, Identity: identity, Logger: log,
+				LeaseDuration: f.leaseDuration, RenewDeadline: f.leaseDuration * 2 / 3, RetryPeriod: max(f.leaseDuration*2/15, 100*time.Millisecond),
 				OnChange: func(leading bool) {
+					k.leading.Store(leading)
 					reporter.SetLeading(leading)
 					if leading {
 						k.watcher.Resync() // report the current problems

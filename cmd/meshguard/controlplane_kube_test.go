@@ -49,6 +49,13 @@ func TestKubeFlagsValidate(t *testing.T) {
 			wantErr: []string{`--leader-election-namespace "Mesh_Guard"`, `--leader-election-id "Bad/Name"`}},
 		{name: "empty lease id", args: []string{"--kubernetes", "--leader-election", "--leader-election-id", ""},
 			wantErr: []string{"--leader-election-id must not be empty"}},
+		{name: "state namespace and lease duration", args: []string{"--kubernetes", "--state-namespace", "meshguard", "--leader-election", "--leader-election-lease-duration", "5s"}},
+		{name: "state flags without kubernetes", args: []string{"--state-namespace", "meshguard", "--leader-election-lease-duration", "5s"},
+			wantErr: []string{"--state-namespace needs --kubernetes", "--leader-election-lease-duration needs --kubernetes"}},
+		{name: "bad state namespace, lease duration without election", args: []string{"--kubernetes", "--state-namespace", "Mesh_Guard", "--leader-election-lease-duration", "5s"},
+			wantErr: []string{`--state-namespace "Mesh_Guard"`, "--leader-election-lease-duration needs --leader-election"}},
+		{name: "lease too short", args: []string{"--kubernetes", "--leader-election", "--leader-election-lease-duration", "100ms"},
+			wantErr: []string{"--leader-election-lease-duration 100ms: at least 1s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,7 +225,8 @@ spec:
 		_, err := runCmd(t, cpCtx, "controlplane", "--insecure-plaintext", "--xds-addr", xdsAddr, "--http-addr", freeAddr(t),
 			"--metrics-addr", metricsAddr, "--policy", policyDir, "--log-level", "warn",
 			"--kubernetes", "--kubeconfig", kubeconfig,
-			"--leader-election", "--leader-election-namespace", "meshguard", "--leader-election-id", "mg-test")
+			"--leader-election", "--leader-election-namespace", "meshguard", "--leader-election-id", "mg-test",
+			"--state-namespace", "meshguard")
 		done <- err
 	}()
 	stopped := false

@@ -98,7 +98,8 @@ spec: {}
 	go func() {
 		_, err := runCmd(t, ctx, "controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
 			"--policy", policyDir, "--svid-cert", cpCert, "--svid-key", cpKey, "--trust-bundle", bundle,
-			"--admin-id", "spiffe://example.org/ns/ops/sa/admin", "--audit-log", filepath.Join(dir, "audit.jsonl"), "--log-level", "warn")
+			"--admin-id", "spiffe://example.org/ns/ops/sa/admin", "--audit-log", filepath.Join(dir, "audit.jsonl"), "--log-level", "warn",
+			"--state-dir", filepath.Join(dir, "state"), "--reporter-id", "spiffe://example.org/ns/shop/sa/*")
 		done <- err
 	}()
 	t.Cleanup(func() {
@@ -245,5 +246,26 @@ func TestControlPlanePolicyFilesRefuseEmptyAndCutFiles(t *testing.T) {
 	}
 	if err := files.poll(st); err != nil || st.Bundle().Hash == served {
 		t.Fatalf("a complete change: %v", err)
+	}
+}
+
+func TestDefaultStateDir(t *testing.T) {
+	tests := []struct {
+		name, stateDirectory, xdg, home, want string
+	}{
+		{"systemd StateDirectory=", "/var/lib/meshguard:/var/lib/other", "/x", "/home/u", "/var/lib/meshguard"},
+		{"XDG_STATE_HOME", "", "/home/u/.state", "/home/u", "/home/u/.state/meshguard"},
+		{"home", "", "", "/home/u", "/home/u/.local/state/meshguard"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("STATE_DIRECTORY", tt.stateDirectory)
+			t.Setenv("XDG_STATE_HOME", tt.xdg)
+			t.Setenv("HOME", tt.home)
+			got, err := defaultStateDir()
+			if err != nil || got != tt.want {
+				t.Fatalf("defaultStateDir() = %q, %v; want %q", got, err, tt.want)
+			}
+		})
 	}
 }

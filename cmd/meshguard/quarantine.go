@@ -183,6 +183,32 @@ func newQuarantineCmd() *cobra.Command {
 	add.Flags().DurationVar(&dur, "for", 0, "how long (default: the control plane's --quarantine-for)")
 	_ = add.MarkFlagRequired("reason")
 
+	var auditJSON bool
+	audit := &cobra.Command{
+		Use:   "audit",
+		Short: "Show the latest quarantine changes (add, extend, release, expire) of every replica",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var records []quarantine.AuditRecord
+			if err := c.do(cmd.Context(), cmd.ErrOrStderr(), http.MethodGet, api.PathAudit, nil, &records); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if auditJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(records)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tACTION\tIDENTITY\tBY\tREPLICA\tREASON")
+			for _, r := range records {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Action, r.Identity, r.By, r.Replica, r.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+	audit.Flags().BoolVar(&auditJSON, "json", false, "print JSON")
+
 	var releaseReason string
 	release := &cobra.Command{
 		Use:   "release SPIFFE_ID",
@@ -199,7 +225,7 @@ func newQuarantineCmd() *cobra.Command {
 	}
 	release.Flags().StringVar(&releaseReason, "reason", "", "why (recorded in the audit trail)")
 
-	cmd.AddCommand(list, add, release)
+	cmd.AddCommand(list, add, release, audit)
 	return cmd
 }
 

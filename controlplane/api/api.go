@@ -3,9 +3,10 @@
 // the admin API behind `meshguard quarantine` and `meshguard baseline`.
 //
 // With TLS, callers are identified by the SPIFFE ID of their client
-// certificate: event reporters must belong to the mesh's trust domain and
-// admin callers must be listed. Without TLS (--insecure-plaintext, local use
-// only) nobody is authenticated and audit records say so.
+// certificate: event reporters must be meshguard data-plane components
+// (Reporters) and report only traffic they saw, and admin callers must be
+// listed. Without TLS (--insecure-plaintext, local use only) nobody is
+// authenticated and audit records say so.
 package api
 
 import (
@@ -47,8 +48,12 @@ const (
 type Options struct {
 	Quarantine *quarantine.Manager
 	Learner    *learn.Learner
-	// TrustDomain whose members may post events (required with TLS).
+	// TrustDomain of the mesh (required with TLS); reporters outside it
+	// are refused whatever Reporters says.
 	TrustDomain spiffeid.TrustDomain
+	// Reporters are the data-plane components that may post events; with
+	// TLS, nil or empty refuses every batch.
+	Reporters *Reporters
 	// Admins may call the admin API (with TLS).
 	Admins []spiffeid.ID
 	// Insecure accepts requests without client certificates. For local
@@ -65,6 +70,7 @@ type Handler struct {
 	mux      *http.ServeMux
 	batches  *prometheus.CounterVec
 	received *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 	dropped  prometheus.Counter
 }
 
@@ -86,8 +92,12 @@ func New(opts Options) (*Handler, error) {
 		mux:  http.NewServeMux(),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshguard_controlplane_event_batches_total",
-			Help: "Event batches by result (accepted, unauthenticated, too_large, invalid).",
+			Help: "Event batches by result (accepted, unauthenticated, forbidden, too_large, invalid).",
 		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshguard_controlplane_events_refused_total",
+			Help: "Events of accepted batches that were dropped because they are not about traffic their reporter saw, by kind.",
+		}, []string{"kind"}),
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshguard_controlplane_events_total",
 			Help: "Events received, by kind.",
@@ -98,7 +108,7 @@ func New(opts Options) (*Handler, error) {
 		}),
 	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{h.batches, h.received, h.dropped} {
+		for _, c := range []prometheus.Collector{h.batches, h.received, h.refused, h.dropped} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("api: register metrics: %w", err)
 			}
@@ -126,11 +136,19 @@ func (h *Handler) caller(r *http.Request) (spiffeid.ID, error) {
 
 func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	reporter := "unauthenticated"
+	var sc scope
 	if !h.opts.Insecure {
 		id, err := h.caller(r)
 		if err != nil || id.TrustDomain() != h.opts.TrustDomain {
 			h.batches.WithLabelValues("unauthenticated").Inc()
 			httpError(w, http.StatusUnauthorized, "a client SVID of the mesh's trust domain is required")
+			return
+		}
+		var ok bool
+		if sc, ok = h.opts.Reporters.scopeOf(id); !ok {
+			h.batches.WithLabelValues("forbidden").Inc()
+			h.log.Warn("event batch from an identity that is not a meshguard data-plane component refused", "reporter", id.String())
+			httpError(w, http.StatusForbidden, id.String()+" is not a meshguard data-plane component")
 			return
 		}
 		reporter = id.String()
@@ -162,11 +180,26 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	}
 	h.batches.WithLabelValues("accepted").Inc()
 	h.dropped.Add(float64(batch.Dropped))
-	for _, ev := range batch.Events {
+	events := batch.Events
+	if !h.opts.Insecure {
+		// Only what the reporter saw: a workload cannot have others
+		// quarantined for traffic it never handled.
+		events = events[:0]
+		for _, ev := range batch.Events {
+			if !sc.allows(&ev) {
+				h.refused.WithLabelValues(kindLabel(ev.Kind)).Inc()
+				h.log.Warn("event not about traffic its reporter saw; dropped", "reporter", reporter, "kind", ev.Kind,
+					"source", ev.Source, "destination", ev.Destination)
+				continue
+			}
+			events = append(events, ev)
+		}
+	}
+	for _, ev := range events {
 		h.received.WithLabelValues(kindLabel(ev.Kind)).Inc()
 	}
-	h.opts.Learner.Observe(batch.Events)
-	h.opts.Quarantine.HandleEvents(reporter, batch.Events)
+	h.opts.Learner.Observe(events)
+	h.opts.Quarantine.HandleEvents(r.Context(), reporter, events)
 	w.WriteHeader(http.StatusAccepted)
 }
 
@@ -272,9 +305,10 @@ func (h *Handler) addQuarantine(w http.ResponseWriter, r *http.Request, caller s
 		httpError(w, http.StatusBadRequest, "a reason is required")
 		return
 	}
-	e, err := h.opts.Quarantine.Add(quarantine.AddRequest{Identity: req.Identity, Reason: req.Reason, By: who(caller, req.By), For: d})
+	e, err := h.opts.Quarantine.Add(r.Context(), quarantine.AddRequest{Identity: req.Identity, Reason: req.Reason, By: who(caller, req.By), For: d})
 	if err != nil {
-		httpError(w, http.StatusBadRequest, err.Error())
+		h.log.Error("quarantine add failed", "identity", req.Identity, "caller", caller, "error", err)
+		httpError(w, statusOf(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, e)
@@ -286,11 +320,31 @@ func (h *Handler) release(w http.ResponseWriter, r *http.Request, caller string)
 		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := h.opts.Quarantine.Release(req.Identity, who(caller, req.By), req.Reason); err != nil {
-		httpError(w, http.StatusNotFound, err.Error())
+	if err := h.opts.Quarantine.Release(r.Context(), req.Identity, who(caller, req.By), req.Reason); err != nil {
+		if !errors.Is(err, quarantine.ErrNotQuarantined) {
+			h.log.Error("quarantine release failed", "identity", req.Identity, "caller", caller, "error", err)
+		}
+		httpError(w, statusOf(err), err.Error())
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// statusOf maps the quarantine manager's errors: a change the store did
+// not take, or one stored but not yet served, is an error for the caller
+// to retry, never a success.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, quarantine.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, quarantine.ErrNotQuarantined):
+		return http.StatusNotFound
+	case errors.Is(err, quarantine.ErrLimit):
+		return http.StatusConflict
+	case errors.Is(err, quarantine.ErrStore):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func (h *Handler) audit(w http.ResponseWriter, _ *http.Request, _ string) {

@@ -20,6 +20,7 @@ import (
 	adsclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -29,6 +30,8 @@ import (
 	"github.com/meshguard/meshguard/controlplane/api"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/state"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
@@ -143,6 +146,7 @@ type loop struct {
 	client  func(id spiffeid.ID) *http.Client
 	sub     *engineSubscriber
 	audited *bytes.Buffer
+	reg     *prometheus.Registry
 }
 
 func newLoop(t *testing.T) *loop {
@@ -175,8 +179,14 @@ func newLoop(t *testing.T) *loop {
 	}
 	clk := &clock{t: time.Now()}
 	var audit bytes.Buffer
+	ds, err := disk.Open(t.TempDir(), disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ds.Close() })
 	qm, err := quarantine.New(quarantine.Options{
-		Sink: st,
+		Store: ds,
+		Sink:  st,
 		Profiles: func() []policies.AnomalyProfile {
 			if b := st.Bundle(); b != nil {
 				return b.Set.AnomalyProfiles
@@ -191,10 +201,22 @@ func newLoop(t *testing.T) *loop {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(qm.Close)
+	if err := qm.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The mesh's sidecars: orders is a workload of the mesh description,
+	// the shop namespace's sidecars report through a pattern.
+	reporters, err := api.NewReporters([]api.ReportingWorkload{{ID: spiffeid.RequireFromPath(td, "/ns/shop/sa/orders"), Namespace: "shop", Service: "orders"}},
+		[]string{"spiffe://example.org/ns/shop/sa/*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
 	h, err := api.New(api.Options{
-		Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: td,
+		Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: td, Reporters: reporters,
 		Admins:     []spiffeid.ID{spiffeid.RequireFromPath(td, "/ns/ops/sa/admin")},
-		Registerer: prometheus.NewRegistry(),
+		Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -249,7 +271,7 @@ func newLoop(t *testing.T) *loop {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the subscriber got no bundle")
 	}
-	return &loop{st: st, qm: qm, clk: clk, events: ts, authz: authority, client: client, sub: sub, audited: &audit}
+	return &loop{st: st, qm: qm, clk: clk, events: ts, authz: authority, client: client, sub: sub, audited: &audit, reg: reg}
 }
 
 func (l *loop) post(t *testing.T, from spiffeid.ID, batch wire.EventBatch) int {
@@ -273,7 +295,7 @@ func TestQuarantineLoop(t *testing.T) {
 	// A lateral-movement event: the profile's response is quarantine.
 	start := time.Now()
 	code := l.post(t, filter, wire.EventBatch{Reporter: filter.String(), Events: []wire.Event{{
-		Kind: wire.EventAnomaly, Detector: "lateral", Source: attacker.String(), Destination: "payments",
+		Kind: wire.EventAnomaly, Detector: "lateral", Source: attacker.String(), Destination: "orders.shop.svc.cluster.local",
 		Profile: "strict", Response: "log", UnixMillis: time.Now().UnixMilli(), Detail: "3 new edges",
 	}}})
 	if code != http.StatusAccepted {
@@ -290,7 +312,7 @@ func TestQuarantineLoop(t *testing.T) {
 	// Expiry: the sweeper lifts it and the identity is allowed again.
 	l.clk.add(11 * time.Minute)
 	start = time.Now()
-	if err := l.qm.Sweep(); err != nil {
+	if err := l.qm.Sweep(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	l.sub.decideWithin(t, attacker, true, time.Second)
@@ -370,6 +392,11 @@ func TestEventsEndpointRejects(t *testing.T) {
 			resp.Body.Close()
 			return resp.StatusCode
 		}, http.StatusMethodNotAllowed},
+		{"not a meshguard data-plane component", func() int {
+			// A member of the trust domain, but neither a mesh workload
+			// nor matched by a reporter pattern.
+			return l.post(t, spiffeid.RequireFromPath(td, "/ns/bank/sa/ledger"), wire.EventBatch{Events: quarantineEv})
+		}, http.StatusForbidden},
 		{"admin API refuses a non-admin", func() int {
 			resp, err := l.client(attacker).Get(l.events.URL + api.PathQuarantines)
 			if err != nil {
@@ -388,6 +415,28 @@ func TestEventsEndpointRejects(t *testing.T) {
 				t.Fatal("a rejected request changed the quarantine list")
 			}
 		})
+	}
+	if got := testutil.ToFloat64(metric(t, l.reg, "meshguard_controlplane_event_batches_total", "forbidden")); got != 1 {
+		t.Errorf("forbidden batches counted %v, want 1", got)
+	}
+	// Reports about traffic the reporter did not see are dropped: orders
+	// (a mesh workload) about calls into payments, web (a shop sidecar)
+	// about calls into another namespace.
+	for _, c := range []struct {
+		from spiffeid.ID
+		dest string
+	}{{spiffeid.RequireFromPath(td, "/ns/shop/sa/orders"), "payments.shop"}, {spiffeid.RequireFromPath(td, "/ns/shop/sa/web"), "ledger.bank.svc.cluster.local"}} {
+		ev := quarantineEv[0]
+		ev.Source, ev.Destination = spiffeid.RequireFromPath(td, "/ns/shop/sa/victim").String(), c.dest
+		if code := l.post(t, c.from, wire.EventBatch{Events: []wire.Event{ev}}); code != http.StatusAccepted {
+			t.Fatalf("batch with an out-of-scope event: %d", code)
+		}
+	}
+	if len(l.qm.List()) != 0 {
+		t.Fatalf("an event about traffic its reporter did not see quarantined: %+v", l.qm.List())
+	}
+	if got := testutil.ToFloat64(metric(t, l.reg, "meshguard_controlplane_events_refused_total", "anomaly")); got != 2 {
+		t.Errorf("refused events counted %v, want 2", got)
 	}
 	// A protected identity is never quarantined by events.
 	authz := spiffeid.RequireFromPath(td, "/ns/meshguard/sa/authz")
@@ -463,4 +512,84 @@ func svidCert(s interface {
 
 type anyProto = anypb.Any
 
+// metric returns the series of name with the given label values.
+func metric(t *testing.T, g prometheus.Gatherer, name string, labels ...string) prometheus.Collector {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := len(m.GetLabel()) == len(labels)
+			for i, lp := range m.GetLabel() {
+				if match && lp.GetValue() != labels[i] {
+					match = false
+				}
+			}
+			if match {
+				c := prometheus.NewCounter(prometheus.CounterOpts{Name: name})
+				c.Add(m.GetCounter().GetValue())
+				return c
+			}
+		}
+	}
+	t.Fatalf("no series %s%v", name, labels)
+	return nil
+}
+
 var errNoBundle = errors.New("no bundle resource in the response")
+
+// downStore is the real store on disk with every write refused, as an
+// unreachable API server would.
+type downStore struct{ *disk.Store }
+
+func (downStore) UpdateQuarantine(context.Context, string, state.QuarantineUpdate) (*state.Quarantine, error) {
+	return nil, errors.New("connection refused")
+}
+
+// TestAdminAPIStoreUnavailable: an add or release the store did not take
+// is an error for the caller (503), never a success.
+func TestAdminAPIStoreUnavailable(t *testing.T) {
+	st, err := store.New(store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := disk.Open(t.TempDir(), disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ds.Close() })
+	qm, err := quarantine.New(quarantine.Options{Store: downStore{ds}, Sink: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(qm.Close)
+	h, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	for path, body := range map[string]string{
+		api.PathQuarantines: `{"identity":"spiffe://example.org/ns/shop/sa/web","reason":"incident"}`,
+		api.PathRelease:     `{"identity":"spiffe://example.org/ns/shop/sa/web","reason":"cleared"}`,
+	} {
+		resp, err := http.Post(ts.URL+path, "application/json", bytes.NewReader([]byte(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e api.ErrorBody
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !bytes.Contains([]byte(e.Error), []byte("connection refused")) {
+			t.Errorf("%s with the store down: %d %q", path, resp.StatusCode, e.Error)
+		}
+	}
+	if len(qm.List()) != 0 {
+		t.Fatalf("listed after a failed add: %+v", qm.List())
+	}
+}

@@ -3,17 +3,30 @@
 // authz servers, and drafts least-privilege policies from it for review:
 // one Istio AuthorizationPolicy per destination service and a meshguard
 // TrafficBaseline.
+//
+// With a state store the learner flushes what it observed every few
+// seconds into one baseline per destination, merged with what the other
+// replicas stored; observations not flushed yet are the only ones a crash
+// can lose.
 package learn
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshguard/meshguard/controlplane/state"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -35,6 +48,9 @@ const (
 	defaultMaxEdges  = 50000
 	maxPerEdgeValues = 64
 	maxNameLen       = 253
+	// maxEdgesPerBaseline bounds one stored baseline (one Kubernetes
+	// object: it must stay well under etcd's 1.5 MiB).
+	maxEdgesPerBaseline = 1000
 )
 
 type edgeKey struct{ source, destination string }
@@ -45,25 +61,71 @@ type edgeState struct {
 	first, last     time.Time
 }
 
+// Store is the part of a state store the learner persists to.
+type Store interface {
+	Baselines() []*state.Baseline
+	UpdateBaseline(ctx context.Context, destination string, fn state.BaselineUpdate) (*state.Baseline, error)
+}
+
+// Options configure a Learner.
+type Options struct {
+	// MaxEdges bounds the edges kept (0: 50,000).
+	MaxEdges int
+	Now      func() time.Time
+	// Store, when set, receives the learned edges on every Flush, merged
+	// with what every replica learned; Edges reads them back. Without it
+	// the learner keeps everything in memory (tests, the demo).
+	Store      Store
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
 // Learner accumulates edges. It is safe for concurrent use.
 type Learner struct {
 	now      func() time.Time
 	maxEdges int
+	store    Store
+	log      *slog.Logger
+	flushes  *prometheus.CounterVec
 
+	flushMu sync.Mutex // one flush at a time
 	mu      sync.Mutex
-	edges   map[edgeKey]*edgeState
+	edges   map[edgeKey]*edgeState // not yet flushed (all of them without a store)
 	dropped uint64
 }
 
-// New returns a learner keeping at most maxEdges edges (0: 50,000).
+// New returns a learner keeping at most maxEdges edges (0: 50,000) in
+// memory.
 func New(maxEdges int, now func() time.Time) *Learner {
-	if maxEdges <= 0 {
-		maxEdges = defaultMaxEdges
+	l, _ := NewWithOptions(Options{MaxEdges: maxEdges, Now: now})
+	return l
+}
+
+// NewWithOptions returns a learner.
+func NewWithOptions(o Options) (*Learner, error) {
+	if o.MaxEdges <= 0 {
+		o.MaxEdges = defaultMaxEdges
 	}
-	if now == nil {
-		now = time.Now
+	if o.Now == nil {
+		o.Now = time.Now
 	}
-	return &Learner{now: now, maxEdges: maxEdges, edges: map[edgeKey]*edgeState{}}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l := &Learner{now: o.Now, maxEdges: o.MaxEdges, store: o.Store, log: log, edges: map[edgeKey]*edgeState{},
+		flushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshguard_controlplane_baseline_flushes_total",
+			Help: "Learned-edge writes to the state store, by result (ok, error: kept and retried).",
+		}, []string{"result"})}
+	l.flushes.WithLabelValues("ok")
+	l.flushes.WithLabelValues("error")
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(l.flushes); err != nil {
+			return nil, fmt.Errorf("learn: register metrics: %w", err)
+		}
+	}
+	return l, nil
 }
 
 // Observe records the edge events of a batch; other kinds are ignored.
@@ -71,6 +133,12 @@ func New(maxEdges int, now func() time.Time) *Learner {
 // are dropped.
 func (l *Learner) Observe(events []wire.Event) {
 	now := l.now().UTC()
+	stored := 0
+	if l.store != nil {
+		for _, b := range l.store.Baselines() {
+			stored += len(b.Edges)
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, ev := range events {
@@ -84,7 +152,7 @@ func (l *Learner) Observe(events []wire.Event) {
 		k := edgeKey{ev.Source, ev.Destination}
 		st, ok := l.edges[k]
 		if !ok {
-			if len(l.edges) >= l.maxEdges {
+			if stored+len(l.edges) >= l.maxEdges {
 				l.dropped++
 				continue
 			}
@@ -113,17 +181,39 @@ func (l *Learner) Dropped() uint64 {
 	return l.dropped
 }
 
-// Edges returns the learned edges sorted by destination then source.
+// Edges returns the learned edges, what every replica stored merged with
+// what this one has not flushed yet, sorted by destination then source.
 func (l *Learner) Edges() []Edge {
+	merged := map[edgeKey]*Edge{}
+	if l.store != nil {
+		for _, b := range l.store.Baselines() {
+			for _, e := range b.Edges {
+				merged[edgeKey{e.Source, b.Destination}] = &Edge{Source: e.Source, Destination: b.Destination,
+					Routes: slices.Clone(e.Routes), Methods: slices.Clone(e.Methods), Count: uint64(max(e.Count, 0)), FirstSeen: e.FirstSeen, LastSeen: e.LastSeen}
+			}
+		}
+	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]Edge, 0, len(l.edges))
 	for k, st := range l.edges {
-		out = append(out, Edge{
-			Source: k.source, Destination: k.destination,
-			Routes: keys(st.routes), Methods: keys(st.methods),
-			Count: st.count, FirstSeen: st.first, LastSeen: st.last,
-		})
+		e, ok := merged[k]
+		if !ok {
+			e = &Edge{Source: k.source, Destination: k.destination, FirstSeen: st.first}
+			merged[k] = e
+		}
+		e.Routes = union(e.Routes, keys(st.routes))
+		e.Methods = union(e.Methods, keys(st.methods))
+		e.Count += st.count
+		if st.first.Before(e.FirstSeen) {
+			e.FirstSeen = st.first
+		}
+		if st.last.After(e.LastSeen) {
+			e.LastSeen = st.last
+		}
+	}
+	l.mu.Unlock()
+	out := make([]Edge, 0, len(merged))
+	for _, e := range merged {
+		out = append(out, *e)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Destination != out[j].Destination {
@@ -132,6 +222,154 @@ func (l *Learner) Edges() []Edge {
 		return out[i].Source < out[j].Source
 	})
 	return out
+}
+
+// union merges two sorted sets, keeping at most maxPerEdgeValues.
+func union(a, b []string) []string {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if len(out) > maxPerEdgeValues {
+		out = out[:maxPerEdgeValues]
+	}
+	return out
+}
+
+// Flush merges the edges learned since the last flush into the store, one
+// baseline per destination. What the store does not take is kept for the
+// next flush. Without a store it does nothing.
+func (l *Learner) Flush(ctx context.Context) error {
+	if l.store == nil {
+		return nil
+	}
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	l.mu.Lock()
+	delta := l.edges
+	l.edges = map[edgeKey]*edgeState{}
+	l.mu.Unlock()
+	byDest := map[string]map[string]*edgeState{}
+	for k, st := range delta {
+		if byDest[k.destination] == nil {
+			byDest[k.destination] = map[string]*edgeState{}
+		}
+		byDest[k.destination][k.source] = st
+	}
+	var errs []error
+	for dest, edges := range byDest {
+		var dropped int
+		_, err := l.store.UpdateBaseline(ctx, dest, func(cur *state.Baseline) (*state.Baseline, error) {
+			next, d := mergeBaseline(cur, dest, edges)
+			dropped = d
+			return next, nil
+		})
+		if err != nil {
+			l.flushes.WithLabelValues("error").Inc()
+			errs = append(errs, fmt.Errorf("learn: store the baseline of %s: %w", dest, err))
+			l.putBack(dest, edges)
+			continue
+		}
+		l.flushes.WithLabelValues("ok").Inc()
+		if dropped > 0 {
+			l.mu.Lock()
+			l.dropped += uint64(dropped)
+			l.mu.Unlock()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// putBack returns edges that could not be stored to the pending set.
+func (l *Learner) putBack(dest string, edges map[string]*edgeState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for src, st := range edges {
+		k := edgeKey{src, dest}
+		cur, ok := l.edges[k]
+		if !ok {
+			l.edges[k] = st
+			continue
+		}
+		cur.count += st.count
+		for r := range st.routes {
+			if len(cur.routes) < maxPerEdgeValues {
+				cur.routes[r] = struct{}{}
+			}
+		}
+		for m := range st.methods {
+			if len(cur.methods) < maxPerEdgeValues {
+				cur.methods[m] = struct{}{}
+			}
+		}
+		if st.first.Before(cur.first) {
+			cur.first = st.first
+		}
+		if st.last.After(cur.last) {
+			cur.last = st.last
+		}
+	}
+}
+
+// mergeBaseline adds edges to a copy of cur; it returns how many new edges
+// did not fit.
+func mergeBaseline(cur *state.Baseline, dest string, edges map[string]*edgeState) (*state.Baseline, int) {
+	if cur == nil {
+		cur = &state.Baseline{Destination: dest}
+	}
+	index := make(map[string]int, len(cur.Edges))
+	for i, e := range cur.Edges {
+		index[e.Source] = i
+	}
+	dropped := 0
+	for _, src := range slices.Sorted(maps.Keys(edges)) {
+		st := edges[src]
+		i, ok := index[src]
+		if !ok {
+			if len(cur.Edges) >= maxEdgesPerBaseline {
+				dropped++
+				continue
+			}
+			cur.Edges = append(cur.Edges, state.Edge{Source: src, FirstSeen: st.first})
+			i = len(cur.Edges) - 1
+			index[src] = i
+		}
+		e := &cur.Edges[i]
+		e.Routes = union(e.Routes, keys(st.routes))
+		e.Methods = union(e.Methods, keys(st.methods))
+		e.Count += int64(min(st.count, uint64(math.MaxInt64-max(e.Count, 0))))
+		if e.FirstSeen.IsZero() || st.first.Before(e.FirstSeen) {
+			e.FirstSeen = st.first
+		}
+		if st.last.After(e.LastSeen) {
+			e.LastSeen = st.last
+		}
+	}
+	slices.SortFunc(cur.Edges, func(a, b state.Edge) int { return strings.Compare(a.Source, b.Source) })
+	return cur, dropped
+}
+
+// Run flushes every interval until ctx is done, then once more.
+func (l *Learner) Run(ctx context.Context, interval time.Duration) {
+	if l.store == nil {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := l.Flush(fctx); err != nil {
+				l.log.Error("learned edges not stored at shutdown", "error", err)
+			}
+			cancel()
+			return
+		case <-t.C:
+			if err := l.Flush(ctx); err != nil {
+				l.log.Error("learned edges not stored; kept and retried", "error", err)
+			}
+		}
+	}
 }
 
 func keys(m map[string]struct{}) []string {

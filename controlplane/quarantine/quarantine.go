@@ -1,10 +1,17 @@
-// Package quarantine is the control plane's response to detections: it turns
-// anomaly events into mesh-wide quarantines of the offending SPIFFE identity,
-// expires and releases them, and keeps an audit trail of every change.
+// Package quarantine is the control plane's response to detections: it
+// turns anomaly reports into mesh-wide quarantines of the offending SPIFFE
+// identity, expires and releases them, and keeps the evidence behind each
+// one and the history of every change.
 //
-// Quarantines are policies.Quarantine documents held as one source of the
-// policy store, so a quarantine is a new bundle version that reaches every
-// wasm filter (ECDS) and every authz server (ADS) like any policy change.
+// Quarantines live in a state store (package state) that every control
+// plane replica shares and that survives restarts: Kubernetes custom
+// resources, or a database on disk. Any replica may change them; the store
+// settles concurrent writes (see package state), and a report already acted
+// on, by this replica or another, is never acted on again. Every replica
+// publishes the active quarantines the store holds, whichever replica wrote
+// them, as policies.Quarantine documents in one source of the policy store:
+// a quarantine is a new bundle version that reaches every wasm filter
+// (ECDS) and every authz server (ADS) like any policy change.
 package quarantine
 
 import (
@@ -17,12 +24,16 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshguard/meshguard/controlplane/state"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -39,9 +50,33 @@ const (
 	ResponseQuarantine = "quarantine"
 )
 
+// ByExpiry is who expires quarantines in their history and the audit trail.
+const ByExpiry = "meshguard/expiry"
+
+// Errors callers tell apart (errors.Is).
+var (
+	// ErrInvalid: the request is malformed (identity, duration, caller).
+	ErrInvalid = errors.New("quarantine: invalid request")
+	// ErrNotQuarantined: a release of an identity that is not quarantined.
+	ErrNotQuarantined = errors.New("quarantine: not quarantined")
+	// ErrLimit: MaxActive identities are quarantined already.
+	ErrLimit = errors.New("quarantine: too many identities quarantined")
+	// ErrStore: the state store did not take the change; nothing was
+	// changed (an add from a detection is still enforced by this replica
+	// and retried, see Quarantine).
+	ErrStore = errors.New("quarantine: state store unavailable")
+)
+
 // Sink receives the quarantine documents: the policy store.
 type Sink interface {
 	SetSource(name string, set policies.Set) error
+}
+
+// Store is the part of a state store the manager uses.
+type Store interface {
+	Quarantines() []*state.Quarantine
+	UpdateQuarantine(ctx context.Context, identity string, fn state.QuarantineUpdate) (*state.Quarantine, error)
+	Subscribe(fn func()) (cancel func())
 }
 
 // Profiles returns the anomaly profiles of the bundle being served.
@@ -49,7 +84,8 @@ type Profiles func() []policies.AnomalyProfile
 
 // Threshold quarantines an identity after Events anomaly events whose
 // response is block or stronger within Window, even when no single event
-// asks for a quarantine. Zero Events disables it.
+// asks for a quarantine. Zero Events disables it. Events are counted per
+// replica.
 type Threshold struct {
 	Events int
 	Window time.Duration
@@ -57,6 +93,9 @@ type Threshold struct {
 
 // Options configure a Manager.
 type Options struct {
+	// Store holds the quarantines (required).
+	Store Store
+	// Sink is the policy store (required).
 	Sink     Sink
 	Profiles Profiles
 	// Namespace of the Quarantine documents (the mesh root namespace).
@@ -69,59 +108,128 @@ type Options struct {
 	// Protected identities are never quarantined automatically (the
 	// control plane, authz servers, ingress gateways).
 	Protected []spiffeid.ID
-	// Audit receives one JSON line per change; nil keeps memory only.
+	// Audit receives one JSON line per change this replica makes; nil
+	// writes none. The store's records hold every replica's history.
 	Audit io.Writer
-	// AuditKeep bounds the in-memory audit trail (default 1000).
-	AuditKeep  int
-	Now        func() time.Time
-	Logger     *slog.Logger
+	// AuditKeep bounds what Audit returns (default 1000).
+	AuditKeep int
+	Now       func() time.Time
+	Logger    *slog.Logger
+	// Registerer receives the metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 	// MaxActive bounds how many identities can be quarantined at once, so a
-	// flood of events cannot grow the bundle without limit (default 10000).
+	// flood of events cannot grow the bundle without limit (default
+	// 10000). Replicas check it against their own view, so concurrent adds
+	// on several replicas may pass it by a few.
 	MaxActive int
+	// Replica names this control plane process in the records (the pod
+	// name).
+	Replica string
+	// Leading reports whether this replica holds the leader lease; nil
+	// means it does. Only the leader expires quarantines as soon as they
+	// are due and deletes old records; the others expire what is still
+	// active FollowerGrace after its expiry, in case there is no leader.
+	Leading       func() bool
+	FollowerGrace time.Duration // default 30s
+	// Retention is how long released and expired records, with their
+	// history, are kept (default 30 days).
+	Retention time.Duration
+	// WriteTimeout bounds the store writes of detections and of the
+	// sweeper (default 5s); API calls carry their request's context.
+	WriteTimeout time.Duration
 }
 
 // Entry is one quarantined identity.
 type Entry struct {
-	Identity  string    `json:"identity"`
-	Reason    string    `json:"reason"`
-	By        string    `json:"by"`
-	Profile   string    `json:"profile,omitempty"`
-	Detector  string    `json:"detector,omitempty"`
-	CreatedAt time.Time `json:"createdAt"`
-	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	Identity  string           `json:"identity"`
+	Reason    string           `json:"reason"`
+	By        string           `json:"by"`
+	Profile   string           `json:"profile,omitempty"`
+	Detector  string           `json:"detector,omitempty"`
+	CreatedAt time.Time        `json:"createdAt"`
+	ExpiresAt time.Time        `json:"expiresAt,omitzero"`
+	Evidence  []state.Evidence `json:"evidence,omitempty"`
+	// Pending marks a quarantine from a detection that this replica
+	// enforces but could not store yet; it retries.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // AuditRecord is one change of the quarantine list.
 type AuditRecord struct {
 	Time     time.Time `json:"time"`
-	Action   string    `json:"action"` // add, release, expire, extend
+	Action   string    `json:"action"` // add, extend, release, expire
 	Identity string    `json:"identity"`
 	By       string    `json:"by"`
 	Reason   string    `json:"reason,omitempty"`
 	Expires  time.Time `json:"expiresAt,omitzero"`
+	Replica  string    `json:"replica,omitempty"`
+}
+
+// Finding is a detection that calls for quarantining Source: one report,
+// or several about the same source put together. Its evidence decides
+// whether it is new: a finding whose every report was acted on already is
+// ignored.
+type Finding struct {
+	Source   spiffeid.ID
+	Reason   string
+	By       string // the reporter, or what correlated the reports
+	Profile  string
+	Detector string
+	// For is how long; zero means the default duration.
+	For      time.Duration
+	Evidence []state.Evidence
+}
+
+// pendingAdd is a finding enforced by this replica but not yet stored.
+type pendingAdd struct {
+	finding   Finding
+	createdAt time.Time
+	expiresAt time.Time
 }
 
 // Manager holds the quarantine list. It is safe for concurrent use.
 type Manager struct {
-	opts Options
-	log  *slog.Logger
+	opts  Options
+	log   *slog.Logger
+	store Store
 
-	mu      sync.Mutex
-	entries map[string]Entry
-	hits    map[string][]time.Time // identity → recent block-or-worse events
-	audit   []AuditRecord
+	hitsMu sync.Mutex
+	hits   map[string][]time.Time // identity → recent block-or-worse events
 
-	quarantines *prometheus.CounterVec
-	active      prometheus.Gauge
-	events      *prometheus.CounterVec
+	pendMu  sync.Mutex
+	pending map[string]pendingAdd
+
+	// changes counts changes of what is published (store and pending);
+	// published is its value when the last set was published.
+	changes   atomic.Uint64
+	pubMu     sync.Mutex
+	published uint64
+	once      bool
+	wake      chan struct{}
+	unsub     func()
+
+	auditMu sync.Mutex
+
+	quarantines     *prometheus.CounterVec
+	active          prometheus.Gauge
+	events          *prometheus.CounterVec
+	storeFailures   *prometheus.CounterVec
+	pendingGauge    prometheus.Gauge
+	publishFailures prometheus.Counter
+	duplicates      prometheus.Counter
 }
 
-// New returns a manager with an empty list. It publishes nothing until the
-// first change.
+// New returns a manager over the store. Load it before serving.
 func New(opts Options) (*Manager, error) {
+	var errs []error
+	if opts.Store == nil {
+		errs = append(errs, errors.New("a state store is required"))
+	}
 	if opts.Sink == nil {
-		return nil, errors.New("quarantine: a sink is required")
+		errs = append(errs, errors.New("a sink is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
 	}
 	if opts.Namespace == "" {
 		opts.Namespace = "istio-system"
@@ -138,6 +246,15 @@ func New(opts Options) (*Manager, error) {
 	if opts.MaxActive <= 0 {
 		opts.MaxActive = 10000
 	}
+	if opts.FollowerGrace <= 0 {
+		opts.FollowerGrace = 30 * time.Second
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = 30 * 24 * time.Hour
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 5 * time.Second
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -151,29 +268,98 @@ func New(opts Options) (*Manager, error) {
 	m := &Manager{
 		opts:    opts,
 		log:     log,
-		entries: map[string]Entry{},
+		store:   opts.Store,
 		hits:    map[string][]time.Time{},
+		pending: map[string]pendingAdd{},
+		wake:    make(chan struct{}, 1),
 		quarantines: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshguard_controlplane_quarantine_changes_total",
-			Help: "Quarantine list changes by action (add, release, expire, extend).",
+			Help: "Quarantine changes this replica stored, by action (add, extend, release, expire).",
 		}, []string{"action"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshguard_controlplane_quarantined_identities",
-			Help: "Identities quarantined now.",
+			Help: "Identities quarantined in the bundle this replica serves.",
 		}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshguard_controlplane_anomaly_events_total",
 			Help: "Anomaly events handled by the quarantine manager, by effective response.",
 		}, []string{"response"}),
+		storeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshguard_controlplane_quarantine_store_failures_total",
+			Help: "Quarantine changes the state store did not take, by operation (add, release, expire, delete); nothing was changed.",
+		}, []string{"op"}),
+		pendingGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshguard_controlplane_quarantine_pending",
+			Help: "Quarantines from detections this replica enforces but could not store yet (retried every sweep).",
+		}),
+		publishFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshguard_controlplane_quarantine_publish_failures_total",
+			Help: "Quarantine sets the policy store refused; the previous bundle keeps serving.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshguard_controlplane_quarantine_duplicate_reports_total",
+			Help: "Detection reports not acted on because they were already (on this replica or another), or predate a release.",
+		}),
+	}
+	for _, a := range []string{state.ActionAdd, state.ActionExtend, state.ActionRelease, state.ActionExpire} {
+		m.quarantines.WithLabelValues(a)
+	}
+	for _, op := range []string{"add", "release", "expire", "delete"} {
+		m.storeFailures.WithLabelValues(op)
 	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{m.quarantines, m.active, m.events} {
+		for _, c := range []prometheus.Collector{m.quarantines, m.active, m.events, m.storeFailures, m.pendingGauge, m.publishFailures, m.duplicates} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("quarantine: register metrics: %w", err)
 			}
 		}
 	}
+	m.unsub = m.store.Subscribe(m.changed)
 	return m, nil
+}
+
+// changed marks the published set stale and wakes the publisher.
+func (m *Manager) changed() {
+	m.changes.Add(1)
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops following the store.
+func (m *Manager) Close() { m.unsub() }
+
+// Load expires what expired while no control plane was running (each
+// audited as expired) and publishes the active quarantines. Call it once
+// the store's view is complete and before serving: the first bundle then
+// holds every quarantine. An error means nothing could be published.
+func (m *Manager) Load(ctx context.Context) error {
+	if err := m.sweep(ctx, true); err != nil {
+		m.log.Error("expiring quarantines at start; retried every sweep", "error", err)
+	}
+	return m.Publish()
+}
+
+// Run sweeps every interval (expiry, retention, pending retries) and
+// republishes after every change of the store, until ctx is done.
+func (m *Manager) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.wake:
+		case <-t.C:
+			if err := m.sweep(ctx, false); err != nil {
+				m.log.Error("quarantine sweep", "error", err)
+			}
+		}
+		if err := m.Publish(); err != nil {
+			m.log.Error("quarantine publish; retried", "error", err)
+		}
+	}
 }
 
 // AddRequest is a manual quarantine.
@@ -185,160 +371,455 @@ type AddRequest struct {
 	For time.Duration
 }
 
-// Add quarantines an identity (or extends its quarantine) and publishes.
-func (m *Manager) Add(r AddRequest) (Entry, error) {
+// Add quarantines an identity (or extends its quarantine), stores it and
+// publishes. An error means nothing was stored.
+func (m *Manager) Add(ctx context.Context, r AddRequest) (Entry, error) {
 	id, err := spiffeid.FromString(r.Identity)
 	if err != nil {
-		return Entry{}, fmt.Errorf("quarantine: identity %q: %w", r.Identity, err)
+		return Entry{}, fmt.Errorf("%w: identity %q: %v", ErrInvalid, r.Identity, err)
 	}
 	if r.By == "" {
-		return Entry{}, errors.New("quarantine: who asks for the quarantine is required")
+		return Entry{}, fmt.Errorf("%w: who asks for the quarantine is required", ErrInvalid)
 	}
 	if r.For < 0 {
-		return Entry{}, errors.New("quarantine: negative duration")
+		return Entry{}, fmt.Errorf("%w: negative duration", ErrInvalid)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.add(id, r.Reason, r.By, "", "", r.For)
-}
-
-// add must be called with m.mu held.
-func (m *Manager) add(id spiffeid.ID, reason, by, profile, detector string, d time.Duration) (Entry, error) {
-	if d <= 0 {
-		d = m.opts.DefaultDuration
-	}
-	if d > m.opts.MaxDuration {
-		d = m.opts.MaxDuration
-	}
-	now := m.opts.Now().UTC()
-	e := Entry{
-		Identity: id.String(), Reason: reason, By: by, Profile: profile, Detector: detector,
-		CreatedAt: now, ExpiresAt: now.Add(d).Truncate(time.Second),
-	}
-	prev, exists := m.entries[e.Identity]
-	if !exists && len(m.entries) >= m.opts.MaxActive {
-		return Entry{}, fmt.Errorf("quarantine: %d identities already quarantined (the maximum)", len(m.entries))
-	}
-	action := "add"
-	if exists {
-		action = "extend"
-		e.CreatedAt = prev.CreatedAt
-		if prev.ExpiresAt.After(e.ExpiresAt) {
-			e.ExpiresAt = prev.ExpiresAt
-		}
-	}
-	m.entries[e.Identity] = e
-	if err := m.publish(); err != nil {
-		if exists {
-			m.entries[e.Identity] = prev
-		} else {
-			delete(m.entries, e.Identity)
-		}
+	q, action, err := m.add(ctx, id.String(), addArgs{reason: r.Reason, by: r.By, d: r.For, manual: true})
+	if err != nil {
 		return Entry{}, err
 	}
-	m.record(AuditRecord{Time: now, Action: action, Identity: e.Identity, By: by, Reason: reason, Expires: e.ExpiresAt})
-	m.log.Warn("identity quarantined", "identity", e.Identity, "by", by, "reason", reason, "expires_at", e.ExpiresAt, "action", action)
-	return e, nil
+	m.done(q, action)
+	if err := m.Publish(); err != nil {
+		return entry(q), fmt.Errorf("quarantine: stored, but not served yet (retried): %w", err)
+	}
+	return entry(q), nil
 }
 
-// Release lifts a quarantine and publishes. Releasing an identity that is
-// not quarantined is an error.
-func (m *Manager) Release(identity, by, reason string) error {
+// Quarantine acts on a finding: it quarantines the source, or extends its
+// quarantine, unless the source is protected or every report of the
+// finding was acted on already. When the store does not take it, this
+// replica enforces the quarantine anyway (fail closed), counts it in
+// meshguard_controlplane_quarantine_pending and stores it as soon as it
+// can; the error says so.
+func (m *Manager) Quarantine(ctx context.Context, f Finding) (Entry, error) {
+	e, err := m.act(ctx, f)
+	if errors.Is(err, ErrInvalid) {
+		return e, err
+	}
+	if perr := m.Publish(); perr != nil {
+		return Entry{}, errors.Join(err, perr)
+	}
+	return e, err
+}
+
+// act is Quarantine without the publish, so that a batch publishes once.
+func (m *Manager) act(ctx context.Context, f Finding) (Entry, error) {
+	if f.Source.IsZero() || f.By == "" {
+		return Entry{}, fmt.Errorf("%w: a finding needs a source and a reporter", ErrInvalid)
+	}
+	if m.protected(f.Source) {
+		m.log.Warn("anomaly on a protected identity: not quarantined", "identity", f.Source.String(), "detector", f.Detector, "reporter", f.By)
+		return Entry{}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.opts.WriteTimeout)
+	defer cancel()
+	q, action, err := m.add(ctx, f.Source.String(), addArgs{reason: f.Reason, by: f.By, profile: f.Profile, detector: f.Detector, d: f.For, evidence: f.Evidence})
+	switch {
+	case err == nil:
+		m.dropPending(f.Source.String())
+		m.done(q, action)
+		return entry(q), nil
+	case errors.Is(err, ErrStore):
+		m.addPending(f)
+		m.log.Error("quarantine enforced by this replica but not stored; retrying every sweep", "identity", f.Source.String(), "error", err)
+	}
+	return Entry{}, err
+}
+
+type addArgs struct {
+	reason, by, profile, detector string
+	d                             time.Duration
+	evidence                      []state.Evidence
+	manual                        bool
+}
+
+// add stores the add and returns the record and what was done: add,
+// extend, evidence (reports recorded, nothing else changed) or "" (every
+// report was acted on already).
+func (m *Manager) add(ctx context.Context, identity string, a addArgs) (*state.Quarantine, string, error) {
+	if a.d <= 0 {
+		a.d = m.opts.DefaultDuration
+	}
+	a.d = min(a.d, m.opts.MaxDuration)
+	a.reason, a.by = clip(a.reason), clip(a.by)
+	now := m.opts.Now().UTC()
+	var action string
+	q, err := m.store.UpdateQuarantine(ctx, identity, func(cur *state.Quarantine) (*state.Quarantine, error) {
+		next, act, err := m.decideAdd(cur, identity, now, a)
+		action = act
+		return next, err
+	})
+	if err != nil {
+		if errors.Is(err, ErrLimit) || errors.Is(err, ErrInvalid) {
+			return nil, "", err
+		}
+		m.storeFailures.WithLabelValues("add").Inc()
+		return nil, "", fmt.Errorf("%w: quarantine %s: %w", ErrStore, identity, err)
+	}
+	if action == "" {
+		m.duplicates.Inc()
+	}
+	return q, action, nil
+}
+
+// decideAdd is the add as an update of the current record (nil: none). It
+// runs again when another replica changed the record first.
+func (m *Manager) decideAdd(cur *state.Quarantine, identity string, now time.Time, a addArgs) (*state.Quarantine, string, error) {
+	fresh := a.evidence
+	if len(a.evidence) > 0 && cur != nil {
+		fresh = fresh[:0:0]
+		for _, e := range a.evidence {
+			if cur.HasEvidence(e.Key) {
+				continue // acted on already, here or on another replica
+			}
+			if cur.Phase == state.PhaseReleased && cur.Ended != nil && e.Received.Before(cur.Ended.At) {
+				continue // received before the release: the release stands
+			}
+			fresh = append(fresh, e)
+		}
+		if len(fresh) == 0 {
+			return nil, "", state.ErrUnchanged
+		}
+	}
+	expires := now.Add(a.d).Truncate(time.Second)
+	change := state.Change{Time: now, By: a.by, Reason: a.reason, Replica: m.opts.Replica}
+	if !cur.ActiveAt(now) {
+		if n := m.activeCount(now); n >= m.opts.MaxActive {
+			return nil, "", fmt.Errorf("%w: %d identities already (the maximum)", ErrLimit, n)
+		}
+		next := &state.Quarantine{Identity: identity, Phase: state.PhaseActive, Reason: a.reason, By: a.by,
+			Profile: clip(a.profile), Detector: clip(a.detector), CreatedAt: now, ExpiresAt: expires}
+		if cur != nil {
+			// A new quarantine of the identity: its past stays on record.
+			next.Evidence, next.History = cur.Evidence, cur.History
+		}
+		next.AddEvidence(fresh...)
+		change.Action, change.ExpiresAt = state.ActionAdd, expires
+		next.Record(change)
+		return next, state.ActionAdd, nil
+	}
+	next := cur
+	next.AddEvidence(fresh...)
+	extends := !cur.ExpiresAt.IsZero() && expires.After(cur.ExpiresAt)
+	if !extends && !a.manual {
+		return next, "evidence", nil
+	}
+	if extends {
+		next.ExpiresAt = expires
+	}
+	change.Action, change.ExpiresAt = state.ActionExtend, next.ExpiresAt
+	next.Record(change)
+	return next, state.ActionExtend, nil
+}
+
+func (m *Manager) activeCount(now time.Time) int {
+	n := 0
+	for _, q := range m.store.Quarantines() {
+		if q.ActiveAt(now) {
+			n++
+		}
+	}
+	m.pendMu.Lock()
+	n += len(m.pending)
+	m.pendMu.Unlock()
+	return n
+}
+
+// done audits what this replica stored.
+func (m *Manager) done(q *state.Quarantine, action string) {
+	switch action {
+	case state.ActionAdd, state.ActionExtend, state.ActionRelease, state.ActionExpire:
+	default:
+		return
+	}
+	c := q.History[len(q.History)-1]
+	m.audit(AuditRecord{Time: c.Time, Action: c.Action, Identity: q.Identity, By: c.By, Reason: c.Reason, Expires: c.ExpiresAt, Replica: c.Replica})
+	switch action {
+	case state.ActionExpire:
+		m.log.Info("quarantine expired", "identity", q.Identity, "reason", c.Reason)
+	case state.ActionRelease:
+		m.log.Warn("quarantine released", "identity", q.Identity, "by", c.By, "reason", c.Reason)
+	default:
+		m.log.Warn("identity quarantined", "identity", q.Identity, "by", c.By, "reason", c.Reason, "expires_at", q.ExpiresAt, "action", action)
+	}
+}
+
+// Release lifts a quarantine, stores and publishes. Releasing an identity
+// that is not quarantined is ErrNotQuarantined; an error means nothing was
+// released.
+func (m *Manager) Release(ctx context.Context, identity, by, reason string) error {
 	if by == "" {
-		return errors.New("quarantine: who releases is required")
+		return fmt.Errorf("%w: who releases is required", ErrInvalid)
 	}
 	id, err := spiffeid.FromString(identity)
 	if err != nil {
-		return fmt.Errorf("quarantine: identity %q: %w", identity, err)
+		return fmt.Errorf("%w: identity %q: %v", ErrInvalid, identity, err)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	prev, ok := m.entries[id.String()]
-	if !ok {
-		return fmt.Errorf("quarantine: %s is not quarantined", id)
+	key := id.String()
+	by, reason = clip(by), clip(reason)
+	now := m.opts.Now().UTC()
+	m.pendMu.Lock()
+	_, wasPending := m.pending[key]
+	m.pendMu.Unlock()
+	released := false
+	q, err := m.store.UpdateQuarantine(ctx, key, func(cur *state.Quarantine) (*state.Quarantine, error) {
+		released = false
+		if !cur.ActiveAt(now) {
+			return nil, state.ErrUnchanged
+		}
+		cur.Phase = state.PhaseReleased
+		cur.Ended = &state.Ended{At: now, By: by, Reason: reason}
+		cur.Record(state.Change{Time: now, Action: state.ActionRelease, By: by, Reason: reason, Replica: m.opts.Replica})
+		released = true
+		return cur, nil
+	})
+	if err != nil {
+		m.storeFailures.WithLabelValues("release").Inc()
+		return fmt.Errorf("%w: release %s (still quarantined): %w", ErrStore, key, err)
 	}
-	delete(m.entries, id.String())
-	if err := m.publish(); err != nil {
-		m.entries[id.String()] = prev
-		return err
+	if !released && !wasPending {
+		return fmt.Errorf("%w: %s", ErrNotQuarantined, key)
 	}
-	delete(m.hits, id.String())
-	m.record(AuditRecord{Time: m.opts.Now().UTC(), Action: "release", Identity: id.String(), By: by, Reason: reason})
-	m.log.Warn("quarantine released", "identity", id.String(), "by", by, "reason", reason)
+	m.dropPending(key)
+	m.hitsMu.Lock()
+	delete(m.hits, key)
+	m.hitsMu.Unlock()
+	if released {
+		m.done(q, state.ActionRelease)
+	} else {
+		m.audit(AuditRecord{Time: now, Action: state.ActionRelease, Identity: key, By: by, Reason: reason + " (never stored)", Replica: m.opts.Replica})
+	}
+	if err := m.Publish(); err != nil {
+		return fmt.Errorf("quarantine: released, but the bundle without it is not served yet (retried): %w", err)
+	}
 	return nil
 }
 
 // List returns the quarantined identities, sorted.
 func (m *Manager) List() []Entry {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]Entry, 0, len(m.entries))
-	for _, e := range m.entries {
-		out = append(out, e)
+	now := m.opts.Now()
+	var out []Entry
+	seen := map[string]bool{}
+	for _, q := range m.store.Quarantines() {
+		if q.ActiveAt(now) {
+			out = append(out, entry(q))
+			seen[q.Identity] = true
+		}
 	}
+	m.pendMu.Lock()
+	for id, p := range m.pending {
+		if !seen[id] && now.Before(p.expiresAt) {
+			out = append(out, Entry{Identity: id, Reason: p.finding.Reason, By: p.finding.By, Profile: p.finding.Profile,
+				Detector: p.finding.Detector, CreatedAt: p.createdAt, ExpiresAt: p.expiresAt, Evidence: p.finding.Evidence, Pending: true})
+		}
+	}
+	m.pendMu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Identity < out[j].Identity })
 	return out
 }
 
-// Audit returns the in-memory audit trail, oldest first.
-func (m *Manager) Audit() []AuditRecord {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return append([]AuditRecord(nil), m.audit...)
+func entry(q *state.Quarantine) Entry {
+	return Entry{Identity: q.Identity, Reason: q.Reason, By: q.By, Profile: q.Profile, Detector: q.Detector,
+		CreatedAt: q.CreatedAt, ExpiresAt: q.ExpiresAt, Evidence: q.Evidence}
 }
 
-// Sweep removes expired quarantines and publishes when any expired.
-func (m *Manager) Sweep() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := m.opts.Now()
-	var expired []Entry
-	for k, e := range m.entries {
-		if !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt) {
-			expired = append(expired, e)
-			delete(m.entries, k)
+// Audit returns the newest AuditKeep changes of every quarantine in the
+// store, whichever replica made them, oldest first.
+func (m *Manager) Audit() []AuditRecord {
+	var out []AuditRecord
+	for _, q := range m.store.Quarantines() {
+		for _, c := range q.History {
+			out = append(out, AuditRecord{Time: c.Time, Action: c.Action, Identity: q.Identity, By: c.By, Reason: c.Reason, Expires: c.ExpiresAt, Replica: c.Replica})
 		}
 	}
-	if len(expired) == 0 {
-		return nil
-	}
-	if err := m.publish(); err != nil {
-		for _, e := range expired {
-			m.entries[e.Identity] = e
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].Time.Equal(out[j].Time) {
+			return out[i].Time.Before(out[j].Time)
 		}
-		return err
+		return out[i].Identity < out[j].Identity
+	})
+	if len(out) > m.opts.AuditKeep {
+		out = out[len(out)-m.opts.AuditKeep:]
 	}
-	for _, e := range expired {
-		m.record(AuditRecord{Time: now.UTC(), Action: "expire", Identity: e.Identity, By: "meshguard/expiry", Reason: e.Reason})
-		m.log.Info("quarantine expired", "identity", e.Identity)
+	return out
+}
+
+// Sweep expires due quarantines (each audited), deletes released and
+// expired records older than the retention, retries the pending ones and
+// publishes.
+func (m *Manager) Sweep(ctx context.Context) error {
+	return errors.Join(m.sweep(ctx, false), m.Publish())
+}
+
+func (m *Manager) sweep(ctx context.Context, atStart bool) error {
+	now := m.opts.Now().UTC()
+	leading := m.opts.Leading == nil || m.opts.Leading()
+	var errs []error
+	for _, q := range m.store.Quarantines() {
+		switch {
+		case q.Phase == state.PhaseActive && !q.ExpiresAt.IsZero() && !now.Before(q.ExpiresAt):
+			if !leading && now.Sub(q.ExpiresAt) < m.opts.FollowerGrace {
+				continue
+			}
+			if err := m.expire(ctx, q.Identity, now, atStart); err != nil {
+				errs = append(errs, err)
+			}
+		case q.Phase != state.PhaseActive && leading && q.Ended != nil && now.Sub(lastChange(q)) > m.opts.Retention:
+			if err := m.forget(ctx, q.Identity, now); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	m.retryPending(ctx, now)
+	return errors.Join(errs...)
+}
+
+func lastChange(q *state.Quarantine) time.Time {
+	t := q.Ended.At
+	if n := len(q.History); n > 0 && q.History[n-1].Time.After(t) {
+		t = q.History[n-1].Time
+	}
+	return t
+}
+
+func (m *Manager) expire(ctx context.Context, identity string, now time.Time, atStart bool) error {
+	ctx, cancel := context.WithTimeout(ctx, m.opts.WriteTimeout)
+	defer cancel()
+	expired := false
+	q, err := m.store.UpdateQuarantine(ctx, identity, func(cur *state.Quarantine) (*state.Quarantine, error) {
+		expired = false
+		if cur == nil || cur.Phase != state.PhaseActive || cur.ExpiresAt.IsZero() || now.Before(cur.ExpiresAt) {
+			return nil, state.ErrUnchanged // released, extended or expired by another replica
+		}
+		reason := "expired at " + cur.ExpiresAt.UTC().Format(time.RFC3339)
+		if atStart {
+			reason += ", while no control plane was running; lifted at start"
+		}
+		cur.Phase = state.PhaseExpired
+		cur.Ended = &state.Ended{At: cur.ExpiresAt, By: ByExpiry, Reason: reason}
+		cur.Record(state.Change{Time: now, Action: state.ActionExpire, By: ByExpiry, Reason: reason, ExpiresAt: cur.ExpiresAt, Replica: m.opts.Replica})
+		expired = true
+		return cur, nil
+	})
+	if err != nil {
+		m.storeFailures.WithLabelValues("expire").Inc()
+		return fmt.Errorf("expire %s: %w", identity, err)
+	}
+	if expired {
+		m.done(q, state.ActionExpire)
 	}
 	return nil
 }
 
-// Run sweeps every interval until ctx is done.
-func (m *Manager) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := m.Sweep(); err != nil {
-				m.log.Error("quarantine sweep", "error", err)
-			}
+// forget deletes a record whose retention has passed.
+func (m *Manager) forget(ctx context.Context, identity string, now time.Time) error {
+	ctx, cancel := context.WithTimeout(ctx, m.opts.WriteTimeout)
+	defer cancel()
+	_, err := m.store.UpdateQuarantine(ctx, identity, func(cur *state.Quarantine) (*state.Quarantine, error) {
+		if cur == nil || cur.Phase == state.PhaseActive || cur.Ended == nil || now.Sub(lastChange(cur)) <= m.opts.Retention {
+			return nil, state.ErrUnchanged
 		}
+		return nil, nil
+	})
+	if err != nil {
+		m.storeFailures.WithLabelValues("delete").Inc()
+		return fmt.Errorf("delete the record of %s: %w", identity, err)
+	}
+	return nil
+}
+
+func (m *Manager) addPending(f Finding) {
+	now := m.opts.Now().UTC()
+	d := f.For
+	if d <= 0 {
+		d = m.opts.DefaultDuration
+	}
+	d = min(d, m.opts.MaxDuration)
+	m.pendMu.Lock()
+	defer m.pendMu.Unlock()
+	key := f.Source.String()
+	p, ok := m.pending[key]
+	switch {
+	case ok:
+		p.finding.Evidence = append(p.finding.Evidence, f.Evidence...)
+		if n := len(p.finding.Evidence) - state.MaxEvidence; n > 0 {
+			p.finding.Evidence = p.finding.Evidence[n:]
+		}
+		if e := now.Add(d).Truncate(time.Second); e.After(p.expiresAt) {
+			p.expiresAt = e
+		}
+	case len(m.pending) >= m.opts.MaxActive:
+		m.log.Error("too many quarantines pending a store write; this one is not enforced", "identity", key)
+		return
+	default:
+		p = pendingAdd{finding: f, createdAt: now, expiresAt: now.Add(d).Truncate(time.Second)}
+	}
+	m.pending[key] = p
+	m.pendingGauge.Set(float64(len(m.pending)))
+	m.changed()
+}
+
+func (m *Manager) dropPending(identity string) {
+	m.pendMu.Lock()
+	defer m.pendMu.Unlock()
+	if _, ok := m.pending[identity]; ok {
+		delete(m.pending, identity)
+		m.pendingGauge.Set(float64(len(m.pending)))
+		m.changed()
+	}
+}
+
+// retryPending stores the pending quarantines that have not expired.
+func (m *Manager) retryPending(ctx context.Context, now time.Time) {
+	m.pendMu.Lock()
+	todo := make([]pendingAdd, 0, len(m.pending))
+	for id, p := range m.pending {
+		if !now.Before(p.expiresAt) {
+			delete(m.pending, id)
+			m.log.Warn("pending quarantine expired before it could be stored", "identity", id)
+			m.changed()
+			continue
+		}
+		todo = append(todo, p)
+	}
+	m.pendingGauge.Set(float64(len(m.pending)))
+	m.pendMu.Unlock()
+	for _, p := range todo {
+		f := p.finding
+		f.For = p.expiresAt.Sub(now)
+		wctx, cancel := context.WithTimeout(ctx, m.opts.WriteTimeout)
+		q, action, err := m.add(wctx, f.Source.String(), addArgs{reason: f.Reason, by: f.By, profile: f.Profile, detector: f.Detector, d: f.For, evidence: f.Evidence})
+		cancel()
+		if err != nil {
+			m.log.Error("pending quarantine still not stored", "identity", f.Source.String(), "error", err)
+			if errors.Is(err, ErrStore) {
+				continue
+			}
+		} else {
+			m.done(q, action)
+		}
+		m.dropPending(f.Source.String())
 	}
 }
 
 // HandleEvents applies the response of every anomaly event of a batch. The
 // response is the one the named anomaly profile configures for the detector;
 // the event's own response is used only when the bundle has no such
-// profile. reporter is the authenticated identity of the sender.
-func (m *Manager) HandleEvents(reporter string, events []wire.Event) {
+// profile. reporter is the authenticated identity of the sender, which the
+// caller has checked may report these events.
+func (m *Manager) HandleEvents(ctx context.Context, reporter string, events []wire.Event) {
 	profiles := m.opts.Profiles()
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	received := m.opts.Now().UTC()
 	for _, ev := range events {
 		if ev.Kind != wire.EventAnomaly {
 			continue
@@ -350,31 +831,52 @@ func (m *Manager) HandleEvents(reporter string, events []wire.Event) {
 			m.log.Warn("anomaly event without a valid source identity", "reporter", reporter, "source", ev.Source)
 			continue
 		}
-		if m.protected(id) {
-			if resp == ResponseQuarantine || resp == ResponseBlock {
-				m.log.Warn("anomaly on a protected identity: not quarantined", "identity", id.String(), "detector", ev.Detector, "reporter", reporter)
-			}
-			continue
-		}
-		reason := fmt.Sprintf("%s anomaly (%s) reported by %s", ev.Detector, ev.Detail, reporter)
+		f := Finding{Source: id, By: reporter, Profile: ev.Profile, Detector: ev.Detector, For: dur,
+			Reason:   fmt.Sprintf("%s anomaly (%s) reported by %s", ev.Detector, ev.Detail, reporter),
+			Evidence: []state.Evidence{EvidenceOf(reporter, ev, received, m.opts.Replica)}}
 		switch {
 		case resp == ResponseQuarantine:
-			if _, err := m.add(id, reason, reporter, ev.Profile, ev.Detector, dur); err != nil {
-				m.log.Error("quarantine", "identity", id.String(), "error", err)
-			}
 		case resp == ResponseBlock && m.opts.Threshold.Events > 0:
-			if m.countHit(id.String()) >= m.opts.Threshold.Events {
-				reason = fmt.Sprintf("%d anomaly events within %s, last: %s", m.opts.Threshold.Events, m.opts.Threshold.Window, reason)
-				if _, err := m.add(id, reason, reporter, ev.Profile, ev.Detector, dur); err != nil {
-					m.log.Error("quarantine", "identity", id.String(), "error", err)
-				}
-				delete(m.hits, id.String())
+			if m.countHit(id.String()) < m.opts.Threshold.Events {
+				continue
 			}
+			f.Reason = fmt.Sprintf("%d anomaly events within %s, last: %s", m.opts.Threshold.Events, m.opts.Threshold.Window, f.Reason)
+			m.hitsMu.Lock()
+			delete(m.hits, id.String())
+			m.hitsMu.Unlock()
+		default:
+			continue
 		}
+		if _, err := m.act(ctx, f); err != nil && !errors.Is(err, ErrStore) {
+			m.log.Error("quarantine", "identity", id.String(), "error", err)
+		}
+	}
+	if err := m.Publish(); err != nil {
+		m.log.Error("quarantine publish; retried", "error", err)
 	}
 }
 
+// EvidenceOf is the evidence an event is: its key digests the reporter and
+// every field of the event, so that the same report sent twice (a retry,
+// or to two replicas) has the same key.
+func EvidenceOf(reporter string, ev wire.Event, received time.Time, replica string) state.Evidence {
+	h := sha256.New()
+	for _, s := range []string{reporter, ev.Kind, ev.Detector, ev.Source, ev.Destination, ev.Route, ev.Method, ev.Response, ev.Profile,
+		strconv.FormatFloat(ev.Score, 'g', -1, 64), strconv.FormatUint(ev.Count, 10), strconv.FormatInt(ev.UnixMillis, 10), ev.Detail} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	e := state.Evidence{Key: hex.EncodeToString(h.Sum(nil)[:12]), Reporter: clip(reporter), Detector: clip(ev.Detector),
+		Destination: clip(ev.Destination), Route: clip(ev.Route), Detail: clip(ev.Detail), Received: received, Replica: replica}
+	if ev.UnixMillis > 0 {
+		e.Observed = time.UnixMilli(ev.UnixMillis).UTC()
+	}
+	return e
+}
+
 func (m *Manager) countHit(id string) int {
+	m.hitsMu.Lock()
+	defer m.hitsMu.Unlock()
 	now := m.opts.Now()
 	cutoff := now.Add(-m.opts.Threshold.Window)
 	hs := m.hits[id][:0]
@@ -433,62 +935,80 @@ func (m *Manager) protected(id spiffeid.ID) bool {
 	return false
 }
 
-// publish hands the current list to the sink; must be called with m.mu held.
-func (m *Manager) publish() error {
-	var set policies.Set
-	keys := make([]string, 0, len(m.entries))
-	for k := range m.entries {
-		keys = append(keys, k)
+// Publish hands the active quarantines to the sink unless the sink already
+// has the current ones.
+func (m *Manager) Publish() error {
+	m.pubMu.Lock()
+	defer m.pubMu.Unlock()
+	target := m.changes.Load()
+	if m.once && m.published == target {
+		return nil
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		e := m.entries[k]
-		spec := policies.QuarantineSpec{Identity: e.Identity, Reason: truncate(e.Reason, 256), CreatedBy: truncate(e.By, 256)}
-		if !e.ExpiresAt.IsZero() {
-			spec.ExpiresAt = e.ExpiresAt.UTC().Format(time.RFC3339)
+	now := m.opts.Now()
+	var set policies.Set
+	add := func(identity, reason, by string, expires time.Time) {
+		spec := policies.QuarantineSpec{Identity: identity, Reason: truncate(reason, 256), CreatedBy: truncate(by, 256)}
+		if !expires.IsZero() {
+			spec.ExpiresAt = expires.UTC().Format(time.RFC3339)
 		}
 		set.Quarantines = append(set.Quarantines, policies.Quarantine{
 			APIVersion: policies.APIVersionMeshguard,
 			Kind:       policies.KindQuarantine,
-			Metadata:   policies.ObjectMeta{Name: documentName(e.Identity), Namespace: m.opts.Namespace},
+			Metadata:   policies.ObjectMeta{Name: state.QuarantineName(identity), Namespace: m.opts.Namespace},
 			Spec:       spec,
 		})
 	}
+	stored := map[string]bool{}
+	for _, q := range m.store.Quarantines() {
+		if q.ActiveAt(now) {
+			add(q.Identity, q.Reason, q.By, q.ExpiresAt)
+			stored[q.Identity] = true
+		}
+	}
+	m.pendMu.Lock()
+	for id, p := range m.pending {
+		if !stored[id] && now.Before(p.expiresAt) {
+			add(id, p.finding.Reason, p.finding.By, p.expiresAt)
+		}
+	}
+	m.pendMu.Unlock()
+	sort.Slice(set.Quarantines, func(i, j int) bool { return set.Quarantines[i].Spec.Identity < set.Quarantines[j].Spec.Identity })
 	if err := m.opts.Sink.SetSource(SourceName, set); err != nil {
+		m.publishFailures.Inc()
 		return fmt.Errorf("quarantine: publish: %w", err)
 	}
-	m.active.Set(float64(len(m.entries)))
+	m.published, m.once = target, true
+	m.active.Set(float64(len(set.Quarantines)))
 	return nil
 }
 
-// documentName is a DNS-label name derived from the identity.
-func documentName(id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return "quarantine-" + hex.EncodeToString(sum[:8])
-}
-
+// truncate cuts s to at most n bytes at a rune boundary.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
 	return s[:n]
 }
 
-// record must be called with m.mu held.
-func (m *Manager) record(r AuditRecord) {
+func clip(s string) string { return truncate(s, state.MaxText) }
+
+// audit appends a record to the audit file.
+func (m *Manager) audit(r AuditRecord) {
 	m.quarantines.WithLabelValues(r.Action).Inc()
-	m.audit = append(m.audit, r)
-	if len(m.audit) > m.opts.AuditKeep {
-		m.audit = append([]AuditRecord(nil), m.audit[len(m.audit)-m.opts.AuditKeep:]...)
+	if m.opts.Audit == nil {
+		return
 	}
-	if m.opts.Audit != nil {
-		line, err := json.Marshal(r)
-		if err == nil {
-			line = append(line, '\n')
-			_, err = m.opts.Audit.Write(line)
-		}
-		if err != nil {
-			m.log.Error("audit trail write failed", "error", err)
-		}
+	line, err := json.Marshal(r)
+	if err == nil {
+		line = append(line, '\n')
+		m.auditMu.Lock()
+		_, err = m.opts.Audit.Write(line)
+		m.auditMu.Unlock()
+	}
+	if err != nil {
+		m.log.Error("audit trail write failed", "error", err)
 	}
 }

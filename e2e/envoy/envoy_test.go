@@ -219,6 +219,7 @@ spec:
 	cp, err := proc.Start(proc.Spec{Name: "controlplane", Path: cpBin, Env: spiffeEnv, LogDir: logs, Args: []string{
 		"controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", "127.0.0.1:" + strconv.Itoa(freePort(t)),
 		"--mesh", meshFile, "--policy", policyDir, "--reload", "200ms", "--admin-id", adminID.String(),
+		"--state-dir", filepath.Join(work, "controlplane-state"),
 	}})
 	if err != nil {
 		t.Fatal(err)

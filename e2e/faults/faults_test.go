@@ -538,7 +538,7 @@ func startControlPlane(t *testing.T, name string, fx *fixture, mesh string, extr
 		args = append(args, "--mesh", meshFile)
 	}
 	args = append(args, extra...)
-	args = withFlags(t, "controlplane", args, "bundle-heartbeat", "1s")
+	args = withFlags(t, "controlplane", args, "bundle-heartbeat", "1s", "state-dir", filepath.Join(fx.dir, name+"-state"))
 	p := startProcess(t, name, args, nil)
 	line := p.waitLine(t, "control plane listening", 30*time.Second)
 	var rec struct{ XDS, HTTP, Metrics string }

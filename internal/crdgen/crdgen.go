@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,30 +31,41 @@ type Kind struct {
 	Plural     string
 	ShortNames []string
 	Doc        string
-	spec       reflect.Type
-	columns    []apiextensionsv1.CustomResourceColumnDefinition
+	// Spec is the Go type of the object's spec; the schema is derived
+	// from its fields and JSON tags.
+	Spec reflect.Type
+	// Columns are kubectl's extra printer columns (Age is added).
+	Columns []apiextensionsv1.CustomResourceColumnDefinition
+	// Enums closes string fields to a set of values, by "Type.Field" as
+	// the fields of the policy model are in this package's own table.
+	Enums map[string][]string
 }
 
-func col(name, path string) apiextensionsv1.CustomResourceColumnDefinition {
+// Column is a string printer column at a JSON path.
+func Column(name, path string) apiextensionsv1.CustomResourceColumnDefinition {
 	return apiextensionsv1.CustomResourceColumnDefinition{Name: name, Type: "string", JSONPath: path}
 }
 
-// Kinds lists meshguard's kinds in a stable order.
+func col(name, path string) apiextensionsv1.CustomResourceColumnDefinition { return Column(name, path) }
+
+// Kinds lists meshguard's policy kinds in a stable order: the documents
+// users write, which the control plane watches and compiles. The control
+// plane's own state has kinds of its own (package controlplane/state/kube).
 var Kinds = []Kind{
 	{policies.KindIdentityPolicy, "identitypolicies", []string{"mgip"}, "Rules by SPIFFE ID pattern, JWT-SVID requirements and Envoy route names, with an enforcement mode per policy and rule.",
-		reflect.TypeFor[policies.IdentityPolicySpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Action", ".spec.action"), col("Mode", ".spec.mode")}},
+		reflect.TypeFor[policies.IdentityPolicySpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Action", ".spec.action"), col("Mode", ".spec.mode")}, nil},
 	{policies.KindDefaultDeny, "defaultdenies", []string{"mgdd"}, "Deny every request to the selected workloads that no ALLOW policy admits.",
-		reflect.TypeFor[policies.DefaultDenySpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Mode", ".spec.mode")}},
+		reflect.TypeFor[policies.DefaultDenySpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Mode", ".spec.mode")}, nil},
 	{policies.KindRouteOverride, "routeoverrides", []string{"mgro"}, "Per Envoy route tuning: mode, extra rules, unsafe-path opt-out, ext_authz disable, anomaly thresholds.",
-		reflect.TypeFor[policies.RouteOverrideSpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Route", ".spec.route"), col("Mode", ".spec.mode")}},
+		reflect.TypeFor[policies.RouteOverrideSpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Route", ".spec.route"), col("Mode", ".spec.mode")}, nil},
 	{policies.KindTrafficBaseline, "trafficbaselines", []string{"mgtb"}, "The expected edges of the service graph: source identity, destination service, routes.",
-		reflect.TypeFor[policies.TrafficBaselineSpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Mode", ".spec.mode")}},
+		reflect.TypeFor[policies.TrafficBaselineSpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Mode", ".spec.mode")}, nil},
 	{policies.KindAnomalyProfile, "anomalyprofiles", []string{"mgap"}, "Anomaly and lateral-movement detectors, thresholds and responses.",
-		reflect.TypeFor[policies.AnomalyProfileSpec](), nil},
+		reflect.TypeFor[policies.AnomalyProfileSpec](), nil, nil},
 	{policies.KindQuarantine, "quarantines", []string{"mgq"}, "An identity denied mesh-wide until it expires or is released.",
-		reflect.TypeFor[policies.QuarantineSpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Identity", ".spec.identity"), col("Expires", ".spec.expiresAt")}},
+		reflect.TypeFor[policies.QuarantineSpec](), []apiextensionsv1.CustomResourceColumnDefinition{col("Identity", ".spec.identity"), col("Expires", ".spec.expiresAt")}, nil},
 	{policies.KindMeshSettings, "meshsettings", []string{"mgms"}, "Mesh-wide settings: root namespace, trust domain, path normalization. At most one per mesh.",
-		reflect.TypeFor[policies.MeshSettingsSpec](), nil},
+		reflect.TypeFor[policies.MeshSettingsSpec](), nil, nil},
 }
 
 // Plurals maps kind to resource name.
@@ -80,17 +92,19 @@ var fieldEnums = map[string][]string{
 	"AnomalyProfileSpec.Responses.values": {"log", "count", "rate-limit", "block", "quarantine"},
 }
 
-// CRDs returns the definitions of every kind.
+// CRDs returns the definitions of the policy kinds.
 func CRDs() []*apiextensionsv1.CustomResourceDefinition {
 	out := make([]*apiextensionsv1.CustomResourceDefinition, 0, len(Kinds))
 	for _, k := range Kinds {
-		out = append(out, crd(k))
+		out = append(out, CRD(k))
 	}
 	return out
 }
 
-func crd(k Kind) *apiextensionsv1.CustomResourceDefinition {
-	spec := schemaOf(k.spec, k.spec.Name())
+// CRD returns the definition of one kind.
+func CRD(k Kind) *apiextensionsv1.CustomResourceDefinition {
+	g := generator{enums: k.Enums}
+	spec := g.schemaOf(k.Spec, k.Spec.Name())
 	spec.Description = k.Doc
 	return &apiextensionsv1.CustomResourceDefinition{
 		TypeMeta: metav1.TypeMeta{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition"},
@@ -124,7 +138,7 @@ func crd(k Kind) *apiextensionsv1.CustomResourceDefinition {
 						"spec":       spec,
 					},
 				}},
-				AdditionalPrinterColumns: append(slices.Clone(k.columns), apiextensionsv1.CustomResourceColumnDefinition{
+				AdditionalPrinterColumns: append(slices.Clone(k.Columns), apiextensionsv1.CustomResourceColumnDefinition{
 					Name: "Age", Type: "date", JSONPath: ".metadata.creationTimestamp",
 				}),
 			}},
@@ -132,12 +146,23 @@ func crd(k Kind) *apiextensionsv1.CustomResourceDefinition {
 	}
 }
 
+// generator derives schemas; enums are the kind's own closed fields.
+type generator struct {
+	enums map[string][]string
+}
+
+var timeType = reflect.TypeFor[time.Time]()
+
 // schemaOf maps a model type to a structural OpenAPI schema.
-func schemaOf(t reflect.Type, path string) apiextensionsv1.JSONSchemaProps {
+func (g generator) schemaOf(t reflect.Type, path string) apiextensionsv1.JSONSchemaProps {
 	if t.Kind() == reflect.Pointer {
-		return schemaOf(t.Elem(), path)
+		return g.schemaOf(t.Elem(), path)
 	}
 	var s apiextensionsv1.JSONSchemaProps
+	if t == timeType {
+		// encoding/json writes RFC 3339; the API server checks it.
+		return apiextensionsv1.JSONSchemaProps{Type: "string", Format: "date-time"}
+	}
 	switch t.Kind() {
 	case reflect.String:
 		s.Type = "string"
@@ -147,6 +172,9 @@ func schemaOf(t reflect.Type, path string) apiextensionsv1.JSONSchemaProps {
 		for _, v := range fieldEnums[path] {
 			s.Enum = append(s.Enum, apiextensionsv1.JSON{Raw: []byte(fmt.Sprintf("%q", v))})
 		}
+		for _, v := range g.enums[path] {
+			s.Enum = append(s.Enum, apiextensionsv1.JSON{Raw: []byte(fmt.Sprintf("%q", v))})
+		}
 	case reflect.Bool:
 		s.Type = "boolean"
 	case reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint32:
@@ -154,11 +182,11 @@ func schemaOf(t reflect.Type, path string) apiextensionsv1.JSONSchemaProps {
 	case reflect.Float64:
 		s.Type = "number"
 	case reflect.Slice:
-		items := schemaOf(t.Elem(), path+".items")
+		items := g.schemaOf(t.Elem(), path+".items")
 		s.Type = "array"
 		s.Items = &apiextensionsv1.JSONSchemaPropsOrArray{Schema: &items}
 	case reflect.Map:
-		vals := schemaOf(t.Elem(), path+".values")
+		vals := g.schemaOf(t.Elem(), path+".values")
 		s.Type = "object"
 		s.AdditionalProperties = &apiextensionsv1.JSONSchemaPropsOrBool{Allows: true, Schema: &vals}
 	case reflect.Struct:
@@ -174,8 +202,8 @@ func schemaOf(t reflect.Type, path string) apiextensionsv1.JSONSchemaProps {
 			if name == "" {
 				name = f.Name
 			}
-			s.Properties[name] = schemaOf(f.Type, t.Name()+"."+f.Name)
-			if !strings.Contains(opts, "omitempty") {
+			s.Properties[name] = g.schemaOf(f.Type, t.Name()+"."+f.Name)
+			if !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") {
 				s.Required = append(s.Required, name)
 			}
 		}
@@ -204,5 +232,5 @@ func YAML(c *apiextensionsv1.CustomResourceDefinition) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("crdgen: %s: %w", c.Name, err)
 	}
-	return append([]byte("# Generated from the policy model by internal/crdgen (go test ./deploy -update). Do not edit.\n"), data...), nil
+	return append([]byte("# Generated by internal/crdgen from the policy model and the control plane state types (go test ./deploy -update). Do not edit.\n"), data...), nil
 }

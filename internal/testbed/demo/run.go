@@ -31,6 +31,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/api"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
@@ -60,6 +61,8 @@ type mesh struct {
 	decisions *decisionlog.Logger // writes into dlog
 
 	store      *store.Store
+	state      *disk.Store
+	stateDir   string
 	qm         *quarantine.Manager
 	unsub      func()
 	events     *http.Server
@@ -209,8 +212,20 @@ func (m *mesh) startControlPlane() error {
 		return fmt.Errorf("demo: policies: %w", err)
 	}
 	m.bundle = st.Bundle()
+	// The quarantines live in a state store like the controlplane
+	// command's; the demo's is a database in a temporary directory,
+	// removed when the demo ends.
+	dir, err := os.MkdirTemp("", "meshguard-demo-state-")
+	if err != nil {
+		return fmt.Errorf("demo: state directory: %w", err)
+	}
+	m.stateDir = dir
+	if m.state, err = disk.Open(dir, disk.Options{Logger: m.o.Log}); err != nil {
+		return fmt.Errorf("demo: state store: %w", err)
+	}
 	qm, err := quarantine.New(quarantine.Options{
-		Sink: st,
+		Store: m.state,
+		Sink:  st,
 		Profiles: func() []policies.AnomalyProfile {
 			if b := st.Bundle(); b != nil {
 				return b.Set.AnomalyProfiles
@@ -230,8 +245,22 @@ func (m *mesh) startControlPlane() error {
 		return fmt.Errorf("demo: quarantine manager: %w", err)
 	}
 	m.qm = qm
+	if err := qm.Load(context.Background()); err != nil {
+		return fmt.Errorf("demo: quarantine manager: %w", err)
+	}
+	// The sidecars' filters report; each only about its own traffic.
+	var reporting []api.ReportingWorkload
+	for _, w := range demoWorkloads {
+		if len(w.Routes) > 0 {
+			reporting = append(reporting, api.ReportingWorkload{ID: w.id(trustDomain), Namespace: w.Namespace, Service: w.Name})
+		}
+	}
+	reporters, err := api.NewReporters(reporting, nil)
+	if err != nil {
+		return fmt.Errorf("demo: reporters: %w", err)
+	}
 	handler, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: trustDomain,
-		Admins: []spiffeid.ID{operatorID}, Logger: m.o.Log})
+		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Logger: m.o.Log})
 	if err != nil {
 		return fmt.Errorf("demo: control plane API: %w", err)
 	}
@@ -516,6 +545,15 @@ func (m *mesh) stop() {
 	}
 	if m.wasmCache != nil {
 		_ = m.wasmCache.Close(context.Background())
+	}
+	if m.qm != nil {
+		m.qm.Close()
+	}
+	if m.state != nil {
+		_ = m.state.Close()
+	}
+	if m.stateDir != "" {
+		_ = os.RemoveAll(m.stateDir)
 	}
 }
 

@@ -282,7 +282,7 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 }
 
 // release ends the attacker's quarantine, if one is in place.
-func (m *mesh) release(context.Context) {
+func (m *mesh) release(ctx context.Context) {
 	entries := m.qm.List()
 	if len(entries) == 0 {
 		m.ui.Info("nothing to release: no quarantine is in place")
@@ -290,7 +290,7 @@ func (m *mesh) release(context.Context) {
 	}
 	for _, e := range entries {
 		m.ui.Info("operator %s releases %s (quarantined by %s: %s)", operatorID, m.name(e.Identity), e.By, truncate(e.Reason, 80))
-		if err := m.qm.Release(e.Identity, operatorID.String(), "released after investigation (demo)"); err != nil {
+		if err := m.qm.Release(ctx, e.Identity, operatorID.String(), "released after investigation (demo)"); err != nil {
 			m.ui.Info("release %s: %v", e.Identity, err)
 		}
 	}
