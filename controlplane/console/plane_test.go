@@ -120,6 +120,13 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 		}
 		p.srv = httptest.NewUnstartedServer(mux)
 		p.srv.TLS = ServerTLSConfig(svid, authority.X509Bundle(), tlsconfig.AuthorizeMemberOf(td))
+		// httptest would serve its own certificate to a client that sends
+		// no server name: serve the SVID.
+		cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+		for _, c := range svid.Certificates {
+			cert.Certificate = append(cert.Certificate, c.Raw)
+		}
+		p.srv.TLS.Certificates = []tls.Certificate{cert}
 		p.srv.StartTLS()
 	} else {
 		p.srv = httptest.NewServer(mux)

@@ -128,7 +128,7 @@
     }
     const names = Array.from(groups.keys()).sort();
     const c = 26;
-    const placed = new Map();
+    const placed = new Map(); // node id → position; 'ns:' + namespace → its label's
     let area = 0;
     const sizes = names.map(function (g) {
       const k = groups.get(g).length;
@@ -142,6 +142,7 @@
       const r = sizes[gi];
       if (x > 0 && x + 2 * r > rowWidth) { x = 0; y += rowH + 60; rowH = 0; }
       const cx = x + r, cy = y + r;
+      placed.set('ns:' + g, { x: cx, y: y + 6 });
       const members = groups.get(g).sort(function (a, b) { return a.name < b.name ? -1 : a.name > b.name ? 1 : (a.id < b.id ? -1 : 1); });
       members.forEach(function (n, i) {
         const rad = c * Math.sqrt(i + 0.5);
@@ -160,11 +161,12 @@
       { selector: 'node', style: {
         'background-color': '#455a64', 'label': 'data(label)', 'font-size': 10, 'color': '#263238',
         'text-valign': 'bottom', 'text-margin-y': 3, 'width': 16, 'height': 16, 'min-zoomed-font-size': 7,
-        'text-max-width': 160, 'text-wrap': 'ellipsis' } },
+        'text-max-width': 160, 'text-wrap': big ? 'none' : 'ellipsis' } },
+      // Namespace names are label-only nodes above their group (compound
+      // parents cost seconds per redraw at 10,000 edges).
       { selector: 'node.ns', style: {
-        'background-color': '#eceff1', 'background-opacity': 0.6, 'border-width': 1, 'border-color': '#b0bec5',
-        'shape': 'round-rectangle', 'label': 'data(label)', 'text-valign': 'top', 'text-halign': 'center',
-        'font-size': 12, 'font-weight': 'bold', 'color': '#546e7a', 'padding': 12 } },
+        'background-opacity': 0, 'width': 1, 'height': 1, 'label': 'data(label)', 'text-valign': 'center',
+        'font-size': 16, 'font-weight': 'bold', 'color': '#78909c', 'min-zoomed-font-size': 4, 'text-max-width': 400 } },
       { selector: 'node.unlisted', style: { 'background-color': '#90a4ae' } },
       { selector: 'node.det', style: { 'border-width': 3, 'border-color': '#ef6c00' } },
       { selector: 'node.q', style: {
@@ -172,7 +174,7 @@
         'width': 26, 'height': 26, 'color': '#b71c1c', 'font-weight': 'bold' } },
       { selector: 'node:selected', style: { 'overlay-color': '#1565c0', 'overlay-opacity': 0.2 } },
       { selector: 'edge', style: {
-        'width': 'data(w)', 'line-color': '#cfd8dc', 'opacity': 0.85,
+        'width': 'data(w)', 'line-color': '#cfd8dc', 'opacity': big ? 1 : 0.85,
         'curve-style': big ? 'haystack' : 'bezier',
         'target-arrow-shape': big ? 'none' : 'triangle', 'target-arrow-color': '#cfd8dc', 'arrow-scale': 0.8 } },
       { selector: 'edge.allow', style: { 'line-color': '#2e7d32', 'target-arrow-color': '#2e7d32' } },
@@ -186,10 +188,10 @@
   }
 
   function nodeElement(n, pos) {
-    return { group: 'nodes', data: { id: n.id, label: n.name, parent: 'ns:' + nsOf(n) }, classes: nodeClasses(n), position: pos };
+    return { group: 'nodes', data: { id: n.id, label: n.name, ns: nsOf(n) }, classes: nodeClasses(n), position: pos };
   }
-  function nsElement(ns) {
-    return { group: 'nodes', data: { id: 'ns:' + ns, label: ns }, classes: 'ns', selectable: false };
+  function nsElement(ns, pos) {
+    return { group: 'nodes', data: { id: 'ns:' + ns, label: ns }, classes: 'ns', selectable: false, grabbable: false, position: pos || { x: 0, y: 0 } };
   }
   function edgeElement(e, now) {
     const cls = edgeClasses(e, now);
@@ -205,7 +207,7 @@
     const now = serverNow();
     const pos = layout();
     const els = [];
-    for (const ns of st.nsSet) els.push(nsElement(ns));
+    for (const ns of st.nsSet) els.push(nsElement(ns, pos.get('ns:' + ns)));
     for (const n of st.nodes.values()) els.push(nodeElement(n, pos.get(n.id)));
     for (const e of st.edges.values()) els.push(edgeElement(e, now));
     if (mg.cy) mg.cy.destroy();
@@ -240,6 +242,7 @@
   function applyDelta(d) {
     const cy = mg.cy;
     if (!cy) return;
+    const t0 = performance.now();
     const now = serverNow();
     let relayout = false;
     cy.batch(function () {
@@ -274,6 +277,7 @@
     mg.nodes = st.nodes.size;
     mg.edges = st.edges.size;
     updateCounts();
+    mg.lastApplyMs = performance.now() - t0;
   }
 
   // Classes change as rates decay, with no update from the server.
@@ -338,25 +342,27 @@
     const v = visibleSet();
     cy.batch(function () {
       if (!v) { cy.elements('.hidden').removeClass('hidden'); return; }
+      const shownNs = new Set();
+      for (const id of v.vis) { const n = st.nodes.get(id); if (n) shownNs.add(nsOf(n)); }
+      // Class changes go in two collection calls: a change per element
+      // costs a style pass each.
+      const hide = [], show = [];
       cy.nodes().forEach(function (n) {
         const id = n.id();
-        if (id.indexOf('ns:') === 0) return;
-        n.toggleClass('hidden', !v.vis.has(id));
+        const visible = id.indexOf('ns:') === 0 ? shownNs.has(n.data('label')) : v.vis.has(id);
+        (visible ? show : hide).push(n);
       });
       cy.edges().forEach(function (e) {
         const d = st.edges.get(e.id());
-        const show = d && (v.core.has(d.s) || v.core.has(d.t));
-        e.toggleClass('hidden', !show);
+        ((d && (v.core.has(d.s) || v.core.has(d.t))) ? show : hide).push(e);
       });
-      cy.nodes('.ns').forEach(function (p) {
-        const kids = p.children();
-        p.toggleClass('hidden', kids.length > 0 && kids.filter('.hidden').length === kids.length);
-      });
+      cy.collection(hide).addClass('hidden');
+      cy.collection(show).removeClass('hidden');
     });
   }
-  function feedVisible(f) {
-    if (!filtering()) return true;
-    const v = visibleSet();
+  // feedVisible: v is visibleSet(), computed once per batch of entries.
+  function feedVisible(f, v) {
+    if (!v) return true;
     return v.core.has(f.src) || v.core.has(f.dst);
   }
 
@@ -404,9 +410,10 @@
   }
   function addFeed(entries) {
     const list = $('feed');
+    const v = visibleSet();
     for (const f of entries) {
       st.feed.push(f);
-      if (feedVisible(f)) list.insertBefore(feedItem(f), list.firstChild);
+      if (feedVisible(f, v)) list.insertBefore(feedItem(f), list.firstChild);
     }
     if (st.feed.length > 1000) st.feed.splice(0, st.feed.length - 1000);
     while (list.childElementCount > FEED_MAX) list.removeChild(list.lastChild);
@@ -414,9 +421,10 @@
   function renderFeed() {
     const list = $('feed');
     clear(list);
+    const v = visibleSet();
     let shown = 0;
     for (let i = st.feed.length - 1; i >= 0 && shown < FEED_MAX; i--) {
-      if (feedVisible(st.feed[i])) { list.appendChild(feedItem(st.feed[i])); shown++; }
+      if (feedVisible(st.feed[i], v)) { list.appendChild(feedItem(st.feed[i])); shown++; }
     }
   }
 
@@ -496,6 +504,21 @@
     return ce.length ? ce.data('label') : null;
   };
   mg.feedText = function () { return $('feed').textContent; };
+  mg.phases = function () {
+    const nav = performance.getEntriesByType('navigation')[0];
+    const lib = performance.getEntriesByName(new URL('assets/vendor/cytoscape/cytoscape.min.js', location.href).href)[0];
+    return { domContentLoaded: nav ? nav.domContentLoadedEventEnd : -1, libLoaded: lib ? lib.responseEnd : -1,
+      snapshot: mg.snapshotMs, build: mg.buildMs, firstPaint: mg.firstPaintMs };
+  };
+  // timeFilter applies a namespace filter and resolves with the time until
+  // the next frame, in ms.
+  mg.timeFilter = function (ns) {
+    return new Promise(function (resolve) {
+      const t0 = performance.now();
+      setNsFilter(ns);
+      requestAnimationFrame(function () { resolve(performance.now() - t0); });
+    });
+  };
 
   // ----- identity page -----
   let refreshTimer = null;
