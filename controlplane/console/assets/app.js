@@ -127,7 +127,7 @@
       groups.get(g).push(n);
     }
     const names = Array.from(groups.keys()).sort();
-    const c = 26;
+    const c = st.nodes.size > 300 ? 26 : 48; // room for labels in small meshes
     const placed = new Map(); // node id → position; 'ns:' + namespace → its label's
     let area = 0;
     const sizes = names.map(function (g) {
@@ -136,7 +136,7 @@
       area += 4 * r * r;
       return r;
     });
-    const rowWidth = Math.max(600, Math.sqrt(area) * 1.4);
+    const rowWidth = Math.max(600, Math.sqrt(area) * 2.2);
     let x = 0, y = 0, rowH = 0;
     names.forEach(function (g, gi) {
       const r = sizes[gi];
@@ -159,7 +159,7 @@
   function style(big) {
     const s = [
       { selector: 'node', style: {
-        'background-color': '#455a64', 'label': 'data(label)', 'font-size': 10, 'color': '#263238',
+        'background-color': '#455a64', 'label': 'data(label)', 'font-size': big ? 10 : 13, 'color': '#263238',
         'text-valign': 'bottom', 'text-margin-y': 3, 'width': 16, 'height': 16, 'min-zoomed-font-size': 7,
         'text-max-width': 160, 'text-wrap': big ? 'none' : 'ellipsis' } },
       // Namespace names are label-only nodes above their group (compound
@@ -218,7 +218,8 @@
       minZoom: 0.02, maxZoom: 4,
     });
     mg.cy = cy;
-    cy.fit(undefined, 20);
+    cy.fit(undefined, 30);
+    if (cy.zoom() > 1.6) { cy.zoom(1.6); cy.center(); }
     cy.on('tap', 'node', function (ev) {
       const id = ev.target.id();
       if (id.indexOf('ns:') === 0) { setNsFilter(id.slice(3)); return; }
@@ -396,7 +397,7 @@
     if (f.dst && f.dst !== f.src) { who.appendChild(el('span', 'arrow', ' → ')); who.appendChild(idLink(f.dst)); }
     li.appendChild(who);
     const parts = [];
-    if (f.count && f.count > 1 && (f.kind === 'deny' || f.kind === 'dry-run')) parts.push('×' + f.count);
+    if (f.count && f.count > 1 && (f.kind === 'deny' || f.kind === 'dry-run')) parts.push('×' + f.count + (f.first ? ' since ' + fmtTime(f.first) : ''));
     if (f.route) parts.push('route ' + f.route);
     if (f.svc) parts.push('service ' + f.svc);
     if (f.detector) parts.push(f.detector + (f.response ? ' → ' + f.response : ''));
@@ -408,24 +409,51 @@
     li.appendChild(el('span', 'fe-what', parts.join(' · ')));
     return li;
   }
+  // Denials and would-denies of one caller, workload, route and rule come
+  // every report (a second or less): within COALESCE_MS they fold into one
+  // line that counts them.
+  const COALESCE_MS = 30000;
+  let folds = new Map(); // key → { f: merged entry, li }
+  function foldKey(f) {
+    if (f.kind !== 'deny' && f.kind !== 'dry-run') return null;
+    return [f.kind, f.src, f.dst, f.route, f.reason, f.policy, f.rule].join('\n');
+  }
+  function showEntry(list, f) {
+    const k = foldKey(f);
+    const prev = k ? folds.get(k) : null;
+    if (prev && f.t - prev.f.t < COALESCE_MS) {
+      const merged = Object.assign({}, f, { count: (prev.f.count || 1) + (f.count || 1), first: prev.f.first || prev.f.t });
+      if (prev.li.parentNode === list) list.removeChild(prev.li);
+      const li = feedItem(merged);
+      list.insertBefore(li, list.firstChild);
+      folds.set(k, { f: merged, li: li });
+      return;
+    }
+    const li = feedItem(f);
+    list.insertBefore(li, list.firstChild);
+    if (k) folds.set(k, { f: f, li: li });
+  }
+  function trimFeed(list) {
+    while (list.childElementCount > FEED_MAX) list.removeChild(list.lastChild);
+    if (folds.size > 2000) folds = new Map();
+  }
   function addFeed(entries) {
     const list = $('feed');
     const v = visibleSet();
     for (const f of entries) {
       st.feed.push(f);
-      if (feedVisible(f, v)) list.insertBefore(feedItem(f), list.firstChild);
+      if (feedVisible(f, v)) showEntry(list, f);
     }
     if (st.feed.length > 1000) st.feed.splice(0, st.feed.length - 1000);
-    while (list.childElementCount > FEED_MAX) list.removeChild(list.lastChild);
+    trimFeed(list);
   }
   function renderFeed() {
     const list = $('feed');
     clear(list);
+    folds = new Map();
     const v = visibleSet();
-    let shown = 0;
-    for (let i = st.feed.length - 1; i >= 0 && shown < FEED_MAX; i--) {
-      if (feedVisible(st.feed[i], v)) { list.appendChild(feedItem(st.feed[i])); shown++; }
-    }
+    for (const f of st.feed) if (feedVisible(f, v)) showEntry(list, f);
+    trimFeed(list);
   }
 
   // ----- live stream -----
@@ -504,6 +532,7 @@
     return ce.length ? ce.data('label') : null;
   };
   mg.feedText = function () { return $('feed').textContent; };
+  mg.csrf = function () { return st.session ? st.session.csrf : ''; };
   mg.phases = function () {
     const nav = performance.getEntriesByType('navigation')[0];
     const lib = performance.getEntriesByName(new URL('assets/vendor/cytoscape/cytoscape.min.js', location.href).href)[0];
