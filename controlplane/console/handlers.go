@@ -34,7 +34,12 @@ const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 // and what it loads. They hold no data.
 var public = map[string]bool{"login": true, "assets/login.js": true, "assets/app.css": true, "assets/favicon.svg": true}
 
-const maxRequestBytes = 64 << 10
+const (
+	maxRequestBytes = 64 << 10
+	// maxReasonText bounds the reason of a quarantine or release (the
+	// quarantine document keeps 256 bytes of it).
+	maxReasonText = 256
+)
 
 func (c *Console) routes() {
 	c.mux.HandleFunc("POST "+Path+"api/login", c.login)
@@ -452,9 +457,9 @@ func (c *Console) quarantine(w http.ResponseWriter, r *http.Request, p principal
 		httpError(w, http.StatusBadRequest, "identity: not a SPIFFE ID")
 		return
 	}
-	if strings.TrimSpace(req.Reason) == "" {
+	if strings.TrimSpace(req.Reason) == "" || len(req.Reason) > maxReasonText {
 		c.actions.WithLabelValues("quarantine", "invalid").Inc()
-		httpError(w, http.StatusBadRequest, "a reason is required")
+		httpError(w, http.StatusBadRequest, "a reason is required, at most 256 bytes")
 		return
 	}
 	q, err := c.opts.Quarantines.Quarantine(r.Context(), req.Identity, req.Reason, p.subject, d)
@@ -476,9 +481,9 @@ func (c *Console) release(w http.ResponseWriter, r *http.Request, p principal) {
 		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if strings.TrimSpace(req.Reason) == "" {
+	if strings.TrimSpace(req.Reason) == "" || len(req.Reason) > maxReasonText {
 		c.actions.WithLabelValues("release", "invalid").Inc()
-		httpError(w, http.StatusBadRequest, "a reason is required")
+		httpError(w, http.StatusBadRequest, "a reason is required, at most 256 bytes")
 		return
 	}
 	if err := c.opts.Quarantines.Release(r.Context(), req.Identity, req.Reason, p.subject); err != nil {

@@ -57,6 +57,9 @@ type planeOptions struct {
 	workloads []Workload
 	tick      time.Duration
 	maxEdges  int
+	// timeout is the listener's read and write timeout, as the
+	// controlplane command sets them (0: none).
+	timeout time.Duration
 }
 
 const (
@@ -119,6 +122,7 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 			t.Fatal(err)
 		}
 		p.srv = httptest.NewUnstartedServer(mux)
+		p.srv.Config.ReadTimeout, p.srv.Config.WriteTimeout = o.timeout, o.timeout
 		p.srv.TLS = ServerTLSConfig(svid, authority.X509Bundle(), tlsconfig.AuthorizeMemberOf(td))
 		// httptest would serve its own certificate to a client that sends
 		// no server name: serve the SVID.
@@ -129,7 +133,9 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 		p.srv.TLS.Certificates = []tls.Certificate{cert}
 		p.srv.StartTLS()
 	} else {
-		p.srv = httptest.NewServer(mux)
+		p.srv = httptest.NewUnstartedServer(mux)
+		p.srv.Config.ReadTimeout, p.srv.Config.WriteTimeout = o.timeout, o.timeout
+		p.srv.Start()
 	}
 	p.url = p.srv.URL
 	t.Cleanup(func() {

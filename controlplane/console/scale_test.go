@@ -81,7 +81,7 @@ func measureScale(t *testing.T, b *browser.Browser, n, e int) scaleResult {
 	// from the POST to the first frame that draws the edge as denied.
 	var lat []time.Duration
 	rng := rand.New(rand.NewPCG(7, 7))
-	for len(lat) < 7 {
+	for len(lat) < 5 {
 		ed := edges[rng.IntN(len(edges))]
 		src, dst := ids[ed[0]].String(), ids[ed[1]].String()
 		cls, err := browser.Eval[string](tab, 5*time.Second, `window.__mg.edgeClass(`+jsString(src)+`, `+jsString(dst)+`)`)

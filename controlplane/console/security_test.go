@@ -488,9 +488,11 @@ func TestTokensAreNeverLogged(t *testing.T) {
 }
 
 // TestStreamSendsSnapshotThenUpdates reads the live stream as the page
-// does: the snapshot first, then a denial within a tick or two.
+// does: the snapshot first, then a denial within a tick or two — also
+// after the listener's read and write timeouts have passed (a stream
+// outlives the request timeouts of the listener it shares).
 func TestStreamSendsSnapshotThenUpdates(t *testing.T) {
-	p := newPlane(t, planeOptions{})
+	p := newPlane(t, planeOptions{timeout: 500 * time.Millisecond})
 	req, _ := http.NewRequest("GET", p.url+"/console/api/stream", nil)
 	req.Header.Set("Authorization", "Bearer "+testViewerToken)
 	resp, err := (&http.Client{}).Do(req)
@@ -522,6 +524,7 @@ func TestStreamSendsSnapshotThenUpdates(t *testing.T) {
 	if first[0] != "snapshot" || json.Unmarshal([]byte(first[1]), &snap) != nil {
 		t.Fatalf("first message %q", first[0])
 	}
+	time.Sleep(1200 * time.Millisecond) // past both timeouts
 	start := time.Now()
 	p.post(idOf("/ns/bookstore/sa/catalog"), decision(idOf("/ns/bookstore/sa/reviews"), "catalog", "deny", "denied_no_allow_match AuthorizationPolicy/bookstore/catalog", 3))
 	timeout := time.After(5 * time.Second)
