@@ -208,7 +208,7 @@ func (c *Console) Run(ctx context.Context) {
 			return
 		case <-c.sync:
 			c.syncQuarantines()
-			if b := c.bundle.Load(); b != nil {
+			if b := c.bundle.Load(); b != nil && c.model.newEdges() {
 				if s := c.snapshotOf(b); s != nil {
 					c.model.rebaseline(s)
 				}

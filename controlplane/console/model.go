@@ -228,6 +228,7 @@ type model struct {
 	feedSeq  uint64
 	tick     uint64
 	dropped  uint64
+	marked   int // edges marked as not in the baseline
 
 	dirtyNodes map[string]struct{}
 	dirtyEdges map[*edge]struct{}
@@ -423,6 +424,7 @@ func (m *model) observe(reporter string, events []wire.Event) {
 			e.route(route)
 			if strings.HasPrefix(ev.Detail, "unknown") && !e.isNew {
 				e.isNew, e.newSvc, e.newRoute = true, clip(ev.Destination, maxTextLen), route
+				m.marked++
 				m.add(FeedEntry{Time: nowMs, Kind: KindNewEdge, Source: src, Destination: dst, Route: route,
 					Service: e.newSvc, Detector: clip(ev.Detector, 32), Detail: clip(ev.Detail, maxTextLen)})
 			}
@@ -622,6 +624,13 @@ func (m *model) syncQuarantines(list []Quarantine, history []QuarantineChange) {
 	}
 }
 
+// newEdges reports whether some edge is marked as not in the baseline.
+func (m *model) newEdges() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.marked > 0
+}
+
 // rebaseline clears the mark of edges the traffic baseline now lists.
 func (m *model) rebaseline(snap *policies.Snapshot) {
 	m.mu.Lock()
@@ -634,11 +643,30 @@ func (m *model) rebaseline(snap *policies.Snapshot) {
 		if err != nil {
 			continue
 		}
-		if snap.KnownEdge(id, e.newSvc, e.newRoute) {
+		if knownEdge(snap, id, e.newSvc, e.newRoute) {
 			e.isNew = false
+			m.marked--
 			m.dirtyEdges[e] = struct{}{}
 		}
 	}
+}
+
+// knownEdge asks the baseline as the filter's lateral detector does: the
+// destination service as reported, then its Kubernetes short forms
+// (reviews.default.svc.cluster.local → reviews.default → reviews).
+func knownEdge(snap *policies.Snapshot, src spiffeid.ID, dest, route string) bool {
+	if snap.KnownEdge(src, dest, route) {
+		return true
+	}
+	if i := strings.Index(dest, ".svc"); i > 0 {
+		if snap.KnownEdge(src, dest[:i], route) {
+			return true
+		}
+		if j := strings.IndexByte(dest, '.'); j > 0 && j < i {
+			return snap.KnownEdge(src, dest[:j], route)
+		}
+	}
+	return false
 }
 
 // IdentityView is what the identity page shows of the model.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
@@ -166,5 +167,39 @@ func TestQuarantineHistoryReachesTheFeedOnce(t *testing.T) {
 	}
 	if strings.Join(kinds, ", ") != "quarantine by spiffe://cluster.local/ns/secops/sa/oncall, release by console-token:operator" {
 		t.Errorf("feed: %v", kinds)
+	}
+}
+
+// TestNewEdgeMarkClearsWhenTheBaselineListsIt: an edge a filter reported as
+// unknown stays marked until a bundle's TrafficBaseline lists it.
+func TestNewEdgeMarkClearsWhenTheBaselineListsIt(t *testing.T) {
+	m := newModel(time.Now, 0, 0, nil)
+	catalog, reviews := idOf("/ns/bookstore/sa/catalog"), idOf("/ns/bookstore/sa/reviews")
+	m.observe(catalog.String(), []wire.Event{{Kind: wire.EventEdge, Source: reviews.String(),
+		Destination: "catalog.bookstore.svc.cluster.local", Route: "catalog", Detail: "unknown baseline=shadow"}})
+	if !m.newEdges() || !m.snapshot().Edges[0].New {
+		t.Fatal("the unknown edge is not marked")
+	}
+	snap := func(edges ...policies.Edge) *policies.Snapshot {
+		b, _, err := policies.NewBundle("v", policies.Set{TrafficBaselines: []policies.TrafficBaseline{{
+			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindTrafficBaseline,
+			Metadata: policies.ObjectMeta{Name: "graph", Namespace: "bookstore"},
+			Spec:     policies.TrafficBaselineSpec{Mode: policies.BaselineShadow, Edges: edges}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := policies.Compile(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	m.rebaseline(snap(policies.Edge{Source: reviews.String(), Destination: "orders", Routes: []string{"orders"}}))
+	if !m.snapshot().Edges[0].New {
+		t.Fatal("cleared by a baseline that does not list it")
+	}
+	m.rebaseline(snap(policies.Edge{Source: reviews.String(), Destination: "catalog", Routes: []string{"catalog"}}))
+	if m.snapshot().Edges[0].New || m.newEdges() {
+		t.Fatal("still marked once the baseline lists it")
 	}
 }
