@@ -117,6 +117,17 @@ func measureScale(t *testing.T, b *browser.Browser, n, e int) scaleResult {
 		t.Fatal(err)
 	}
 	r.filter = ms(f)
+	// The filter shows team-03's edges and hides most of the rest.
+	touching := 0
+	for _, ed := range edges {
+		if ed[0]/50 == 3 || ed[1]/50 == 3 {
+			touching++
+		}
+	}
+	visible, err := browser.Eval[int](tab, 10*time.Second, `window.__mg.drawnEdges()`)
+	if err != nil || visible < touching || visible >= e {
+		t.Errorf("%d edges visible under the namespace filter (%v); %d touch it, %d in all", visible, err, touching, e)
+	}
 	if f, err = browser.Eval[float64](tab, 20*time.Second, `window.__mg.timeFilter("")`); err != nil {
 		t.Fatal(err)
 	}
@@ -141,6 +152,9 @@ func TestConsoleScale(t *testing.T) {
 		t.Skip("scale: loads 10,000 edges into Chromium")
 	}
 	b := browser.Start(t)
+	// A first page warms the browser up, so that the baseline does not pay
+	// for it.
+	signIn(t, b, newPlane(t, planeOptions{}).url, testViewerToken)
 	base := measureScale(t, b, 100, 1000)
 	full := measureScale(t, b, 1000, 10000)
 	for _, r := range []scaleResult{base, full} {

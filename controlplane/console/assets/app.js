@@ -7,7 +7,7 @@
   const CLASSES = ['allow', 'deny', 'dry', 'anom'];
   const ACTIVE = 0.002; // req/s below which a class is idle (a single request decays below it in ~2 min)
   const FEED_MAX = 300;
-  const BIG = 1500; // edges above which the graph draws for speed
+  const BIG = 1500; // edges above which no arrow heads are drawn
 
   const mg = {
     firstPaintMs: null, snapshotMs: null, buildMs: null,
@@ -113,9 +113,6 @@
     if (!n.known) c.push('unlisted');
     return c.join(' ');
   }
-  function edgeClasses(e, now) {
-    return edgeClass(e, now) + (e.new ? ' new' : '');
-  }
 
   // ----- layout: namespaces as groups, nodes in a sunflower within each -----
   function nsOf(n) { return n.ns || '(none)'; }
@@ -156,14 +153,24 @@
   }
 
   // ----- the graph -----
-  function style(big) {
-    const s = [
+  // cytoscape.js draws the workloads (shapes, labels, pan, zoom, taps);
+  // the edges go on a canvas of their own under it, in one path per colour:
+  // as cytoscape.js elements, 10,000 edges took seconds to build and to
+  // redraw, and these take milliseconds.
+  const COLORS = { allow: '#2e7d32', deny: '#c62828', dry: '#f9a825', anom: '#6a1b9a', idle: '#cfd8dc' };
+  const ORDER = ['idle', 'allow', 'dry', 'deny', 'anom']; // later on top
+  const edgeCls = new Map(); // edge id → class drawn ('allow' … 'idle')
+  let edgeCanvas = null;
+  let drawPending = false;
+
+  function style() {
+    return [
       { selector: 'node', style: {
-        'background-color': '#455a64', 'label': 'data(label)', 'font-size': big ? 10 : 13, 'color': '#263238',
+        'background-color': '#455a64', 'label': 'data(label)', 'font-size': st.nodes.size > 300 ? 10 : 13, 'color': '#263238',
         'text-valign': 'bottom', 'text-margin-y': 3, 'width': 16, 'height': 16, 'min-zoomed-font-size': 7,
-        'text-max-width': 160, 'text-wrap': big ? 'none' : 'ellipsis' } },
+        'text-max-width': 160, 'text-wrap': 'ellipsis' } },
       // Namespace names are label-only nodes above their group (compound
-      // parents cost seconds per redraw at 10,000 edges).
+      // parents cost seconds per redraw at 1,000 workloads).
       { selector: 'node.ns', style: {
         'background-opacity': 0, 'width': 1, 'height': 1, 'label': 'data(label)', 'text-valign': 'center',
         'font-size': 16, 'font-weight': 'bold', 'color': '#78909c', 'min-zoomed-font-size': 4, 'text-max-width': 400 } },
@@ -173,18 +180,8 @@
         'background-color': '#b71c1c', 'shape': 'octagon', 'border-width': 4, 'border-color': '#000000',
         'width': 26, 'height': 26, 'color': '#b71c1c', 'font-weight': 'bold' } },
       { selector: 'node:selected', style: { 'overlay-color': '#1565c0', 'overlay-opacity': 0.2 } },
-      { selector: 'edge', style: {
-        'width': 'data(w)', 'line-color': '#cfd8dc', 'opacity': big ? 1 : 0.85,
-        'curve-style': big ? 'haystack' : 'bezier',
-        'target-arrow-shape': big ? 'none' : 'triangle', 'target-arrow-color': '#cfd8dc', 'arrow-scale': 0.8 } },
-      { selector: 'edge.allow', style: { 'line-color': '#2e7d32', 'target-arrow-color': '#2e7d32' } },
-      { selector: 'edge.dry', style: { 'line-color': '#f9a825', 'target-arrow-color': '#f9a825' } },
-      { selector: 'edge.deny', style: { 'line-color': '#c62828', 'target-arrow-color': '#c62828' } },
-      { selector: 'edge.anom', style: { 'line-color': '#6a1b9a', 'target-arrow-color': '#6a1b9a' } },
-      { selector: 'edge.new', style: { 'line-style': 'dashed', 'underlay-color': '#1e88e5', 'underlay-opacity': 0.35, 'underlay-padding': 3 } },
       { selector: '.hidden', style: { 'display': 'none' } },
     ];
-    return s;
   }
 
   function nodeElement(n, pos) {
@@ -193,29 +190,137 @@
   function nsElement(ns, pos) {
     return { group: 'nodes', data: { id: 'ns:' + ns, label: ns }, classes: 'ns', selectable: false, grabbable: false, position: pos || { x: 0, y: 0 } };
   }
-  function edgeElement(e, now) {
-    const cls = edgeClasses(e, now);
-    return { group: 'edges', data: { id: e.id, source: e.s, target: e.t, w: edgeWidth(e, now), cls: cls }, classes: cls };
+
+  // scheduleDraw redraws the edges on the next frame (once, however often
+  // it is asked).
+  function scheduleDraw() {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(function () { drawPending = false; drawEdges(); });
   }
+
+  function drawEdges() {
+    const cy = mg.cy;
+    if (!cy || !edgeCanvas) return;
+    const box = $('cy');
+    const ratio = window.devicePixelRatio || 1;
+    const w = box.clientWidth, h = box.clientHeight;
+    if (edgeCanvas.width !== Math.round(w * ratio) || edgeCanvas.height !== Math.round(h * ratio)) {
+      edgeCanvas.width = Math.round(w * ratio);
+      edgeCanvas.height = Math.round(h * ratio);
+      edgeCanvas.style.width = w + 'px';
+      edgeCanvas.style.height = h + 'px';
+    }
+    const ctx = edgeCanvas.getContext('2d');
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, edgeCanvas.width, edgeCanvas.height);
+    const z = cy.zoom(), pan = cy.pan();
+    ctx.setTransform(ratio * z, 0, 0, ratio * z, ratio * pan.x, ratio * pan.y);
+    const now = serverNow();
+    const vis = visibleSet();
+    const arrows = st.edges.size <= BIG;
+    const groups = {};
+    const marked = [];
+    edgeCls.clear();
+    for (const e of st.edges.values()) {
+      if (vis && !(vis.core.has(e.s) || vis.core.has(e.t))) continue;
+      const a = nodePos.get(e.s), b = nodePos.get(e.t);
+      if (!a || !b) continue;
+      const cls = edgeClass(e, now);
+      edgeCls.set(e.id, cls + (e.new ? ' new' : ''));
+      const wd = Math.round(edgeWidth(e, now)) + (arrows ? 1 : 0);
+      const k = cls + ':' + wd + ':' + (e.new ? 1 : 0);
+      (groups[k] || (groups[k] = [])).push([a, b]);
+      if (e.new) marked.push([a, b, wd]);
+    }
+    // Edges not in the baseline: a halo under them, and dashed.
+    ctx.lineCap = 'round';
+    ctx.strokeStyle = 'rgba(30, 136, 229, 0.35)';
+    for (const m of marked) {
+      ctx.lineWidth = m[2] + 6;
+      ctx.beginPath(); ctx.moveTo(m[0].x, m[0].y); ctx.lineTo(m[1].x, m[1].y); ctx.stroke();
+    }
+    for (const cls of ORDER) {
+      for (const k of Object.keys(groups)) {
+        const parts = k.split(':');
+        if (parts[0] !== cls) continue;
+        const wd = +parts[1];
+        ctx.strokeStyle = COLORS[cls];
+        ctx.fillStyle = COLORS[cls];
+        ctx.lineWidth = wd;
+        ctx.setLineDash(parts[2] === '1' ? [7, 5] : []);
+        ctx.beginPath();
+        for (const seg of groups[k]) { ctx.moveTo(seg[0].x, seg[0].y); ctx.lineTo(seg[1].x, seg[1].y); }
+        ctx.stroke();
+        ctx.setLineDash([]);
+        if (arrows) {
+          ctx.beginPath();
+          for (const seg of groups[k]) arrowHead(ctx, seg[0], seg[1], wd);
+          ctx.fill();
+        }
+      }
+    }
+    settle();
+  }
+
+  function arrowHead(ctx, a, b, wd) {
+    const dx = b.x - a.x, dy = b.y - a.y;
+    const len = Math.sqrt(dx * dx + dy * dy);
+    if (len < 30) return;
+    const ux = dx / len, uy = dy / len;
+    const tipX = b.x - ux * 11, tipY = b.y - uy * 11; // the node's edge
+    const size = 7 + wd;
+    ctx.moveTo(tipX, tipY);
+    ctx.lineTo(tipX - ux * size - uy * size * 0.5, tipY - uy * size + ux * size * 0.5);
+    ctx.lineTo(tipX - ux * size + uy * size * 0.5, tipY - uy * size - ux * size * 0.5);
+    ctx.closePath();
+  }
+
+  // edgeAt finds the edge nearest a point of the graph, within a few
+  // pixels.
+  function edgeAt(p) {
+    const cy = mg.cy;
+    const tol = 5 / cy.zoom();
+    const vis = visibleSet();
+    let best = null, bestD = tol * tol;
+    for (const e of st.edges.values()) {
+      if (vis && !(vis.core.has(e.s) || vis.core.has(e.t))) continue;
+      const a = nodePos.get(e.s), b = nodePos.get(e.t);
+      if (!a || !b) continue;
+      const dx = b.x - a.x, dy = b.y - a.y;
+      const l2 = dx * dx + dy * dy || 1;
+      let t = ((p.x - a.x) * dx + (p.y - a.y) * dy) / l2;
+      t = Math.max(0, Math.min(1, t));
+      const ex = a.x + t * dx - p.x, ey = a.y + t * dy - p.y;
+      const d2 = ex * ex + ey * ey;
+      if (d2 < bestD) { bestD = d2; best = e.id; }
+    }
+    return best;
+  }
+
+  const nodePos = new Map(); // node id → position in the graph
 
   function buildGraph(snap) {
     const t0 = performance.now();
-    st.nodes.clear(); st.edges.clear(); st.byPair.clear(); st.nsSet.clear();
+    st.nodes.clear(); st.edges.clear(); st.byPair.clear(); st.nsSet.clear(); edgeCls.clear();
     for (const n of snap.nodes) { st.nodes.set(n.id, n); st.nsSet.add(nsOf(n)); }
     for (const e of snap.edges) { st.edges.set(e.id, e); st.byPair.set(e.s + '\n' + e.t, e.id); }
-    const big = st.edges.size > BIG;
-    const now = serverNow();
     const pos = layout();
+    nodePos.clear();
+    for (const [id, p] of pos) nodePos.set(id, p);
     const els = [];
     for (const ns of st.nsSet) els.push(nsElement(ns, pos.get('ns:' + ns)));
     for (const n of st.nodes.values()) els.push(nodeElement(n, pos.get(n.id)));
-    for (const e of st.edges.values()) els.push(edgeElement(e, now));
     if (mg.cy) mg.cy.destroy();
+    const box = $('cy');
+    if (!edgeCanvas) {
+      edgeCanvas = document.createElement('canvas');
+      edgeCanvas.className = 'edges';
+      box.appendChild(edgeCanvas);
+    }
     const cy = cytoscape({
-      container: $('cy'), elements: els, style: style(big), layout: { name: 'preset' },
-      boxSelectionEnabled: false, autoungrabify: big, motionBlur: false,
-      textureOnViewport: big, hideEdgesOnViewport: big, pixelRatio: big ? 1 : 'auto',
-      minZoom: 0.02, maxZoom: 4,
+      container: box, elements: els, style: style(), layout: { name: 'preset' },
+      boxSelectionEnabled: false, motionBlur: false, minZoom: 0.02, maxZoom: 4,
     });
     mg.cy = cy;
     cy.fit(undefined, 30);
@@ -225,14 +330,20 @@
       if (id.indexOf('ns:') === 0) { setNsFilter(id.slice(3)); return; }
       location.hash = '#/identity/' + encodeURIComponent(id);
     });
-    cy.on('tap', 'edge', function (ev) { showEdge(ev.target.id()); });
-    cy.on('tap', function (ev) { if (ev.target === cy) $('edge-info').hidden = true; });
+    cy.on('tap', function (ev) {
+      if (ev.target !== cy) return;
+      const id = edgeAt(ev.position);
+      if (id) showEdge(id); else $('edge-info').hidden = true;
+    });
+    cy.on('viewport resize', scheduleDraw);
+    cy.on('position', 'node', function (ev) { nodePos.set(ev.target.id(), Object.assign({}, ev.target.position())); scheduleDraw(); });
     refreshNsOptions();
     applyFilter();
     mg.buildMs = performance.now() - t0;
     mg.nodes = st.nodes.size;
     mg.edges = st.edges.size;
     updateCounts();
+    drawEdges();
     if (mg.firstPaintMs === null) {
       cy.one('render', function () {
         requestAnimationFrame(function () { mg.firstPaintMs = performance.now(); });
@@ -244,7 +355,6 @@
     const cy = mg.cy;
     if (!cy) return;
     const t0 = performance.now();
-    const now = serverNow();
     let relayout = false;
     cy.batch(function () {
       for (const n of d.nodes || []) {
@@ -257,43 +367,28 @@
         ce.data('label', n.name);
         ce.classes(nodeClasses(n));
       }
-      for (const e of d.edges || []) {
-        const had = st.edges.has(e.id);
-        st.edges.set(e.id, e);
-        st.byPair.set(e.s + '\n' + e.t, e.id);
-        if (!had) { cy.add(edgeElement(e, now)); continue; }
-        const ce = cy.getElementById(e.id);
-        const cls = edgeClasses(e, now);
-        ce.data({ w: edgeWidth(e, now), cls: cls });
-        ce.classes(cls);
-      }
     });
+    for (const e of d.edges || []) {
+      st.edges.set(e.id, e);
+      st.byPair.set(e.s + '\n' + e.t, e.id);
+    }
     if (relayout) {
       const pos = layout();
       cy.batch(function () {
         for (const [id, p] of pos) cy.getElementById(id).position(p);
       });
+      for (const [id, p] of pos) nodePos.set(id, p);
     }
     if ((d.nodes && d.nodes.length) || relayout) applyFilter();
+    scheduleDraw();
     mg.nodes = st.nodes.size;
     mg.edges = st.edges.size;
     updateCounts();
     mg.lastApplyMs = performance.now() - t0;
   }
 
-  // Classes change as rates decay, with no update from the server.
-  function decay() {
-    const cy = mg.cy;
-    if (!cy) return;
-    const now = serverNow();
-    cy.batch(function () {
-      for (const e of st.edges.values()) {
-        const want = edgeClasses(e, now);
-        const ce = cy.getElementById(e.id);
-        if (ce.length && ce.data('cls') !== want) { ce.classes(want); ce.data('cls', want); ce.data('w', edgeWidth(e, now)); }
-      }
-    });
-  }
+  // Rates decay with no update from the server: redraw now and then.
+  function decay() { scheduleDraw(); }
 
   function updateCounts() {
     let q = 0;
@@ -337,29 +432,26 @@
     }
     return { vis: vis, core: core };
   }
+  // applyFilter hides the workloads the filters leave out; the edge layer
+  // draws the edges of the matching workloads only.
   function applyFilter() {
     const cy = mg.cy;
     if (!cy) return;
     const v = visibleSet();
     cy.batch(function () {
-      if (!v) { cy.elements('.hidden').removeClass('hidden'); return; }
+      if (!v) { cy.nodes('.hidden').removeClass('hidden'); scheduleDraw(); return; }
       const shownNs = new Set();
       for (const id of v.vis) { const n = st.nodes.get(id); if (n) shownNs.add(nsOf(n)); }
-      // Class changes go in two collection calls: a change per element
-      // costs a style pass each.
       const hide = [], show = [];
       cy.nodes().forEach(function (n) {
         const id = n.id();
         const visible = id.indexOf('ns:') === 0 ? shownNs.has(n.data('label')) : v.vis.has(id);
-        (visible ? show : hide).push(n);
-      });
-      cy.edges().forEach(function (e) {
-        const d = st.edges.get(e.id());
-        ((d && (v.core.has(d.s) || v.core.has(d.t))) ? show : hide).push(e);
+        if (visible === n.hasClass('hidden')) (visible ? show : hide).push(n);
       });
       cy.collection(hide).addClass('hidden');
       cy.collection(show).removeClass('hidden');
     });
+    scheduleDraw();
   }
   // feedVisible: v is visibleSet(), computed once per batch of entries.
   function feedVisible(f, v) {
@@ -515,12 +607,13 @@
   mg.when = function (pred) {
     return new Promise(function (resolve) { st.waiters.push({ pred: pred, resolve: resolve }); settle(); });
   };
+  // edgeClass is the class the edge was last drawn with ('' when not
+  // drawn: unknown, or filtered out).
   mg.edgeClass = function (src, dst) {
     const id = st.byPair.get(src + '\n' + dst);
-    if (!id || !mg.cy) return '';
-    const ce = mg.cy.getElementById(id);
-    return ce.length ? ce.classes().join(' ') : '';
+    return id ? (edgeCls.get(id) || '') : '';
   };
+  mg.drawnEdges = function () { return edgeCls.size; };
   mg.nodeClass = function (id) {
     if (!mg.cy) return '';
     const ce = mg.cy.getElementById(id);
