@@ -103,7 +103,18 @@ func TestConsoleOnTheDemoMesh(t *testing.T) {
 	}
 	waitJS(t, op, 10*time.Second, `window.__mg.edgeClass(`+q(id(attacker))+`, `+q(id("ledger"))+`).indexOf("deny") >= 0`)
 	t.Logf("graph: %d workloads, %d edges of legitimate traffic drawn", len(demoWorkloads), len(pairs))
-	shot(t, op, "graph.png")
+	// A click on an edge shows its details.
+	mid, err := browser.Eval[[]float64](op, 5*time.Second, `(() => { const cy = window.__mg.cy;
+		const a = cy.getElementById(`+q(id("payments-api"))+`).renderedPosition(), b = cy.getElementById(`+q(id("ledger"))+`).renderedPosition();
+		const r = document.getElementById("cy").getBoundingClientRect();
+		return [r.left + (a.x + b.x) / 2, r.top + (a.y + b.y) / 2]; })()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := op.Do(5*time.Second, chromedp.MouseClickXY(mid[0], mid[1])); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, op, 5*time.Second, `!document.getElementById("edge-info").hidden && document.getElementById("edge-dl").textContent.indexOf(`+q(id("ledger"))+`) >= 0`)
 
 	// A denial reaches the feed within 2 s, with its reason and rule.
 	deny := call{from: "support", to: "ledger", method: "POST", path: "/v1/entries"}
@@ -158,6 +169,12 @@ func TestConsoleOnTheDemoMesh(t *testing.T) {
 	}
 	waitJS(t, op, 5*time.Second, `document.querySelector("#explain-out .verdict-deny") && document.getElementById("explain-out").textContent.indexOf("denied_no_allow_match") >= 0`)
 	shot(t, op, "identity.png")
+	// The graph with the quarantined workload, for the screenshot.
+	if err := op.Do(5*time.Second, chromedp.Evaluate[chromedp.Void](`location.hash = "#/"`)); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, op, 5*time.Second, `!document.getElementById("view-graph").hidden`)
+	shot(t, op, "graph.png")
 
 	// A viewer sees it, cannot release it.
 	viewer := signIn(t, b, m.console.url+"login#token="+m.console.viewer)
@@ -174,6 +191,8 @@ func TestConsoleOnTheDemoMesh(t *testing.T) {
 	}
 
 	// The operator releases it.
+	goIdentity(t, op, target)
+	waitJS(t, op, 5*time.Second, `!document.getElementById("btn-release").hidden && !document.getElementById("btn-release").disabled`)
 	clickIn(t, op, "#btn-release")
 	waitJS(t, op, 5*time.Second, `document.getElementById("confirm").open`)
 	if err := op.Do(5*time.Second, chromedp.SetValue(chromedp.CSS("#confirm-reason"), "contained and rotated")); err != nil {
