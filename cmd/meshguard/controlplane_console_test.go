@@ -63,10 +63,11 @@ func TestControlPlaneConsole(t *testing.T) {
 			"--console-viewer-id", "spiffe://example.org"})
 		done <- root.ExecuteContext(ctx)
 	}()
+	stopped := false
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controlplane: %v", err)
+		if !stopped {
+			cancel()
+			<-done
 		}
 	})
 	client := func(id spiffeid.ID) *http.Client {
@@ -149,6 +150,26 @@ func TestControlPlaneConsole(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("events without a certificate: %d", resp.StatusCode)
+	}
+	// A page's open stream does not hold up the shutdown.
+	req, _ := http.NewRequest("GET", "https://"+httpAddr+"/console/api/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	stream, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}).Do(req) //nolint:gosec // as a browser through a port-forward
+	if err != nil || stream.StatusCode != 200 {
+		t.Fatalf("stream: %v", err)
+	}
+	defer stream.Body.Close()
+	if _, err := stream.Body.Read(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("controlplane: %v", err)
+	}
+	stopped = true
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("shutdown took %v with a console stream open", d)
 	}
 	if !strings.Contains(logs.String(), "console serving") || strings.Contains(logs.String(), token[:16]) {
 		t.Fatalf("logs lack the console line or hold the token:\n%s", logs.String())

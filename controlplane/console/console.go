@@ -95,6 +95,10 @@ type Console struct {
 	hub   *hub
 	mux   *http.ServeMux
 	sync  chan struct{}
+	// stopped is closed when Run returns: open streams end then, so that
+	// the listener's graceful shutdown does not wait for them.
+	stopped  chan struct{}
+	stopOnce sync.Once
 	// logins limits failed logins (the tokens are 256-bit random values;
 	// this keeps failures cheap and visible).
 	logins *rate.Limiter
@@ -140,11 +144,12 @@ func New(opts Options) (*Console, error) {
 	}
 	c := &Console{
 		opts: opts, log: log, auth: au,
-		model:  newModel(opts.Now, opts.MaxNodes, opts.MaxEdges, opts.Workloads),
-		hub:    newHub(opts.MaxStreams, opts.StreamQueue),
-		mux:    http.NewServeMux(),
-		sync:   make(chan struct{}, 1),
-		logins: rate.NewLimiter(rate.Every(100*time.Millisecond), 20),
+		model:   newModel(opts.Now, opts.MaxNodes, opts.MaxEdges, opts.Workloads),
+		hub:     newHub(opts.MaxStreams, opts.StreamQueue),
+		mux:     http.NewServeMux(),
+		sync:    make(chan struct{}, 1),
+		stopped: make(chan struct{}),
+		logins:  rate.NewLimiter(rate.Every(100*time.Millisecond), 20),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshguard_console_auth_failures_total",
 			Help: "Console requests refused, by reason (unauthenticated, forbidden, csrf).",
@@ -198,10 +203,11 @@ func (c *Console) resync() {
 }
 
 // Run sends the changes to the pages every tick, and follows quarantine
-// changes, until ctx is done.
+// changes, until ctx is done; then it ends the open streams.
 func (c *Console) Run(ctx context.Context) {
 	t := time.NewTicker(c.opts.Tick)
 	defer t.Stop()
+	defer c.stopOnce.Do(func() { close(c.stopped) })
 	for {
 		select {
 		case <-ctx.Done():

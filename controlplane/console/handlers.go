@@ -263,6 +263,8 @@ func (c *Console) stream(w http.ResponseWriter, r *http.Request, p principal) {
 			}
 		case <-sub.gone:
 			return
+		case <-c.stopped:
+			return
 		case <-r.Context().Done():
 			return
 		}
