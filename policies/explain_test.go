@@ -110,8 +110,14 @@ spec:
   action: DENY
   rules:
   - {}`)
-	target := policies.Target{Namespace: "shop", Labels: map[string]string{"app": "orders"}}
+	if u := s.Applicable(&policies.Target{Namespace: "shop"}).Unresolved; u == "" {
+		t.Error("a target without labels in a namespace with selector-scoped policies is not unresolved")
+	}
+	target := policies.Target{Namespace: "shop", Labels: map[string]string{"app": "orders"}, Resolved: true}
 	got := s.Applicable(&target)
+	if got.Unresolved != "" {
+		t.Errorf("resolved target: %s", got.Unresolved)
+	}
 	var rules []string
 	for _, r := range got.Rules {
 		rules = append(rules, r.Action+" "+r.Policy+"#"+r.Rule)

@@ -842,11 +842,16 @@ type Applied struct {
 	Rules        []TraceStep `json:"rules"`
 	DefaultDeny  []RuleRef   `json:"defaultDeny,omitempty"`
 	DryRunScopes bool        `json:"dryRun,omitempty"` // some scope has dry-run rules or policies
+	// Unresolved says why what applies cannot be known for the target (its
+	// labels or service are unknown where a selector- or targetRef-scoped
+	// policy may apply): a request to it is denied with
+	// ReasonDeniedUnresolved. Empty when it can.
+	Unresolved string `json:"unresolved,omitempty"`
 }
 
 // Applicable returns what applies to the target.
 func (s *Snapshot) Applicable(t *Target) Applied {
-	var out Applied
+	out := Applied{Unresolved: s.unresolved(t)}
 	bs := s.collect(&Attributes{Target: *t}, nil, nil, nil)
 	for _, b := range bs {
 		out.Scopes = append(out.Scopes, b.name)

@@ -359,10 +359,10 @@ func (c *Console) policyView(id string) *PolicyView {
 		return nil
 	}
 	sid := spiffeid.RequireFromString(id)
-	labels, ns, svc := c.model.target(id)
-	t := policies.Target{ID: sid, Namespace: ns, Labels: labels, Service: svc}
+	labels, ns, svc, known := c.model.target(id)
+	t := policies.Target{ID: sid, Namespace: ns, Labels: labels, Service: svc, Resolved: known}
 	v := &PolicyView{Version: b.Version, Applied: snap.Applicable(&t),
-		Target: policytest.Target{ID: id, Namespace: ns, Labels: labels, Service: svc}}
+		Target: policytest.Target{ID: id, Namespace: ns, Labels: labels, Service: svc, Unresolved: !known}}
 	for _, ro := range b.Set.RouteOverrides {
 		if ro.Metadata.Namespace == ns {
 			v.RouteOverrides = append(v.RouteOverrides, ro.Spec)

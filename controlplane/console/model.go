@@ -703,15 +703,16 @@ func (m *model) identityView(id string) (IdentityView, bool) {
 	return v, true
 }
 
-// target is the policy target of a known node.
-func (m *model) target(id string) (labels map[string]string, ns, service string) {
+// target is the policy target of a node: known (resolved) when the mesh
+// description lists it, whose labels and service are then all it has.
+func (m *model) target(id string) (labels map[string]string, ns, service string, known bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if n, ok := m.nodes[id]; ok {
-		return n.labels, n.view.Namespace, n.service
+		return n.labels, n.view.Namespace, n.service, n.view.Known
 	}
 	_, ns = nameOf(id)
-	return nil, ns, ""
+	return nil, ns, "", false
 }
 
 func (m *model) droppedEvents() uint64 {

@@ -782,7 +782,8 @@
       let note = 'bundle ' + p.policies.version + ' · scopes: ' + (a.scopes && a.scopes.length ? a.scopes.join(', ') : 'none');
       if (a.defaultDeny && a.defaultDeny.length) note += ' · default deny: ' + a.defaultDeny.map(function (r) { return r.Policy || r.policy; }).join(', ');
       if (p.policies.quarantined) note += ' · the bundle quarantines it: ' + p.policies.quarantined;
-      if (!p.policies.target.labels) note += ' · labels unknown (not in the mesh description): label selectors are not matched';
+      if (p.policies.target.unresolved) note += ' · not in the mesh description: its labels and service are unknown';
+      if (a.unresolved) note += ' · a request to it is denied (denied_unresolved_target): ' + a.unresolved;
       pn.textContent = note;
       for (const r of a.rules || []) {
         const tr = el('tr', 'act-' + r.action.toLowerCase());
