@@ -60,7 +60,8 @@ func TestControlPlaneConsole(t *testing.T) {
 		root.SetArgs([]string{"controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
 			"--svid-cert", cpCert, "--svid-key", cpKey, "--trust-bundle", bundle, "--log-level", "debug",
 			"--admin-id", "spiffe://example.org/ns/ops/sa/admin", "--console-token-file", tokenFile,
-			"--console-viewer-id", "spiffe://example.org"})
+			"--console-viewer-id", "spiffe://example.org", "--reporter-id", "spiffe://example.org/ns/shop/sa/*",
+			"--state-dir", filepath.Join(dir, "state")})
 		done <- root.ExecuteContext(ctx)
 	}()
 	stopped := false

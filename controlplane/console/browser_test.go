@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -119,7 +120,7 @@ func TestBrowserEscapesHostileText(t *testing.T) {
 		wire.Event{Kind: wire.EventAnomaly, Source: evil.String(), Detector: "enumeration", Response: "block",
 			Profile: hostileRule, Detail: hostileReason, Route: hostileRoute, UnixMillis: 1},
 	)
-	if _, err := p.qm.Add(quarantine.AddRequest{Identity: evil.String(), Reason: hostileReason, By: "spiffe://cluster.local/ns/secops/sa/oncall"}); err != nil {
+	if _, err := p.qm.Add(context.Background(), quarantine.AddRequest{Identity: evil.String(), Reason: hostileReason, By: "spiffe://cluster.local/ns/secops/sa/oncall"}); err != nil {
 		t.Fatal(err)
 	}
 	tab := signIn(t, b, p.url, p.opToken)

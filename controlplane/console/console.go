@@ -44,6 +44,15 @@ type Quarantiner interface {
 	Release(ctx context.Context, identity, reason, by string) error
 }
 
+// Errors a Quarantiner returns, which the console answers with their own
+// status (errors.Is): 400, 404, 409 and 503; anything else is a 500.
+var (
+	ErrInvalid        = errors.New("invalid request")
+	ErrNotQuarantined = errors.New("not quarantined")
+	ErrLimit          = errors.New("too many identities quarantined")
+	ErrUnavailable    = errors.New("the state store did not take the change; nothing changed")
+)
+
 // Timeline is an incident store's account of an identity, newest first.
 // Optional: without one the identity page shows what the console saw.
 type Timeline interface {

@@ -467,7 +467,8 @@ func (c *Console) quarantine(w http.ResponseWriter, r *http.Request, p principal
 	q, err := c.opts.Quarantines.Quarantine(r.Context(), req.Identity, req.Reason, p.subject, d)
 	if err != nil {
 		c.actions.WithLabelValues("quarantine", "error").Inc()
-		httpError(w, http.StatusBadRequest, err.Error())
+		c.log.Error("console: quarantine failed", "identity", req.Identity, "by", p.subject, "error", err)
+		httpError(w, statusOf(err), err.Error())
 		return
 	}
 	c.actions.WithLabelValues("quarantine", "ok").Inc()
@@ -490,13 +491,32 @@ func (c *Console) release(w http.ResponseWriter, r *http.Request, p principal) {
 	}
 	if err := c.opts.Quarantines.Release(r.Context(), req.Identity, req.Reason, p.subject); err != nil {
 		c.actions.WithLabelValues("release", "error").Inc()
-		httpError(w, http.StatusNotFound, err.Error())
+		if !errors.Is(err, ErrNotQuarantined) {
+			c.log.Error("console: release failed", "identity", req.Identity, "by", p.subject, "error", err)
+		}
+		httpError(w, statusOf(err), err.Error())
 		return
 	}
 	c.actions.WithLabelValues("release", "ok").Inc()
 	c.log.Warn("console: quarantine released", "identity", req.Identity, "by", p.subject)
 	c.resync()
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// statusOf answers a Quarantiner's error: a change the store did not take
+// is an error to retry (503), never a success.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNotQuarantined):
+		return http.StatusNotFound
+	case errors.Is(err, ErrLimit):
+		return http.StatusConflict
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 func decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {

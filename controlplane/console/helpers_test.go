@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/policies"
 )
@@ -23,8 +25,17 @@ func newManager(t *testing.T) (*quarantine.Manager, *store.Store) {
 	if err := st.SetSource("files", policies.Set{}); err != nil {
 		t.Fatal(err)
 	}
-	qm, err := quarantine.New(quarantine.Options{Sink: st})
+	ds, err := disk.Open(t.TempDir(), disk.Options{})
 	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ds.Close() })
+	qm, err := quarantine.New(quarantine.Options{Store: ds, Sink: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(qm.Close)
+	if err := qm.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return qm, st

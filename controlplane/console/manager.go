@@ -2,6 +2,8 @@ package console
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/meshguard/meshguard/controlplane/quarantine"
@@ -46,11 +48,24 @@ func (a manager) History() []QuarantineChange {
 func (a manager) Quarantine(ctx context.Context, identity, reason, by string, d time.Duration) (Quarantine, error) {
 	e, err := a.m.Add(ctx, quarantine.AddRequest{Identity: identity, Reason: reason, By: by, For: d})
 	if err != nil {
-		return Quarantine{}, err
+		return Quarantine{}, kindOf(err)
 	}
 	return view(e), nil
 }
 
 func (a manager) Release(ctx context.Context, identity, reason, by string) error {
-	return a.m.Release(ctx, identity, by, reason)
+	return kindOf(a.m.Release(ctx, identity, by, reason))
+}
+
+// kindOf maps the manager's errors to the console's.
+func kindOf(err error) error {
+	for _, k := range []struct{ from, to error }{
+		{quarantine.ErrInvalid, ErrInvalid}, {quarantine.ErrNotQuarantined, ErrNotQuarantined},
+		{quarantine.ErrLimit, ErrLimit}, {quarantine.ErrStore, ErrUnavailable},
+	} {
+		if errors.Is(err, k.from) {
+			return fmt.Errorf("%w: %v", k.to, err)
+		}
+	}
+	return err
 }

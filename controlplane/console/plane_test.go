@@ -17,6 +17,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/api"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/examples"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
@@ -81,7 +82,19 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 	if err := st.SetSource("files", set); err != nil {
 		t.Fatal(err)
 	}
-	qm, err := quarantine.New(quarantine.Options{Sink: st, Namespace: "istio-system"})
+	ds, err := disk.Open(t.TempDir(), disk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qm, err := quarantine.New(quarantine.Options{Store: ds, Sink: st, Namespace: "istio-system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := qm.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The mesh's workloads may report (with TLS): the trust domain's.
+	reporters, err := api.NewReporters(nil, []string{"spiffe://" + td.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +116,7 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	h, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), Observers: []api.EventObserver{c},
-		Insecure: !o.tls, TrustDomain: td, Admins: []spiffeid.ID{operatorID}, Registerer: reg})
+		Insecure: !o.tls, TrustDomain: td, Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +157,8 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 		cancel()
 		<-done
 		unsub()
+		qm.Close()
+		_ = ds.Close()
 	})
 	return p
 }

@@ -3,10 +3,14 @@ package console
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -416,7 +420,7 @@ func TestAnswersEscapeHostileText(t *testing.T) {
 		wire.Event{Kind: wire.EventDecision, Source: catalog.String(), Response: "deny", Detail: hostileReason, UnixMillis: 1},
 		wire.Event{Kind: wire.EventEdge, Source: catalog.String(), Destination: hostilePath, Detail: "unknown " + hostileReason, UnixMillis: 1},
 	)
-	if _, err := p.qm.Add(quarantine.AddRequest{Identity: catalog.String(), Reason: hostileReason, By: "test"}); err != nil {
+	if _, err := p.qm.Add(context.Background(), quarantine.AddRequest{Identity: catalog.String(), Reason: hostileReason, By: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -591,5 +595,47 @@ func TestSlowStreamsAreDroppedNotWaitedFor(t *testing.T) {
 	}
 	if _, ok := h.join(); ok {
 		t.Error("a stream beyond the maximum was accepted")
+	}
+}
+
+// failing is a Quarantiner whose store does not take changes.
+type failing struct{ err error }
+
+func (failing) Quarantines() []Quarantine                               { return nil }
+func (failing) History() []QuarantineChange                             { return nil }
+func (f failing) Release(context.Context, string, string, string) error { return f.err }
+func (f failing) Quarantine(context.Context, string, string, string, time.Duration) (Quarantine, error) {
+	return Quarantine{}, f.err
+}
+
+// TestActionErrorsKeepTheirMeaning: releasing what is not quarantined is a
+// 404; a change the state store did not take is a 503 (retry), never a
+// success; the manager's errors map to the console's.
+func TestActionErrorsKeepTheirMeaning(t *testing.T) {
+	p := newPlane(t, planeOptions{})
+	resp, _ := p.do(p.client(spiffeid.ID{}), call{method: "POST", path: "/console/api/release",
+		body: `{"identity":"spiffe://cluster.local/ns/a/sa/b","reason":"r"}`, header: bearer(testOperatorToken)})
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("release of an identity not quarantined: %d, want 404", resp.StatusCode)
+	}
+	for _, c := range []struct {
+		from, to error
+	}{{quarantine.ErrInvalid, ErrInvalid}, {quarantine.ErrNotQuarantined, ErrNotQuarantined},
+		{quarantine.ErrLimit, ErrLimit}, {quarantine.ErrStore, ErrUnavailable}} {
+		if got := kindOf(fmt.Errorf("wrapped: %w", c.from)); !errors.Is(got, c.to) {
+			t.Errorf("%v → %v, want %v", c.from, got, c.to)
+		}
+	}
+	c, err := New(Options{Quarantines: failing{fmt.Errorf("%w: bolt is closed", ErrUnavailable)}, Auth: Auth{OperatorToken: testOperatorToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/console/api/quarantine", "/console/api/release"} {
+		rec := httptest.NewRecorder()
+		c.ServeHTTP(rec, jsonRequest("POST", path, `{"identity":"spiffe://cluster.local/ns/a/sa/b","reason":"r"}`,
+			map[string]string{"Authorization": "Bearer " + testOperatorToken}))
+		if rec.Code != http.StatusServiceUnavailable {
+			t.Errorf("%s with the store down: %d, want 503", path, rec.Code)
+		}
 	}
 }

@@ -698,7 +698,17 @@
       status.className = 'status status-q';
       status.appendChild(el('strong', '', 'QUARANTINED'));
       status.appendChild(el('span', '', ' by ' + p.quarantine.by + ' · ' + p.quarantine.reason +
-        (p.quarantine.expiresAt ? ' · until ' + new Date(p.quarantine.expiresAt).toLocaleString() : '')));
+        (p.quarantine.expiresAt ? ' · until ' + new Date(p.quarantine.expiresAt).toLocaleString() : '') +
+        (p.quarantine.pending ? ' · enforced here, not stored yet (retrying)' : '')));
+      if (p.quarantine.evidence && p.quarantine.evidence.length) {
+        const ul = el('ul', 'evidence');
+        for (const ev of p.quarantine.evidence) {
+          ul.appendChild(el('li', '', [ev.detector || 'report', 'from ' + ev.reporter, ev.route ? 'route ' + ev.route : '',
+            ev.destination ? 'to ' + ev.destination : '', ev.detail || '', new Date(ev.received).toLocaleString()].filter(Boolean).join(' · ')));
+        }
+        status.appendChild(el('div', 'note', 'evidence:'));
+        status.appendChild(ul);
+      }
     } else {
       status.className = 'status';
       status.textContent = 'not quarantined';
