@@ -832,3 +832,48 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	sort.Strings(out)
 	return out
 }
+
+// Applied is what applies to a workload whatever the request: the policy
+// scopes that select it and their rules, in the order a decision considers
+// them (CUSTOM, AUDIT, DENY, then ALLOW; by rule order within an action),
+// and the DefaultDenies. Route overrides apply per route and are not in it.
+type Applied struct {
+	Scopes       []string    `json:"scopes"`
+	Rules        []TraceStep `json:"rules"`
+	DefaultDeny  []RuleRef   `json:"defaultDeny,omitempty"`
+	DryRunScopes bool        `json:"dryRun,omitempty"` // some scope has dry-run rules or policies
+	// Unresolved says why what applies cannot be known for the target (its
+	// labels or service are unknown where a selector- or targetRef-scoped
+	// policy may apply): a request to it is denied with
+	// ReasonDeniedUnresolved. Empty when it can.
+	Unresolved string `json:"unresolved,omitempty"`
+}
+
+// Applicable returns what applies to the target.
+func (s *Snapshot) Applicable(t *Target) Applied {
+	out := Applied{Unresolved: s.unresolved(t)}
+	bs := s.collect(&Attributes{Target: *t}, nil, nil, nil)
+	for _, b := range bs {
+		out.Scopes = append(out.Scopes, b.name)
+		if b.defaultDeny[0] || b.defaultDeny[1] {
+			out.DefaultDeny = append(out.DefaultDeny, b.defaultRef)
+		}
+		out.DryRunScopes = out.DryRunScopes || b.hasDryRun
+	}
+	for _, act := range []Action{ActionCustom, ActionAudit, ActionDeny, ActionAllow} {
+		var rules []*crule
+		scope := map[*crule]string{}
+		for _, b := range bs {
+			for _, c := range b.idx[act].rules {
+				rules = append(rules, c)
+				scope[c] = b.name
+			}
+		}
+		sort.SliceStable(rules, func(i, j int) bool { return rules[i].ord < rules[j].ord })
+		for _, c := range rules {
+			out.Rules = append(out.Rules, TraceStep{Scope: scope[c], Policy: c.ref.Policy, Rule: c.ref.Rule,
+				Action: act.String(), Mode: c.mode})
+		}
+	}
+	return out
+}

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshguard/meshguard/controlplane/api"
+	"github.com/meshguard/meshguard/controlplane/console"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
@@ -154,6 +155,7 @@ type controlPlaneFlags struct {
 	memoryLimitMiB                 int64
 	spiffe                         spiffeFlags
 	kube                           kubeFlags
+	console                        consoleFlags
 }
 
 func newControlPlaneCmd() *cobra.Command {
@@ -218,6 +220,7 @@ the bundle is served (authz servers).`,
 	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")
 	f.spiffe.register(cmd)
 	f.kube.register(cmd)
+	f.console.register(cmd)
 	return cmd
 }
 
@@ -346,6 +349,13 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		authorizer := tlsconfig.AuthorizeMemberOf(td)
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(tlsconfig.MTLSServerConfig(svids, bundles, authorizer))))
 		httpTLS = tlsconfig.MTLSServerConfig(svids, bundles, authorizer)
+		if f.console.enabled {
+			// Browsers reach the console through a port-forward with a
+			// token and no client certificate; a certificate that is
+			// given is still verified, and the events endpoint and the
+			// admin API still refuse callers without one.
+			httpTLS = console.ServerTLSConfig(svids, bundles, authorizer)
+		}
 		if len(adminIDs) == 0 {
 			log.Warn("no --admin-id: the admin API refuses every caller")
 		}
@@ -411,12 +421,28 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	if reporters.Empty() && !f.spiffe.insecure {
 		log.Warn("no data-plane components known (no --mesh workloads, no --reporter-id): every event batch is refused")
 	}
-	handler, err := api.New(api.Options{
-		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters,
+	var observers []api.EventObserver
+	var cons *console.Console
+	if f.console.enabled {
+		if cons, err = f.console.build(consoleDeps{qm: qm, st: st, mesh: m, operators: adminIDs, log: log, reg: reg, insecure: f.spiffe.insecure}); err != nil {
+			return err
+		}
+		observers = append(observers, cons)
+		defer st.Subscribe(cons.BundleChanged)()
+	}
+	apiHandler, err := api.New(api.Options{
+		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters, Observers: observers,
 		Insecure: f.spiffe.insecure, Logger: log, Registerer: reg,
 	})
 	if err != nil {
 		return err
+	}
+	var handler http.Handler = apiHandler
+	if cons != nil {
+		mux := http.NewServeMux()
+		mux.Handle(console.Path, cons)
+		mux.Handle("/", apiHandler)
+		handler = mux
 	}
 
 	gs := grpc.NewServer(grpcOpts...)
@@ -470,6 +496,13 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	go func() { defer close(sweepDone); qm.Run(ctx, time.Second) }()
 	learnDone := make(chan struct{})
 	go func() { defer close(learnDone); learner.Run(ctx, f.baselineFlush) }()
+	consoleDone := make(chan struct{})
+	go func() {
+		defer close(consoleDone)
+		if cons != nil {
+			cons.Run(ctx)
+		}
+	}()
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
@@ -515,6 +548,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	<-sweepDone
 	<-learnDone
 	<-reloadDone
+	<-consoleDone
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) && !errors.Is(runErr, grpc.ErrServerStopped) {
 		return runErr
 	}

@@ -24,6 +24,9 @@ func newDemoCmd() *cobra.Command {
 		noColor     bool
 		wasmPath    string
 		verbose     bool
+		withConsole bool
+		consoleAddr string
+		hold        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -38,7 +41,12 @@ ext_authz over gRPC); identities come from an in-process SPIFFE CA unless
 It plays legitimate traffic, then a compromised workload scans, probes
 credentials and moves laterally, and shows live what was allowed, denied,
 detected and quarantined, and why (reason codes, policy and rule). It ends
-by itself with a summary; Ctrl-C stops it at any point.`,
+by itself with a summary; Ctrl-C stops it at any point.
+
+The control plane's web console runs too (--console, on by default): the
+demo prints its link, which signs in with an operator token, and a
+read-only viewer token. With --hold the mesh keeps running, with legitimate
+traffic, after the story, until Ctrl-C.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			wasm, err := readFilterModule(wasmPath)
@@ -60,6 +68,7 @@ by itself with a summary; Ctrl-C stops it at any point.`,
 				Duration: duration, SpireSocket: spireSocket,
 				Policies: fsys, PolicyPaths: paths, Wasm: wasm,
 				Out: out, TTY: tty, Color: !noColor && !noColorEnv, Log: log,
+				Console: withConsole, ConsoleAddr: consoleAddr, Hold: hold,
 			})
 			if err != nil {
 				return err
@@ -78,6 +87,9 @@ by itself with a summary; Ctrl-C stops it at any point.`,
 	f.BoolVar(&noColor, "no-color", false, "no ANSI colours (also: NO_COLOR set)")
 	f.StringVar(&wasmPath, "wasm", "", "compiled filter module (default: "+filterModuleName+" next to this executable, then bin/)")
 	f.BoolVar(&verbose, "verbose", false, "also print the components' logs to stderr")
+	f.BoolVar(&withConsole, "console", true, "serve the web console and print its link")
+	f.StringVar(&consoleAddr, "console-addr", "127.0.0.1:0", "address of the web console (plain HTTP: keep it on loopback)")
+	f.BoolVar(&hold, "hold", false, "keep the mesh running after the story until Ctrl-C, to look around in the console")
 	return cmd
 }
 

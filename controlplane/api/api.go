@@ -44,10 +44,21 @@ const (
 	maxAdminBytes  = 64 << 10
 )
 
+// EventObserver sees every batch the events endpoint accepts, with the
+// events the reporter may report (after the learner and the quarantine
+// manager); reporter is the authenticated reporter
+// ("unauthenticated:<claimed>" without TLS). It must not keep the batch or
+// block.
+type EventObserver interface {
+	ObserveEvents(reporter string, b *wire.EventBatch)
+}
+
 // Options configure the handler.
 type Options struct {
 	Quarantine *quarantine.Manager
 	Learner    *learn.Learner
+	// Observers also get the accepted events (the web console).
+	Observers []EventObserver
 	// TrustDomain of the mesh (required with TLS); reporters outside it
 	// are refused whatever Reporters says.
 	TrustDomain spiffeid.TrustDomain
@@ -200,6 +211,13 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	}
 	h.opts.Learner.Observe(events)
 	h.opts.Quarantine.HandleEvents(r.Context(), reporter, events)
+	if len(h.opts.Observers) > 0 {
+		accepted := *batch
+		accepted.Events = events
+		for _, o := range h.opts.Observers {
+			o.ObserveEvents(reporter, &accepted)
+		}
+	}
 	w.WriteHeader(http.StatusAccepted)
 }
 

@@ -164,7 +164,16 @@ const (
 	EventDecision = "decision"
 )
 
-// Event is one detection or observed edge.
+// Event is one detection, observed edge or count of decisions.
+//
+// A decision event counts the requests to the reporting workload that the
+// filter decided alike since its last report: Source is the caller ("" for
+// one without a SPIFFE ID), Route the Envoy route, Response the outcome
+// (allow, deny or dry-run: allowed, but enforced it would be denied), Count
+// the requests and Detail the reason code, then a space and the deciding
+// rule (Kind/namespace/name#rule) when there is one. Denials and dry-run
+// outcomes are reported on the next tick, allowed requests every few
+// seconds. Destination is empty: the reporter is the destination.
 type Event struct {
 	Kind        string  `json:"kind"`
 	Detector    string  `json:"detector,omitempty"` // rate, errors, enumeration, egress, lateral
@@ -172,7 +181,7 @@ type Event struct {
 	Destination string  `json:"destination,omitempty"`
 	Route       string  `json:"route,omitempty"`
 	Method      string  `json:"method,omitempty"`
-	Response    string  `json:"response,omitempty"` // log, count, rate-limit, block, quarantine
+	Response    string  `json:"response,omitempty"` // log, count, rate-limit, block, quarantine; decisions: allow, deny, dry-run
 	Profile     string  `json:"profile,omitempty"`
 	Score       float64 `json:"score,omitempty"`
 	Count       uint64  `json:"count,omitempty"`

@@ -43,6 +43,13 @@ type Options struct {
 	Color bool
 	// Log receives the components' own logs (default: discarded).
 	Log *slog.Logger
+	// Console serves the control plane's web console on ConsoleAddr
+	// (default 127.0.0.1:0) and prints its link with an operator token.
+	Console     bool
+	ConsoleAddr string
+	// Hold keeps the mesh running, with legitimate traffic, after the
+	// story until ctx is cancelled, so that a person can look around.
+	Hold bool
 }
 
 // Summary is what happened.

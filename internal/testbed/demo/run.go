@@ -64,6 +64,7 @@ type mesh struct {
 	state      *disk.Store
 	stateDir   string
 	qm         *quarantine.Manager
+	console    *demoConsole
 	unsub      func()
 	events     *http.Server
 	eventsAddr string
@@ -259,8 +260,15 @@ func (m *mesh) startControlPlane() error {
 	if err != nil {
 		return fmt.Errorf("demo: reporters: %w", err)
 	}
+	var observers []api.EventObserver
+	if m.o.Console {
+		if m.console, err = m.startConsole(m.o.ConsoleAddr); err != nil {
+			return err
+		}
+		observers = append(observers, m.console.c)
+	}
 	handler, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: trustDomain,
-		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Logger: m.o.Log})
+		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Observers: observers, Logger: m.o.Log})
 	if err != nil {
 		return fmt.Errorf("demo: control plane API: %w", err)
 	}
@@ -292,6 +300,9 @@ func (m *mesh) startControlPlane() error {
 	go func() { _ = m.events.ServeTLS(l, "", "") }()
 	m.eventsAddr = l.Addr().String()
 	m.ui.Info("control plane: policy store, quarantine manager and event endpoint (mTLS) on %s as %s", l.Addr(), controlPlaneID)
+	if m.console != nil {
+		m.ui.Info("console: open %s (operator); read-only viewer token: %s", m.console.LoginURL(), m.console.viewer)
+	}
 	return nil
 }
 
@@ -539,6 +550,9 @@ func (m *mesh) stop() {
 	}
 	if m.events != nil {
 		_ = m.events.Close()
+	}
+	if m.console != nil {
+		m.console.close()
 	}
 	if m.ids != nil {
 		_ = m.ids.Close()

@@ -180,7 +180,7 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 
 	// Legitimate traffic runs all along, from every workload but the
 	// attacker once the attack starts.
-	var compromised atomicBool
+	var compromised, holding atomicBool
 	var wg sync.WaitGroup
 	legitCtx, stopLegit := context.WithCancel(ctx)
 	defer stopLegit()
@@ -205,7 +205,11 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 				m.sum.LegitDeniedCalls[fmt.Sprintf("%s → %s %s %s (%d)", c.from, c.to, c.method, c.path, status)]++
 			}
 			m.mu.Unlock()
-			sleep(legitCtx, 60*time.Millisecond)
+			pause := 60 * time.Millisecond
+			if holding.get() {
+				pause = time.Second // keep the graph alive, quietly
+			}
+			sleep(legitCtx, pause)
 		}
 	}()
 
@@ -269,6 +273,18 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 			sleep(ctx, 400*time.Millisecond)
 		}
 	}
+	held := false
+	if m.o.Hold && ctx.Err() == nil {
+		compromised.set(false)
+		holding.set(true)
+		where := ""
+		if m.console != nil {
+			where = ": the console is at " + m.console.url
+		}
+		m.ui.Info("the story is over; the mesh keeps running with legitimate traffic%s. Ctrl-C to stop.", where)
+		<-ctx.Done()
+		held = true
+	}
 	stopLegit()
 	wg.Wait()
 	m.ui.Finish()
@@ -277,7 +293,7 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 	defer m.mu.Unlock()
 	sum := m.sum
 	sum.Duration = time.Since(start)
-	sum.Interrupted = ctx.Err() != nil
+	sum.Interrupted = ctx.Err() != nil && !held
 	return &sum, nil
 }
 

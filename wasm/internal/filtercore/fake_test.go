@@ -390,9 +390,12 @@ func TestEventBufferIsBoundedAndCountsDrops(t *testing.T) {
 		t.Fatalf("dropped counter %d, want 3", got)
 	}
 	h.failCall = true
-	p.OnTick() // the dispatch fails: its 2 events are dropped too
-	if got := h.counters[mEventsDropped]; got != 5 {
-		t.Fatalf("dropped counter after a failed dispatch %d, want 5", got)
+	// The tick reports the five callers' decisions: the buffer is full, so
+	// those five events are dropped; then the dispatch fails and its 2
+	// events are dropped too.
+	p.OnTick()
+	if got := h.counters[mEventsDropped]; got != 10 {
+		t.Fatalf("dropped counter after a failed dispatch %d, want 10", got)
 	}
 	h.failCall = false
 	egress(9)
@@ -404,17 +407,17 @@ func TestEventBufferIsBoundedAndCountsDrops(t *testing.T) {
 	if err := json.Unmarshal(h.calls[0].body, &b); err != nil {
 		t.Fatal(err)
 	}
-	if len(b.Events) != 1 || b.Dropped != 5 {
-		t.Fatalf("batch: %d events, dropped %d; want 1 and 5", len(b.Events), b.Dropped)
+	if len(b.Events) != 2 || b.Events[0].Kind != wire.EventAnomaly || b.Events[1].Kind != wire.EventDecision || b.Dropped != 10 {
+		t.Fatalf("batch: %d events, dropped %d; want the anomaly and the decision, and 10", len(b.Events), b.Dropped)
 	}
 	h.calls[0].done(503, nil) // the control plane refuses: counted, carried again
-	if got := h.counters[mEventsDropped]; got != 6 {
-		t.Fatalf("dropped counter after a 503 %d, want 6", got)
+	if got := h.counters[mEventsDropped]; got != 12 {
+		t.Fatalf("dropped counter after a 503 %d, want 12", got)
 	}
 	egress(10)
 	h.calls = nil
 	p.OnTick()
-	if err := json.Unmarshal(h.calls[0].body, &b); err != nil || b.Dropped != 6 {
-		t.Fatalf("next batch carries dropped=%d (%v), want 6", b.Dropped, err)
+	if err := json.Unmarshal(h.calls[0].body, &b); err != nil || b.Dropped != 12 {
+		t.Fatalf("next batch carries dropped=%d (%v), want 12", b.Dropped, err)
 	}
 }

@@ -57,6 +57,10 @@ type VM struct {
 	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
 	pending []block          // local quarantines not yet published
 	evicted uint64
+	// Decisions counted until they are reported: denials and dry-run
+	// would-denies every tick, allowed requests every allowReportNanos.
+	urgent, allowed tally
+	allowAt         int64
 	// Scratch for the request being decided.
 	attrs policies.Attributes
 	hv    headerView
@@ -70,7 +74,8 @@ type block struct {
 // NewVM defines the metrics and returns an empty VM.
 func NewVM(h Host) *VM {
 	return &VM{host: h, m: newMetrics(h), ids: map[string]spiffeid.ID{}, conns: map[uint64]*connInfo{},
-		routes: map[string]string{}, refs: map[policies.RuleRef]string{}, events: eventBuffer{max: DefaultMaxEvents}}
+		routes: map[string]string{}, refs: map[policies.RuleRef]string{}, events: eventBuffer{max: DefaultMaxEvents},
+		urgent: newTally(), allowed: newTally()}
 }
 
 // Plugin is one plugin context: one configuration.
@@ -276,9 +281,10 @@ func (p *Plugin) identity(s Stream) (id spiffeid.ID, mtls bool, reason policies.
 }
 
 // OnRequestHeaders decides the request, in the order the steps below read:
-// the configuration, the request line, the connection's identity, the
-// route, a quarantine block shared by the VMs, the policy decision, the
+// the configuration, the request line, the route, the connection's
+// identity, a quarantine block shared by the VMs, the policy decision, the
 // detectors, and then either a local reply or the headers ext_authz reads.
+// Every decision is counted for the control plane (decision events).
 // It returns true to let the request continue, false when it answered
 // locally.
 func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
@@ -286,28 +292,34 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	p.vm.m.requests.Add(1)
 	cfg := p.cfg
 	if cfg == nil {
-		return p.deny(s, st, nil, 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
+		return p.deny(s, st, nil, "", "", 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
 	}
 	hdrs, err := s.RequestHeaders()
 	if err != nil {
-		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+		return p.deny(s, st, cfg, "", "", 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
 	rl := p.readRequestLine(hdrs)
+	route := p.routeName(s)
 	c := p.connection(s)
 	if c.bad != "" {
-		return p.deny(s, st, cfg, 403, c.bad, policies.RuleRef{})
+		return p.deny(s, st, cfg, "", route, 403, c.bad, policies.RuleRef{})
 	}
-	route := p.routeName(s)
 	now := p.vm.host.Now()
 	if p.blocked(c, now) {
-		return p.deny(s, st, cfg, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+		return p.deny(s, st, cfg, c.id.String(), route, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
 	}
 	dec := p.decide(cfg, c, &rl, route, hdrs)
 	v := p.observe(cfg, st, c, &rl, route, now)
 	if !p.enforce(s, st, cfg, c, &rl, route, now, &dec, &v) {
 		return false
 	}
-	return p.stampForExtAuthz(s, st, cfg, hdrs, rl.spoofed, route, dec.Ref)
+	if !p.stampForExtAuthz(s, st, cfg, c, hdrs, rl.spoofed, route, dec.Ref) {
+		return false
+	}
+	if !dec.WouldDeny {
+		p.vm.allowed.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeAllow, reason: dec.Reason, ref: dec.Ref})
+	}
+	return true
 }
 
 // recoverRequest fails closed on a bug too: a panic must deny this
@@ -318,7 +330,7 @@ func (p *Plugin) recoverRequest(s Stream, st *StreamState, cont *bool) {
 		p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the request path: %v", r))
 		*cont = false
 		if !st.replied {
-			*cont = p.deny(s, st, p.cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+			*cont = p.deny(s, st, p.cfg, "", "", 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 		}
 	}
 }
@@ -406,19 +418,18 @@ func (p *Plugin) enforce(s Stream, st *StreamState, cfg *Config, c *connInfo, rl
 	vm := p.vm
 	if !dec.Allowed {
 		vm.engine.ObserveResponse(v.Ref, now, 403) // denials feed the error detectors
-		return p.deny(s, st, cfg, 403, dec.Reason, dec.Ref)
+		return p.deny(s, st, cfg, c.id.String(), route, 403, dec.Reason, dec.Ref)
 	}
 	if dec.WouldDeny {
 		vm.m.dryRun.Add(1)
-		p.event(wire.Event{Kind: wire.EventDecision, Source: c.id.String(), Route: route, Method: rl.method,
-			Response: string(policies.ModeDryRun), Detail: string(dec.Reason) + " " + refString(dec.Ref), UnixMillis: now / 1e6})
+		vm.urgent.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeDryRun, reason: dec.Reason, ref: dec.Ref})
 	}
 	if v.Status != 0 {
 		ref := policies.RuleRef{Policy: "AnomalyProfile/" + v.Profile, Rule: v.Detector.String()}
 		if v.Reason == policies.ReasonDeniedBaseline {
 			ref = policies.RuleRef{Policy: "TrafficBaseline", Rule: v.Detector.String()}
 		}
-		return p.deny(s, st, cfg, v.Status, v.Reason, ref)
+		return p.deny(s, st, cfg, c.id.String(), route, v.Status, v.Reason, ref)
 	}
 	vm.m.decision(dec.Reason)
 	return true
@@ -428,7 +439,7 @@ func (p *Plugin) enforce(s Stream, st *StreamState, cfg *Config, c *connInfo, rl
 // per-route context to a CUSTOM provider) on a header map free of
 // client-sent ones: added one by one when the client sent none (the common
 // case: three cheap host calls), else written whole without them.
-func (p *Plugin) stampForExtAuthz(s Stream, st *StreamState, cfg *Config, hdrs [][2]string, spoofed int, route string, decRef policies.RuleRef) bool {
+func (p *Plugin) stampForExtAuthz(s Stream, st *StreamState, cfg *Config, c *connInfo, hdrs [][2]string, spoofed int, route string, decRef policies.RuleRef) bool {
 	ref := p.vm.refString(decRef)
 	var err error
 	if spoofed == 0 {
@@ -453,7 +464,7 @@ func (p *Plugin) stampForExtAuthz(s Stream, st *StreamState, cfg *Config, hdrs [
 		err = s.ReplaceRequestHeaders(clean)
 	}
 	if err != nil {
-		return p.deny(s, st, cfg, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+		return p.deny(s, st, cfg, c.id.String(), route, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
 	return true
 }
@@ -503,8 +514,12 @@ func refString(r policies.RuleRef) string {
 	return r.Policy + "#" + r.Rule
 }
 
-func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
+// deny answers the request locally and counts the denial for the control
+// plane; source is the caller's SPIFFE ID and route the Envoy route, ""
+// when not known (yet).
+func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, source, route string, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
 	p.vm.m.decision(reason)
+	p.vm.urgent.add(tallyKey{source: source, route: route, outcome: OutcomeDeny, reason: reason, ref: ref})
 	b := wire.DenyBody{Reason: string(reason), Policy: ref.Policy, Rule: ref.Rule}
 	if cfg != nil {
 		b.BundleVersion = cfg.snap.Version()
@@ -620,7 +635,24 @@ func (p *Plugin) OnTick() {
 		}
 	}
 	p.syncBlocks()
+	p.drainTallies()
 	p.flush()
+}
+
+// drainTallies moves the counted decisions into the event buffer: the
+// denials and would-denies on every tick, the allowed requests every
+// allowReportNanos.
+func (p *Plugin) drainTallies() {
+	vm := p.vm
+	now := vm.host.Now()
+	n := vm.urgent.drain(&vm.events, now/1e6, vm.refString)
+	if now >= vm.allowAt {
+		n += vm.allowed.drain(&vm.events, now/1e6, vm.refString)
+		vm.allowAt = now + allowReportNanos
+	}
+	if n > 0 {
+		vm.m.dropped.Add(n)
+	}
 }
 
 func (p *Plugin) flush() {

@@ -16,6 +16,7 @@ var All = []Scenario{
 	{Name: "denied_by_identity", Run: deniedByIdentity},
 	{Name: "denied_by_route", Run: deniedByRoute},
 	{Name: "dry_run", Run: dryRun},
+	{Name: "decision_events", Run: decisionEvents},
 	{Name: "mode_off", Run: modeOff},
 	{Name: "missing_mtls", Run: missingMTLS},
 	{Name: "spoofed_headers_stripped", Run: spoofedHeaders},
@@ -386,5 +387,51 @@ func steadyTraffic(t *testing.T, d Driver) {
 		if e.Kind == wire.EventAnomaly {
 			t.Fatalf("false positive on steady traffic: %s", describe(evs))
 		}
+	}
+}
+
+// decisionEvents: the filter reports what it decided, counted per caller,
+// route, outcome, reason and rule: denials and dry-run would-denies on the
+// next tick, allowed requests every few seconds (the first tick included).
+func decisionEvents(t *testing.T, d Driver) {
+	mustStart(t, d, Options{})
+	for i := 0; i < 3; i++ {
+		wantForwarded(t, d.Do(t, get(Web, "orders-api", "/api/orders/1")))
+	}
+	for i := 0; i < 2; i++ {
+		wantDenied(t, d.Do(t, get(Intruder, "orders-api", "/api/orders/1")), 403, policies.ReasonDeniedNoMatch)
+	}
+	wantDenied(t, d.Do(t, get(Web, "orders-admin", "/admin")), 403, policies.ReasonDeniedByPolicy)
+	wantForwarded(t, d.Do(t, get(Web, "orders-beta", "/api/beta")))
+	d.Tick(t)
+	want := map[string]wire.Event{
+		"allow " + Web + " orders-api":     {Count: 3, Detail: string(policies.ReasonAllowedByPolicy) + " IdentityPolicy/shop/orders-callers#mesh-callers"},
+		"deny " + Intruder + " orders-api": {Count: 2, Detail: string(policies.ReasonDeniedNoMatch)},
+		"deny " + Web + " orders-admin":    {Count: 1, Detail: string(policies.ReasonDeniedByPolicy) + " RouteOverride/shop/admin-only#not-admin"},
+		"dry-run " + Web + " orders-beta":  {Count: 1, Detail: string(policies.ReasonDeniedByPolicy) + " RouteOverride/shop/beta-trial#no-web"},
+	}
+	got := map[string]wire.Event{}
+	for _, e := range d.Events(t) {
+		if e.Kind != wire.EventDecision {
+			continue
+		}
+		k := e.Response + " " + e.Source + " " + e.Route
+		if _, dup := got[k]; dup {
+			t.Errorf("two decision events for %s in one report", k)
+		}
+		got[k] = e
+	}
+	for k, w := range want {
+		e, ok := got[k]
+		if !ok {
+			t.Errorf("no decision event %q: %s", k, describe(d.Events(t)))
+			continue
+		}
+		if e.Count != w.Count || e.Detail != w.Detail || e.UnixMillis == 0 {
+			t.Errorf("%s: count %d detail %q at %d, want count %d detail %q", k, e.Count, e.Detail, e.UnixMillis, w.Count, w.Detail)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d decision events, want %d: %s", len(got), len(want), describe(d.Events(t)))
 	}
 }
