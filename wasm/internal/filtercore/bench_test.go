@@ -82,3 +82,17 @@ func BenchmarkFakeStreamOnly(b *testing.B) {
 		s.ResponseHeader(":status")
 	}
 }
+
+// BenchmarkParseConfig is the filter's configuration load (what a VM does on
+// every ECDS push): decode the plugin configuration, decode and verify the
+// bundle, compile it, and compile the detection settings.
+func BenchmarkParseConfig(b *testing.B) {
+	data := scenario.Config(b, scenario.Options{})
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := ParseConfig(data, Node{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
