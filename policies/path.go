@@ -1,6 +1,9 @@
 package policies
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // pathView is every reading of a request path the engine needs. ALLOW rules
 // see norm only (the configured normalization); DENY, AUDIT and CUSTOM rules
@@ -296,7 +299,7 @@ type pathMatcher struct {
 func compilePath(v string) (pathMatcher, error) {
 	if strings.Contains(v, "{") || strings.Contains(v, "}") {
 		if !strings.HasPrefix(v, "/") {
-			return pathMatcher{}, errorf("path template %q must start with '/'", v)
+			return pathMatcher{}, fmt.Errorf("path template %q must start with '/'", v)
 		}
 		segs := strings.Split(v[1:], "/")
 		for i, s := range segs {
@@ -304,11 +307,11 @@ func compilePath(v string) (pathMatcher, error) {
 			case "{*}":
 			case "{**}":
 				if i != len(segs)-1 {
-					return pathMatcher{}, errorf("path template %q: {**} must be the last segment", v)
+					return pathMatcher{}, fmt.Errorf("path template %q: {**} must be the last segment", v)
 				}
 			default:
 				if strings.ContainsAny(s, "{}*") {
-					return pathMatcher{}, errorf("path template %q: segment %q: operators must be whole segments {*} or {**}", v, s)
+					return pathMatcher{}, fmt.Errorf("path template %q: segment %q: operators must be whole segments {*} or {**}", v, s)
 				}
 			}
 		}

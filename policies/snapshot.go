@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -795,7 +796,7 @@ func (t *Trace) note(format string, args ...any) {
 	if t == nil {
 		return
 	}
-	t.Notes = append(t.Notes, sprintf(format, args...))
+	t.Notes = append(t.Notes, fmt.Sprintf(format, args...))
 }
 
 // explainFirst evaluates every rule of the action and records each, then

@@ -9,11 +9,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Compile turns a bundle into a Snapshot. The bundle's set is validated
-// again: a set that does not compile is refused whole.
+// Compile turns a bundle into a Snapshot. A bundle from NewBundle or
+// DecodeBundle was compiled when it was validated, and that snapshot is the
+// answer; any other bundle (a literal) is validated and compiled now: a set
+// that does not compile is refused whole.
 func Compile(b *Bundle) (*Snapshot, error) {
 	if b == nil {
 		return nil, fmt.Errorf("policies: compile: no bundle")
+	}
+	if b.compiled != nil {
+		return b.compiled, nil
 	}
 	s, diags := compileSet(&b.Set)
 	if err := diags.Err(); err != nil {
@@ -88,57 +93,19 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 	}
 
 	seen := map[string]bool{}
-	dup := func(kind string, m ObjectMeta) {
-		k := kind + "/" + m.Namespace + "/" + m.Name
-		if seen[k] {
-			c.errf("metadata.name", CodeDuplicateObject, "%s is defined more than once", k)
-		}
-		seen[k] = true
-	}
-
-	for i := range set.AuthorizationPolicies {
-		p := &set.AuthorizationPolicies[i]
-		c.at(KindAuthorizationPolicy, p.Metadata, p.Loc)
-		dup(KindAuthorizationPolicy, p.Metadata)
-		c.authorizationPolicy(p)
-	}
-	for i := range set.IdentityPolicies {
-		p := &set.IdentityPolicies[i]
-		c.at(KindIdentityPolicy, p.Metadata, p.Loc)
-		dup(KindIdentityPolicy, p.Metadata)
-		c.identityPolicy(p)
-	}
-	for i := range set.DefaultDenies {
-		p := &set.DefaultDenies[i]
-		c.at(KindDefaultDeny, p.Metadata, p.Loc)
-		dup(KindDefaultDeny, p.Metadata)
-		c.defaultDeny(p)
-	}
 	s.routes = map[string]*routeInfo{}
-	for i := range set.RouteOverrides {
-		p := &set.RouteOverrides[i]
-		c.at(KindRouteOverride, p.Metadata, p.Loc)
-		dup(KindRouteOverride, p.Metadata)
-		c.routeOverride(p)
-	}
-	for i := range set.TrafficBaselines {
-		p := &set.TrafficBaselines[i]
-		c.at(KindTrafficBaseline, p.Metadata, p.Loc)
-		dup(KindTrafficBaseline, p.Metadata)
-		c.baseline(p)
-	}
-	for i := range set.AnomalyProfiles {
-		p := &set.AnomalyProfiles[i]
-		c.at(KindAnomalyProfile, p.Metadata, p.Loc)
-		dup(KindAnomalyProfile, p.Metadata)
-		c.anomalyProfile(p)
-	}
 	s.quarantines = map[string]quarantineEntry{}
-	for i := range set.Quarantines {
-		p := &set.Quarantines[i]
-		c.at(KindQuarantine, p.Metadata, p.Loc)
-		dup(KindQuarantine, p.Metadata)
-		c.quarantine(p)
+	for _, st := range c.stages(set) {
+		for i := range st.n {
+			m, loc := st.object(i)
+			c.at(st.kind, m, loc)
+			k := st.kind + "/" + m.Namespace + "/" + m.Name
+			if seen[k] {
+				c.errf("metadata.name", CodeDuplicateObject, "%s is defined more than once", k)
+			}
+			seen[k] = true
+			st.compile(i)
+		}
 	}
 
 	// Scopes: the root namespace is the mesh scope.
@@ -165,6 +132,44 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 	s.nrules = c.ord
 	s.views = newViewCache()
 	return s, c.diags
+}
+
+// stage compiles the objects of one kind: the set's n objects of the kind,
+// where each sits (for diagnostics) and how it compiles.
+type stage struct {
+	kind    string
+	n       int
+	object  func(i int) (ObjectMeta, Location)
+	compile func(i int)
+}
+
+// stages lists the set's kinds in the order they compile. Every object is
+// located, checked for a duplicate and compiled the same way, whatever its
+// kind.
+func (c *compiler) stages(set *Set) []stage {
+	return []stage{
+		{KindAuthorizationPolicy, len(set.AuthorizationPolicies),
+			func(i int) (ObjectMeta, Location) { p := &set.AuthorizationPolicies[i]; return p.Metadata, p.Loc },
+			func(i int) { c.authorizationPolicy(&set.AuthorizationPolicies[i]) }},
+		{KindIdentityPolicy, len(set.IdentityPolicies),
+			func(i int) (ObjectMeta, Location) { p := &set.IdentityPolicies[i]; return p.Metadata, p.Loc },
+			func(i int) { c.identityPolicy(&set.IdentityPolicies[i]) }},
+		{KindDefaultDeny, len(set.DefaultDenies),
+			func(i int) (ObjectMeta, Location) { p := &set.DefaultDenies[i]; return p.Metadata, p.Loc },
+			func(i int) { c.defaultDeny(&set.DefaultDenies[i]) }},
+		{KindRouteOverride, len(set.RouteOverrides),
+			func(i int) (ObjectMeta, Location) { p := &set.RouteOverrides[i]; return p.Metadata, p.Loc },
+			func(i int) { c.routeOverride(&set.RouteOverrides[i]) }},
+		{KindTrafficBaseline, len(set.TrafficBaselines),
+			func(i int) (ObjectMeta, Location) { p := &set.TrafficBaselines[i]; return p.Metadata, p.Loc },
+			func(i int) { c.baseline(&set.TrafficBaselines[i]) }},
+		{KindAnomalyProfile, len(set.AnomalyProfiles),
+			func(i int) (ObjectMeta, Location) { p := &set.AnomalyProfiles[i]; return p.Metadata, p.Loc },
+			func(i int) { c.anomalyProfile(&set.AnomalyProfiles[i]) }},
+		{KindQuarantine, len(set.Quarantines),
+			func(i int) (ObjectMeta, Location) { p := &set.Quarantines[i]; return p.Metadata, p.Loc },
+			func(i int) { c.quarantine(&set.Quarantines[i]) }},
+	}
 }
 
 func forEachBucket(s *Snapshot, f func(*bucket)) {
