@@ -93,27 +93,44 @@ func (e *Error) Reason() policies.Reason {
 type Request struct {
 	Principal   string // attributes.source.principal
 	Certificate string // attributes.source.certificate, URL-encoded PEM
-	// Peer is the identity of the connection the request came over when it
-	// was established out of band (HTTP mode: the authenticated Envoy);
-	// Principal and Certificate take precedence over it.
-	Peer    spiffeid.ID
+	// Conn is the identity of the connection the check came over when the
+	// check carries no principal or certificate (HTTP mode: the calling
+	// Envoy, authenticated by mTLS). It is not the request's peer: the
+	// calling Envoy is, when it is a trusted hop, believed about its own
+	// peer in XFCC.
+	Conn    spiffeid.ID
 	Headers policies.HeaderGetter
 }
 
-// Identity is the outcome.
+// Identity is the outcome: the request's identities, each for what it is.
 type Identity struct {
-	// ID is the caller (zero: none) and Method how it was established.
+	// Peer is the request's mTLS-authenticated peer, Istio's
+	// source.principal (policies.Attributes.Peer): from the principal or
+	// certificate Envoy reports, or in HTTP mode from the XFCC the calling
+	// Envoy (a trusted hop) sets for its own peer. Zero without one.
+	Peer spiffeid.ID
+	// ForwardedClient is the client that a trusted hop in front, the
+	// request's peer (a gateway that terminated the client's mTLS), names
+	// in XFCC. It never replaces the peer.
+	ForwardedClient spiffeid.ID
+	// MTLS: the peer presented a client certificate, with or without a
+	// SPIFFE ID.
+	MTLS bool
+	// JWT is the validated JWT-SVID, if any: a request principal.
+	JWT *policies.JWT
+	// ID is the caller as meshguard's own kinds see it
+	// (policies.Attributes.Caller): the forwarded client, else the peer,
+	// else the JWT-SVID's subject; zero: none. Method says which.
 	ID     spiffeid.ID
 	Method Method
-	// Peer is the immediate peer (from principal, certificate or Request.Peer).
-	Peer spiffeid.ID
-	// MTLS: the caller was authenticated by a client certificate.
-	MTLS bool
-	// JWT is the validated token, if any.
-	JWT *policies.JWT
 	// Ignored lists credentials that were present and ignored. An ignored
 	// XFCC header must be removed from the request.
 	Ignored []IgnoredCredential
+}
+
+// Attributes fills the engine's identity attributes.
+func (id *Identity) Attributes(a *policies.Attributes) {
+	a.Peer, a.ForwardedClient, a.MTLS, a.JWT = id.Peer, id.ForwardedClient, id.MTLS, id.JWT
 }
 
 // IgnoredXFCC reports whether an untrusted XFCC header was present.

@@ -43,6 +43,9 @@ func (r *Resolver) jwt(tok string) (*policies.JWT, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := workload(svid.ID); err != nil {
+		return nil, err
+	}
 	now := r.now()
 	exp, _ := numericClaim(svid.Claims, "exp")
 	if !now.Add(-r.skew).Before(exp) {
@@ -69,7 +72,8 @@ func (r *Resolver) jwt(tok string) (*policies.JWT, error) {
 		principal = iss + "/" + principal
 	}
 	return &policies.JWT{
-		Subject:   svid.ID,
+		Subject:   svid.ID.String(),
+		SVID:      svid.ID,
 		Principal: principal,
 		Issuer:    iss,
 		Audiences: svid.Audience,

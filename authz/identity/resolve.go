@@ -28,9 +28,10 @@ func (r *Resolver) Resolve(req Request) (Identity, error) {
 		}
 		if spiffe {
 			principal = id
-			out.ID, out.Method, out.MTLS = id, MethodPrincipal, true
+			out.Peer, out.ID, out.Method, out.MTLS = id, id, MethodPrincipal, true
 		} else {
 			out.Ignored = append(out.Ignored, IgnoredNotSPIFFE)
+			out.MTLS = true
 		}
 	}
 	if req.Certificate != "" {
@@ -38,24 +39,41 @@ func (r *Resolver) Resolve(req Request) (Identity, error) {
 		if err != nil {
 			return out, &Error{Kind: FailCertificate, Err: err}
 		}
-		if !principal.IsZero() && id != principal {
+		switch {
+		case id.IsZero():
+			// A certificate without a URI SAN (DNS SANs only) names no
+			// SPIFFE identity: ignored, as its principal is.
+			if !principal.IsZero() {
+				return out, &Error{Kind: FailMismatch, Err: fmt.Errorf("principal %s but a certificate without a SPIFFE ID", principal)}
+			}
+			if req.Principal == "" {
+				out.Ignored = append(out.Ignored, IgnoredNotSPIFFE)
+			}
+		case !principal.IsZero() && id != principal:
 			return out, &Error{Kind: FailMismatch, Err: fmt.Errorf("principal %s but certificate %s", principal, id)}
-		}
-		if principal.IsZero() {
-			out.ID, out.Method = id, MethodCertificate
+		case principal.IsZero():
+			out.Peer, out.ID, out.Method = id, id, MethodCertificate
 		}
 		out.MTLS = true
 	}
-	out.Peer = out.ID
-	if out.Peer.IsZero() && !req.Peer.IsZero() {
-		out.Peer = req.Peer
-	}
 
 	if h, ok := get(HeaderXFCC); ok {
-		if _, trusted := r.trustedHops[out.Peer]; trusted && !out.Peer.IsZero() {
-			id, err := r.xfcc(h, out.Peer)
+		// The hop that appended XFCC's last element: the peer (a gateway
+		// in front), or in HTTP mode the calling Envoy itself.
+		hop, ofConn := out.Peer, false
+		if hop.IsZero() && req.Principal == "" && req.Certificate == "" {
+			hop, ofConn = req.Conn, true
+		}
+		if _, trusted := r.trustedHops[hop]; trusted && !hop.IsZero() {
+			id, err := r.xfcc(h, hop)
 			if err != nil {
 				return out, &Error{Kind: FailXFCC, Err: err}
+			}
+			if ofConn {
+				// The calling Envoy's own peer: the request's peer.
+				out.Peer = id
+			} else {
+				out.ForwardedClient = id
 			}
 			out.ID, out.Method, out.MTLS = id, MethodXFCC, true
 		} else {
@@ -71,7 +89,7 @@ func (r *Resolver) Resolve(req Request) (Identity, error) {
 			}
 			out.JWT = j
 			if out.ID.IsZero() {
-				out.ID, out.Method = j.Subject, MethodJWT
+				out.ID, out.Method = j.SVID, MethodJWT
 			}
 		}
 	}

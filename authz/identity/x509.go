@@ -29,10 +29,22 @@ func (r *Resolver) parseID(s string) (spiffeid.ID, error) {
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
+	if err := workload(id); err != nil {
+		return spiffeid.ID{}, err
+	}
 	if !r.trusted(id.TrustDomain()) {
 		return spiffeid.ID{}, fmt.Errorf("%s: trust domain %q is not trusted", id, id.TrustDomain().Name())
 	}
 	return id, nil
+}
+
+// workload refuses a SPIFFE ID without a path: it names a trust domain, not
+// a workload (the X509-SVID and JWT-SVID specifications).
+func workload(id spiffeid.ID) error {
+	if id.Path() == "" {
+		return fmt.Errorf("%s names a trust domain, not a workload: an SVID's SPIFFE ID has a path", id)
+	}
+	return nil
 }
 
 // trusted reports whether td has an X.509 bundle. A source that can answer
@@ -61,6 +73,9 @@ func (r *Resolver) principal(p string) (spiffeid.ID, bool, error) {
 	return id, true, nil
 }
 
+// certificate verifies the peer certificate as an X509-SVID. A leaf without
+// any URI SAN (DNS SANs only) is not a SPIFFE certificate: it gives the
+// zero ID and no error, and is ignored like its principal.
 func (r *Resolver) certificate(enc string) (spiffeid.ID, error) {
 	if len(enc) > maxCertificateBytes {
 		return spiffeid.ID{}, fmt.Errorf("certificate of %d bytes exceeds %d", len(enc), maxCertificateBytes)
@@ -73,6 +88,9 @@ func (r *Resolver) certificate(enc string) (spiffeid.ID, error) {
 	certs, err := parsePEMCerts([]byte(raw))
 	if err != nil {
 		return spiffeid.ID{}, err
+	}
+	if len(certs[0].URIs) == 0 {
+		return spiffeid.ID{}, nil
 	}
 	return r.verifyChain(certs)
 }
@@ -121,6 +139,9 @@ func (r *Resolver) verifyChain(certs []*x509.Certificate) (spiffeid.ID, error) {
 	}
 	id, chains, err := x509svid.Verify(certs, r.bundles, x509svid.WithTime(r.now()))
 	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if err := workload(id); err != nil {
 		return spiffeid.ID{}, err
 	}
 	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {

@@ -164,8 +164,9 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	a.SNI = ac.GetTlsSession().GetSni()
 
 	if p := ac.GetDestination().GetPrincipal(); strings.HasPrefix(p, "spiffe://") {
-		// Envoy's own certificate: trusted, but only if it is a SPIFFE ID.
-		if id, err := spiffeid.FromString(p); err == nil {
+		// Envoy's own certificate: trusted, but only if it is a workload's
+		// SPIFFE ID (a trust domain's own ID, without a path, is none).
+		if id, err := spiffeid.FromString(p); err == nil && id.Path() != "" {
 			a.Target.ID = id
 		}
 	}
@@ -241,7 +242,7 @@ func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options
 			m.Remove = append(m.Remove, k)
 		}
 	}
-	m.Identity = identity.Request{Peer: peer, Headers: rawHeaders{h}}
+	m.Identity = identity.Request{Conn: peer, Headers: rawHeaders{h}}
 	return m, nil
 }
 
@@ -261,6 +262,9 @@ func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
 	a := &m.Attrs
 	if w := ext[wire.ContextWorkload]; w != "" {
 		id, err := spiffeid.FromString(w)
+		if err == nil && id.Path() == "" {
+			err = errors.New("a SPIFFE ID without a path names a trust domain, not a workload")
+		}
 		if err != nil {
 			return fmt.Errorf("%w: context extension %s: %v", ErrInvalid, wire.ContextWorkload, err)
 		}

@@ -47,7 +47,7 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	id := spiffeid.RequireFromString(scenario.Web)
 	hv := &headerView{h: [][2]string{{"user-agent", "x"}}}
-	a := policies.Attributes{Source: id, MTLS: true, SourceIP: netip.MustParseAddr("10.0.0.7"), DestinationIP: netip.MustParseAddr("10.0.0.9"),
+	a := policies.Attributes{Peer: id, MTLS: true, SourceIP: netip.MustParseAddr("10.0.0.7"), DestinationIP: netip.MustParseAddr("10.0.0.9"),
 		DestinationPort: 8080, Target: cfg.target, Method: "GET", Host: "orders.shop.svc.cluster.local:8080",
 		Path: "/api/orders/17?expand=items", Route: "orders-api", Headers: hv}
 	b.ReportAllocs()
