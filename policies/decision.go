@@ -32,7 +32,7 @@ const (
 	// known (no namespace given, and an ID not of the form
 	// /ns/<ns>/sa/<sa>), so the policies that apply to it are not known.
 	ReasonDeniedUnknownTarget Reason = "denied_unknown_target"
-	ReasonRateLimited      Reason = "rate_limited_anomaly"
+	ReasonRateLimited         Reason = "rate_limited_anomaly"
 	// ReasonDeniedUnresolved: a selector- or targetRef-scoped policy may
 	// apply to the target, but the target's labels (or its service and
 	// gateway) are unknown to the enforcement point, so whether it applies

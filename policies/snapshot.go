@@ -647,16 +647,16 @@ type applicable struct {
 	// merged holds, per action, the rules of the indexes of idx in rule
 	// order when none of them is big enough to be indexed (in a view), so
 	// that finding the first match is one scan.
-	merged      [4][]*crule
-	acts        uint8       // bit 1<<action: idx[action] is not empty
-	dry         bool        // some bucket has dry-run rules or policies
+	merged [4][]*crule
+	acts   uint8 // bit 1<<action: idx[action] is not empty
+	dry    bool  // some bucket has dry-run rules or policies
 	// customConflict: CUSTOM policies of more than one provider apply and
 	// the mesh does not allow it.
 	customConflict bool
-	allowPols   [2]int      // ALLOW policies: [enforce, enforce+dry-run]
-	defaultDeny [2]*RuleRef // the first DefaultDeny in bucket order: [enforce, enforce+dry-run]
-	idx         [4][]*ruleIndex
-	bs          []*bucket
+	allowPols      [2]int      // ALLOW policies: [enforce, enforce+dry-run]
+	defaultDeny    [2]*RuleRef // the first DefaultDeny in bucket order: [enforce, enforce+dry-run]
+	idx            [4][]*ruleIndex
+	bs             []*bucket
 }
 
 // sum is what applies with the buckets bs, but for bs itself. The lists of
