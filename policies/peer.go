@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -95,30 +96,45 @@ func kubeIdentity(p string) (ns, sa string, ok bool) {
 // Istio's prefix and suffix wildcards).
 type principalMatcher struct {
 	m strMatcher // the value as written, against td/path
-	// local: the value's trust domain is cluster.local or one of the
-	// mesh's; rest then matches the peer's path, and the peer's trust domain
-	// must be the mesh's.
+	// local: the value's trust domain names the mesh (cluster.local, or one
+	// of the mesh's, or a "*suffix" wildcard that matches one of them); rest
+	// then matches the peer's path when the peer's trust domain is the
+	// mesh's.
 	local bool
 	rest  strMatcher
-	// rewritten: Istio rewrites the trust domain of this value (exactly
-	// five '/'-separated parts), so its reading is the local one too.
+	// rewritten: Istio rewrites this value's trust domain to each of the
+	// mesh's (it has exactly five '/'-separated parts), so that reading is
+	// the only one of it.
 	rewritten bool
+	// wildTD: the trust domain is a "*suffix" wildcard that Istio, for a
+	// five-part value, rewrites to the mesh's trust domains besides keeping
+	// it as written; meshguard reads it as written only.
+	wildTD bool
 }
 
 type principalSet []principalMatcher
 
 func newPrincipalMatcher(v string, local []string) principalMatcher {
 	pm := principalMatcher{m: newStrMatcher(v, false)}
-	if strings.HasPrefix(v, "*") {
+	td, _, ok := strings.Cut(v, "/")
+	if !ok {
 		return pm // the trust domain is not named
 	}
-	td, _, ok := strings.Cut(v, "/")
-	if !ok || !(td == DefaultTrustDomain || containsString(local, td)) {
+	five := strings.Count(v, "/") == 4
+	switch {
+	case strings.HasPrefix(td, "*"):
+		// Istio's trustdomain.Bundle: a wildcard trust domain that matches
+		// one of the mesh's is rewritten too (pilot/pkg/security/trustdomain).
+		if !five || td == "*" || !slices.ContainsFunc(local, func(l string) bool { return strings.HasSuffix(l, td[1:]) }) {
+			return pm
+		}
+		pm.local, pm.wildTD = true, true
+	case td == DefaultTrustDomain || containsString(local, td):
+		pm.local, pm.rewritten = true, five
+	default:
 		return pm
 	}
-	pm.local = true
 	pm.rest = newStrMatcher(v[len(td):], false)
-	pm.rewritten = strings.Count(v, "/") == 4
 	return pm
 }
 
@@ -129,6 +145,11 @@ func (m *principalMatcher) match(p *peerView, deny bool) bool {
 			return p.principal == m.m.v
 		}
 		return m.m.match(p.principal)
+	}
+	if m.wildTD {
+		// Istio: as written, or rewritten to each of the mesh's trust
+		// domains; meshguard: as written.
+		return m.m.match(p.principal) || (deny && p.local && m.rest.match(p.path))
 	}
 	loc := p.local && m.rest.match(p.path)
 	if m.rewritten {

@@ -3,6 +3,7 @@ package policies
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -31,16 +32,27 @@ func istioServiceAccountRegexp(ns, sa string) *regexp.Regexp {
 
 // istioPrincipals is Istio's trust domain rewriting of principals
 // (pilot/pkg/security/trustdomain.Bundle.ReplaceTrustDomainAliases): a
-// principal of exactly five parts whose trust domain is cluster.local or
-// one of the mesh's is written once per trust domain of the mesh.
+// principal of exactly five parts whose trust domain is cluster.local, or
+// matches one of the mesh's (exactly, or as a "*suffix" wildcard), is
+// written once per trust domain of the mesh, kept as written where its
+// wildcard matches that trust domain.
 func istioPrincipals(v string, local []string) []string {
 	parts := strings.Split(v, "/")
-	if len(parts) != 5 || parts[0] == "*" || !(parts[0] == DefaultTrustDomain || containsString(local, parts[0])) {
+	if len(parts) != 5 || parts[0] == "*" {
+		return []string{v}
+	}
+	td := parts[0]
+	wildMatches := func(l string) bool { return strings.HasPrefix(td, "*") && strings.HasSuffix(l, td[1:]) }
+	if td != DefaultTrustDomain && !slices.ContainsFunc(local, func(l string) bool { return l == td || wildMatches(l) }) {
 		return []string{v}
 	}
 	var out []string
-	for _, td := range local {
-		out = append(out, td+"/"+strings.Join(parts[1:], "/"))
+	for _, l := range local {
+		if wildMatches(l) {
+			out = append(out, v)
+		} else {
+			out = append(out, l+"/"+strings.Join(parts[1:], "/"))
+		}
 	}
 	return out
 }
@@ -62,7 +74,11 @@ func FuzzIstioPeerReadings(f *testing.F) {
 	} {
 		f.Add(s[0], s[1], s[2], "cluster.local/ns/web/sa/frontend")
 	}
-	local := []string{"prod.example", "old.example"}
+	f.Add("spiffe://some-example/ns/foo/sa/x", "foo", "x", "*-td/ns/foo/sa/x")
+	f.Add("spiffe://new-td/ns/foo/sa/x", "foo", "x", "*-td/ns/foo/sa/x")
+	f.Add("spiffe://prod.example/ns/foo/sa/x", "foo", "x", "*-td/ns/foo/sa/x")
+	f.Add("spiffe://prod.example/ns/foo/sa/x", "foo", "x", "*.example/ns/foo/sa/x")
+	local := []string{"prod.example", "old.example", "new-td"}
 	f.Fuzz(func(t *testing.T, rawID, ns, sa, principal string) {
 		id, err := spiffeid.FromString(rawID)
 		if err != nil || id.Path() == "" || !utf8.ValidString(ns) || !utf8.ValidString(sa) || !utf8.ValidString(principal) {
