@@ -87,21 +87,6 @@ func (ss strSet) match(s string) bool {
 	return false
 }
 
-// exacts returns the values when every matcher is exact.
-func (ss strSet) exacts() ([]string, bool) {
-	if len(ss) == 0 {
-		return nil, false
-	}
-	out := make([]string, 0, len(ss))
-	for _, m := range ss {
-		if m.kind != strExact || m.fold {
-			return nil, false
-		}
-		out = append(out, m.v)
-	}
-	return out, true
-}
-
 // validIstioString rejects "*" in the middle of a value, which Istio does
 // not support (only prefix, suffix or presence matching).
 func validIstioString(v string) error {

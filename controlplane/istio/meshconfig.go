@@ -102,7 +102,7 @@ func mergeMeshSettings(istio, mg policies.MeshSettingsSpec) (policies.MeshSettin
 	list("trustDomainAliases", &out.TrustDomainAliases, istio.TrustDomainAliases)
 	list("extensionProviders", &out.ExtensionProviders, istio.ExtensionProviders)
 	if len(errs) > 0 {
-		return out, fmt.Errorf("Istio's MeshConfig and meshguard's MeshSettings disagree: %v", errs)
+		return out, fmt.Errorf("the MeshConfig of Istio and meshguard's MeshSettings disagree: %v", errs)
 	}
 	return out, nil
 }
