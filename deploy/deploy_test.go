@@ -180,7 +180,7 @@ func TestHelmChart(t *testing.T) {
 				"*v1.Deployment": 2, "*v1.Service": 2, "*v1.ServiceAccount": 2, "*v1.PodDisruptionBudget": 2,
 				// The control plane watches the cluster, keeps its state
 				// there and elects a leader.
-				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 2, "*v1.RoleBinding": 2,
+				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 3, "*v1.RoleBinding": 3,
 				"*v1.CustomResourceDefinition": len(crdgen.Kinds) + len(statekube.Kinds),
 			},
 			check: func(t *testing.T, objs []rendered) {
@@ -220,7 +220,7 @@ func TestHelmChart(t *testing.T) {
 		{
 			name:   "watching without leader election",
 			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"leaderElection": false}}},
-			want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 1, "*v1.RoleBinding": 1},
+			want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 2, "*v1.RoleBinding": 2},
 			check: func(t *testing.T, objs []rendered) {
 				checkArgs(t, objs)
 				checkKubernetesAccess(t, objs, true, false)
@@ -333,7 +333,7 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 		}
 		return false
 	}
-	var lease, stateRole *rbacv1.Role
+	var lease, stateRole, meshConfig *rbacv1.Role
 	var cluster *rbacv1.ClusterRole
 	bound := map[string]bool{}
 	for _, r := range objs {
@@ -343,6 +343,8 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 		case *rbacv1.Role:
 			if strings.HasSuffix(o.Name, "-state") {
 				stateRole = o
+			} else if strings.HasSuffix(o.Name, "-istio-mesh-config") {
+				meshConfig = o
 			} else {
 				lease = o
 			}
@@ -375,6 +377,18 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 	sa := "meshguard/meshguard-controlplane"
 	if !bound["ClusterRole/"+cluster.Name+"→"+sa] {
 		t.Errorf("ClusterRole %s not bound to %s: %v", cluster.Name, sa, bound)
+	}
+	// Istio's MeshConfig: that one ConfigMap in istiod's namespace.
+	if meshConfig == nil || meshConfig.Namespace != "istio-system" || !bound["Role/"+meshConfig.Name+"→"+sa] {
+		t.Fatalf("no Role bound to %s to read Istio's MeshConfig: %+v %v", sa, meshConfig, bound)
+	}
+	for _, verb := range []string{"get", "list", "watch"} {
+		if !can(meshConfig.Rules, "", "configmaps", verb) {
+			t.Errorf("Role cannot %s configmaps", verb)
+		}
+	}
+	if rn := meshConfig.Rules[0].ResourceNames; len(rn) != 1 || rn[0] != "istio" {
+		t.Errorf("the MeshConfig Role reads %v, want only the ConfigMap istio", rn)
 	}
 	// The state kinds: read and written in the release namespace only.
 	if stateRole == nil {

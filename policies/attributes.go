@@ -10,10 +10,22 @@ import (
 // it from what they have verified; the engine never trusts a field it was not
 // given. The zero value is an unauthenticated request with no target.
 type Attributes struct {
-	// Source is the caller's verified SPIFFE ID (zero: unauthenticated).
-	Source spiffeid.ID
-	// MTLS reports that the connection was mutually authenticated.
+	// Peer is the SPIFFE ID the mTLS connection authenticated: the X509-SVID
+	// of the direct peer. It is Istio's source.principal, and Istio's peer
+	// fields (principals, namespaces, serviceAccounts, trustDomains, their
+	// not forms, and the source.principal, source.namespace,
+	// source.serviceAccount and source.trustDomain conditions) match it and
+	// nothing else. Zero over plaintext, and when the client certificate
+	// carries no SPIFFE ID.
+	Peer spiffeid.ID
+	// MTLS reports that the connection was mutually authenticated, with or
+	// without a SPIFFE ID.
 	MTLS bool
+	// ForwardedClient is the original client that a trusted hop (a gateway
+	// that terminated the client's mTLS) names in x-forwarded-client-cert.
+	// It is a meshguard attribute: meshguard's own kinds match it (see
+	// Caller), Istio's peer fields never do (the peer is the hop).
+	ForwardedClient spiffeid.ID
 	// SourceIP is the direct peer address (Istio source.ip).
 	SourceIP netip.Addr
 	// RemoteIP is the original client address (Istio remote.ip).
@@ -37,7 +49,10 @@ type Attributes struct {
 	// arrive comma-joined, as Envoy presents them. Nil: no headers.
 	Headers HeaderGetter
 
-	// JWT is the validated JWT-SVID of the request, if any.
+	// JWT is the request's validated token, if any: Istio's request
+	// authentication. requestPrincipals and the request.auth.* conditions
+	// match it, and meshguard's jwt requirements match it when it is a
+	// JWT-SVID (JWT.SVID is set).
 	JWT *JWT
 	// JWTDeferred says that a JWT-SVID, if the request carries one, is
 	// verified after this decision by meshguard's ext_authz server, which
@@ -51,12 +66,30 @@ type Attributes struct {
 	JWTDeferred bool
 }
 
+// Caller is the identity meshguard's own kinds match (IdentityPolicy and
+// RouteOverride ids, notIds and trustDomains; TrafficBaseline edges;
+// AnomalyProfile workloads): the client a trusted hop forwarded, else the
+// mTLS peer, else the subject of a JWT-SVID. Zero when the request has none.
+func (a *Attributes) Caller() spiffeid.ID {
+	switch {
+	case !a.ForwardedClient.IsZero():
+		return a.ForwardedClient
+	case !a.Peer.IsZero():
+		return a.Peer
+	case a.JWT != nil:
+		return a.JWT.SVID
+	}
+	return spiffeid.ID{}
+}
+
 // Target is the workload a request is for: how policies are scoped to it.
 type Target struct {
 	// ID is the workload's SPIFFE ID (destination.principal), zero if unknown.
 	ID spiffeid.ID
 	// Namespace of the workload. When empty it is read from ID by position
-	// (/ns/<namespace>/sa/<sa>).
+	// (/ns/<namespace>/sa/<sa>); an ID of any other form gives no
+	// namespace, and the request is denied (denied_unknown_target) rather
+	// than decided by mesh-wide policies alone.
 	Namespace string
 	// Labels of the workload, for Istio selectors: all of them, from a
 	// source the client cannot touch.
@@ -91,11 +124,18 @@ func (m MapHeaders) Get(name string) (string, bool) {
 }
 
 // JWT is a token that the enforcement point has fully validated (signature,
-// audience, expiry). Principal is Istio's request principal, "iss/sub".
+// audience, expiry): a JWT-SVID, or an end-user token of Istio's request
+// authentication.
 type JWT struct {
-	Subject   spiffeid.ID
+	// Issuer and Subject are the iss and sub claims.
+	Issuer  string
+	Subject string
+	// Principal is Istio's request principal: "iss/sub" (sub alone for a
+	// token without iss).
 	Principal string
-	Issuer    string
+	// SVID is the subject as a SPIFFE ID when the token was verified as a
+	// JWT-SVID, against SPIFFE trust bundles; zero for any other token.
+	SVID      spiffeid.ID
 	Audiences []string
 	Presenter string
 	// Claims are the token's claims as decoded from JSON.

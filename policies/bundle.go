@@ -20,20 +20,35 @@ type Bundle struct {
 	// Hash is "sha256:<hex>" of the canonical JSON encoding of Set.
 	Hash string `json:"hash"`
 	Set  Set    `json:"set"`
+
+	// compiled is the snapshot NewBundle or DecodeBundle compiled while
+	// validating Set, handed to Compile so that a bundle compiles once.
+	compiled *Snapshot
 }
 
 // NewBundle validates set and wraps it. An empty version is replaced by the
-// first 12 hex digits of the content hash.
+// first 12 hex digits of the content hash. The set must not be modified
+// afterwards: the bundle keeps what validating it compiled.
 func NewBundle(version string, set Set) (*Bundle, Diagnostics, error) {
-	diags := Validate(&set)
+	b := &Bundle{Format: BundleFormat, Set: set}
+	snap, diags := compileSet(&b.Set)
+	diags = append(diags, Lint(&b.Set)...)
 	if err := diags.Err(); err != nil {
 		return nil, diags, err
 	}
-	h := hashSet(&set)
-	if version == "" {
-		version = h[len("sha256:") : len("sha256:")+12]
+	b.Hash = hashSet(&b.Set)
+	b.Version = version
+	if b.Version == "" {
+		b.Version = b.Hash[len("sha256:") : len("sha256:")+12]
 	}
-	return &Bundle{Format: BundleFormat, Version: version, Hash: h, Set: set}, diags, nil
+	b.keep(snap)
+	return b, diags, nil
+}
+
+// keep stores the snapshot compiled from b.Set for Compile.
+func (b *Bundle) keep(s *Snapshot) {
+	s.version, s.hash = b.Version, b.Hash
+	b.compiled = s
 }
 
 // Encode returns the bundle's JSON encoding.
@@ -42,8 +57,9 @@ func (b *Bundle) Encode() ([]byte, error) {
 }
 
 // DecodeBundle parses a bundle strictly (unknown fields are errors), checks
-// its format and hash, and validates its set. A bundle that fails any check
-// is rejected whole.
+// its format and hash, and validates its set by compiling it. A bundle that
+// fails any check is rejected whole; one that passes carries the compiled
+// snapshot, which Compile hands over. Its set must not be modified.
 func DecodeBundle(data []byte) (*Bundle, error) {
 	var b Bundle
 	if err := strictjson.Decode(data, "the bundle", b.decodeJSON); err != nil {
@@ -61,9 +77,11 @@ func DecodeBundle(data []byte) (*Bundle, error) {
 	}
 	// Validate's lint half only warns, and a decoded bundle has nowhere
 	// to report warnings: the compiler's errors are the whole answer.
-	if _, diags := compileSet(&b.Set); diags.Err() != nil {
-		return nil, fmt.Errorf("policies: bundle %s: %w", b.Version, diags.Err())
+	snap, diags := compileSet(&b.Set)
+	if err := diags.Err(); err != nil {
+		return nil, fmt.Errorf("policies: bundle %s: %w", b.Version, err)
 	}
+	b.keep(snap)
 	return &b, nil
 }
 

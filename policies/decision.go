@@ -24,7 +24,15 @@ const (
 	ReasonDeniedInternal   Reason = "denied_internal_error"
 	ReasonDeniedTimeout    Reason = "denied_timeout"
 	ReasonDeniedAnomaly    Reason = "denied_anomaly"
-	ReasonRateLimited      Reason = "rate_limited_anomaly"
+	// ReasonDeniedCustomProvider: a CUSTOM rule matched whose provider cannot
+	// be used (invalid, not declared, or one of several for the workload):
+	// Istio denies what such rules match.
+	ReasonDeniedCustomProvider Reason = "denied_custom_provider"
+	// ReasonDeniedUnknownTarget: the target workload's namespace is not
+	// known (no namespace given, and an ID not of the form
+	// /ns/<ns>/sa/<sa>), so the policies that apply to it are not known.
+	ReasonDeniedUnknownTarget Reason = "denied_unknown_target"
+	ReasonRateLimited         Reason = "rate_limited_anomaly"
 	// ReasonDeniedUnresolved: a selector- or targetRef-scoped policy may
 	// apply to the target, but the target's labels (or its service and
 	// gateway) are unknown to the enforcement point, so whether it applies

@@ -143,4 +143,12 @@ const (
 	CodeWrongType        = "wrong_type"      // a value of the wrong YAML type (string for a list, ...)
 	CodeDuplicateField   = "duplicate_field" // the same key twice in one YAML mapping
 	CodeTooLarge         = "input_too_large" // a file or document over the size or alias-expansion limits
+	// CodeMeaningChanged warns about a policy that matches differently since
+	// meshguard reads Istio's fields as Istio does (peer fields, trust
+	// domains, namespaces, hosts, {**}, header presence).
+	CodeMeaningChanged = "meaning_changed"
+	// CodeCustomProviderDenies warns about CUSTOM policies whose rules deny,
+	// as in Istio: an invalid or undeclared provider, or several providers
+	// for one workload.
+	CodeCustomProviderDenies = "custom_provider_denies"
 )

@@ -58,7 +58,7 @@ func FuzzPathNormalization(f *testing.F) {
 	src := spiffeid.RequireFromString("spiffe://td/ns/shop/sa/x")
 	f.Fuzz(func(t *testing.T, p string, which uint8) {
 		i := int(which) % len(norms)
-		a := &Attributes{Source: src, Method: "GET", Path: p, Target: Target{Namespace: "shop"}}
+		a := &Attributes{Peer: src, Method: "GET", Path: p, Target: Target{Namespace: "shop"}}
 		d := snaps[i].Decide(a)
 		ref := referenceReading(p)
 		if d.Allowed && (ref == "/admin" || strings.HasPrefix(ref, "/admin/")) {

@@ -107,7 +107,7 @@ func rq(source, method, path string, opts ...func(*policies.Attributes)) *polici
 		Headers: policies.MapHeaders{},
 	}
 	if source != "" {
-		a.Source = spiffeid.RequireFromString(source)
+		a.Peer = spiffeid.RequireFromString(source)
 		a.MTLS = true
 	}
 	for _, o := range opts {
@@ -153,7 +153,7 @@ func withIP(src, remote string) func(*policies.Attributes) {
 func withJWT(sub string, aud []string, claims map[string]any) func(*policies.Attributes) {
 	return func(a *policies.Attributes) {
 		id := spiffeid.RequireFromString(sub)
-		a.JWT = &policies.JWT{Subject: id, Issuer: id.TrustDomain().Name(), Principal: id.TrustDomain().Name() + "/" + sub, Audiences: aud, Claims: claims}
+		a.JWT = &policies.JWT{Subject: sub, SVID: id, Issuer: id.TrustDomain().Name(), Principal: id.TrustDomain().Name() + "/" + sub, Audiences: aud, Claims: claims}
 	}
 }
 
@@ -170,7 +170,7 @@ func check(t *testing.T, s *policies.Snapshot, a *policies.Attributes, w want) p
 	if d.Allowed != w.allowed || (w.reason != "" && d.Reason != w.reason) ||
 		(w.policy != "" && d.Ref.Policy != w.policy) || (w.rule != "" && d.Ref.Rule != w.rule) {
 		_, tr := s.Explain(a)
-		t.Errorf("%s %s %s from %q: got %+v, want %+v\ntrace: %+v", a.Method, a.Host, a.Path, a.Source, d, w, tr)
+		t.Errorf("%s %s %s from %q: got %+v, want %+v\ntrace: %+v", a.Method, a.Host, a.Path, a.Peer, d, w, tr)
 	}
 	return d
 }

@@ -41,6 +41,9 @@ var jsonMeshSettingsSpec = &strictjson.Type{
 		{Name: "rootNamespace", Offset: unsafe.Offsetof(MeshSettingsSpec{}.RootNamespace), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "trustDomain", Offset: unsafe.Offsetof(MeshSettingsSpec{}.TrustDomain), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "pathNormalization", Offset: unsafe.Offsetof(MeshSettingsSpec{}.PathNormalization), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "trustDomainAliases", Offset: unsafe.Offsetof(MeshSettingsSpec{}.TrustDomainAliases), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "extensionProviders", Offset: unsafe.Offsetof(MeshSettingsSpec{}.ExtensionProviders), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "multipleCustomProviders", Offset: unsafe.Offsetof(MeshSettingsSpec{}.MultipleCustomProviders), Kind: strictjson.KBool, OmitEmpty: true},
 	},
 }
 
@@ -136,6 +139,10 @@ var jsonSource = &strictjson.Type{
 		{Name: "notIpBlocks", Offset: unsafe.Offsetof(Source{}.NotIPBlocks), Kind: strictjson.KStrings, OmitEmpty: true},
 		{Name: "remoteIpBlocks", Offset: unsafe.Offsetof(Source{}.RemoteIPBlocks), Kind: strictjson.KStrings, OmitEmpty: true},
 		{Name: "notRemoteIpBlocks", Offset: unsafe.Offsetof(Source{}.NotRemoteIPBlocks), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "serviceAccounts", Offset: unsafe.Offsetof(Source{}.ServiceAccounts), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "notServiceAccounts", Offset: unsafe.Offsetof(Source{}.NotServiceAccounts), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "trustDomains", Offset: unsafe.Offsetof(Source{}.TrustDomains), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "notTrustDomains", Offset: unsafe.Offsetof(Source{}.NotTrustDomains), Kind: strictjson.KStrings, OmitEmpty: true},
 	},
 }
 

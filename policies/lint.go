@@ -12,10 +12,16 @@ import (
 // have no effect. Every warning is certain: Lint reports only what follows
 // from the rules' text, never guesses.
 func Lint(s *Set) Diagnostics {
-	var l linter
+	l := linter{settings: &s.Settings, jwtSVIDs: usesJWT(s) && !requiresMTLS(s)}
+	l.local = []string{DefaultTrustDomain}
+	if td := s.Settings.TrustDomain; td != "" {
+		l.local = []string{td}
+	}
+	l.local = append(l.local, s.Settings.TrustDomainAliases...)
 	for i := range s.AuthorizationPolicies {
 		l.authorizationPolicy(&s.AuthorizationPolicies[i])
 	}
+	l.customProviders(s)
 	for i := range s.IdentityPolicies {
 		p := &s.IdentityPolicies[i]
 		l.object = objectRef(KindIdentityPolicy, p.Metadata)
@@ -41,7 +47,10 @@ func objectRef(kind string, m ObjectMeta) string {
 }
 
 type linter struct {
-	object string
+	settings *MeshSettingsSpec
+	local    []string // the mesh's trust domains
+	jwtSVIDs bool     // the set requires JWT-SVIDs somewhere
+	object   string
 	// allow is set for ALLOW policies. A negative field on an absent
 	// attribute (no principal, no header) refuses on the allow side and
 	// matches on the deny side, so `notPrincipals: ["*"]` is a dead ALLOW
@@ -83,7 +92,9 @@ func (l *linter) authorizationPolicy(p *AuthorizationPolicy) {
 		for j := range r.When {
 			c := &r.When[j]
 			l.excluded(c.Values, c.NotValues, fmt.Sprintf("%s.when[%d]", field, j), "values", "notValues", exactCovers)
+			l.condition(c, fmt.Sprintf("%s.when[%d]", field, j))
 		}
+		l.peerOnly(r, field)
 	}
 	for j := 1; j < len(spec.Rules); j++ {
 		for i := 0; i < j; i++ {
@@ -97,6 +108,13 @@ func (l *linter) authorizationPolicy(p *AuthorizationPolicy) {
 }
 
 func (l *linter) source(s *Source, field string) {
+	l.trustDomainNames(s.Principals, field+".principals", true)
+	l.trustDomainNames(s.NotPrincipals, field+".notPrincipals", true)
+	l.trustDomainNames(s.TrustDomains, field+".trustDomains", false)
+	l.trustDomainNames(s.NotTrustDomains, field+".notTrustDomains", false)
+	l.namespaceReadings(len(s.Namespaces)+len(s.ServiceAccounts) > 0, len(s.NotNamespaces)+len(s.NotServiceAccounts) > 0, field)
+	l.excluded(s.ServiceAccounts, s.NotServiceAccounts, field, "serviceAccounts", "notServiceAccounts", exactCovers)
+	l.excluded(s.TrustDomains, s.NotTrustDomains, field, "trustDomains", "notTrustDomains", istioCovers)
 	l.excluded(s.Principals, s.NotPrincipals, field, "principals", "notPrincipals", istioCovers)
 	l.excluded(s.RequestPrincipals, s.NotRequestPrincipals, field, "requestPrincipals", "notRequestPrincipals", istioCovers)
 	l.excluded(s.Namespaces, s.NotNamespaces, field, "namespaces", "notNamespaces", istioCovers)
@@ -111,6 +129,9 @@ func (l *linter) operation(o *Operation, field string) {
 	l.excluded(o.Paths, o.NotPaths, field, "paths", "notPaths", pathCovers)
 	l.methods(o.Methods, field+".methods")
 	l.paths(o.Paths, field+".paths")
+	l.hosts(o.Hosts, field+".hosts")
+	l.anyTemplates(o.Paths, field+".paths")
+	l.anyTemplates(o.NotPaths, field+".notPaths")
 }
 
 // excluded warns about positive values that a negative value of the same
@@ -200,6 +221,221 @@ func (l *linter) identityRules(rules []IdentityRule, policyMode Mode) {
 					"every request this rule matches is already matched by the earlier rule %s; it is redundant", name)
 				break
 			}
+		}
+	}
+}
+
+// ----- meanings that changed -----
+//
+// meshguard reads Istio's fields as Istio does. These warnings point at the
+// policies that match differently than they did before: each is certain
+// from the set, except peerOnly, which warns where the set shows JWT-SVIDs
+// in use (a caller forwarded by a trusted hop in XFCC is not visible in a
+// set: see docs/policies.md).
+
+func (l *linter) changed(field, format string, args ...any) {
+	l.warn(CodeMeaningChanged, field, format, args...)
+}
+
+// meshNamesChanged reports whether "cluster.local" and the mesh's own trust
+// domain names mean more, or other, than themselves.
+func (l *linter) meshNamesChanged() bool {
+	return len(l.local) > 1 || l.local[0] != DefaultTrustDomain
+}
+
+// trustDomainNames warns about principals (principal: true) or trust
+// domains that name cluster.local or one of the mesh's trust domains.
+func (l *linter) trustDomainNames(vals []string, field string, principal bool) {
+	if !l.meshNamesChanged() {
+		return
+	}
+	for i, v := range vals {
+		td := v
+		if principal {
+			if strings.HasPrefix(v, "*") {
+				continue
+			}
+			var ok bool
+			if td, _, ok = strings.Cut(strings.TrimPrefix(v, "spiffe://"), "/"); !ok {
+				continue
+			}
+		}
+		if td == DefaultTrustDomain || contains(l.local, td) {
+			l.changed(fmt.Sprintf("%s[%d]", field, i),
+				"%q names the mesh's trust domains %v, as Istio reads it: callers of any of them match, and a foreign trust domain named cluster.local does not", v, l.local)
+		}
+	}
+}
+
+// namespaceReadings warns that namespaces and service accounts read Istio's
+// way (anywhere in the ID) on the deny side, and in negative fields.
+func (l *linter) namespaceReadings(positive, negative bool, field string) {
+	if positive && !l.allow {
+		l.changed(field, "namespaces and serviceAccounts in a %s rule now also match SPIFFE IDs with more path segments, as Istio reads them (.*/ns/<namespace>/.*)", "deny-side")
+	}
+	if negative {
+		l.changed(field, "notNamespaces and notServiceAccounts now also read a namespace or service account anywhere in the SPIFFE ID, as Istio does")
+	}
+}
+
+// hosts warns about ALLOW hosts that no longer match a :authority with a
+// port or a trailing dot.
+func (l *linter) hosts(hosts []string, field string) {
+	if !l.allow {
+		return
+	}
+	for i, h := range hosts {
+		if h == "*" || strings.HasSuffix(h, "*") || strings.Contains(h, ":") {
+			continue
+		}
+		l.changed(fmt.Sprintf("%s[%d]", field, i),
+			"host %q is compared with :authority exactly, as in Istio: a request to %q or %q no longer matches; list host:port too", h, h+":80", h+".")
+	}
+}
+
+// anyTemplates warns about "{**}" as the last segment, which now matches
+// nothing after the last '/' too.
+func (l *linter) anyTemplates(paths []string, field string) {
+	for i, p := range paths {
+		if strings.HasSuffix(p, "/{**}") {
+			l.changed(fmt.Sprintf("%s[%d]", field, i),
+				"{**} is zero or more segments, as in Envoy: %q now also matches %q", p, strings.TrimSuffix(p, "{**}"))
+		}
+	}
+}
+
+// condition warns about header presence and the peer's conditions.
+func (l *linter) condition(c *Condition, field string) {
+	if strings.HasPrefix(c.Key, "request.headers[") && (contains(c.Values, "*") || contains(c.NotValues, "*")) {
+		l.changed(field, "\"*\" of a header is presence, as Istio's present_match: a header sent with an empty value now counts as present")
+	}
+	switch c.Key {
+	case "source.principal":
+		l.trustDomainNames(c.Values, field+".values", true)
+		l.trustDomainNames(c.NotValues, field+".notValues", true)
+	case "source.trustDomain":
+		l.trustDomainNames(c.Values, field+".values", false)
+		l.trustDomainNames(c.NotValues, field+".notValues", false)
+	case "source.namespace", "source.serviceAccount":
+		l.namespaceReadings(len(c.Values) > 0, len(c.NotValues) > 0, field)
+	}
+}
+
+// peerOnly warns, where the set requires JWT-SVIDs and does not deny
+// plaintext mesh-wide, about Istio peer fields: a caller authenticated by a
+// JWT-SVID alone used to be matched as the peer. (Where plaintext is denied
+// mesh-wide, such a caller never reaches the rule; that it is denied now is
+// the fix of Istio's "require mTLS" idiom, not a meaning anyone relied on.)
+func (l *linter) peerOnly(r *Rule, field string) {
+	if !l.jwtSVIDs {
+		return
+	}
+	peer := false
+	for i := range r.From {
+		s := &r.From[i].Source
+		peer = peer || len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces)+
+			len(s.ServiceAccounts)+len(s.NotServiceAccounts)+len(s.TrustDomains)+len(s.NotTrustDomains) > 0
+	}
+	for i := range r.When {
+		switch r.When[i].Key {
+		case "source.principal", "source.namespace", "source.serviceAccount", "source.trustDomain":
+			peer = true
+		}
+	}
+	if !peer {
+		return
+	}
+	what := "no longer matches a caller authenticated by a JWT-SVID alone, nor a client a trusted hop forwards in XFCC (use requestPrincipals, or an IdentityPolicy's ids)"
+	if !l.allow {
+		what = "now treats a caller authenticated by a JWT-SVID alone as having no peer (a DENY on notPrincipals denies it), and matches a trusted hop, not the client it forwards in XFCC"
+	}
+	l.changed(field, "Istio's peer fields match the mTLS peer only: this rule %s", what)
+}
+
+// requiresMTLS reports whether the set denies every request without an
+// mTLS peer mesh-wide: Istio's idiom, a DENY in the root namespace for every
+// workload with a rule of notPrincipals ["*"] alone.
+func requiresMTLS(s *Set) bool {
+	root := s.Settings.RootNamespace
+	if root == "" {
+		root = DefaultRootNamespace
+	}
+	for i := range s.AuthorizationPolicies {
+		p := &s.AuthorizationPolicies[i]
+		if p.Metadata.Namespace != root || p.Spec.Action != "DENY" || p.Spec.Selector != nil || p.Spec.TargetRef != nil ||
+			len(p.Spec.TargetRefs) > 0 || p.Metadata.Annotations[annotationDryRun] == "true" {
+			continue
+		}
+		for _, r := range p.Spec.Rules {
+			if len(r.To) == 0 && len(r.When) == 0 && len(r.From) == 1 &&
+				reflect.DeepEqual(r.From[0].Source, Source{NotPrincipals: []string{"*"}}) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// usesJWT reports whether the set requires JWT-SVIDs or request principals
+// anywhere, which shows that requests carry them.
+func usesJWT(s *Set) bool {
+	for i := range s.IdentityPolicies {
+		for _, r := range s.IdentityPolicies[i].Spec.Rules {
+			if r.JWT != nil {
+				return true
+			}
+		}
+	}
+	for i := range s.RouteOverrides {
+		for _, r := range s.RouteOverrides[i].Spec.Rules {
+			if r.JWT != nil {
+				return true
+			}
+		}
+	}
+	for i := range s.AuthorizationPolicies {
+		for _, r := range s.AuthorizationPolicies[i].Spec.Rules {
+			for _, f := range r.From {
+				if len(f.Source.RequestPrincipals)+len(f.Source.NotRequestPrincipals) > 0 {
+					return true
+				}
+			}
+			for _, c := range r.When {
+				if strings.HasPrefix(c.Key, "request.auth.") {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// customProviders warns about CUSTOM policies whose rules deny: a provider
+// that is invalid or not among the declared ones, and, unless several are
+// allowed, a second provider in the set (a workload that policies of both
+// apply to denies what they match).
+func (l *linter) customProviders(s *Set) {
+	first := ""
+	for i := range s.AuthorizationPolicies {
+		p := &s.AuthorizationPolicies[i]
+		if !strings.EqualFold(p.Spec.Action, "CUSTOM") || p.Spec.Provider == nil || p.Spec.Provider.Name == "" {
+			continue
+		}
+		l.object = objectRef(KindAuthorizationPolicy, p.Metadata)
+		name := p.Spec.Provider.Name
+		if err := validProviderName(name); err != nil {
+			l.warn(CodeCustomProviderDenies, "spec.provider.name", "provider %q is not a valid extension provider name (%v): as in Istio, every request its rules match is denied", name, err)
+			continue
+		}
+		if ps := s.Settings.ExtensionProviders; len(ps) > 0 && !contains(ps, name) {
+			l.warn(CodeCustomProviderDenies, "spec.provider.name", "provider %q is not among the mesh's extension providers %v: as in Istio, every request its rules match is denied", name, ps)
+			continue
+		}
+		if first == "" {
+			first = name
+		} else if name != first && !s.Settings.MultipleCustomProviders {
+			l.warn(CodeCustomProviderDenies, "spec.provider.name",
+				"provider %q beside %q: a workload that CUSTOM policies of both apply to denies every request they match, as in Istio (MeshSettings.multipleCustomProviders allows several)", name, first)
 		}
 	}
 }

@@ -78,7 +78,10 @@ func TestLintAuthorizationPolicy(t *testing.T) {
 		{
 			name: "one of two namespaces excluded",
 			p:    ap("", Rule{From: from(Source{Namespaces: list("a", "b"), NotNamespaces: list("b")})}),
-			want: []wantLint{{CodeNeverMatches, "spec.rules[0].from[0].source.namespaces[1]", `"b" is excluded`}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].from[0].source", "notNamespaces and notServiceAccounts now also read"},
+				{CodeNeverMatches, "spec.rules[0].from[0].source.namespaces[1]", `"b" is excluded`},
+			},
 		},
 		{
 			name: "suffix exclusion is not a prefix exclusion",
@@ -111,6 +114,7 @@ func TestLintAuthorizationPolicy(t *testing.T) {
 			want: []wantLint{
 				{CodeNeverMatches, "spec.rules[0].to[0].operation.hosts[0]", "excluded"},
 				{CodeNeverMatches, "spec.rules[0].to[0].operation", "every value of hosts"},
+				{CodeMeaningChanged, "spec.rules[0].to[0].operation.hosts[0]", "compared with :authority exactly"},
 			},
 		},
 		{
@@ -295,5 +299,137 @@ func TestIstioCovers(t *testing.T) {
 		if got := istioCovers(tt.broad, tt.narrow); got != tt.want {
 			t.Errorf("istioCovers(%q, %q) = %v, want %v", tt.broad, tt.narrow, got, tt.want)
 		}
+	}
+}
+
+// The warnings about policies whose meaning changed when meshguard came to
+// read Istio's fields as Istio does.
+func TestLintMeaningChanged(t *testing.T) {
+	jwtRule := IdentityPolicy{Metadata: ObjectMeta{Name: "jwt", Namespace: "foo"}, Spec: IdentityPolicySpec{Rules: []IdentityRule{{JWT: &JWTRequirement{Audiences: list("a")}}}}}
+	tests := []struct {
+		name string
+		set  Set
+		want []wantLint
+	}{
+		{
+			name: "principals without JWT-SVIDs in the set",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{ap("", Rule{From: from(Source{Principals: list("cluster.local/ns/a/sa/b")})})}},
+		},
+		{
+			name: "principals in ALLOW where JWT-SVIDs are used",
+			set: Set{AuthorizationPolicies: []AuthorizationPolicy{ap("", Rule{From: from(Source{Principals: list("cluster.local/ns/a/sa/b")})})},
+				IdentityPolicies: []IdentityPolicy{jwtRule}},
+			want: []wantLint{{CodeMeaningChanged, "spec.rules[0]", "no longer matches a caller authenticated by a JWT-SVID alone"}},
+		},
+		{
+			name: "a namespace's DENY on notPrincipals where JWT-SVIDs are used",
+			set: Set{AuthorizationPolicies: []AuthorizationPolicy{
+				ap("DENY", Rule{From: from(Source{NotPrincipals: list("*")})}),
+				ap("", Rule{From: from(Source{RequestPrincipals: list("*")})}),
+			}},
+			want: []wantLint{{CodeMeaningChanged, "spec.rules[0]", "a DENY on notPrincipals denies it"}},
+		},
+		{
+			name: "mesh-wide require-mTLS: JWT-SVID-only callers never reach the rules",
+			set: func() Set {
+				deny := ap("DENY", Rule{From: from(Source{NotPrincipals: list("*")})})
+				deny.Metadata = ObjectMeta{Name: "require-mtls", Namespace: "istio-system"}
+				return Set{AuthorizationPolicies: []AuthorizationPolicy{deny, ap("", Rule{From: from(Source{Principals: list("td/ns/a/sa/b")})})},
+					IdentityPolicies: []IdentityPolicy{jwtRule}}
+			}(),
+		},
+		{
+			name: "cluster.local names the mesh's trust domains",
+			set: Set{Settings: MeshSettingsSpec{TrustDomain: "prod.example"},
+				AuthorizationPolicies: []AuthorizationPolicy{ap("", Rule{
+					From: from(Source{Principals: list("cluster.local/ns/a/sa/b", "partner.example/ns/a/sa/b", "*/ns/a/sa/b"), TrustDomains: list("prod.example")}),
+					When: []Condition{cond("source.principal", "prod.example/ns/x/sa/y")},
+				})}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].from[0].source.principals[0]", "[prod.example]"},
+				{CodeMeaningChanged, "spec.rules[0].from[0].source.trustDomains[0]", "names the mesh's trust domains"},
+				{CodeMeaningChanged, "spec.rules[0].when[0].values[0]", "names the mesh's trust domains"},
+			},
+		},
+		{
+			name: "cluster.local when the mesh is cluster.local without aliases",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{ap("", Rule{From: from(Source{Principals: list("cluster.local/ns/a/sa/b")})})}},
+		},
+		{
+			name: "namespaces in DENY, and source.namespace",
+			set: Set{AuthorizationPolicies: []AuthorizationPolicy{ap("DENY",
+				Rule{From: from(Source{Namespaces: list("evil")})},
+				Rule{When: []Condition{cond("source.namespace", "evil")}},
+			)}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].from[0].source", "more path segments"},
+				{CodeMeaningChanged, "spec.rules[1].when[0]", "more path segments"},
+			},
+		},
+		{
+			name: "namespaces in ALLOW stay strict",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{ap("", Rule{From: from(Source{Namespaces: list("a")})})}},
+		},
+		{
+			name: "hosts, {**} and header presence",
+			set: Set{AuthorizationPolicies: []AuthorizationPolicy{ap("",
+				Rule{To: to(Operation{Hosts: list("api.example.com", "api.example.com:8080", "api*"), Paths: list("/files/{**}", "/a/{**}/b")})},
+				Rule{When: []Condition{cond("request.headers[x-debug]", "*")}},
+			)}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].to[0].operation.hosts[0]", `"api.example.com:80"`},
+				{CodeMeaningChanged, "spec.rules[0].to[0].operation.paths[0]", `now also matches "/files/"`},
+				{CodeMeaningChanged, "spec.rules[1].when[0]", "empty value now counts as present"},
+			},
+		},
+		{
+			name: "DENY hosts catch every reading: no warning",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{ap("DENY", Rule{To: to(Operation{Hosts: list("admin.example.com")})})}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkLint(t, Lint(&tt.set), tt.want)
+		})
+	}
+}
+
+func TestLintCustomProviders(t *testing.T) {
+	custom := func(name, provider string) AuthorizationPolicy {
+		p := ap("CUSTOM", Rule{To: to(Operation{Paths: list("/x")})})
+		p.Metadata.Name = name
+		p.Spec.Provider = &ExtensionProvider{Name: provider}
+		return p
+	}
+	tests := []struct {
+		name string
+		set  Set
+		want []wantLint
+	}{
+		{name: "one provider", set: Set{AuthorizationPolicies: []AuthorizationPolicy{custom("a", "meshguard"), custom("b", "meshguard")}}},
+		{
+			name: "an invalid name",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{custom("a", "Mesh_Guard")}},
+			want: []wantLint{{CodeCustomProviderDenies, "spec.provider.name", "not a valid extension provider name"}},
+		},
+		{
+			name: "not declared",
+			set:  Set{Settings: MeshSettingsSpec{ExtensionProviders: list("meshguard")}, AuthorizationPolicies: []AuthorizationPolicy{custom("a", "opa")}},
+			want: []wantLint{{CodeCustomProviderDenies, "spec.provider.name", "not among the mesh's extension providers"}},
+		},
+		{
+			name: "two providers",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{custom("a", "meshguard"), custom("b", "opa")}},
+			want: []wantLint{{CodeCustomProviderDenies, "spec.provider.name", `provider "opa" beside "meshguard"`}},
+		},
+		{
+			name: "two providers allowed",
+			set:  Set{Settings: MeshSettingsSpec{MultipleCustomProviders: true}, AuthorizationPolicies: []AuthorizationPolicy{custom("a", "meshguard"), custom("b", "opa")}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			checkLint(t, Lint(&tt.set), tt.want)
+		})
 	}
 }

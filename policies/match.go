@@ -10,7 +10,7 @@ import (
 )
 
 // strKind is how an Istio string value matches: exact, "prefix*", "*suffix"
-// or "*" (any non-empty value).
+// or "*" (any non-empty value, or, for a header, presence).
 type strKind uint8
 
 const (
@@ -18,6 +18,7 @@ const (
 	strPrefix
 	strSuffix
 	strAny
+	strPresent // "*" of a header condition: Envoy's present_match, empty values too
 )
 
 // strMatcher is one Istio string value. fold makes it case-insensitive.
@@ -41,6 +42,8 @@ func newStrMatcher(v string, fold bool) strMatcher {
 
 func (m *strMatcher) match(s string) bool {
 	switch m.kind {
+	case strPresent:
+		return true
 	case strAny:
 		return s != ""
 	case strPrefix:
@@ -82,21 +85,6 @@ func (ss strSet) match(s string) bool {
 		}
 	}
 	return false
-}
-
-// exacts returns the values when every matcher is exact.
-func (ss strSet) exacts() ([]string, bool) {
-	if len(ss) == 0 {
-		return nil, false
-	}
-	out := make([]string, 0, len(ss))
-	for _, m := range ss {
-		if m.kind != strExact || m.fold {
-			return nil, false
-		}
-		out = append(out, m.v)
-	}
-	return out, true
 }
 
 // validIstioString rejects "*" in the middle of a value, which Istio does
@@ -300,31 +288,12 @@ func (s idSet) match(id spiffeid.ID) bool {
 
 // sourceNamespace reads the namespace of a Kubernetes-style SPIFFE ID by
 // position: the path must be exactly /ns/<namespace>/sa/<serviceaccount>.
-// Anything else has no namespace: "/ns/evil/sa/x/ns/foo/y" is not in foo.
 func sourceNamespace(id spiffeid.ID) (string, bool) {
 	if id.IsZero() {
 		return "", false
 	}
-	// "/ns/<ns>/sa/<sa>", each segment non-empty, nothing after <sa>. A
-	// byte loop: IDs are short and this runs once per decision.
-	p := id.Path()
-	if len(p) < len("/ns/x/sa/y") || p[:len("/ns/")] != "/ns/" {
-		return "", false
-	}
-	i := len("/ns/")
-	for i < len(p) && p[i] != '/' {
-		i++
-	}
-	ns, rest := p[len("/ns/"):i], p[i:]
-	if ns == "" || len(rest) < len("/sa/y") || rest[:len("/sa/")] != "/sa/" {
-		return "", false
-	}
-	for j := len("/sa/"); j < len(rest); j++ {
-		if rest[j] == '/' {
-			return "", false
-		}
-	}
-	return ns, true
+	ns, _, ok := kubeIdentity(id.Path())
+	return ns, ok
 }
 
 // IDPattern is a compiled SPIFFE ID pattern in the syntax of meshguard's

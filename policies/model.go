@@ -3,6 +3,7 @@ package policies
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/meshguard/meshguard/policies/internal/strictjson"
 )
@@ -95,7 +96,9 @@ type RuleFrom struct {
 }
 
 // Source is who sends the request. Fields are ANDed, values within a field
-// are ORed.
+// are ORed. Principals, namespaces, service accounts and trust domains are
+// the mTLS peer's (Attributes.Peer), as in Istio; request principals are the
+// request's validated token's.
 type Source struct {
 	Principals           []string `json:"principals,omitempty"`
 	NotPrincipals        []string `json:"notPrincipals,omitempty"`
@@ -107,6 +110,12 @@ type Source struct {
 	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
 	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
 	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
+	// ServiceAccounts are "namespace/name", or "name" in the policy's
+	// namespace; they cannot be combined with principals or namespaces.
+	ServiceAccounts    []string `json:"serviceAccounts,omitempty"`
+	NotServiceAccounts []string `json:"notServiceAccounts,omitempty"`
+	TrustDomains       []string `json:"trustDomains,omitempty"`
+	NotTrustDomains    []string `json:"notTrustDomains,omitempty"`
 }
 
 // RuleTo wraps an Operation.
@@ -421,12 +430,31 @@ type MeshSettings struct {
 	Loc        Location         `json:"-"`
 }
 
-// MeshSettingsSpec: RootNamespace defaults to istio-system; TrustDomain is
-// the mesh's own (used to read Istio principals without a trust domain).
+// MeshSettingsSpec mirrors what meshguard reads of Istio's MeshConfig.
+// RootNamespace defaults to istio-system. TrustDomain (default
+// cluster.local) and TrustDomainAliases are the mesh's own trust domains:
+// "cluster.local" and each of them in an Istio principal or trust domain
+// means all of them. ExtensionProviders names the providers CUSTOM policies
+// may use (empty: not declared, not checked); MultipleCustomProviders lets a
+// workload have CUSTOM policies of several providers (Istio's
+// PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS).
 type MeshSettingsSpec struct {
-	RootNamespace     string `json:"rootNamespace,omitempty"`
-	TrustDomain       string `json:"trustDomain,omitempty"`
-	PathNormalization string `json:"pathNormalization,omitempty"`
+	RootNamespace           string   `json:"rootNamespace,omitempty"`
+	TrustDomain             string   `json:"trustDomain,omitempty"`
+	PathNormalization       string   `json:"pathNormalization,omitempty"`
+	TrustDomainAliases      []string `json:"trustDomainAliases,omitempty"`
+	ExtensionProviders      []string `json:"extensionProviders,omitempty"`
+	MultipleCustomProviders bool     `json:"multipleCustomProviders,omitempty"`
+}
+
+// IsZero reports whether the settings set nothing.
+func (m *MeshSettingsSpec) IsZero() bool { return m.Equal(&MeshSettingsSpec{}) }
+
+// Equal reports whether two settings say the same (lists in order).
+func (m *MeshSettingsSpec) Equal(o *MeshSettingsSpec) bool {
+	return m.RootNamespace == o.RootNamespace && m.TrustDomain == o.TrustDomain &&
+		m.PathNormalization == o.PathNormalization && m.MultipleCustomProviders == o.MultipleCustomProviders &&
+		slices.Equal(m.TrustDomainAliases, o.TrustDomainAliases) && slices.Equal(m.ExtensionProviders, o.ExtensionProviders)
 }
 
 // Set is a validated collection of documents: what a Bundle carries.

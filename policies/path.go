@@ -1,6 +1,9 @@
 package policies
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // pathView is every reading of a request path the engine needs. ALLOW rules
 // see norm only (the configured normalization); DENY, AUDIT and CUSTOM rules
@@ -284,35 +287,20 @@ const (
 	pathTemplate
 )
 
-// pathMatcher is one Istio path value: exact, "prefix*", "*suffix", "*", or a
-// template with "{*}" (one segment) and a final "{**}" (any remaining
-// segments, at least one).
+// pathMatcher is one Istio path value: exact, "prefix*", "*suffix", "*", or
+// a template (Envoy's uri_template, which Istio generates for paths with
+// "{*}" or "{**}"): "{*}" is one segment, "{**}" zero or more segments (it
+// is the last operator; literal segments may follow it).
 type pathMatcher struct {
 	kind pathKind
 	v    string
-	segs []string // template segments
+	segs []string // template segments, after the leading '/'
+	any  int      // template: the index of "{**}" in segs, -1 without
 }
 
 func compilePath(v string) (pathMatcher, error) {
-	if strings.Contains(v, "{") || strings.Contains(v, "}") {
-		if !strings.HasPrefix(v, "/") {
-			return pathMatcher{}, errorf("path template %q must start with '/'", v)
-		}
-		segs := strings.Split(v[1:], "/")
-		for i, s := range segs {
-			switch s {
-			case "{*}":
-			case "{**}":
-				if i != len(segs)-1 {
-					return pathMatcher{}, errorf("path template %q: {**} must be the last segment", v)
-				}
-			default:
-				if strings.ContainsAny(s, "{}*") {
-					return pathMatcher{}, errorf("path template %q: segment %q: operators must be whole segments {*} or {**}", v, s)
-				}
-			}
-		}
-		return pathMatcher{kind: pathTemplate, v: v, segs: segs}, nil
+	if strings.ContainsAny(v, "{}") {
+		return compileTemplate(v)
 	}
 	if err := validIstioString(v); err != nil {
 		return pathMatcher{}, err
@@ -332,6 +320,57 @@ func compilePath(v string) (pathMatcher, error) {
 	return pm, nil
 }
 
+// compileTemplate validates a path template as Istio does: operators are
+// whole segments, nothing follows "{**}" but literal segments, and every
+// literal segment is a non-empty run of RFC 3986 pchar characters.
+func compileTemplate(v string) (pathMatcher, error) {
+	if !strings.HasPrefix(v, "/") {
+		return pathMatcher{}, fmt.Errorf("path template %q must start with '/'", v)
+	}
+	segs := strings.Split(v[1:], "/")
+	pm := pathMatcher{kind: pathTemplate, v: v, segs: segs, any: -1}
+	for i, s := range segs {
+		switch {
+		case s == "{*}" || s == "{**}":
+			if pm.any >= 0 {
+				return pathMatcher{}, fmt.Errorf("path template %q: {**} must be the last operator", v)
+			}
+			if s == "{**}" {
+				pm.any = i
+			}
+		case s == "" && i == len(segs)-1:
+			// a trailing '/'
+		case strings.ContainsAny(s, "{}*"):
+			return pathMatcher{}, fmt.Errorf("path template %q: segment %q: operators must be whole segments {*} or {**}", v, s)
+		case !validLiteral(s):
+			return pathMatcher{}, fmt.Errorf("path template %q: segment %q: a literal segment is one or more of A-Z a-z 0-9 -._~%%!$&'()+,;:@=", v, s)
+		}
+	}
+	return pm, nil
+}
+
+// pchar marks RFC 3986's pchar characters that Envoy's uri_template
+// operators match ('*' and '=' excluded, as Envoy does).
+var pchar = func() (t [256]bool) {
+	for _, c := range "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()+,;:@" {
+		t[c] = true
+	}
+	return t
+}()
+
+// validLiteral is Istio's check of a template's literal segment.
+func validLiteral(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !pchar[s[i]] && s[i] != '=' {
+			return false
+		}
+	}
+	return true
+}
+
 func (m *pathMatcher) match(p string, fold bool) bool {
 	switch m.kind {
 	case pathAny:
@@ -346,7 +385,7 @@ func (m *pathMatcher) match(p string, fold bool) bool {
 	case pathSuffix:
 		return len(p) >= len(m.v) && eq(p[len(p)-len(m.v):], m.v, fold)
 	}
-	return matchTemplate(m.segs, p, fold)
+	return m.matchTemplate(p, fold)
 }
 
 func eq(a, b string, fold bool) bool {
@@ -356,18 +395,20 @@ func eq(a, b string, fold bool) bool {
 	return a == b
 }
 
-func matchTemplate(segs []string, p string, fold bool) bool {
+// matchTemplate is Envoy's uri_template match, the regular expression
+// "/" + the segments joined by '/' with "{*}" as [pchar]+ and "{**}" as
+// [pchar/]*. lenient (the deny side) folds case and lets the operators
+// match any byte, so that no reading evades a deny.
+func (m *pathMatcher) matchTemplate(p string, lenient bool) bool {
 	if p == "" || p[0] != '/' {
 		return false
 	}
+	segs := m.segs
+	if m.any >= 0 {
+		segs = segs[:m.any]
+	}
 	i := 1
 	for si, seg := range segs {
-		if seg == "{**}" && si == len(segs)-1 {
-			return i < len(p) // at least one more character: one or more segments
-		}
-		if i > len(p) {
-			return false
-		}
 		j := strings.IndexByte(p[i:], '/')
 		end := len(p)
 		if j >= 0 {
@@ -375,13 +416,14 @@ func matchTemplate(segs []string, p string, fold bool) bool {
 		}
 		cur := p[i:end]
 		if seg == "{*}" {
-			if cur == "" {
+			if !opMatch(cur, lenient) || cur == "" {
 				return false
 			}
-		} else if !eq(cur, seg, fold) {
+		} else if !eq(cur, seg, lenient) {
 			return false
 		}
-		if si == len(segs)-1 {
+		last := si == len(segs)-1 && m.any < 0
+		if last {
 			return end == len(p)
 		}
 		if end == len(p) {
@@ -389,7 +431,43 @@ func matchTemplate(segs []string, p string, fold bool) bool {
 		}
 		i = end + 1
 	}
-	return false
+	if m.any < 0 {
+		return false // no segments at all: the pattern "/" is not a template
+	}
+	// p[i:] is what "{**}" and the literal segments after it read.
+	rest := p[i:]
+	if tail := m.segs[m.any+1:]; len(tail) > 0 {
+		n := len(tail) // the '/' before each literal
+		for _, t := range tail {
+			n += len(t)
+		}
+		if len(rest) < n {
+			return false
+		}
+		at := len(rest) - n
+		for _, t := range tail {
+			if rest[at] != '/' || !eq(rest[at+1:at+1+len(t)], t, lenient) {
+				return false
+			}
+			at += 1 + len(t)
+		}
+		rest = rest[:len(rest)-n]
+	}
+	return opMatch(rest, lenient)
+}
+
+// opMatch reports whether an operator may read s: only pchar characters and
+// '/' in Envoy, anything on the lenient side.
+func opMatch(s string, lenient bool) bool {
+	if lenient {
+		return true
+	}
+	for i := 0; i < len(s); i++ {
+		if !pchar[s[i]] && s[i] != '/' {
+			return false
+		}
+	}
+	return true
 }
 
 // firstSegment returns the first path segment of a pattern's literal part

@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -22,6 +23,11 @@ type Snapshot struct {
 	set           *Set
 	rootNS        string
 	normalization string
+	// localTDs are the mesh's trust domains: its own first, then its
+	// aliases. multiCustom: a workload may have CUSTOM policies of several
+	// providers.
+	localTDs    []string
+	multiCustom bool
 
 	mesh        scope
 	namespaces  map[string]*scope
@@ -130,6 +136,8 @@ type bucket struct {
 	defaultDeny [2]bool // [enforce, enforce+dry-run]
 	defaultRef  RuleRef
 	hasDryRun   bool
+	// providers are the distinct providers of the bucket's CUSTOM policies.
+	providers []string
 }
 
 type routeInfo struct {
@@ -181,6 +189,27 @@ func (s *Snapshot) Route(name string) (RouteOverrideSpec, bool) {
 func (s *Snapshot) Quarantined(id spiffeid.ID, now time.Time) (reason string, ok bool) {
 	q, ok := s.quarantine(id.String(), now.UnixNano())
 	return q.reason, ok
+}
+
+// quarantinedIdentity reports whether one of the request's identities is
+// quarantined: the mTLS peer, the client a trusted hop forwarded, or the
+// subject of a JWT-SVID. A quarantined workload is refused however it
+// presents itself.
+func (s *Snapshot) quarantinedIdentity(a *Attributes) (spiffeid.ID, quarantineEntry, bool) {
+	if len(s.quarantines) == 0 {
+		return spiffeid.ID{}, quarantineEntry{}, false
+	}
+	now := time.Now().UnixNano()
+	ids := [3]spiffeid.ID{a.Peer, a.ForwardedClient}
+	if a.JWT != nil {
+		ids[2] = a.JWT.SVID
+	}
+	for _, id := range ids {
+		if q, ok := s.quarantine(id.String(), now); ok {
+			return id, q, true
+		}
+	}
+	return spiffeid.ID{}, quarantineEntry{}, false
 }
 
 func (s *Snapshot) quarantine(id string, now int64) (quarantineEntry, bool) {
@@ -269,14 +298,14 @@ func (ix *ruleIndex) add(r *crule) {
 	}
 }
 
-func (ix *ruleIndex) build() {
+func (ix *ruleIndex) build(local []string) {
 	if len(ix.rules) <= smallIndex {
 		return
 	}
 	ix.byPrincipal = map[string][]*crule{}
 	ix.bySegment = map[string][]*crule{}
 	for _, r := range ix.rules {
-		if keys, ok := r.principalKeys(); ok {
+		if keys, ok := r.principalKeys(local); ok {
 			for _, k := range keys {
 				ix.byPrincipal[k] = appendOnce(ix.byPrincipal[k], r)
 			}
@@ -299,8 +328,9 @@ func appendOnce(list []*crule, r *crule) []*crule {
 	return append(list, r)
 }
 
-// principalKeys: the rule can only match callers with these principals.
-func (r *crule) principalKeys() ([]string, bool) {
+// principalKeys: the rule can only match requests whose peer (Istio's
+// principals) or caller (meshguard's ids) has one of these principals.
+func (r *crule) principalKeys(local []string) ([]string, bool) {
 	if len(r.from) == 0 {
 		return nil, false
 	}
@@ -309,7 +339,7 @@ func (r *crule) principalKeys() ([]string, bool) {
 		f := &r.from[i]
 		switch {
 		case len(f.principals) > 0:
-			ks, ok := f.principals.exacts()
+			ks, ok := f.principals.keys(local)
 			if !ok {
 				return nil, false
 			}
@@ -363,14 +393,22 @@ func (ix *ruleIndex) first(rq *req, limit int, dry bool) *crule {
 	if ix.byPrincipal == nil {
 		return firstIn(ix.rules, rq, limit, dry)
 	}
+	if rq.callerDeferred {
+		// Rules indexed by a caller's ID match on the permissive side
+		// whatever their IDs: only a scan finds them.
+		return firstIn(ix.rules, rq, limit, dry)
+	}
 	var best *crule
 	try := func(list []*crule) {
 		if c := firstIn(list, rq, limit, dry); c != nil {
 			best, limit = c, c.ord
 		}
 	}
-	if rq.principal != "" {
-		try(ix.byPrincipal[rq.principal])
+	if rq.peer.principal != "" {
+		try(ix.byPrincipal[rq.peer.principal])
+	}
+	if rq.callerKey != "" && rq.callerKey != rq.peer.principal {
+		try(ix.byPrincipal[rq.callerKey])
 	}
 	if len(ix.bySegment) > 0 {
 		deny := ix.rules[0].deny
@@ -433,11 +471,11 @@ func (s *Snapshot) Explain(a *Attributes) (Decision, Trace) {
 func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 	d := Decision{Version: s.version, Mode: ModeEnforce}
 	var rq req
-	rq.init(a, s.normalization)
+	rq.init(a, s)
 
-	if q, ok := s.quarantine(a.Source.String(), nowNanos(s)); ok {
+	if id, q, ok := s.quarantinedIdentity(a); ok {
 		d.Reason, d.Ref = ReasonDeniedQuarantine, q.ref
-		tr.note("caller %s is quarantined: %s", a.Source, q.reason)
+		tr.note("%s is quarantined: %s", id, q.reason)
 		return d
 	}
 	var ro *routeInfo
@@ -465,6 +503,12 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		tr.note("%s; route %q allows it (DENY rules are matched against every reading)", rq.path.unsafe, a.Route)
 	}
 
+	if _, ok := targetNamespace(&a.Target); !ok {
+		d.Reason = ReasonDeniedUnknownTarget
+		tr.note("the target %s has no namespace: none is given and its ID is not of the form /ns/<namespace>/sa/<service account>", a.Target.ID)
+		routeMode(&d, ro)
+		return d
+	}
 	if why := s.unresolved(&a.Target); why != "" {
 		d.Reason = ReasonDeniedUnresolved
 		tr.note("%s", why)
@@ -489,7 +533,7 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 		room [4][maxBuckets]*ruleIndex
 	)
 	bs := s.collect(a, ro, arr[:0], tr)
-	ap := sum(bs, &room)
+	ap := s.sum(bs, &room)
 	ap.bs = bs
 	if cache {
 		s.views.put(h, s, &a.Target, bs)
@@ -503,6 +547,13 @@ func (s *Snapshot) decide(a *Attributes, tr *Trace) Decision {
 // ALLOW, and the dry-run shadow of an allow.
 func judge(d *Decision, ap *applicable, rq *req, tr *Trace) {
 	if c := firstOf(ap, ActionCustom, rq, true, tr); c != nil {
+		if ap.customConflict {
+			// As Istio: CUSTOM policies of several providers for one
+			// workload deny what they match.
+			d.Reason, d.Ref = ReasonDeniedCustomProvider, c.ref
+			tr.note("CUSTOM policies of several providers apply to the target, and MeshSettings.multipleCustomProviders is off")
+			return
+		}
 		d.Custom = c.pol.provider
 	}
 	if c := firstOf(ap, ActionAudit, rq, true, tr); c != nil {
@@ -545,7 +596,7 @@ func verdict(ap *applicable, rq *req, dry bool, tr *Trace) outcome {
 		mode = 1
 	}
 	if c := firstOf(ap, ActionDeny, rq, dry, tr); c != nil {
-		return outcome{reason: ReasonDeniedByPolicy, ref: c.ref}
+		return outcome{reason: c.pol.reason, ref: c.ref}
 	}
 	allowPols, dd := ap.allowPols[mode], ap.defaultDeny[mode]
 	if allowPols == 0 && dd == nil {
@@ -596,19 +647,23 @@ type applicable struct {
 	// merged holds, per action, the rules of the indexes of idx in rule
 	// order when none of them is big enough to be indexed (in a view), so
 	// that finding the first match is one scan.
-	merged      [4][]*crule
-	acts        uint8       // bit 1<<action: idx[action] is not empty
-	dry         bool        // some bucket has dry-run rules or policies
-	allowPols   [2]int      // ALLOW policies: [enforce, enforce+dry-run]
-	defaultDeny [2]*RuleRef // the first DefaultDeny in bucket order: [enforce, enforce+dry-run]
-	idx         [4][]*ruleIndex
-	bs          []*bucket
+	merged [4][]*crule
+	acts   uint8 // bit 1<<action: idx[action] is not empty
+	dry    bool  // some bucket has dry-run rules or policies
+	// customConflict: CUSTOM policies of more than one provider apply and
+	// the mesh does not allow it.
+	customConflict bool
+	allowPols      [2]int      // ALLOW policies: [enforce, enforce+dry-run]
+	defaultDeny    [2]*RuleRef // the first DefaultDeny in bucket order: [enforce, enforce+dry-run]
+	idx            [4][]*ruleIndex
+	bs             []*bucket
 }
 
 // sum is what applies with the buckets bs, but for bs itself. The lists of
 // indexes start in room, when given (a decision's stack).
-func sum(bs []*bucket, room *[4][maxBuckets]*ruleIndex) applicable {
+func (s *Snapshot) sum(bs []*bucket, room *[4][maxBuckets]*ruleIndex) applicable {
 	var ap applicable
+	provider := ""
 	if room != nil {
 		for act := range ap.idx {
 			ap.idx[act] = room[act][:0]
@@ -628,6 +683,13 @@ func sum(bs []*bucket, room *[4][maxBuckets]*ruleIndex) applicable {
 			}
 		}
 		ap.dry = ap.dry || b.hasDryRun
+		for _, p := range b.providers {
+			if provider == "" {
+				provider = p
+			} else if p != provider && !s.multiCustom {
+				ap.customConflict = true
+			}
+		}
 	}
 	return ap
 }
@@ -635,7 +697,7 @@ func sum(bs []*bucket, room *[4][maxBuckets]*ruleIndex) applicable {
 // collect appends the buckets that apply to the request's target and route.
 func (s *Snapshot) collect(a *Attributes, ro *routeInfo, bs []*bucket, tr *Trace) []*bucket {
 	t := &a.Target
-	ns := targetNamespace(t)
+	ns, _ := targetNamespace(t)
 	bs = s.mesh.collect(t, bs)
 	if ns != "" && ns != s.rootNS {
 		if sc := s.namespaces[ns]; sc != nil {
@@ -681,7 +743,7 @@ func (s *Snapshot) unresolved(t *Target) string {
 	if why := check(&s.mesh, "the mesh (root namespace "+s.rootNS+")"); why != "" {
 		return why
 	}
-	ns := targetNamespace(t)
+	ns, _ := targetNamespace(t)
 	switch {
 	case ns == "":
 		return ""
@@ -694,13 +756,16 @@ func (s *Snapshot) unresolved(t *Target) string {
 	return ""
 }
 
-// targetNamespace is the target's namespace: as given, or read from its ID.
-func targetNamespace(t *Target) string {
-	if t.Namespace != "" {
-		return t.Namespace
+// targetNamespace is the target's namespace: as given, or read from its ID
+// (/ns/<namespace>/sa/<service account> exactly). A target without either
+// (no ID, no namespace) is mesh-wide only; one whose ID gives no namespace
+// is unknown (false).
+func targetNamespace(t *Target) (string, bool) {
+	if t.Namespace != "" || t.ID.IsZero() {
+		return t.Namespace, true
 	}
-	ns, _ := sourceNamespace(t.ID)
-	return ns
+	ns, ok := sourceNamespace(t.ID)
+	return ns, ok
 }
 
 func (sc *scope) collect(t *Target, bs []*bucket) []*bucket {
@@ -762,14 +827,6 @@ func pairsMatch(sel []labelPair, labels map[string]string) bool {
 	return true
 }
 
-// nowNanos is the clock for quarantine expiry.
-func nowNanos(s *Snapshot) int64 {
-	if len(s.quarantines) == 0 {
-		return 0
-	}
-	return time.Now().UnixNano()
-}
-
 // ----- explain -----
 
 // Trace is the explanation of one decision.
@@ -795,7 +852,7 @@ func (t *Trace) note(format string, args ...any) {
 	if t == nil {
 		return
 	}
-	t.Notes = append(t.Notes, sprintf(format, args...))
+	t.Notes = append(t.Notes, fmt.Sprintf(format, args...))
 }
 
 // explainFirst evaluates every rule of the action and records each, then

@@ -136,12 +136,12 @@ func (c *viewCache) put(h uint64, s *Snapshot, t *Target, bs []*bucket) {
 // of t.
 func (s *Snapshot) newView(t *Target, bs []*bucket) *targetView {
 	// v.bs stays empty: only explain reads it, and explain takes no view.
-	v := &targetView{applicable: sum(bs, nil), id: t.ID.String(), ns: t.Namespace}
+	v := &targetView{applicable: s.sum(bs, nil), id: t.ID.String(), ns: t.Namespace}
 	for act := range v.idx {
 		v.merged[act] = merge(v.idx[act])
 	}
 	keys := s.mesh.labelKeys
-	if ns := targetNamespace(t); ns != "" {
+	if ns, _ := targetNamespace(t); ns != "" {
 		if sc := s.namespaces[ns]; sc != nil {
 			keys = append(slices.Clip(keys), sc.labelKeys...)
 			if len(sc.targets) > 0 {

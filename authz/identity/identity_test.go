@@ -1,12 +1,16 @@
 package identity
 
 import (
+	"bytes"
+	"encoding/pem"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/policies"
@@ -61,6 +65,8 @@ func TestResolvePrincipalEdgeCases(t *testing.T) {
 		{"spiffe://prod.example/a/", true, ""},
 		{"spiffe://prod.example/a?b", true, ""},
 		{"spiffe://other.example/a", true, ""},
+		{"spiffe://prod.example", true, ""},  // a trust domain, not a workload
+		{"spiffe://prod.example/", true, ""}, // the same, malformed
 		{"CN=frontend,O=acme", false, ""},
 		{"frontend.example.com", false, ""},
 	}
@@ -74,4 +80,64 @@ func TestResolvePrincipalEdgeCases(t *testing.T) {
 			t.Errorf("%q: id = %v, want %q", tt.principal, got, tt.wantID)
 		}
 	}
+}
+
+// The identities stay apart: a principal is the peer; XFCC from a trusted
+// hop that is the peer names a forwarded client and leaves the peer alone;
+// XFCC that the calling Envoy sets in HTTP mode names the request's peer; a
+// certificate with DNS SANs only is ignored, not denied.
+func TestResolveKeepsIdentitiesApart(t *testing.T) {
+	c, _ := ca.New(spiffeid.RequireTrustDomainFromString("prod.example"))
+	gw := spiffeid.RequireFromString("spiffe://prod.example/ns/istio-system/sa/gw")
+	envoy := spiffeid.RequireFromString("spiffe://prod.example/ns/shop/sa/api-envoy")
+	client := spiffeid.RequireFromString("spiffe://prod.example/ns/web/sa/frontend")
+	r, err := New(Config{Bundles: spiffebundle.NewSet(c.Bundle()), TrustedHops: []spiffeid.ID{gw, envoy}, JWTAudiences: []string{"a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xfcc := func(by spiffeid.ID) policies.MapHeaders {
+		return policies.MapHeaders{HeaderXFCC: "By=" + by.String() + ";URI=" + client.String()}
+	}
+
+	id, err := r.Resolve(Request{Principal: gw.String(), Headers: xfcc(gw)})
+	if err != nil || id.Peer != gw || id.ForwardedClient != client || id.ID != client || id.Method != MethodXFCC {
+		t.Errorf("XFCC through a gateway: %+v, %v", id, err)
+	}
+	var a policies.Attributes
+	id.Attributes(&a)
+	if a.Peer != gw || a.ForwardedClient != client || a.Caller() != client {
+		t.Errorf("attributes: %+v", a)
+	}
+
+	id, err = r.Resolve(Request{Conn: envoy, Headers: xfcc(envoy)})
+	if err != nil || id.Peer != client || !id.ForwardedClient.IsZero() || id.ID != client {
+		t.Errorf("HTTP mode, XFCC of the calling Envoy: %+v, %v", id, err)
+	}
+	id, err = r.Resolve(Request{Conn: envoy})
+	if err != nil || !id.Peer.IsZero() || !id.ID.IsZero() {
+		t.Errorf("HTTP mode without XFCC: the calling Envoy is not the request's peer: %+v, %v", id, err)
+	}
+
+	svid, err := c.IssueX509SVID(client, time.Hour, ca.WithoutURIs(), ca.WithDNSNames("frontend.web.svc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err = r.Resolve(Request{Principal: "frontend.web.svc", Certificate: certParam(svid)})
+	if err != nil || !id.Peer.IsZero() || !id.MTLS || len(id.Ignored) != 1 || id.Ignored[0] != IgnoredNotSPIFFE {
+		t.Errorf("DNS SANs only: %+v, %v", id, err)
+	}
+	id, err = r.Resolve(Request{Principal: client.String(), Certificate: certParam(svid)})
+	if err == nil {
+		t.Errorf("a SPIFFE principal with a certificate that has no SPIFFE ID: %+v", id)
+	}
+}
+
+// certParam URL-encodes a PEM certificate chain as Envoy does for
+// attributes.source.certificate.
+func certParam(svid *x509svid.SVID) string {
+	var b bytes.Buffer
+	for _, c := range svid.Certificates {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return url.PathEscape(b.String())
 }

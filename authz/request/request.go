@@ -22,7 +22,9 @@ import (
 )
 
 // MaxHeaderBytes bounds the total size of the request headers accepted
-// (Envoy's own default limit is 60 KiB).
+// (Envoy's own default limit is 60 KiB): every name and value, and one byte
+// per header besides, so that many empty headers count too. It is checked
+// before any header is joined or copied.
 const MaxHeaderBytes = 256 << 10
 
 // Options says what the mapping may believe.
@@ -110,7 +112,7 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	// not lowercase (then a lowercase copy is made, case variants joined).
 	size, lower := 0, true
 	for k, v := range hdrs {
-		size += len(k) + len(v)
+		size += len(k) + len(v) + 1
 		upper, ok := scanName(k)
 		if !ok {
 			return nil, fmt.Errorf("%w: header name %q is not an HTTP token", ErrInvalid, k)
@@ -127,15 +129,15 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	}
 	names := hdrs
 	if !lower {
-		names = make(map[string]string, len(hdrs))
-		m.Remove = m.Remove[:0]
+		var j joiner
 		for k, v := range hdrs {
-			lk := strings.ToLower(k)
-			if prev, dup := names[lk]; dup {
-				v = prev + "," + v
-			}
-			names[lk] = v
+			j.count(strings.ToLower(k), v)
 		}
+		for k, v := range hdrs {
+			j.add(strings.ToLower(k), v)
+		}
+		names = j.result()
+		m.Remove = m.Remove[:0]
 		for k := range names {
 			if strings.HasPrefix(k, wire.HeaderPrefix) {
 				m.Remove = append(m.Remove, k)
@@ -164,8 +166,9 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	a.SNI = ac.GetTlsSession().GetSni()
 
 	if p := ac.GetDestination().GetPrincipal(); strings.HasPrefix(p, "spiffe://") {
-		// Envoy's own certificate: trusted, but only if it is a SPIFFE ID.
-		if id, err := spiffeid.FromString(p); err == nil {
+		// Envoy's own certificate: trusted, but only if it is a workload's
+		// SPIFFE ID (a trust domain's own ID, without a path, is none).
+		if id, err := spiffeid.FromString(p); err == nil && id.Path() != "" {
 			a.Target.ID = id
 		}
 	}
@@ -187,15 +190,18 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 // path has pathPrefix (the service's path_prefix) removed. peer is the
 // authenticated identity of the Envoy that called (zero over plaintext).
 func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options) (*Mapped, error) {
-	names := make(map[string]string, len(r.Header))
 	size := 0
 	for k, vs := range r.Header {
-		v := strings.Join(vs, ",")
-		size += len(k) + len(v)
-		names[strings.ToLower(k)] = v
+		for _, v := range vs {
+			size += len(k) + len(v) + 1
+		}
 	}
 	if size > MaxHeaderBytes {
 		return nil, fmt.Errorf("%w: %d bytes of headers exceed %d", ErrInvalid, size, MaxHeaderBytes)
+	}
+	names := make(map[string]string, len(r.Header))
+	for k, vs := range r.Header {
+		names[strings.ToLower(k)] = strings.Join(vs, ",")
 	}
 	path := r.URL.RequestURI()
 	if r.RequestURI != "" {
@@ -241,7 +247,7 @@ func FromHTTP(r *http.Request, pathPrefix string, peer spiffeid.ID, opts Options
 			m.Remove = append(m.Remove, k)
 		}
 	}
-	m.Identity = identity.Request{Peer: peer, Headers: rawHeaders{h}}
+	m.Identity = identity.Request{Conn: peer, Headers: rawHeaders{h}}
 	return m, nil
 }
 
@@ -261,6 +267,9 @@ func (m *Mapped) applyContext(ext, destLabels map[string]string) error {
 	a := &m.Attrs
 	if w := ext[wire.ContextWorkload]; w != "" {
 		id, err := spiffeid.FromString(w)
+		if err == nil && id.Path() == "" {
+			err = errors.New("a SPIFFE ID without a path names a trust domain, not a workload")
+		}
 		if err != nil {
 			return fmt.Errorf("%w: context extension %s: %v", ErrInvalid, wire.ContextWorkload, err)
 		}
@@ -317,23 +326,90 @@ func targetLabels(dest map[string]string, ext map[string]string) map[string]stri
 	return out
 }
 
+// joinHeaderMap turns Envoy's header_map (one entry per header line) into
+// lowercase names with duplicates comma-joined in order, as Envoy joins
+// them. The size is checked before anything is joined, and joining is
+// linear in the size: a header repeated 150,000 times costs what one header
+// of the same total size does.
 func joinHeaderMap(hm *corev3.HeaderMap) (map[string]string, error) {
-	out := make(map[string]string, len(hm.GetHeaders()))
-	for _, hv := range hm.GetHeaders() {
+	hs := hm.GetHeaders()
+	size := 0
+	for _, hv := range hs {
 		if _, ok := scanName(hv.GetKey()); !ok {
 			return nil, fmt.Errorf("%w: header name %q is not an HTTP token", ErrInvalid, hv.GetKey())
 		}
-		v := hv.GetValue()
-		if raw := hv.GetRawValue(); len(raw) > 0 {
-			v = string(raw)
+		size += len(hv.GetKey()) + len(headerValue(hv)) + 1
+		if size > MaxHeaderBytes {
+			return nil, fmt.Errorf("%w: more than %d bytes of headers", ErrInvalid, MaxHeaderBytes)
 		}
-		k := strings.ToLower(hv.GetKey())
-		if prev, ok := out[k]; ok {
-			v = prev + "," + v
-		}
-		out[k] = v
 	}
-	return out, nil
+	var j joiner
+	for _, hv := range hs {
+		j.count(strings.ToLower(hv.GetKey()), headerValue(hv))
+	}
+	for _, hv := range hs {
+		j.add(strings.ToLower(hv.GetKey()), headerValue(hv))
+	}
+	return j.result(), nil
+}
+
+// headerValue is a header's value: raw_value when Envoy sends it, else value.
+func headerValue(hv *corev3.HeaderValue) string {
+	if raw := hv.GetRawValue(); len(raw) > 0 {
+		return string(raw)
+	}
+	return hv.GetValue()
+}
+
+// joiner comma-joins the values of repeated names in two passes: count
+// sizes every value of a name, then add appends each into a buffer of the
+// final size, so that joining n values costs their total size, not n².
+type joiner struct {
+	names map[string]*joined
+}
+
+type joined struct {
+	n, size int
+	first   string
+	buf     []byte
+}
+
+func (j *joiner) count(name, v string) {
+	if j.names == nil {
+		j.names = map[string]*joined{}
+	}
+	e := j.names[name]
+	if e == nil {
+		j.names[name] = &joined{n: 1, size: len(v), first: v}
+		return
+	}
+	e.n++
+	e.size += 1 + len(v)
+}
+
+func (j *joiner) add(name, v string) {
+	e := j.names[name]
+	if e.n == 1 {
+		return
+	}
+	if e.buf == nil {
+		e.buf = make([]byte, 0, e.size)
+	} else {
+		e.buf = append(e.buf, ',')
+	}
+	e.buf = append(e.buf, v...)
+}
+
+func (j *joiner) result() map[string]string {
+	out := make(map[string]string, len(j.names))
+	for k, e := range j.names {
+		if e.n == 1 {
+			out[k] = e.first
+		} else {
+			out[k] = string(e.buf)
+		}
+	}
+	return out
 }
 
 func socketAddr(a *corev3.Address) (netip.Addr, uint32) {

@@ -3,10 +3,12 @@ package request
 import (
 	"errors"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -225,6 +227,127 @@ func FuzzFromCheck(f *testing.F) {
 		}
 		if id.Method == identity.MethodXFCC && id.Peer.String() != "spiffe://prod.example/gw" {
 			t.Fatalf("XFCC believed from %s", id.Peer)
+		}
+		for _, x := range []spiffeid.ID{id.Peer, id.ForwardedClient, id.ID} {
+			if !x.IsZero() && x.Path() == "" {
+				t.Fatalf("trust domain ID %s taken for a workload", x)
+			}
+		}
+		if !id.ForwardedClient.IsZero() && id.Peer.String() != "spiffe://prod.example/gw" {
+			t.Fatalf("forwarded client %s from peer %s, not the trusted hop", id.ForwardedClient, id.Peer)
+		}
+	})
+}
+
+func headerMapRequest(entries [][2]string) *authv3.CheckRequest {
+	hm := &corev3.HeaderMap{}
+	for _, e := range entries {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: e[0], Value: e[1]})
+	}
+	r := checkRequest("GET", "/", nil, "", "", nil)
+	r.Attributes.Request.Http.HeaderMap = hm
+	return r
+}
+
+// referenceJoin is Envoy's join, written the obvious way.
+func referenceJoin(entries [][2]string) map[string]string {
+	out := map[string]string{}
+	for _, e := range entries {
+		k := strings.ToLower(e[0])
+		if prev, ok := out[k]; ok {
+			out[k] = prev + "," + e[1]
+		} else {
+			out[k] = e[1]
+		}
+	}
+	return out
+}
+
+// A header repeated 150,000 times is refused by its size before anything
+// is joined, and joining many duplicates under the limit costs their size,
+// not its square (measured as bytes allocated, which quadratic joining
+// multiplies by thousands).
+func TestHeaderMapDuplicatesAreBounded(t *testing.T) {
+	many := make([][2]string, 150_000)
+	for i := range many {
+		many[i] = [2]string{"x-a", "b"}
+	}
+	if _, err := FromCheck(headerMapRequest(many), Options{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("150,000 duplicates: err = %v, want ErrInvalid", err)
+	}
+	empty := make([][2]string, 150_000)
+	for i := range empty {
+		empty[i] = [2]string{"x-a", ""}
+	}
+	if _, err := FromCheck(headerMapRequest(empty), Options{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("150,000 empty duplicates: err = %v, want ErrInvalid", err)
+	}
+
+	const n = 40_000 // 40,000 × len("x-a"+"bb"+1) = 240,000 bytes: under the limit
+	dups := make([][2]string, n)
+	for i := range dups {
+		dups[i] = [2]string{"X-A", "bb"}
+	}
+	r := headerMapRequest(dups)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	m, err := FromCheck(r, Options{})
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := m.Headers.Get("x-a"); len(v) != 3*n-1 || !strings.HasPrefix(v, "bb,bb,") {
+		t.Fatalf("joined value of %d bytes, want %d", len(v), 3*n-1)
+	}
+	if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(64*3*n); got > limit {
+		t.Errorf("joining %d duplicates allocated %d bytes, more than %d: not linear", n, got, limit)
+	}
+}
+
+// FuzzJoinHeaderMap holds the linear join to Envoy's order-preserving
+// comma join, and to the size limit.
+func FuzzJoinHeaderMap(f *testing.F) {
+	f.Add("x-a", "1", "X-A", "2", "x-b", "", uint8(3))
+	f.Add("authorization", "Bearer a", "Authorization", "Bearer b", "host", "h", uint8(1))
+	f.Add("x", strings.Repeat("v", 4096), "y", "", "X", "w", uint8(200))
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3 string, rep uint8) {
+		var entries [][2]string
+		for i := 0; i < int(rep)%64+1; i++ {
+			entries = append(entries, [2]string{k1, v1}, [2]string{k2, v2}, [2]string{k3, v3})
+		}
+		size := 0
+		valid := true
+		for _, e := range entries {
+			size += len(e[0]) + len(e[1]) + 1
+			if _, ok := scanName(e[0]); !ok {
+				valid = false
+			}
+		}
+		got, err := joinHeaderMap(&corev3.HeaderMap{Headers: func() []*corev3.HeaderValue {
+			var hs []*corev3.HeaderValue
+			for _, e := range entries {
+				hs = append(hs, &corev3.HeaderValue{Key: e[0], Value: e[1]})
+			}
+			return hs
+		}()})
+		if !valid || size > MaxHeaderBytes {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("invalid or oversized (%d bytes) header map accepted", size)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := referenceJoin(entries)
+		if len(got) != len(want) {
+			t.Fatalf("%d names, want %d", len(got), len(want))
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Fatalf("%q = %q, want %q", k, got[k], v)
+			}
 		}
 	})
 }

@@ -43,7 +43,7 @@ func benchRequests(b *testing.B, set *policies.Set, mesh policygen.Mesh) []*auth
 			ext[request.ContextLabelPrefix+k] = v
 		}
 		out[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source:            &authv3.AttributeContext_Peer{Principal: a.Source.String(), Address: &corev3.Address{}},
+			Source:            &authv3.AttributeContext_Peer{Principal: a.Peer.String(), Address: &corev3.Address{}},
 			Destination:       &authv3.AttributeContext_Peer{Principal: a.Target.ID.String()},
 			ContextExtensions: ext,
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{

@@ -193,11 +193,40 @@ func identityCases() []identityCase {
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
 		},
 		{
-			name: "certificate without URI SAN",
+			name: "certificate with DNS SANs only is ignored, not denied",
 			req: func(t *testing.T, e *env) *authv3.CheckRequest {
 				return withCert(get("/api/items", nil), mustSVID(t, e.ca, idBatch, ca.WithoutURIs(), ca.WithDNSNames("batch.example")))
 			},
+			reason: policies.ReasonDeniedNoMatch, failure: "not_spiffe",
+		},
+		{
+			name: "certificate with DNS SANs only and its DNS principal, allowed by a request principal",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(withPrincipal(get("/api/items", map[string]string{"authorization": "Bearer " + mustJWT(t, e.ca, idBatch, []string{audience}, time.Minute)}), "batch.example"),
+					mustSVID(t, e.ca, idBatch, ca.WithoutURIs(), ca.WithDNSNames("batch.example")))
+			},
+			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idBatch, failure: "not_spiffe",
+		},
+		{
+			name: "certificate of a trust domain's own ID (no path)",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withCert(get("/api/items", nil), mustSVID(t, e.ca, spiffeid.RequireFromString("spiffe://prod.example")))
+			},
 			reason: policies.ReasonDeniedIdentity, failure: "certificate",
+		},
+		{
+			name: "principal of a trust domain's own ID (no path)",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", nil), "spiffe://prod.example")
+			},
+			reason: policies.ReasonDeniedIdentity, failure: "principal",
+		},
+		{
+			name: "JWT-SVID of a trust domain's own ID (no path)",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return get("/api/items", map[string]string{"authorization": "Bearer " + mustJWT(t, e.ca, spiffeid.RequireFromString("spiffe://prod.example"), []string{audience}, time.Minute)})
+			},
+			reason: policies.ReasonDeniedJWT, failure: "jwt",
 		},
 		{
 			name: "certificate from another trust domain's CA",
@@ -265,13 +294,20 @@ func identityCases() []identityCase {
 			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idFrontend, removes: []string{"x-forwarded-client-cert"},
 		},
 		{
-			name: "XFCC from a trusted hop names the caller",
+			name: "XFCC from a trusted hop names the caller for meshguard's kinds",
 			req: func(t *testing.T, e *env) *authv3.CheckRequest {
 				return withPrincipal(envoyRequest("DELETE", "/api/items", map[string]string{
 					"x-forwarded-client-cert": `By=spiffe://other/x;URI=spiffe://prod.example/ns/web/sa/frontend,By=` + idGateway.String() + `;Hash=abcd;Subject="CN=admin,O=ops";URI=` + idAdmin.String(),
 				}), idGateway.String())
 			},
 			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idAdmin,
+		},
+		{
+			name: "XFCC from a trusted hop never replaces the peer in Istio's principals",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", map[string]string{"x-forwarded-client-cert": `By=` + idGateway.String() + `;URI=` + idFrontend.String()}), idGateway.String())
+			},
+			reason: policies.ReasonDeniedNoMatch, source: idFrontend,
 		},
 		{
 			name: "XFCC from a trusted hop with a By that is not the hop",
@@ -302,11 +338,18 @@ func identityCases() []identityCase {
 			reason: policies.ReasonDeniedIdentity, failure: "xfcc",
 		},
 		{
-			name: "valid JWT-SVID without mTLS",
+			name: "valid JWT-SVID without mTLS is a request principal",
 			req: func(t *testing.T, e *env) *authv3.CheckRequest {
 				return get("/api/items", map[string]string{"authorization": "Bearer " + mustJWT(t, e.ca, idBatch, []string{audience}, 5*time.Minute)})
 			},
 			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idBatch,
+		},
+		{
+			name: "valid JWT-SVID without mTLS is not a peer for Istio's principals",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return get("/api/items", map[string]string{"authorization": "Bearer " + mustJWT(t, e.ca, idFrontend, []string{audience}, 5*time.Minute)})
+			},
+			reason: policies.ReasonDeniedNoMatch, source: idFrontend,
 		},
 		{
 			name: "JWT alg none",

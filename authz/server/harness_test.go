@@ -63,12 +63,26 @@ func testSet() policies.Set {
 					To:   []policies.RuleTo{{Operation: policies.Operation{Methods: []string{"GET"}, Paths: []string{"/api/*"}}}},
 				},
 				{From: []policies.RuleFrom{{Source: policies.Source{Principals: []string{"prod.example/ns/ops/sa/admin"}}}}},
+				// A JWT-SVID is a request principal (its sub, without iss).
+				{
+					From: []policies.RuleFrom{{Source: policies.Source{RequestPrincipals: []string{"spiffe://prod.example/ns/batch/sa/job"}}}},
+					To:   []policies.RuleTo{{Operation: policies.Operation{Methods: []string{"GET"}, Paths: []string{"/api/*"}}}},
+				},
 			}},
 		}, {
 			APIVersion: policies.APIVersionIstioV1, Kind: policies.KindAuthorizationPolicy,
 			Metadata: policies.ObjectMeta{Name: "api-audit", Namespace: "shop"},
 			Spec: policies.AuthorizationPolicySpec{Action: "AUDIT", Rules: []policies.Rule{{
 				To: []policies.RuleTo{{Operation: policies.Operation{Paths: []string{"/api/audited"}}}},
+			}}},
+		}},
+		// The client a trusted hop forwards is meshguard's caller, which
+		// its own kinds match (Istio's principals see the hop).
+		IdentityPolicies: []policies.IdentityPolicy{{
+			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindIdentityPolicy,
+			Metadata: policies.ObjectMeta{Name: "forwarded-admin", Namespace: "shop"},
+			Spec: policies.IdentityPolicySpec{Rules: []policies.IdentityRule{{
+				From: []policies.IdentitySource{{IDs: []string{"spiffe://prod.example/ns/ops/sa/admin"}}},
 			}}},
 		}},
 		RouteOverrides: []policies.RouteOverride{

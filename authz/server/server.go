@@ -235,7 +235,7 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 		return out
 	}
 	a := &m.Attrs
-	a.Source, a.MTLS, a.JWT = id.ID, id.MTLS, id.JWT
+	id.Attributes(a)
 	out.dec = s.engine.Decide(a)
 	if out.dec.Reason == "" {
 		// An answer without a reason is not an answer.

@@ -59,7 +59,7 @@ func checkRequests(rules, n int) ([]*encodedRequest, error) {
 				Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
 		}
 		out[i] = &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source:            &authv3.AttributeContext_Peer{Address: sock(a.SourceIP.String(), 40000+uint32(i%20000)), Principal: a.Source.String()},
+			Source:            &authv3.AttributeContext_Peer{Address: sock(a.SourceIP.String(), 40000+uint32(i%20000)), Principal: a.Peer.String()},
 			Destination:       &authv3.AttributeContext_Peer{Address: sock("10.1.0.1", a.DestinationPort), Principal: a.Target.ID.String()},
 			ContextExtensions: ext,
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{

@@ -35,6 +35,7 @@ type kubeFlags struct {
 	leaseName      string
 	leaseDuration  time.Duration
 	stateNamespace string
+	meshConfig     string // namespace/name of Istio's MeshConfig ConfigMap; "" not read
 }
 
 const defaultLeaseName = "meshguard-controlplane"
@@ -51,6 +52,26 @@ func (f *kubeFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.leaseName, "leader-election-id", defaultLeaseName, "name of the Lease")
 	fl.DurationVar(&f.leaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a Lease holds without renewal: a dead leader is replaced after at most this (renewed every 2/3 of it)")
 	fl.StringVar(&f.stateNamespace, "state-namespace", "", "with --kubernetes: namespace of the QuarantineRecords and LearnedBaselines (default: $POD_NAMESPACE, else the service account's namespace)")
+	fl.StringVar(&f.meshConfig, "istio-mesh-config", istio.DefaultMeshConfigNamespace+"/"+istio.DefaultMeshConfigName,
+		"with --kubernetes: NAMESPACE/NAME of Istio's MeshConfig ConfigMap, whose trust domain and aliases, root namespace, path normalization and extension providers join MeshSettings (\"\": not read)")
+}
+
+// meshConfigRef splits --istio-mesh-config.
+func (f *kubeFlags) meshConfigRef() (ns, name string, err error) {
+	if f.meshConfig == "" {
+		return "", "", nil
+	}
+	ns, name, ok := strings.Cut(f.meshConfig, "/")
+	if !ok {
+		return "", "", fmt.Errorf("--istio-mesh-config %q: want NAMESPACE/NAME", f.meshConfig)
+	}
+	var msgs []string
+	msgs = append(msgs, validation.IsDNS1123Label(ns)...)
+	msgs = append(msgs, validation.IsDNS1123Subdomain(name)...)
+	if len(msgs) > 0 {
+		return "", "", fmt.Errorf("--istio-mesh-config %q: %s", f.meshConfig, strings.Join(msgs, "; "))
+	}
+	return ns, name, nil
 }
 
 // validate checks the flags without touching a cluster; every problem is
@@ -59,7 +80,7 @@ func (f *kubeFlags) validate(cmd *cobra.Command) error {
 	var errs []error
 	changed := func(name string) bool { return cmd != nil && cmd.Flags().Changed(name) }
 	if !f.enabled {
-		for _, name := range []string{"kubeconfig", "leader-election", "leader-election-namespace", "leader-election-id", "leader-election-lease-duration", "state-namespace"} {
+		for _, name := range []string{"kubeconfig", "leader-election", "leader-election-namespace", "leader-election-id", "leader-election-lease-duration", "state-namespace", "istio-mesh-config"} {
 			if changed(name) {
 				errs = append(errs, fmt.Errorf("--%s needs --kubernetes", name))
 			}
@@ -73,6 +94,9 @@ func (f *kubeFlags) validate(cmd *cobra.Command) error {
 		for _, msg := range validation.IsDNS1123Label(f.stateNamespace) {
 			errs = append(errs, fmt.Errorf("--state-namespace %q: %s", f.stateNamespace, msg))
 		}
+	}
+	if _, _, err := f.meshConfigRef(); err != nil {
+		errs = append(errs, err)
 	}
 	if !f.leaderElection {
 		for _, name := range []string{"leader-election-namespace", "leader-election-id", "leader-election-lease-duration"} {
@@ -247,6 +271,11 @@ func startKube(ctx context.Context, f *kubeFlags, sink istio.Sink, log *slog.Log
 	}
 	if reporter != nil {
 		opts.Reporter = reporter
+	}
+	if ns, name, err := f.meshConfigRef(); err != nil {
+		return nil, err
+	} else if name != "" {
+		opts.Kube, opts.MeshConfigNamespace, opts.MeshConfigName = kube, ns, name
 	}
 	if k.watcher, err = istio.New(opts); err != nil {
 		return nil, err

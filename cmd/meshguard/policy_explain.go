@@ -18,6 +18,7 @@ import (
 type requestFlags struct {
 	file         string
 	source       string
+	forwarded    string
 	mtls         string
 	method       string
 	host         string
@@ -39,7 +40,8 @@ type requestFlags struct {
 func (f *requestFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.file, "request", "", "YAML or JSON file with the request (the request: part of a test case); flags override it")
-	fl.StringVar(&f.source, "source", "", "caller's SPIFFE ID (spiffe://trust-domain/path); empty: unauthenticated")
+	fl.StringVar(&f.source, "source", "", "the mTLS peer's SPIFFE ID (spiffe://trust-domain/path); empty: no peer")
+	fl.StringVar(&f.forwarded, "forwarded-client", "", "SPIFFE ID of the client a trusted hop (--source) names in x-forwarded-client-cert")
 	fl.StringVar(&f.mtls, "mtls", "", "true or false: whether the connection was mutual TLS (default: true when --source is set)")
 	fl.StringVar(&f.method, "method", "", "HTTP method")
 	fl.StringVar(&f.host, "host", "", "host (:authority)")
@@ -82,6 +84,7 @@ func (f *requestFlags) request(cmd *cobra.Command) (policytest.Case, error) {
 		}
 	}
 	set("source", &r.Source, f.source)
+	set("forwarded-client", &r.ForwardedClient, f.forwarded)
 	set("method", &r.Method, f.method)
 	set("host", &r.Host, f.host)
 	set("path", &r.Path, f.path)

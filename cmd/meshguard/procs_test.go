@@ -221,7 +221,7 @@ func startAuthzServer(t *testing.T, xdsAddr, node string) *authzServer {
 // quarantined decides a request from id as the authz server would.
 func (a *authzServer) quarantined(id string) bool {
 	d := a.engine.Decide(&policies.Attributes{
-		Source: spiffeid.RequireFromString(id), MTLS: true, Method: "GET", Path: "/orders", Host: "orders",
+		Peer: spiffeid.RequireFromString(id), MTLS: true, Method: "GET", Path: "/orders", Host: "orders",
 		Target: policies.Target{ID: spiffeid.RequireFromString("spiffe://example.org/ns/shop/sa/orders")},
 	})
 	return !d.Allowed && d.Reason == policies.ReasonDeniedQuarantine

@@ -118,7 +118,7 @@ func (s *engineSubscriber) decideWithin(t *testing.T, src spiffeid.ID, wantAllow
 	target := spiffeid.RequireFromPath(td, "/ns/shop/sa/orders")
 	for {
 		d := s.engine.Decide(&policies.Attributes{
-			Source: src, MTLS: true, Method: "GET", Path: "/orders", Host: "orders",
+			Peer: src, MTLS: true, Method: "GET", Path: "/orders", Host: "orders",
 			Target: policies.Target{ID: target},
 		})
 		if d.Allowed == wantAllowed {

@@ -20,11 +20,6 @@ import (
 // the conversion error.
 const AnnotationConversionError = "meshguard.dev/conversion-error"
 
-// errUnsupported marks Istio fields the meshguard model cannot express. The
-// object is not converted rather than converted with a rule silently widened
-// or narrowed.
-var errUnsupported = errors.New("unsupported field")
-
 // convertAuthorizationPolicy turns Istio's AuthorizationPolicy (v1 and
 // v1beta1 share the spec type) into the model, field for field.
 func convertAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, spec *securityv1beta1api.AuthorizationPolicy) (policies.AuthorizationPolicy, error) {
@@ -83,23 +78,8 @@ func convertRule(r *securityv1beta1api.Rule) (policies.Rule, error) {
 	if r == nil {
 		return out, nil
 	}
-	for i, f := range r.GetFrom() {
+	for _, f := range r.GetFrom() {
 		s := f.GetSource()
-		if s != nil {
-			for _, u := range []struct {
-				name string
-				vals []string
-			}{
-				{"serviceAccounts", s.GetServiceAccounts()},
-				{"notServiceAccounts", s.GetNotServiceAccounts()},
-				{"trustDomains", s.GetTrustDomains()},
-				{"notTrustDomains", s.GetNotTrustDomains()},
-			} {
-				if len(u.vals) > 0 {
-					return out, fmt.Errorf(".from[%d].source.%s: %w (write principals instead)", i, u.name, errUnsupported)
-				}
-			}
-		}
 		out.From = append(out.From, policies.RuleFrom{Source: policies.Source{
 			Principals:           s.GetPrincipals(),
 			NotPrincipals:        s.GetNotPrincipals(),
@@ -111,6 +91,10 @@ func convertRule(r *securityv1beta1api.Rule) (policies.Rule, error) {
 			NotIPBlocks:          s.GetNotIpBlocks(),
 			RemoteIPBlocks:       s.GetRemoteIpBlocks(),
 			NotRemoteIPBlocks:    s.GetNotRemoteIpBlocks(),
+			ServiceAccounts:      s.GetServiceAccounts(),
+			NotServiceAccounts:   s.GetNotServiceAccounts(),
+			TrustDomains:         s.GetTrustDomains(),
+			NotTrustDomains:      s.GetNotTrustDomains(),
 		}})
 	}
 	for _, t := range r.GetTo() {

@@ -98,18 +98,17 @@ func TestConvertAuthorizationPolicy(t *testing.T) {
 			}},
 		},
 		{
-			name: "serviceAccounts are refused, not dropped",
+			name: "service accounts and trust domains (istio.io/api v1.31)",
 			spec: &securityv1beta1api.AuthorizationPolicy{Rules: []*securityv1beta1api.Rule{{
-				From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"ns/sa"}}}},
+				From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{
+					ServiceAccounts: []string{"ns/sa"}, NotServiceAccounts: []string{"other"},
+					TrustDomains: []string{"cluster.local"}, NotTrustDomains: []string{"evil"},
+				}}},
 			}}},
-			wantErr: "spec.rules[0].from[0].source.serviceAccounts: unsupported field",
-		},
-		{
-			name: "notTrustDomains are refused",
-			spec: &securityv1beta1api.AuthorizationPolicy{Rules: []*securityv1beta1api.Rule{{}, {
-				From: []*securityv1beta1api.Rule_From{{}, {Source: &securityv1beta1api.Source{NotTrustDomains: []string{"evil"}}}},
-			}}},
-			wantErr: "spec.rules[1].from[1].source.notTrustDomains",
+			want: policies.AuthorizationPolicySpec{Action: "ALLOW", Rules: []policies.Rule{{From: []policies.RuleFrom{{Source: policies.Source{
+				ServiceAccounts: []string{"ns/sa"}, NotServiceAccounts: []string{"other"},
+				TrustDomains: []string{"cluster.local"}, NotTrustDomains: []string{"evil"},
+			}}}}}},
 		},
 		{
 			name:    "unknown action",
@@ -158,13 +157,11 @@ func TestFailClosedAuthorizationPolicy(t *testing.T) {
 	deny := &securityv1beta1api.AuthorizationPolicy{
 		Selector: &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "db"}},
 		Action:   securityv1beta1api.AuthorizationPolicy_DENY,
-		Rules: []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{
-			ServiceAccounts: []string{"ns/attacker"},
-		}}}}},
+		Rules:    []*securityv1beta1api.Rule{{When: []*securityv1beta1api.Condition{nil}}},
 	}
 	_, err := convertAuthorizationPolicy(policies.APIVersionIstioV1, meta, deny)
-	if !errors.Is(err, errUnsupported) {
-		t.Fatalf("err = %v, want unsupported", err)
+	if err == nil {
+		t.Fatal("a null condition converted")
 	}
 	sub, ok := failClosedAuthorizationPolicy(policies.APIVersionIstioV1, meta, deny, err)
 	if !ok {

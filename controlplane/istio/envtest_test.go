@@ -292,7 +292,7 @@ func TestKubeAuthorizationPoliciesReachEverySubscriber(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: "deny-sa", Namespace: "shop"},
 			Spec: securityv1beta1api.AuthorizationPolicy{
 				Action: securityv1beta1api.AuthorizationPolicy_DENY,
-				Rules:  []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"shop/attacker"}}}}}},
+				Rules:  []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"shop/*"}}}}}},
 			},
 		}
 		_, err := aps.Create(ctx, bad, metav1.CreateOptions{})

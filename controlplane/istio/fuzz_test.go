@@ -103,3 +103,26 @@ func FuzzAddMeshguard(f *testing.F) {
 		}
 	})
 }
+
+// FuzzMeshConfig feeds arbitrary MeshConfig YAML to the reader: it must not
+// panic, and what it reads merges with itself and goes through validation
+// without a panic.
+func FuzzMeshConfig(f *testing.F) {
+	f.Add(sampleMesh)
+	f.Add("trustDomain: cluster.local")
+	f.Add("trustDomainAliases: [a, b]\nextensionProviders: [{name: x}, {name: ''}]")
+	f.Add("pathNormalization: {normalization: NONE}\nrootNamespace: mesh")
+	f.Add("trustDomain: [x]")
+	f.Add("{")
+	f.Fuzz(func(t *testing.T, mesh string) {
+		got, err := meshSettingsFromConfigMap(meshConfigMap("istio-system", "istio", mesh))
+		if err != nil {
+			return
+		}
+		merged, err := mergeMeshSettings(got, got)
+		if err != nil || !merged.Equal(&got) {
+			t.Fatalf("settings do not merge with themselves: %+v, %v", merged, err)
+		}
+		_ = policies.Validate(&policies.Set{Settings: got})
+	})
+}

@@ -23,12 +23,17 @@ import (
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshguard/meshguard/internal/crdgen"
@@ -95,6 +100,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the watcher's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// Kube, when set, reads Istio's MeshConfig: the ConfigMap
+	// MeshConfigNamespace/MeshConfigName (default istio-system/istio). Its
+	// trust domain and aliases, root namespace, path normalization and
+	// extension providers join the MeshSettings object's (meshconfig.go).
+	Kube                                kubernetes.Interface
+	MeshConfigNamespace, MeshConfigName string
 }
 
 // Problem is one object that could not be converted.
@@ -157,6 +168,12 @@ func New(opts Options) (*Watcher, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("istio: %w", err)
+	}
+	if opts.MeshConfigNamespace == "" {
+		opts.MeshConfigNamespace = DefaultMeshConfigNamespace
+	}
+	if opts.MeshConfigName == "" {
+		opts.MeshConfigName = DefaultMeshConfigName
 	}
 	if opts.SourceName == "" {
 		opts.SourceName = DefaultSourceName
@@ -236,9 +253,10 @@ func (w *Watcher) trigger() {
 
 // sources are the listers of everything watched.
 type sources struct {
-	apV1      cache.Indexer
-	apV1beta1 cache.Indexer
-	meshguard map[string]cache.Indexer // by kind
+	apV1       cache.Indexer
+	apV1beta1  cache.Indexer
+	meshguard  map[string]cache.Indexer // by kind
+	meshConfig cache.Indexer            // Istio's MeshConfig ConfigMap, when read
 }
 
 // Run watches until ctx is done. It pushes the first set once every
@@ -294,12 +312,31 @@ func (w *Watcher) Run(ctx context.Context) error {
 			synced = append(synced, inf.HasSynced)
 		}
 	}
+	var kubeFactory informers.SharedInformerFactory
+	if w.opts.Kube != nil {
+		name := w.opts.MeshConfigName
+		kubeFactory = informers.NewSharedInformerFactoryWithOptions(w.opts.Kube, 0,
+			informers.WithNamespace(w.opts.MeshConfigNamespace),
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+			}))
+		inf := kubeFactory.Core().V1().ConfigMaps().Informer()
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("istio: watch MeshConfig: %w", err)
+		}
+		src.meshConfig = inf.GetIndexer()
+		synced = append(synced, inf.HasSynced)
+		kubeFactory.Start(ctx.Done())
+	}
 	istioFactory.Start(ctx.Done())
 	dynFactory.Start(ctx.Done())
 	defer func() {
 		cancel()
 		istioFactory.Shutdown()
 		dynFactory.Shutdown()
+		if kubeFactory != nil {
+			kubeFactory.Shutdown()
+		}
 	}()
 	w.log.Info("watching", slog.Bool("istio_v1", served[gvIstioV1]), slog.Bool("istio_v1beta1", served[gvIstioV1beta1]),
 		slog.Bool("meshguard", served[MeshguardGroupVersion]), slog.String("namespace", w.opts.Namespace))
@@ -452,6 +489,24 @@ func (w *Watcher) build(src *sources) (policies.Set, []Problem, map[string]int, 
 		}
 		set.Settings = *spec
 		counts[policies.KindMeshSettings]++
+	}
+	if src.meshConfig != nil {
+		for _, o := range src.meshConfig.List() {
+			cm, ok := o.(*corev1.ConfigMap)
+			if !ok || cm.Name != w.opts.MeshConfigName {
+				continue
+			}
+			fromIstio, err := meshSettingsFromConfigMap(cm)
+			if err == nil {
+				set.Settings, err = mergeMeshSettings(fromIstio, set.Settings)
+			}
+			if err == nil {
+				err = policies.Validate(&policies.Set{Settings: set.Settings}).Err()
+			}
+			if err != nil {
+				return set, nil, counts, fmt.Errorf("istio: %w", err)
+			}
+		}
 	}
 
 	// AuthorizationPolicies: the API server serves each one at both

@@ -246,7 +246,8 @@ func TestWatcherInitialSetAndChanges(t *testing.T) {
 
 func TestWatcherSkipsWhatItCannotConvert(t *testing.T) {
 	noLeaks(t)
-	sa := []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"shop/web"}}}}}}
+	// Istio refuses wildcards in serviceAccounts; so does the model.
+	sa := []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"shop/*"}}}}}}
 	istio := istiofake.NewSimpleClientset(
 		apV1("shop", "allow-sa", "1", &securityv1beta1api.AuthorizationPolicy{Rules: sa}),
 		apV1("shop", "deny-sa", "2", &securityv1beta1api.AuthorizationPolicy{Action: securityv1beta1api.AuthorizationPolicy_DENY, Rules: sa}),

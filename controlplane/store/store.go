@@ -264,8 +264,8 @@ func merge(sources map[string]policies.Set) (policies.Set, error) {
 			}
 			owner[key] = n
 		}
-		if src.Settings != (policies.MeshSettingsSpec{}) {
-			if settingsFrom != "" && out.Settings != src.Settings {
+		if !src.Settings.IsZero() {
+			if settingsFrom != "" && !out.Settings.Equal(&src.Settings) {
 				errs = append(errs, fmt.Errorf("sources %q and %q both set different MeshSettings", settingsFrom, n))
 			}
 			out.Settings = src.Settings

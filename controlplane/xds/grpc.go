@@ -325,7 +325,11 @@ func (c *rbacCompiler) istioRule(r policies.Rule, isDeny bool) (*rbacv3.Policy, 
 	for _, f := range r.From {
 		var ids []*rbacv3.Principal
 		s := f.Source
-		if len(s.RequestPrincipals) > 0 || len(s.NotRequestPrincipals) > 0 {
+		// Not translated yet: request principals, service accounts and
+		// trust domains. As in Istio, an ALLOW rule that cannot be checked
+		// is left out and a DENY rule is checked without them (wider).
+		if len(s.RequestPrincipals)+len(s.NotRequestPrincipals)+len(s.ServiceAccounts)+len(s.NotServiceAccounts)+
+			len(s.TrustDomains)+len(s.NotTrustDomains) > 0 {
 			if !isDeny {
 				return nil, false
 			}

@@ -57,10 +57,15 @@ type Case struct {
 
 // Request is the request of a case, as strings; Attributes parses it.
 type Request struct {
-	// Source is the caller's SPIFFE ID; empty: an unauthenticated caller.
+	// Source is the SPIFFE ID of the mTLS peer (Istio's source.principal);
+	// empty: a plaintext caller, or one whose certificate has no SPIFFE ID.
 	Source string `yaml:"source,omitempty" json:"source,omitempty"`
-	// MTLS defaults to true when Source is set and to false otherwise.
-	MTLS            *bool             `yaml:"mtls,omitempty" json:"mtls,omitempty"`
+	// MTLS defaults to true when Source is set and to false otherwise; it
+	// cannot be false with a Source (only mTLS authenticates a peer).
+	MTLS *bool `yaml:"mtls,omitempty" json:"mtls,omitempty"`
+	// ForwardedClient is the SPIFFE ID a trusted hop named in
+	// x-forwarded-client-cert (the peer, Source, is then the hop).
+	ForwardedClient string            `yaml:"forwardedClient,omitempty" json:"forwardedClient,omitempty"`
 	Method          string            `yaml:"method,omitempty" json:"method,omitempty"`
 	Host            string            `yaml:"host,omitempty" json:"host,omitempty"`
 	Path            string            `yaml:"path,omitempty" json:"path,omitempty"`
@@ -87,10 +92,13 @@ type Target struct {
 	Unresolved bool              `yaml:"unresolved,omitempty" json:"unresolved,omitempty"`
 }
 
-// JWT is a validated JWT-SVID. Principal defaults to "issuer/subject", as
-// Istio's request principal.
+// JWT is a validated token. Principal defaults to "issuer/subject" (the
+// subject alone without an issuer), as Istio's request principal. The token
+// is a JWT-SVID when SVID is true, which it is by default when the subject
+// is a SPIFFE ID.
 type JWT struct {
-	Subject   string         `yaml:"subject,omitempty" json:"subject,omitempty"` // SPIFFE ID
+	Subject   string         `yaml:"subject,omitempty" json:"subject,omitempty"`
+	SVID      *bool          `yaml:"svid,omitempty" json:"svid,omitempty"`
 	Issuer    string         `yaml:"issuer,omitempty" json:"issuer,omitempty"`
 	Principal string         `yaml:"principal,omitempty" json:"principal,omitempty"`
 	Audiences []string       `yaml:"audiences,omitempty" json:"audiences,omitempty"`
@@ -277,13 +285,24 @@ func (c Case) Attributes() (*policies.Attributes, error) {
 	}
 	var err error
 	if r.Source != "" {
-		if a.Source, err = spiffeid.FromString(r.Source); err != nil {
+		if a.Peer, err = workloadID(r.Source); err != nil {
 			return nil, fmt.Errorf("request.source %q: %w", r.Source, err)
 		}
 		a.MTLS = true
 	}
 	if r.MTLS != nil {
+		if !*r.MTLS && r.Source != "" {
+			return nil, errors.New("request.source is the mTLS peer: it cannot be given with mtls: false (a JWT-SVID's subject is jwt.subject)")
+		}
 		a.MTLS = *r.MTLS
+	}
+	if r.ForwardedClient != "" {
+		if r.Source == "" {
+			return nil, errors.New("request.forwardedClient needs the trusted hop that forwarded it as request.source")
+		}
+		if a.ForwardedClient, err = workloadID(r.ForwardedClient); err != nil {
+			return nil, fmt.Errorf("request.forwardedClient %q: %w", r.ForwardedClient, err)
+		}
 	}
 	for field, p := range map[string]struct {
 		s   string
@@ -320,26 +339,48 @@ func (c Case) Attributes() (*policies.Attributes, error) {
 	if r.JWT != nil {
 		j := r.JWT
 		if j.Subject == "" {
-			return nil, errors.New("request.jwt.subject is required (a JWT-SVID's subject is a SPIFFE ID)")
+			return nil, errors.New("request.jwt.subject is required")
 		}
-		sub, err := spiffeid.FromString(j.Subject)
-		if err != nil {
-			return nil, fmt.Errorf("request.jwt.subject %q: %w", j.Subject, err)
+		svid := strings.HasPrefix(j.Subject, "spiffe://")
+		if j.SVID != nil {
+			svid = *j.SVID
+		}
+		var sub spiffeid.ID
+		if svid {
+			if sub, err = workloadID(j.Subject); err != nil {
+				return nil, fmt.Errorf("request.jwt.subject %q: a JWT-SVID's subject: %w", j.Subject, err)
+			}
 		}
 		claims, err := jsonClaims(j.Claims)
 		if err != nil {
 			return nil, fmt.Errorf("request.jwt.claims: %w", err)
 		}
 		principal := j.Principal
-		if principal == "" && j.Issuer != "" {
-			principal = j.Issuer + "/" + j.Subject
+		if principal == "" {
+			principal = j.Subject
+			if j.Issuer != "" {
+				principal = j.Issuer + "/" + j.Subject
+			}
 		}
 		a.JWT = &policies.JWT{
-			Subject: sub, Issuer: j.Issuer, Principal: principal,
+			Subject: j.Subject, SVID: sub, Issuer: j.Issuer, Principal: principal,
 			Audiences: j.Audiences, Presenter: j.Presenter, Claims: claims,
 		}
 	}
 	return a, nil
+}
+
+// workloadID parses a workload's SPIFFE ID: a trust domain's own ID (no
+// path) names no workload.
+func workloadID(s string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if id.Path() == "" {
+		return spiffeid.ID{}, errors.New("a SPIFFE ID without a path names a trust domain, not a workload")
+	}
+	return id, nil
 }
 
 // jsonClaims gives claims the types a JSON decoder would (float64 numbers,

@@ -110,7 +110,11 @@ func TestParseRejects(t *testing.T) {
 		{"malformed source", "- name: a\n  request: {source: spiffe://Prod/ns/x}\n  expect: {allowed: true}\n", `cases.yaml:1: case "a": request.source`},
 		{"source without scheme", "- name: a\n  request: {source: prod.example/ns/x/sa/y}\n  expect: {allowed: true}\n", "request.source"},
 		{"malformed target id", "- name: a\n  request: {target: {id: 'spiffe://td/a/../b'}}\n  expect: {allowed: true}\n", "request.target.id"},
-		{"malformed jwt subject", "- name: a\n  request: {jwt: {subject: web}}\n  expect: {allowed: true}\n", "request.jwt.subject"},
+		{"malformed jwt-svid subject", "- name: a\n  request: {jwt: {subject: web, svid: true}}\n  expect: {allowed: true}\n", "request.jwt.subject"},
+		{"jwt-svid subject without a path", "- name: a\n  request: {jwt: {subject: \"spiffe://td\"}}\n  expect: {allowed: true}\n", "names a trust domain"},
+		{"peer without a path", "- name: a\n  request: {source: \"spiffe://td\"}\n  expect: {allowed: true}\n", "names a trust domain"},
+		{"peer over plaintext", "- name: a\n  request: {source: spiffe://td/a, mtls: false}\n  expect: {allowed: true}\n", "cannot be given with mtls: false"},
+		{"forwarded client without a hop", "- name: a\n  request: {forwardedClient: spiffe://td/a}\n  expect: {allowed: true}\n", "needs the trusted hop"},
 		{"jwt without subject", "- name: a\n  request: {jwt: {issuer: x}}\n  expect: {allowed: true}\n", "request.jwt.subject is required"},
 		{"bad ip", "- name: a\n  request: {sourceIp: 10.0.0.300}\n  expect: {allowed: true}\n", "request.sourceIp"},
 		{"duplicate header by case", "- name: a\n  request: {headers: {X-A: b, x-a: c}}\n  expect: {allowed: true}\n", `"x-a" given twice`},
@@ -158,8 +162,11 @@ func TestAttributes(t *testing.T) {
 - name: plaintext
   request: {method: GET, path: /}
   expect: {allowed: true}
-- name: explicit plaintext with a source
-  request: {source: spiffe://prod.example/ns/a/sa/b, mtls: false}
+- name: mtls without a SPIFFE ID
+  request: {mtls: true, jwt: {subject: alice, issuer: https://idp.example}}
+  expect: {allowed: true}
+- name: forwarded by a gateway
+  request: {source: spiffe://prod.example/ns/gw/sa/ingress, forwardedClient: spiffe://prod.example/ns/shop/sa/web}
   expect: {allowed: true}
 `))
 	if err != nil {
@@ -169,7 +176,7 @@ func TestAttributes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Source.String() != "spiffe://prod.example/ns/shop/sa/web" || !a.MTLS || a.Target.ID.Path() != "/ns/pay/sa/api" ||
+	if a.Peer.String() != "spiffe://prod.example/ns/shop/sa/web" || !a.MTLS || a.Target.ID.Path() != "/ns/pay/sa/api" ||
 		a.Target.Labels["app"] != "api" || a.SourceIP.String() != "10.1.2.3" || a.RemoteIP.String() != "2001:db8::1" ||
 		a.DestinationPort != 8443 || a.Route != "charge" || a.Host != "pay.shop.svc:8443" {
 		t.Fatalf("attributes = %+v", a)
@@ -190,11 +197,17 @@ func TestAttributes(t *testing.T) {
 	if team := j.Claims["org"].(map[string]any)["team"]; team != "pay" {
 		t.Errorf("nested claim = %#v", team)
 	}
-	if a, _ := cases[1].Attributes(); a.MTLS || !a.Source.IsZero() || a.Headers != nil {
+	if a, _ := cases[1].Attributes(); a.MTLS || !a.Peer.IsZero() || a.Headers != nil {
 		t.Errorf("unauthenticated = %+v", a)
 	}
-	if a, _ := cases[2].Attributes(); a.MTLS {
-		t.Errorf("mtls: false ignored")
+	if a, _ := cases[2].Attributes(); !a.MTLS || !a.Peer.IsZero() || !a.JWT.SVID.IsZero() || a.JWT.Principal != "https://idp.example/alice" {
+		t.Errorf("an end-user token over mTLS without a SPIFFE ID = %+v %+v", a, a.JWT)
+	}
+	if a, _ := cases[3].Attributes(); a.Peer.Path() != "/ns/gw/sa/ingress" || a.Caller().Path() != "/ns/shop/sa/web" {
+		t.Errorf("forwarded = %+v", a)
+	}
+	if j.SVID.String() != "spiffe://prod.example/ns/shop/sa/web" || a.Caller() != a.Peer {
+		t.Errorf("a JWT-SVID beside a peer: svid %v, caller %v", j.SVID, a.Caller())
 	}
 }
 

@@ -17,6 +17,9 @@ func TestValidatorDiagnosticsLocated(t *testing.T) {
 	}
 	_, diags := Parse("in.yaml", data)
 	checkDiags(t, diags, []wantDiag{
+		// The set requires a JWT-SVID (IdentityPolicy b): principals no
+		// longer match a caller that has only one.
+		{code: policies.CodeMeaningChanged, line: 6, col: 5, field: "spec.rules[0]"},
 		{code: policies.CodeInvalidIPBlock, line: 8, col: 20, field: "spec.rules[0].from[0].source.ipBlocks[0]"},
 		{code: policies.CodeMissingField, line: 10, col: 7, field: "spec.rules[0].from[1].source"},
 		{code: policies.CodeInvalidPort, line: 13, col: 17, field: "spec.rules[0].to[0].operation.ports[0]"},

@@ -163,14 +163,14 @@ func Requests(set *policies.Set, m Mesh, n int, seed int64) []policies.Attribute
 		}
 		switch i % 4 {
 		case 0, 1: // allowed: the listed caller reads an item
-			a.Source = spiffeid.RequireFromString("spiffe://" + allowedCaller[name])
+			a.Peer = spiffeid.RequireFromString("spiffe://" + allowedCaller[name])
 			a.Path = fmt.Sprintf("/api/v1/%s/items/%d?verbose=1", name, rng.Intn(1000))
 		case 2: // denied: a random caller writes
-			a.Source = m.ID(rng.Intn(m.Services))
+			a.Peer = m.ID(rng.Intn(m.Services))
 			a.Method = "DELETE"
 			a.Path = fmt.Sprintf("/api/v1/%s/items/%d", name, rng.Intn(1000))
 		case 3: // denied by the mesh-wide DENY on /admin
-			a.Source = m.ID(rng.Intn(m.Services))
+			a.Peer = m.ID(rng.Intn(m.Services))
 			a.Path = "/admin/users"
 		}
 		out[i] = a

@@ -47,7 +47,7 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	id := spiffeid.RequireFromString(scenario.Web)
 	hv := &headerView{h: [][2]string{{"user-agent", "x"}}}
-	a := policies.Attributes{Source: id, MTLS: true, SourceIP: netip.MustParseAddr("10.0.0.7"), DestinationIP: netip.MustParseAddr("10.0.0.9"),
+	a := policies.Attributes{Peer: id, MTLS: true, SourceIP: netip.MustParseAddr("10.0.0.7"), DestinationIP: netip.MustParseAddr("10.0.0.9"),
 		DestinationPort: 8080, Target: cfg.target, Method: "GET", Host: "orders.shop.svc.cluster.local:8080",
 		Path: "/api/orders/17?expand=items", Route: "orders-api", Headers: hv}
 	b.ReportAllocs()
@@ -80,5 +80,19 @@ func BenchmarkFakeStreamOnly(b *testing.B) {
 		s.AddRequestHeader("e", "f")
 		s.resp = [][2]string{{":status", "200"}}
 		s.ResponseHeader(":status")
+	}
+}
+
+// BenchmarkParseConfig is the filter's configuration load (what a VM does on
+// every ECDS push): decode the plugin configuration, decode and verify the
+// bundle, compile it, and compile the detection settings.
+func BenchmarkParseConfig(b *testing.B) {
+	data := scenario.Config(b, scenario.Options{})
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := ParseConfig(data, Node{}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

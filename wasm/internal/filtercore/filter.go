@@ -258,7 +258,9 @@ func (p *Plugin) identity(s Stream) (id spiffeid.ID, mtls bool, reason policies.
 			return id, true, ""
 		}
 		id, err := spiffeid.FromString(string(san))
-		if err != nil {
+		if err != nil || id.Path() == "" {
+			// Malformed, or a trust domain's own ID, which names no
+			// workload: not an SVID.
 			return spiffeid.ID{}, true, policies.ReasonDeniedIdentity
 		}
 		if len(p.vm.ids) >= maxIDCache {
@@ -391,7 +393,7 @@ func (p *Plugin) decide(cfg *Config, c *connInfo, rl *requestLine, route string,
 	// escape to the heap on every request.
 	attrs := &vm.attrs
 	*attrs = policies.Attributes{
-		Source: c.id, MTLS: c.mtls, SourceIP: c.srcIP, RemoteIP: c.srcIP,
+		Peer: c.id, MTLS: c.mtls, SourceIP: c.srcIP, RemoteIP: c.srcIP,
 		DestinationIP: c.dstIP, DestinationPort: c.dstPort, SNI: c.sni,
 		Target: cfg.target, Method: rl.method, Host: rl.authority, Path: rl.path, Route: route,
 		Headers: &vm.hv, JWTDeferred: cfg.extAuthz.Defers(route),

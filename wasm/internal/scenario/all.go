@@ -63,6 +63,9 @@ func deniedByIdentity(t *testing.T, d Driver) {
 	wantDenied(t, d.Do(t, bad), 403, policies.ReasonDeniedIdentity)
 	bad.Source = "spiffe://mesh.test/ns/../sa/web"
 	wantDenied(t, d.Do(t, bad), 403, policies.ReasonDeniedIdentity)
+	// A trust domain's own ID names no workload.
+	bad.Source = "spiffe://mesh.test"
+	wantDenied(t, d.Do(t, bad), 403, policies.ReasonDeniedIdentity)
 }
 
 func deniedByRoute(t *testing.T, d Driver) {

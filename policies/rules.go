@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"net/netip"
 	"strings"
 )
@@ -13,6 +14,10 @@ type cpolicy struct {
 	action   Action
 	provider string
 	mode     Mode
+	// reason is the reason code of a deny by this policy's rules:
+	// denied_by_policy, or denied_custom_provider for the rules of a CUSTOM
+	// policy whose provider is invalid, which deny as Istio's do.
+	reason Reason
 }
 
 // crule is one rule of one policy. deny selects the matching polarity:
@@ -44,8 +49,10 @@ const (
 	fNotPrincipals
 	fIDs
 	fNotIDs
-	fTrustDomains
-	fNamespaces // namespaces or notNamespaces
+	fCallerDomains
+	fNamespaces      // namespaces or notNamespaces
+	fServiceAccounts // serviceAccounts or notServiceAccounts
+	fPeerDomains     // trustDomains or notTrustDomains
 	fReqPrincipals
 	fNotReqPrincipals
 	fIPBlocks
@@ -78,14 +85,7 @@ func bit(b uint32, on bool) uint32 {
 func (c *crule) seal() {
 	c.dry = c.mode == ModeDryRun
 	for i := range c.from {
-		f := &c.from[i]
-		f.set = bit(fPrincipals, len(f.principals) > 0) | bit(fNotPrincipals, len(f.notPrincipals) > 0) |
-			bit(fIDs, len(f.ids) > 0) | bit(fNotIDs, len(f.notIDs) > 0) |
-			bit(fTrustDomains, len(f.trustDomains) > 0) |
-			bit(fNamespaces, len(f.namespaces) > 0 || len(f.notNamespaces) > 0) |
-			bit(fReqPrincipals, len(f.reqPrincipals) > 0) | bit(fNotReqPrincipals, len(f.notReqPrincipals) > 0) |
-			bit(fIPBlocks, len(f.ipBlocks) > 0) | bit(fNotIPBlocks, len(f.notIPBlocks) > 0) |
-			bit(fRemoteIPBlocks, len(f.remoteIPBlocks) > 0) | bit(fNotRemoteBlocks, len(f.notRemoteBlocks) > 0)
+		c.from[i].seal()
 	}
 	for i := range c.to {
 		t := &c.to[i]
@@ -106,12 +106,26 @@ func (c *crule) seal() {
 	c.toFirst = toCost < fromCost
 }
 
+// seal computes set.
+func (f *cfrom) seal() {
+	f.set = bit(fPrincipals, len(f.principals) > 0) | bit(fNotPrincipals, len(f.notPrincipals) > 0) |
+		bit(fIDs, len(f.ids) > 0) | bit(fNotIDs, len(f.notIDs) > 0) |
+		bit(fCallerDomains, len(f.callerDomains) > 0) |
+		bit(fNamespaces, len(f.namespaces) > 0 || len(f.notNamespaces) > 0) |
+		bit(fServiceAccounts, len(f.serviceAccounts) > 0 || len(f.notServiceAccounts) > 0) |
+		bit(fPeerDomains, len(f.trustDomains) > 0 || len(f.notTrustDomains) > 0) |
+		bit(fReqPrincipals, len(f.reqPrincipals) > 0) | bit(fNotReqPrincipals, len(f.notReqPrincipals) > 0) |
+		bit(fIPBlocks, len(f.ipBlocks) > 0) | bit(fNotIPBlocks, len(f.notIPBlocks) > 0) |
+		bit(fRemoteIPBlocks, len(f.remoteIPBlocks) > 0) | bit(fNotRemoteBlocks, len(f.notRemoteBlocks) > 0)
+}
+
 // cost is roughly what testing a source costs (seal must have set set):
-// reading the caller's namespace from its ID is dearer than matching its
-// ID against patterns, which is dearer than comparing its principal.
+// reading the peer's namespace or service account from its ID is dearer
+// than matching an ID against patterns, which is dearer than comparing a
+// principal.
 func (f *cfrom) cost() int {
 	switch {
-	case f.set&fNamespaces != 0:
+	case f.set&(fNamespaces|fServiceAccounts) != 0:
 		return 3
 	case f.set&(fIDs|fNotIDs) != 0:
 		return 2
@@ -131,15 +145,23 @@ func (t *cto) cost() int {
 
 // cfrom and cto list the fields policies set most first, so that testing
 // them reads as few cache lines as possible.
+//
+// Istio's peer fields (principals to notTrustDomains) match the mTLS peer;
+// meshguard's ids, notIds and callerDomains (IdentitySource.trustDomains)
+// match the caller (Attributes.Caller).
 type cfrom struct {
-	set                             uint32 // f* bits (seal)
-	principals, namespaces          strSet
-	notPrincipals, notNamespaces    strSet
-	ids, notIDs                     idSet
-	trustDomains                    []string
-	reqPrincipals, notReqPrincipals strSet
-	ipBlocks, notIPBlocks           ipSet
-	remoteIPBlocks, notRemoteBlocks ipSet
+	set                                 uint32 // f* bits (seal)
+	principals                          principalSet
+	namespaces                          nsSet
+	notPrincipals                       principalSet
+	notNamespaces                       nsSet
+	ids, notIDs                         idSet
+	callerDomains                       []string
+	serviceAccounts, notServiceAccounts saSet
+	trustDomains, notTrustDomains       tdSet
+	reqPrincipals, notReqPrincipals     strSet
+	ipBlocks, notIPBlocks               ipSet
+	remoteIPBlocks, notRemoteBlocks     ipSet
 }
 
 type cto struct {
@@ -149,13 +171,8 @@ type cto struct {
 	notMethods      strSet
 	notPaths        []pathMatcher
 	ports, notPorts portSet
-	hosts, notHosts []hostMatcher
+	hosts, notHosts strSet
 	routes          strSet
-}
-
-type hostMatcher struct {
-	m        strMatcher
-	withPort bool
 }
 
 type condKind uint8
@@ -166,8 +183,7 @@ const (
 	condRemoteIP
 	condDestIP
 	condDestPort
-	condSourceNamespace
-	condSourcePrincipal
+	condSourcePeer // source.principal, .namespace, .serviceAccount, .trustDomain
 	condAuthPrincipal
 	condAuthAudiences
 	condAuthPresenter
@@ -178,6 +194,7 @@ const (
 type ccond struct {
 	kind      condKind
 	name      string   // header name (lowercase)
+	peer      *cfrom   // condSourcePeer: the condition as a source's fields
 	claim     []string // claim path
 	values    strSet
 	notValues strSet
@@ -201,69 +218,77 @@ type cclaim struct {
 
 // req is the per-decision view of the attributes, computed once.
 type req struct {
-	a         *Attributes
-	principal string // Istio form: trust-domain/path; "" when unauthenticated
-	ns        string
-	nsOK      bool
-	nsDone    bool // ns and nsOK are computed on first use
-	path      pathView
-	host      string // lowercase is not needed: host matchers fold
-	hostPort  string
-	hostDone  bool // host and hostPort are computed on first use
+	a    *Attributes
+	peer peerView // the mTLS peer, for Istio's peer fields
+	// caller is Attributes.Caller, for meshguard's kinds; callerKey its
+	// trust-domain/path. callerDeferred: only a JWT-SVID could name the
+	// caller and it is verified later (Attributes.JWTDeferred), so checks of
+	// the caller take the permissive side.
+	caller         spiffeid.ID
+	callerKey      string
+	callerDeferred bool
+	path           pathView
+	hostDone       bool // hostReadings is computed on first use
+	hostN          int
+	hostReadings   [4]string
 }
 
-func (r *req) init(a *Attributes, normalization string) {
+func (r *req) init(a *Attributes, s *Snapshot) {
 	r.a = a
-	if !a.Source.IsZero() {
-		r.principal = a.Source.String()[len("spiffe://"):]
+	r.peer.init(a.Peer, s.localTDs)
+	r.caller = a.Caller()
+	if !r.caller.IsZero() {
+		if r.caller == a.Peer {
+			r.callerKey = r.peer.principal
+		} else {
+			r.callerKey = r.caller.String()[len("spiffe://"):]
+		}
 	}
-	r.path = viewPath(a.Path, normalization)
+	r.callerDeferred = a.JWTDeferred && a.ForwardedClient.IsZero() && a.Peer.IsZero()
+	r.path = viewPath(a.Path, s.normalization)
 }
 
-// hosts is the request's host with and without its port, computed the first
+// hosts is every reading of the request's :authority: as received (the
+// only one Istio's exact match reads), and without its port and trailing
+// dots, which backends and virtual hosts may ignore. Computed the first
 // time a rule asks (most rules name no hosts).
-func (r *req) hosts() (withPort, name string) {
+func (r *req) hosts() []string {
 	if !r.hostDone {
-		r.hostPort, r.host = viewHost(r.a.Host)
+		h := r.a.Host
+		add := func(v string) {
+			for _, x := range r.hostReadings[:r.hostN] {
+				if x == v {
+					return
+				}
+			}
+			r.hostReadings[r.hostN] = v
+			r.hostN++
+		}
+		add(h)
+		name, port := splitHostPort(h)
+		clean := strings.TrimRight(name, ".")
+		if clean != name && port != "" {
+			add(clean + port)
+		}
+		add(name)
+		add(clean)
 		r.hostDone = true
 	}
-	return r.hostPort, r.host
+	return r.hostReadings[:r.hostN]
 }
 
-// viewHost removes a trailing dot from the name and returns the host with
-// and without its port.
-func viewHost(h string) (withPort, name string) {
-	name = h
-	port := ""
+// splitHostPort splits ":port" off a host ("[v6]:port" included).
+func splitHostPort(h string) (name, port string) {
 	if strings.HasPrefix(h, "[") {
 		if i := strings.IndexByte(h, ']'); i >= 0 {
-			name, port = h[:i+1], h[i+1:]
+			return h[:i+1], h[i+1:]
 		}
-	} else if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h, ':') == i {
-		name, port = h[:i], h[i:]
+		return h, ""
 	}
-	for strings.HasSuffix(name, ".") {
-		name = name[:len(name)-1]
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h, ':') == i {
+		return h[:i], h[i:]
 	}
-	if port == "" {
-		return name, name
-	}
-	if len(name)+len(port) == len(h) {
-		return h, name
-	}
-	return name + port, name
-}
-
-func (r *req) authed() bool { return r.principal != "" }
-
-// namespace is the caller's namespace, read by position from its SPIFFE ID
-// the first time a rule asks.
-func (r *req) namespace() (string, bool) {
-	if !r.nsDone {
-		r.ns, r.nsOK = sourceNamespace(r.a.Source)
-		r.nsDone = true
-	}
-	return r.ns, r.nsOK
+	return h, ""
 }
 
 // ----- matching -----
@@ -343,36 +368,16 @@ func neg(present bool, inList func() bool, deny bool) bool {
 }
 
 func (f *cfrom) match(r *req, deny bool) bool {
-	a := r.a
-	if f.set&fPrincipals != 0 && (!r.authed() || !f.principals.match(r.principal)) {
+	if f.set&(fPrincipals|fNotPrincipals|fNamespaces|fServiceAccounts|fPeerDomains) != 0 && !f.matchPeer(&r.peer, deny) {
 		return false
 	}
-	if f.set&fNotPrincipals != 0 && !neg(r.authed(), func() bool { return f.notPrincipals.match(r.principal) }, deny) {
+	if f.set&(fIDs|fNotIDs|fCallerDomains) != 0 && !f.matchCaller(r, deny) {
 		return false
 	}
-	if f.set&fIDs != 0 && !f.ids.match(a.Source) {
-		return false
-	}
-	if f.set&fNotIDs != 0 && !neg(r.authed(), func() bool { return f.notIDs.match(a.Source) }, deny) {
-		return false
-	}
-	if f.set&fTrustDomains != 0 {
-		if !r.authed() || !containsString(f.trustDomains, a.Source.TrustDomain().Name()) {
-			return false
-		}
-	}
-	if f.set&fNamespaces != 0 {
-		ns, ok := r.namespace()
-		if len(f.namespaces) > 0 && (!ok || !f.namespaces.match(ns)) {
-			return false
-		}
-		if len(f.notNamespaces) > 0 && !neg(ok, func() bool { return f.notNamespaces.match(ns) }, deny) {
-			return false
-		}
-	}
-	if f.set&^(fPrincipals|fNotPrincipals|fIDs|fNotIDs|fTrustDomains|fNamespaces) == 0 {
+	if f.set&^(fPrincipals|fNotPrincipals|fIDs|fNotIDs|fCallerDomains|fNamespaces|fServiceAccounts|fPeerDomains) == 0 {
 		return true
 	}
+	a := r.a
 	if a.JWTDeferred && f.set&(fReqPrincipals|fNotReqPrincipals) != 0 {
 		// Left to the server that verifies the token: the permissive side.
 		if deny {
@@ -391,6 +396,75 @@ func (f *cfrom) match(r *req, deny bool) bool {
 		return false
 	}
 	return f.matchNetwork(a, deny)
+}
+
+// matchPeer checks Istio's peer fields against the mTLS peer. A positive
+// field takes the rule's polarity (either reading on the deny side, both
+// on the allow side); a negative field the other one, so that a deny-side
+// rule matches when some reading is outside the list and an allow-side
+// rule only when none is in it. Without a peer, a negative field matches
+// on the deny side only (Istio's "require mTLS" idiom, DENY notPrincipals
+// ["*"]), and an allow-side notNamespaces or notServiceAccounts also needs
+// an ID of the Kubernetes form.
+func (f *cfrom) matchPeer(p *peerView, deny bool) bool {
+	if !p.present() {
+		if len(f.principals)+len(f.namespaces)+len(f.serviceAccounts)+len(f.trustDomains) > 0 {
+			return false
+		}
+		return deny
+	}
+	if len(f.principals) > 0 && !f.principals.match(p, deny) {
+		return false
+	}
+	if len(f.notPrincipals) > 0 && f.notPrincipals.match(p, !deny) {
+		return false
+	}
+	if len(f.trustDomains) > 0 && !f.trustDomains.match(p, deny) {
+		return false
+	}
+	if len(f.notTrustDomains) > 0 && f.notTrustDomains.match(p, !deny) {
+		return false
+	}
+	if f.set&(fNamespaces|fServiceAccounts) == 0 {
+		return true
+	}
+	if len(f.namespaces) > 0 && !f.namespaces.match(p, deny) {
+		return false
+	}
+	if len(f.serviceAccounts) > 0 && !f.serviceAccounts.match(p, deny) {
+		return false
+	}
+	if len(f.notNamespaces)+len(f.notServiceAccounts) > 0 {
+		if _, _, kube := p.kube(); !kube && !deny {
+			return false
+		}
+		if len(f.notNamespaces) > 0 && f.notNamespaces.match(p, !deny) {
+			return false
+		}
+		if len(f.notServiceAccounts) > 0 && f.notServiceAccounts.match(p, !deny) {
+			return false
+		}
+	}
+	return true
+}
+
+// matchCaller checks meshguard's ids, notIds and trust domains against the
+// caller.
+func (f *cfrom) matchCaller(r *req, deny bool) bool {
+	if r.callerDeferred {
+		return !deny // left to the server that verifies the token
+	}
+	c := r.caller
+	if f.set&fIDs != 0 && !f.ids.match(c) {
+		return false
+	}
+	if f.set&fNotIDs != 0 && !neg(!c.IsZero(), func() bool { return f.notIDs.match(c) }, deny) {
+		return false
+	}
+	if f.set&fCallerDomains != 0 && (c.IsZero() || !containsString(f.callerDomains, c.TrustDomain().Name())) {
+		return false
+	}
+	return true
 }
 
 // matchNetwork checks the address fields of a source.
@@ -433,10 +507,10 @@ func (t *cto) match(r *req, deny bool) bool {
 	if t.set&tRoutes != 0 && !t.routes.match(a.Route) {
 		return false
 	}
-	if t.set&tHosts != 0 && !matchHosts(t.hosts, r) {
+	if t.set&tHosts != 0 && !matchHosts(t.hosts, r, deny) {
 		return false
 	}
-	if t.set&tNotHosts != 0 && !neg(a.Host != "", func() bool { return matchHosts(t.notHosts, r) }, deny) {
+	if t.set&tNotHosts != 0 && !neg(a.Host != "", func() bool { return matchHosts(t.notHosts, r, !deny) }, deny) {
 		return false
 	}
 	if t.set&tPorts != 0 && !t.ports.match(a.DestinationPort) {
@@ -460,14 +534,15 @@ func (t *cto) match(r *req, deny bool) bool {
 	return true
 }
 
-func matchHosts(ms []hostMatcher, r *req) bool {
-	hostPort, host := r.hosts()
-	for i := range ms {
-		h := host
-		if ms[i].withPort {
-			h = hostPort
-		}
-		if ms[i].m.match(h) {
+// matchHosts: Istio compares the :authority exactly (case-insensitively),
+// which an allow-side rule does; a deny-side rule matches any reading (see
+// req.hosts), so that a port or a trailing dot does not evade it.
+func matchHosts(ms strSet, r *req, deny bool) bool {
+	if !deny {
+		return ms.match(r.a.Host)
+	}
+	for _, h := range r.hosts() {
+		if ms.match(h) {
 			return true
 		}
 	}
@@ -530,17 +605,8 @@ func (c *ccond) match(r *req, deny bool) bool {
 			return false
 		}
 		return len(c.notPorts) == 0 || !c.notPorts.match(a.DestinationPort)
-	case condSourceNamespace:
-		ns, ok := r.namespace()
-		if !ok {
-			return c.absent(deny)
-		}
-		return c.matchString(ns)
-	case condSourcePrincipal:
-		if !r.authed() {
-			return c.absent(deny)
-		}
-		return c.matchString(r.principal)
+	case condSourcePeer:
+		return c.peer.matchPeer(&r.peer, deny)
 	case condSNI:
 		if a.SNI == "" {
 			return c.absent(deny)
@@ -683,7 +749,7 @@ func (c *crule) jwtMet(r *req) bool {
 }
 
 func (j *cjwt) match(t *JWT) bool {
-	if t == nil || t.Subject.IsZero() {
+	if t == nil || t.SVID.IsZero() {
 		return false
 	}
 	if len(j.audiences) > 0 {
@@ -698,10 +764,10 @@ func (j *cjwt) match(t *JWT) bool {
 			return false
 		}
 	}
-	if len(j.trustDomains) > 0 && !containsString(j.trustDomains, t.Subject.TrustDomain().Name()) {
+	if len(j.trustDomains) > 0 && !containsString(j.trustDomains, t.SVID.TrustDomain().Name()) {
 		return false
 	}
-	if len(j.subjects) > 0 && !j.subjects.match(t.Subject) {
+	if len(j.subjects) > 0 && !j.subjects.match(t.SVID) {
 		return false
 	}
 	for i := range j.claims {

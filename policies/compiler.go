@@ -9,11 +9,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Compile turns a bundle into a Snapshot. The bundle's set is validated
-// again: a set that does not compile is refused whole.
+// Compile turns a bundle into a Snapshot. A bundle from NewBundle or
+// DecodeBundle was compiled when it was validated, and that snapshot is the
+// answer; any other bundle (a literal) is validated and compiled now: a set
+// that does not compile is refused whole.
 func Compile(b *Bundle) (*Snapshot, error) {
 	if b == nil {
 		return nil, fmt.Errorf("policies: compile: no bundle")
+	}
+	if b.compiled != nil {
+		return b.compiled, nil
 	}
 	s, diags := compileSet(&b.Set)
 	if err := diags.Err(); err != nil {
@@ -36,6 +41,7 @@ const annotationDryRun = "istio.io/dry-run"
 type compiler struct {
 	diags  Diagnostics
 	obj    string
+	ns     string // the namespace of the object being compiled
 	loc    Location
 	ord    int
 	snap   *Snapshot
@@ -52,6 +58,7 @@ func (c *compiler) warnf(field, code, format string, args ...any) {
 
 func (c *compiler) at(kind string, m ObjectMeta, loc Location) {
 	c.obj = kind + "/" + m.Namespace + "/" + m.Name
+	c.ns = m.Namespace
 	c.loc = loc
 	if m.Name == "" {
 		c.errf("metadata.name", CodeMissingField, "metadata.name is required")
@@ -81,64 +88,22 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 	default:
 		c.errf("spec.pathNormalization", CodeInvalidValue, "unknown pathNormalization %q (BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)", set.Settings.PathNormalization)
 	}
-	if td := set.Settings.TrustDomain; td != "" {
-		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
-			c.errf("spec.trustDomain", CodeInvalidValue, "trust domain %q: %v", td, err)
-		}
-	}
+	c.settings(&set.Settings)
 
 	seen := map[string]bool{}
-	dup := func(kind string, m ObjectMeta) {
-		k := kind + "/" + m.Namespace + "/" + m.Name
-		if seen[k] {
-			c.errf("metadata.name", CodeDuplicateObject, "%s is defined more than once", k)
-		}
-		seen[k] = true
-	}
-
-	for i := range set.AuthorizationPolicies {
-		p := &set.AuthorizationPolicies[i]
-		c.at(KindAuthorizationPolicy, p.Metadata, p.Loc)
-		dup(KindAuthorizationPolicy, p.Metadata)
-		c.authorizationPolicy(p)
-	}
-	for i := range set.IdentityPolicies {
-		p := &set.IdentityPolicies[i]
-		c.at(KindIdentityPolicy, p.Metadata, p.Loc)
-		dup(KindIdentityPolicy, p.Metadata)
-		c.identityPolicy(p)
-	}
-	for i := range set.DefaultDenies {
-		p := &set.DefaultDenies[i]
-		c.at(KindDefaultDeny, p.Metadata, p.Loc)
-		dup(KindDefaultDeny, p.Metadata)
-		c.defaultDeny(p)
-	}
 	s.routes = map[string]*routeInfo{}
-	for i := range set.RouteOverrides {
-		p := &set.RouteOverrides[i]
-		c.at(KindRouteOverride, p.Metadata, p.Loc)
-		dup(KindRouteOverride, p.Metadata)
-		c.routeOverride(p)
-	}
-	for i := range set.TrafficBaselines {
-		p := &set.TrafficBaselines[i]
-		c.at(KindTrafficBaseline, p.Metadata, p.Loc)
-		dup(KindTrafficBaseline, p.Metadata)
-		c.baseline(p)
-	}
-	for i := range set.AnomalyProfiles {
-		p := &set.AnomalyProfiles[i]
-		c.at(KindAnomalyProfile, p.Metadata, p.Loc)
-		dup(KindAnomalyProfile, p.Metadata)
-		c.anomalyProfile(p)
-	}
 	s.quarantines = map[string]quarantineEntry{}
-	for i := range set.Quarantines {
-		p := &set.Quarantines[i]
-		c.at(KindQuarantine, p.Metadata, p.Loc)
-		dup(KindQuarantine, p.Metadata)
-		c.quarantine(p)
+	for _, st := range c.stages(set) {
+		for i := range st.n {
+			m, loc := st.object(i)
+			c.at(st.kind, m, loc)
+			k := st.kind + "/" + m.Namespace + "/" + m.Name
+			if seen[k] {
+				c.errf("metadata.name", CodeDuplicateObject, "%s is defined more than once", k)
+			}
+			seen[k] = true
+			st.compile(i)
+		}
 	}
 
 	// Scopes: the root namespace is the mesh scope.
@@ -156,15 +121,114 @@ func compileSet(set *Set) (*Snapshot, Diagnostics) {
 	}
 	for _, ri := range s.routes {
 		if ri.b != nil {
-			buildBucket(ri.b)
+			buildBucket(ri.b, s.localTDs)
 		}
 	}
-	forEachBucket(s, buildBucket)
+	forEachBucket(s, func(b *bucket) { buildBucket(b, s.localTDs) })
 	forEachScope(s, (*scope).indexSelectors)
 	forEachScope(s, (*scope).indexPatterns)
 	s.nrules = c.ord
 	s.views = newViewCache()
 	return s, c.diags
+}
+
+// stage compiles the objects of one kind: the set's n objects of the kind,
+// where each sits (for diagnostics) and how it compiles.
+type stage struct {
+	kind    string
+	n       int
+	object  func(i int) (ObjectMeta, Location)
+	compile func(i int)
+}
+
+// stages lists the set's kinds in the order they compile. Every object is
+// located, checked for a duplicate and compiled the same way, whatever its
+// kind.
+func (c *compiler) stages(set *Set) []stage {
+	return []stage{
+		{KindAuthorizationPolicy, len(set.AuthorizationPolicies),
+			func(i int) (ObjectMeta, Location) { p := &set.AuthorizationPolicies[i]; return p.Metadata, p.Loc },
+			func(i int) { c.authorizationPolicy(&set.AuthorizationPolicies[i]) }},
+		{KindIdentityPolicy, len(set.IdentityPolicies),
+			func(i int) (ObjectMeta, Location) { p := &set.IdentityPolicies[i]; return p.Metadata, p.Loc },
+			func(i int) { c.identityPolicy(&set.IdentityPolicies[i]) }},
+		{KindDefaultDeny, len(set.DefaultDenies),
+			func(i int) (ObjectMeta, Location) { p := &set.DefaultDenies[i]; return p.Metadata, p.Loc },
+			func(i int) { c.defaultDeny(&set.DefaultDenies[i]) }},
+		{KindRouteOverride, len(set.RouteOverrides),
+			func(i int) (ObjectMeta, Location) { p := &set.RouteOverrides[i]; return p.Metadata, p.Loc },
+			func(i int) { c.routeOverride(&set.RouteOverrides[i]) }},
+		{KindTrafficBaseline, len(set.TrafficBaselines),
+			func(i int) (ObjectMeta, Location) { p := &set.TrafficBaselines[i]; return p.Metadata, p.Loc },
+			func(i int) { c.baseline(&set.TrafficBaselines[i]) }},
+		{KindAnomalyProfile, len(set.AnomalyProfiles),
+			func(i int) (ObjectMeta, Location) { p := &set.AnomalyProfiles[i]; return p.Metadata, p.Loc },
+			func(i int) { c.anomalyProfile(&set.AnomalyProfiles[i]) }},
+		{KindQuarantine, len(set.Quarantines),
+			func(i int) (ObjectMeta, Location) { p := &set.Quarantines[i]; return p.Metadata, p.Loc },
+			func(i int) { c.quarantine(&set.Quarantines[i]) }},
+	}
+}
+
+// settings compiles what the mesh settings say of trust domains and CUSTOM
+// providers.
+func (c *compiler) settings(ms *MeshSettingsSpec) {
+	s := c.snap
+	td := ms.TrustDomain
+	if td == "" {
+		td = DefaultTrustDomain
+	}
+	s.localTDs = []string{td}
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+		c.errf("spec.trustDomain", CodeInvalidValue, "trust domain %q: %v", td, err)
+	}
+	for i, a := range ms.TrustDomainAliases {
+		if _, err := spiffeid.TrustDomainFromString(a); err != nil || a == "" {
+			c.errf(fmt.Sprintf("spec.trustDomainAliases[%d]", i), CodeInvalidValue, "trust domain alias %q is not a trust domain name", a)
+			continue
+		}
+		if !containsString(s.localTDs, a) {
+			s.localTDs = append(s.localTDs, a)
+		}
+	}
+	for i, p := range ms.ExtensionProviders {
+		if err := validProviderName(p); err != nil {
+			c.errf(fmt.Sprintf("spec.extensionProviders[%d]", i), CodeInvalidValue, "extension provider %q: %v", p, err)
+		}
+	}
+	s.multiCustom = ms.MultipleCustomProviders
+}
+
+// validProviderName is Istio's rule for extension provider names, which
+// become parts of Envoy metadata keys: 1 to 63 lowercase letters, digits
+// and hyphens, not starting or ending with a hyphen.
+func validProviderName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty name")
+	case len(name) > 63:
+		return fmt.Errorf("longer than 63 characters")
+	case name[0] == '-' || name[len(name)-1] == '-':
+		return fmt.Errorf("starts or ends with a hyphen")
+	}
+	for i := 0; i < len(name); i++ {
+		if ch := name[i]; !('a' <= ch && ch <= 'z' || '0' <= ch && ch <= '9' || ch == '-') {
+			return fmt.Errorf("%q at %d: only lowercase letters, digits and hyphens", ch, i)
+		}
+	}
+	return nil
+}
+
+// providerProblem says why a CUSTOM policy's provider cannot be used, or
+// "" when it can: Istio then turns the policy's rules into DENY rules.
+func (c *compiler) providerProblem(name string) string {
+	if err := validProviderName(name); err != nil {
+		return fmt.Sprintf("provider %q is invalid (%v)", name, err)
+	}
+	if ps := c.snap.set.Settings.ExtensionProviders; len(ps) > 0 && !containsString(ps, name) {
+		return fmt.Sprintf("provider %q is not among the mesh's extension providers %v", name, ps)
+	}
+	return ""
 }
 
 func forEachBucket(s *Snapshot, f func(*bucket)) {
@@ -195,9 +259,9 @@ func forEachScope(s *Snapshot, f func(*scope)) {
 	}
 }
 
-func buildBucket(b *bucket) {
+func buildBucket(b *bucket, local []string) {
 	for i := range b.idx {
-		b.idx[i].build()
+		b.idx[i].build(local)
 		if b.idx[i].hasDryRun {
 			b.hasDryRun = true
 		}
@@ -332,7 +396,7 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 		c.errf("spec.action", CodeInvalidAction, "action %q: want ALLOW, DENY, AUDIT or CUSTOM", sp.Action)
 		return
 	}
-	pol := &cpolicy{ref: c.obj, action: act, mode: ModeEnforce}
+	pol := &cpolicy{ref: c.obj, action: act, mode: ModeEnforce, reason: ReasonDeniedByPolicy}
 	switch v := p.Metadata.Annotations[annotationDryRun]; v {
 	case "", "false":
 	case "true":
@@ -340,11 +404,17 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 	default:
 		c.errf("metadata.annotations", CodeInvalidValue, "annotation %s: %q, want \"true\" or \"false\"", annotationDryRun, v)
 	}
+	idx := act // the index the rules go to
 	if act == ActionCustom {
 		if sp.Provider == nil || sp.Provider.Name == "" {
 			c.errf("spec.provider", CodeMissingField, "a CUSTOM policy needs provider.name")
 		} else {
 			pol.provider = sp.Provider.Name
+			if c.providerProblem(pol.provider) != "" {
+				// As Istio: the rules of a CUSTOM policy whose provider
+				// cannot be used deny what they match (lint says why).
+				idx, pol.reason = ActionDeny, ReasonDeniedCustomProvider
+			}
 		}
 		if pol.mode == ModeDryRun {
 			c.errf("metadata.annotations", CodeConflict, "dry-run is not supported for CUSTOM policies (as in Istio)")
@@ -405,13 +475,52 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 			}
 		}
 	}
+	if act == ActionCustom && pol.provider != "" {
+		for _, b := range buckets {
+			if !containsString(b.providers, pol.provider) {
+				b.providers = append(b.providers, pol.provider)
+			}
+		}
+	}
 	for i := range sp.Rules {
-		r := c.istioRule(fmt.Sprintf("spec.rules[%d]", i), &sp.Rules[i], pol, strconv.Itoa(i))
+		f := fmt.Sprintf("spec.rules[%d]", i)
+		if act == ActionCustom {
+			c.customRule(f, &sp.Rules[i])
+		}
+		r := c.istioRule(f, &sp.Rules[i], pol, strconv.Itoa(i))
 		if r == nil {
 			continue
 		}
 		for _, b := range buckets {
-			b.idx[act].add(r)
+			b.idx[idx].add(r)
+		}
+	}
+}
+
+// customRule refuses what Istio's validation refuses in a CUSTOM rule:
+// identity fields and conditions, which its ext_authz filter cannot see.
+func (c *compiler) customRule(field string, ru *Rule) {
+	for i := range ru.From {
+		s := &ru.From[i].Source
+		for _, f := range []struct {
+			name string
+			n    int
+		}{
+			{"principals", len(s.Principals)}, {"notPrincipals", len(s.NotPrincipals)},
+			{"requestPrincipals", len(s.RequestPrincipals)}, {"notRequestPrincipals", len(s.NotRequestPrincipals)},
+			{"namespaces", len(s.Namespaces)}, {"notNamespaces", len(s.NotNamespaces)},
+			{"serviceAccounts", len(s.ServiceAccounts)}, {"notServiceAccounts", len(s.NotServiceAccounts)},
+			{"trustDomains", len(s.TrustDomains)}, {"notTrustDomains", len(s.NotTrustDomains)},
+		} {
+			if f.n > 0 {
+				c.errf(fmt.Sprintf("%s.from[%d].source.%s", field, i, f.name), CodeConflict, "%s is not supported with action CUSTOM (as in Istio)", f.name)
+			}
+		}
+	}
+	for i := range ru.When {
+		switch k := ru.When[i].Key; {
+		case k == "source.namespace", k == "source.serviceAccount", k == "source.trustDomain", k == "source.principal", strings.HasPrefix(k, "request.auth."):
+			c.errf(fmt.Sprintf("%s.when[%d].key", field, i), CodeConflict, "%s is not supported with action CUSTOM (as in Istio)", k)
 		}
 	}
 }
@@ -444,8 +553,15 @@ func (c *compiler) istioSource(field string, s *Source, deny bool) cfrom {
 	f.notPrincipals = c.principals(field+".notPrincipals", s.NotPrincipals)
 	f.reqPrincipals = c.strings(field+".requestPrincipals", s.RequestPrincipals, false)
 	f.notReqPrincipals = c.strings(field+".notRequestPrincipals", s.NotRequestPrincipals, false)
-	f.namespaces = c.strings(field+".namespaces", s.Namespaces, false)
-	f.notNamespaces = c.strings(field+".notNamespaces", s.NotNamespaces, false)
+	f.namespaces = nsSet(c.strings(field+".namespaces", s.Namespaces, false))
+	f.notNamespaces = nsSet(c.strings(field+".notNamespaces", s.NotNamespaces, false))
+	f.serviceAccounts = c.serviceAccounts(field+".serviceAccounts", s.ServiceAccounts)
+	f.notServiceAccounts = c.serviceAccounts(field+".notServiceAccounts", s.NotServiceAccounts)
+	f.trustDomains = c.trustDomains(field+".trustDomains", s.TrustDomains)
+	f.notTrustDomains = c.trustDomains(field+".notTrustDomains", s.NotTrustDomains)
+	if len(s.ServiceAccounts)+len(s.NotServiceAccounts) > 0 && len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces) > 0 {
+		c.errf(field+".serviceAccounts", CodeConflict, "serviceAccounts cannot be set with namespaces or principals (as in Istio)")
+	}
 	f.ipBlocks = c.ipBlocks(field+".ipBlocks", s.IPBlocks)
 	f.notIPBlocks = c.ipBlocks(field+".notIpBlocks", s.NotIPBlocks)
 	f.remoteIPBlocks = c.ipBlocks(field+".remoteIpBlocks", s.RemoteIPBlocks)
@@ -459,16 +575,78 @@ func (c *compiler) istioSource(field string, s *Source, deny bool) cfrom {
 func isEmptySource(s *Source) bool {
 	return len(s.Principals)+len(s.NotPrincipals)+len(s.RequestPrincipals)+len(s.NotRequestPrincipals)+
 		len(s.Namespaces)+len(s.NotNamespaces)+len(s.IPBlocks)+len(s.NotIPBlocks)+
-		len(s.RemoteIPBlocks)+len(s.NotRemoteIPBlocks) == 0
+		len(s.RemoteIPBlocks)+len(s.NotRemoteIPBlocks)+len(s.ServiceAccounts)+len(s.NotServiceAccounts)+
+		len(s.TrustDomains)+len(s.NotTrustDomains) == 0
+}
+
+// maxServiceAccounts and maxServiceAccountBytes are Istio's limits.
+const (
+	maxServiceAccounts     = 16
+	maxServiceAccountBytes = 320
+)
+
+// serviceAccounts compiles "namespace/name" or "name" (in the policy's
+// namespace) values, with Istio's validation: no wildcard, one '/' at
+// most, no empty part, at most 16 values of at most 320 bytes.
+func (c *compiler) serviceAccounts(field string, vals []string) saSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	if len(vals) > maxServiceAccounts {
+		c.errf(field, CodeInvalidValue, "%d values: at most %d (as in Istio)", len(vals), maxServiceAccounts)
+	}
+	out := make(saSet, 0, len(vals))
+	for i, v := range vals {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		ns, sa, hasNS := strings.Cut(v, "/")
+		if !hasNS {
+			ns, sa = c.ns, v
+		}
+		switch {
+		case v == "":
+			c.errf(f, CodeInvalidValue, "empty value")
+		case strings.Contains(v, "*"):
+			c.errf(f, CodeInvalidValue, "service account %q: wildcards are not allowed", v)
+		case strings.Count(v, "/") > 1, ns == "", sa == "":
+			c.errf(f, CodeInvalidValue, "service account %q: want \"name\" or \"namespace/name\"", v)
+		case len(v) > maxServiceAccountBytes:
+			c.errf(f, CodeInvalidValue, "service account of %d bytes: at most %d", len(v), maxServiceAccountBytes)
+		default:
+			out = append(out, saMatcher{ns: ns, sa: sa})
+		}
+	}
+	return out
+}
+
+// trustDomains compiles trust domain values: exact, "prefix*", "*suffix"
+// or "*", never with '/'.
+func (c *compiler) trustDomains(field string, vals []string) tdSet {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make(tdSet, 0, len(vals))
+	for i, v := range vals {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if err := validIstioString(v); err != nil {
+			c.errf(f, CodeInvalidValue, "%v", err)
+			continue
+		}
+		if strings.ContainsAny(v, "/ \t\r\n") {
+			c.errf(f, CodeInvalidValue, "trust domain %q contains '/' or white space", v)
+			continue
+		}
+		out = append(out, newTDMatcher(v, c.snap.localTDs))
+	}
+	return out
 }
 
 // principals compiles Istio principals ("trust-domain/ns/x/sa/y", with
 // prefix/suffix wildcards). A "spiffe://" prefix is accepted with a warning.
-func (c *compiler) principals(field string, vals []string) strSet {
+func (c *compiler) principals(field string, vals []string) principalSet {
 	if len(vals) == 0 {
 		return nil
 	}
-	out := make(strSet, 0, len(vals))
+	out := make(principalSet, 0, len(vals))
 	for i, v := range vals {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		if strings.HasPrefix(v, "spiffe://") {
@@ -490,7 +668,7 @@ func (c *compiler) principals(field string, vals []string) strSet {
 			c.errf(f, CodeInvalidPrincipal, "principal %q contains white space", v)
 			continue
 		}
-		out = append(out, m)
+		out = append(out, newPrincipalMatcher(v, c.snap.localTDs))
 	}
 	return out
 }
@@ -542,11 +720,11 @@ func (c *compiler) ports(field string, vals []string) portSet {
 	return out
 }
 
-func (c *compiler) hosts(field string, vals []string) []hostMatcher {
+func (c *compiler) hosts(field string, vals []string) strSet {
 	if len(vals) == 0 {
 		return nil
 	}
-	out := make([]hostMatcher, 0, len(vals))
+	out := make(strSet, 0, len(vals))
 	for i, v := range vals {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		if err := validIstioString(v); err != nil {
@@ -557,14 +735,7 @@ func (c *compiler) hosts(field string, vals []string) []hostMatcher {
 			c.errf(f, CodeInvalidHost, "host %q contains '/' or white space", v)
 			continue
 		}
-		name := strings.TrimSuffix(v, ".")
-		withPort := false
-		if !strings.HasPrefix(name, "[") && strings.Count(name, ":") == 1 {
-			withPort = true
-		} else if strings.HasPrefix(name, "[") && strings.Contains(name, "]:") {
-			withPort = true
-		}
-		out = append(out, hostMatcher{m: newStrMatcher(name, true), withPort: withPort})
+		out = append(out, newStrMatcher(v, true))
 	}
 	return out
 }
@@ -633,6 +804,9 @@ func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool
 			return cc, false
 		}
 		cc.kind, cc.name = condHeader, strings.ToLower(name)
+		cc.values = presence(c.strings(field+".values", w.Values, false))
+		cc.notValues = presence(c.strings(field+".notValues", w.NotValues, false))
+		return cc, true
 	case key == "source.ip", key == "remote.ip", key == "destination.ip":
 		cc.kind = map[string]condKind{"source.ip": condSourceIP, "remote.ip": condRemoteIP, "destination.ip": condDestIP}[key]
 		cc.ips = c.ipBlocks(field+".values", w.Values)
@@ -643,12 +817,25 @@ func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool
 		cc.ports = c.ports(field+".values", w.Values)
 		cc.notPorts = c.ports(field+".notValues", w.NotValues)
 		return cc, true
-	case key == "source.namespace":
-		cc.kind = condSourceNamespace
-	case key == "source.principal":
-		cc.kind = condSourcePrincipal
-		cc.values = c.principals(field+".values", w.Values)
-		cc.notValues = c.principals(field+".notValues", w.NotValues)
+	case key == "source.principal", key == "source.namespace", key == "source.serviceAccount", key == "source.trustDomain":
+		// The same matching as the source's field of the same name.
+		f := &cfrom{}
+		switch key {
+		case "source.principal":
+			f.principals = c.principals(field+".values", w.Values)
+			f.notPrincipals = c.principals(field+".notValues", w.NotValues)
+		case "source.namespace":
+			f.namespaces = nsSet(c.strings(field+".values", w.Values, false))
+			f.notNamespaces = nsSet(c.strings(field+".notValues", w.NotValues, false))
+		case "source.serviceAccount":
+			f.serviceAccounts = c.serviceAccounts(field+".values", w.Values)
+			f.notServiceAccounts = c.serviceAccounts(field+".notValues", w.NotValues)
+		default:
+			f.trustDomains = c.trustDomains(field+".values", w.Values)
+			f.notTrustDomains = c.trustDomains(field+".notValues", w.NotValues)
+		}
+		f.seal()
+		cc.kind, cc.peer = condSourcePeer, f
 		return cc, true
 	case key == "request.auth.principal":
 		cc.kind = condAuthPrincipal
@@ -689,6 +876,17 @@ func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool
 	cc.values = c.strings(field+".values", w.Values, false)
 	cc.notValues = c.strings(field+".notValues", w.NotValues, false)
 	return cc, true
+}
+
+// presence makes "*" mean a header's presence, empty value included, as
+// Envoy's present_match that Istio generates for it.
+func presence(ss strSet) strSet {
+	for i := range ss {
+		if ss[i].kind == strAny {
+			ss[i].kind = strPresent
+		}
+	}
+	return ss
 }
 
 // ----- meshguard kinds -----
@@ -732,7 +930,7 @@ func (c *compiler) identityPolicy(p *IdentityPolicy) {
 		return
 	}
 	mode := c.mode("spec.mode", p.Spec.Mode, ModeEnforce)
-	pol := &cpolicy{ref: c.obj, action: act, mode: mode}
+	pol := &cpolicy{ref: c.obj, action: act, mode: mode, reason: ReasonDeniedByPolicy}
 	b := c.meshBucket(p.Metadata.Namespace, p.Spec.Workloads)
 	c.identityRules("spec.rules", p.Spec.Rules, pol, b)
 }
@@ -774,7 +972,7 @@ func (c *compiler) identityRules(field string, rules []IdentityRule, pol *cpolic
 					c.errf(fmt.Sprintf("%s.trustDomains[%d]", sf, k), CodeInvalidValue, "trust domain %q is not valid", td)
 				}
 			}
-			cf.trustDomains = s.TrustDomains
+			cf.callerDomains = s.TrustDomains
 			if len(s.IDs)+len(s.NotIDs)+len(s.TrustDomains) == 0 {
 				c.errf(sf, CodeMissingField, "from entry has no field: at least one is required")
 			}
@@ -894,7 +1092,7 @@ func (c *compiler) routeOverride(p *RouteOverride) {
 		if inherit == "" || inherit == ModeOff {
 			inherit = ModeEnforce
 		}
-		pol := &cpolicy{ref: c.obj, action: act, mode: inherit}
+		pol := &cpolicy{ref: c.obj, action: act, mode: inherit, reason: ReasonDeniedByPolicy}
 		ri.b = &bucket{name: "route " + sp.Route}
 		c.identityRules("spec.rules", sp.Rules, pol, ri.b)
 	} else if sp.Action != "" {
