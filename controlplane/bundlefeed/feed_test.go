@@ -274,7 +274,9 @@ func TestFeedAuthentication(t *testing.T) {
 	}
 }
 
-func cert(t *testing.T, s interface{ Marshal() ([]byte, []byte, error) }) tls.Certificate {
+func cert(t *testing.T, s interface {
+	Marshal() ([]byte, []byte, error)
+}) tls.Certificate {
 	t.Helper()
 	certs, key, err := s.Marshal()
 	if err != nil {

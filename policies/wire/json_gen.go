@@ -12,7 +12,7 @@ var jsonFilterConfig = &strictjson.Type{
 	Name: "wire.FilterConfig",
 	Size: unsafe.Sizeof(FilterConfig{}),
 	Fields: []strictjson.Field{
-		{Name: "bundle", Offset: unsafe.Offsetof(FilterConfig{}.Bundle), Kind: strictjson.KRaw, OmitEmpty: false},
+		{Name: "bundle", Offset: unsafe.Offsetof(FilterConfig{}.Bundle), Kind: strictjson.KRaw, OmitEmpty: true},
 		{Name: "bundleFetch", Offset: unsafe.Offsetof(FilterConfig{}.BundleFetch), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonBundleFetch},
 		{Name: "workload", Offset: unsafe.Offsetof(FilterConfig{}.Workload), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonWorkload},
 		{Name: "workloads", Offset: unsafe.Offsetof(FilterConfig{}.Workloads), Kind: strictjson.KStructMap, OmitEmpty: true, Type: jsonWorkload},

@@ -78,7 +78,7 @@ const (
 type FilterConfig struct {
 	// Bundle is a policies.Bundle, JSON encoded. Exactly one of Bundle and
 	// BundleFetch is set.
-	Bundle json.RawMessage `json:"bundle"`
+	Bundle json.RawMessage `json:"bundle,omitempty"`
 	// BundleFetch makes the filter fetch its bundle from the control plane
 	// through ControlPlane.Cluster and follow its changes, instead of
 	// taking it from Bundle (Istio WasmPlugins: the plugin configuration
