@@ -3,6 +3,7 @@ package filtercore
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -26,7 +27,15 @@ type fetchState struct {
 	// nanos); backoff is the next delay (ms).
 	retryAt int64
 	backoff uint32
+	// sentAt is when the request in flight was sent (unix nanos).
+	sentAt int64
 }
+
+// minHeld is how long a request that comes back unchanged must have been
+// held for the next one to be sent at once: an answer that did not wait (a
+// server or proxy that ignores the long poll) paces the next request by
+// the retry delay instead of looping.
+const minHeld = int64(time.Second)
 
 // fetchedBundle is a bundle fetched from the control plane, with where it
 // came from.
@@ -62,6 +71,7 @@ func (p *Plugin) fetchBundle() {
 		hdrs = append(hdrs, [2]string{"if-none-match", `"` + f.etag + `"`})
 	}
 	f.inflight = true
+	f.sentAt = vm.host.Now()
 	err := vm.host.HTTPCall(cfg.cluster, hdrs, nil, fc.waitMillis+cfg.timeoutMillis, fc.maxBytes, func(r CallResponse) {
 		f.inflight = false
 		if f.done {
@@ -82,14 +92,16 @@ func (p *Plugin) bundleResponse(cfg *Config, r *CallResponse) {
 	switch {
 	case r.Status == 304:
 		vm.m.fetchUnchanged.Add(1)
-		f.retryAt, f.backoff = 0, 0
+		p.paceUnchanged(cfg)
 	case r.Status == 200 && r.BodyTooLarge:
 		p.bundleRefused(cfg, r, "bundle larger than "+strconv.Itoa(cfg.fetch.maxBytes)+" bytes (bundleFetch.maxBytes)")
 		return
 	case r.Status == 200 && p.holds(r):
-		// Another replica's answer with the same content: nothing to load.
+		// The content in force (another replica's version of it, or back
+		// from a refused bundle): nothing to load.
 		vm.m.fetchUnchanged.Add(1)
-		f.retryAt, f.backoff = 0, 0
+		f.etag = p.cfg.snap.Hash()
+		p.paceUnchanged(cfg)
 	case r.Status == 200:
 		b, err := policies.DecodeBundle(r.Body)
 		if err != nil {
@@ -114,6 +126,18 @@ func (p *Plugin) bundleResponse(cfg *Config, r *CallResponse) {
 		return
 	}
 	p.fetchBundle()
+}
+
+// paceUnchanged schedules the request after an unchanged answer: at once
+// when the control plane held the last one, after the retry delay when it
+// answered without waiting.
+func (p *Plugin) paceUnchanged(cfg *Config) {
+	f := &p.fetch
+	f.backoff = 0
+	f.retryAt = 0
+	if now := p.vm.host.Now(); now-f.sentAt < minHeld {
+		f.retryAt = now + int64(cfg.fetch.retryMillis)*1e6
+	}
 }
 
 // holds reports whether the response's ETag is the hash of the bundle in

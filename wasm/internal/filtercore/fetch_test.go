@@ -128,6 +128,7 @@ func TestBundleFetchFollowsTheControlPlane(t *testing.T) {
 	if c.header("if-none-match") != `"`+b1.Hash+`"` {
 		t.Fatalf("second fetch: if-none-match %q, want the hash of bundle 1", c.header("if-none-match"))
 	}
+	h.now += int64(20 * time.Second) // the control plane held it
 	c.answer(304, nil, [2]string{"etag", `"` + b1.Hash + `"`})
 	c = takeCall(t, h) // the next wait starts at once
 	if c.header("if-none-match") != `"`+b1.Hash+`"` {
@@ -153,11 +154,21 @@ spec:
 	if c = takeCall(t, h); c.header("if-none-match") != `"`+b2.Hash+`"` {
 		t.Fatalf("third fetch: if-none-match %q", c.header("if-none-match"))
 	}
+	// A 304 that did not wait (a server or proxy ignoring the long poll)
+	// paces the next request instead of looping.
+	c.answer(304, nil)
+	if len(h.calls) != 0 {
+		t.Fatal("an unheld 304 was followed by a request at once")
+	}
+	h.now += int64(time.Second)
+	p.OnTick()
+	c = takeCall(t, h)
 	// The same content from another replica (another version, same hash)
 	// is not loaded again.
+	h.now += int64(5 * time.Second)
 	c.answer(200, raw2, [2]string{"etag", `"` + b2.Hash + `"`})
 	takeCall(t, h)
-	if h.counters[mBundleFetches+".result.updated"] != 2 || h.counters[mBundleFetches+".result.unchanged"] != 2 {
+	if h.counters[mBundleFetches+".result.updated"] != 2 || h.counters[mBundleFetches+".result.unchanged"] != 3 {
 		t.Fatalf("fetch counters: %v", h.counters)
 	}
 }
@@ -237,6 +248,16 @@ func TestBundleFetchKeepsTheLastGoodBundle(t *testing.T) {
 	if n := h.counters[mBundleFetches+".result.refused"]; n != 3 {
 		t.Fatalf("refused %d, want 3", n)
 	}
+	// The control plane goes back to the bundle in force: recognized, not
+	// loaded again, and the next request names it.
+	p.fetchBundle()
+	takeCall(t, h).answer(200, raw1, [2]string{"etag", `"` + b1.Hash + `"`})
+	h.now += int64(time.Second)
+	p.OnTick()
+	if c := takeCall(t, h); c.header("if-none-match") != `"`+b1.Hash+`"` {
+		t.Fatalf("back to the bundle in force: next if-none-match %q", c.header("if-none-match"))
+	}
+	p.fetch.inflight = false
 	// Without an ETag a refused bundle waits for the retry delay.
 	p.fetch.backoff = 0
 	p.fetchBundle()
