@@ -118,6 +118,8 @@ type liveMesh struct {
 	// sidecarTLS is what a sidecar's cluster to the control plane
 	// presents and verifies.
 	sidecarTLS *tls.Config
+	// exited receives the error of a command that stopped by itself.
+	exited chan error
 }
 
 type arrival struct {
@@ -192,7 +194,7 @@ func startLiveMesh(tb testing.TB, bundleFrom string) *liveMesh {
 		tb.Skip("KUBEBUILDER_ASSETS is not set: run `make kube-assets` and export KUBEBUILDER_ASSETS=$PWD/bin to run against a real kube-apiserver")
 	}
 	module := liveFilterModule(tb)
-	m := &liveMesh{tb: tb}
+	m := &liveMesh{tb: tb, exited: make(chan error, 4)}
 	ctx := context.Background()
 
 	// The API server, with Istio's CRDs and meshguard's.
@@ -370,7 +372,7 @@ spec:
 	cpFiles, azFiles := files["controlplane"], files["authz"]
 	m.stopCP = m.run(ctx, "controlplane", "controlplane", "--xds-addr", xdsAddr, "--http-addr", m.cpHTTP, "--metrics-addr", liveAddr(tb),
 		"--svid-cert", cpFiles.Cert, "--svid-key", cpFiles.Key, "--trust-bundle", cpFiles.Bundle,
-		"--kubernetes", "--kubeconfig", kc, "--log-level", "warn")
+		"--kubernetes", "--kubeconfig", kc, "--state-namespace", "meshguard", "--log-level", "warn")
 	authzAdmin := liveAddr(tb)
 	m.run(ctx, "authz", "authz", "--grpc-addr", authzAddr, "--admin-addr", authzAdmin,
 		"--svid-cert", azFiles.Cert, "--svid-key", azFiles.Key, "--bundle", azFiles.SPIFFEBundle,
@@ -398,6 +400,9 @@ func (m *liveMesh) run(ctx context.Context, name string, args ...string) func() 
 		out, err := liveRun(ctx, args...)
 		if err != nil {
 			err = fmt.Errorf("%s: %w\n%s", name, err, out)
+		}
+		if ctx.Err() == nil {
+			m.exited <- fmt.Errorf("%s stopped by itself: %v", name, err)
 		}
 		done <- err
 	}()
@@ -533,7 +538,7 @@ func (m *liveMesh) until(what string, deadline time.Duration, path, want string,
 				return
 			}
 			last[i] = got
-			if time.Since(start) > deadline {
+			if time.Since(start) > deadline || len(m.exited) > 0 {
 				*d = -1
 				return
 			}
@@ -549,6 +554,11 @@ func (m *liveMesh) until(what string, deadline time.Duration, path, want string,
 		go poll(1, &l.authz, m.authzReason)
 	}
 	wg.Wait()
+	select {
+	case err := <-m.exited:
+		m.tb.Fatal(err)
+	default:
+	}
 	if l.filter < 0 {
 		m.tb.Fatalf("%s: the filter answers %q for GET %s, not %q, %s after the change", what, last[0], path, want, deadline)
 	}
