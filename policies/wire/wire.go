@@ -83,7 +83,7 @@ type FilterConfig struct {
 	// through ControlPlane.Cluster and follow its changes, instead of
 	// taking it from Bundle (Istio WasmPlugins: the plugin configuration
 	// then never changes with the policy). Until the first bundle arrives
-	// the filter denies every request (denied_no_policy); when a fetch
+	// the filter denies every request (denied_no_policy_loaded); when a fetch
 	// fails or brings a bundle it refuses, the last good bundle keeps
 	// serving.
 	BundleFetch *BundleFetch `json:"bundleFetch,omitempty"`
