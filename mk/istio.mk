@@ -23,6 +23,17 @@ kube-assets: ## build bin/kube-apiserver and bin/etcd for the Istio tests (skipp
 	echo "$$want" > $(KUBE_STAMP)
 
 .PHONY: test-istio
-test-istio: kube-assets ## run the Istio integration, state store, control plane replica and deploy/ tests against a real kube-apiserver
+test-istio: kube-assets wasm ## run the Istio integration, state store, control plane replica and deploy/ tests against a real kube-apiserver, with the compiled filter
 	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) $(GO) test -count=1 ./controlplane/istio/... ./controlplane/state/... ./deploy/...
-	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) $(GO) test -count=1 -run 'Kube|Replicas|Restart' ./cmd/meshguard
+	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) MESHGUARD_FILTER_WASM=$(CURDIR)/$(WASM_FILTER) $(GO) test -count=1 -run 'Kube|Replicas|Restart' ./cmd/meshguard
+
+# Changes BenchmarkKubeIstioPropagation writes to the Kubernetes API, and
+# the other filters' long polls it holds on the control plane meanwhile.
+ISTIO_PROPAGATION_CHANGES ?= 40
+ISTIO_PROPAGATION_POLLERS ?= 1000
+
+.PHONY: bench-istio-propagation
+bench-istio-propagation: kube-assets wasm ## changes written to a real kube-apiserver → enforced by the WasmPlugin-configured filter and the authz server: p50/p99 against the in-process watcher (ISTIO_PROPAGATION_CHANGES, _POLLERS)
+	KUBEBUILDER_ASSETS=$(CURDIR)/$(BIN) MESHGUARD_FILTER_WASM=$(CURDIR)/$(WASM_FILTER) $(GO) test -count=1 -run '^$$' \
+		-bench '^BenchmarkKubeIstioPropagation$$' -benchtime 1x ./cmd/meshguard/ -propagation-changes $(ISTIO_PROPAGATION_CHANGES) -propagation-pollers $(ISTIO_PROPAGATION_POLLERS) \
+		| tee $(BIN)/bench-istio-propagation.txt

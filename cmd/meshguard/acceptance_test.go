@@ -343,7 +343,7 @@ func TestAcceptanceIstioCustomProvider(t *testing.T) {
 	}
 	gen, err := istiogen.Generate(istiogen.Config{Bundle: b,
 		Provider: istiogen.Provider{Service: "meshguard-authz.meshguard.svc.cluster.local"},
-		Wasm:     istiogen.Wasm{URL: "oci://example/filter:v1"}})
+		Wasm:     istiogen.Wasm{URL: "oci://example/filter:v1", ControlPlane: wire.ControlPlane{Cluster: "outbound|8443||meshguard-controlplane.meshguard.svc.cluster.local"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshguard/meshguard/controlplane/api"
+	"github.com/meshguard/meshguard/controlplane/bundlefeed"
 	"github.com/meshguard/meshguard/controlplane/console"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/mesh"
@@ -40,6 +41,7 @@ import (
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/policyfile"
 	"github.com/meshguard/meshguard/policies/source"
+	"github.com/meshguard/meshguard/policies/wire"
 )
 
 // spiffeFlags select where an SVID and trust bundle come from: the SPIFFE
@@ -164,9 +166,10 @@ func newControlPlaneCmd() *cobra.Command {
 		Use:   "controlplane",
 		Short: "Run the xDS control plane, policy distribution and the quarantine loop",
 		Long: `controlplane serves Envoy configuration and the policy bundle over ADS
-(state of the world and delta), accepts detection and edge events from wasm
-filters and authz servers, and quarantines identities mesh-wide according to
-the anomaly profiles.
+(state of the world and delta), serves the bundle over HTTPS to wasm
+filters that fetch it (Istio WasmPlugins, ` + wire.BundlePath + `, long poll),
+accepts detection and edge events from wasm filters and authz servers, and
+quarantines identities mesh-wide according to the anomaly profiles.
 
 Quarantines (with their evidence and the history of every change) and the
 learned traffic baselines are kept in a store every replica shares and
@@ -197,7 +200,7 @@ the bundle is served (authz servers).`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.xdsAddr, "xds-addr", ":18000", "address of the xDS (ADS) gRPC server")
-	fl.StringVar(&f.httpAddr, "http-addr", ":8443", "address of the events endpoint and admin API")
+	fl.StringVar(&f.httpAddr, "http-addr", ":8443", "address of the events endpoint, the bundle endpoint of filters that fetch it (Istio WasmPlugins) and the admin API")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "address of /metrics, /healthz and /readyz (plain HTTP)")
 	fl.StringVar(&f.meshFile, "mesh", "", "mesh description (YAML) of plain-Envoy and proxyless gRPC workloads")
 	fl.StringSliceVar(&f.policyPaths, "policy", nil, "policy file or directory (repeatable)")
@@ -445,6 +448,17 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		handler = mux
 	}
 
+	// The bundle for filters that fetch it (Istio WasmPlugins), next to
+	// the events endpoint and the admin API.
+	feed, err := bundlefeed.New(bundlefeed.Options{TrustDomain: td, Insecure: f.spiffe.insecure, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	defer st.Subscribe(feed.Publish)()
+	apiMux := http.NewServeMux()
+	apiMux.Handle(wire.BundlePath, feed)
+	apiMux.Handle("/", handler)
+
 	gs := grpc.NewServer(grpcOpts...)
 	xs.Register(gs)
 	xdsLis, err := net.Listen("tcp", f.xdsAddr)
@@ -462,7 +476,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		_ = httpLis.Close()
 		return fmt.Errorf("--metrics-addr: %w", err)
 	}
-	apiSrv := &http.Server{Handler: handler, TLSConfig: httpTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}
+	apiSrv := &http.Server{Handler: apiMux, TLSConfig: httpTLS, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
@@ -474,6 +488,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 
 		w.WriteHeader(http.StatusOK)
 	})
+	apiSrv.RegisterOnShutdown(feed.Close) // held bundle requests must not hold up the shutdown
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	log.Info("control plane listening", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),

@@ -41,6 +41,7 @@ type istioGenerateFlags struct {
 	requireMTLS   bool
 	eventsCluster string
 	eventsAuth    string
+	bundleFrom    string
 	targets       []string
 	rootNamespace string
 	outDir        string
@@ -50,7 +51,7 @@ type istioGenerateFlags struct {
 func newIstioGenerateCmd() *cobra.Command {
 	var f istioGenerateFlags
 	cmd := &cobra.Command{
-		Use:   "generate (-f POLICY_FILE_OR_DIR... | --bundle BUNDLE.json) --wasm-url URL",
+		Use:   "generate (-f POLICY_FILE_OR_DIR... | --bundle BUNDLE.json | --target ...) --wasm-url URL",
 		Short: "Write the Istio resources that wire meshguard in",
 		Long: `generate writes what a user applies to wire meshguard into Istio:
 
@@ -59,13 +60,22 @@ func newIstioGenerateCmd() *cobra.Command {
     failOpen false), as istiod Helm values;
   * a CUSTOM AuthorizationPolicy (provider meshguard) per target, sending
     every request of the target's workloads to the authz server;
+  * an EnvoyFilter per target that makes Istio's ext_authz filter send the
+    pod's labels with each check;
   * a WasmPlugin (extensions.istio.io/v1alpha1) per target that loads the
-    meshguard filter from --wasm-url with the policy bundle as its
-    pluginConfig, phase AUTHZ, failStrategy FAIL_CLOSE.
+    meshguard filter from --wasm-url, phase AUTHZ, failStrategy FAIL_CLOSE.
+    Its filter fetches the policy bundle from the meshguard control plane
+    through --events-cluster and follows every change (long poll); it
+    denies every request until the first bundle arrives and keeps the last
+    good one when the control plane cannot be reached. With --bundle-from
+    embedded the pluginConfig holds a copy of the bundle instead, which a
+    policy change does not reach until the objects are generated and
+    applied again.
 
 Targets default to every namespace the policies live in, or the whole mesh
 when a policy lives in the root namespace. --target takes
-NAMESPACE[/NAME][:LABEL=VALUE,...] to choose workloads by label.
+NAMESPACE[/NAME][:LABEL=VALUE,...] to choose workloads by label; with
+targets and filters that fetch their bundle, no policy input is needed.
 
 Without --out-dir the resources are written to stdout (kubectl apply -f -)
 and --mesh-config writes the extension provider instead. With --out-dir both
@@ -90,8 +100,9 @@ go to files: mesh-config.yaml and resources.yaml.`,
 	fl.StringVar(&f.pullSecret, "wasm-pull-secret", "", "image pull secret for a private registry")
 	fl.Int32Var(&f.priority, "wasm-priority", 0, "priority among AUTHZ-phase plugins (0: Istio's default)")
 	fl.BoolVar(&f.requireMTLS, "require-mtls", true, "the filter denies requests that did not arrive over mTLS")
-	fl.StringVar(&f.eventsCluster, "events-cluster", "outbound|8443||meshguard-controlplane.meshguard.svc.cluster.local", "Envoy cluster the filter sends events through")
-	fl.StringVar(&f.eventsAuth, "events-authority", "meshguard-controlplane.meshguard.svc.cluster.local", "authority of the event requests")
+	fl.StringVar(&f.eventsCluster, "events-cluster", "outbound|8443||meshguard-controlplane.meshguard.svc.cluster.local", "Envoy cluster of the control plane: the filter sends events and fetches its bundle through it")
+	fl.StringVar(&f.eventsAuth, "events-authority", "meshguard-controlplane.meshguard.svc.cluster.local", "authority of the requests to the control plane")
+	fl.StringVar(&f.bundleFrom, "bundle-from", istiogen.BundleFromControlPlane, "where the filters take the policy bundle from: controlplane (fetched, follows changes) or embedded (a copy in the WasmPlugin)")
 	fl.StringArrayVar(&f.targets, "target", nil, "NAMESPACE[/NAME][:LABEL=VALUE,...] to wire (repeatable)")
 	fl.StringVar(&f.rootNamespace, "root-namespace", "", "Istio's root namespace (default: the policies' MeshSettings, else istio-system)")
 	fl.StringVar(&f.outDir, "out-dir", "", "write mesh-config.yaml and resources.yaml into this directory")
@@ -100,14 +111,19 @@ go to files: mesh-config.yaml and resources.yaml.`,
 }
 
 func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
-	if (len(f.files) == 0) == (f.bundle == "") {
+	switch {
+	case len(f.files) > 0 && f.bundle != "":
 		return &exitError{code: 2, msg: "give policy files (-f) or --bundle, not both"}
+	case len(f.files) == 0 && f.bundle == "" && (len(f.targets) == 0 || f.bundleFrom == istiogen.BundleFromEmbedded):
+		return &exitError{code: 2, msg: "give policy files (-f) or --bundle (or, with filters that fetch their bundle, --target)"}
 	}
 	if f.outDir != "" && f.meshConfig {
 		return &exitError{code: 2, msg: "--mesh-config writes to stdout; with --out-dir the mesh config goes to mesh-config.yaml"}
 	}
 	var b *policies.Bundle
-	if f.bundle != "" {
+	switch {
+	case len(f.files) == 0 && f.bundle == "":
+	case f.bundle != "":
 		data, err := os.ReadFile(f.bundle)
 		if err != nil {
 			return err
@@ -115,7 +131,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 		if b, err = policies.DecodeBundle(data); err != nil {
 			return &exitError{code: 1, msg: err.Error()}
 		}
-	} else {
+	default:
 		set, diags, err := source.Load(f.files...)
 		if err != nil {
 			return &exitError{code: 2, msg: err.Error()}
@@ -149,6 +165,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 			URL: f.wasmURL, SHA256: f.wasmSHA256, ImagePullPolicy: f.pullPolicy, ImagePullSecret: f.pullSecret,
 			RequireMTLS:  f.requireMTLS,
 			ControlPlane: wire.ControlPlane{Cluster: f.eventsCluster, Authority: f.eventsAuth, Path: wire.EventsPath},
+			BundleFrom:   f.bundleFrom,
 		},
 		Targets:       targets,
 		RootNamespace: f.rootNamespace,
@@ -168,7 +185,14 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 	if err != nil {
 		return err
 	}
-	header := fmt.Sprintf("# Generated by meshguard istio generate from bundle %s (%s).\n", b.Version, b.Hash)
+	header, note := "# Generated by meshguard istio generate.\n", "# The WasmPlugins' filters fetch the policy bundle from the control plane and follow its changes.\n"
+	switch {
+	case f.bundleFrom == istiogen.BundleFromEmbedded:
+		header = fmt.Sprintf("# Generated by meshguard istio generate from bundle %s (%s).\n", b.Version, b.Hash)
+		note = "# The WasmPlugins hold a copy of the bundle: after a policy change, generate and apply them again.\n"
+	case b != nil:
+		header = fmt.Sprintf("# Generated by meshguard istio generate, targets from bundle %s (%s).\n", b.Version, b.Hash)
+	}
 	switch {
 	case f.outDir != "":
 		if err := os.MkdirAll(f.outDir, 0o755); err != nil {
@@ -179,7 +203,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 		if err := os.WriteFile(filepath.Join(f.outDir, "mesh-config.yaml"), append([]byte(mcHeader), mc...), 0o644); err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(f.outDir, "resources.yaml"), append([]byte(header), res...), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(f.outDir, "resources.yaml"), append([]byte(header+note), res...), 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s and %s: %d AuthorizationPolicies, %d EnvoyFilters, %d WasmPlugins\n",
@@ -188,7 +212,7 @@ func runIstioGenerate(cmd *cobra.Command, f *istioGenerateFlags) error {
 	case f.meshConfig:
 		_, err = cmd.OutOrStdout().Write(append([]byte(header), mc...))
 	default:
-		_, err = cmd.OutOrStdout().Write(append([]byte(header), res...))
+		_, err = cmd.OutOrStdout().Write(append([]byte(header+note), res...))
 	}
 	return err
 }

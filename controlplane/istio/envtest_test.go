@@ -453,7 +453,11 @@ func TestKubeGeneratedResourcesApplyAndReadBack(t *testing.T) {
 	out, err := istiogen.Generate(istiogen.Config{
 		Bundle:   b,
 		Provider: istiogen.Provider{Service: "meshguard-authz.meshguard.svc.cluster.local"},
-		Wasm:     istiogen.Wasm{URL: "oci://ghcr.io/meshguard/filter:v0.1.0", RequireMTLS: true, Priority: &prio, ControlPlane: wire.ControlPlane{Cluster: "outbound|8080||meshguard-controlplane.meshguard.svc.cluster.local"}},
+		// The bundle embedded, to read it back intact (cmd/meshguard's
+		// TestKubeIstioFiltersFollowTheCluster applies the default, which
+		// fetches it).
+		Wasm: istiogen.Wasm{URL: "oci://ghcr.io/meshguard/filter:v0.1.0", RequireMTLS: true, Priority: &prio, BundleFrom: istiogen.BundleFromEmbedded,
+			ControlPlane: wire.ControlPlane{Cluster: "outbound|8080||meshguard-controlplane.meshguard.svc.cluster.local"}},
 		Targets: []istiogen.Target{
 			{Namespace: "gen-a"},
 			{Namespace: "gen-b", Name: "api", Selector: map[string]string{"app": "api"}},

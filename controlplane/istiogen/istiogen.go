@@ -3,8 +3,11 @@
 // authorization at the meshguard authz server, CUSTOM AuthorizationPolicies
 // that send the selected workloads' requests to it, EnvoyFilters that make
 // Istio's ext_authz filter send the proxy's own pod labels with each check,
-// and WasmPlugins that load the meshguard filter with the policy bundle as
-// its pluginConfig.
+// and WasmPlugins that load the meshguard filter. By default the
+// WasmPlugins' filters fetch the policy bundle from the control plane and
+// follow its changes (wire.BundleFetch), so that the objects do not change
+// with the policy; BundleFromEmbedded writes a copy of the bundle into the
+// pluginConfig instead, for meshes without the control plane.
 //
 // Everything it writes fails closed: the provider has failOpen false, the
 // WasmPlugins have failStrategy FAIL_CLOSE.
@@ -52,10 +55,24 @@ const (
 	ObjectName = "meshguard"
 	// LabelManagedBy marks generated objects.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
-	// MaxPluginConfigBytes bounds the pluginConfig of one WasmPlugin: the
-	// object must fit in etcd's 1.5 MiB request limit with room to spare.
-	// Larger bundles go through the control plane's ECDS instead.
+	// MaxPluginConfigBytes bounds the pluginConfig of one WasmPlugin that
+	// embeds the bundle: the object must fit in etcd's 1.5 MiB request
+	// limit with room to spare. Larger bundles are fetched from the
+	// control plane (BundleFromControlPlane).
 	MaxPluginConfigBytes = 1 << 20
+)
+
+// Where a WasmPlugin's filter takes its policy bundle from (Wasm.BundleFrom).
+const (
+	// BundleFromControlPlane: the filter fetches the bundle from the
+	// control plane through Wasm.ControlPlane.Cluster and follows its
+	// changes (long poll of wire.BundlePath); the pluginConfig holds no
+	// policy.
+	BundleFromControlPlane = "controlplane"
+	// BundleFromEmbedded: the pluginConfig holds a copy of the bundle
+	// taken at generation time; a policy change needs the objects
+	// generated and applied again.
+	BundleFromEmbedded = "embedded"
 )
 
 // Provider modes.
@@ -116,8 +133,12 @@ type Wasm struct {
 	// RequireMTLS makes the filter deny requests that did not arrive over
 	// mTLS.
 	RequireMTLS bool
-	// ControlPlane is where the filter sends events.
+	// ControlPlane is where the filter sends events and, with
+	// BundleFromControlPlane, fetches its bundle.
 	ControlPlane wire.ControlPlane
+	// BundleFrom is BundleFromControlPlane (default) or
+	// BundleFromEmbedded.
+	BundleFrom string
 }
 
 // Target is one scope to wire: a namespace, or the workloads selected by
@@ -137,6 +158,9 @@ type Target struct {
 
 // Config is the input of Generate.
 type Config struct {
+	// Bundle is embedded in the WasmPlugins with BundleFromEmbedded, and
+	// gives the default targets; it may be nil when the filters fetch
+	// their bundle and Targets are given.
 	Bundle   *policies.Bundle
 	Provider Provider
 	Wasm     Wasm
@@ -172,9 +196,11 @@ func Generate(cfg Config) (*Output, error) {
 	if err != nil {
 		return nil, err
 	}
-	bundleJSON, err := c.Bundle.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("istiogen: encode bundle: %w", err)
+	var bundleJSON []byte
+	if c.Wasm.BundleFrom == BundleFromEmbedded {
+		if bundleJSON, err = c.Bundle.Encode(); err != nil {
+			return nil, fmt.Errorf("istiogen: encode bundle: %w", err)
+		}
 	}
 	out := &Output{MeshConfig: &meshapi.MeshConfig{ExtensionProviders: []*meshapi.MeshConfig_ExtensionProvider{provider(&c.Provider)}}}
 	for _, t := range c.Targets {
@@ -320,7 +346,8 @@ func provider(p *Provider) *meshapi.MeshConfig_ExtensionProvider {
 	}
 }
 
-// pluginConfig is wire.FilterConfig as a protobuf Struct.
+// pluginConfig is wire.FilterConfig as a protobuf Struct: with the bundle
+// when bundleJSON is set, else with bundleFetch.
 func pluginConfig(bundleJSON []byte, w *Wasm, t Target) (*structpb.Struct, error) {
 	wl := t.Workload
 	wl.Namespace = t.Namespace
@@ -333,12 +360,15 @@ func pluginConfig(bundleJSON []byte, w *Wasm, t Target) (*structpb.Struct, error
 		RequireMTLS:  w.RequireMTLS,
 		ControlPlane: w.ControlPlane,
 	}
+	if bundleJSON == nil {
+		fc.BundleFetch = &wire.BundleFetch{Path: wire.BundlePath}
+	}
 	data, err := json.Marshal(fc)
 	if err != nil {
 		return nil, fmt.Errorf("istiogen: encode plugin config: %w", err)
 	}
 	if len(data) > MaxPluginConfigBytes {
-		return nil, fmt.Errorf("istiogen: plugin config for %s is %d bytes, over %d: serve the bundle through the control plane (ECDS) instead", t.Namespace, len(data), MaxPluginConfigBytes)
+		return nil, fmt.Errorf("istiogen: plugin config for %s is %d bytes, over %d: let the filters fetch the bundle from the control plane instead (%s)", t.Namespace, len(data), MaxPluginConfigBytes, BundleFromControlPlane)
 	}
 	var m map[string]any
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -379,8 +409,17 @@ func numbersToFloat(v any) any {
 func (cfg Config) normalize() (Config, error) {
 	var errs []error
 	c := cfg
-	if c.Bundle == nil {
-		errs = append(errs, errors.New("a policy bundle is required"))
+	c.Wasm.BundleFrom = cmp.Or(c.Wasm.BundleFrom, BundleFromControlPlane)
+	switch {
+	case c.Wasm.BundleFrom != BundleFromControlPlane && c.Wasm.BundleFrom != BundleFromEmbedded:
+		errs = append(errs, fmt.Errorf("wasm: bundle from %q, want %s or %s", c.Wasm.BundleFrom, BundleFromControlPlane, BundleFromEmbedded))
+	case c.Bundle == nil && c.Wasm.BundleFrom == BundleFromEmbedded:
+		errs = append(errs, errors.New("a policy bundle is required to embed it"))
+	case c.Bundle == nil && len(c.Targets) == 0:
+		errs = append(errs, errors.New("a policy bundle (for the default targets) or targets are required"))
+	}
+	if c.Wasm.BundleFrom == BundleFromControlPlane && c.Wasm.ControlPlane.Cluster == "" {
+		errs = append(errs, errors.New("wasm: the control plane's cluster is required: the filters fetch their bundle through it"))
 	}
 	p := &c.Provider
 	p.Name = cmp.Or(p.Name, DefaultProviderName)

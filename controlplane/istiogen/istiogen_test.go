@@ -103,6 +103,33 @@ func TestGenerateDefaults(t *testing.T) {
 		if fc.Workload.Namespace != ns || !fc.RequireMTLS || fc.ControlPlane.Path != wire.EventsPath {
 			t.Errorf("plugin %d config = %+v", i, fc)
 		}
+		// The filter fetches its bundle from the control plane: no policy
+		// in the object.
+		if len(fc.Bundle) != 0 || fc.BundleFetch == nil || fc.BundleFetch.Path != wire.BundlePath || fc.ControlPlane.Cluster != cfg.Wasm.ControlPlane.Cluster {
+			t.Errorf("plugin %d does not fetch its bundle from the control plane: bundle %d bytes, bundleFetch %+v, cluster %q",
+				i, len(fc.Bundle), fc.BundleFetch, fc.ControlPlane.Cluster)
+		}
+	}
+	grpc := out.MeshConfig.ExtensionProviders[0].GetEnvoyExtAuthzGrpc()
+	if grpc == nil || grpc.Service != cfg.Provider.Service || grpc.Port != DefaultPort || grpc.FailOpen || grpc.Timeout.AsDuration() != DefaultTimeout {
+		t.Errorf("provider = %v", out.MeshConfig.ExtensionProviders[0])
+	}
+}
+
+// TestGenerateEmbedded: with BundleFromEmbedded the pluginConfig holds the
+// bundle, verbatim.
+func TestGenerateEmbedded(t *testing.T) {
+	cfg := baseConfig(t)
+	cfg.Wasm.BundleFrom = BundleFromEmbedded
+	out, err := Generate(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, wp := range out.WasmPlugins {
+		fc := filterConfig(t, wp)
+		if fc.BundleFetch != nil {
+			t.Errorf("plugin %d: bundleFetch with an embedded bundle", i)
+		}
 		b, err := policies.DecodeBundle(fc.Bundle)
 		if err != nil {
 			t.Fatalf("plugin %d bundle does not decode: %v", i, err)
@@ -111,9 +138,20 @@ func TestGenerateDefaults(t *testing.T) {
 			t.Errorf("plugin %d bundle %s %s, want %s %s", i, b.Version, b.Hash, cfg.Bundle.Version, cfg.Bundle.Hash)
 		}
 	}
-	grpc := out.MeshConfig.ExtensionProviders[0].GetEnvoyExtAuthzGrpc()
-	if grpc == nil || grpc.Service != cfg.Provider.Service || grpc.Port != DefaultPort || grpc.FailOpen || grpc.Timeout.AsDuration() != DefaultTimeout {
-		t.Errorf("provider = %v", out.MeshConfig.ExtensionProviders[0])
+}
+
+// TestGenerateTargetsWithoutBundle: filters that fetch their bundle need
+// no policy at generation time when the targets are given.
+func TestGenerateTargetsWithoutBundle(t *testing.T) {
+	cfg := baseConfig(t)
+	cfg.Bundle = nil
+	cfg.Targets = []Target{{Namespace: "shop", Selector: map[string]string{"app": "orders"}}}
+	out, err := Generate(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.WasmPlugins) != 1 || filterConfig(t, out.WasmPlugins[0]).BundleFetch == nil {
+		t.Fatalf("plugins: %d", len(out.WasmPlugins))
 	}
 }
 
@@ -217,7 +255,13 @@ func TestGenerateRejectsBadConfig(t *testing.T) {
 		mutate func(*Config)
 		want   []string
 	}{
-		{"nothing", func(c *Config) { *c = Config{} }, []string{"bundle is required", "service host is required", "module url is required"}},
+		{"nothing", func(c *Config) { *c = Config{} }, []string{"bundle (for the default targets) or targets are required", "service host is required",
+			"module url is required", "control plane's cluster is required"}},
+		{"embedded without bundle", func(c *Config) {
+			c.Bundle, c.Wasm.BundleFrom, c.Targets = nil, BundleFromEmbedded, []Target{{Namespace: "shop"}}
+		}, []string{"required to embed it"}},
+		{"bundle from", func(c *Config) { c.Wasm.BundleFrom = "configmap" }, []string{`bundle from "configmap"`}},
+		{"fetch without cluster", func(c *Config) { c.Wasm.ControlPlane.Cluster = "" }, []string{"control plane's cluster is required"}},
 		{"bad service", func(c *Config) { c.Provider.Service = "Not A Host" }, []string{`service "Not A Host"`}},
 		{"bad mode", func(c *Config) { c.Provider.Mode = "tcp" }, []string{`mode "tcp"`}},
 		{"grpc headers", func(c *Config) { c.Provider.IncludeRequestHeadersInCheck = []string{"a"} }, []string{"http mode only"}},
@@ -261,8 +305,14 @@ func TestGeneratePluginConfigSizeLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Bundle = b
-	if _, err := Generate(cfg); err == nil || !strings.Contains(err.Error(), "ECDS") {
+	cfg.Wasm.BundleFrom = BundleFromEmbedded
+	if _, err := Generate(cfg); err == nil || !strings.Contains(err.Error(), "fetch the bundle from the control plane") {
 		t.Fatalf("err = %v, want the size limit", err)
+	}
+	// Fetched, the bundle's size does not reach the objects.
+	cfg.Wasm.BundleFrom = BundleFromControlPlane
+	if _, err := Generate(cfg); err != nil {
+		t.Fatalf("fetching filters: %v", err)
 	}
 }
 

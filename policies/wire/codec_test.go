@@ -62,6 +62,8 @@ func filterConfigCorpus() [][]byte {
 		`{"workload":{"id":"\ud800"}}`, `{"WORKLOAD":{"ID":"x"}}`,
 		`{"workloads":{"a.ns":{"id":"spiffe://td/a","labels":{"app":"a"}},"b.ns":null}}`, `{"workloads":{"a.ns":{"id":"x"},"a.ns":{"service":"s"}}}`,
 		`{"workloads":null}`, `{"workloads":{}}`, `{"workloads":[]}`, `{"workloads":{"a":1}}`, `{"workloads":{"a":{"bogus":1}}}`,
+		`{"bundleFetch":{}}`, `{"bundleFetch":null}`, `{"bundleFetch":{"path":"/v1/bundle","waitMillis":20000,"retryMillis":1,"maxRetryMillis":2,"maxBytes":3}}`,
+		`{"bundleFetch":{"waitMillis":-1}}`, `{"bundleFetch":{"maxBytes":1.5}}`, `{"bundleFetch":{"bogus":1}}`, `{"bundleFetch":[]}`,
 		`{"Workloads":{"a":{"ID":"x"}}}`, `{"workloads":{"a":{"id":"x"}},"workloads":{"b":{}}}`, `{"workloads":{"a":{"labels":{"k":"v"}},"a":{}}}`,
 	} {
 		out = append(out, []byte(s))

@@ -12,12 +12,26 @@ var jsonFilterConfig = &strictjson.Type{
 	Name: "wire.FilterConfig",
 	Size: unsafe.Sizeof(FilterConfig{}),
 	Fields: []strictjson.Field{
-		{Name: "bundle", Offset: unsafe.Offsetof(FilterConfig{}.Bundle), Kind: strictjson.KRaw, OmitEmpty: false},
+		{Name: "bundle", Offset: unsafe.Offsetof(FilterConfig{}.Bundle), Kind: strictjson.KRaw, OmitEmpty: true},
+		{Name: "bundleFetch", Offset: unsafe.Offsetof(FilterConfig{}.BundleFetch), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonBundleFetch},
 		{Name: "workload", Offset: unsafe.Offsetof(FilterConfig{}.Workload), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonWorkload},
 		{Name: "workloads", Offset: unsafe.Offsetof(FilterConfig{}.Workloads), Kind: strictjson.KStructMap, OmitEmpty: true, Type: jsonWorkload},
 		{Name: "requireMtls", Offset: unsafe.Offsetof(FilterConfig{}.RequireMTLS), Kind: strictjson.KBool, OmitEmpty: true},
 		{Name: "controlPlane", Offset: unsafe.Offsetof(FilterConfig{}.ControlPlane), Kind: strictjson.KStruct, OmitEmpty: true, Type: jsonControlPlane},
 		{Name: "detection", Offset: unsafe.Offsetof(FilterConfig{}.Detection), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonDetection},
+	},
+}
+
+var jsonBundleFetch = &strictjson.Type{
+	Name: "wire.BundleFetch",
+	Size: unsafe.Sizeof(BundleFetch{}),
+	New:  strictjson.New[BundleFetch],
+	Fields: []strictjson.Field{
+		{Name: "path", Offset: unsafe.Offsetof(BundleFetch{}.Path), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "waitMillis", Offset: unsafe.Offsetof(BundleFetch{}.WaitMillis), Kind: strictjson.KUint32, OmitEmpty: true},
+		{Name: "retryMillis", Offset: unsafe.Offsetof(BundleFetch{}.RetryMillis), Kind: strictjson.KUint32, OmitEmpty: true},
+		{Name: "maxRetryMillis", Offset: unsafe.Offsetof(BundleFetch{}.MaxRetryMillis), Kind: strictjson.KUint32, OmitEmpty: true},
+		{Name: "maxBytes", Offset: unsafe.Offsetof(BundleFetch{}.MaxBytes), Kind: strictjson.KInt, OmitEmpty: true},
 	},
 }
 

@@ -50,11 +50,43 @@ const (
 // EventsPath is where the control plane accepts EventBatch JSON (POST).
 const EventsPath = "/v1/events"
 
+// The bundle endpoint, where filters that fetch their bundle (BundleFetch)
+// get it: GET BundlePath?wait=<milliseconds> with If-None-Match: "<hash of
+// the bundle the filter holds>". The control plane answers 200 with the
+// bundle JSON (policies.Bundle) and ETag "<its hash>" when it serves
+// another bundle, holds the request up to the wait while it does not, and
+// answers 304 when the wait ends unchanged; 503 while it has no bundle.
+const (
+	BundlePath = "/v1/bundle"
+	// BundleWaitParam is the query parameter of the long poll, in
+	// milliseconds; 0 or absent answers at once.
+	BundleWaitParam = "wait"
+)
+
+// Defaults and bounds of BundleFetch.
+const (
+	DefaultBundleWaitMillis     = 20000
+	MaxBundleWaitMillis         = 60000
+	DefaultBundleRetryMillis    = 1000
+	DefaultBundleMaxRetryMillis = 30000
+	DefaultBundleMaxBytes       = 8 << 20
+	MaxBundleMaxBytes           = 64 << 20
+)
+
 // FilterConfig is the proxy-wasm plugin configuration (Envoy's
 // plugin_config.configuration, Istio's WasmPlugin pluginConfig), as JSON.
 type FilterConfig struct {
-	// Bundle is a policies.Bundle, JSON encoded.
-	Bundle json.RawMessage `json:"bundle"`
+	// Bundle is a policies.Bundle, JSON encoded. Exactly one of Bundle and
+	// BundleFetch is set.
+	Bundle json.RawMessage `json:"bundle,omitempty"`
+	// BundleFetch makes the filter fetch its bundle from the control plane
+	// through ControlPlane.Cluster and follow its changes, instead of
+	// taking it from Bundle (Istio WasmPlugins: the plugin configuration
+	// then never changes with the policy). Until the first bundle arrives
+	// the filter denies every request (denied_no_policy_loaded); when a fetch
+	// fails or brings a bundle it refuses, the last good bundle keeps
+	// serving.
+	BundleFetch *BundleFetch `json:"bundleFetch,omitempty"`
 	// Workload is the workload the filter protects. When it is empty the
 	// filter finds its workload in Workloads.
 	Workload Workload `json:"workload,omitzero"`
@@ -67,7 +99,8 @@ type FilterConfig struct {
 	Workloads map[string]Workload `json:"workloads,omitempty"`
 	// RequireMTLS denies requests that did not arrive over mTLS.
 	RequireMTLS bool `json:"requireMtls,omitempty"`
-	// ControlPlane is where events go.
+	// ControlPlane is where events go, and where the bundle comes from
+	// with BundleFetch.
 	ControlPlane ControlPlane `json:"controlPlane,omitempty"`
 	// Detection tunes the wasm filter's detector state; thresholds and
 	// responses come from the bundle's AnomalyProfiles. Optional.
@@ -126,6 +159,27 @@ const (
 	LabelsFromNode = "node"
 )
 
+// BundleFetch says how the filter fetches its bundle from the control plane:
+// a long poll on Path (GET, see BundlePath) through ControlPlane.Cluster
+// with ControlPlane.Authority. Zero values mean the defaults.
+type BundleFetch struct {
+	// Path of the bundle endpoint; default BundlePath.
+	Path string `json:"path,omitempty"`
+	// WaitMillis is how long the control plane may hold a request while
+	// the bundle does not change (default DefaultBundleWaitMillis, at most
+	// MaxBundleWaitMillis). The callout's timeout is WaitMillis plus
+	// ControlPlane.TimeoutMilli.
+	WaitMillis uint32 `json:"waitMillis,omitempty"`
+	// RetryMillis is the delay after a failed fetch, doubled on each
+	// further failure up to MaxRetryMillis (defaults
+	// DefaultBundleRetryMillis and DefaultBundleMaxRetryMillis).
+	RetryMillis    uint32 `json:"retryMillis,omitempty"`
+	MaxRetryMillis uint32 `json:"maxRetryMillis,omitempty"`
+	// MaxBytes bounds the bundle's size; a larger one is refused (default
+	// DefaultBundleMaxBytes, at most MaxBundleMaxBytes).
+	MaxBytes int `json:"maxBytes,omitempty"`
+}
+
 // ExtAuthz describes the ext_authz check that follows the filter.
 type ExtAuthz struct {
 	// SkipRoutes are the Envoy routes on which ext_authz is disabled: there
@@ -146,8 +200,9 @@ func (e *ExtAuthz) Defers(route string) bool {
 	return true
 }
 
-// ControlPlane tells the filter how to reach the event endpoint through an
-// Envoy cluster.
+// ControlPlane tells the filter how to reach the control plane through an
+// Envoy cluster: the event endpoint and, with FilterConfig.BundleFetch, the
+// bundle endpoint.
 type ControlPlane struct {
 	Cluster      string `json:"cluster,omitempty"`
 	Authority    string `json:"authority,omitempty"`

@@ -159,20 +159,29 @@ func (sdkHost) DefineGauge(name string) filtercore.Gauge {
 	return gauge{proxywasm.DefineGaugeMetric(name)}
 }
 
-func (sdkHost) HTTPCall(cluster string, headers [][2]string, body []byte, timeout uint32, done func(int, error)) error {
-	_, err := proxywasm.DispatchHttpCall(cluster, headers, body, nil, timeout, func(int, int, int) {
+func (sdkHost) HTTPCall(cluster string, headers [][2]string, body []byte, timeout uint32, maxBody int, done func(filtercore.CallResponse)) error {
+	_, err := proxywasm.DispatchHttpCall(cluster, headers, body, nil, timeout, func(_, bodySize, _ int) {
 		// A failed call (reset, timeout, no healthy host) arrives with no
 		// headers: status 0.
-		s, err := proxywasm.GetHttpCallResponseHeaders()
-		status := 0
-		if err == nil {
-			for _, kv := range s {
+		var r filtercore.CallResponse
+		if hs, err := proxywasm.GetHttpCallResponseHeaders(); err == nil {
+			r.Headers = hs
+			for _, kv := range hs {
 				if kv[0] == ":status" {
-					status, _ = strconv.Atoi(kv[1])
+					r.Status, _ = strconv.Atoi(kv[1])
 				}
 			}
 		}
-		done(status, nil)
+		if r.Status != 0 && bodySize > 0 && maxBody > 0 {
+			if bodySize > maxBody {
+				r.BodyTooLarge = true
+			} else if b, err := proxywasm.GetHttpCallResponseBody(0, bodySize); err == nil {
+				r.Body = b
+			} else {
+				r.Status = 0 // a body that cannot be read is a failed call
+			}
+		}
+		done(r)
 	})
 	return err
 }

@@ -242,8 +242,11 @@ func TestWasmFilterReadsIstioNodeLabels(t *testing.T) {
 	}
 	out, err := istiogen.Generate(istiogen.Config{Bundle: b,
 		Provider: istiogen.Provider{Service: "meshguard-authz.meshguard.svc.cluster.local"},
-		Wasm:     istiogen.Wasm{URL: "oci://example/filter:v1", RequireMTLS: true},
-		Targets:  []istiogen.Target{{Namespace: "bookstore", Selector: map[string]string{"app": "catalog"}}}})
+		// The bundle embedded: this emulated mesh has no control plane
+		// for the filter to fetch it from (cmd/meshguard's
+		// TestKubeIstioFiltersFollowTheCluster runs the fetching default).
+		Wasm:    istiogen.Wasm{URL: "oci://example/filter:v1", RequireMTLS: true, BundleFrom: istiogen.BundleFromEmbedded},
+		Targets: []istiogen.Target{{Namespace: "bookstore", Selector: map[string]string{"app": "catalog"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

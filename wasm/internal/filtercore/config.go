@@ -22,8 +22,11 @@ const (
 // Config is a parsed, validated and compiled plugin configuration.
 // Immutable once built.
 type Config struct {
+	// snap and detect come from the bundle; both are nil while a filter
+	// that fetches its bundle has none yet (every request is denied).
 	snap        *policies.Snapshot
 	detect      *detect.Config
+	tuning      detect.Tuning
 	target      policies.Target
 	workloadID  string
 	requireMTLS bool
@@ -33,14 +36,28 @@ type Config struct {
 	extAuthz *wire.ExtAuthz
 	// labelsWarning says why the target's labels are unknown, for the log.
 	labelsWarning string
+	// fetch is set when the bundle comes from the control plane.
+	fetch *fetchConfig
 
 	cluster, authority, path  string
 	tickMillis, timeoutMillis uint32
 	maxBatch, maxEvents       int
 }
 
-// Version is the bundle version.
-func (c *Config) Version() string { return c.snap.Version() }
+// fetchConfig is wire.BundleFetch with its defaults.
+type fetchConfig struct {
+	path                                    string
+	waitMillis, retryMillis, maxRetryMillis uint32
+	maxBytes                                int
+}
+
+// Version is the bundle version, empty while there is no bundle.
+func (c *Config) Version() string {
+	if c.snap == nil {
+		return ""
+	}
+	return c.snap.Version()
+}
 
 // Node identifies the proxy the filter runs in: Envoy's node.cluster and
 // node.id, which select the workload when the configuration lists every
@@ -57,7 +74,8 @@ type Node struct {
 // ParseConfig decodes the plugin configuration strictly (unknown fields are
 // errors), decodes and verifies the bundle, compiles it with the policy
 // engine and compiles the detection settings. It reports every problem it
-// can find at once.
+// can find at once. A configuration with bundleFetch has no bundle yet:
+// the filter gets it from the control plane (see Plugin.Configure).
 func ParseConfig(data []byte, node Node) (*Config, error) {
 	fc, err := wire.DecodeFilterConfig(data)
 	if err != nil {
@@ -65,18 +83,25 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 	}
 	var errs []error
 	c := &Config{requireMTLS: fc.RequireMTLS}
-	if len(fc.Bundle) == 0 || string(fc.Bundle) == "null" {
-		return nil, errors.New("plugin configuration: bundle is required")
+	var b *policies.Bundle
+	hasBundle := len(fc.Bundle) != 0 && string(fc.Bundle) != "null"
+	switch {
+	case fc.BundleFetch != nil && hasBundle:
+		return nil, errors.New("plugin configuration: bundle and bundleFetch exclude each other")
+	case fc.BundleFetch != nil:
+		if c.fetch, err = parseFetch(fc.BundleFetch, &fc.ControlPlane); err != nil {
+			errs = append(errs, err)
+		}
+	case !hasBundle:
+		return nil, errors.New("plugin configuration: bundle (or bundleFetch) is required")
+	default:
+		if b, err = policies.DecodeBundle(fc.Bundle); err != nil {
+			return nil, fmt.Errorf("plugin configuration: %w", err)
+		}
+		if c.snap, err = policies.Compile(b); err != nil {
+			return nil, fmt.Errorf("plugin configuration: %w", err)
+		}
 	}
-	b, err := policies.DecodeBundle(fc.Bundle)
-	if err != nil {
-		return nil, fmt.Errorf("plugin configuration: %w", err)
-	}
-	snap, err := policies.Compile(b)
-	if err != nil {
-		return nil, fmt.Errorf("plugin configuration: %w", err)
-	}
-	c.snap = snap
 
 	w, err := workloadOf(&fc, node)
 	if err != nil {
@@ -121,9 +146,8 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 		errs = append(errs, fmt.Errorf("controlPlane.maxBatch %d: want 1..%d", cp.MaxBatch, maxEventsLimit))
 	}
 	c.maxEvents = DefaultMaxEvents
-	var tu detect.Tuning
 	if d := fc.Detection; d != nil {
-		tu = detect.Tuning{Capacity: d.Capacity, EdgeCache: d.EdgeCache, Warmup: d.WarmupSeconds}
+		c.tuning = detect.Tuning{Capacity: d.Capacity, EdgeCache: d.EdgeCache, Warmup: d.WarmupSeconds}
 		if d.Capacity < 0 || d.EdgeCache < 0 || d.WarmupSeconds < 0 || d.MaxEvents < 0 {
 			errs = append(errs, errors.New("detection: values must not be negative"))
 		}
@@ -134,15 +158,79 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 			c.maxEvents = d.MaxEvents
 		}
 	}
-	dc, err := detect.NewConfig(&b.Set, snap, tu)
-	if err != nil {
-		errs = append(errs, err)
+	version := "(fetched)"
+	if b != nil {
+		version = b.Version
+		dc, err := detect.NewConfig(&b.Set, c.snap, c.tuning)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.detect = dc
 	}
-	c.detect = dc
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("plugin configuration (bundle %s): %w", b.Version, err)
+		return nil, fmt.Errorf("plugin configuration (bundle %s): %w", version, err)
 	}
 	return c, nil
+}
+
+// parseFetch fills the defaults of bundleFetch and checks its bounds.
+func parseFetch(bf *wire.BundleFetch, cp *wire.ControlPlane) (*fetchConfig, error) {
+	f := &fetchConfig{path: bf.Path, waitMillis: bf.WaitMillis, retryMillis: bf.RetryMillis,
+		maxRetryMillis: bf.MaxRetryMillis, maxBytes: bf.MaxBytes}
+	if f.path == "" {
+		f.path = wire.BundlePath
+	}
+	if f.waitMillis == 0 {
+		f.waitMillis = wire.DefaultBundleWaitMillis
+	}
+	if f.retryMillis == 0 {
+		f.retryMillis = wire.DefaultBundleRetryMillis
+	}
+	if f.maxRetryMillis == 0 {
+		f.maxRetryMillis = max(wire.DefaultBundleMaxRetryMillis, f.retryMillis)
+	}
+	if f.maxBytes == 0 {
+		f.maxBytes = wire.DefaultBundleMaxBytes
+	}
+	var errs []error
+	if cp.Cluster == "" {
+		errs = append(errs, errors.New("bundleFetch: controlPlane.cluster is required"))
+	}
+	if f.path[0] != '/' {
+		errs = append(errs, fmt.Errorf("bundleFetch.path %q: must start with /", bf.Path))
+	}
+	for _, c := range f.path {
+		if c == '?' || c == '#' || c <= ' ' || c == 0x7f {
+			errs = append(errs, fmt.Errorf("bundleFetch.path %q: a path without query, fragment, spaces or controls", bf.Path))
+			break
+		}
+	}
+	if f.waitMillis > wire.MaxBundleWaitMillis {
+		errs = append(errs, fmt.Errorf("bundleFetch.waitMillis %d: at most %d", bf.WaitMillis, wire.MaxBundleWaitMillis))
+	}
+	if f.maxRetryMillis < f.retryMillis {
+		errs = append(errs, fmt.Errorf("bundleFetch.maxRetryMillis %d: below retryMillis %d", bf.MaxRetryMillis, f.retryMillis))
+	}
+	if f.maxBytes < 0 || f.maxBytes > wire.MaxBundleMaxBytes {
+		errs = append(errs, fmt.Errorf("bundleFetch.maxBytes %d: want 1..%d", bf.MaxBytes, wire.MaxBundleMaxBytes))
+	}
+	return f, errors.Join(errs...)
+}
+
+// withBundle returns a copy of c that enforces b: its compiled snapshot and
+// the detection settings compiled from it.
+func (c *Config) withBundle(b *policies.Bundle) (*Config, error) {
+	snap, err := policies.Compile(b)
+	if err != nil {
+		return nil, err
+	}
+	dc, err := detect.NewConfig(&b.Set, snap, c.tuning)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", b.Version, err)
+	}
+	n := *c
+	n.snap, n.detect = snap, dc
+	return &n, nil
 }
 
 // GatewayNameLabel is the pod label by which Istio attaches targetRefs of

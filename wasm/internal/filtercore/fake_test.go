@@ -36,7 +36,33 @@ type fakeCall struct {
 	cluster string
 	headers [][2]string
 	body    []byte
-	done    func(int, error)
+	timeout uint32
+	maxBody int
+	done    func(CallResponse)
+}
+
+// answer completes the call with status (0: failed) and body, as the glue
+// does: the body only when it fits maxBody.
+func (c fakeCall) answer(status int, body []byte, headers ...[2]string) {
+	r := CallResponse{Status: status}
+	if status != 0 {
+		r.Headers = append([][2]string{{":status", fmt.Sprint(status)}}, headers...)
+		if len(body) > c.maxBody && c.maxBody > 0 {
+			r.BodyTooLarge = true
+		} else if c.maxBody > 0 {
+			r.Body = body
+		}
+	}
+	c.done(r)
+}
+
+func (c fakeCall) header(name string) string {
+	for _, kv := range c.headers {
+		if kv[0] == name {
+			return kv[1]
+		}
+	}
+	return ""
 }
 
 func newFakeHost() *fakeHost {
@@ -83,11 +109,11 @@ func (h *fakeHost) SetSharedData(k string, data []byte, cas uint32) error {
 	return nil
 }
 
-func (h *fakeHost) HTTPCall(cluster string, headers [][2]string, body []byte, timeout uint32, done func(int, error)) error {
+func (h *fakeHost) HTTPCall(cluster string, headers [][2]string, body []byte, timeout uint32, maxBody int, done func(CallResponse)) error {
 	if h.failCall {
 		return errors.New("cluster not found")
 	}
-	h.calls = append(h.calls, fakeCall{cluster, headers, append([]byte(nil), body...), done})
+	h.calls = append(h.calls, fakeCall{cluster, headers, append([]byte(nil), body...), timeout, maxBody, done})
 	return nil
 }
 
@@ -224,7 +250,7 @@ func (d *coreDriver) Tick(t *testing.T) {
 			t.Fatalf("events posted to %q", p)
 		}
 		d.events = append(d.events, b.Events...)
-		c.done(200, nil)
+		c.answer(200, nil)
 		d.p.OnTick() // flush what did not fit in one batch
 	}
 }
@@ -410,7 +436,7 @@ func TestEventBufferIsBoundedAndCountsDrops(t *testing.T) {
 	if len(b.Events) != 2 || b.Events[0].Kind != wire.EventAnomaly || b.Events[1].Kind != wire.EventDecision || b.Dropped != 10 {
 		t.Fatalf("batch: %d events, dropped %d; want the anomaly and the decision, and 10", len(b.Events), b.Dropped)
 	}
-	h.calls[0].done(503, nil) // the control plane refuses: counted, carried again
+	h.calls[0].answer(503, nil) // the control plane refuses: counted, carried again
 	if got := h.counters[mEventsDropped]; got != 12 {
 		t.Fatalf("dropped counter after a 503 %d, want 12", got)
 	}

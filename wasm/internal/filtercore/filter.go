@@ -61,6 +61,11 @@ type VM struct {
 	// would-denies every tick, allowed requests every allowReportNanos.
 	urgent, allowed tally
 	allowAt         int64
+	// fetched is the last bundle a plugin of this VM fetched from the
+	// control plane, so that a plugin configured anew (a changed WasmPlugin
+	// or ECDS config) starts from it instead of denying until its own first
+	// fetch.
+	fetched *fetchedBundle
 	// Scratch for the request being decided.
 	attrs policies.Attributes
 	hv    headerView
@@ -80,8 +85,9 @@ func NewVM(h Host) *VM {
 
 // Plugin is one plugin context: one configuration.
 type Plugin struct {
-	vm  *VM
-	cfg *Config
+	vm    *VM
+	cfg   *Config
+	fetch fetchState
 }
 
 // NewPlugin returns a plugin without configuration; it denies every
@@ -96,6 +102,8 @@ func (vm *VM) NewPlugin() *Plugin {
 
 // Configure parses and installs a configuration. On error the previous
 // configuration (if any) stays in force and the error is logged.
+// A configuration that fetches its bundle starts with the last bundle this
+// VM fetched, if any, and starts fetching.
 func (p *Plugin) Configure(data []byte) error {
 	cfg, err := ParseConfig(data, p.vm.node())
 	if err != nil {
@@ -103,13 +111,7 @@ func (p *Plugin) Configure(data []byte) error {
 		p.vm.host.Log(LevelCritical, "meshguard: invalid plugin configuration, refusing it: "+err.Error())
 		return err
 	}
-	p.cfg = cfg
 	vm := p.vm
-	if vm.engine == nil {
-		vm.engine = detect.NewEngine(cfg.detect)
-	} else {
-		vm.engine.SetConfig(cfg.detect)
-	}
 	vm.events.max = cfg.maxEvents
 	vm.m.configOK.Add(1)
 	if cfg.cluster == "" {
@@ -118,13 +120,43 @@ func (p *Plugin) Configure(data []byte) error {
 	if cfg.labelsWarning != "" {
 		vm.host.Log(LevelWarn, "meshguard: "+cfg.labelsWarning)
 	}
-	vm.host.Log(LevelInfo, "meshguard: loaded bundle "+cfg.snap.Version()+" ("+cfg.snap.Hash()+")")
+	p.fetch = fetchState{}
+	if cfg.fetch == nil {
+		p.install(cfg)
+		return nil
+	}
+	p.cfg = cfg
+	if f := vm.fetched; f != nil && f.from == cfg.fetchSource() {
+		if next, err := cfg.withBundle(f.bundle); err == nil {
+			p.install(next)
+			p.fetch.etag = f.bundle.Hash
+		}
+	}
+	if p.cfg.snap == nil {
+		vm.host.Log(LevelWarn, "meshguard: no policy bundle yet: every request is denied ("+string(policies.ReasonDeniedNoPolicy)+") until the control plane sends one")
+	}
+	p.fetchBundle()
 	return nil
 }
 
-// Done hands the batched counters to the host, for a plugin context
-// that is going away.
-func (p *Plugin) Done() { p.vm.m.flush() }
+// install makes cfg, which holds a bundle, the plugin's configuration.
+func (p *Plugin) install(cfg *Config) {
+	p.cfg = cfg
+	vm := p.vm
+	if vm.engine == nil {
+		vm.engine = detect.NewEngine(cfg.detect)
+	} else {
+		vm.engine.SetConfig(cfg.detect)
+	}
+	vm.host.Log(LevelInfo, "meshguard: loaded bundle "+cfg.snap.Version()+" ("+cfg.snap.Hash()+")")
+}
+
+// Done hands the batched counters to the host and stops fetching, for a
+// plugin context that is going away.
+func (p *Plugin) Done() {
+	p.fetch.done = true
+	p.vm.m.flush()
+}
 
 // node reads the Envoy node's identity and labels from the proxy.
 func (vm *VM) node() Node {
@@ -293,7 +325,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	defer p.recoverRequest(s, st, &cont)
 	p.vm.m.requests.Add(1)
 	cfg := p.cfg
-	if cfg == nil {
+	if cfg == nil || cfg.snap == nil {
 		return p.deny(s, st, nil, "", "", 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
 	}
 	hdrs, err := s.RequestHeaders()
@@ -524,7 +556,7 @@ func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, source, route stri
 	p.vm.urgent.add(tallyKey{source: source, route: route, outcome: OutcomeDeny, reason: reason, ref: ref})
 	b := wire.DenyBody{Reason: string(reason), Policy: ref.Policy, Rule: ref.Rule}
 	if cfg != nil {
-		b.BundleVersion = cfg.snap.Version()
+		b.BundleVersion = cfg.Version()
 	}
 	body := b.AppendJSON(nil)
 	st.replied = true
@@ -628,6 +660,7 @@ func (p *Plugin) OnTick() {
 	}()
 	vm := p.vm
 	vm.m.flush()
+	p.fetchBundle()
 	if vm.engine != nil {
 		st := vm.engine.Stats()
 		vm.m.identities.Set(int64(st.Identities))
@@ -673,15 +706,15 @@ func (p *Plugin) flush() {
 	if reporter == "" {
 		reporter = defaultReporter
 	}
-	body, n, dropped := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.snap.Version())
+	body, n, dropped := vm.events.takeBatch(cfg.maxBatch, reporter, cfg.Version())
 	hdrs := [][2]string{
 		{":method", "POST"}, {":path", cfg.path}, {":authority", cfg.authority},
 		{"content-type", "application/json"},
 	}
 	vm.events.inflight = true
-	err := vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, func(status int, err error) {
+	err := vm.host.HTTPCall(cfg.cluster, hdrs, body, cfg.timeoutMillis, 0, func(r CallResponse) {
 		vm.events.inflight = false
-		if err != nil || status < 200 || status > 299 {
+		if r.Status < 200 || r.Status > 299 {
 			vm.m.dropped.Add(uint64(n))
 			vm.events.dropped += uint64(n) + dropped
 			return

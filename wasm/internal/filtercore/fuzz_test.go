@@ -3,7 +3,10 @@ package filtercore
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/source"
 	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/internal/scenario"
 )
@@ -18,6 +21,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"bundle":{"format":"meshguard.dev/bundle/v1","version":"x","hash":"","set":{}}}`))
 	f.Add([]byte(`{"bundle":{},"detection":{"capacity":-1,"maxEvents":99999999}}`))
 	f.Add([]byte(strings.Replace(string(good), `"tickMillis":200`, `"tickMillis":0,"path":"events"`, 1)))
+	f.Add([]byte(`{"bundleFetch":{"path":"/v1/bundle","waitMillis":20000},"controlPlane":{"cluster":"cp"}}`))
+	f.Add([]byte(`{"bundleFetch":{"path":"/b?x","maxBytes":-1,"retryMillis":5,"maxRetryMillis":1},"controlPlane":{"cluster":""}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data, Node{})
 		if err != nil {
@@ -26,8 +31,75 @@ func FuzzParseConfig(f *testing.F) {
 			}
 			return
 		}
-		if cfg.snap == nil || cfg.detect == nil || cfg.path == "" || cfg.path[0] != '/' || cfg.maxEvents <= 0 || cfg.maxBatch <= 0 {
+		if cfg.path == "" || cfg.path[0] != '/' || cfg.maxEvents <= 0 || cfg.maxBatch <= 0 {
 			t.Fatalf("accepted an unusable configuration: %+v", cfg)
+		}
+		if fc := cfg.fetch; fc == nil {
+			if cfg.snap == nil || cfg.detect == nil {
+				t.Fatalf("accepted a configuration without a bundle: %+v", cfg)
+			}
+		} else if cfg.snap != nil || cfg.cluster == "" || fc.path == "" || fc.path[0] != '/' || strings.ContainsAny(fc.path, "?# ") ||
+			fc.waitMillis == 0 || fc.waitMillis > wire.MaxBundleWaitMillis || fc.maxBytes <= 0 || fc.maxBytes > wire.MaxBundleMaxBytes ||
+			fc.retryMillis == 0 || fc.maxRetryMillis < fc.retryMillis {
+			t.Fatalf("accepted an unusable bundleFetch: %+v %+v", cfg, fc)
+		}
+	})
+}
+
+// FuzzBundleResponse: whatever the control plane's bundle endpoint answers,
+// a filter that fetches its bundle keeps one request at most in flight,
+// and either keeps the bundle in force or enforces one that decoded,
+// matched its hash and compiled.
+func FuzzBundleResponse(f *testing.F) {
+	set, diags := source.Parse("p.yaml", []byte(readPolicy))
+	if err := diags.Err(); err != nil {
+		f.Fatal(err)
+	}
+	b, _, err := policies.NewBundle("1", set)
+	if err != nil {
+		f.Fatal(err)
+	}
+	raw, err := b.Encode()
+	if err != nil {
+		f.Fatal(err)
+	}
+	cfg := []byte(`{"bundleFetch":{"maxBytes":65536},"controlPlane":{"cluster":"cp"},"workload":{"namespace":"shop"}}`)
+	f.Add(200, raw, `"`+b.Hash+`"`)
+	f.Add(304, []byte(nil), `"`+b.Hash+`"`)
+	f.Add(200, []byte(`{"format":"meshguard.dev/bundle/v1","version":"2","hash":"sha256:00","set":{}}`), `W/"x"`)
+	f.Add(0, []byte("x"), "")
+	f.Add(503, []byte("no policy bundle yet"), "")
+	f.Fuzz(func(t *testing.T, status int, body []byte, etag string) {
+		h := newFakeHost()
+		p := NewVM(h).NewPlugin()
+		if err := p.Configure(cfg); err != nil {
+			t.Fatal(err)
+		}
+		for round := 0; round < 3; round++ {
+			if n := pending(h); n > 1 {
+				t.Fatalf("%d requests in flight", n)
+			}
+			if len(h.calls) == 0 {
+				h.now += int64(time.Minute)
+				p.OnTick()
+				continue
+			}
+			c := h.calls[0]
+			h.calls = nil
+			var hdrs [][2]string
+			if etag != "" {
+				hdrs = append(hdrs, [2]string{"etag", etag})
+			}
+			before := p.cfg.snap
+			c.answer(status, body, hdrs...)
+			if after := p.cfg.snap; after != before {
+				if after == nil {
+					t.Fatal("a response took the bundle away")
+				}
+				if _, err := policies.DecodeBundle(body); err != nil {
+					t.Fatalf("installed a bundle that does not decode: %v", err)
+				}
+			}
 		}
 	})
 }

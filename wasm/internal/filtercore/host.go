@@ -22,8 +22,9 @@ type Host interface {
 	DefineCounter(name string) Counter
 	DefineGauge(name string) Gauge
 	// HTTPCall sends a request to an upstream cluster; done runs with the
-	// response :status (or err) when it completes.
-	HTTPCall(cluster string, headers [][2]string, body []byte, timeoutMillis uint32, done func(status int, err error)) error
+	// response when it completes. The response body is read only when it
+	// has at most maxBody bytes (0: never).
+	HTTPCall(cluster string, headers [][2]string, body []byte, timeoutMillis uint32, maxBody int, done func(CallResponse)) error
 	// SharedData and SetSharedData access the VM-shared key-value store
 	// with compare-and-swap.
 	SharedData(key string) (value []byte, cas uint32, err error)
@@ -31,6 +32,30 @@ type Host interface {
 	// Property returns a proxy-wide property (node.cluster, node.id),
 	// ok=false when it is absent.
 	Property(p Prop) (value []byte, ok bool)
+}
+
+// CallResponse is the answer to an HTTPCall.
+type CallResponse struct {
+	// Status is the :status; 0 when the call failed (reset, timeout, no
+	// healthy upstream), as Envoy reports a failed call.
+	Status int
+	// Headers are the response headers, :status included.
+	Headers [][2]string
+	// Body is the response body when it was read (see HTTPCall).
+	Body []byte
+	// BodyTooLarge says that the body had more than maxBody bytes and was
+	// not read.
+	BodyTooLarge bool
+}
+
+// Header returns the value of the response header name (lower case).
+func (r *CallResponse) Header(name string) (string, bool) {
+	for _, kv := range r.Headers {
+		if kv[0] == name {
+			return kv[1], true
+		}
+	}
+	return "", false
 }
 
 // Counter is a monotonic metric.

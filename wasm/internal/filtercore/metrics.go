@@ -22,6 +22,7 @@ const (
 	mIdentities     = "meshguard_wasm_tracked_identities"
 	mEvictions      = "meshguard_wasm_identity_evictions_total"
 	mSharedConflict = "meshguard_wasm_shared_data_conflicts_total"
+	mBundleFetches  = "meshguard_wasm_bundle_fetches_total"
 )
 
 // reasons is every reason code the filter can answer with; one counter each.
@@ -49,7 +50,10 @@ type metrics struct {
 
 	sent, dropped, evictions, conflicts Counter
 	configOK, configErr                 Counter
-	identities                          Gauge
+	// Answers of the bundle endpoint: a new bundle loaded, unchanged at the
+	// end of the wait, a bundle refused, no usable answer.
+	fetchUpdated, fetchUnchanged, fetchRefused, fetchFailed Counter
+	identities                                              Gauge
 }
 
 // batched counts locally and hands the sum to the host counter on flush,
@@ -93,7 +97,12 @@ func newMetrics(h Host) *metrics {
 		configOK:   h.DefineCounter(mConfig + ".result.ok"),
 		configErr:  h.DefineCounter(mConfig + ".result.error"),
 		identities: h.DefineGauge(mIdentities),
-		decisions:  make(map[policies.Reason]*batched, len(reasons)),
+
+		fetchUpdated:   h.DefineCounter(mBundleFetches + ".result.updated"),
+		fetchUnchanged: h.DefineCounter(mBundleFetches + ".result.unchanged"),
+		fetchRefused:   h.DefineCounter(mBundleFetches + ".result.refused"),
+		fetchFailed:    h.DefineCounter(mBundleFetches + ".result.failed"),
+		decisions:      make(map[policies.Reason]*batched, len(reasons)),
 	}
 	m.requests = m.batch(h.DefineCounter(mRequests))
 	m.dryRun = m.batch(h.DefineCounter(mDryRun))

@@ -26,7 +26,7 @@ func decisionEvents(t *testing.T, h *fakeHost) []wire.Event {
 				out = append(out, e)
 			}
 		}
-		c.done(202, nil)
+		c.answer(202, nil)
 	}
 	h.calls = nil
 	return out
