@@ -122,8 +122,20 @@ func TestStalledWriterNeverBlocksLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	l, _ := New(Config{W: w, AllowSampleRate: 1, Buffer: 8, StallAfter: 20 * time.Millisecond, Metrics: m})
+	// One entry first, taken by the writer, which then hangs writing it
+	// (a stall once StallAfter has passed): from then on only the buffer
+	// can take entries.
+	if !l.Log(&Entry{DecisionID: "first"}, nil, time.Now().Add(time.Second)) {
+		t.Fatal("the first entry was not queued")
+	}
+	for deadline := time.Now().Add(5 * time.Second); !l.Health().Stalled; {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never stalled on the first entry")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	start := time.Now()
-	queued := 0
+	queued := 1
 	for i := range 100 {
 		if l.Log(&Entry{DecisionID: fmt.Sprint(i)}, nil, time.Now().Add(time.Second)) {
 			queued++
@@ -132,11 +144,11 @@ func TestStalledWriterNeverBlocksLog(t *testing.T) {
 	if d := time.Since(start); d > 500*time.Millisecond {
 		t.Errorf("100 logs took %s with a stalled writer", d)
 	}
-	if queued > 8+1 { // the buffer and the batch being written
-		t.Errorf("%d entries queued into a buffer of 8", queued)
+	if queued != 1+8 { // the entry being written and a full buffer
+		t.Errorf("%d entries queued with a buffer of 8 behind a stalled write, want 9", queued)
 	}
-	if got := testutil.ToFloat64(m.Dropped("overflow")); got != float64(100-queued) {
-		t.Errorf("dropped{overflow} = %v, want %d", got, 100-queued)
+	if got := testutil.ToFloat64(m.Dropped("overflow")); got != float64(101-queued) {
+		t.Errorf("dropped{overflow} = %v, want %d", got, 101-queued)
 	}
 	time.Sleep(40 * time.Millisecond)
 	if h := l.Health(); !h.Stalled || h.Err() == nil {

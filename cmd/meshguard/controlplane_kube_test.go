@@ -324,13 +324,14 @@ spec:
 		ap := hasAP(b, "allow-web")
 		return ap != nil && strings.EqualFold(string(ap.Spec.Action), "DENY")
 	})
-	// A DENY meshguard cannot express: fails closed, and the leader writes
+	// A DENY meshguard cannot express (a wildcard service account, which
+	// Istio refuses too): fails closed, and the leader writes
 	// an event on it.
 	bad := &securityv1.AuthorizationPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "deny-sa", Namespace: "shop"},
 		Spec: securityv1beta1api.AuthorizationPolicy{
 			Action: securityv1beta1api.AuthorizationPolicy_DENY,
-			Rules:  []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"shop/attacker"}}}}}},
+			Rules:  []*securityv1beta1api.Rule{{From: []*securityv1beta1api.Rule_From{{Source: &securityv1beta1api.Source{ServiceAccounts: []string{"shop/*"}}}}}},
 		},
 	}
 	if _, err := aps.Create(ctx, bad, metav1.CreateOptions{}); err != nil {
