@@ -203,6 +203,12 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 					"source", ev.Source, "destination", ev.Destination)
 				continue
 			}
+			if ev.Destination == "" && ev.Source != sc.id && sc.workload != nil {
+				// A report from a workload's inbound side about a
+				// caller is about that workload: name it as its own
+				// outbound side and other sidecars do, for correlation.
+				ev.Destination = sc.workload.Service + "." + sc.workload.Namespace
+			}
 			events = append(events, ev)
 		}
 	}
