@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,6 +78,10 @@ func (d *decisionMemo) get(reqID string, wait bool) (decisionlog.Entry, bool) {
 func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	src := m.name(o.Source)
 	who := src + " → " + o.Workload
+	if to, ok := strings.CutPrefix(o.Listener, "outbound_"); ok {
+		// The workload's own request, on its sidecar's outbound side.
+		src, who = o.Workload, o.Workload+" → "+to
+	}
 	what := o.Method + " " + truncate(o.Path, 40)
 	// Only requests that got past the filter (allowed, or denied by
 	// authz) can have an authz decision to wait for.
@@ -108,7 +113,12 @@ func (m *mesh) onOutcome(o envoyemu.Outcome) {
 		kind = KindDryRun
 	}
 	why := reason
-	if o.DeniedBy != "" {
+	if o.DeniedBy == envoyemu.DeniedByFilter && strings.HasPrefix(o.Listener, "outbound_") {
+		why = fmt.Sprintf("%s (blocked at the source by its own sidecar: never left the pod)", reason)
+		m.mu.Lock()
+		m.sum.BlockedAtSource++
+		m.mu.Unlock()
+	} else if o.DeniedBy != "" {
 		why = fmt.Sprintf("%s (denied by %s)", reason, deniedByLabel(o.DeniedBy))
 	} else if kind == KindDryRun {
 		why = fmt.Sprintf("%s: would deny, dry-run", reason)
