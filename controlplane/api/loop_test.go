@@ -376,6 +376,27 @@ func TestCorrelationThroughTheEndpoint(t *testing.T) {
 		t.Fatalf("catalog's report: %d", code)
 	}
 	l.sub.decideWithin(t, attacker, false, time.Second)
+	// orders' denials of the attacker are decisions, never learned edges
+	// (the endpoint names the destination of anomalies only).
+	if code := l.post(t, orders, wire.EventBatch{Events: []wire.Event{{Kind: wire.EventDecision, Source: attacker.String(),
+		Response: "deny", Count: 3, UnixMillis: now, Detail: "denied_no_allow_match"}}}); code != http.StatusAccepted {
+		t.Fatalf("orders' decisions: %d", code)
+	}
+	resp, err := l.client(spiffeid.RequireFromPath(td, "/ns/ops/sa/admin")).Get(l.events.URL + api.PathEdges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var edges []learn.Edge
+	err = json.NewDecoder(resp.Body).Decode(&edges)
+	resp.Body.Close()
+	for _, e := range edges {
+		if e.Destination == "orders.shop" {
+			t.Errorf("a denial was learned as an edge: %+v", e)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := l.qm.List()
 	if len(got) != 1 || got[0].By != quarantine.ByCorrelation ||
 		!strings.Contains(got[0].Reason, "catalog.shop, orders.shop, payments-api.payments") {
