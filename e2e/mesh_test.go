@@ -650,7 +650,7 @@ spec:
 	}
 	type quarantineEntry struct {
 		Identity, Reason, By string
-		Evidence             []struct{ Reporter, Kind, Detector, Destination string }
+		Evidence             []struct{ Key, Reporter, Kind, Detector, Destination string }
 	}
 	quarantineOf := func(t *testing.T, id spiffeid.ID) (quarantineEntry, bool) {
 		t.Helper()
@@ -725,9 +725,10 @@ spec:
 		if !ok {
 			t.Fatal("ratings is denied but not listed as quarantined")
 		}
-		reporters := map[string]bool{}
+		reporters, first := map[string]bool{}, map[string]bool{}
 		for _, e := range q.Evidence {
 			reporters[e.Reporter] = true
+			first[e.Key] = true
 		}
 		say("quarantined mesh-wide %v after the first probe, by %s: %s", time.Since(start).Round(time.Millisecond), q.By, q.Reason)
 		for _, e := range q.Evidence {
@@ -756,7 +757,9 @@ spec:
 			left := seenBy(t, to, ratings) > before
 			where := fmt.Sprintf("left the pod, answered on %s's side", to)
 			if o.DeniedBy == "filter" {
-				where = fmt.Sprintf("stopped by ratings' own sidecar (%s), never left the pod; %s saw nothing", o.Listener, to)
+				var body struct{ Policy, Rule string }
+				_ = json.Unmarshal([]byte(r.Body), &body)
+				where = fmt.Sprintf("stopped by ratings' own sidecar (%s, %s#%s), never left the pod; %s saw nothing", o.Listener, body.Policy, body.Rule, to)
 			}
 			say("ratings → %-12s GET /api/items → %d %s — %s", to, r.Status, r.Reason, where)
 			if i < 3 && (!left || o.DeniedBy == "filter") {
@@ -773,7 +776,9 @@ spec:
 		q, _ = quarantineOf(t, ratings)
 		say("quarantined again by %s: %s", q.By, q.Reason)
 		for _, e := range q.Evidence {
-			say("  evidence: %s reported %s %s, destination %q", e.Reporter, e.Kind, e.Detector, e.Destination)
+			if !first[e.Key] { // the record keeps the first quarantine's evidence too
+				say("  evidence: %s reported %s %s, destination %q", e.Reporter, e.Kind, e.Detector, e.Destination)
+			}
 		}
 		before := seenBy(t, "catalog", ratings)
 		var r callResult
