@@ -78,14 +78,17 @@ func (d *decisionMemo) get(reqID string, wait bool) (decisionlog.Entry, bool) {
 func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	src := m.name(o.Source)
 	who := src + " → " + o.Workload
-	if to, ok := strings.CutPrefix(o.Listener, "outbound_"); ok {
+	to, outbound := strings.CutPrefix(o.Listener, "outbound_")
+	if outbound {
 		// The workload's own request, on its sidecar's outbound side.
 		src, who = o.Workload, o.Workload+" → "+to
 	}
 	what := o.Method + " " + truncate(o.Path, 40)
 	// Only requests that got past the filter (allowed, or denied by
 	// authz) can have an authz decision to wait for.
-	e, haveDecision := m.dlog.get(o.RequestID, o.DeniedBy == "" || o.DeniedBy == envoyemu.DeniedByAuthz)
+	// (An outbound listener has no ext_authz: its requests are decided at
+	// their destination, under another request id.)
+	e, haveDecision := m.dlog.get(o.RequestID, !outbound && (o.DeniedBy == "" || o.DeniedBy == envoyemu.DeniedByAuthz))
 	reason := o.Reason
 	if o.DeniedBy == envoyemu.DeniedAuthzError {
 		// Envoy sends a bare 403 (status_on_error); count it apart from
@@ -113,7 +116,9 @@ func (m *mesh) onOutcome(o envoyemu.Outcome) {
 		kind = KindDryRun
 	}
 	why := reason
-	if o.DeniedBy == envoyemu.DeniedByFilter && strings.HasPrefix(o.Listener, "outbound_") {
+	if outbound && o.DeniedBy == "" {
+		why = fmt.Sprintf("let out by its own sidecar; %s's side answered %d", to, o.Status)
+	} else if o.DeniedBy == envoyemu.DeniedByFilter && outbound {
 		why = fmt.Sprintf("%s (blocked at the source by its own sidecar: never left the pod)", reason)
 		m.mu.Lock()
 		m.sum.BlockedAtSource++
