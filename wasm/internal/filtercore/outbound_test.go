@@ -244,3 +244,32 @@ func TestKeepLatest(t *testing.T) {
 		t.Fatalf("a short list changed: %v", got)
 	}
 }
+
+// TestOutboundIdentityOfAFetchedBundle: a configuration that fetches its
+// bundle (Istio's WasmPlugin) learns the workload's identity from its node
+// in the trust domain of the bundle it fetches.
+func TestOutboundIdentityOfAFetchedBundle(t *testing.T) {
+	data := outboundConfig(t, scenario.Options{}, func(fc *wire.FilterConfig) {
+		fc.Workload.ID = ""
+		fc.Bundle = nil
+		fc.BundleFetch = &wire.BundleFetch{}
+	})
+	cfg, err := ParseConfig(data, Node{Namespace: "shop", ServiceAccount: "orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.self.IsZero() || cfg.snap != nil {
+		t.Fatalf("an identity before the bundle: %v", cfg.self)
+	}
+	b, _, err := policies.NewBundle("v1", scenario.Set(scenario.Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := cfg.withBundle(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.self.String() != scenario.Workload || next.selfReason != "" || next.detectOut == nil {
+		t.Fatalf("self %v (%s), outbound detection %v", next.self, next.selfReason, next.detectOut != nil)
+	}
+}
