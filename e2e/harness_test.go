@@ -153,6 +153,10 @@ type callOpts struct {
 	Bearer   string              `json:"bearer,omitempty"`
 	Count    int                 `json:"count,omitempty"`
 	TimeoutS float64             `json:"timeoutSeconds,omitempty"`
+	// Sidecar sends the call through the caller's sidecar (its outbound
+	// listener to the destination), as an application's calls go;
+	// otherwise the caller connects to the destination itself.
+	Sidecar bool `json:"-"`
 }
 
 // call makes from call to through from's outbound mTLS client.
@@ -161,6 +165,9 @@ func (from *workload) call(t testing.TB, to *workload, path string, o callOpts) 
 	req := map[string]any{"url": "https://" + to.inbound + path, "destId": to.id.String(),
 		"method": o.Method, "headers": o.Headers, "jwtAudience": o.JWTAud, "bearer": o.Bearer,
 		"count": o.Count, "timeoutSeconds": o.TimeoutS}
+	if o.Sidecar {
+		req["via"] = to.name
+	}
 	b, _ := json.Marshal(req)
 	resp, err := http.Post("http://"+from.driver+"/call", "application/json", bytes.NewReader(b))
 	if err != nil {

@@ -7,10 +7,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +49,9 @@ type workloadDef struct {
 	noWasm   bool              // disableWasm: ext_authz alone enforces
 	routes   []routeDef
 	x509TTL  time.Duration
+	// upstreams are the workloads it calls through its sidecar (outbound
+	// listeners named outbound_<workload>).
+	upstreams []string
 }
 
 type routeDef struct{ name, prefix string }
@@ -67,6 +72,20 @@ var workloads = []workloadDef{
 	{name: "payments-api", ns: "payments", noWasm: true, routes: []routeDef{{"payments-charges", "/v1/charges"}, {"payments-refunds", "/v1/refunds"}, {"payments-api", "/"}}},
 	{name: "ledger", ns: "payments", noWasm: true, routes: []routeDef{{"ledger", "/"}}},
 	{name: "support", ns: "backoffice", noWasm: true, routes: []routeDef{{"support", "/"}}},
+	// ratings calls the rest of the mesh through its sidecar (the
+	// outbound scenario compromises it).
+	{name: "ratings", ns: "bookstore", routes: []routeDef{{"ratings", "/"}},
+		upstreams: []string{"catalog", "orders", "frontend", "reviews", "payments-api", "ledger"}},
+}
+
+// workloadByName returns a workload of the suite's mesh.
+func workloadByName(name string) workloadDef {
+	for _, w := range workloads {
+		if w.name == name {
+			return w
+		}
+	}
+	panic("no workload " + name)
 }
 
 func (w workloadDef) id() spiffeid.ID {
@@ -76,8 +95,12 @@ func (w workloadDef) id() spiffeid.ID {
 	return sa(w.ns, w.name)
 }
 
-// ports are a workload's inbound (proxy) and application ports.
-type ports struct{ inbound, app int }
+// ports are a workload's inbound (proxy) and application ports, and the
+// loopback port of each of its outbound listeners.
+type ports struct {
+	inbound, app int
+	out          map[string]int
+}
 
 // meshYAML describes the mesh to the control plane (controlplane/mesh): the
 // input a user writes. Routes, context extensions, labels on the wire,
@@ -107,20 +130,41 @@ func meshYAML(authzAddr, cpAddr, wasmPath string, p map[string]ports) string {
 		for _, r := range w.routes {
 			fmt.Fprintf(&b, "      - {name: %s, prefix: %s}\n", r.name, r.prefix)
 		}
+		if len(w.upstreams) > 0 {
+			fmt.Fprintf(&b, "    upstreams:\n")
+		}
+		for _, u := range w.upstreams {
+			fmt.Fprintf(&b, "    - {name: %s, address: 127.0.0.1, port: %d, spiffeID: %s, listenPort: %d}\n",
+				u, p[u].inbound, workloadByName(u).id(), p[w.name].out[u])
+		}
 	}
 	return b.String()
 }
 
 // freePort is a loopback port free now.
+// freePort is a loopback port free now, below Linux's ephemeral range
+// (32768–60999): the proxies bind these ports seconds later, and a port
+// of the ephemeral range may meanwhile be the source port of any process's
+// outgoing connection. No port is handed out twice in a run.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if _, dup := usedPorts.LoadOrStore(p, true); dup {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-31999")
+	return 0
 }
+
+var usedPorts sync.Map
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -164,6 +208,22 @@ func readDecisions(t *testing.T, path string) []decisionEntry {
 	}
 	return out
 }
+
+// ratingsProfile watches the workload the outbound scenario compromises:
+// its own sidecar blocks more than three distinct destinations a minute
+// (on its outbound side the destinations are the services its routes'
+// clusters lead to); the control plane quarantines it when more than two
+// destinations report it within a minute.
+const ratingsProfile = `apiVersion: meshguard.dev/v1alpha1
+kind: AnomalyProfile
+metadata: {name: ratings, namespace: bookstore}
+spec:
+  workloads: ["spiffe://cluster.local/ns/bookstore/sa/ratings"]
+  enumeration: {window: 1m, maxPaths: 500, maxDestinations: 3}
+  responses: {enumeration: block}
+  quarantineFor: 10m
+  correlation: {window: 1m, maxDestinations: 2, response: quarantine}
+`
 
 // TestE2E brings up the whole system once and runs the scenarios in order;
 // each scenario logs a SCENARIO line with its outcome and duration.
@@ -224,11 +284,17 @@ func TestE2E(t *testing.T) {
 	if err := os.CopyFS(policyDir, examplesPolicies()); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(policyDir, "zz-e2e-ratings-profile.yaml"), []byte(ratingsProfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	authzAddr, cpXDS, cpHTTP := freeAddr(t), freeAddr(t), freeAddr(t)
 	wports := map[string]ports{}
 	for _, d := range workloads {
-		wports[d.name] = ports{inbound: freePort(t), app: freePort(t)}
+		wports[d.name] = ports{inbound: freePort(t), app: freePort(t), out: map[string]int{}}
+		for _, u := range d.upstreams {
+			wports[d.name].out[u] = freePort(t)
+		}
 	}
 	meshFile := filepath.Join(wdir, "mesh.yaml")
 	if err := os.WriteFile(meshFile, []byte(meshYAML(authzAddr, cpHTTP, wasmModule, wports)), 0o600); err != nil {
@@ -568,6 +634,165 @@ spec:
 			time.Sleep(50 * time.Millisecond)
 		}
 		t.Error("release did not lift the quarantine within 5s")
+	})
+
+	// admin runs the operator CLI (its own SPIRE identity) against the
+	// control plane's admin API.
+	admin := func(t *testing.T, args ...string) []byte {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, adminBin, append(args, "--server", "https://"+cpHTTP, "--server-id", cpID.String())...)
+		cmd.Env = append(os.Environ(), spiffeEnv...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+		return out
+	}
+	type quarantineEntry struct {
+		Identity, Reason, By string
+		Evidence             []struct{ Key, Reporter, Kind, Detector, Destination string }
+	}
+	quarantineOf := func(t *testing.T, id spiffeid.ID) (quarantineEntry, bool) {
+		t.Helper()
+		var entries []quarantineEntry
+		if err := json.Unmarshal(admin(t, "quarantine", "list", "--json"), &entries); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.Identity == id.String() {
+				return e, true
+			}
+		}
+		return quarantineEntry{}, false
+	}
+	// seenBy counts the requests from a caller that reached a workload's
+	// sidecar.
+	seenBy := func(t *testing.T, to string, from spiffeid.ID) int {
+		t.Helper()
+		var outs []struct{ Source string }
+		ws[to].get(t, "/outcomes", &outs)
+		n := 0
+		for _, o := range outs {
+			if o.Source == from.String() {
+				n++
+			}
+		}
+		return n
+	}
+	type outcome struct{ Listener, DeniedBy, Reason string }
+	lastOutcome := func(t *testing.T, w string) outcome {
+		t.Helper()
+		var outs []outcome
+		ws[w].get(t, "/outcomes", &outs)
+		if len(outs) == 0 {
+			t.Fatalf("%s's sidecar has no outcome", w)
+		}
+		return outs[len(outs)-1]
+	}
+
+	timed(t, "outbound: correlated across destinations, fan-out blocked at its source", func(t *testing.T) {
+		// Every line the scenario prints starts with OUTBOUND.
+		say := func(format string, args ...any) { t.Logf("OUTBOUND "+format, args...) }
+		ratings := ws["ratings"].id
+		quarantinedAt := func(to string) bool {
+			r := call(t, "ratings", to, "/v1/entries", callOpts{})
+			return r.Status == 403 && r.Reason == "denied_quarantined"
+		}
+		waitFor := func(what string, within time.Duration, ok func() bool) time.Duration {
+			t.Helper()
+			start := time.Now()
+			for !ok() {
+				if time.Since(start) > within {
+					t.Fatalf("%s: not within %s; control plane log: %s", what, within, cp.LogPath())
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			return time.Since(start)
+		}
+
+		// 1. Around its own sidecar, a few probes at each of three
+		// destinations: too few for any detector of theirs, each a new
+		// edge of the shadow baseline to its sidecar. The control plane
+		// puts the three destinations' reports together: a fan-out.
+		say("--- ratings probes three destinations directly (around its own sidecar), two requests each")
+		start := time.Now()
+		for _, to := range []string{"catalog", "orders", "frontend"} {
+			r := call(t, "ratings", to, "/api/items", callOpts{Count: 2})
+			say("ratings → %-8s GET /api/items ×2 → %d %s (seen by %s's inbound sidecar only)", to, r.Status, r.Reason, to)
+		}
+		waitFor("ratings quarantined by correlation", 20*time.Second, func() bool { return quarantinedAt("ledger") })
+		q, ok := quarantineOf(t, ratings)
+		if !ok {
+			t.Fatal("ratings is denied but not listed as quarantined")
+		}
+		reporters, first := map[string]bool{}, map[string]bool{}
+		for _, e := range q.Evidence {
+			reporters[e.Reporter] = true
+			first[e.Key] = true
+		}
+		say("quarantined mesh-wide %v after the first probe, by %s: %s", time.Since(start).Round(time.Millisecond), q.By, q.Reason)
+		for _, e := range q.Evidence {
+			say("  evidence: %s reported %s %s, destination %q", e.Reporter, e.Kind, e.Detector, e.Destination)
+		}
+		if q.By != "meshguard/correlation" || !strings.Contains(q.Reason, "fan-out over 3 destinations") ||
+			!reporters[ws["catalog"].id.String()] || !reporters[ws["orders"].id.String()] || !reporters[ws["frontend"].id.String()] || reporters[ratings.String()] {
+			t.Errorf("quarantine %+v: want a fan-out correlated from the three destinations' sidecars", q)
+		}
+		expect(t, call(t, "ratings", "payments-api", "/v1/charges/1", callOpts{}), 403, "denied_quarantined")
+		admin(t, "quarantine", "release", ratings.String(), "--reason", "e2e: correlation shown")
+		waitFor("the release in force at the authz server", 10*time.Second, func() bool { return !quarantinedAt("ledger") })
+		// ...and at its own sidecar (same destination again: no new one).
+		waitFor("the release in force at ratings' sidecar", 10*time.Second, func() bool {
+			return call(t, "ratings", "catalog", "/api/items", callOpts{Sidecar: true}).Reason != "denied_quarantined"
+		})
+		say("released; the filters' bundles no longer quarantine ratings")
+
+		// 2. Through its own sidecar: its profile allows three distinct
+		// destinations a minute; the fourth and later never leave the pod.
+		say("--- ratings fans out through its own sidecar (its profile: at most 3 destinations a minute)")
+		for i, to := range []string{"catalog", "orders", "frontend", "reviews", "payments-api", "ledger"} {
+			before := seenBy(t, to, ratings)
+			r := call(t, "ratings", to, "/api/items", callOpts{Sidecar: true})
+			o := lastOutcome(t, "ratings")
+			left := seenBy(t, to, ratings) > before
+			where := fmt.Sprintf("left the pod, answered on %s's side", to)
+			if o.DeniedBy == "filter" {
+				var body struct{ Policy, Rule string }
+				_ = json.Unmarshal([]byte(r.Body), &body)
+				where = fmt.Sprintf("stopped by ratings' own sidecar (%s, %s#%s), never left the pod; %s saw nothing", o.Listener, body.Policy, body.Rule, to)
+			}
+			say("ratings → %-12s GET /api/items → %d %s — %s", to, r.Status, r.Reason, where)
+			if i < 3 && (!left || o.DeniedBy == "filter") {
+				t.Errorf("destination %d (%s) blocked at the source: %+v", i+1, to, o)
+			}
+			if i >= 3 && (left || o.DeniedBy != "filter" || o.Listener != "outbound_"+to || r.Status != 403 || r.Reason != "denied_anomaly") {
+				t.Errorf("destination %d (%s): %d %q %+v, left=%v; want 403 denied_anomaly by ratings' own sidecar", i+1, to, r.Status, r.Reason, o, left)
+			}
+		}
+		// Its sidecar's reports (every destination it tried) and the
+		// destinations' add up to a quarantine again; then nothing it
+		// sends leaves.
+		waitFor("ratings quarantined again", 20*time.Second, func() bool { _, ok := quarantineOf(t, ratings); return ok })
+		q, _ = quarantineOf(t, ratings)
+		say("quarantined again by %s: %s", q.By, q.Reason)
+		for _, e := range q.Evidence {
+			if !first[e.Key] { // the record keeps the first quarantine's evidence too
+				say("  evidence: %s reported %s %s, destination %q", e.Reporter, e.Kind, e.Detector, e.Destination)
+			}
+		}
+		before := seenBy(t, "catalog", ratings)
+		var r callResult
+		waitFor("ratings' own sidecar enforcing the quarantine", 10*time.Second, func() bool {
+			r = call(t, "ratings", "catalog", "/api/items", callOpts{Sidecar: true})
+			return r.Reason == "denied_quarantined"
+		})
+		o := lastOutcome(t, "ratings")
+		say("ratings → catalog      GET /api/items → %d %s — stopped by ratings' own sidecar (%s); catalog saw nothing", r.Status, r.Reason, o.Listener)
+		if o.DeniedBy != "filter" || seenBy(t, "catalog", ratings) != before {
+			t.Errorf("a quarantined workload's request left its pod: %+v", o)
+		}
+		// Leave the mesh as it was.
+		admin(t, "quarantine", "release", ratings.String(), "--reason", "e2e: done")
 	})
 
 	timed(t, "authz killed under load: fail closed, recovered after restart", func(t *testing.T) {

@@ -26,9 +26,12 @@ $(SPIRE_STAMP): FORCE
 .PHONY: FORCE
 FORCE:
 
+# -v: the scenarios' own lines (SCENARIO ..., OUTBOUND ...) are printed.
+E2E_FLAGS ?= -v
+
 .PHONY: e2e
 e2e: spire build wasm ## run the end-to-end suite against real SPIRE, authz and control-plane processes
-	MESHGUARD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -timeout 30m ./e2e/...
+	MESHGUARD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -timeout 30m $(E2E_FLAGS) ./e2e/...
 
 .PHONY: demo
 demo: build wasm ## build and run `meshguard demo` (in-process CA, embedded policies, loopback only)

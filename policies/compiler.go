@@ -1181,6 +1181,21 @@ func (c *compiler) anomalyProfile(p *AnomalyProfile) {
 		}
 	}
 	dur("spec.quarantineFor", sp.QuarantineFor)
+	if co := sp.Correlation; co != nil {
+		if co.Window != "" {
+			if d, err := time.ParseDuration(co.Window); err != nil || d <= 0 || d > MaxCorrelationWindow {
+				c.errf("spec.correlation.window", CodeInvalidDuration, "window %q: want a positive Go duration of at most %s", co.Window, MaxCorrelationWindow)
+			}
+		}
+		if co.MaxDestinations < 0 {
+			c.errf("spec.correlation.maxDestinations", CodeInvalidValue, "maxDestinations must not be negative")
+		}
+		switch co.Response {
+		case "", "log", "quarantine":
+		default:
+			c.errf("spec.correlation.response", CodeInvalidValue, "response %q: want log or quarantine", co.Response)
+		}
+	}
 	c.snap.profiles = append(c.snap.profiles, cprofile{workloads: pats, p: p})
 }
 

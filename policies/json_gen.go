@@ -391,6 +391,7 @@ var jsonAnomalyProfileSpec = &strictjson.Type{
 		{Name: "lateral", Offset: unsafe.Offsetof(AnomalyProfileSpec{}.Lateral), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonLateralDetector},
 		{Name: "responses", Offset: unsafe.Offsetof(AnomalyProfileSpec{}.Responses), Kind: strictjson.KStringMap, OmitEmpty: true},
 		{Name: "quarantineFor", Offset: unsafe.Offsetof(AnomalyProfileSpec{}.QuarantineFor), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "correlation", Offset: unsafe.Offsetof(AnomalyProfileSpec{}.Correlation), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonCorrelation},
 	},
 }
 
@@ -446,6 +447,17 @@ var jsonLateralDetector = &strictjson.Type{
 	New:  strictjson.New[LateralDetector],
 	Fields: []strictjson.Field{
 		{Name: "maxNewEdges", Offset: unsafe.Offsetof(LateralDetector{}.MaxNewEdges), Kind: strictjson.KInt, OmitEmpty: true},
+	},
+}
+
+var jsonCorrelation = &strictjson.Type{
+	Name: "policies.Correlation",
+	Size: unsafe.Sizeof(Correlation{}),
+	New:  strictjson.New[Correlation],
+	Fields: []strictjson.Field{
+		{Name: "window", Offset: unsafe.Offsetof(Correlation{}.Window), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "maxDestinations", Offset: unsafe.Offsetof(Correlation{}.MaxDestinations), Kind: strictjson.KInt, OmitEmpty: true},
+		{Name: "response", Offset: unsafe.Offsetof(Correlation{}.Response), Kind: strictjson.KString, OmitEmpty: true},
 	},
 }
 

@@ -235,6 +235,12 @@ spec: {route: health, mode: "off"}`)
 	check(t, s, rq(other, "GET", "/", withRoute("health")), want{false, policies.ReasonDeniedQuarantine, "", ""})
 	check(t, s, rq(admin, "GET", "/"), want{true, policies.ReasonAllowedNoPolicy, "", ""})
 	check(t, s, rq("spiffe://cluster.local/ns/x/sa/forever", "GET", "/"), want{false, policies.ReasonDeniedQuarantine, "", ""})
+	if ref, ok := s.QuarantineRef(spiffeid.RequireFromString(other), time.Now().UnixNano()); !ok || ref.Policy != "Quarantine/istio-system/q1" {
+		t.Errorf("QuarantineRef = %+v, %v", ref, ok)
+	}
+	if _, ok := s.QuarantineRef(spiffeid.RequireFromString(admin), time.Now().UnixNano()); ok {
+		t.Error("QuarantineRef of an identity that is not quarantined")
+	}
 	if reason, ok := s.Quarantined(spiffeid.RequireFromString(other), time.Now().Add(2*time.Hour)); ok {
 		t.Errorf("quarantine did not expire: %q", reason)
 	}
@@ -276,6 +282,15 @@ spec:
 		if s.KnownEdge(fe, dest, "catalog") != want {
 			t.Errorf("KnownEdge(%q) = %v", dest, !want)
 		}
+	}
+	// The caller's own side knows the service, not the route.
+	for dest, want := range map[string]bool{"web": true, "web.shop.svc.cluster.local": true, "web.other": false, "orders": false} {
+		if s.KnownDestination(fe, dest) != want {
+			t.Errorf("KnownDestination(%q) = %v", dest, !want)
+		}
+	}
+	if s.KnownDestination(spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/other"), "web") {
+		t.Error("KnownDestination of a caller without an edge")
 	}
 	if p := s.AnomalyProfile(fe); p == nil || p.Spec.Responses["lateral"] != "quarantine" {
 		t.Errorf("profile %+v", p)

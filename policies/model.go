@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/meshguard/meshguard/policies/internal/strictjson"
 )
@@ -358,6 +359,46 @@ type AnomalyProfileSpec struct {
 	Responses map[string]string `json:"responses,omitempty"`
 	// QuarantineFor is how long a quarantine it triggers lasts (Go duration).
 	QuarantineFor string `json:"quarantineFor,omitempty"`
+	// Correlation turns on the control plane's correlation of what several
+	// sidecars report about a caller this profile watches; absent: off.
+	Correlation *Correlation `json:"correlation,omitempty"`
+}
+
+// Correlation defaults and bounds.
+const (
+	DefaultCorrelationWindow          = time.Minute
+	MaxCorrelationWindow              = time.Hour
+	DefaultCorrelationMaxDestinations = 3
+)
+
+// Settings returns the correlation's window, maximum and response with the
+// defaults filled in. The values must have passed compilation.
+func (c *Correlation) Settings() (window time.Duration, maxDestinations int, response string) {
+	window, maxDestinations, response = DefaultCorrelationWindow, DefaultCorrelationMaxDestinations, "quarantine"
+	if d, err := time.ParseDuration(c.Window); err == nil && d > 0 {
+		window = min(d, MaxCorrelationWindow)
+	}
+	if c.MaxDestinations > 0 {
+		maxDestinations = c.MaxDestinations
+	}
+	if c.Response != "" {
+		response = c.Response
+	}
+	return window, maxDestinations, response
+}
+
+// Correlation: the control plane puts together the reports about one
+// source identity from every sidecar (the inbound sides of the
+// destinations it calls and its own outbound side) and every control plane
+// replica. Reports count when they are about the source: an anomaly, or an
+// edge that a shadow or enforce TrafficBaseline does not list.
+type Correlation struct {
+	Window string `json:"window,omitempty"` // default 1m, at most 1h
+	// MaxDestinations: reports from more distinct destinations than this
+	// within Window are one fan-out finding (default 3).
+	MaxDestinations int `json:"maxDestinations,omitempty"`
+	// Response to a fan-out finding: log or quarantine (default quarantine).
+	Response string `json:"response,omitempty"`
 }
 
 // RateDetector: decayed EWMA of the request rate and its variance.

@@ -245,6 +245,30 @@ func (s *Snapshot) KnownEdge(source spiffeid.ID, destination, route string) bool
 	return false
 }
 
+// KnownDestination reports whether a TrafficBaseline has an edge source →
+// destination service on any route: what the caller's own side can check,
+// which knows the service it calls but not the route the destination's
+// proxy will match.
+func (s *Snapshot) KnownDestination(source spiffeid.ID, destination string) bool {
+	for i := range s.edges {
+		e := &s.edges[i]
+		if sameService(e.dest, destination) && e.source.match(source) {
+			return true
+		}
+	}
+	return false
+}
+
+// QuarantineRef reports whether id is quarantined at now (unix
+// nanoseconds) and the Quarantine document that says so.
+func (s *Snapshot) QuarantineRef(id spiffeid.ID, now int64) (RuleRef, bool) {
+	if len(s.quarantines) == 0 || id.IsZero() {
+		return RuleRef{}, false
+	}
+	q, ok := s.quarantine(id.String(), now)
+	return q.ref, ok
+}
+
 // sameService reports whether a baseline destination names the service
 // dest: equal, or a Kubernetes service host whose "<svc>.<ns>" or "<svc>"
 // is dest.

@@ -1,8 +1,10 @@
 // Command wasmbench measures the meshguard proxy-wasm filter against a
 // no-op filter built with the same SDK and toolchain, both run in the same
 // wazero proxy-wasm host (internal/testbed/wasmhost) in the same process: cost per request
-// and its ratio to the no-op, the module's memory after many requests
-// (linear memory and the Go heap inside the module), and module sizes.
+// and its ratio to the no-op (for requests into the workload and for the
+// workload's own requests on its outbound side), the module's memory after
+// many requests (linear memory and the Go heap inside the module), and
+// module sizes.
 //
 //	go run ./bench/wasmbench -filter bin/meshguard-filter.wasm -noop bin/noop.wasm
 package main
@@ -86,10 +88,14 @@ func run(args []string, out io.Writer) error {
 		defer floor.Close()
 	}
 
-	// Check the request really goes through meshguard's allow path.
+	// Check the requests really go through meshguard's allow paths.
 	res, err := mg.HandleRequest(ctx, request(0, 1), nil)
 	if err != nil || !res.Forwarded {
 		return fmt.Errorf("benchmark request is not allowed by the filter (err %v, local %+v)", err, res.Local)
+	}
+	res, err = mg.HandleRequest(ctx, outRequest(0, 1), nil)
+	if err != nil || !res.Forwarded {
+		return fmt.Errorf("benchmark outbound request is not let out by the filter (err %v, local %+v)", err, res.Local)
 	}
 
 	perConn := max(o.perConn, 1)
@@ -120,7 +126,7 @@ func run(args []string, out io.Writer) error {
 		}
 		defer stop()
 	}
-	var mgNs, mg1Ns, noopNs, floorNs, mgAllocs, noopAllocs []float64
+	var mgNs, mg1Ns, outNs, noopNs, floorNs, mgAllocs, noopAllocs []float64
 	for r := 0; r < o.rounds; r++ {
 		a, err := load(noop, o.perRound)
 		if err != nil {
@@ -134,7 +140,12 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		d, err := loadWith(mg, o.perRound, func(i int) wasmhost.Request { return outRequest(i, perConn) })
+		if err != nil {
+			return err
+		}
 		noopNs, mgNs, mg1Ns = append(noopNs, a.NsPerRequest), append(mgNs, b.NsPerRequest), append(mg1Ns, c.NsPerRequest)
+		outNs = append(outNs, d.NsPerRequest)
 		if floor != nil {
 			f, err := load(floor, o.perRound)
 			if err != nil {
@@ -149,6 +160,8 @@ func run(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  no-op filter                        %9.0f ns/request   %5.1f host allocs/request\n", nNoop, median(noopAllocs))
 	fmt.Fprintf(out, "  meshguard, %3d requests/connection  %9.0f ns/request   %5.1f host allocs/request\n", perConn, nMg, median(mgAllocs))
 	fmt.Fprintf(out, "  meshguard, a new connection each    %9.0f ns/request\n", nMg1)
+	nOut := median(outNs)
+	fmt.Fprintf(out, "  meshguard outbound side, %3d/conn   %9.0f ns/request   (the workload's own requests: %.2fx no-op)\n", perConn, nOut, nOut/nNoop)
 	if len(floorNs) > 0 {
 		nFloor := median(floorNs)
 		fmt.Fprintf(out, "  host calls only (floor module)      %9.0f ns/request\n", nFloor)
@@ -186,14 +199,17 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		line := fmt.Sprintf("  %-32s %6.2f MB", f, float64(st.Size())/1e6)
+		line := fmt.Sprintf("  %-32s %6.2f MB (%d bytes)", f, float64(st.Size())/1e6, st.Size())
 		if f == o.filter {
-			line += fmt.Sprintf(" (target <= 4 MB) %s", verdict(st.Size() <= 4e6))
+			line += fmt.Sprintf(" (target <= 4 MiB, %d bytes) %s", maxModule, verdict(st.Size() <= maxModule))
 		}
 		fmt.Fprintln(out, line)
 	}
 	return nil
 }
+
+// maxModule is the filter module's size budget: 4 MiB.
+const maxModule = 4 << 20
 
 func startProfile(path string) (func(), error) {
 	f, err := os.Create(path)
@@ -239,6 +255,7 @@ func request(i, perConn int) wasmhost.Request {
 	props.SetString("source.address", "10.1.0.7:43512")
 	props.SetString("destination.address", "10.1.0.9:8080")
 	props.SetString("xds.route_name", "orders-api")
+	props.SetInt("listener_direction", 1) // INBOUND
 	return wasmhost.Request{
 		Headers: [][2]string{
 			{":method", "GET"}, {":path", fmt.Sprintf("/api/orders/%d?expand=items", i%5000)},
@@ -246,6 +263,38 @@ func request(i, perConn int) wasmhost.Request {
 			{"user-agent", "shop-web/1.4"}, {"accept", "application/json"},
 			{"x-request-id", "0b5e2f7c-8d1a-4c1e-9a43-3c2e9e0c6f11"}, {"x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"},
 			{"x-forwarded-proto", "http"}, {"content-length", "0"},
+		},
+		Properties: props,
+	}
+}
+
+// outClusters are the upstream clusters the workload's own requests go to:
+// one the configuration names, two as Istio names them.
+var outClusters = []string{
+	"outbound|payments",
+	"outbound|8080||cart.shop.svc.cluster.local",
+	"outbound|8080||inventory.shop.svc.cluster.local",
+}
+
+// outRequest is an ordinary request the workload makes through its
+// sidecar's outbound listener: plain HTTP from the application, a few
+// destinations, record IDs in the path.
+func outRequest(i, perConn int) wasmhost.Request {
+	props := wasmhost.Properties{}
+	props.SetUint("connection.id", uint64(1<<32+i/perConn))
+	props.SetBool("connection.mtls", false)
+	props.SetString("source.address", "127.0.0.1:51234")
+	props.SetString("destination.address", "127.0.0.1:9001")
+	props.SetString("xds.route_name", "outbound")
+	props.SetString("xds.cluster_name", outClusters[(i/perConn)%len(outClusters)])
+	props.SetInt("listener_direction", 2) // OUTBOUND
+	return wasmhost.Request{
+		Headers: [][2]string{
+			{":method", "POST"}, {":path", fmt.Sprintf("/api/items/%d", i%5000)},
+			{":authority", "upstream"}, {":scheme", "http"},
+			{"user-agent", "orders/2.0"}, {"accept", "application/json"},
+			{"x-request-id", "0b5e2f7c-8d1a-4c1e-9a43-3c2e9e0c6f11"}, {"x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"},
+			{"content-type", "application/json"}, {"content-length", "0"},
 		},
 		Properties: props,
 	}
@@ -271,7 +320,10 @@ func pluginConfig() ([]byte, error) {
 		TrafficBaselines: []policies.TrafficBaseline{{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindTrafficBaseline, Metadata: meta("graph"),
 			Spec: policies.TrafficBaselineSpec{Mode: policies.BaselineShadow, Edges: []policies.Edge{
 				{Source: "spiffe://bench.test/ns/shop/**", Destination: "orders", Routes: []string{"orders-api"}},
-				{Source: "spiffe://bench.test/ns/ops/**", Destination: "orders"}}}}},
+				{Source: "spiffe://bench.test/ns/ops/**", Destination: "orders"},
+				{Source: "spiffe://bench.test/ns/shop/sa/orders", Destination: "payments"},
+				{Source: "spiffe://bench.test/ns/shop/sa/orders", Destination: "cart"},
+				{Source: "spiffe://bench.test/ns/shop/sa/orders", Destination: "inventory"}}}}},
 		AnomalyProfiles: []policies.AnomalyProfile{{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindAnomalyProfile, Metadata: meta("default"),
 			Spec: policies.AnomalyProfileSpec{
 				Rate: &policies.RateDetector{}, Errors: &policies.ErrorDetector{}, Enumeration: &policies.EnumerationDetector{},
@@ -289,9 +341,13 @@ func pluginConfig() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// As the control plane configures a sidecar: both sides, each
+	// listener saying which.
 	return json.Marshal(wire.FilterConfig{
-		Bundle:      raw,
-		Workload:    wire.Workload{ID: "spiffe://bench.test/ns/shop/sa/orders", Namespace: "shop", Service: "orders"},
+		Bundle: raw,
+		Workload: wire.Workload{ID: "spiffe://bench.test/ns/shop/sa/orders", Namespace: "shop", Service: "orders",
+			Upstreams: map[string]string{"outbound|payments": "payments.pay"}},
+		Direction:   wire.DirectionListener,
 		RequireMTLS: true,
 	})
 }

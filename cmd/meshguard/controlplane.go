@@ -217,7 +217,7 @@ the bundle is served (authz servers).`,
 	fl.StringSliceVar(&f.reporters, "reporter-id", nil, "SPIFFE ID pattern of data-plane components that may post events besides the --mesh workloads, e.g. spiffe://cluster.local/ns/*/sa/* for Istio sidecars (repeatable)")
 	fl.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide documents (quarantines)")
 	fl.DurationVar(&f.quarantineFor, "quarantine-for", 15*time.Minute, "quarantine duration when the anomaly profile sets none")
-	fl.IntVar(&f.thresholdEvents, "quarantine-threshold", 5, "quarantine after this many block-level events in --quarantine-window (0: off)")
+	fl.IntVar(&f.thresholdEvents, "quarantine-threshold", 5, "quarantine after this many block-level reports about one identity within --quarantine-window, from any sidecar to any replica (0: off)")
 	fl.DurationVar(&f.thresholdWindow, "quarantine-window", time.Minute, "window of --quarantine-threshold")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")

@@ -177,6 +177,14 @@ func anomaly(source, detail string, at int64) []byte {
 	return b
 }
 
+// unknownEdge is what destination dest's sidecar reports about a call from
+// source on an edge the shadow baseline does not list.
+func unknownEdge(source, dest string, at int64) []byte {
+	b, _ := json.Marshal(wire.EventBatch{Reporter: "spiffe://example.org/ns/shop/sa/" + strings.Split(dest, ".")[0], Events: []wire.Event{{
+		Kind: wire.EventEdge, Detector: "lateral", Source: source, Destination: dest, UnixMillis: at, Detail: "unknown baseline=shadow"}}})
+	return b
+}
+
 func actions(recs []quarantine.AuditRecord, id string) []string {
 	var out []string
 	for _, r := range recs {
@@ -269,6 +277,31 @@ func TestControlPlaneReplicas(t *testing.T) {
 		}
 		if got := actions(b.audit(t), twice); strings.Join(got, ",") != "add" {
 			t.Fatalf("history of %s: %v, want one add", twice, got)
+		}
+	})
+
+	t.Run("three destinations' reports on two replicas add up to one fan-out", func(t *testing.T) {
+		const prober = "spiffe://example.org/ns/shop/sa/prober"
+		now := time.Now().UnixMilli()
+		a.post(t, unknownEdge(prober, "catalog", now))
+		b.post(t, unknownEdge(prober, "orders", now+1))
+		if rec, err := getRecord(ctx, cfg, prober); err != nil || rec.Phase != state.PhaseObserved || len(rec.Observations) != 2 {
+			t.Fatalf("record after two destinations on two replicas: %+v %v", rec, err)
+		}
+		start := time.Now()
+		third := unknownEdge(prober, "ledger.pay", now+2)
+		var wg sync.WaitGroup
+		for _, r := range []*replica{a, b} {
+			wg.Add(1)
+			go func() { defer wg.Done(); r.post(t, third) }()
+		}
+		wg.Wait()
+		for _, r := range []*replica{a, b} {
+			r.authz.waitEnforced(t, prober, true, time.Second)
+		}
+		t.Logf("the third destination's report on both replicas → denied by both authz servers in %s", time.Since(start))
+		if got := actions(a.audit(t), prober); strings.Join(got, ",") != "add" {
+			t.Fatalf("history of %s: %v, want one add", prober, got)
 		}
 	})
 

@@ -24,6 +24,7 @@ metadata: {name: strict, namespace: istio-system}
 spec:
   responses: {lateral: quarantine}
   quarantineFor: 1h
+  correlation: {window: 1m, maxDestinations: 2}
 `
 
 // TestControlPlaneRestartKeepsState runs `meshguard controlplane` with its

@@ -203,6 +203,14 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 					"source", ev.Source, "destination", ev.Destination)
 				continue
 			}
+			if ev.Kind == wire.EventAnomaly && ev.Destination == "" && ev.Source != sc.id && sc.workload != nil {
+				// An anomaly a workload's inbound side reports about a
+				// caller is about that workload: name it as its own
+				// outbound side and other sidecars do, for correlation.
+				// (Only anomalies: edges name their destination, and
+				// decisions must not become learned edges.)
+				ev.Destination = sc.workload.Service + "." + sc.workload.Namespace
+			}
 			events = append(events, ev)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,6 +173,7 @@ func newLoop(t *testing.T) *loop {
 		Spec: policies.AnomalyProfileSpec{
 			Responses:     map[string]string{"lateral": "quarantine", "enumeration": "block", "rate": "log"},
 			QuarantineFor: "10m",
+			Correlation:   &policies.Correlation{Window: "1m", MaxDestinations: 2},
 		},
 	}
 	if err := st.SetSource("files", policies.Set{AnomalyProfiles: []policies.AnomalyProfile{profile}}); err != nil {
@@ -333,6 +335,7 @@ func TestQuarantineByThreshold(t *testing.T) {
 	filter := spiffeid.RequireFromPath(td, "/ns/shop/sa/orders")
 	ev := wire.Event{Kind: wire.EventAnomaly, Detector: "enumeration", Source: attacker.String(), Profile: "strict"}
 	for i := range 3 {
+		ev.UnixMillis = int64(i + 1) // three reports; the same one sent again would count once
 		if code := l.post(t, filter, wire.EventBatch{Events: []wire.Event{ev}}); code != http.StatusAccepted {
 			t.Fatalf("events: %d", code)
 		}
@@ -341,6 +344,64 @@ func TestQuarantineByThreshold(t *testing.T) {
 		}
 	}
 	l.sub.decideWithin(t, attacker, false, time.Second)
+}
+
+// TestCorrelationThroughTheEndpoint: reports about one source from three
+// sidecars — the source's own outbound side (accepted: it is its own
+// call) and the inbound sides of two destinations, one of which names no
+// destination — add up to a fan-out, and the source is denied at the
+// authz server's engine.
+func TestCorrelationThroughTheEndpoint(t *testing.T) {
+	l := newLoop(t)
+	attacker := spiffeid.RequireFromPath(td, "/ns/shop/sa/reviews")
+	orders := spiffeid.RequireFromPath(td, "/ns/shop/sa/orders")
+	catalog := spiffeid.RequireFromPath(td, "/ns/shop/sa/catalog")
+	l.sub.decideWithin(t, attacker, true, 2*time.Second)
+	now := time.Now().UnixMilli()
+	// Its own sidecar: an edge to payments that the baseline lacks.
+	if code := l.post(t, attacker, wire.EventBatch{Events: []wire.Event{{Kind: wire.EventEdge, Detector: "lateral",
+		Source: attacker.String(), Destination: "payments-api.payments", UnixMillis: now, Detail: "unknown baseline=shadow"}}}); code != http.StatusAccepted {
+		t.Fatalf("the source's own outbound report: %d", code)
+	}
+	// orders (a mesh workload) reports an anomaly without naming itself.
+	if code := l.post(t, orders, wire.EventBatch{Events: []wire.Event{{Kind: wire.EventAnomaly, Detector: "rate",
+		Source: attacker.String(), Profile: "strict", UnixMillis: now, Detail: "rate_zscore"}}}); code != http.StatusAccepted {
+		t.Fatalf("orders' report: %d", code)
+	}
+	if got := l.qm.List(); len(got) != 0 {
+		t.Fatalf("quarantined after two destinations: %+v", got)
+	}
+	if code := l.post(t, catalog, wire.EventBatch{Events: []wire.Event{{Kind: wire.EventEdge, Detector: "lateral",
+		Source: attacker.String(), Destination: "catalog", UnixMillis: now, Detail: "unknown baseline=shadow"}}}); code != http.StatusAccepted {
+		t.Fatalf("catalog's report: %d", code)
+	}
+	l.sub.decideWithin(t, attacker, false, time.Second)
+	// orders' denials of the attacker are decisions, never learned edges
+	// (the endpoint names the destination of anomalies only).
+	if code := l.post(t, orders, wire.EventBatch{Events: []wire.Event{{Kind: wire.EventDecision, Source: attacker.String(),
+		Response: "deny", Count: 3, UnixMillis: now, Detail: "denied_no_allow_match"}}}); code != http.StatusAccepted {
+		t.Fatalf("orders' decisions: %d", code)
+	}
+	resp, err := l.client(spiffeid.RequireFromPath(td, "/ns/ops/sa/admin")).Get(l.events.URL + api.PathEdges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var edges []learn.Edge
+	err = json.NewDecoder(resp.Body).Decode(&edges)
+	resp.Body.Close()
+	for _, e := range edges {
+		if e.Destination == "orders.shop" {
+			t.Errorf("a denial was learned as an edge: %+v", e)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := l.qm.List()
+	if len(got) != 1 || got[0].By != quarantine.ByCorrelation ||
+		!strings.Contains(got[0].Reason, "catalog.shop, orders.shop, payments-api.payments") {
+		t.Fatalf("quarantines %+v", got)
+	}
 }
 
 func TestEventsEndpointRejects(t *testing.T) {

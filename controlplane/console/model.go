@@ -366,6 +366,12 @@ func (m *model) observe(reporter string, events []wire.Event) {
 			m.dropped++
 			continue
 		}
+		if src == dst && ev.Destination != "" {
+			// A sidecar's report of its own workload's outbound call (it
+			// names the destination called): the graph's edges are the
+			// destinations' reports of their callers.
+			continue
+		}
 		e := m.edge(src, dst)
 		if e == nil {
 			m.dropped++

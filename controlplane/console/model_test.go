@@ -203,3 +203,19 @@ func TestNewEdgeMarkClearsWhenTheBaselineListsIt(t *testing.T) {
 		t.Fatal("still marked once the baseline lists it")
 	}
 }
+
+// TestModelSkipsAWorkloadsOwnOutboundReports: a sidecar's reports about its
+// own workload's outbound calls name the destination called; they are not
+// an edge from the workload to itself.
+func TestModelSkipsAWorkloadsOwnOutboundReports(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	reviews := idOf("/ns/bookstore/sa/reviews")
+	m := newModel(clk.now, 0, 0, nil)
+	m.observe(reviews.String(), []wire.Event{
+		{Kind: wire.EventAnomaly, Source: reviews.String(), Destination: "ledger.payments", Detector: "lateral", Response: "quarantine", Detail: "unknown_edges"},
+		{Kind: wire.EventEdge, Source: reviews.String(), Destination: "ledger.payments", Detail: "unknown baseline=shadow"},
+	})
+	if s := m.snapshot(); len(s.Edges) != 0 || m.droppedEvents() != 0 {
+		t.Fatalf("edges %+v, %d dropped", s.Edges, m.droppedEvents())
+	}
+}

@@ -252,9 +252,17 @@ func Generate(cfg Config) (*Output, error) {
 			wp.Spec.Priority = wrapperspb.Int32(*c.Wasm.Priority)
 		}
 		if t.Workload.Gateway == "" {
-			// Sidecars: inbound traffic only, where the workload is the
-			// destination the policies speak of.
-			wp.Spec.Match = []*extensionsapi.WasmPlugin_TrafficSelector{{Mode: typeapi.WorkloadMode_SERVER}}
+			// Sidecars: both sides of the workload's traffic. Inbound
+			// (SERVER), the workload is the destination the policies
+			// speak of; outbound (CLIENT), it is the source, stopped by
+			// its own sidecar when quarantined or anomalous. The plugin
+			// configuration asks each listener which side it is
+			// (direction "listener": Istio sets traffic_direction on a
+			// sidecar's listeners).
+			wp.Spec.Match = []*extensionsapi.WasmPlugin_TrafficSelector{
+				{Mode: typeapi.WorkloadMode_SERVER},
+				{Mode: typeapi.WorkloadMode_CLIENT},
+			}
 		}
 		out.WasmPlugins = append(out.WasmPlugins, wp)
 	}
@@ -362,6 +370,12 @@ func pluginConfig(bundleJSON []byte, w *Wasm, t Target) (*structpb.Struct, error
 	}
 	if bundleJSON == nil {
 		fc.BundleFetch = &wire.BundleFetch{Path: wire.BundlePath}
+	}
+	if t.Workload.Gateway == "" {
+		// A sidecar's plugin runs on both sides (see the match above); a
+		// gateway's listeners say OUTBOUND, yet its callers are inbound
+		// to it: it keeps the default, every request inbound.
+		fc.Direction = wire.DirectionListener
 	}
 	data, err := json.Marshal(fc)
 	if err != nil {

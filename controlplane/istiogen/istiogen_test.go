@@ -96,11 +96,14 @@ func TestGenerateDefaults(t *testing.T) {
 		if wp.Spec.Phase != extensionsapi.PluginPhase_AUTHZ || wp.Spec.FailStrategy != extensionsapi.FailStrategy_FAIL_CLOSE || wp.Spec.Url != cfg.Wasm.URL {
 			t.Errorf("plugin %d = %v", i, &wp.Spec)
 		}
-		if len(wp.Spec.Match) != 1 || wp.Spec.Match[0].Mode != typeapi.WorkloadMode_SERVER {
-			t.Errorf("plugin %d must run on inbound traffic only: %v", i, wp.Spec.Match)
+		// A sidecar's plugin runs on both sides: inbound (SERVER) and on
+		// the workload's own, outbound requests (CLIENT); each listener
+		// tells the filter which side it is.
+		if len(wp.Spec.Match) != 2 || wp.Spec.Match[0].Mode != typeapi.WorkloadMode_SERVER || wp.Spec.Match[1].Mode != typeapi.WorkloadMode_CLIENT {
+			t.Errorf("plugin %d must run on inbound and outbound traffic: %v", i, wp.Spec.Match)
 		}
 		fc := filterConfig(t, wp)
-		if fc.Workload.Namespace != ns || !fc.RequireMTLS || fc.ControlPlane.Path != wire.EventsPath {
+		if fc.Workload.Namespace != ns || !fc.RequireMTLS || fc.ControlPlane.Path != wire.EventsPath || fc.Direction != wire.DirectionListener {
 			t.Errorf("plugin %d config = %+v", i, fc)
 		}
 		// The filter fetches its bundle from the control plane: no policy
@@ -237,6 +240,10 @@ func TestGenerateTargetsAndHTTPMode(t *testing.T) {
 	}
 	if gw := out.WasmPlugins[1]; len(gw.Spec.Match) != 0 {
 		t.Errorf("a gateway plugin must not be limited to SERVER mode: %v", gw.Spec.Match)
+	}
+	// A gateway's listeners say OUTBOUND, yet its callers are inbound.
+	if fc := filterConfig(t, out.WasmPlugins[1]); fc.Direction != "" {
+		t.Errorf("gateway plugin direction %q, want the default (inbound)", fc.Direction)
 	}
 }
 

@@ -152,6 +152,14 @@ type Upstream struct {
 	SPIFFEID string `json:"spiffeID"`
 	// ListenPort is the loopback port the application sends plain HTTP to.
 	ListenPort uint32 `json:"listenPort"`
+	// Service and Namespace name the destination as baselines and
+	// detections do (the filter on the workload's outbound side reports
+	// and checks edges to it). Default: the service and namespace of the
+	// mesh's workloads with the upstream's SPIFFE ID when they agree, else
+	// the address read as a Kubernetes service host (<svc>.<ns>.svc…), else
+	// the address.
+	Service   string `json:"service,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
 }
 
 // Mesh is a validated mesh description.
@@ -368,6 +376,12 @@ func (f *File) Validate() (*Mesh, error) {
 			}
 			if !w.Proxyless {
 				usePort(uf+".listenPort", u.ListenPort)
+			}
+			if u.Service != "" && !dnsLabel.MatchString(u.Service) {
+				bad(uf+".service", "%q is not a DNS label", u.Service)
+			}
+			if u.Namespace != "" && !dnsLabel.MatchString(u.Namespace) {
+				bad(uf+".namespace", "%q is not a DNS label", u.Namespace)
 			}
 		}
 		if w.Proxyless && w.DisableWasm {

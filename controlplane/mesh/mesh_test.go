@@ -111,6 +111,9 @@ func TestParseReportsEveryError(t *testing.T) {
 			return strings.Replace(s, "name: web-root", `name: "web\nroot"`, 1)
 		}, []string{"not a route name"}},
 		{"path with a query", func(s string) string { return strings.Replace(s, "prefix: /}", "prefix: \"/a?b\"}", 1) }, []string{"must start with /"}},
+		{"upstream service that is no DNS label", func(s string) string {
+			return strings.Replace(s, "listenPort: 9001}", "listenPort: 9001, service: Orders.Shop, namespace: shop}", 1)
+		}, []string{"upstreams[0].service"}},
 		{"wrong kind", func(s string) string { return strings.Replace(s, "kind: Mesh", "kind: Mess", 1) }, []string{"kind"}},
 	}
 	for _, tt := range tests {

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,10 +83,12 @@ type Store interface {
 // Profiles returns the anomaly profiles of the bundle being served.
 type Profiles func() []policies.AnomalyProfile
 
-// Threshold quarantines an identity after Events anomaly events whose
-// response is block or stronger within Window, even when no single event
-// asks for a quarantine. Zero Events disables it. Events are counted per
-// replica.
+// Threshold quarantines an identity after Events anomaly reports whose
+// response is block within Window, even when no single report asks for a
+// quarantine. Zero Events disables it. The reports are counted on the
+// identity's record in the state store, so every sidecar's and every
+// replica's count; a report sent twice (a retry, or to two replicas)
+// counts once.
 type Threshold struct {
 	Events int
 	Window time.Duration
@@ -193,9 +196,6 @@ type Manager struct {
 	log   *slog.Logger
 	store Store
 
-	hitsMu sync.Mutex
-	hits   map[string][]time.Time // identity → recent block-or-worse events
-
 	pendMu  sync.Mutex
 	pending map[string]pendingAdd
 
@@ -217,6 +217,7 @@ type Manager struct {
 	pendingGauge    prometheus.Gauge
 	publishFailures prometheus.Counter
 	duplicates      prometheus.Counter
+	findings        *prometheus.CounterVec
 }
 
 // New returns a manager over the store. Load it before serving.
@@ -269,7 +270,6 @@ func New(opts Options) (*Manager, error) {
 		opts:    opts,
 		log:     log,
 		store:   opts.Store,
-		hits:    map[string][]time.Time{},
 		pending: map[string]pendingAdd{},
 		wake:    make(chan struct{}, 1),
 		quarantines: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -286,7 +286,7 @@ func New(opts Options) (*Manager, error) {
 		}, []string{"response"}),
 		storeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshguard_controlplane_quarantine_store_failures_total",
-			Help: "Quarantine changes the state store did not take, by operation (add, release, expire, delete); nothing was changed.",
+			Help: "Changes of quarantine records the state store did not take, by operation (add, release, expire, delete, observe: reports to correlate); nothing was changed.",
 		}, []string{"op"}),
 		pendingGauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshguard_controlplane_quarantine_pending",
@@ -300,15 +300,19 @@ func New(opts Options) (*Manager, error) {
 			Name: "meshguard_controlplane_quarantine_duplicate_reports_total",
 			Help: "Detection reports not acted on because they were already (on this replica or another), or predate a release.",
 		}),
+		findings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshguard_controlplane_correlated_findings_total",
+			Help: "Findings of reports about one source put together across sidecars and replicas, by finding (fan_out, threshold) and response (log, quarantine).",
+		}, []string{"finding", "response"}),
 	}
 	for _, a := range []string{state.ActionAdd, state.ActionExtend, state.ActionRelease, state.ActionExpire} {
 		m.quarantines.WithLabelValues(a)
 	}
-	for _, op := range []string{"add", "release", "expire", "delete"} {
+	for _, op := range []string{"add", "release", "expire", "delete", "observe"} {
 		m.storeFailures.WithLabelValues(op)
 	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{m.quarantines, m.active, m.events, m.storeFailures, m.pendingGauge, m.publishFailures, m.duplicates} {
+		for _, c := range []prometheus.Collector{m.quarantines, m.active, m.events, m.storeFailures, m.pendingGauge, m.publishFailures, m.duplicates, m.findings} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("quarantine: register metrics: %w", err)
 			}
@@ -579,6 +583,7 @@ func (m *Manager) Release(ctx context.Context, identity, by, reason string) erro
 		}
 		cur.Phase = state.PhaseReleased
 		cur.Ended = &state.Ended{At: now, By: by, Reason: reason}
+		cur.Observations = nil // what led to it is the evidence; nothing before the release counts again
 		cur.Record(state.Change{Time: now, Action: state.ActionRelease, By: by, Reason: reason, Replica: m.opts.Replica})
 		released = true
 		return cur, nil
@@ -591,9 +596,6 @@ func (m *Manager) Release(ctx context.Context, identity, by, reason string) erro
 		return fmt.Errorf("%w: %s", ErrNotQuarantined, key)
 	}
 	m.dropPending(key)
-	m.hitsMu.Lock()
-	delete(m.hits, key)
-	m.hitsMu.Unlock()
 	if released {
 		m.done(q, state.ActionRelease)
 	} else {
@@ -678,10 +680,20 @@ func (m *Manager) sweep(ctx context.Context, atStart bool) error {
 			if err := m.forget(ctx, q.Identity, now); err != nil {
 				errs = append(errs, err)
 			}
+		case q.Phase == state.PhaseObserved && leading && stale(q, now, m.observationsKept()):
+			if err := m.forgetObserved(ctx, q.Identity, now, m.observationsKept()); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	m.retryPending(ctx, now)
 	return errors.Join(errs...)
+}
+
+// observationsKept is how long an Observed record's reports may matter:
+// the longest correlation window, or the threshold's.
+func (m *Manager) observationsKept() time.Duration {
+	return max(policies.MaxCorrelationWindow, m.opts.Threshold.Window)
 }
 
 func lastChange(q *state.Quarantine) time.Time {
@@ -812,48 +824,67 @@ func (m *Manager) retryPending(ctx context.Context, now time.Time) {
 	}
 }
 
-// HandleEvents applies the response of every anomaly event of a batch. The
-// response is the one the named anomaly profile configures for the detector;
-// the event's own response is used only when the bundle has no such
-// profile. reporter is the authenticated identity of the sender, which the
-// caller has checked may report these events.
+// HandleEvents applies the response of every anomaly event of a batch and
+// correlates the batch's reports with what every sidecar and replica
+// reported before. An anomaly's response is the one the named anomaly
+// profile configures for the detector; the event's own response is used
+// only when the bundle has no such profile. A quarantine response
+// quarantines at once; every other anomaly, and every edge a shadow or
+// enforce baseline does not list, is an observation of its source, stored
+// on the source's record (see observe). reporter is the authenticated
+// identity of the sender, which the caller has checked may report these
+// events.
 func (m *Manager) HandleEvents(ctx context.Context, reporter string, events []wire.Event) {
 	profiles := m.opts.Profiles()
 	received := m.opts.Now().UTC()
+	var order []spiffeid.ID
+	observed := map[spiffeid.ID][]state.Evidence{}
 	for _, ev := range events {
-		if ev.Kind != wire.EventAnomaly {
-			continue
-		}
-		resp, dur := m.response(profiles, ev)
-		m.events.WithLabelValues(responseLabel(resp)).Inc()
-		id, err := spiffeid.FromString(ev.Source)
-		if err != nil {
-			m.log.Warn("anomaly event without a valid source identity", "reporter", reporter, "source", ev.Source)
-			continue
-		}
-		f := Finding{Source: id, By: reporter, Profile: ev.Profile, Detector: ev.Detector, For: dur,
-			Reason:   fmt.Sprintf("%s anomaly (%s) reported by %s", ev.Detector, ev.Detail, reporter),
-			Evidence: []state.Evidence{EvidenceOf(reporter, ev, received, m.opts.Replica)}}
+		var resp string
+		var dur time.Duration
 		switch {
-		case resp == ResponseQuarantine:
-		case resp == ResponseBlock && m.opts.Threshold.Events > 0:
-			if m.countHit(id.String()) < m.opts.Threshold.Events {
-				continue
-			}
-			f.Reason = fmt.Sprintf("%d anomaly events within %s, last: %s", m.opts.Threshold.Events, m.opts.Threshold.Window, f.Reason)
-			m.hitsMu.Lock()
-			delete(m.hits, id.String())
-			m.hitsMu.Unlock()
+		case ev.Kind == wire.EventAnomaly:
+			resp, dur = m.response(profiles, ev)
+			m.events.WithLabelValues(responseLabel(resp)).Inc()
+		case ev.Kind == wire.EventEdge && unknownEdge(ev.Detail):
 		default:
 			continue
 		}
-		if _, err := m.act(ctx, f); err != nil && !errors.Is(err, ErrStore) {
-			m.log.Error("quarantine", "identity", id.String(), "error", err)
+		id, err := spiffeid.FromString(ev.Source)
+		if err != nil {
+			m.log.Warn("event without a valid source identity", "reporter", reporter, "kind", ev.Kind, "source", ev.Source)
+			continue
 		}
+		e := EvidenceOf(reporter, ev, received, m.opts.Replica)
+		e.Response = clip(resp)
+		if ev.Kind == wire.EventAnomaly && resp == ResponseQuarantine {
+			f := Finding{Source: id, By: reporter, Profile: ev.Profile, Detector: ev.Detector, For: dur,
+				Reason:   fmt.Sprintf("%s anomaly (%s) reported by %s", ev.Detector, ev.Detail, reporter),
+				Evidence: []state.Evidence{e}}
+			if _, err := m.act(ctx, f); err != nil && !errors.Is(err, ErrStore) {
+				m.log.Error("quarantine", "identity", id.String(), "error", err)
+			}
+			continue
+		}
+		if _, ok := observed[id]; !ok {
+			order = append(order, id)
+		}
+		observed[id] = append(observed[id], e)
+	}
+	for _, id := range order {
+		m.observe(ctx, id, observed[id], profiles)
 	}
 	if err := m.Publish(); err != nil {
 		m.log.Error("quarantine publish; retried", "error", err)
 	}
+}
+
+// unknownEdge reports whether an edge event's detail says the edge is not
+// in a shadow or enforce baseline (learn mode reports every edge: a new
+// one there is not a sign of anything).
+func unknownEdge(detail string) bool {
+	return strings.HasPrefix(detail, "unknown") &&
+		(strings.Contains(detail, "baseline="+policies.BaselineShadow) || strings.Contains(detail, "baseline="+policies.BaselineEnforce))
 }
 
 // EvidenceOf is the evidence an event is: its key digests the reporter and
@@ -866,40 +897,12 @@ func EvidenceOf(reporter string, ev wire.Event, received time.Time, replica stri
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
-	e := state.Evidence{Key: hex.EncodeToString(h.Sum(nil)[:12]), Reporter: clip(reporter), Detector: clip(ev.Detector),
+	e := state.Evidence{Key: hex.EncodeToString(h.Sum(nil)[:12]), Reporter: clip(reporter), Kind: clip(ev.Kind), Detector: clip(ev.Detector),
 		Destination: clip(ev.Destination), Route: clip(ev.Route), Detail: clip(ev.Detail), Received: received, Replica: replica}
 	if ev.UnixMillis > 0 {
 		e.Observed = time.UnixMilli(ev.UnixMillis).UTC()
 	}
 	return e
-}
-
-func (m *Manager) countHit(id string) int {
-	m.hitsMu.Lock()
-	defer m.hitsMu.Unlock()
-	now := m.opts.Now()
-	cutoff := now.Add(-m.opts.Threshold.Window)
-	hs := m.hits[id][:0]
-	for _, t := range m.hits[id] {
-		if t.After(cutoff) {
-			hs = append(hs, t)
-		}
-	}
-	hs = append(hs, now)
-	if len(hs) > m.opts.Threshold.Events {
-		hs = hs[len(hs)-m.opts.Threshold.Events:]
-	}
-	m.hits[id] = hs
-	// Bound the tracking map itself.
-	if len(m.hits) > 4*m.opts.MaxActive {
-		for k := range m.hits {
-			delete(m.hits, k)
-			if len(m.hits) <= 2*m.opts.MaxActive {
-				break
-			}
-		}
-	}
-	return len(hs)
 }
 
 func (m *Manager) response(profiles []policies.AnomalyProfile, ev wire.Event) (string, time.Duration) {

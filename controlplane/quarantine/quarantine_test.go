@@ -422,11 +422,17 @@ func TestHandleEvents(t *testing.T) {
 		{"protected identity", []wire.Event{{Kind: wire.EventAnomaly, Detector: "lateral", Profile: "p", Source: protected.String()}}, nil},
 		{"edge events do not quarantine", []wire.Event{{Kind: wire.EventEdge, Source: "spiffe://example.org/a", Response: "quarantine"}}, nil},
 		{"threshold of block events", []wire.Event{
-			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b"},
-			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b"},
-			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/c"},
-			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b"},
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b", UnixMillis: 1},
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b", UnixMillis: 2},
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/c", UnixMillis: 3},
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b", UnixMillis: 4},
 		}, []string{"spiffe://example.org/b"}},
+		// The same report three times (retries) is one report.
+		{"a report repeated is counted once", []wire.Event{
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b", UnixMillis: 1},
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b", UnixMillis: 1},
+			{Kind: wire.EventAnomaly, Detector: "errors", Profile: "p", Source: "spiffe://example.org/b", UnixMillis: 1},
+		}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -441,7 +447,12 @@ func TestHandleEvents(t *testing.T) {
 			var got []string
 			for _, e := range m.List() {
 				got = append(got, e.Identity)
-				if e.By != "spiffe://example.org/reporter" || len(e.Evidence) != 1 || e.Evidence[0].Reporter != e.By {
+				switch {
+				case e.By == ByCorrelation: // the threshold: every report it counted
+					if len(e.Evidence) != 3 || e.Evidence[2].Reporter != "spiffe://example.org/reporter" || !strings.Contains(e.Reason, "3 anomaly events within 1m0s") {
+						t.Errorf("entry %+v", e)
+					}
+				case e.By != "spiffe://example.org/reporter" || len(e.Evidence) != 1 || e.Evidence[0].Reporter != e.By:
 					t.Errorf("entry %+v", e)
 				}
 			}

@@ -39,19 +39,23 @@ type Phase string
 
 // Phases. Only an Active record whose expiry has not passed is enforced;
 // Released and Expired records are kept, with their history, until the
-// retention period ends.
+// retention period ends. An Observed record holds reports about an
+// identity that has never been quarantined, being correlated: nothing is
+// enforced; it is deleted once its reports are old.
 const (
 	PhaseActive   Phase = "Active"
 	PhaseReleased Phase = "Released"
 	PhaseExpired  Phase = "Expired"
+	PhaseObserved Phase = "Observed"
 )
 
 // Bounds of a record, so that a flood of reports cannot grow one without
 // limit (a Kubernetes object must stay well under etcd's 1.5 MiB).
 const (
-	MaxEvidence = 16  // newest kept
-	MaxHistory  = 64  // newest kept
-	MaxText     = 512 // bytes of a reason, detail or name
+	MaxEvidence     = 16  // newest kept
+	MaxHistory      = 64  // newest kept
+	MaxObservations = 64  // newest kept
+	MaxText         = 512 // bytes of a reason, detail or name
 )
 
 // Change actions recorded in a quarantine's history.
@@ -82,6 +86,12 @@ type Quarantine struct {
 	// Evidence lists the reports acted on, newest last (at most
 	// MaxEvidence); a report whose key is listed is never acted on again.
 	Evidence []Evidence `json:"evidence,omitempty"`
+	// Observations are reports about the identity not acted on (yet),
+	// newest last (at most MaxObservations): what the control plane
+	// correlates across sidecars and replicas. They are dropped once
+	// older than the correlation window, and become the evidence of the
+	// quarantine they add up to.
+	Observations []Evidence `json:"observations,omitempty"`
 	// History is the audit trail of the record, oldest first (at most
 	// MaxHistory; the audit log file keeps everything).
 	History []Change `json:"history,omitempty"`
@@ -97,8 +107,12 @@ type Ended struct {
 // Evidence is one detection report a quarantine was added or extended on.
 type Evidence struct {
 	// Key identifies the report (a digest of the reporter and the event).
-	Key         string    `json:"key"`
-	Reporter    string    `json:"reporter"`
+	Key      string `json:"key"`
+	Reporter string `json:"reporter"`
+	// Kind of the report (anomaly, edge) and the response it called for
+	// (an anomaly's, as its profile says).
+	Kind        string    `json:"kind,omitempty"`
+	Response    string    `json:"response,omitempty"`
 	Detector    string    `json:"detector,omitempty"`
 	Destination string    `json:"destination,omitempty"`
 	Route       string    `json:"route,omitempty"`
@@ -136,6 +150,20 @@ func (q *Quarantine) HasEvidence(key string) bool {
 	return false
 }
 
+// HasObservation reports whether the report with key is among the
+// observations.
+func (q *Quarantine) HasObservation(key string) bool {
+	if q == nil {
+		return false
+	}
+	for i := range q.Observations {
+		if q.Observations[i].Key == key {
+			return true
+		}
+	}
+	return false
+}
+
 // AddEvidence appends reports, keeping the newest MaxEvidence.
 func (q *Quarantine) AddEvidence(ev ...Evidence) {
 	q.Evidence = append(q.Evidence, ev...)
@@ -163,6 +191,7 @@ func (q *Quarantine) Clone() *Quarantine {
 		c.Ended = &e
 	}
 	c.Evidence = slices.Clone(q.Evidence)
+	c.Observations = slices.Clone(q.Observations)
 	c.History = slices.Clone(q.History)
 	return &c
 }
@@ -174,7 +203,7 @@ func (q *Quarantine) Validate() error {
 		errs = append(errs, fmt.Errorf("identity %q: %w", q.Identity, err))
 	}
 	switch q.Phase {
-	case PhaseActive:
+	case PhaseActive, PhaseObserved:
 	case PhaseReleased, PhaseExpired:
 		if q.Ended == nil {
 			errs = append(errs, fmt.Errorf("phase %s without ended", q.Phase))
@@ -188,8 +217,9 @@ func (q *Quarantine) Validate() error {
 	if q.CreatedAt.IsZero() {
 		errs = append(errs, errors.New("createdAt is not set"))
 	}
-	if len(q.Evidence) > MaxEvidence || len(q.History) > MaxHistory {
-		errs = append(errs, fmt.Errorf("%d evidence and %d history entries (at most %d and %d)", len(q.Evidence), len(q.History), MaxEvidence, MaxHistory))
+	if len(q.Evidence) > MaxEvidence || len(q.History) > MaxHistory || len(q.Observations) > MaxObservations {
+		errs = append(errs, fmt.Errorf("%d evidence, %d history and %d observation entries (at most %d, %d and %d)",
+			len(q.Evidence), len(q.History), len(q.Observations), MaxEvidence, MaxHistory, MaxObservations))
 	}
 	return errors.Join(errs...)
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -82,7 +83,7 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (m
 			plainCluster(appCluster(in), "127.0.0.1", in.AppPort, false))
 	}
 	for _, u := range w.Upstreams {
-		l, err := g.outboundListener(u)
+		l, err := g.outboundListener(w, u)
 		if err != nil {
 			return nil, err
 		}
@@ -142,6 +143,54 @@ func extAuthzOf(w *mesh.ValidWorkload, b *policies.Bundle) *wire.ExtAuthz {
 	slices.Sort(ea.SkipRoutes)
 	ea.SkipRoutes = slices.Compact(ea.SkipRoutes)
 	return ea
+}
+
+// upstreamsOf names the destination of each of w's outbound clusters for
+// the filter on its outbound side.
+func (g *Generator) upstreamsOf(w *mesh.ValidWorkload) map[string]string {
+	if len(w.Upstreams) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(w.Upstreams))
+	for _, u := range w.Upstreams {
+		svc, ns := g.destinationOf(u)
+		if ns != "" {
+			svc += "." + ns
+		}
+		out[upstreamCluster(u.Name)] = svc
+	}
+	return out
+}
+
+// destinationOf is the service and namespace an upstream is
+// (mesh.Upstream.Service says how they default).
+func (g *Generator) destinationOf(u mesh.Upstream) (service, namespace string) {
+	if u.Service != "" {
+		return u.Service, u.Namespace
+	}
+	agree := true
+	for _, w := range g.mesh.Workloads {
+		if w.SPIFFEID != u.SPIFFEID {
+			continue
+		}
+		if service != "" && (service != w.Service || namespace != w.Namespace) {
+			agree = false
+		}
+		service, namespace = w.Service, w.Namespace
+	}
+	if service != "" && agree {
+		if u.Namespace != "" {
+			namespace = u.Namespace
+		}
+		return service, namespace
+	}
+	host := strings.ToLower(strings.TrimSuffix(u.Address, "."))
+	if i := strings.Index(host, ".svc"); i > 0 && (len(host) == i+4 || host[i+4] == '.') {
+		if svc, ns, ok := strings.Cut(host[:i], "."); ok {
+			return svc, ns
+		}
+	}
+	return host, u.Namespace
 }
 
 func (g *Generator) inboundRoutes(w *mesh.ValidWorkload, in mesh.Inbound, disabled map[string]bool) (*route.RouteConfiguration, error) {
@@ -275,6 +324,8 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 	return &listener.Listener{
 		Name:    inboundName(in),
 		Address: socketAddress("0.0.0.0", in.Port),
+		// The filter (direction "listener") tells the two sides apart by it.
+		TrafficDirection: core.TrafficDirection_INBOUND,
 		FilterChains: []*listener.FilterChain{{
 			Filters: []*listener.Filter{{
 				Name:       filterHCM,
@@ -291,25 +342,37 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 // httpFilters is the inbound chain: the meshguard wasm filter (unless the
 // workload disables it), ext_authz, the router.
 func httpFilters(w *mesh.ValidWorkload, authz, rtr *anyProto) []*hcm.HttpFilter {
-	var fs []*hcm.HttpFilter
-	if !w.DisableWasm {
-		fs = append(fs, &hcm.HttpFilter{
-			// With config_discovery the filter's name is the ECDS
-			// resource name. No default config: the listener warms
-			// until the filter config (and so the policy) arrives.
-			Name: wire.FilterConfigName,
-			ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
-				ConfigSource: adsSource(),
-				TypeUrls:     []string{WasmTypeURL},
-			}},
-		})
-	}
+	fs := wasmFilters(w)
 	return append(fs,
 		&hcm.HttpFilter{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: authz}},
 		&hcm.HttpFilter{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}})
 }
 
-func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error) {
+// wasmFilters is the meshguard wasm filter, unless the workload disables
+// it: the same ECDS resource on both sides of the workload's traffic (the
+// listener's traffic_direction tells the filter which side it is on).
+func wasmFilters(w *mesh.ValidWorkload) []*hcm.HttpFilter {
+	if w.DisableWasm {
+		return nil
+	}
+	return []*hcm.HttpFilter{{
+		// With config_discovery the filter's name is the ECDS resource
+		// name. No default config: the listener warms until the filter
+		// config (and so the policy) arrives.
+		Name: wire.FilterConfigName,
+		ConfigType: &hcm.HttpFilter_ConfigDiscovery{ConfigDiscovery: &core.ExtensionConfigSource{
+			ConfigSource: adsSource(),
+			TypeUrls:     []string{WasmTypeURL},
+		}},
+	}}
+}
+
+// outboundListener is where the application sends a request to upstream
+// u: the meshguard wasm filter on its outbound side (the workload's own
+// identity is the source, u the destination: a quarantined or anomalous
+// workload is stopped here, before the request leaves the pod), then the
+// router to u's mTLS cluster.
+func (g *Generator) outboundListener(w *mesh.ValidWorkload, u mesh.Upstream) (*listener.Listener, error) {
 	rtr, err := marshalAny(&router.Router{})
 	if err != nil {
 		return nil, err
@@ -321,16 +384,16 @@ func (g *Generator) outboundListener(u mesh.Upstream) (*listener.Listener, error
 			ConfigSource:    adsSource(),
 			RouteConfigName: outboundName(u),
 		}},
-		HttpFilters: []*hcm.HttpFilter{
-			{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}},
-		},
+		HttpFilters: append(wasmFilters(w),
+			&hcm.HttpFilter{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: rtr}}),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &listener.Listener{
-		Name:    outboundName(u),
-		Address: socketAddress("127.0.0.1", u.ListenPort),
+		Name:             outboundName(u),
+		Address:          socketAddress("127.0.0.1", u.ListenPort),
+		TrafficDirection: core.TrafficDirection_OUTBOUND,
 		FilterChains: []*listener.FilterChain{{
 			Filters: []*listener.Filter{{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mgr}}},
 		}},

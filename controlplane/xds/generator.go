@@ -140,8 +140,11 @@ func (g *Generator) hasWasm() bool {
 // fleet is what lets the control plane build and hold it once.
 func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 	fc := wire.FilterConfig{
-		Bundle:      eb.JSON,
-		Workloads:   map[string]wire.Workload{},
+		Bundle:    eb.JSON,
+		Workloads: map[string]wire.Workload{},
+		// One configuration for both sides of every node: each generated
+		// listener says by its traffic_direction which side it is.
+		Direction:   wire.DirectionListener,
 		RequireMTLS: g.mesh.Wasm.RequireMTLS,
 		ControlPlane: wire.ControlPlane{
 			Cluster:      ClusterControlPlane,
@@ -164,6 +167,7 @@ func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 			LabelsFrom: wire.LabelsFromConfig,
 			Service:    w.Service,
 			ExtAuthz:   extAuthzOf(w, eb.Bundle),
+			Upstreams:  g.upstreamsOf(w),
 		}
 	}
 	data, err := json.Marshal(fc)

@@ -33,5 +33,8 @@ func TestValidatorDiagnosticsLocated(t *testing.T) {
 		{code: policies.CodeInvalidSPIFFEID, line: 46, col: 13, field: "spec.identity"},
 		{code: policies.CodeInvalidTime, line: 53, col: 14, field: "spec.expiresAt"},
 		{code: policies.CodeInvalidValue, line: 59, col: 22, field: "spec.pathNormalization"},
+		{code: policies.CodeInvalidDuration, line: 65, col: 25, field: "spec.correlation.window"},
+		{code: policies.CodeInvalidValue, line: 65, col: 46, field: "spec.correlation.maxDestinations"},
+		{code: policies.CodeInvalidValue, line: 65, col: 60, field: "spec.correlation.response"},
 	})
 }

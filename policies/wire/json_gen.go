@@ -16,6 +16,7 @@ var jsonFilterConfig = &strictjson.Type{
 		{Name: "bundleFetch", Offset: unsafe.Offsetof(FilterConfig{}.BundleFetch), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonBundleFetch},
 		{Name: "workload", Offset: unsafe.Offsetof(FilterConfig{}.Workload), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonWorkload},
 		{Name: "workloads", Offset: unsafe.Offsetof(FilterConfig{}.Workloads), Kind: strictjson.KStructMap, OmitEmpty: true, Type: jsonWorkload},
+		{Name: "direction", Offset: unsafe.Offsetof(FilterConfig{}.Direction), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "requireMtls", Offset: unsafe.Offsetof(FilterConfig{}.RequireMTLS), Kind: strictjson.KBool, OmitEmpty: true},
 		{Name: "controlPlane", Offset: unsafe.Offsetof(FilterConfig{}.ControlPlane), Kind: strictjson.KStruct, OmitEmpty: true, Type: jsonControlPlane},
 		{Name: "detection", Offset: unsafe.Offsetof(FilterConfig{}.Detection), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonDetection},
@@ -50,6 +51,7 @@ var jsonWorkload = &strictjson.Type{
 		{Name: "service", Offset: unsafe.Offsetof(Workload{}.Service), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "gateway", Offset: unsafe.Offsetof(Workload{}.Gateway), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "extAuthz", Offset: unsafe.Offsetof(Workload{}.ExtAuthz), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonExtAuthz},
+		{Name: "upstreams", Offset: unsafe.Offsetof(Workload{}.Upstreams), Kind: strictjson.KStringMap, OmitEmpty: true},
 	},
 }
 

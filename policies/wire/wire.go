@@ -97,7 +97,10 @@ type FilterConfig struct {
 	// when it picks a node's snapshot. A node found in neither fails closed.
 	// Ignored when Workload is set.
 	Workloads map[string]Workload `json:"workloads,omitempty"`
-	// RequireMTLS denies requests that did not arrive over mTLS.
+	// Direction is the side of the workload's traffic the filter is on:
+	// DirectionInbound (or empty), DirectionOutbound, or DirectionListener.
+	Direction string `json:"direction,omitempty"`
+	// RequireMTLS denies inbound requests that did not arrive over mTLS.
 	RequireMTLS bool `json:"requireMtls,omitempty"`
 	// ControlPlane is where events go, and where the bundle comes from
 	// with BundleFetch.
@@ -106,6 +109,23 @@ type FilterConfig struct {
 	// responses come from the bundle's AnomalyProfiles. Optional.
 	Detection *Detection `json:"detection,omitempty"`
 }
+
+// Values of FilterConfig.Direction.
+const (
+	// DirectionInbound: every request is one into the workload (from the
+	// peer of the connection); the default. Gateways run inbound.
+	DirectionInbound = "inbound"
+	// DirectionOutbound: every request is one the workload makes (the
+	// source is the workload itself, the destination the route's cluster).
+	DirectionOutbound = "outbound"
+	// DirectionListener: each request's listener says, by its
+	// traffic_direction (the property listener_direction: INBOUND or
+	// OUTBOUND), which the configuration that generated the listener
+	// sets; a listener that says neither is denied. The meshguard control
+	// plane and Istio sidecars set it on every listener (Istio's gateway
+	// listeners say OUTBOUND: gateways need DirectionInbound).
+	DirectionListener = "listener"
+)
 
 // Detection bounds the wasm filter's per-VM detector state. Zero values
 // mean the defaults documented in docs/wasm.md.
@@ -145,6 +165,12 @@ type Workload struct {
 	// JWTDeferred) instead of deciding as if no request carried one. Unset:
 	// the filter decides alone.
 	ExtAuthz *ExtAuthz `json:"extAuthz,omitempty"`
+	// Upstreams names the destination of each outbound Envoy cluster of
+	// the workload, by cluster name, for the filter on the outbound side:
+	// the service a request routed to that cluster goes to, written
+	// "<service>.<namespace>" (or a host name). A cluster not listed is
+	// read as Istio names outbound clusters (outbound|<port>|<subset>|<host>).
+	Upstreams map[string]string `json:"upstreams,omitempty"`
 }
 
 // Values of Workload.LabelsFrom.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -113,6 +114,12 @@ func (d *proxytestDriver) Do(t *testing.T, r scenario.Request) scenario.Result {
 	d.setProp(t, "source.address", []byte(r.SourceAddr))
 	d.setProp(t, "destination.address", []byte(r.DestAddr))
 	d.setProp(t, "xds.route_name", []byte(r.Route))
+	var dir []byte
+	if r.Direction != 0 {
+		dir = binary.LittleEndian.AppendUint64(nil, uint64(r.Direction))
+	}
+	d.setProp(t, "listener_direction", dir)
+	d.setProp(t, "xds.cluster_name", []byte(r.Cluster))
 
 	id := d.host.InitializeHttpContext()
 	defer d.host.CompleteHttpContext(id)

@@ -167,6 +167,12 @@ func (d *hostDriver) Do(t *testing.T, r scenario.Request) scenario.Result {
 	if r.Route != "" {
 		props.SetString("xds.route_name", r.Route)
 	}
+	if r.Direction != 0 {
+		props.SetInt("listener_direction", int64(r.Direction))
+	}
+	if r.Cluster != "" {
+		props.SetString("xds.cluster_name", r.Cluster)
+	}
 	hdrs := append([][2]string{{":method", r.Method}, {":path", r.Path}, {":authority", r.Authority}, {":scheme", "http"}}, r.Headers...)
 	status := r.Status
 	if status == 0 {

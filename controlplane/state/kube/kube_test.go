@@ -37,6 +37,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/controlplane/state/statetest"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
 )
 
 var cluster struct {
@@ -458,4 +459,80 @@ func (s *sink) identities() []string {
 		out = append(out, q.Spec.Identity)
 	}
 	return out
+}
+
+// TestCorrelationAcrossReplicas: two control plane replicas on the
+// Kubernetes store each receive some of the reports about one source; the
+// reports add up on the source's QuarantineRecord, which both write, and
+// the report that completes the fan-out, received by both at once,
+// quarantines it once (the write that loses the race is refused by
+// resourceVersion and decided again on the record the other wrote).
+func TestCorrelationAcrossReplicas(t *testing.T) {
+	cfg := apiServer(t)
+	ns := newNamespace(t, cfg)
+	regA, regB := prometheus.NewRegistry(), prometheus.NewRegistry()
+	stA, stB := replica(t, cfg, ns, regA), replica(t, cfg, ns, regB)
+	profiles := func() []policies.AnomalyProfile {
+		return []policies.AnomalyProfile{{Metadata: policies.ObjectMeta{Name: "mesh", Namespace: "istio-system"},
+			Spec: policies.AnomalyProfileSpec{Correlation: &policies.Correlation{Window: "1m", MaxDestinations: 2}}}}
+	}
+	manager := func(st *kube.Store, reg prometheus.Registerer, name string) *quarantine.Manager {
+		qm, err := quarantine.New(quarantine.Options{Store: st, Sink: &sink{}, Profiles: profiles, Registerer: reg, Replica: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(qm.Close)
+		if err := qm.Load(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return qm
+	}
+	a, b := manager(stA, regA, "cp-a"), manager(stB, regB, "cp-b")
+	ctx := context.Background()
+	attacker := "spiffe://example.org/ns/shop/sa/reviews"
+	probe := func(dest string, ms int64) []wire.Event {
+		return []wire.Event{{Kind: wire.EventEdge, Detector: "lateral", Source: attacker, Destination: dest, UnixMillis: ms, Detail: "unknown baseline=shadow"}}
+	}
+	a.HandleEvents(ctx, "spiffe://example.org/ns/shop/sa/catalog", probe("catalog", 1))
+	statetest.Eventually(t, "B sees A's observation", func() bool {
+		qs := stB.Quarantines()
+		return len(qs) == 1 && qs[0].Phase == state.PhaseObserved && len(qs[0].Observations) == 1
+	})
+	b.HandleEvents(ctx, "spiffe://example.org/ns/shop/sa/orders", probe("orders", 2))
+	if len(a.List()) != 0 || len(b.List()) != 0 {
+		t.Fatal("quarantined after two destinations")
+	}
+	last := probe("ledger", 3)
+	var wg sync.WaitGroup
+	for _, qm := range []*quarantine.Manager{a, b} {
+		wg.Add(1)
+		go func() { defer wg.Done(); qm.HandleEvents(ctx, "spiffe://example.org/ns/pay/sa/ledger", last) }()
+	}
+	wg.Wait()
+	for _, st := range []*kube.Store{stA, stB} {
+		statetest.Eventually(t, "both replicas serve one quarantine added once", func() bool {
+			qs := st.Quarantines()
+			if len(qs) != 1 || qs[0].Phase != state.PhaseActive {
+				return false
+			}
+			adds := 0
+			for _, c := range qs[0].History {
+				if c.Action == state.ActionAdd {
+					adds++
+				}
+			}
+			return adds == 1 && qs[0].By == quarantine.ByCorrelation && len(qs[0].Evidence) == 3
+		})
+	}
+	adds := testutil.ToFloat64(mustCounter(t, regA, "meshguard_controlplane_quarantine_changes_total", "add")) +
+		testutil.ToFloat64(mustCounter(t, regB, "meshguard_controlplane_quarantine_changes_total", "add"))
+	if adds != 1 {
+		t.Fatalf("%v adds across the replicas, want 1", adds)
+	}
+	for _, qm := range []*quarantine.Manager{a, b} {
+		statetest.Eventually(t, "each replica lists the quarantine", func() bool {
+			got := qm.List()
+			return len(got) == 1 && got[0].Identity == attacker
+		})
+	}
 }

@@ -27,13 +27,13 @@ const (
 var Kinds = []crdgen.Kind{
 	{
 		Kind: "QuarantineRecord", Plural: ResourceQuarantines, ShortNames: []string{"mgqr"},
-		Doc:  "The control plane's record of one identity's quarantine: phase, reason, who or what added it, evidence, expiry, release and the history of every change. Written by meshguard controlplane; quarantines to enforce are written as Quarantine policies or through `meshguard quarantine add`.",
+		Doc:  "The control plane's record of one identity's quarantine: phase, reason, who or what added it, evidence, expiry, release and the history of every change, and the reports about the identity it is correlating (phase Observed when it was never quarantined: nothing is enforced). Written by meshguard controlplane; quarantines to enforce are written as Quarantine policies or through `meshguard quarantine add`.",
 		Spec: reflect.TypeFor[state.Quarantine](),
 		Columns: []apiextensionsv1.CustomResourceColumnDefinition{
 			crdgen.Column("Identity", ".spec.identity"), crdgen.Column("Phase", ".spec.phase"),
 			crdgen.Column("Expires", ".spec.expiresAt"), crdgen.Column("By", ".spec.by"),
 		},
-		Enums: map[string][]string{"Quarantine.Phase": {string(state.PhaseActive), string(state.PhaseReleased), string(state.PhaseExpired)}},
+		Enums: map[string][]string{"Quarantine.Phase": {string(state.PhaseActive), string(state.PhaseReleased), string(state.PhaseExpired), string(state.PhaseObserved)}},
 	},
 	{
 		Kind: "LearnedBaseline", Plural: ResourceBaselines, ShortNames: []string{"mglb"},

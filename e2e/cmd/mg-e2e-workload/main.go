@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -134,7 +135,7 @@ func run() error {
 		return fmt.Errorf("the control plane gave no listener %s (listeners: %v)", inboundListener, proxy.Listeners())
 	}
 
-	drv := &driver{src: src, rec: rec, log: log}
+	drv := &driver{src: src, rec: rec, log: log, proxy: proxy}
 	dl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -199,9 +200,10 @@ func (r *recorder) add(o envoyemu.Outcome) {
 }
 
 type driver struct {
-	src *workloadapi.X509Source
-	rec *recorder
-	log *slog.Logger
+	src   *workloadapi.X509Source
+	rec   *recorder
+	log   *slog.Logger
+	proxy *envoyemu.Proxy
 
 	mu      sync.Mutex
 	clients map[string]*http.Client
@@ -219,6 +221,12 @@ type CallRequest struct {
 	Bearer   string              `json:"bearer,omitempty"`      // send this token instead
 	Count    int                 `json:"count,omitempty"`       // repeat (default 1)
 	TimeoutS float64             `json:"timeoutSeconds,omitempty"`
+	// Via names an upstream of the workload's mesh description: the call
+	// goes through its sidecar's outbound listener (plain HTTP to
+	// loopback; the sidecar makes the mTLS connection), as the
+	// application's calls do, with URL's path. Empty: the app calls the
+	// destination's inbound listener itself (around its sidecar).
+	Via string `json:"via,omitempty"`
 }
 
 // CallResult is the answer of one call (the last of Count), plus the status
@@ -309,8 +317,18 @@ func (d *driver) call(w http.ResponseWriter, r *http.Request) {
 	if cr.TimeoutS > 0 {
 		timeout = time.Duration(cr.TimeoutS * float64(time.Second))
 	}
-	c, err := d.client(cr.DestID, timeout)
-	if err != nil {
+	var c *http.Client
+	var err error
+	if cr.Via != "" {
+		addr, ok := d.proxy.Listener("outbound_" + cr.Via)
+		u, perr := url.Parse(cr.URL)
+		if !ok || perr != nil {
+			http.Error(w, fmt.Sprintf("no outbound listener for %q (listeners: %v), or bad url", cr.Via, d.proxy.Listeners()), http.StatusBadRequest)
+			return
+		}
+		cr.URL = "http://" + addr + u.RequestURI()
+		c = &http.Client{Timeout: timeout}
+	} else if c, err = d.client(cr.DestID, timeout); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}

@@ -78,6 +78,9 @@ type Summary struct {
 	// DeniedWhileQuarantined counts the attacker's requests denied with
 	// denied_quarantined.
 	DeniedWhileQuarantined int
+	// BlockedAtSource counts requests a workload's own sidecar stopped on
+	// its outbound side, before they left the pod.
+	BlockedAtSource int
 	// ByReason counts every decision by reason code.
 	ByReason map[string]int
 }

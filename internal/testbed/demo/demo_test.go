@@ -90,6 +90,11 @@ func TestDemo(t *testing.T) {
 	if !contains(sum.Released, attackerID) {
 		t.Errorf("the attacker was not released: %v", sum.Released)
 	}
+	// Its lateral movement goes through its own sidecar, which stops the
+	// fan-out before it leaves the pod.
+	if sum.BlockedAtSource == 0 || !strings.Contains(out.String(), "blocked at the source by its own sidecar") {
+		t.Errorf("no request of the attacker was blocked at the source (%d)", sum.BlockedAtSource)
+	}
 	if sum.AttackDenied == 0 || sum.AttackDenied < sum.AttackRequests/2 {
 		t.Errorf("attack requests: %d, denied %d", sum.AttackRequests, sum.AttackDenied)
 	}

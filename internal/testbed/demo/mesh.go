@@ -28,6 +28,9 @@ type workloadSpec struct {
 	// Routes of the inbound listener; nil for a client-only workload (the
 	// ingress gateway, the support tool, Prometheus), which has no sidecar.
 	Routes []routeSpec
+	// Upstreams are the workloads it calls through its sidecar (an
+	// outbound listener each): the attacker's lateral movement goes there.
+	Upstreams []string
 }
 
 type routeSpec struct{ Name, Prefix string }
@@ -45,7 +48,8 @@ var demoWorkloads = []workloadSpec{
 	{Name: "prometheus", Namespace: "monitoring", SA: "prometheus"},
 	{Name: "frontend", Namespace: "bookstore", SA: "frontend", Routes: []routeSpec{{"frontend", "/"}}},
 	{Name: "catalog", Namespace: "bookstore", SA: "catalog", Routes: []routeSpec{{"catalog", "/"}}},
-	{Name: "reviews", Namespace: "bookstore", SA: "reviews", Routes: []routeSpec{{"reviews", "/"}}},
+	{Name: "reviews", Namespace: "bookstore", SA: "reviews", Routes: []routeSpec{{"reviews", "/"}},
+		Upstreams: []string{"orders", "payments-api", "ledger", "frontend"}},
 	{Name: "orders", Namespace: "bookstore", SA: "orders", Routes: []routeSpec{{"orders", "/"}}},
 	{Name: "payments-api", Namespace: "payments", SA: "payments-api", Routes: []routeSpec{
 		{"payments-charges", "/v1/charges"}, {"payments-refunds", "/v1/refunds"}, {"payments-api", "/"},
@@ -85,6 +89,11 @@ func meshDescription(authzAddr, eventsAddr, wasmFile string, nodes map[string]*n
 		for _, r := range w.Routes {
 			wl.Inbound[0].Routes = append(wl.Inbound[0].Routes, meshdesc.Route{Name: r.Name, Prefix: r.Prefix})
 		}
+		for _, u := range w.Upstreams {
+			to := nodes[u]
+			wl.Upstreams = append(wl.Upstreams, meshdesc.Upstream{Name: u, Address: "127.0.0.1", Port: to.inboundPort,
+				SPIFFEID: to.id.String(), ListenPort: n.outPorts[u]})
+		}
 		f.Spec.Workloads = append(f.Spec.Workloads, wl)
 	}
 	return f.Validate()
@@ -99,9 +108,13 @@ type node struct {
 	app     *http.Server
 	proxy   *envoyemu.Proxy
 	inbound string // the proxy's inbound listener address
-	// inboundPort and appPort are the ports the mesh description gives.
+	// inboundPort and appPort are the ports the mesh description gives,
+	// outPorts the outbound listeners' (by upstream).
 	inboundPort, appPort uint32
-	closers              []func()
+	outPorts             map[string]uint32
+	// outbound are the proxy's outbound listener addresses, by upstream.
+	outbound map[string]string
+	closers  []func()
 }
 
 // startApp starts the workload's application on loopback. It answers like a

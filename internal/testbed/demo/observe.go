@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,10 +78,17 @@ func (d *decisionMemo) get(reqID string, wait bool) (decisionlog.Entry, bool) {
 func (m *mesh) onOutcome(o envoyemu.Outcome) {
 	src := m.name(o.Source)
 	who := src + " → " + o.Workload
+	to, outbound := strings.CutPrefix(o.Listener, "outbound_")
+	if outbound {
+		// The workload's own request, on its sidecar's outbound side.
+		src, who = o.Workload, o.Workload+" → "+to
+	}
 	what := o.Method + " " + truncate(o.Path, 40)
 	// Only requests that got past the filter (allowed, or denied by
 	// authz) can have an authz decision to wait for.
-	e, haveDecision := m.dlog.get(o.RequestID, o.DeniedBy == "" || o.DeniedBy == envoyemu.DeniedByAuthz)
+	// (An outbound listener has no ext_authz: its requests are decided at
+	// their destination, under another request id.)
+	e, haveDecision := m.dlog.get(o.RequestID, !outbound && (o.DeniedBy == "" || o.DeniedBy == envoyemu.DeniedByAuthz))
 	reason := o.Reason
 	if o.DeniedBy == envoyemu.DeniedAuthzError {
 		// Envoy sends a bare 403 (status_on_error); count it apart from
@@ -108,7 +116,14 @@ func (m *mesh) onOutcome(o envoyemu.Outcome) {
 		kind = KindDryRun
 	}
 	why := reason
-	if o.DeniedBy != "" {
+	if outbound && o.DeniedBy == "" {
+		why = fmt.Sprintf("let out by its own sidecar; %s's side answered %d", to, o.Status)
+	} else if o.DeniedBy == envoyemu.DeniedByFilter && outbound {
+		why = fmt.Sprintf("%s (blocked at the source by its own sidecar: never left the pod)", reason)
+		m.mu.Lock()
+		m.sum.BlockedAtSource++
+		m.mu.Unlock()
+	} else if o.DeniedBy != "" {
 		why = fmt.Sprintf("%s (denied by %s)", reason, deniedByLabel(o.DeniedBy))
 	} else if kind == KindDryRun {
 		why = fmt.Sprintf("%s: would deny, dry-run", reason)

@@ -325,11 +325,17 @@ func (m *mesh) onEvents(b *wire.EventBatch) {
 				continue
 			}
 			why = "lateral movement: edge not in the traffic baseline (" + e.Detail + ")"
+			if e.Source == b.Reporter {
+				why += ", seen by its own sidecar"
+			}
 		default:
 			continue
 		}
 		if e.Detail != "" && e.Kind == wire.EventAnomaly {
 			why += " · " + e.Detail
+		}
+		if e.Kind == wire.EventAnomaly && e.Source == b.Reporter {
+			why += " · seen by its own sidecar (outbound)"
 		}
 		d := Detection{Detector: e.Detector, Source: e.Source, Destination: e.Destination, Response: e.Response, Detail: e.Detail}
 		m.mu.Lock()
@@ -381,6 +387,12 @@ func (m *mesh) startNodes(ctx context.Context) error {
 		if n.inboundPort, err = freePort(); err != nil {
 			return err
 		}
+		n.outPorts, n.outbound = map[string]uint32{}, map[string]string{}
+		for _, u := range w.Upstreams {
+			if n.outPorts[u], err = freePort(); err != nil {
+				return err
+			}
+		}
 	}
 	if err := m.startXDS(); err != nil {
 		return err
@@ -420,6 +432,11 @@ func (m *mesh) startNodes(ctx context.Context) error {
 			return fmt.Errorf("demo: %s: the control plane gave no inbound listener", w.Name)
 		}
 		n.inbound = addr
+		for _, u := range w.Upstreams {
+			if n.outbound[u], ok = n.proxy.Listener("outbound_" + u); !ok {
+				return fmt.Errorf("demo: %s: the control plane gave no outbound listener to %s", w.Name, u)
+			}
+		}
 	}
 	m.ui.Info("wasm filter: %d KiB module compiled and started in %d sidecars in %v", len(m.o.Wasm)/1024, len(m.nodes)-3, time.Since(compileStart).Round(10*time.Millisecond))
 	m.ui.Info("workloads: %d sidecars (Envoy emulated, configured by the control plane over ADS: mTLS, wasm filter in wazero via ECDS, ext_authz) + 3 clients", len(m.nodes)-3)

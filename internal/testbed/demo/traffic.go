@@ -24,6 +24,10 @@ type call struct {
 	headers  map[string]string
 	jwt      bool   // send the caller's JWT-SVID for the payments audience
 	bearer   string // send this token instead
+	// sidecar: through the caller's sidecar (its outbound listener to the
+	// destination), as an application's calls go; otherwise the caller
+	// connects to the destination itself, around its sidecar.
+	sidecar bool
 }
 
 // legitimate is the normal traffic of the example mesh: every call is
@@ -45,8 +49,10 @@ var legitimate = []call{
 // attackRound is what the compromised workload does in one round: a burst
 // of path enumeration on the one service it may call (enough distinct paths
 // within the detectors' window to stand out), credential probing on orders
-// and on payments-api with a forged JWT-SVID, and lateral movement to
-// services it never talks to.
+// and on payments-api with a forged JWT-SVID — both straight to the
+// destinations, around its own sidecar — and lateral movement to services
+// it never talks to, through its sidecar, whose filter sees the fan-out on
+// its outbound side.
 func attackRound(round int, forged string) []call {
 	var cs []call
 	for i := 0; i < 60; i++ {
@@ -62,11 +68,11 @@ func attackRound(round int, forged string) []call {
 		cs = append(cs, call{from: attacker, to: "payments-api", method: "POST", path: "/v1/charges", bearer: forged})
 	}
 	cs = append(cs,
-		call{from: attacker, to: "orders", method: "GET", path: "/api/orders/1001"},
-		call{from: attacker, to: "payments-api", method: "POST", path: "/v1/refunds"},
-		call{from: attacker, to: "payments-api", method: "GET", path: "/v1/charges/1"},
-		call{from: attacker, to: "ledger", method: "GET", path: "/v1/entries"},
-		call{from: attacker, to: "frontend", method: "GET", path: "/checkout"},
+		call{from: attacker, to: "orders", method: "GET", path: "/api/orders/1001", sidecar: true},
+		call{from: attacker, to: "payments-api", method: "POST", path: "/v1/refunds", sidecar: true},
+		call{from: attacker, to: "payments-api", method: "GET", path: "/v1/charges/1", sidecar: true},
+		call{from: attacker, to: "ledger", method: "GET", path: "/v1/entries", sidecar: true},
+		call{from: attacker, to: "frontend", method: "GET", path: "/checkout", sidecar: true},
 	)
 	return cs
 }
@@ -85,8 +91,8 @@ type player struct {
 	jwts    map[string]string
 }
 
-func (p *player) client(from, to string) (*http.Client, error) {
-	key := from + ">" + to
+func (p *player) client(from, to string, sidecar bool) (*http.Client, error) {
+	key := fmt.Sprint(from, ">", to, sidecar)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.clients[key]; ok {
@@ -97,18 +103,31 @@ func (p *player) client(from, to string) (*http.Client, error) {
 		return nil, fmt.Errorf("no route %s → %s", from, to)
 	}
 	c := envoyemu.OutboundClient(src.svids, p.m.ids.Bundles(), dst.id, 3*time.Second)
+	if sidecar {
+		// Plain HTTP to the sidecar's loopback listener; it makes the mTLS
+		// connection.
+		c = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}
+	}
 	p.clients[key] = c
 	return c, nil
 }
 
 // do runs one call and returns the status (0 on a transport error).
 func (p *player) do(ctx context.Context, c call) int {
-	cl, err := p.client(c.from, c.to)
+	cl, err := p.client(c.from, c.to, c.sidecar)
 	if err != nil {
 		return 0
 	}
 	dst := p.m.nodes[c.to]
-	req, err := http.NewRequestWithContext(ctx, c.method, "https://"+dst.inbound+c.path, nil)
+	url := "https://" + dst.inbound + c.path
+	if c.sidecar {
+		out, ok := p.m.nodes[c.from].outbound[c.to]
+		if !ok {
+			return 0
+		}
+		url = "http://" + out + c.path
+	}
+	req, err := http.NewRequestWithContext(ctx, c.method, url, nil)
 	if err != nil {
 		return 0
 	}
@@ -241,6 +260,11 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 				}()
 			}
 			for _, c := range attackRound(round, forged) {
+				if c.sidecar {
+					// The lateral moves go one at a time, in order, after
+					// the scan: the fan-out its sidecar sees.
+					continue
+				}
 				if ctx.Err() != nil || !time.Now().Before(attackEnd) {
 					break
 				}
@@ -248,6 +272,20 @@ func (m *mesh) play(ctx context.Context) (*Summary, error) {
 			}
 			close(calls)
 			aw.Wait()
+			for _, c := range attackRound(round, forged) {
+				if !c.sidecar || ctx.Err() != nil || !time.Now().Before(attackEnd) {
+					continue
+				}
+				status := p.do(ctx, c)
+				m.mu.Lock()
+				m.sum.AttackRequests++
+				if status >= 200 && status < 300 {
+					m.sum.AttackSucceeded++
+				} else if status == 403 || status == 429 || status == 0 {
+					m.sum.AttackDenied++
+				}
+				m.mu.Unlock()
+			}
 			sleep(ctx, 300*time.Millisecond)
 		}
 	}
@@ -341,6 +379,7 @@ func (s *Summary) Render() string {
 		fmt.Fprintf(&b, "  - denied: %s ×%d\n", k, s.LegitDeniedCalls[k])
 	}
 	fmt.Fprintf(&b, "attack requests     : %d, denied %d, reached an app with 2xx %d\n", s.AttackRequests, s.AttackDenied, s.AttackSucceeded)
+	fmt.Fprintf(&b, "blocked at the source (the caller's own sidecar): %d\n", s.BlockedAtSource)
 	fmt.Fprintf(&b, "dry-run would-deny  : %d\n", s.DryRun)
 	fmt.Fprintf(&b, "detections          : %d\n", len(s.Detections))
 	seen := map[string]bool{}

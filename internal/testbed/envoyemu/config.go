@@ -53,8 +53,11 @@ const (
 type listenerCfg struct {
 	name string
 	addr string // host:port
-	tls  *downstreamTLS
-	hcm  *connManager
+	// direction is the listener's traffic_direction, which filters read
+	// as listener_direction.
+	direction corev3.TrafficDirection
+	tls       *downstreamTLS
+	hcm       *connManager
 }
 
 // downstreamTLS is a DownstreamTlsContext whose secrets come over SDS.
@@ -211,7 +214,7 @@ func readListener(l *listenerv3.Listener) (*listenerCfg, error) {
 	if len(fc.GetFilters()) != 1 || fc.GetFilters()[0].GetName() != filterHCM {
 		return nil, errors.New("the filter chain must be the HTTP connection manager alone")
 	}
-	out := &listenerCfg{name: l.GetName(), addr: addr}
+	out := &listenerCfg{name: l.GetName(), addr: addr, direction: l.GetTrafficDirection()}
 	var mgr hcmv3.HttpConnectionManager
 	if err := unpack(fc.GetFilters()[0].GetTypedConfig(), typeHCM, &mgr); err != nil {
 		return nil, fmt.Errorf("http connection manager: %w", err)

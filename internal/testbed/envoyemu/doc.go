@@ -35,7 +35,9 @@
 //     or a remote one fetched through its cluster with its sha256 checked —
 //     run in the wazero proxy-wasm host, internal/testbed/wasmhost, with
 //     Envoy's connection and node properties, including node.metadata maps
-//     such as Istio's LABELS; failure_policy), ext_authz (gRPC to its
+//     such as Istio's LABELS, the listener's traffic_direction as
+//     listener_direction and the matched route's cluster as
+//     xds.cluster_name; failure_policy), ext_authz (gRPC to its
 //     cluster's endpoint with the cluster's TLS and SAN check, its timeout,
 //     failure_mode_allow, status_on_error, include_peer_certificate,
 //     bootstrap_metadata_labels_key → destination.labels from the node's

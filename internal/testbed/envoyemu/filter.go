@@ -18,6 +18,11 @@ type StreamInfo struct {
 	SNI string
 	// RouteName is xds.route_name.
 	RouteName string
+	// ClusterName is xds.cluster_name: the matched route's cluster.
+	ClusterName string
+	// Direction is listener_direction: the listener's traffic_direction
+	// (1 inbound, 2 outbound; 0, unspecified, sets no property).
+	Direction int64
 }
 
 // Reply is an HTTP response inside the chain.

@@ -2,6 +2,7 @@ package envoyemu
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -458,5 +459,121 @@ spec:
 				t.Fatalf("listeners %v served from a refused configuration", p.Listeners())
 			}
 		})
+	}
+}
+
+// TestWasmFilterOnTheOutboundSide: the generated outbound listeners run the
+// compiled filter (the same ECDS resource as the inbound one) before the
+// router, and the listener's traffic direction tells it which side it is
+// on: the workload's own fan-out is blocked by its own sidecar, and once
+// it is quarantined nothing it sends leaves — the upstreams never see
+// those requests.
+func TestWasmFilterOnTheOutboundSide(t *testing.T) {
+	module := filterModule(t)
+	tb := newTestbed(t)
+	bundle := tb.authority.X509Bundle()
+	// Two upstreams: mTLS servers presenting catalog's and orders' SVIDs,
+	// counting what reaches them.
+	var mu sync.Mutex
+	reached := map[string]int{}
+	upstream := func(name string) int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			reached[name]++
+			mu.Unlock()
+			_, _ = w.Write([]byte(firstURISAN(r.TLS.PeerCertificates[0])))
+		})}
+		go func() {
+			_ = srv.Serve(tls.NewListener(l, tlsconfig.MTLSServerConfig(svid(t, tb.authority, sa("bookstore", name)), bundle, tlsconfig.AuthorizeAny())))
+		}()
+		t.Cleanup(func() { _ = srv.Close() })
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	catalogPort, ordersPort := upstream("catalog"), upstream("orders")
+	inPort, toCatalog, toOrders := freePort(t), freePort(t), freePort(t)
+	cp := startControlPlane(t, fmt.Sprintf(`apiVersion: meshguard.dev/v1alpha1
+kind: Mesh
+metadata: {name: t}
+spec:
+  trustDomain: cluster.local
+  authz: {address: 127.0.0.1, port: %d, spiffeID: spiffe://cluster.local/ns/meshguard/sa/authz, timeout: 2s}
+  controlPlane: {address: 127.0.0.1, port: 1, spiffeID: spiffe://cluster.local/ns/meshguard/sa/controlplane}
+  wasm: {file: %s, requireMtls: true}
+  workloads:
+  - name: reviews
+    namespace: bookstore
+    spiffeID: spiffe://cluster.local/ns/bookstore/sa/reviews
+    inbound: [{name: http, port: %d, appPort: %d, routes: [{name: reviews, prefix: /}]}]
+    upstreams:
+    - {name: catalog, address: 127.0.0.1, port: %d, spiffeID: spiffe://cluster.local/ns/bookstore/sa/catalog, service: catalog, namespace: bookstore, listenPort: %d}
+    - {name: orders, address: 127.0.0.1, port: %d, spiffeID: spiffe://cluster.local/ns/bookstore/sa/orders, service: orders, namespace: bookstore, listenPort: %d}
+`, tb.authzPort, module, inPort, tb.appPort, catalogPort, toCatalog, ordersPort, toOrders))
+	profile := `apiVersion: meshguard.dev/v1alpha1
+kind: AnomalyProfile
+metadata: {name: reviews, namespace: bookstore}
+spec:
+  workloads: ["spiffe://cluster.local/ns/bookstore/sa/reviews"]
+  enumeration: {window: 1m, maxDestinations: 1}
+  responses: {enumeration: block}
+`
+	cp.publish(t, "v1", profile)
+	var outcomes []Outcome
+	p := startProxy(t, cp, &corev3.Node{Id: "reviews-1", Cluster: "reviews.bookstore"}, svid(t, tb.authority, sa("bookstore", "reviews")), bundle,
+		func(o Outcome) { mu.Lock(); outcomes = append(outcomes, o); mu.Unlock() })
+	// The application calls through its sidecar: plain HTTP to loopback.
+	call := func(port int) (int, string, Outcome) {
+		t.Helper()
+		resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/api/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		return resp.StatusCode, resp.Header.Get("x-meshguard-reason"), outcomes[len(outcomes)-1]
+	}
+	if _, ok := p.Listener("outbound_catalog"); !ok {
+		t.Fatalf("no outbound listener: %v", p.Listeners())
+	}
+	if st, _, o := call(toCatalog); st != 200 || o.Listener != "outbound_catalog" || o.DeniedBy != "" {
+		t.Fatalf("first destination: %d %+v", st, o)
+	}
+	// A second destination within the window: more than maxDestinations.
+	st, reason, o := call(toOrders)
+	if st != 403 || reason != string(policies.ReasonDeniedAnomaly) || o.DeniedBy != DeniedByFilter || o.Listener != "outbound_orders" {
+		t.Fatalf("fan-out: %d %q %+v; want 403 denied_anomaly by the filter on the outbound listener", st, reason, o)
+	}
+	mu.Lock()
+	if reached["orders"] != 0 || reached["catalog"] != 1 {
+		t.Errorf("upstreams reached %v; the blocked request must not leave", reached)
+	}
+	mu.Unlock()
+
+	// Quarantined: its own sidecar refuses everything it sends.
+	cp.publish(t, "v2", profile+`---
+apiVersion: meshguard.dev/v1alpha1
+kind: Quarantine
+metadata: {name: reviews, namespace: istio-system}
+spec: {identity: "spiffe://cluster.local/ns/bookstore/sa/reviews", reason: test}
+`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, reason, o = call(toCatalog)
+		if reason == string(policies.ReasonDeniedQuarantine) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st != 403 || reason != string(policies.ReasonDeniedQuarantine) || o.DeniedBy != DeniedByFilter {
+		t.Fatalf("quarantined: %d %q %+v", st, reason, o)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if reached["catalog"] != 1 {
+		t.Errorf("catalog reached %d times; the quarantined workload's requests must not leave", reached["catalog"])
 	}
 }

@@ -79,7 +79,7 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor == 2 {
 		s.proto = "HTTP/2"
 	}
-	s.info = StreamInfo{SourceAddress: r.RemoteAddr}
+	s.info = StreamInfo{SourceAddress: r.RemoteAddr, Direction: int64(l.direction)}
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 		s.info.DestinationAddress = la.String()
 	}
@@ -118,6 +118,7 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.info.RouteName, out.Route = s.route.name, s.route.name
+	s.info.ClusterName = s.route.cluster
 
 	res := s.next(0)(r.Context(), headers, body)
 	out.Status, out.DeniedBy, out.Reason = res.Status, s.deniedBy, s.reason

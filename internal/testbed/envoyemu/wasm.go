@@ -69,6 +69,12 @@ func (f *WasmFilter) Handle(ctx context.Context, info StreamInfo, headers [][2]s
 	if info.RouteName != "" {
 		props.SetString("xds.route_name", info.RouteName)
 	}
+	if info.ClusterName != "" {
+		props.SetString("xds.cluster_name", info.ClusterName)
+	}
+	if info.Direction != 0 {
+		props.SetInt("listener_direction", info.Direction)
+	}
 	res, err := f.h.HandleRequest(ctx, wasmhost.Request{Headers: headers, Body: body, Properties: props},
 		func(ctx context.Context, ur wasmhost.UpstreamRequest) wasmhost.Response {
 			r := next(ctx, ur.Headers, ur.Body)

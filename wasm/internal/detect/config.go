@@ -187,13 +187,7 @@ func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
 		errs = append(errs, errors.New("detection capacity and edge cache are limited to 1048576"))
 	}
 	// First match by (namespace, name), as policies.Snapshot.AnomalyProfile.
-	aps := slices.Clone(set.AnomalyProfiles)
-	slices.SortStableFunc(aps, func(a, b policies.AnomalyProfile) int {
-		if c := strings.Compare(a.Metadata.Namespace, b.Metadata.Namespace); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Metadata.Name, b.Metadata.Name)
-	})
+	aps := sortedProfiles(set.AnomalyProfiles)
 	if len(aps) == 0 {
 		aps = []policies.AnomalyProfile{{
 			Metadata: policies.ObjectMeta{Name: "default"},
@@ -265,6 +259,47 @@ func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
 		return nil, fmt.Errorf("detection settings: %w", err)
 	}
 	return c, nil
+}
+
+// WithTuning returns the configuration with other tuning: the same
+// profiles, routes and baseline for an engine of another size.
+func (c *Config) WithTuning(t Tuning) *Config {
+	out := *c
+	if t.Capacity > 0 {
+		out.tuning.Capacity = t.Capacity
+	}
+	if t.EdgeCache > 0 {
+		out.tuning.EdgeCache = t.EdgeCache
+	}
+	if t.Warmup > 0 {
+		out.tuning.Warmup = t.Warmup
+	}
+	return &out
+}
+
+// sortedProfiles returns the profiles ordered by (namespace, name), stably.
+// An insertion sort over indexes: a set has a handful of profiles, and
+// a generic sort of a struct this size is kilobytes of the module.
+func sortedProfiles(ps []policies.AnomalyProfile) []policies.AnomalyProfile {
+	order := make([]int, len(ps))
+	for i := range order {
+		order[i] = i
+		for j := i; j > 0 && profileLess(&ps[order[j]], &ps[order[j-1]]); j-- {
+			order[j], order[j-1] = order[j-1], order[j]
+		}
+	}
+	out := make([]policies.AnomalyProfile, len(ps))
+	for i, k := range order {
+		out[i] = ps[k]
+	}
+	return out
+}
+
+func profileLess(a, b *policies.AnomalyProfile) bool {
+	if a.Metadata.Namespace != b.Metadata.Namespace {
+		return a.Metadata.Namespace < b.Metadata.Namespace
+	}
+	return a.Metadata.Name < b.Metadata.Name
 }
 
 func qualified(m policies.ObjectMeta) string {

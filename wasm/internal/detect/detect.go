@@ -22,8 +22,15 @@ type Request struct {
 	DestAddr   netip.Addr
 	Route      string
 	// Service is the destination service of the edge (the protected
-	// workload's service for an inbound filter); empty: the :authority host.
+	// workload's service for an inbound filter, the route's cluster for
+	// an outbound one); empty: the :authority host.
 	Service string
+	// Outbound: the request is one the workload makes (Source is the
+	// workload itself). Service is then what the distinct-destinations
+	// count and the egress check see besides the :authority host, and
+	// the baseline is asked about the edge on any route (the caller's
+	// side does not know the destination's routes).
+	Outbound bool
 }
 
 // Finding is one detector firing.
@@ -291,10 +298,14 @@ func (e *Engine) Observe(r *Request) Verdict {
 	}
 	bmode := e.cfg.baseline
 	if bmode != BaselineNone && service != "" {
-		h := edgeHash(e.ids[slot], service, r.Route)
+		route := r.Route
+		if r.Outbound {
+			route = "" // one edge per destination, whatever the route
+		}
+		h := edgeHash(e.ids[slot], service, route)
 		es := &e.edges[(h>>20)&uint64(len(e.edges)-1)]
 		if es.hash != h || es.gen != e.gen {
-			*es = edgeSlot{hash: h, gen: e.gen, known: knownEdge(e.cfg.edges, r.Source, service, r.Route)}
+			*es = edgeSlot{hash: h, gen: e.gen, known: knownEdge(e.cfg.edges, r.Source, service, route, r.Outbound)}
 		}
 		if !es.reported && (!es.known || bmode == BaselineLearn) {
 			es.reported = true
@@ -351,14 +362,18 @@ func (e *Engine) Observe(r *Request) Verdict {
 	if p.enum {
 		if setBit(ent.paths[:], hashPath(r.Path)) {
 			ent.nPaths++
-			if n := linearCount(pathBits, int(ent.nPaths)); n > p.maxPaths && ent.enumFired&firedPaths == 0 {
+			if n := linearCount(pathBits, int(ent.nPaths)); exceeds(n, p.maxPaths) && ent.enumFired&firedPaths == 0 {
 				ent.enumFired |= firedPaths
 				e.fire(&v, ent, p, rs, DetEnumeration, n, uint64(n+0.5), "distinct_paths", now)
 			}
 		}
-		if host != "" && setBit(ent.dests[:], mix(fnvString(fnvOffset, host))) {
+		dest := host
+		if r.Outbound {
+			dest = service // the route's cluster, not what the caller wrote
+		}
+		if dest != "" && setBit(ent.dests[:], mix(fnvString(fnvOffset, dest))) {
 			ent.nDests++
-			if n := linearCount(destBits, int(ent.nDests)); n > p.maxDests && ent.enumFired&firedDests == 0 {
+			if n := linearCount(destBits, int(ent.nDests)); exceeds(n, p.maxDests) && ent.enumFired&firedDests == 0 {
 				ent.enumFired |= firedDests
 				e.fire(&v, ent, p, rs, DetEnumeration, n, uint64(n+0.5), "distinct_destinations", now)
 			}
@@ -368,7 +383,8 @@ func (e *Engine) Observe(r *Request) Verdict {
 		ent.enumFired |= firedLateral
 		e.fire(&v, ent, p, rs, DetLateral, float64(ent.newEdges), uint64(ent.newEdges), "unknown_edges", now)
 	}
-	if p.egress && e.sensitive(p, host, r.DestAddr) && !matchAny(p.egressAllowed, r.Source) {
+	if p.egress && (e.sensitive(p, host, r.DestAddr) || (r.Outbound && service != host && e.sensitive(p, service, netip.Addr{}))) &&
+		!matchAny(p.egressAllowed, r.Source) {
 		w := p.enumWindow
 		if w == 0 {
 			w = int64(DefaultWindow)

@@ -512,3 +512,104 @@ func BenchmarkObserve(b *testing.B) {
 		e.ObserveResponse(v.Ref, r.Now, 200)
 	}
 }
+
+// TestOutbound: on the caller's own side the destination is the service of
+// the route's cluster, whatever :authority the caller wrote; the baseline
+// is asked about the destination on any route.
+func TestOutbound(t *testing.T) {
+	out := func(e *Engine, i int, src spiffeid.ID, service, authority string) Verdict {
+		r := Request{Now: t0 + int64(i)*1e6, Source: src, Method: "GET", Path: "/", Authority: authority,
+			Route: "outbound_" + service, Service: service, Outbound: true}
+		return e.Observe(&r)
+	}
+	t.Run("fan-out counts destinations, not hosts", func(t *testing.T) {
+		e := newEngine(t, policies.Set{AnomalyProfiles: []policies.AnomalyProfile{allDetectors(map[string]string{"enumeration": "block"})}})
+		// One :authority for every call: an inbound-style count would see one destination.
+		var got []Finding
+		var denied int
+		for i := 0; i < 20; i++ {
+			v := out(e, i, attacker, fmt.Sprintf("svc-%d.shop", i), "innocent.shop.svc")
+			got = append(got, v.Findings[:v.N]...)
+			if v.Status == 403 && v.Reason == policies.ReasonDeniedAnomaly {
+				denied++
+			}
+		}
+		if !has(got, DetEnumeration, "distinct_destinations") || denied == 0 {
+			t.Fatalf("fan-out over 20 services not blocked: %d denied, %+v", denied, got)
+		}
+		// An inbound request with the same :authority counts one destination.
+		e = newEngine(t, policies.Set{AnomalyProfiles: []policies.AnomalyProfile{allDetectors(map[string]string{"enumeration": "block"})}})
+		for i := 0; i < 20; i++ {
+			r := Request{Now: t0 + int64(i)*1e6, Source: attacker, Method: "GET", Path: "/", Authority: "innocent.shop.svc", Service: fmt.Sprintf("svc-%d.shop", i)}
+			if v := e.Observe(&r); has(v.Findings[:v.N], DetEnumeration, "distinct_destinations") {
+				t.Fatal("inbound request counted its service as a destination")
+			}
+		}
+	})
+	t.Run("egress by the cluster's service", func(t *testing.T) {
+		e := newEngine(t, policies.Set{AnomalyProfiles: []policies.AnomalyProfile{allDetectors(map[string]string{"egress": "block"})}})
+		if v := out(e, 0, web, "kubernetes.default", "api.internal"); !has(v.Findings[:v.N], DetEgress, "") || v.Status != 403 {
+			t.Fatalf("egress to the Kubernetes API through a cluster not caught: %+v", v)
+		}
+		if v := out(e, 1, web, "orders.shop", "orders"); has(v.Findings[:v.N], DetEgress, "") {
+			t.Fatalf("ordinary destination flagged: %+v", v)
+		}
+	})
+	t.Run("enforced baseline: destination on any route", func(t *testing.T) {
+		e := newEngine(t, baselineSet(policies.BaselineEnforce))
+		// The baseline lists web → orders on route orders-api only: the
+		// caller's side cannot know the route and allows the destination.
+		if v := out(e, 0, web, "orders", "orders"); v.Status != 0 {
+			t.Fatalf("known destination denied: %+v", v)
+		}
+		if v := out(e, 1, web, "payments", "orders"); v.Status != 403 || v.Reason != policies.ReasonDeniedBaseline {
+			t.Fatalf("unknown destination: status %d reason %s", v.Status, v.Reason)
+		}
+	})
+	t.Run("shadow: one edge per destination", func(t *testing.T) {
+		e := newEngine(t, baselineSet(policies.BaselineShadow))
+		v := out(e, 0, attacker, "payments", "payments")
+		if !v.Edge.Report || v.Edge.Known || v.Edge.Dest != "payments" {
+			t.Fatalf("edge %+v", v.Edge)
+		}
+		r := Request{Now: t0 + 5e6, Source: attacker, Method: "GET", Path: "/", Route: "another-route", Service: "payments", Outbound: true}
+		if v := e.Observe(&r); v.Edge.Report {
+			t.Fatal("the same destination reported again on another route")
+		}
+	})
+}
+
+// TestDistinctDestinationsLimitIsExact: maxDestinations destinations are
+// allowed and one more fires (for these names, which do not collide in
+// the sketch; a collision makes it count one less).
+func TestDistinctDestinationsLimitIsExact(t *testing.T) {
+	for _, max := range []int{1, 2, 3, 5, 10} {
+		p := allDetectors(map[string]string{"enumeration": "block"})
+		p.Spec.Enumeration.MaxDestinations = max
+		e := newEngine(t, policies.Set{AnomalyProfiles: []policies.AnomalyProfile{p}})
+		for i := 0; i <= max; i++ {
+			r := Request{Now: t0 + int64(i)*1e6, Source: attacker, Method: "GET", Path: "/", Service: fmt.Sprintf("svc-%d.shop", i), Outbound: true}
+			v := e.Observe(&r)
+			if fired := has(v.Findings[:v.N], DetEnumeration, "distinct_destinations"); fired != (i == max) {
+				t.Fatalf("maxDestinations %d: destination %d fired=%v", max, i+1, fired)
+			}
+		}
+	}
+}
+
+func TestSortedProfiles(t *testing.T) {
+	p := func(ns, name, tag string) policies.AnomalyProfile {
+		return policies.AnomalyProfile{Metadata: policies.ObjectMeta{Namespace: ns, Name: name}, Spec: policies.AnomalyProfileSpec{QuarantineFor: tag}}
+	}
+	in := []policies.AnomalyProfile{p("shop", "b", "1"), p("", "z", "2"), p("shop", "a", "3"), p("ops", "a", "4"), p("shop", "a", "5")}
+	var got []string
+	for _, x := range sortedProfiles(in) {
+		got = append(got, x.Metadata.Namespace+"/"+x.Metadata.Name+":"+x.Spec.QuarantineFor)
+	}
+	if want := "/z:2 ops/a:4 shop/a:3 shop/a:5 shop/b:1"; strings.Join(got, " ") != want {
+		t.Fatalf("order %v, want %s", got, want)
+	}
+	if in[0].Metadata.Name != "b" {
+		t.Fatal("the input was reordered")
+	}
+}

@@ -36,6 +36,9 @@ func (m BaselineMode) String() string {
 type EdgeOracle interface {
 	BaselineMode() string
 	KnownEdge(source spiffeid.ID, destination, route string) bool
+	// KnownDestination: an edge source → destination on any route (what
+	// the caller's own, outbound side can check).
+	KnownDestination(source spiffeid.ID, destination string) bool
 }
 
 func parseBaselineMode(s string) BaselineMode {
@@ -52,20 +55,34 @@ func parseBaselineMode(s string) BaselineMode {
 
 // knownEdge asks the oracle about dest as given and, for a Kubernetes service
 // host such as "reviews.default.svc.cluster.local", also about
-// "reviews.default" and "reviews", the forms baselines are written in.
-func knownEdge(o EdgeOracle, src spiffeid.ID, dest, route string) bool {
-	if o.KnownEdge(src, dest, route) {
+// "reviews.default" and "reviews", the forms baselines are written in. An
+// outbound request asks about the destination on any route, and about
+// "reviews" for "reviews.default".
+func knownEdge(o EdgeOracle, src spiffeid.ID, dest, route string, outbound bool) bool {
+	if known(o, src, dest, route, outbound) {
 		return true
 	}
+	if j := indexByte(dest, '.'); outbound && j > 0 && !strings.Contains(dest, ".svc") && indexByte(dest[j+1:], '.') < 0 {
+		// The outbound side names a Kubernetes service "<svc>.<ns>"; a
+		// baseline may name it "<svc>".
+		return known(o, src, dest[:j], route, outbound)
+	}
 	if i := strings.Index(dest, ".svc"); i > 0 {
-		if o.KnownEdge(src, dest[:i], route) {
+		if known(o, src, dest[:i], route, outbound) {
 			return true
 		}
 		if j := indexByte(dest, '.'); j > 0 && j < i {
-			return o.KnownEdge(src, dest[:j], route)
+			return known(o, src, dest[:j], route, outbound)
 		}
 	}
 	return false
+}
+
+func known(o EdgeOracle, src spiffeid.ID, dest, route string, outbound bool) bool {
+	if outbound {
+		return o.KnownDestination(src, dest)
+	}
+	return o.KnownEdge(src, dest, route)
 }
 
 // edgeSlot caches the baseline answer for one edge so a request costs one

@@ -32,6 +32,12 @@ func linearCount(m, set int) float64 {
 	return -float64(m) * math.Log(float64(m-set)/float64(m))
 }
 
+// exceeds reports whether a linear count is above max, rounded to the
+// nearest integer: exactly max distinct items without a collision estimate
+// a little more than max (the estimator expects collisions), and must not
+// fire.
+func exceeds(est, max float64) bool { return est >= max+0.5 }
+
 const (
 	fnvOffset = 14695981039346656037
 	fnvPrime  = 1099511628211

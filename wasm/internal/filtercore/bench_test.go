@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshguard/meshguard/wasm/internal/scenario"
@@ -33,6 +34,35 @@ func BenchmarkAllowedRequest(b *testing.B) {
 		var st StreamState
 		if !p.OnRequestHeaders(s, &st) {
 			b.Fatal("denied")
+		}
+		s.resp = [][2]string{{":status", "200"}}
+		p.OnResponseHeaders(s, &st)
+	}
+}
+
+// BenchmarkOutboundRequest is the outbound side's path with the fake host:
+// the workload's own request, let out, with the configuration the control
+// plane writes (direction "listener", a listed upstream cluster).
+func BenchmarkOutboundRequest(b *testing.B) {
+	h := newFakeHost()
+	p := NewVM(h).NewPlugin()
+	if err := p.Configure(scenario.Config(b, scenario.Options{Direction: wire.DirectionListener})); err != nil {
+		b.Fatal(err)
+	}
+	r := scenario.Request{Direction: scenario.ListenerOutbound, SourceAddr: "127.0.0.1:51000", DestAddr: "127.0.0.1:9001",
+		Route: "outbound", Cluster: "outbound|orders", Method: "POST", Path: "/api/orders/17", Authority: "orders",
+		Headers: [][2]string{{"user-agent", "shop-web/1.4"}, {"accept", "application/json"}, {"x-request-id", "0b5e2f7c"}}}
+	s := streamFor(r)
+	s.props["connection.id"] = []byte{9, 0, 0, 0, 0, 0, 0, 0}
+	req := s.req
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		s.req = req
+		h.now += 1e6
+		var st StreamState
+		if !p.OnRequestHeaders(s, &st) || !st.outbound {
+			b.Fatalf("not let out: %+v", s.local)
 		}
 		s.resp = [][2]string{{":status", "200"}}
 		p.OnResponseHeaders(s, &st)

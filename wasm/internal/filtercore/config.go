@@ -3,6 +3,9 @@ package filtercore
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -39,6 +42,20 @@ type Config struct {
 	// fetch is set when the bundle comes from the control plane.
 	fetch *fetchConfig
 
+	// The outbound side: which side each request is on, the workload's
+	// own identity (the source of its outbound requests) and its key in
+	// the detectors' table, the destination of each outbound cluster.
+	direction  direction
+	self       spiffeid.ID
+	selfKey    uint64
+	selfReason string // why self is unknown, for the log
+	upstreams  map[string]string
+	detectOut  *detect.Config
+	// selfNS and selfSA are the node's namespace and service account, the
+	// workload's identity in the bundle's trust domain when the
+	// configuration names none.
+	selfNS, selfSA string
+
 	cluster, authority, path  string
 	tickMillis, timeoutMillis uint32
 	maxBatch, maxEvents       int
@@ -69,7 +86,35 @@ type Node struct {
 	// read (absent, or not a string map). Used with labelsFrom: node.
 	Labels    map[string]string
 	LabelsErr error
+	// Namespace and ServiceAccount are node.metadata NAMESPACE and
+	// SERVICE_ACCOUNT (Istio's proxies carry them): the workload's own
+	// identity on the outbound side when the configuration names none.
+	Namespace, ServiceAccount string
 }
+
+// direction is the side of the workload's traffic a request is on, or how
+// to tell (wire.FilterConfig.Direction).
+type direction uint8
+
+const (
+	dirInbound direction = iota
+	dirOutbound
+	dirListener
+)
+
+// Envoy's listener_direction values (envoy.config.core.v3.TrafficDirection).
+const (
+	listenerInbound  = 1
+	listenerOutbound = 2
+)
+
+// defaultTrustDomain is Istio's, for an identity read from node metadata
+// when the bundle's MeshSettings name none.
+const defaultTrustDomain = "cluster.local"
+
+// outbound detector state: one caller (the workload itself), few
+// destinations.
+var outTuning = detect.Tuning{Capacity: 4, EdgeCache: 256}
 
 // ParseConfig decodes the plugin configuration strictly (unknown fields are
 // errors), decodes and verifies the bundle, compiles it with the policy
@@ -120,6 +165,9 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 	}
 	c.service = w.Service
 	c.extAuthz = w.ExtAuthz
+	if err := c.outboundSide(&fc, &w, node); err != nil {
+		errs = append(errs, err)
+	}
 
 	cp := fc.ControlPlane
 	c.cluster, c.authority, c.path = cp.Cluster, cp.Authority, cp.Path
@@ -166,6 +214,7 @@ func ParseConfig(data []byte, node Node) (*Config, error) {
 			errs = append(errs, err)
 		}
 		c.detect = dc
+		c.outboundBundle(b)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("plugin configuration (bundle %s): %w", version, err)
@@ -230,7 +279,81 @@ func (c *Config) withBundle(b *policies.Bundle) (*Config, error) {
 	}
 	n := *c
 	n.snap, n.detect = snap, dc
+	n.outboundBundle(b)
 	return &n, nil
+}
+
+// outboundSide reads the direction and the destination of each outbound
+// cluster, and where the workload's own identity — the source of its
+// outbound requests — comes from: the configuration's workload.id, else
+// its node (Istio's NAMESPACE and SERVICE_ACCOUNT metadata, in the
+// bundle's trust domain: see outboundBundle).
+func (c *Config) outboundSide(fc *wire.FilterConfig, w *wire.Workload, node Node) error {
+	switch fc.Direction {
+	case "", wire.DirectionInbound:
+		c.direction = dirInbound
+	case wire.DirectionOutbound:
+		c.direction = dirOutbound
+	case wire.DirectionListener:
+		c.direction = dirListener
+	default:
+		return errors.New("direction " + strconv.Quote(fc.Direction) + ": want inbound, outbound, listener or empty")
+	}
+	var err error
+	for cluster, d := range w.Upstreams {
+		if cluster == "" || d == "" || strings.ContainsAny(d, "/: ") {
+			err = errors.New("workload.upstreams: a cluster name and a destination (no '/', ':' or spaces) are required, got " + strconv.Quote(cluster) + ": " + strconv.Quote(d))
+			continue
+		}
+		if c.upstreams == nil {
+			c.upstreams = make(map[string]string, len(w.Upstreams))
+		}
+		c.upstreams[cluster] = strings.ToLower(d)
+	}
+	if w.ID == "" {
+		c.selfNS, c.selfSA = node.Namespace, node.ServiceAccount
+	}
+	return err
+}
+
+// outboundBundle sets what the outbound side takes from the bundle: the
+// workload's identity when it comes from the node (the trust domain is the
+// bundle's MeshSettings', else Istio's default) and the detection settings
+// of its own requests. Without an identity the configuration still serves
+// the inbound side; outbound requests are denied (selfReason says why).
+func (c *Config) outboundBundle(b *policies.Bundle) {
+	if c.direction == dirInbound {
+		return
+	}
+	if c.detect != nil {
+		c.detectOut = c.detect.WithTuning(outTuning)
+	}
+	c.self, c.selfReason = spiffeid.ID{}, ""
+	switch {
+	case c.workloadID != "":
+		c.self = c.target.ID // parsed (or refused) with the workload
+	case c.selfNS != "" && c.selfSA != "":
+		td := b.Set.Settings.TrustDomain
+		if td == "" {
+			td = defaultTrustDomain
+		}
+		id, err := spiffeid.FromString("spiffe://" + td + "/ns/" + c.selfNS + "/sa/" + c.selfSA)
+		if err == nil && strings.Contains(c.selfNS+c.selfSA, "/") {
+			err = errors.New("a namespace or service account with a '/'")
+		}
+		if err != nil {
+			c.selfReason = "the workload's identity from node metadata is not a SPIFFE ID: " + err.Error()
+		} else {
+			c.self = id
+		}
+	default:
+		c.selfReason = "no workload.id and no NAMESPACE and SERVICE_ACCOUNT in the node metadata"
+	}
+	if c.selfReason != "" {
+		c.selfReason = "outbound requests are denied with " + string(policies.ReasonDeniedIdentity) + ": " + c.selfReason
+	} else {
+		c.selfKey = detect.IdentityKey(c.self, netip.Addr{})
+	}
 }
 
 // GatewayNameLabel is the pod label by which Istio attaches targetRefs of
@@ -284,5 +407,5 @@ func workloadOf(fc *wire.FilterConfig, node Node) (wire.Workload, error) {
 }
 
 func isZeroWorkload(w *wire.Workload) bool {
-	return w.ID == "" && w.Namespace == "" && len(w.Labels) == 0 && w.Service == "" && w.Gateway == ""
+	return w.ID == "" && w.Namespace == "" && len(w.Labels) == 0 && w.Service == "" && w.Gateway == "" && len(w.Upstreams) == 0
 }

@@ -203,6 +203,12 @@ func streamFor(r scenario.Request) *fakeStream {
 	if r.Route != "" {
 		s.props["xds.route_name"] = []byte(r.Route)
 	}
+	if r.Direction != 0 {
+		s.props["listener_direction"] = binary.LittleEndian.AppendUint64(nil, uint64(r.Direction))
+	}
+	if r.Cluster != "" {
+		s.props["xds.cluster_name"] = []byte(r.Cluster)
+	}
 	return s
 }
 

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/meshguard/meshguard/internal/hostcall"
 	"github.com/meshguard/meshguard/policies"
@@ -35,6 +35,9 @@ type VM struct {
 	host   Host
 	m      *metrics
 	engine *detect.Engine
+	// out runs the detectors on the workload's own outbound requests: one
+	// caller, so a small table of its own.
+	out    *detect.Engine
 	events eventBuffer
 	ids    map[string]spiffeid.ID
 	conns  map[uint64]*connInfo // by connection.id
@@ -42,6 +45,8 @@ type VM struct {
 	// (from the host's scratch bytes) and rule references.
 	routes map[string]string
 	refs   map[policies.RuleRef]string
+	// dirWarned: a listener without a traffic direction was logged.
+	dirWarned bool
 	// The last of each, checked before hashing: map lookups are a
 	// measurable cost in a wasm VM, and consecutive requests mostly
 	// repeat them.
@@ -148,7 +153,17 @@ func (p *Plugin) install(cfg *Config) {
 	} else {
 		vm.engine.SetConfig(cfg.detect)
 	}
+	if cfg.detectOut != nil {
+		if vm.out == nil {
+			vm.out = detect.NewEngine(cfg.detectOut)
+		} else {
+			vm.out.SetConfig(cfg.detectOut)
+		}
+	}
 	vm.host.Log(LevelInfo, "meshguard: loaded bundle "+cfg.snap.Version()+" ("+cfg.snap.Hash()+")")
+	if cfg.selfReason != "" {
+		vm.host.Log(LevelWarn, "meshguard: "+cfg.selfReason)
+	}
 }
 
 // Done hands the batched counters to the host and stops fetching, for a
@@ -172,6 +187,12 @@ func (vm *VM) node() Node {
 	} else if n.Labels, n.LabelsErr = hostcall.DecodeMap(v); n.LabelsErr != nil {
 		n.LabelsErr = fmt.Errorf("node.metadata.LABELS is not a string map: %w", n.LabelsErr)
 	}
+	if v, ok := vm.host.Property(PropNodeNamespace); ok {
+		n.Namespace = string(v)
+	}
+	if v, ok := vm.host.Property(PropNodeServiceAccount); ok {
+		n.ServiceAccount = string(v)
+	}
 	return n
 }
 
@@ -188,6 +209,9 @@ type StreamState struct {
 	ref      detect.Ref
 	observed bool
 	replied  bool
+	// outbound: a request the workload makes, to dest.
+	outbound bool
+	dest     string
 }
 
 // headerView serves policy header lookups from the request's header list.
@@ -244,7 +268,20 @@ type connInfo struct {
 	srcIP, dstIP netip.Addr
 	dstPort      uint32
 	sni          string
-	requireMTLS  bool
+	// outbound: the connection is the workload's own, to its sidecar's
+	// outbound listener; dstName is its destination address, for a
+	// cluster that names no service (a passthrough).
+	outbound bool
+	dstName  string
+	// What the entry was read under: a configuration that changes them
+	// reads the connection again.
+	requireMTLS bool
+	dir         direction
+}
+
+// current reports whether c was read under cfg's settings.
+func (c *connInfo) current(cfg *Config) bool {
+	return c != nil && c.requireMTLS == cfg.requireMTLS && c.dir == cfg.direction
 }
 
 // connection returns the connection's information, from the cache when
@@ -255,19 +292,33 @@ func (p *Plugin) connection(s Stream) *connInfo {
 	var key uint64
 	if b, ok := s.Property(PropConnID); ok && len(b) == 8 {
 		key = binary.LittleEndian.Uint64(b)
-		if lc := &vm.lastConn; lc.key == key && lc.c != nil && lc.c.requireMTLS == p.cfg.requireMTLS {
+		if lc := &vm.lastConn; lc.key == key && lc.c.current(p.cfg) {
 			return lc.c
 		}
-		if cached, ok := vm.conns[key]; ok && cached.requireMTLS == p.cfg.requireMTLS {
+		if cached, ok := vm.conns[key]; ok && cached.current(p.cfg) {
 			vm.lastConn.key, vm.lastConn.c = key, cached
 			return cached
 		}
 	}
-	c := &connInfo{requireMTLS: p.cfg.requireMTLS}
-	c.id, c.mtls, c.bad = p.identity(s)
+	c := &connInfo{requireMTLS: p.cfg.requireMTLS, dir: p.cfg.direction}
+	var known bool
+	switch c.outbound, known = p.direction(s); {
+	case !known:
+		c.bad = policies.ReasonDeniedInternal
+		if !vm.dirWarned {
+			vm.dirWarned = true
+			vm.host.Log(LevelError, "meshguard: direction \"listener\" but the listener has no traffic_direction (listener_direction is neither INBOUND nor OUTBOUND): its requests are denied with "+string(policies.ReasonDeniedInternal))
+		}
+	case !c.outbound:
+		c.id, c.mtls, c.bad = p.identity(s)
+	}
 	c.srcIP, _ = parseAddr(s.Property(PropSourceAddr))
 	c.dstIP, c.dstPort = parseAddr(s.Property(PropDestAddr))
-	if sni, ok := s.Property(PropSNI); ok {
+	if c.outbound {
+		if c.dstIP.IsValid() {
+			c.dstName = c.dstIP.String()
+		}
+	} else if sni, ok := s.Property(PropSNI); ok {
 		c.sni = string(sni)
 	}
 	if key != 0 {
@@ -278,6 +329,29 @@ func (p *Plugin) connection(s Stream) *connInfo {
 		vm.lastConn.key, vm.lastConn.c = key, c
 	}
 	return c
+}
+
+// direction tells whether the stream's requests are outbound; known is
+// false when the configuration says to ask the listener and the listener
+// does not say.
+func (p *Plugin) direction(s Stream) (outbound, known bool) {
+	switch p.cfg.direction {
+	case dirInbound:
+		return false, true
+	case dirOutbound:
+		return true, true
+	}
+	b, ok := s.Property(PropListenerDirection)
+	if !ok || len(b) != 8 {
+		return false, false
+	}
+	switch binary.LittleEndian.Uint64(b) {
+	case listenerInbound:
+		return false, true
+	case listenerOutbound:
+		return true, true
+	}
+	return false, false
 }
 
 // identity returns the caller's verified SPIFFE ID (zero when the
@@ -335,6 +409,10 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	rl := p.readRequestLine(hdrs)
 	route := p.routeName(s)
 	c := p.connection(s)
+	if c.outbound {
+		st.outbound = true
+		return p.outboundRequest(s, st, cfg, c, hdrs, &rl, route)
+	}
 	if c.bad != "" {
 		return p.deny(s, st, cfg, "", route, 403, c.bad, policies.RuleRef{})
 	}
@@ -442,8 +520,113 @@ func (p *Plugin) observe(cfg *Config, st *StreamState, c *connInfo, rl *requestL
 		Authority: rl.authority, DestAddr: c.dstIP, Route: route, Service: cfg.service}
 	v := p.vm.engine.Observe(&dr)
 	st.ref, st.observed = v.Ref, true
-	p.report(&v, now, rl.method, route)
+	p.report(p.vm.engine, &v, now, rl.method, route, cfg.service, false)
 	return v
+}
+
+// outboundRequest decides a request the workload itself makes, on its own
+// sidecar, before it leaves the pod. The source is the workload (its
+// configuration or its node say who it is, never the request); the
+// destination is the service of the route's upstream cluster. What holds
+// here: a quarantine of the workload (denied_quarantined), an enforced
+// baseline without an edge to the destination (denied_unknown_edge), and
+// the detectors' responses (denied_anomaly, rate_limited_anomaly).
+// Authorization policies speak of the destination and are decided on its
+// side. Client-sent x-meshguard-* headers are removed.
+func (p *Plugin) outboundRequest(s Stream, st *StreamState, cfg *Config, c *connInfo, hdrs [][2]string, rl *requestLine, route string) bool {
+	vm := p.vm
+	vm.m.outRequests.Add(1)
+	if c.bad != "" {
+		return p.deny(s, st, cfg, "", route, 403, c.bad, policies.RuleRef{})
+	}
+	if cfg.self.IsZero() || vm.out == nil {
+		return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedIdentity, policies.RuleRef{Policy: "meshguard/outbound-identity"})
+	}
+	dest := p.destination(s, cfg, c)
+	st.dest = dest
+	now := vm.host.Now()
+	if until, ok := vm.blocks[cfg.selfKey]; ok && now < until {
+		return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+	}
+	if ref, ok := cfg.snap.QuarantineRef(cfg.self, now); ok {
+		return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedQuarantine, ref)
+	}
+	dr := detect.Request{Now: now, Source: cfg.self, Method: rl.method, Path: rl.path, Authority: rl.authority,
+		DestAddr: c.dstIP, Route: route, Service: dest, Outbound: true}
+	v := vm.out.Observe(&dr)
+	st.ref, st.observed = v.Ref, true
+	p.report(vm.out, &v, now, rl.method, route, dest, true)
+	if v.Status != 0 {
+		return p.deny(s, st, cfg, "", route, v.Status, v.Reason, anomalyRef(&v))
+	}
+	if rl.spoofed > 0 {
+		if err := s.ReplaceRequestHeaders(withoutMeshguardHeaders(hdrs, 0)); err != nil {
+			return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+		}
+	}
+	vm.m.decision(policies.ReasonAllowedNoPolicy)
+	return true
+}
+
+// withoutMeshguardHeaders is hdrs without the headers in meshguard's
+// namespace, with room for extra more.
+func withoutMeshguardHeaders(hdrs [][2]string, extra int) [][2]string {
+	clean := make([][2]string, 0, len(hdrs)+extra)
+	for _, kv := range hdrs {
+		if !hasPrefixFold(kv[0], wire.HeaderPrefix) {
+			clean = append(clean, kv)
+		}
+	}
+	return clean
+}
+
+// destination is the service an outbound request goes to: its upstream
+// cluster's, as the configuration lists it, else as Istio names outbound
+// clusters; else (a passthrough cluster) the connection's destination
+// address.
+func (p *Plugin) destination(s Stream, cfg *Config, c *connInfo) string {
+	if b, ok := s.Property(PropClusterName); ok && len(b) > 0 {
+		if d, ok := cfg.upstreams[string(b)]; ok {
+			return d
+		}
+		// Interned, as route names are: parsing it then allocates nothing.
+		if d := istioClusterService(p.vm.intern(b)); d != "" {
+			return d
+		}
+	}
+	return c.dstName
+}
+
+// istioClusterService reads an Istio outbound cluster name,
+// outbound|<port>|<subset>|<host>, as its host's service; "" for another
+// name (PassthroughCluster, BlackHoleCluster, ...).
+func istioClusterService(name string) string {
+	rest, ok := strings.CutPrefix(name, "outbound|")
+	if !ok || strings.Count(rest, "|") != 2 {
+		return ""
+	}
+	return serviceKey(rest[strings.LastIndexByte(rest, '|')+1:])
+}
+
+// serviceKey writes a host as baselines and the control plane name
+// services: without a trailing dot, a Kubernetes service host
+// (<svc>.<ns>.svc[.<cluster domain>]) as <svc>.<ns>. (Istio writes cluster
+// hosts in lower case; the control plane and the baselines compare names
+// without case.)
+func serviceKey(h string) string {
+	h = strings.TrimSuffix(h, ".")
+	if i := strings.Index(h, ".svc"); i > 0 && (len(h) == i+4 || h[i+4] == '.') {
+		return h[:i]
+	}
+	return h
+}
+
+// anomalyRef is the rule reference of a detector's denial.
+func anomalyRef(v *detect.Verdict) policies.RuleRef {
+	if v.Reason == policies.ReasonDeniedBaseline {
+		return policies.RuleRef{Policy: "TrafficBaseline", Rule: v.Detector.String()}
+	}
+	return policies.RuleRef{Policy: "AnomalyProfile/" + v.Profile, Rule: v.Detector.String()}
 }
 
 // enforce answers a request the policy or a detector denies, and records
@@ -459,11 +642,7 @@ func (p *Plugin) enforce(s Stream, st *StreamState, cfg *Config, c *connInfo, rl
 		vm.urgent.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeDryRun, reason: dec.Reason, ref: dec.Ref})
 	}
 	if v.Status != 0 {
-		ref := policies.RuleRef{Policy: "AnomalyProfile/" + v.Profile, Rule: v.Detector.String()}
-		if v.Reason == policies.ReasonDeniedBaseline {
-			ref = policies.RuleRef{Policy: "TrafficBaseline", Rule: v.Detector.String()}
-		}
-		return p.deny(s, st, cfg, c.id.String(), route, v.Status, v.Reason, ref)
+		return p.deny(s, st, cfg, c.id.String(), route, v.Status, v.Reason, anomalyRef(v))
 	}
 	vm.m.decision(dec.Reason)
 	return true
@@ -485,13 +664,7 @@ func (p *Plugin) stampForExtAuthz(s Stream, st *StreamState, cfg *Config, c *con
 			err = s.AddRequestHeader(wire.HeaderBundleVersion, cfg.snap.Version())
 		}
 	} else {
-		clean := make([][2]string, 0, len(hdrs)+3)
-		for _, kv := range hdrs {
-			if !hasPrefixFold(kv[0], wire.HeaderPrefix) {
-				clean = append(clean, kv)
-			}
-		}
-		clean = append(clean,
+		clean := append(withoutMeshguardHeaders(hdrs, 3),
 			[2]string{wire.HeaderRoute, route},
 			[2]string{wire.HeaderPolicyRef, ref},
 			[2]string{wire.HeaderBundleVersion, cfg.snap.Version()})
@@ -553,7 +726,11 @@ func refString(r policies.RuleRef) string {
 // when not known (yet).
 func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, source, route string, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
 	p.vm.m.decision(reason)
-	p.vm.urgent.add(tallyKey{source: source, route: route, outcome: OutcomeDeny, reason: reason, ref: ref})
+	if !st.outbound {
+		// Decision events speak of callers of this workload; the outbound
+		// side's refusals are reported as its anomalies and edges.
+		p.vm.urgent.add(tallyKey{source: source, route: route, outcome: OutcomeDeny, reason: reason, ref: ref})
+	}
 	b := wire.DenyBody{Reason: string(reason), Policy: ref.Policy, Rule: ref.Rule}
 	if cfg != nil {
 		b.BundleVersion = cfg.Version()
@@ -577,7 +754,11 @@ func (p *Plugin) OnResponseHeaders(s Stream, st *StreamState) {
 			p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the response path: %v", r))
 		}
 	}()
-	if !st.observed || st.replied || p.vm.engine == nil || !p.vm.engine.WantsStatus(st.ref) {
+	engine := p.vm.engine
+	if st.outbound {
+		engine = p.vm.out
+	}
+	if !st.observed || st.replied || engine == nil || !engine.WantsStatus(st.ref) {
 		return
 	}
 	sv, ok := s.ResponseHeader(":status")
@@ -589,26 +770,37 @@ func (p *Plugin) OnResponseHeaders(s Stream, st *StreamState) {
 		return
 	}
 	now := p.vm.host.Now()
-	v := p.vm.engine.ObserveResponse(st.ref, now, code)
-	p.report(&v, now, "", "")
+	v := engine.ObserveResponse(st.ref, now, code)
+	dest := st.dest
+	if !st.outbound && p.cfg != nil {
+		dest = p.cfg.service
+	}
+	p.report(engine, &v, now, "", "", dest, st.outbound)
 }
 
 // report turns findings, edges and quarantine requests into metrics,
-// events and shared blocks.
-func (p *Plugin) report(v *detect.Verdict, now int64, method, route string) {
+// events and shared blocks. dest is the destination the events name: the
+// workload's own service on the inbound side, the service called on the
+// outbound side, whose edges name no route (the destination's proxy
+// matches it; the route here is the caller's).
+func (p *Plugin) report(engine *detect.Engine, v *detect.Verdict, now int64, method, route, dest string, outbound bool) {
 	vm := p.vm
 	if v.N == 0 && !v.Edge.Report && !v.Quarantine {
 		return
 	}
-	src := vm.engine.Source(v.Ref)
+	src := engine.Source(v.Ref)
 	if v.Edge.Report {
 		vm.m.edges.Add(1)
 		detail := "known"
 		if !v.Edge.Known {
 			detail = "unknown"
 		}
+		edgeRoute := route
+		if outbound {
+			edgeRoute = ""
+		}
 		p.event(wire.Event{Kind: wire.EventEdge, Detector: detect.DetLateral.String(), Source: src,
-			Destination: v.Edge.Dest, Route: route, Method: method, UnixMillis: now / 1e6,
+			Destination: v.Edge.Dest, Route: edgeRoute, Method: method, UnixMillis: now / 1e6,
 			Detail: detail + " baseline=" + v.Edge.Mode.String()})
 	}
 	for i := 0; i < v.N; i++ {
@@ -621,14 +813,18 @@ func (p *Plugin) report(v *detect.Verdict, now int64, method, route string) {
 		if f.DryRun {
 			resp = "dry-run"
 		}
-		e := wire.Event{Kind: wire.EventAnomaly, Detector: f.Detector.String(), Source: src, Route: route,
+		e := wire.Event{Kind: wire.EventAnomaly, Detector: f.Detector.String(), Source: src, Destination: dest, Route: route,
 			Method: method, Response: resp, Profile: v.Profile, Score: f.Score, Count: f.Count,
 			UnixMillis: now / 1e6, Detail: f.Detail}
 		if f.Response == detect.RespQuarantine && v.Quarantine {
 			e.Detail += " quarantine_for=" + strconv.FormatInt(v.QuarantineFor/1e9, 10) + "s"
 		}
 		p.event(e)
-		vm.host.Log(LevelWarn, fmt.Sprintf("meshguard: anomaly detector=%s source=%s detail=%s score=%.2f response=%s", e.Detector, src, f.Detail, f.Score, resp))
+		side := "inbound"
+		if outbound {
+			side = "outbound"
+		}
+		vm.host.Log(LevelWarn, fmt.Sprintf("meshguard: anomaly side=%s detector=%s source=%s destination=%s detail=%s score=%.2f response=%s", side, e.Detector, src, dest, f.Detail, f.Score, resp))
 	}
 	if v.Quarantine {
 		b := block{key: v.Ref.Key(), until: now + v.QuarantineFor}
@@ -747,10 +943,7 @@ func (p *Plugin) syncBlocks() {
 		for _, b := range vm.pending {
 			list = upsertBlock(list, b)
 		}
-		if len(list) > maxSharedBlocks {
-			slices.SortFunc(list, func(a, b block) int { return int(b.until>>20) - int(a.until>>20) })
-			list = list[:maxSharedBlocks]
-		}
+		list = keepLatest(list, maxSharedBlocks)
 		if err := vm.host.SetSharedData(SharedBlocklistKey, encodeBlocks(list), cas); err != nil {
 			vm.m.conflicts.Add(1)
 			continue
@@ -759,6 +952,22 @@ func (p *Plugin) syncBlocks() {
 		vm.loadBlocks(list)
 		return
 	}
+}
+
+// keepLatest keeps the n blocks that expire last (a generic sort of the
+// list would be kilobytes of the module; it holds at most twice n).
+func keepLatest(list []block, n int) []block {
+	for len(list) > n {
+		first := 0
+		for i := range list {
+			if list[i].until < list[first].until {
+				first = i
+			}
+		}
+		list[first] = list[len(list)-1]
+		list = list[:len(list)-1]
+	}
+	return list
 }
 
 func (vm *VM) loadBlocks(list []block) {

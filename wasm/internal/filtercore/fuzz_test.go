@@ -146,3 +146,46 @@ func FuzzRequest(f *testing.F) {
 		p.OnResponseHeaders(s, &st)
 	})
 }
+
+// FuzzOutboundRequest: whatever the listener's direction, the route's
+// cluster and the headers, the filter answers; a request it lets out of
+// the pod carries no x-meshguard-* header at all.
+func FuzzOutboundRequest(f *testing.F) {
+	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 0}, "outbound|9080||reviews.default.svc.cluster.local", "GET", "/", "x-meshguard-route", "forged")
+	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0}, "outbound|payments", "POST", "/v1/charges", "x-request-id", "1")
+	f.Add([]byte{2}, "outbound|||", "", "", "X-MESHGUARD-", "")
+	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 0}, "outbound|443||kubernetes.default.svc.", "GET", "/api", "host", "x")
+	h := newFakeHost()
+	p := NewVM(h).NewPlugin()
+	cfg := scenario.Config(f, scenario.Options{Direction: wire.DirectionListener, EnumerationResponse: "block"})
+	if err := p.Configure(cfg); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, dir []byte, cluster, method, path, hname, hval string) {
+		h.now += 1e7
+		s := &fakeStream{props: map[string][]byte{
+			"listener_direction": dir,
+			"xds.cluster_name":   []byte(cluster),
+			"xds.route_name":     []byte("outbound"),
+			"source.address":     []byte("127.0.0.1:5000"),
+		}}
+		s.req = [][2]string{{":method", method}, {":path", path}, {":authority", "x"}, {strings.ToLower(hname), hval}}
+		var st StreamState
+		if !p.OnRequestHeaders(s, &st) {
+			if s.local == nil || (s.local.Status != 403 && s.local.Status != 429) {
+				t.Fatalf("stopped without a 403/429: %+v", s.local)
+			}
+			return
+		}
+		if !st.outbound {
+			return // the inbound side: FuzzRequest covers it
+		}
+		for _, kv := range s.req {
+			if strings.HasPrefix(strings.ToLower(kv[0]), wire.HeaderPrefix) {
+				t.Fatalf("%s left the pod", kv[0])
+			}
+		}
+		s.resp = [][2]string{{":status", "403"}}
+		p.OnResponseHeaders(s, &st)
+	})
+}

@@ -107,4 +107,13 @@ var (
 	// node (wire.LabelsFromNode): Istio's proxies carry their pod's labels
 	// in node metadata LABELS, which Envoy returns as a string map.
 	PropNodeLabels = newProp("node", "metadata", "LABELS")
+	// The node's namespace and service account (Istio's proxies carry
+	// them), for the workload's own identity on the outbound side.
+	PropNodeNamespace      = newProp("node", "metadata", "NAMESPACE")
+	PropNodeServiceAccount = newProp("node", "metadata", "SERVICE_ACCOUNT")
+	// The listener's traffic_direction (an int: 1 inbound, 2 outbound),
+	// read once per connection with direction "listener".
+	PropListenerDirection = newProp("listener_direction")
+	// The route's upstream cluster: the destination of an outbound request.
+	PropClusterName = newProp("xds", "cluster_name")
 )

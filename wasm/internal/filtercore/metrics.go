@@ -23,6 +23,9 @@ const (
 	mEvictions      = "meshguard_wasm_identity_evictions_total"
 	mSharedConflict = "meshguard_wasm_shared_data_conflicts_total"
 	mBundleFetches  = "meshguard_wasm_bundle_fetches_total"
+	// The workload's own requests, decided on its outbound side (their
+	// decisions are in mDecisions too).
+	mOutRequests = "meshguard_wasm_outbound_requests_total"
 )
 
 // reasons is every reason code the filter can answer with; one counter each.
@@ -41,6 +44,7 @@ type metrics struct {
 	requests, dryRun, edges, stripped *batched
 	decisions                         map[policies.Reason]*batched
 	other                             *batched
+	outRequests                       *batched
 	anomalies                         [5][5]*batched
 	all                               []*batched
 	last                              struct {
@@ -112,6 +116,7 @@ func newMetrics(h Host) *metrics {
 		m.decisions[r] = m.batch(h.DefineCounter(mDecisions + ".reason." + string(r)))
 	}
 	m.other = m.batch(h.DefineCounter(mDecisions + ".reason.other"))
+	m.outRequests = m.batch(h.DefineCounter(mOutRequests))
 	for _, d := range detect.Detectors() {
 		for _, r := range detect.Responses() {
 			m.anomalies[d][r] = m.batch(h.DefineCounter(mAnomalies + ".detector." + d.String() + ".response." + r.String()))

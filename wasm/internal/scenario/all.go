@@ -29,6 +29,11 @@ var All = []Scenario{
 	{Name: "detector_lateral", Run: detectLateral},
 	{Name: "baseline_enforce", Run: baselineEnforce},
 	{Name: "jwt_left_to_ext_authz", Run: jwtLeftToExtAuthz},
+	{Name: "outbound_side", Run: outboundSide},
+	{Name: "outbound_quarantined_source", Run: outboundQuarantined},
+	{Name: "outbound_fan_out_blocked_at_source", Run: outboundFanOut},
+	{Name: "outbound_egress_blocked_at_source", Run: outboundEgress},
+	{Name: "outbound_baseline_enforce", Run: outboundBaseline},
 	{Name: "detector_rate", Slow: true, Run: detectRate},
 	{Name: "steady_traffic_no_false_positives", Slow: true, Run: steadyTraffic},
 }
@@ -437,4 +442,131 @@ func decisionEvents(t *testing.T, d Driver) {
 	if len(got) != len(want) {
 		t.Errorf("%d decision events, want %d: %s", len(got), len(want), describe(d.Events(t)))
 	}
+}
+
+// out is a request the workload makes through its sidecar's outbound
+// listener: plain HTTP from the application, no peer certificate, routed
+// to cluster.
+func out(cluster, path string) Request {
+	return Request{Direction: ListenerOutbound, SourceAddr: "127.0.0.1:51000", DestAddr: "127.0.0.1:9001",
+		Route: "outbound", Cluster: cluster, Method: "GET", Path: path, Authority: "upstream.local"}
+}
+
+// istioCluster is Istio's name of the outbound cluster of a service.
+func istioCluster(svc string) string { return "outbound|80||" + svc + ".shop.svc.cluster.local" }
+
+// outboundSide: with direction "listener" each listener's traffic
+// direction decides; the outbound side needs no peer certificate, strips
+// client-sent x-meshguard-* headers and stamps nothing; a listener that
+// says neither direction is denied.
+func outboundSide(t *testing.T, d Driver) {
+	mustStart(t, d, Options{Direction: wire.DirectionListener, RequireMTLS: true})
+	// (In this order: proxytest cannot remove a property once set.)
+	none := get("", "orders-api", "/api/orders/1")
+	wantDenied(t, d.Do(t, none), 403, policies.ReasonDeniedInternal)
+	plain := get("", "orders-api", "/api/orders/1")
+	plain.Direction = ListenerInbound
+	wantDenied(t, d.Do(t, plain), 403, policies.ReasonDeniedNoMTLS)
+
+	o := out("outbound|payments", "/v1/charges")
+	o.Headers = [][2]string{{"x-meshguard-source-id", Admin}, {"X-Meshguard-Route", "forged"}, {"x-request-id", "keep-me"}}
+	r := d.Do(t, o)
+	wantForwarded(t, r)
+	for _, kv := range r.Upstream {
+		if strings.HasPrefix(strings.ToLower(kv[0]), wire.HeaderPrefix) {
+			t.Errorf("outbound: %s: %s reached the destination", kv[0], kv[1])
+		}
+	}
+	if v, _ := Header(r.Upstream, "x-request-id"); v != "keep-me" {
+		t.Errorf("outbound: unrelated header lost: %q", v)
+	}
+
+	in := get(Web, "orders-api", "/api/orders/1")
+	in.Direction, in.Cluster = ListenerInbound, "inbound|8080||"
+	r = d.Do(t, in)
+	wantForwarded(t, r)
+	if v, _ := Header(r.Upstream, wire.HeaderRoute); v != "orders-api" {
+		t.Errorf("inbound listener: route header %q", v)
+	}
+}
+
+// outboundQuarantined: a quarantined workload's own requests are denied by
+// its own sidecar: they never leave the pod.
+func outboundQuarantined(t *testing.T, d Driver) {
+	mustStart(t, d, Options{Direction: wire.DirectionOutbound, Self: Quarantined})
+	r := d.Do(t, out("outbound|payments", "/v1/charges"))
+	wantDenied(t, r, 403, policies.ReasonDeniedQuarantine)
+	if !strings.Contains(string(r.Body), "Quarantine/shop/leaky") {
+		t.Errorf("body %s does not name the quarantine", r.Body)
+	}
+	// The same configuration for another workload lets its requests go.
+	mustStart(t, d, Options{Direction: wire.DirectionOutbound})
+	wantForwarded(t, d.Do(t, out("outbound|payments", "/v1/charges")))
+}
+
+// outboundFanOut: the workload calls more distinct services than the
+// profile allows; its own sidecar counts the destinations of the routes'
+// clusters (not the Host it writes), blocks the rest of the fan-out at the
+// source and reports it, naming itself as the source.
+func outboundFanOut(t *testing.T, d Driver) {
+	mustStart(t, d, Options{Direction: wire.DirectionOutbound, EnumerationResponse: "block"})
+	blockedAt := -1
+	for i := 0; i < 10; i++ {
+		res := d.Do(t, out(istioCluster(fmt.Sprintf("svc-%d", i)), "/"))
+		if !res.Forwarded {
+			wantDenied(t, res, 403, policies.ReasonDeniedAnomaly)
+			if blockedAt < 0 {
+				blockedAt = i
+			}
+		} else if blockedAt >= 0 {
+			t.Fatalf("request %d left the pod after the block at %d", i, blockedAt)
+		}
+	}
+	if blockedAt < 0 || blockedAt > 6 {
+		t.Fatalf("fan-out over 10 services blocked at request %d, want within the profile's 5 destinations (+1)", blockedAt)
+	}
+	d.Tick(t)
+	evs := d.Events(t)
+	e, ok := findEvent(evs, wire.EventAnomaly, "enumeration", Workload)
+	if !ok || e.Detail != "distinct_destinations" || e.Response != "block" || !strings.HasPrefix(e.Destination, "svc-") || !strings.HasSuffix(e.Destination, ".shop") {
+		t.Fatalf("no outbound fan-out event from the workload itself: %s", describe(evs))
+	}
+	// Every destination it tried is an unknown edge of the shadow baseline,
+	// reported once, blocked or not.
+	edges := 0
+	for _, e := range evs {
+		if e.Kind == wire.EventEdge && e.Source == Workload {
+			edges++
+			if e.Route != "" || !strings.HasPrefix(e.Detail, "unknown") {
+				t.Errorf("outbound edge event %+v", e)
+			}
+		}
+	}
+	if edges != 10 {
+		t.Errorf("%d unknown outbound edges reported, want 10 (one per destination tried)", edges)
+	}
+}
+
+// outboundEgress: egress to the Kubernetes API through its cluster, under
+// an innocent Host, is caught on the caller's side.
+func outboundEgress(t *testing.T, d Driver) {
+	mustStart(t, d, Options{Direction: wire.DirectionOutbound})
+	r := out("outbound|443||kubernetes.default.svc.cluster.local", "/api/v1/secrets")
+	wantDenied(t, d.Do(t, r), 403, policies.ReasonDeniedAnomaly)
+	d.Tick(t)
+	evs := d.Events(t)
+	if e, ok := findEvent(evs, wire.EventAnomaly, "egress", Workload); !ok || e.Destination != "kubernetes.default" || e.Response != "block" {
+		t.Fatalf("no outbound egress event: %s", describe(evs))
+	}
+}
+
+// outboundBaseline: with an enforced baseline, the workload reaches the
+// destinations it has an edge to and no other, refused before they leave.
+func outboundBaseline(t *testing.T, d Driver) {
+	mustStart(t, d, Options{Direction: wire.DirectionOutbound, Baseline: policies.BaselineEnforce})
+	// shop/** → orders is in the baseline (on route orders-api: the caller's
+	// side allows the destination, the destination's side the route).
+	wantForwarded(t, d.Do(t, out("outbound|orders", "/api/orders/1")))
+	wantDenied(t, d.Do(t, out("outbound|payments", "/v1/charges")), 403, policies.ReasonDeniedBaseline)
+	wantDenied(t, d.Do(t, out(istioCluster("ledger"), "/")), 403, policies.ReasonDeniedBaseline)
 }

@@ -42,7 +42,19 @@ type Request struct {
 	Authority  string
 	Headers    [][2]string // extra request headers
 	Status     int         // the upstream's answer; 0 means 200
+	// Direction is the listener's traffic_direction (the property
+	// listener_direction): ListenerInbound, ListenerOutbound, or 0 for a
+	// listener that sets none (the property is absent).
+	Direction int
+	// Cluster is the route's upstream cluster (xds.cluster_name); "" for none.
+	Cluster string
 }
+
+// Values of Request.Direction (envoy.config.core.v3.TrafficDirection).
+const (
+	ListenerInbound  = 1
+	ListenerOutbound = 2
+)
 
 // Result is what happened to a request.
 type Result struct {
@@ -94,6 +106,19 @@ type Options struct {
 	EgressResponse string
 	// ExtAuthz says the ext_authz server follows the filter.
 	ExtAuthz *wire.ExtAuthz
+	// Direction is the configuration's direction (default inbound).
+	Direction string
+	// Self replaces the workload's SPIFFE ID (Workload).
+	Self string
+	// EnumerationResponse replaces the enumeration detector's response (log).
+	EnumerationResponse string
+}
+
+// Upstreams are the workload's outbound clusters the configuration names
+// (the rest are read as Istio names them).
+var Upstreams = map[string]string{
+	"outbound|payments": "payments.payments",
+	"outbound|orders":   "orders.shop",
 }
 
 // Set is the scenarios' policy set.
@@ -118,6 +143,9 @@ func Set(o Options) policies.Set {
 	if o.EgressResponse != "" {
 		ap.Spec.Responses["egress"] = o.EgressResponse
 		ap.Spec.QuarantineFor = "1h"
+	}
+	if o.EnumerationResponse != "" {
+		ap.Spec.Responses["enumeration"] = o.EnumerationResponse
 	}
 	return policies.Set{
 		Settings: policies.MeshSettingsSpec{TrustDomain: TrustDomain},
@@ -178,9 +206,15 @@ func Config(t testing.TB, o Options) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	self := Workload
+	if o.Self != "" {
+		self = o.Self
+	}
 	fc := wire.FilterConfig{
-		Bundle:       raw,
-		Workload:     wire.Workload{ID: Workload, Namespace: "shop", Service: "orders", Labels: map[string]string{"app": "orders"}, ExtAuthz: o.ExtAuthz},
+		Bundle: raw,
+		Workload: wire.Workload{ID: self, Namespace: "shop", Service: "orders", Labels: map[string]string{"app": "orders"}, ExtAuthz: o.ExtAuthz,
+			Upstreams: Upstreams},
+		Direction:    o.Direction,
 		RequireMTLS:  o.RequireMTLS,
 		ControlPlane: wire.ControlPlane{Cluster: Cluster, Authority: "meshguard-controlplane", TickMillis: 200},
 		Detection:    &wire.Detection{WarmupSeconds: 2},
