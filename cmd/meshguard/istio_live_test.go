@@ -467,7 +467,10 @@ func (m *liveMesh) filterReason(ctx context.Context, path string) string {
 			SetBool("connection.mtls", true).
 			SetString("source.address", "10.0.0.7:41234").
 			SetString("destination.address", "10.0.0.9:8080").
-			SetString("xds.route_name", "default"),
+			SetString("xds.route_name", "default").
+			// The inbound listener, as Istio's sidecar sets its
+			// traffic_direction (the WasmPlugin runs on both sides).
+			SetInt("listener_direction", 1),
 	}, nil)
 	if err != nil {
 		return "error: " + err.Error()
