@@ -327,7 +327,23 @@ func TestLintMeaningChanged(t *testing.T) {
 				ap("DENY", Rule{From: from(Source{NotPrincipals: list("*")})}),
 				ap("", Rule{From: from(Source{RequestPrincipals: list("*")})}),
 			}},
-			want: []wantLint{{CodeMeaningChanged, "spec.rules[0]", "a DENY on notPrincipals denies it"}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0]", "a DENY on notPrincipals denies it"},
+				{CodeMeaningChanged, "spec.rules[0].from[0].source.requestPrincipals[0]", "without an iss claim matches no value"},
+			},
+		},
+		{
+			name: "request principals naming a JWT-SVID subject, with a RequestAuthentication in the set",
+			set: Set{
+				RequestAuthentications: []RequestAuthentication{{Metadata: ObjectMeta{Name: "ra", Namespace: "foo"}, Spec: RequestAuthenticationSpec{JWTRules: []JWTRule{{Issuer: "https://idp.example"}}}}},
+				AuthorizationPolicies: []AuthorizationPolicy{
+					ap("", Rule{From: from(Source{RequestPrincipals: list("https://idp.example/*", "spiffe://td/ns/a/sa/b")})}),
+					ap("DENY", Rule{When: []Condition{cond("request.auth.principal", "spiffe://td/ns/a/sa/evil")}}),
+				}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].from[0].source.requestPrincipals[1]", "this ALLOW rule no longer matches it"},
+				{CodeMeaningChanged, "spec.rules[0].when[0].values[0]", "this deny-side rule still matches it"},
+			},
 		},
 		{
 			name: "mesh-wide require-mTLS: JWT-SVID-only callers never reach the rules",

@@ -159,7 +159,7 @@ type cfrom struct {
 	callerDomains                       []string
 	serviceAccounts, notServiceAccounts saSet
 	trustDomains, notTrustDomains       tdSet
-	reqPrincipals, notReqPrincipals     strSet
+	reqPrincipals, notReqPrincipals     reqPrincipalSet
 	ipBlocks, notIPBlocks               ipSet
 	remoteIPBlocks, notRemoteBlocks     ipSet
 }
@@ -196,6 +196,8 @@ type ccond struct {
 	name      string   // header name (lowercase)
 	peer      *cfrom   // condSourcePeer: the condition as a source's fields
 	claim     []string // claim path
+	reqP      reqPrincipalSet // condAuthPrincipal: values and notValues
+	notReqP   reqPrincipalSet
 	values    strSet
 	notValues strSet
 	ips       ipSet
@@ -385,14 +387,21 @@ func (f *cfrom) match(r *req, deny bool) bool {
 		}
 		return f.matchNetwork(a, deny)
 	}
-	reqP, hasReqP := "", false
-	if a.JWT != nil && a.JWT.Principal != "" {
-		reqP, hasReqP = a.JWT.Principal, true
+	j := a.JWT
+	if j == nil || f.set&(fReqPrincipals|fNotReqPrincipals) == 0 {
+		if f.set&fReqPrincipals != 0 {
+			return false
+		}
+		if f.set&fNotReqPrincipals != 0 && !deny {
+			return false // a negative field never admits a request without a token
+		}
+		return f.matchNetwork(a, deny)
 	}
-	if f.set&fReqPrincipals != 0 && (!hasReqP || !f.reqPrincipals.match(reqP)) {
+	t := claimsOf(j)
+	if f.set&fReqPrincipals != 0 && !f.reqPrincipals.matchPositive(&t, deny) {
 		return false
 	}
-	if f.set&fNotReqPrincipals != 0 && !neg(hasReqP, func() bool { return f.notReqPrincipals.match(reqP) }, deny) {
+	if f.set&fNotReqPrincipals != 0 && f.notReqPrincipals.excludes(&t, deny) {
 		return false
 	}
 	return f.matchNetwork(a, deny)
@@ -623,11 +632,18 @@ func (c *ccond) match(r *req, deny bool) bool {
 	}
 	switch c.kind {
 	case condAuthPrincipal:
-		if j.Principal == "" {
-			return c.absent(deny)
+		t := claimsOf(j)
+		if len(c.reqP) > 0 && !c.reqP.matchPositive(&t, deny) {
+			return false
 		}
-		return c.matchString(j.Principal)
+		return len(c.notReqP) == 0 || !c.notReqP.excludes(&t, deny)
 	case condAuthPresenter:
+		switch v := j.Claims["azp"].(type) {
+		case string:
+			return c.matchString(v)
+		case []any:
+			return matchElems(c, len(v), func(i int) (string, bool) { s, ok := v[i].(string); return s, ok }, deny)
+		}
 		if j.Presenter == "" {
 			return c.absent(deny)
 		}
@@ -745,7 +761,7 @@ func (c *crule) jwtMet(r *req) bool {
 	if r.a.JWTDeferred {
 		return !c.deny
 	}
-	return c.jwt.match(r.a.JWT)
+	return c.jwt.match(r.a.svid())
 }
 
 func (j *cjwt) match(t *JWT) bool {

@@ -37,6 +37,7 @@ type Snapshot struct {
 	baseline    string // strongest baseline mode, "" without baselines
 	profiles    []cprofile
 	nrules      int
+	njwt        int // jwtRules of RequestAuthentications
 	views       viewCache
 }
 
@@ -138,6 +139,8 @@ type bucket struct {
 	hasDryRun   bool
 	// providers are the distinct providers of the bucket's CUSTOM policies.
 	providers []string
+	// jwt are the jwtRules of the bucket's RequestAuthentications.
+	jwt []*JWTProvider
 }
 
 type routeInfo struct {
@@ -201,8 +204,8 @@ func (s *Snapshot) quarantinedIdentity(a *Attributes) (spiffeid.ID, quarantineEn
 	}
 	now := time.Now().UnixNano()
 	ids := [3]spiffeid.ID{a.Peer, a.ForwardedClient}
-	if a.JWT != nil {
-		ids[2] = a.JWT.SVID
+	if t := a.svid(); t != nil {
+		ids[2] = t.SVID
 	}
 	for _, id := range ids {
 		if q, ok := s.quarantine(id.String(), now); ok {
