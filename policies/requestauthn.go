@@ -132,6 +132,11 @@ func providersOf(bs []*bucket) []*JWTProvider {
 // HasRequestAuthentication reports whether the set has jwtRules at all.
 func (s *Snapshot) HasRequestAuthentication() bool { return s.njwt > 0 }
 
+// AllJWTProviders returns every jwtRule of the set's RequestAuthentications,
+// in set order, whatever workload it applies to: the key sets an
+// enforcement point may need. Callers must not modify the list.
+func (s *Snapshot) AllJWTProviders() []*JWTProvider { return s.jwtAll }
+
 func (c *compiler) requestAuthentication(p *RequestAuthentication) {
 	switch p.APIVersion {
 	case APIVersionIstioV1, APIVersionIstioV1beta1, "":
@@ -155,6 +160,7 @@ func (c *compiler) requestAuthentication(p *RequestAuthentication) {
 		pr.Ref = RuleRef{Policy: c.obj, Rule: fmt.Sprint(i)}
 		pr.ord = c.snap.njwt
 		c.snap.njwt++
+		c.snap.jwtAll = append(c.snap.jwtAll, pr)
 		for _, b := range buckets {
 			b.jwt = append(b.jwt, pr)
 		}

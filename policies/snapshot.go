@@ -37,7 +37,8 @@ type Snapshot struct {
 	baseline    string // strongest baseline mode, "" without baselines
 	profiles    []cprofile
 	nrules      int
-	njwt        int // jwtRules of RequestAuthentications
+	njwt        int            // jwtRules of RequestAuthentications
+	jwtAll      []*JWTProvider // every one, in set order
 	views       viewCache
 }
 
