@@ -671,7 +671,7 @@ func (c *ccond) match(r *req, deny bool) bool {
 // absent: a condition on a missing attribute matches only a deny-side rule
 // that asks for notValues alone (the value is, after all, not in the list).
 func (c *ccond) absent(deny bool) bool {
-	return deny && len(c.values) == 0 && len(c.ips) == 0 && len(c.ports) == 0
+	return deny && len(c.values) == 0 && len(c.ips) == 0 && len(c.ports) == 0 && len(c.reqP) == 0
 }
 
 func (c *ccond) matchString(v string) bool {

@@ -324,8 +324,12 @@ type Result struct {
 	// Token is the valid end-user token, nil when the request has none.
 	Token *policies.JWT
 	// SVIDTokenClaimed: Request.SVIDToken was validated as an end-user
-	// token; the JWT-SVID path must not read it.
-	SVIDTokenClaimed bool
+	// token; the JWT-SVID path must not read it. SVIDTokenDeferred: it was
+	// found where a rule reads tokens, of an issuer no rule names, and left
+	// to the JWT-SVID path: if that path refuses it too, the request is
+	// refused as Envoy refuses a token of an unknown issuer (UnknownIssuer).
+	SVIDTokenClaimed  bool
+	SVIDTokenDeferred bool
 	// Set are headers to set on the upstream request (lowercase name,
 	// value), replacing any value; Remove headers to remove from it.
 	Set    [][2]string
@@ -374,6 +378,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, snap *policies.Snapsho
 		}
 		if len(cands) == 0 {
 			if f.token == req.SVIDToken {
+				res.SVIDTokenDeferred = true
 				continue // not an end-user token: the JWT-SVID path reads it
 			}
 			return Result{}, &Failure{Reason: policies.ReasonDeniedToken, Status: 401, Message: statusText[statusUnknownIssuer],
@@ -431,6 +436,14 @@ func (a *Authenticator) Authenticate(ctx context.Context, snap *policies.Snapsho
 		return slices.ContainsFunc(res.Set, func(s [2]string) bool { return s[0] == h })
 	})
 	return res, nil
+}
+
+// UnknownIssuer is the refusal of a token found where a rule reads tokens
+// whose issuer no rule names (as Envoy's jwt_authn filter answers it),
+// for a token the JWT-SVID path refused too (Result.SVIDTokenDeferred).
+func UnknownIssuer(err error) *Failure {
+	return &Failure{Reason: policies.ReasonDeniedToken, Status: 401, Message: statusText[statusUnknownIssuer],
+		Location: "the JWT-SVID header", Err: err}
 }
 
 // check validates t for provider p: validity in time, audience, signature.

@@ -67,8 +67,8 @@ type Config struct {
 	// RequestAuth validates the end-user JWTs of the RequestAuthentications
 	// in the policy; nil: one with the defaults (requestauth.Config{}).
 	RequestAuth *requestauth.Authenticator
-	Log      *slog.Logger
-	Metrics  *metrics.Metrics
+	Log         *slog.Logger
+	Metrics     *metrics.Metrics
 	// DecisionLog may be nil (no decision log). Its health shows in
 	// /readyz; a stalled log makes the server not ready only with the
 	// block overflow policy, under which checks wait for it.
@@ -271,6 +271,13 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 		}
 		out.dec = policies.Deny(reason)
 		out.err = err
+		if ie != nil && ie.Kind == identity.FailJWT && ra.SVIDTokenDeferred {
+			// A token where a RequestAuthentication rule reads tokens, of an
+			// issuer none names, and no JWT-SVID either: Envoy's 401.
+			out.authFail = requestauth.UnknownIssuer(err)
+			out.dec = policies.Deny(out.authFail.Reason)
+			out.err = out.authFail
+		}
 		return out
 	}
 	if err := expired(ctx, deadline); err != nil {
