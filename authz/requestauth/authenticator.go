@@ -177,16 +177,26 @@ func (a *Authenticator) fetched(uri string, err error) {
 	a.fetchTotal.WithLabelValues("success").Inc()
 }
 
-// Run refreshes the fetched key sets until ctx is done.
-func (a *Authenticator) Run(ctx context.Context) {
+// Run refreshes the fetched key sets until ctx is done. current, when not
+// nil, is the serving snapshot: a new one is prepared (its key sets
+// fetched) within a second of being served, before its first token.
+func (a *Authenticator) Run(ctx context.Context, current func() *policies.Snapshot) {
 	tick := time.NewTicker(min(a.refresh/2, 30*time.Second))
 	defer tick.Stop()
+	watch := time.NewTicker(time.Second)
+	defer watch.Stop()
 	for {
+		if current != nil {
+			if s := current(); s != nil {
+				a.Prepare(s)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			a.refreshDue()
+		case <-watch.C:
 		}
 	}
 }

@@ -430,6 +430,18 @@ func TestRemoteKeySets(t *testing.T) {
 		}
 	})
 
+	t.Run("Run prepares the serving snapshot", func(t *testing.T) {
+		srv := newJWKSServer(t, jwks(t, k1))
+		snap, _ := compile(t, rule(map[string]any{"issuer": idp, "jwksUri": srv.URL + "/keys"}))
+		a := newAuth(t, Config{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); a.Run(ctx, func() *policies.Snapshot { return snap }) }()
+		waitFor(t, func() bool { return srv.hits.Load() == 1 })
+		cancel()
+		<-done
+	})
+
 	t.Run("Prepare fetches before the first token, and drops what a new policy no longer names", func(t *testing.T) {
 		srv := newJWKSServer(t, jwks(t, k1))
 		snap, _ := compile(t, rule(map[string]any{"issuer": idp, "jwksUri": srv.URL + "/keys"}))
