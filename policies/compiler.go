@@ -795,6 +795,7 @@ func (c *compiler) istioOperation(field string, o *Operation, deny bool) cto {
 // condition compiles one `when` entry with Istio's documented keys.
 func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool) {
 	var cc ccond
+	cc.key = w.Key
 	if len(w.Values) == 0 && len(w.NotValues) == 0 {
 		c.errf(field, CodeInvalidCondition, "condition %q needs values or notValues", w.Key)
 		return cc, false

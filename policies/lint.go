@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 )
 
@@ -56,7 +57,7 @@ type linter struct {
 	jwtSVIDs bool     // the set requires JWT-SVIDs somewhere
 	// requestAuthn: the set has RequestAuthentications (end-user tokens).
 	requestAuthn bool
-	object   string
+	object       string
 	// allow is set for ALLOW policies. A negative field on an absent
 	// attribute (no principal, no header) refuses on the allow side and
 	// matches on the deny side, so `notPrincipals: ["*"]` is a dead ALLOW
@@ -316,6 +317,11 @@ func (l *linter) anyTemplates(paths []string, field string) {
 func (l *linter) condition(c *Condition, field string) {
 	if strings.HasPrefix(c.Key, "request.headers[") && (contains(c.Values, "*") || contains(c.NotValues, "*")) {
 		l.changed(field, "\"*\" of a header is presence, as Istio's present_match: a header sent with an empty value now counts as present")
+	}
+	if strings.HasPrefix(c.Key, "request.headers[") && l.allow && (len(c.NotValues) > 0 || slices.ContainsFunc(c.Values, func(v string) bool {
+		return v != "*" && (strings.HasPrefix(v, "*") || strings.HasSuffix(v, "*"))
+	})) {
+		l.changed(field, "a header's comma-separated elements are each a reading of it: this ALLOW condition now needs every element of a duplicated header (or of a value with commas) to match too, not only the joined value")
 	}
 	switch c.Key {
 	case "source.principal":

@@ -119,7 +119,7 @@ func TestLintAuthorizationPolicy(t *testing.T) {
 		},
 		{
 			name: "condition value in notValues",
-			p:    ap("", Rule{When: []Condition{{Key: "request.headers[x]", Values: list("a"), NotValues: list("a")}}}),
+			p:    ap("DENY", Rule{When: []Condition{{Key: "request.headers[x]", Values: list("a"), NotValues: list("a")}}}),
 			want: []wantLint{
 				{CodeNeverMatches, "spec.rules[0].when[0].values[0]", "excluded"},
 				{CodeNeverMatches, "spec.rules[0].when[0]", "every value"},
@@ -397,6 +397,21 @@ func TestLintMeaningChanged(t *testing.T) {
 				{CodeMeaningChanged, "spec.rules[0].to[0].operation.paths[0]", `now also matches "/files/"`},
 				{CodeMeaningChanged, "spec.rules[1].when[0]", "empty value now counts as present"},
 			},
+		},
+		{
+			name: "ALLOW header patterns and notValues: every element of a duplicated header",
+			set: Set{AuthorizationPolicies: []AuthorizationPolicy{ap("",
+				Rule{When: []Condition{cond("request.headers[x-tenant]", "acme*"), {Key: "request.headers[x-role]", NotValues: list("evil")}}},
+				Rule{When: []Condition{cond("request.headers[x-tenant]", "acme")}},
+			)}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].when[0]", "every element of a duplicated header"},
+				{CodeMeaningChanged, "spec.rules[0].when[1]", "every element of a duplicated header"},
+			},
+		},
+		{
+			name: "DENY header conditions catch every element: no warning",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{ap("DENY", Rule{When: []Condition{cond("request.headers[x-tenant]", "acme*")}})}},
 		},
 		{
 			name: "DENY hosts catch every reading: no warning",

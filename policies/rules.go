@@ -1,9 +1,11 @@
 package policies
 
 import (
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // The compiled forms. Every matcher is built once in Compile; evaluation
@@ -193,9 +195,10 @@ const (
 
 type ccond struct {
 	kind      condKind
-	name      string   // header name (lowercase)
-	peer      *cfrom   // condSourcePeer: the condition as a source's fields
-	claim     []string // claim path
+	key       string          // the condition's key as written, for explain
+	name      string          // header name (lowercase)
+	peer      *cfrom          // condSourcePeer: the condition as a source's fields
+	claim     []string        // claim path
 	reqP      reqPrincipalSet // condAuthPrincipal: values and notValues
 	notReqP   reqPrincipalSet
 	values    strSet
@@ -327,6 +330,60 @@ func (c *crule) why(r *req) string {
 		return whyJWT
 	}
 	return ""
+}
+
+// failed is, for explain, each part of the request that fails the rule's
+// when conditions, named apart: every reading of a header that decides
+// (for an allow-side rule each reading that does not match, for a
+// deny-side rule each reading, none of which matched), the condition alone
+// for other keys. Nil when the conditions match.
+func (c *crule) failed(r *req) []string {
+	var out []string
+	for i := range c.when {
+		cc := &c.when[i]
+		if cc.match(r, c.deny) {
+			continue
+		}
+		if cc.kind != condHeader || r.a.Headers == nil {
+			out = append(out, cc.key+": not met")
+			continue
+		}
+		v, ok := r.a.Headers.Get(cc.name)
+		if !ok {
+			out = append(out, cc.key+": absent")
+			continue
+		}
+		out = cc.headerFailures(out, v, c.deny)
+	}
+	return out
+}
+
+// headerFailures appends each reading of header value v that fails the
+// condition (deny: every reading, since none matched).
+func (c *ccond) headerFailures(out []string, v string, deny bool) []string {
+	why := func(s string) string {
+		if len(c.values) > 0 && !c.values.match(s) {
+			return "is not among values"
+		}
+		if len(c.notValues) > 0 && c.notValues.match(s) {
+			return "is among notValues"
+		}
+		return "matches"
+	}
+	if deny || !c.matchString(v) {
+		out = append(out, fmt.Sprintf("%s: %q %s", c.key, v, why(v)))
+	}
+	if strings.IndexByte(v, ',') < 0 {
+		return out
+	}
+	n := strings.Count(v, ",") + 1
+	for i, el := range strings.Split(v, ",") {
+		el = strings.Trim(el, " \t")
+		if deny || !c.matchString(el) {
+			out = append(out, fmt.Sprintf("%s: element %d of %d, %q, %s", c.key, i+1, n, el, why(el)))
+		}
+	}
+	return out
 }
 
 func (c *crule) matchFrom(r *req) bool {
@@ -719,25 +776,29 @@ func (c *ccond) matchIP(ip netip.Addr, deny bool) bool {
 	return len(c.notIPs) == 0 || !c.notIPs.match(ip)
 }
 
-// matchHeader: Envoy joins duplicated headers with ','. An allow-side rule
-// sees the joined value only (so a duplicate can never make it match); a
-// deny-side rule also tries each element, so "x: ok" + "x: evil" still hits
-// a DENY on "evil".
+// matchHeader: Envoy joins duplicated headers with ',' ("x: ok" + "x: evil"
+// arrives as "ok,evil"), and a backend may read such a value as the list of
+// its elements, whether it came as one line or several. Each is a reading
+// of the header: the joined value, and every comma-separated element with
+// the spaces and tabs around it trimmed (an empty one included). A
+// deny-side rule matches when any reading matches; an allow-side rule only when every reading does, each of
+// values and notValues on its own (so neither "acme,other" for values
+// ["acme*"] nor "ok,evil" for notValues ["evil"] is admitted).
 func (c *ccond) matchHeader(v string, deny bool) bool {
-	if c.matchString(v) {
-		return true
+	whole := c.matchString(v)
+	if whole == deny || strings.IndexByte(v, ',') < 0 {
+		return whole
 	}
-	if !deny || strings.IndexByte(v, ',') < 0 {
-		return false
-	}
-	for v != "" {
-		var el string
-		el, v, _ = strings.Cut(v, ",")
-		if c.matchString(strings.TrimSpace(el)) {
-			return true
+	for {
+		el, rest, more := strings.Cut(v, ",")
+		if c.matchString(strings.Trim(el, " \t")) == deny {
+			return deny
 		}
+		if !more {
+			return !deny
+		}
+		v = rest
 	}
-	return false
 }
 
 func lookupClaim(claims map[string]any, path []string) (any, bool) {

@@ -874,6 +874,11 @@ type TraceStep struct {
 	Mode    Mode   `json:"mode"`
 	Matched bool   `json:"matched"`
 	Why     string `json:"why,omitempty"`
+	// Failed names, when the rule's conditions (when) did not match, each
+	// value of the request that failed one, apart: for a header, each of
+	// its readings (the joined value, every element of a duplicated
+	// header) that decided.
+	Failed []string `json:"failed,omitempty"`
 }
 
 func (t *Trace) note(format string, args ...any) {
@@ -893,12 +898,16 @@ func explainFirst(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule
 				continue
 			}
 			ok, why := c.match(rq), ""
+			var failed []string
 			if !ok {
 				why = c.why(rq)
+				if why == whyWhen {
+					failed = c.failed(rq)
+				}
 			}
 			tr.Steps = append(tr.Steps, TraceStep{
 				Scope: b.name, Policy: c.ref.Policy, Rule: c.ref.Rule, Action: act.String(),
-				Mode: c.mode, Matched: ok, Why: why,
+				Mode: c.mode, Matched: ok, Why: why, Failed: failed,
 			})
 			if ok && (best == nil || c.ord < best.ord) {
 				best = c
