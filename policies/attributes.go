@@ -50,19 +50,27 @@ type Attributes struct {
 	Headers HeaderGetter
 
 	// JWT is the request's validated token, if any: Istio's request
-	// authentication. requestPrincipals and the request.auth.* conditions
-	// match it, and meshguard's jwt requirements match it when it is a
-	// JWT-SVID (JWT.SVID is set).
+	// principal. It is the end-user token a RequestAuthentication rule
+	// validated, else the request's JWT-SVID. requestPrincipals and the
+	// request.auth.* conditions match it, and meshguard's jwt requirements
+	// match it when it is a JWT-SVID (JWT.SVID is set) and JWTSVID is nil.
 	JWT *JWT
-	// JWTDeferred says that a JWT-SVID, if the request carries one, is
-	// verified after this decision by meshguard's ext_authz server, which
-	// evaluates the same policy in full (the wasm filter, which cannot
-	// verify one, sets it where the control plane says the server follows).
-	// Every check that needs a verified JWT-SVID then takes the permissive
-	// side: met in ALLOW rules, unmet in DENY, AUDIT and CUSTOM rules. Rules
-	// combine their checks with and/or only, so the decision is never
-	// stricter than the full one, whatever token the request carries, and
-	// the server's full decision is the one that holds. JWT is ignored.
+	// JWTSVID is the request's validated JWT-SVID when the request also
+	// carries an end-user token (in JWT). meshguard's jwt requirements,
+	// Caller and quarantines read the JWT-SVID; Istio's fields never do
+	// then.
+	JWTSVID *JWT
+	// JWTDeferred says that the request's tokens, if it carries any (a
+	// JWT-SVID, an end-user JWT of a RequestAuthentication), are verified
+	// after this decision by meshguard's ext_authz server, which evaluates
+	// the same policy in full (the wasm filter, which cannot verify them,
+	// sets it where the control plane says the server follows). Every check
+	// that needs a verified token then takes the permissive side: met in
+	// ALLOW rules, unmet in DENY, AUDIT and CUSTOM rules. Rules combine their
+	// checks with and/or only, so the decision is never stricter than the
+	// full one, whatever token the request carries, and the server's full
+	// decision (which also refuses an invalid token) is the one that holds.
+	// JWT and JWTSVID are ignored.
 	JWTDeferred bool
 }
 
@@ -76,10 +84,22 @@ func (a *Attributes) Caller() spiffeid.ID {
 		return a.ForwardedClient
 	case !a.Peer.IsZero():
 		return a.Peer
-	case a.JWT != nil:
-		return a.JWT.SVID
+	}
+	if t := a.svid(); t != nil {
+		return t.SVID
 	}
 	return spiffeid.ID{}
+}
+
+// svid is the request's validated JWT-SVID, or nil.
+func (a *Attributes) svid() *JWT {
+	if a.JWTSVID != nil {
+		return a.JWTSVID
+	}
+	if a.JWT != nil && !a.JWT.SVID.IsZero() {
+		return a.JWT
+	}
+	return nil
 }
 
 // Target is the workload a request is for: how policies are scoped to it.

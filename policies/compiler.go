@@ -149,6 +149,9 @@ func (c *compiler) stages(set *Set) []stage {
 		{KindAuthorizationPolicy, len(set.AuthorizationPolicies),
 			func(i int) (ObjectMeta, Location) { p := &set.AuthorizationPolicies[i]; return p.Metadata, p.Loc },
 			func(i int) { c.authorizationPolicy(&set.AuthorizationPolicies[i]) }},
+		{KindRequestAuthentication, len(set.RequestAuthentications),
+			func(i int) (ObjectMeta, Location) { p := &set.RequestAuthentications[i]; return p.Metadata, p.Loc },
+			func(i int) { c.requestAuthentication(&set.RequestAuthentications[i]) }},
 		{KindIdentityPolicy, len(set.IdentityPolicies),
 			func(i int) (ObjectMeta, Location) { p := &set.IdentityPolicies[i]; return p.Metadata, p.Loc },
 			func(i int) { c.identityPolicy(&set.IdentityPolicies[i]) }},
@@ -423,49 +426,7 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 		c.errf("spec.provider", CodeConflict, "provider is only valid with action CUSTOM")
 	}
 
-	targets := sp.TargetRefs
-	if sp.TargetRef != nil {
-		targets = append([]PolicyTargetReference{*sp.TargetRef}, targets...)
-	}
-	if sp.Selector != nil && len(targets) > 0 {
-		c.errf("spec.selector", CodeConflict, "selector and targetRefs are mutually exclusive")
-	}
-
-	var buckets []*bucket
-	ns := p.Metadata.Namespace
-	switch {
-	case len(targets) > 0:
-		for i, t := range targets {
-			f := fmt.Sprintf("spec.targetRefs[%d]", i)
-			if sp.TargetRef != nil {
-				if i == 0 {
-					f = "spec.targetRef"
-				} else {
-					f = fmt.Sprintf("spec.targetRefs[%d]", i-1)
-				}
-			}
-			if t.Namespace != "" && t.Namespace != ns {
-				c.errf(f+".namespace", CodeInvalidValue, "targetRefs must be in the policy's namespace %q", ns)
-				continue
-			}
-			if t.Name == "" {
-				c.errf(f+".name", CodeMissingField, "targetRefs need a name")
-				continue
-			}
-			switch t.Kind {
-			case "Gateway":
-				buckets = append(buckets, c.targetBucket(ns, targetKey{gateway: true, name: t.Name}))
-			case "Service", "ServiceEntry":
-				buckets = append(buckets, c.targetBucket(ns, targetKey{name: t.Name}))
-			default:
-				c.errf(f+".kind", CodeInvalidValue, "targetRefs kind %q: want Gateway, Service or ServiceEntry", t.Kind)
-			}
-		}
-	case sp.Selector != nil && len(sp.Selector.MatchLabels) > 0:
-		buckets = append(buckets, c.selectorBucket(ns, sp.Selector.MatchLabels))
-	default:
-		buckets = append(buckets, c.nsBucket(ns))
-	}
+	buckets := c.scopeBuckets(p.Metadata.Namespace, sp.Selector, sp.TargetRef, sp.TargetRefs)
 
 	if act == ActionAllow {
 		for _, b := range buckets {
@@ -495,6 +456,55 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 			b.idx[idx].add(r)
 		}
 	}
+}
+
+// scopeBuckets returns the buckets an Istio policy (AuthorizationPolicy,
+// RequestAuthentication) of namespace ns applies to: its targetRefs (the
+// deprecated targetRef first), else its selector, else the whole namespace
+// (the mesh, in the root namespace).
+func (c *compiler) scopeBuckets(ns string, sel *WorkloadSelector, ref *PolicyTargetReference, refs []PolicyTargetReference) []*bucket {
+	targets := refs
+	if ref != nil {
+		targets = append([]PolicyTargetReference{*ref}, targets...)
+	}
+	if sel != nil && len(targets) > 0 {
+		c.errf("spec.selector", CodeConflict, "selector and targetRefs are mutually exclusive")
+	}
+	var buckets []*bucket
+	switch {
+	case len(targets) > 0:
+		for i, t := range targets {
+			f := fmt.Sprintf("spec.targetRefs[%d]", i)
+			if ref != nil {
+				if i == 0 {
+					f = "spec.targetRef"
+				} else {
+					f = fmt.Sprintf("spec.targetRefs[%d]", i-1)
+				}
+			}
+			if t.Namespace != "" && t.Namespace != ns {
+				c.errf(f+".namespace", CodeInvalidValue, "targetRefs must be in the policy's namespace %q", ns)
+				continue
+			}
+			if t.Name == "" {
+				c.errf(f+".name", CodeMissingField, "targetRefs need a name")
+				continue
+			}
+			switch t.Kind {
+			case "Gateway":
+				buckets = append(buckets, c.targetBucket(ns, targetKey{gateway: true, name: t.Name}))
+			case "Service", "ServiceEntry":
+				buckets = append(buckets, c.targetBucket(ns, targetKey{name: t.Name}))
+			default:
+				c.errf(f+".kind", CodeInvalidValue, "targetRefs kind %q: want Gateway, Service or ServiceEntry", t.Kind)
+			}
+		}
+	case sel != nil && len(sel.MatchLabels) > 0:
+		buckets = append(buckets, c.selectorBucket(ns, sel.MatchLabels))
+	default:
+		buckets = append(buckets, c.nsBucket(ns))
+	}
+	return buckets
 }
 
 // customRule refuses what Istio's validation refuses in a CUSTOM rule:
@@ -551,8 +561,8 @@ func (c *compiler) istioSource(field string, s *Source, deny bool) cfrom {
 	var f cfrom
 	f.principals = c.principals(field+".principals", s.Principals)
 	f.notPrincipals = c.principals(field+".notPrincipals", s.NotPrincipals)
-	f.reqPrincipals = c.strings(field+".requestPrincipals", s.RequestPrincipals, false)
-	f.notReqPrincipals = c.strings(field+".notRequestPrincipals", s.NotRequestPrincipals, false)
+	f.reqPrincipals = c.requestPrincipals(field+".requestPrincipals", s.RequestPrincipals)
+	f.notReqPrincipals = c.requestPrincipals(field+".notRequestPrincipals", s.NotRequestPrincipals)
 	f.namespaces = nsSet(c.strings(field+".namespaces", s.Namespaces, false))
 	f.notNamespaces = nsSet(c.strings(field+".notNamespaces", s.NotNamespaces, false))
 	f.serviceAccounts = c.serviceAccounts(field+".serviceAccounts", s.ServiceAccounts)
@@ -785,6 +795,7 @@ func (c *compiler) istioOperation(field string, o *Operation, deny bool) cto {
 // condition compiles one `when` entry with Istio's documented keys.
 func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool) {
 	var cc ccond
+	cc.key = w.Key
 	if len(w.Values) == 0 && len(w.NotValues) == 0 {
 		c.errf(field, CodeInvalidCondition, "condition %q needs values or notValues", w.Key)
 		return cc, false
@@ -839,28 +850,17 @@ func (c *compiler) condition(field string, w *Condition, deny bool) (ccond, bool
 		return cc, true
 	case key == "request.auth.principal":
 		cc.kind = condAuthPrincipal
+		cc.reqP = c.requestPrincipals(field+".values", w.Values)
+		cc.notReqP = c.requestPrincipals(field+".notValues", w.NotValues)
+		return cc, true
 	case key == "request.auth.audiences":
 		cc.kind = condAuthAudiences
 	case key == "request.auth.presenter":
 		cc.kind = condAuthPresenter
 	case strings.HasPrefix(key, "request.auth.claims"):
-		rest := strings.TrimPrefix(key, "request.auth.claims")
-		var path []string
-		for rest != "" {
-			if !strings.HasPrefix(rest, "[") {
-				path = nil
-				break
-			}
-			end := strings.IndexByte(rest, ']')
-			if end <= 1 {
-				path = nil
-				break
-			}
-			path = append(path, rest[1:end])
-			rest = rest[end+1:]
-		}
-		if len(path) == 0 {
-			c.errf(field+".key", CodeInvalidCondition, "key %q: want request.auth.claims[name] or request.auth.claims[a][b]", key)
+		path, err := parseClaimPath(strings.TrimPrefix(key, "request.auth.claims"))
+		if err != nil {
+			c.errf(field+".key", CodeInvalidCondition, "key %q: %v (request.auth.claims[name], request.auth.claims[a][b])", key, err)
 			return cc, false
 		}
 		cc.kind, cc.claim = condAuthClaims, path

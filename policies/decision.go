@@ -38,6 +38,15 @@ const (
 	// gateway) are unknown to the enforcement point, so whether it applies
 	// cannot be decided.
 	ReasonDeniedUnresolved Reason = "denied_unresolved_target"
+	// ReasonDeniedToken: a token was found where a RequestAuthentication
+	// rule of the target reads tokens and it is not valid for any rule
+	// (Istio's jwt_authn filter answers 401): malformed, of an unknown
+	// issuer, expired or not yet valid, signed by no key of the rule's key
+	// set, the key set unavailable.
+	ReasonDeniedToken Reason = "denied_invalid_token"
+	// ReasonDeniedTokenAudience: the only fault of the token is that none of
+	// its audiences is allowed (Istio's jwt_authn filter answers 403).
+	ReasonDeniedTokenAudience Reason = "denied_token_audience"
 )
 
 // Denies reports whether the code is a denial.

@@ -151,4 +151,16 @@ const (
 	// as in Istio: an invalid or undeclared provider, or several providers
 	// for one workload.
 	CodeCustomProviderDenies = "custom_provider_denies"
+	// CodeInvalidKeySet: a RequestAuthentication rule's inline jwks is not
+	// a JSON Web Key Set (error).
+	CodeInvalidKeySet = "invalid_jwks"
+	// CodeUnusableKey warns about keys meshguard will not verify a token
+	// with (symmetric keys, keys for encryption, unknown algorithms), and
+	// about a rule left without any key source: tokens that need them are
+	// refused.
+	CodeUnusableKey = "unusable_key"
+	// CodePrivateKey warns about private key material in an inline jwks, as
+	// Istio does: only the public part is used, and the bundle is shipped to
+	// every enforcement point.
+	CodePrivateKey = "jwks_private_key"
 )

@@ -139,3 +139,71 @@ spec:
 		t.Errorf("explain considered %d rules, Applicable lists %d", len(tr.Steps), len(got.Rules))
 	}
 }
+
+// TestExplainFailedReadings: when a header condition fails, explain names
+// each reading of the header that decided, apart: an ALLOW each element of
+// a duplicated header that does not match, a DENY every reading it tried.
+func TestExplainFailedReadings(t *testing.T) {
+	s := compileYAML(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tenants, namespace: shop}
+spec:
+  rules:
+  - when:
+    - {key: "request.headers[x-tenant]", values: ["acme*"]}
+    - {key: "request.headers[x-role]", notValues: ["evil"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-debug, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[x-debug]", values: ["1"]}]`)
+	for _, c := range []struct {
+		name    string
+		headers policies.MapHeaders
+		want    map[string][]string // policy -> failed
+	}{
+		{"one element outside the prefix", policies.MapHeaders{"x-tenant": "acme-a, other, zed", "x-role": "ok"}, map[string][]string{
+			"AuthorizationPolicy/shop/tenants": {
+				`request.headers[x-tenant]: element 2 of 3, "other", is not among values`,
+				`request.headers[x-tenant]: element 3 of 3, "zed", is not among values`,
+			},
+			"AuthorizationPolicy/shop/no-debug": {`request.headers[x-debug]: absent`},
+		}},
+		{"an excluded element and an absent header", policies.MapHeaders{"x-role": "ok,evil", "x-debug": "0,2"}, map[string][]string{
+			"AuthorizationPolicy/shop/tenants": {
+				`request.headers[x-tenant]: absent`,
+				`request.headers[x-role]: element 2 of 2, "evil", is among notValues`,
+			},
+			"AuthorizationPolicy/shop/no-debug": {
+				`request.headers[x-debug]: "0,2" is not among values`,
+				`request.headers[x-debug]: element 1 of 2, "0", is not among values`,
+				`request.headers[x-debug]: element 2 of 2, "2", is not among values`,
+			},
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a := rq("spiffe://cluster.local/ns/shop/sa/x", "GET", "/")
+			a.Headers = c.headers
+			d, tr := s.Explain(a)
+			if d.Allowed {
+				t.Fatalf("allowed: %+v", d)
+			}
+			got := map[string][]string{}
+			for _, st := range tr.Steps {
+				if st.Matched || st.Why != "a condition did not match (when)" {
+					t.Errorf("step %+v", st)
+				}
+				got[st.Policy] = st.Failed
+			}
+			for p, want := range c.want {
+				if strings.Join(got[p], "\n") != strings.Join(want, "\n") {
+					t.Errorf("%s failed:\n%s\nwant:\n%s", p, strings.Join(got[p], "\n"), strings.Join(want, "\n"))
+				}
+			}
+		})
+	}
+}

@@ -32,6 +32,10 @@ func setFromYAML(t testing.TB, docs string) policies.Set {
 			var p policies.AuthorizationPolicy
 			err = yaml.UnmarshalStrict([]byte(doc), &p)
 			set.AuthorizationPolicies = append(set.AuthorizationPolicies, p)
+		case policies.KindRequestAuthentication:
+			var p policies.RequestAuthentication
+			err = yaml.UnmarshalStrict([]byte(doc), &p)
+			set.RequestAuthentications = append(set.RequestAuthentications, p)
 		case policies.KindIdentityPolicy:
 			var p policies.IdentityPolicy
 			err = yaml.UnmarshalStrict([]byte(doc), &p)

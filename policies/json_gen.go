@@ -25,6 +25,7 @@ var jsonSet = &strictjson.Type{
 	Fields: []strictjson.Field{
 		{Name: "settings", Offset: unsafe.Offsetof(Set{}.Settings), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonMeshSettingsSpec},
 		{Name: "authorizationPolicies", Offset: unsafe.Offsetof(Set{}.AuthorizationPolicies), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonAuthorizationPolicy},
+		{Name: "requestAuthentications", Offset: unsafe.Offsetof(Set{}.RequestAuthentications), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonRequestAuthentication},
 		{Name: "identityPolicies", Offset: unsafe.Offsetof(Set{}.IdentityPolicies), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonIdentityPolicy},
 		{Name: "defaultDenies", Offset: unsafe.Offsetof(Set{}.DefaultDenies), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonDefaultDeny},
 		{Name: "routeOverrides", Offset: unsafe.Offsetof(Set{}.RouteOverrides), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonRouteOverride},
@@ -187,6 +188,70 @@ var jsonExtensionProvider = &strictjson.Type{
 	New:  strictjson.New[ExtensionProvider],
 	Fields: []strictjson.Field{
 		{Name: "name", Offset: unsafe.Offsetof(ExtensionProvider{}.Name), Kind: strictjson.KString, OmitEmpty: false},
+	},
+}
+
+var jsonRequestAuthentication = &strictjson.Type{
+	Name: "policies.RequestAuthentication",
+	Size: unsafe.Sizeof(RequestAuthentication{}),
+	Grow: strictjson.Grow[RequestAuthentication],
+	Fields: []strictjson.Field{
+		{Name: "apiVersion", Offset: unsafe.Offsetof(RequestAuthentication{}.APIVersion), Kind: strictjson.KString, OmitEmpty: false},
+		{Name: "kind", Offset: unsafe.Offsetof(RequestAuthentication{}.Kind), Kind: strictjson.KString, OmitEmpty: false},
+		{Name: "metadata", Offset: unsafe.Offsetof(RequestAuthentication{}.Metadata), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonObjectMeta},
+		{Name: "spec", Offset: unsafe.Offsetof(RequestAuthentication{}.Spec), Kind: strictjson.KStruct, OmitEmpty: false, Type: jsonRequestAuthenticationSpec},
+	},
+}
+
+var jsonRequestAuthenticationSpec = &strictjson.Type{
+	Name: "policies.RequestAuthenticationSpec",
+	Size: unsafe.Sizeof(RequestAuthenticationSpec{}),
+	Fields: []strictjson.Field{
+		{Name: "selector", Offset: unsafe.Offsetof(RequestAuthenticationSpec{}.Selector), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonWorkloadSelector},
+		{Name: "targetRef", Offset: unsafe.Offsetof(RequestAuthenticationSpec{}.TargetRef), Kind: strictjson.KPtrStruct, OmitEmpty: true, Type: jsonPolicyTargetReference},
+		{Name: "targetRefs", Offset: unsafe.Offsetof(RequestAuthenticationSpec{}.TargetRefs), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonPolicyTargetReference},
+		{Name: "jwtRules", Offset: unsafe.Offsetof(RequestAuthenticationSpec{}.JWTRules), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonJWTRule},
+	},
+}
+
+var jsonJWTRule = &strictjson.Type{
+	Name: "policies.JWTRule",
+	Size: unsafe.Sizeof(JWTRule{}),
+	Grow: strictjson.Grow[JWTRule],
+	Fields: []strictjson.Field{
+		{Name: "issuer", Offset: unsafe.Offsetof(JWTRule{}.Issuer), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "audiences", Offset: unsafe.Offsetof(JWTRule{}.Audiences), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "jwksUri", Offset: unsafe.Offsetof(JWTRule{}.JWKSURI), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "jwks_uri", Offset: unsafe.Offsetof(JWTRule{}.JWKSURIAlias), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "jwks", Offset: unsafe.Offsetof(JWTRule{}.JWKS), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "fromHeaders", Offset: unsafe.Offsetof(JWTRule{}.FromHeaders), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonJWTHeader},
+		{Name: "fromParams", Offset: unsafe.Offsetof(JWTRule{}.FromParams), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "fromCookies", Offset: unsafe.Offsetof(JWTRule{}.FromCookies), Kind: strictjson.KStrings, OmitEmpty: true},
+		{Name: "outputPayloadToHeader", Offset: unsafe.Offsetof(JWTRule{}.OutputPayloadToHeader), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "forwardOriginalToken", Offset: unsafe.Offsetof(JWTRule{}.ForwardOriginalToken), Kind: strictjson.KBool, OmitEmpty: true},
+		{Name: "outputClaimToHeaders", Offset: unsafe.Offsetof(JWTRule{}.OutputClaimToHeaders), Kind: strictjson.KStructs, OmitEmpty: true, Type: jsonClaimToHeader},
+		{Name: "timeout", Offset: unsafe.Offsetof(JWTRule{}.Timeout), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "spaceDelimitedClaims", Offset: unsafe.Offsetof(JWTRule{}.SpaceDelimitedClaims), Kind: strictjson.KStrings, OmitEmpty: true},
+	},
+}
+
+var jsonJWTHeader = &strictjson.Type{
+	Name: "policies.JWTHeader",
+	Size: unsafe.Sizeof(JWTHeader{}),
+	Grow: strictjson.Grow[JWTHeader],
+	Fields: []strictjson.Field{
+		{Name: "name", Offset: unsafe.Offsetof(JWTHeader{}.Name), Kind: strictjson.KString, OmitEmpty: false},
+		{Name: "prefix", Offset: unsafe.Offsetof(JWTHeader{}.Prefix), Kind: strictjson.KString, OmitEmpty: true},
+	},
+}
+
+var jsonClaimToHeader = &strictjson.Type{
+	Name: "policies.ClaimToHeader",
+	Size: unsafe.Sizeof(ClaimToHeader{}),
+	Grow: strictjson.Grow[ClaimToHeader],
+	Fields: []strictjson.Field{
+		{Name: "header", Offset: unsafe.Offsetof(ClaimToHeader{}.Header), Kind: strictjson.KString, OmitEmpty: false},
+		{Name: "claim", Offset: unsafe.Offsetof(ClaimToHeader{}.Claim), Kind: strictjson.KString, OmitEmpty: false},
 	},
 }
 

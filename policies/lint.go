@@ -1,8 +1,10 @@
 package policies
 
 import (
+	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 )
 
@@ -12,7 +14,7 @@ import (
 // have no effect. Every warning is certain: Lint reports only what follows
 // from the rules' text, never guesses.
 func Lint(s *Set) Diagnostics {
-	l := linter{settings: &s.Settings, jwtSVIDs: usesJWT(s) && !requiresMTLS(s)}
+	l := linter{settings: &s.Settings, jwtSVIDs: usesJWT(s) && !requiresMTLS(s), requestAuthn: len(s.RequestAuthentications) > 0}
 	l.local = []string{DefaultTrustDomain}
 	if td := s.Settings.TrustDomain; td != "" {
 		l.local = []string{td}
@@ -22,6 +24,9 @@ func Lint(s *Set) Diagnostics {
 		l.authorizationPolicy(&s.AuthorizationPolicies[i])
 	}
 	l.customProviders(s)
+	for i := range s.RequestAuthentications {
+		l.requestAuthentication(&s.RequestAuthentications[i])
+	}
 	for i := range s.IdentityPolicies {
 		p := &s.IdentityPolicies[i]
 		l.object = objectRef(KindIdentityPolicy, p.Metadata)
@@ -50,7 +55,9 @@ type linter struct {
 	settings *MeshSettingsSpec
 	local    []string // the mesh's trust domains
 	jwtSVIDs bool     // the set requires JWT-SVIDs somewhere
-	object   string
+	// requestAuthn: the set has RequestAuthentications (end-user tokens).
+	requestAuthn bool
+	object       string
 	// allow is set for ALLOW policies. A negative field on an absent
 	// attribute (no principal, no header) refuses on the allow side and
 	// matches on the deny side, so `notPrincipals: ["*"]` is a dead ALLOW
@@ -116,7 +123,9 @@ func (l *linter) source(s *Source, field string) {
 	l.excluded(s.ServiceAccounts, s.NotServiceAccounts, field, "serviceAccounts", "notServiceAccounts", exactCovers)
 	l.excluded(s.TrustDomains, s.NotTrustDomains, field, "trustDomains", "notTrustDomains", istioCovers)
 	l.excluded(s.Principals, s.NotPrincipals, field, "principals", "notPrincipals", istioCovers)
-	l.excluded(s.RequestPrincipals, s.NotRequestPrincipals, field, "requestPrincipals", "notRequestPrincipals", istioCovers)
+	l.excluded(s.RequestPrincipals, s.NotRequestPrincipals, field, "requestPrincipals", "notRequestPrincipals", reqPrincipalCovers)
+	l.requestPrincipals(s.RequestPrincipals, field+".requestPrincipals")
+	l.requestPrincipals(s.NotRequestPrincipals, field+".notRequestPrincipals")
 	l.excluded(s.Namespaces, s.NotNamespaces, field, "namespaces", "notNamespaces", istioCovers)
 	l.excluded(s.IPBlocks, s.NotIPBlocks, field, "ipBlocks", "notIpBlocks", exactCovers)
 	l.excluded(s.RemoteIPBlocks, s.NotRemoteIPBlocks, field, "remoteIpBlocks", "notRemoteIpBlocks", exactCovers)
@@ -309,6 +318,11 @@ func (l *linter) condition(c *Condition, field string) {
 	if strings.HasPrefix(c.Key, "request.headers[") && (contains(c.Values, "*") || contains(c.NotValues, "*")) {
 		l.changed(field, "\"*\" of a header is presence, as Istio's present_match: a header sent with an empty value now counts as present")
 	}
+	if strings.HasPrefix(c.Key, "request.headers[") && l.allow && (len(c.NotValues) > 0 || slices.ContainsFunc(c.Values, func(v string) bool {
+		return v != "*" && (strings.HasPrefix(v, "*") || strings.HasSuffix(v, "*"))
+	})) {
+		l.changed(field, "a header's comma-separated elements are each a reading of it: this ALLOW condition now needs every element of a duplicated header (or of a value with commas) to match too, not only the joined value")
+	}
 	switch c.Key {
 	case "source.principal":
 		l.trustDomainNames(c.Values, field+".values", true)
@@ -318,7 +332,89 @@ func (l *linter) condition(c *Condition, field string) {
 		l.trustDomainNames(c.NotValues, field+".notValues", false)
 	case "source.namespace", "source.serviceAccount":
 		l.namespaceReadings(len(c.Values) > 0, len(c.NotValues) > 0, field)
+	case "request.auth.principal":
+		l.requestPrincipals(c.Values, field+".values")
+		l.requestPrincipals(c.NotValues, field+".notValues")
 	}
+}
+
+// requestPrincipals warns about request principal values that Istio's
+// reading (iss and sub apart, split at the value's last '/') matches
+// differently than the whole "iss/sub" meshguard compared before: a value
+// naming a subject with a '/' (a JWT-SVID's), and, in a set without
+// RequestAuthentication (whose only request principals are JWT-SVIDs, which
+// carry no iss unless their issuer sets one), every value.
+func (l *linter) requestPrincipals(vals []string, field string) {
+	for i, v := range vals {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		switch {
+		case strings.Contains(v, "spiffe://"):
+			what := "no longer matches it (an IdentityPolicy's jwt.subjects does)"
+			if !l.allow {
+				what = "still matches it, reading the value whole as well"
+			}
+			l.changed(f, "%q: Istio splits a request principal at its last '/' into iss and sub, so a subject holding a '/' (a JWT-SVID's spiffe:// ID) is never matched exactly; this %s rule %s", v, map[bool]string{true: "ALLOW", false: "deny-side"}[l.allow], what)
+		case !l.requestAuthn:
+			l.changed(f, "%q: Istio matches a request principal's iss and sub apart, and the set has no RequestAuthentication: its only request principals are JWT-SVIDs, and one without an iss claim matches no value (\"*\" included)", v)
+		}
+	}
+}
+
+// requestAuthentication warns about a RequestAuthentication that is valid
+// but will not do what its author means.
+func (l *linter) requestAuthentication(p *RequestAuthentication) {
+	l.object = objectRef(KindRequestAuthentication, p.Metadata)
+	spec := &p.Spec
+	if spec.TargetRef != nil {
+		l.warn(CodeDeprecated, "spec.targetRef", "targetRef is deprecated by Istio; use targetRefs")
+	}
+	if spec.Selector != nil && len(spec.Selector.MatchLabels) == 0 {
+		l.warn(CodeNoEffect, "spec.selector", "workload selector specified without labels: the policy applies to every workload of the namespace")
+	}
+	if len(spec.JWTRules) == 0 {
+		l.warn(CodeNoEffect, "spec.jwtRules", "a RequestAuthentication without jwtRules validates no token and has no effect")
+	}
+	for i := range spec.JWTRules {
+		r := &spec.JWTRules[i]
+		f := fmt.Sprintf("spec.jwtRules[%d]", i)
+		if r.JWKS != "" {
+			problems, err := KeySetProblems([]byte(r.JWKS))
+			if err != nil {
+				continue // the compiler's error
+			}
+			usable := keyCount(r.JWKS)
+			for _, kp := range problems {
+				if kp.Private {
+					l.warn(CodePrivateKey, f+".jwks", "jwks key at index %d contains private key material; only public keys are used for verification, and the key set is shipped to every enforcement point", kp.Key)
+				}
+				if kp.Unusable {
+					usable--
+					l.warn(CodeUnusableKey, f+".jwks", "jwks key at index %d is not used: %s", kp.Key, kp.Reason)
+				}
+			}
+			if usable <= 0 {
+				l.warn(CodeUnusableKey, f+".jwks", "the key set has no key meshguard verifies with: every token of this rule is refused")
+			}
+			continue
+		}
+		if r.JWKSURI == "" && r.JWKSURIAlias == "" {
+			pr := JWTProvider{Issuer: r.Issuer}
+			if pr.DiscoveryURL() == "" {
+				l.warn(CodeUnusableKey, f+".issuer", "no jwks or jwksUri, and issuer %q is not an http(s) URL to discover the key set from: every token of this rule is refused", r.Issuer)
+			}
+		}
+	}
+}
+
+// keyCount is the number of keys of a key set that KeySetProblems accepted.
+func keyCount(jwks string) int {
+	var doc struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if json.Unmarshal([]byte(jwks), &doc) != nil {
+		return 0
+	}
+	return len(doc.Keys)
 }
 
 // peerOnly warns, where the set requires JWT-SVIDs and does not deny
@@ -465,6 +561,29 @@ func istioCovers(broad, narrow string) bool {
 
 // pathCovers is istioCovers for paths; templates ({*}, {**}) are only
 // covered by "*" or by themselves.
+// reqPrincipalCovers reports whether every token the request principal
+// narrow matches is matched by broad, in Istio's reading (iss and sub
+// apart).
+func reqPrincipalCovers(broad, narrow string) bool {
+	b, n := newReqPrincipal(broad), newReqPrincipal(narrow)
+	return matcherCovers(b.iss, n.iss) && matcherCovers(b.sub, n.sub)
+}
+
+// matcherCovers reports whether b matches every string n matches.
+func matcherCovers(b, n strMatcher) bool {
+	switch b.kind {
+	case strAny:
+		return n.kind != strExact || n.v != ""
+	case strExact:
+		return n.kind == strExact && n.v == b.v
+	case strPrefix:
+		return (n.kind == strExact || n.kind == strPrefix) && strings.HasPrefix(n.v, b.v)
+	case strSuffix:
+		return (n.kind == strExact || n.kind == strSuffix) && strings.HasSuffix(n.v, b.v)
+	}
+	return false
+}
+
 func pathCovers(broad, narrow string) bool {
 	if strings.Contains(broad, "{") || strings.Contains(narrow, "{") {
 		return broad == "*" || broad == narrow

@@ -119,7 +119,7 @@ func TestLintAuthorizationPolicy(t *testing.T) {
 		},
 		{
 			name: "condition value in notValues",
-			p:    ap("", Rule{When: []Condition{{Key: "request.headers[x]", Values: list("a"), NotValues: list("a")}}}),
+			p:    ap("DENY", Rule{When: []Condition{{Key: "request.headers[x]", Values: list("a"), NotValues: list("a")}}}),
 			want: []wantLint{
 				{CodeNeverMatches, "spec.rules[0].when[0].values[0]", "excluded"},
 				{CodeNeverMatches, "spec.rules[0].when[0]", "every value"},
@@ -327,7 +327,23 @@ func TestLintMeaningChanged(t *testing.T) {
 				ap("DENY", Rule{From: from(Source{NotPrincipals: list("*")})}),
 				ap("", Rule{From: from(Source{RequestPrincipals: list("*")})}),
 			}},
-			want: []wantLint{{CodeMeaningChanged, "spec.rules[0]", "a DENY on notPrincipals denies it"}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0]", "a DENY on notPrincipals denies it"},
+				{CodeMeaningChanged, "spec.rules[0].from[0].source.requestPrincipals[0]", "without an iss claim matches no value"},
+			},
+		},
+		{
+			name: "request principals naming a JWT-SVID subject, with a RequestAuthentication in the set",
+			set: Set{
+				RequestAuthentications: []RequestAuthentication{{Metadata: ObjectMeta{Name: "ra", Namespace: "foo"}, Spec: RequestAuthenticationSpec{JWTRules: []JWTRule{{Issuer: "https://idp.example"}}}}},
+				AuthorizationPolicies: []AuthorizationPolicy{
+					ap("", Rule{From: from(Source{RequestPrincipals: list("https://idp.example/*", "spiffe://td/ns/a/sa/b")})}),
+					ap("DENY", Rule{When: []Condition{cond("request.auth.principal", "spiffe://td/ns/a/sa/evil")}}),
+				}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].from[0].source.requestPrincipals[1]", "this ALLOW rule no longer matches it"},
+				{CodeMeaningChanged, "spec.rules[0].when[0].values[0]", "this deny-side rule still matches it"},
+			},
 		},
 		{
 			name: "mesh-wide require-mTLS: JWT-SVID-only callers never reach the rules",
@@ -381,6 +397,21 @@ func TestLintMeaningChanged(t *testing.T) {
 				{CodeMeaningChanged, "spec.rules[0].to[0].operation.paths[0]", `now also matches "/files/"`},
 				{CodeMeaningChanged, "spec.rules[1].when[0]", "empty value now counts as present"},
 			},
+		},
+		{
+			name: "ALLOW header patterns and notValues: every element of a duplicated header",
+			set: Set{AuthorizationPolicies: []AuthorizationPolicy{ap("",
+				Rule{When: []Condition{cond("request.headers[x-tenant]", "acme*"), {Key: "request.headers[x-role]", NotValues: list("evil")}}},
+				Rule{When: []Condition{cond("request.headers[x-tenant]", "acme")}},
+			)}},
+			want: []wantLint{
+				{CodeMeaningChanged, "spec.rules[0].when[0]", "every element of a duplicated header"},
+				{CodeMeaningChanged, "spec.rules[0].when[1]", "every element of a duplicated header"},
+			},
+		},
+		{
+			name: "DENY header conditions catch every element: no warning",
+			set:  Set{AuthorizationPolicies: []AuthorizationPolicy{ap("DENY", Rule{When: []Condition{cond("request.headers[x-tenant]", "acme*")}})}},
 		},
 		{
 			name: "DENY hosts catch every reading: no warning",

@@ -19,13 +19,15 @@ const (
 // Kinds accepted in documents.
 const (
 	KindAuthorizationPolicy = "AuthorizationPolicy" // Istio, both versions
-	KindIdentityPolicy      = "IdentityPolicy"      // meshguard: rules by SPIFFE ID pattern
-	KindDefaultDeny         = "DefaultDeny"         // meshguard: allow-nothing unless an ALLOW matches
-	KindRouteOverride       = "RouteOverride"       // meshguard: per Envoy route tuning
-	KindTrafficBaseline     = "TrafficBaseline"     // meshguard: allowed service-graph edges
-	KindAnomalyProfile      = "AnomalyProfile"      // meshguard: detectors, thresholds, responses
-	KindQuarantine          = "Quarantine"          // meshguard: identities denied mesh-wide
-	KindMeshSettings        = "MeshSettings"        // meshguard: root namespace, path normalization
+	// KindRequestAuthentication is Istio's RequestAuthentication, both versions.
+	KindRequestAuthentication = "RequestAuthentication"
+	KindIdentityPolicy        = "IdentityPolicy"  // meshguard: rules by SPIFFE ID pattern
+	KindDefaultDeny           = "DefaultDeny"     // meshguard: allow-nothing unless an ALLOW matches
+	KindRouteOverride         = "RouteOverride"   // meshguard: per Envoy route tuning
+	KindTrafficBaseline       = "TrafficBaseline" // meshguard: allowed service-graph edges
+	KindAnomalyProfile        = "AnomalyProfile"  // meshguard: detectors, thresholds, responses
+	KindQuarantine            = "Quarantine"      // meshguard: identities denied mesh-wide
+	KindMeshSettings          = "MeshSettings"    // meshguard: root namespace, path normalization
 )
 
 // Location is where a document or field came from. It is empty for
@@ -141,6 +143,70 @@ type Condition struct {
 	Key       string   `json:"key"`
 	Values    []string `json:"values,omitempty"`
 	NotValues []string `json:"notValues,omitempty"`
+}
+
+// ----- Istio RequestAuthentication (security.istio.io/v1, v1beta1) -----
+
+// RequestAuthentication is Istio's RequestAuthentication, field for field:
+// the end-user JWTs the selected workloads accept. A token found where one
+// of its rules looks must be valid (or the request is refused); a request
+// without one is not refused. Enforcement points that can verify tokens
+// (meshguard's authz server) apply it; what it validates feeds
+// requestPrincipals and the request.auth.* conditions.
+type RequestAuthentication struct {
+	APIVersion string                    `json:"apiVersion"`
+	Kind       string                    `json:"kind"`
+	Metadata   ObjectMeta                `json:"metadata"`
+	Spec       RequestAuthenticationSpec `json:"spec"`
+	Loc        Location                  `json:"-"`
+}
+
+// RequestAuthenticationSpec mirrors istio.security.v1beta1.RequestAuthentication.
+type RequestAuthenticationSpec struct {
+	Selector   *WorkloadSelector       `json:"selector,omitempty"`
+	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"` // deprecated by Istio in favour of targetRefs
+	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
+	JWTRules   []JWTRule               `json:"jwtRules,omitempty"`
+}
+
+// JWTRule mirrors istio.security.v1beta1.JWTRule: one issuer, where its
+// keys are, where its tokens are found and what a valid one adds to the
+// request.
+type JWTRule struct {
+	Issuer    string   `json:"issuer,omitempty"`
+	Audiences []string `json:"audiences,omitempty"`
+	// JWKSURI is where the key set is fetched; JWKSURIAlias is the same
+	// field under the name Istio's CRD also accepts (jwks_uri). JWKS is an
+	// inline key set. With none of them, the key set is found by OpenID
+	// discovery from the issuer.
+	JWKSURI      string `json:"jwksUri,omitempty"`
+	JWKSURIAlias string `json:"jwks_uri,omitempty"`
+	JWKS         string `json:"jwks,omitempty"`
+	// FromHeaders, FromParams and FromCookies are where tokens are found;
+	// with none, the Authorization header's Bearer token and the
+	// access_token query parameter.
+	FromHeaders           []JWTHeader     `json:"fromHeaders,omitempty"`
+	FromParams            []string        `json:"fromParams,omitempty"`
+	FromCookies           []string        `json:"fromCookies,omitempty"`
+	OutputPayloadToHeader string          `json:"outputPayloadToHeader,omitempty"`
+	ForwardOriginalToken  bool            `json:"forwardOriginalToken,omitempty"`
+	OutputClaimToHeaders  []ClaimToHeader `json:"outputClaimToHeaders,omitempty"`
+	// Timeout bounds a key set fetch (a duration such as "5s"; default 5s).
+	Timeout              string   `json:"timeout,omitempty"`
+	SpaceDelimitedClaims []string `json:"spaceDelimitedClaims,omitempty"`
+}
+
+// JWTHeader is a header a token is read from; Prefix (such as "Bearer ")
+// is stripped first, and a value without it holds no token.
+type JWTHeader struct {
+	Name   string `json:"name"`
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// ClaimToHeader copies a claim of a valid token into a request header.
+type ClaimToHeader struct {
+	Header string `json:"header"`
+	Claim  string `json:"claim"`
 }
 
 // ----- meshguard.dev/v1alpha1 -----
@@ -502,10 +568,12 @@ func (m *MeshSettingsSpec) Equal(o *MeshSettingsSpec) bool {
 type Set struct {
 	Settings              MeshSettingsSpec      `json:"settings"`
 	AuthorizationPolicies []AuthorizationPolicy `json:"authorizationPolicies,omitempty"`
-	IdentityPolicies      []IdentityPolicy      `json:"identityPolicies,omitempty"`
-	DefaultDenies         []DefaultDeny         `json:"defaultDenies,omitempty"`
-	RouteOverrides        []RouteOverride       `json:"routeOverrides,omitempty"`
-	TrafficBaselines      []TrafficBaseline     `json:"trafficBaselines,omitempty"`
-	AnomalyProfiles       []AnomalyProfile      `json:"anomalyProfiles,omitempty"`
-	Quarantines           []Quarantine          `json:"quarantines,omitempty"`
+	// RequestAuthentications are Istio's, like AuthorizationPolicies.
+	RequestAuthentications []RequestAuthentication `json:"requestAuthentications,omitempty"`
+	IdentityPolicies       []IdentityPolicy        `json:"identityPolicies,omitempty"`
+	DefaultDenies          []DefaultDeny           `json:"defaultDenies,omitempty"`
+	RouteOverrides         []RouteOverride         `json:"routeOverrides,omitempty"`
+	TrafficBaselines       []TrafficBaseline       `json:"trafficBaselines,omitempty"`
+	AnomalyProfiles        []AnomalyProfile        `json:"anomalyProfiles,omitempty"`
+	Quarantines            []Quarantine            `json:"quarantines,omitempty"`
 }

@@ -1,9 +1,11 @@
 package policies
 
 import (
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // The compiled forms. Every matcher is built once in Compile; evaluation
@@ -159,7 +161,7 @@ type cfrom struct {
 	callerDomains                       []string
 	serviceAccounts, notServiceAccounts saSet
 	trustDomains, notTrustDomains       tdSet
-	reqPrincipals, notReqPrincipals     strSet
+	reqPrincipals, notReqPrincipals     reqPrincipalSet
 	ipBlocks, notIPBlocks               ipSet
 	remoteIPBlocks, notRemoteBlocks     ipSet
 }
@@ -193,9 +195,12 @@ const (
 
 type ccond struct {
 	kind      condKind
-	name      string   // header name (lowercase)
-	peer      *cfrom   // condSourcePeer: the condition as a source's fields
-	claim     []string // claim path
+	key       string          // the condition's key as written, for explain
+	name      string          // header name (lowercase)
+	peer      *cfrom          // condSourcePeer: the condition as a source's fields
+	claim     []string        // claim path
+	reqP      reqPrincipalSet // condAuthPrincipal: values and notValues
+	notReqP   reqPrincipalSet
 	values    strSet
 	notValues strSet
 	ips       ipSet
@@ -327,6 +332,60 @@ func (c *crule) why(r *req) string {
 	return ""
 }
 
+// failed is, for explain, each part of the request that fails the rule's
+// when conditions, named apart: every reading of a header that decides
+// (for an allow-side rule each reading that does not match, for a
+// deny-side rule each reading, none of which matched), the condition alone
+// for other keys. Nil when the conditions match.
+func (c *crule) failed(r *req) []string {
+	var out []string
+	for i := range c.when {
+		cc := &c.when[i]
+		if cc.match(r, c.deny) {
+			continue
+		}
+		if cc.kind != condHeader || r.a.Headers == nil {
+			out = append(out, cc.key+": not met")
+			continue
+		}
+		v, ok := r.a.Headers.Get(cc.name)
+		if !ok {
+			out = append(out, cc.key+": absent")
+			continue
+		}
+		out = cc.headerFailures(out, v, c.deny)
+	}
+	return out
+}
+
+// headerFailures appends each reading of header value v that fails the
+// condition (deny: every reading, since none matched).
+func (c *ccond) headerFailures(out []string, v string, deny bool) []string {
+	why := func(s string) string {
+		if len(c.values) > 0 && !c.values.match(s) {
+			return "is not among values"
+		}
+		if len(c.notValues) > 0 && c.notValues.match(s) {
+			return "is among notValues"
+		}
+		return "matches"
+	}
+	if deny || !c.matchString(v) {
+		out = append(out, fmt.Sprintf("%s: %q %s", c.key, v, why(v)))
+	}
+	if strings.IndexByte(v, ',') < 0 {
+		return out
+	}
+	n := strings.Count(v, ",") + 1
+	for i, el := range strings.Split(v, ",") {
+		el = strings.Trim(el, " \t")
+		if deny || !c.matchString(el) {
+			out = append(out, fmt.Sprintf("%s: element %d of %d, %q, %s", c.key, i+1, n, el, why(el)))
+		}
+	}
+	return out
+}
+
 func (c *crule) matchFrom(r *req) bool {
 	for i := range c.from {
 		if c.from[i].match(r, c.deny) {
@@ -385,14 +444,21 @@ func (f *cfrom) match(r *req, deny bool) bool {
 		}
 		return f.matchNetwork(a, deny)
 	}
-	reqP, hasReqP := "", false
-	if a.JWT != nil && a.JWT.Principal != "" {
-		reqP, hasReqP = a.JWT.Principal, true
+	j := a.JWT
+	if j == nil || f.set&(fReqPrincipals|fNotReqPrincipals) == 0 {
+		if f.set&fReqPrincipals != 0 {
+			return false
+		}
+		if f.set&fNotReqPrincipals != 0 && !deny {
+			return false // a negative field never admits a request without a token
+		}
+		return f.matchNetwork(a, deny)
 	}
-	if f.set&fReqPrincipals != 0 && (!hasReqP || !f.reqPrincipals.match(reqP)) {
+	t := claimsOf(j)
+	if f.set&fReqPrincipals != 0 && !f.reqPrincipals.matchPositive(&t, deny) {
 		return false
 	}
-	if f.set&fNotReqPrincipals != 0 && !neg(hasReqP, func() bool { return f.notReqPrincipals.match(reqP) }, deny) {
+	if f.set&fNotReqPrincipals != 0 && f.notReqPrincipals.excludes(&t, deny) {
 		return false
 	}
 	return f.matchNetwork(a, deny)
@@ -623,11 +689,18 @@ func (c *ccond) match(r *req, deny bool) bool {
 	}
 	switch c.kind {
 	case condAuthPrincipal:
-		if j.Principal == "" {
-			return c.absent(deny)
+		t := claimsOf(j)
+		if len(c.reqP) > 0 && !c.reqP.matchPositive(&t, deny) {
+			return false
 		}
-		return c.matchString(j.Principal)
+		return len(c.notReqP) == 0 || !c.notReqP.excludes(&t, deny)
 	case condAuthPresenter:
+		switch v := j.Claims["azp"].(type) {
+		case string:
+			return c.matchString(v)
+		case []any:
+			return matchElems(c, len(v), func(i int) (string, bool) { s, ok := v[i].(string); return s, ok }, deny)
+		}
 		if j.Presenter == "" {
 			return c.absent(deny)
 		}
@@ -655,7 +728,7 @@ func (c *ccond) match(r *req, deny bool) bool {
 // absent: a condition on a missing attribute matches only a deny-side rule
 // that asks for notValues alone (the value is, after all, not in the list).
 func (c *ccond) absent(deny bool) bool {
-	return deny && len(c.values) == 0 && len(c.ips) == 0 && len(c.ports) == 0
+	return deny && len(c.values) == 0 && len(c.ips) == 0 && len(c.ports) == 0 && len(c.reqP) == 0
 }
 
 func (c *ccond) matchString(v string) bool {
@@ -703,25 +776,29 @@ func (c *ccond) matchIP(ip netip.Addr, deny bool) bool {
 	return len(c.notIPs) == 0 || !c.notIPs.match(ip)
 }
 
-// matchHeader: Envoy joins duplicated headers with ','. An allow-side rule
-// sees the joined value only (so a duplicate can never make it match); a
-// deny-side rule also tries each element, so "x: ok" + "x: evil" still hits
-// a DENY on "evil".
+// matchHeader: Envoy joins duplicated headers with ',' ("x: ok" + "x: evil"
+// arrives as "ok,evil"), and a backend may read such a value as the list of
+// its elements, whether it came as one line or several. Each is a reading
+// of the header: the joined value, and every comma-separated element with
+// the spaces and tabs around it trimmed (an empty one included). A
+// deny-side rule matches when any reading matches; an allow-side rule only when every reading does, each of
+// values and notValues on its own (so neither "acme,other" for values
+// ["acme*"] nor "ok,evil" for notValues ["evil"] is admitted).
 func (c *ccond) matchHeader(v string, deny bool) bool {
-	if c.matchString(v) {
-		return true
+	whole := c.matchString(v)
+	if whole == deny || strings.IndexByte(v, ',') < 0 {
+		return whole
 	}
-	if !deny || strings.IndexByte(v, ',') < 0 {
-		return false
-	}
-	for v != "" {
-		var el string
-		el, v, _ = strings.Cut(v, ",")
-		if c.matchString(strings.TrimSpace(el)) {
-			return true
+	for {
+		el, rest, more := strings.Cut(v, ",")
+		if c.matchString(strings.Trim(el, " \t")) == deny {
+			return deny
 		}
+		if !more {
+			return !deny
+		}
+		v = rest
 	}
-	return false
 }
 
 func lookupClaim(claims map[string]any, path []string) (any, bool) {
@@ -745,7 +822,7 @@ func (c *crule) jwtMet(r *req) bool {
 	if r.a.JWTDeferred {
 		return !c.deny
 	}
-	return c.jwt.match(r.a.JWT)
+	return c.jwt.match(r.a.svid())
 }
 
 func (j *cjwt) match(t *JWT) bool {

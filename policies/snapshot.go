@@ -37,6 +37,8 @@ type Snapshot struct {
 	baseline    string // strongest baseline mode, "" without baselines
 	profiles    []cprofile
 	nrules      int
+	njwt        int            // jwtRules of RequestAuthentications
+	jwtAll      []*JWTProvider // every one, in set order
 	views       viewCache
 }
 
@@ -138,6 +140,8 @@ type bucket struct {
 	hasDryRun   bool
 	// providers are the distinct providers of the bucket's CUSTOM policies.
 	providers []string
+	// jwt are the jwtRules of the bucket's RequestAuthentications.
+	jwt []*JWTProvider
 }
 
 type routeInfo struct {
@@ -201,8 +205,8 @@ func (s *Snapshot) quarantinedIdentity(a *Attributes) (spiffeid.ID, quarantineEn
 	}
 	now := time.Now().UnixNano()
 	ids := [3]spiffeid.ID{a.Peer, a.ForwardedClient}
-	if a.JWT != nil {
-		ids[2] = a.JWT.SVID
+	if t := a.svid(); t != nil {
+		ids[2] = t.SVID
 	}
 	for _, id := range ids {
 		if q, ok := s.quarantine(id.String(), now); ok {
@@ -870,6 +874,11 @@ type TraceStep struct {
 	Mode    Mode   `json:"mode"`
 	Matched bool   `json:"matched"`
 	Why     string `json:"why,omitempty"`
+	// Failed names, when the rule's conditions (when) did not match, each
+	// value of the request that failed one, apart: for a header, each of
+	// its readings (the joined value, every element of a duplicated
+	// header) that decided.
+	Failed []string `json:"failed,omitempty"`
 }
 
 func (t *Trace) note(format string, args ...any) {
@@ -889,12 +898,16 @@ func explainFirst(bs []*bucket, act Action, rq *req, dry bool, tr *Trace) *crule
 				continue
 			}
 			ok, why := c.match(rq), ""
+			var failed []string
 			if !ok {
 				why = c.why(rq)
+				if why == whyWhen {
+					failed = c.failed(rq)
+				}
 			}
 			tr.Steps = append(tr.Steps, TraceStep{
 				Scope: b.name, Policy: c.ref.Policy, Rule: c.ref.Rule, Action: act.String(),
-				Mode: c.mode, Matched: ok, Why: why,
+				Mode: c.mode, Matched: ok, Why: why, Failed: failed,
 			})
 			if ok && (best == nil || c.ord < best.ord) {
 				best = c

@@ -52,6 +52,8 @@ type targetView struct {
 	byService bool
 	applicable
 	service, gateway string
+	// jwt are the target's RequestAuthentication rules (JWTProviders).
+	jwt []*JWTProvider
 }
 
 type labelValue struct {
@@ -136,7 +138,7 @@ func (c *viewCache) put(h uint64, s *Snapshot, t *Target, bs []*bucket) {
 // of t.
 func (s *Snapshot) newView(t *Target, bs []*bucket) *targetView {
 	// v.bs stays empty: only explain reads it, and explain takes no view.
-	v := &targetView{applicable: s.sum(bs, nil), id: t.ID.String(), ns: t.Namespace}
+	v := &targetView{applicable: s.sum(bs, nil), id: t.ID.String(), ns: t.Namespace, jwt: providersOf(bs)}
 	for act := range v.idx {
 		v.merged[act] = merge(v.idx[act])
 	}

@@ -100,6 +100,10 @@ type Request struct {
 	// peer in XFCC.
 	Conn    spiffeid.ID
 	Headers policies.HeaderGetter
+	// SkipToken is a token the request's RequestAuthentication validated as
+	// an end-user token: when the JWT-SVID header holds it, the JWT-SVID
+	// path does not read it.
+	SkipToken string
 }
 
 // Identity is the outcome: the request's identities, each for what it is.

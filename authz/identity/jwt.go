@@ -14,6 +14,15 @@ import (
 // The JWT-SVID checks: the token from its header, validated by go-spiffe
 // with a mandatory audience, then its lifetime and clock.
 
+// Token is the token the JWT-SVID path reads from h, if any (false also
+// when the path is off).
+func (r *Resolver) Token(h policies.HeaderGetter) (string, bool) {
+	if !r.jwtOn || h == nil {
+		return "", false
+	}
+	return r.token(h.Get)
+}
+
 func (r *Resolver) token(get func(string) (string, bool)) (string, bool) {
 	v, ok := get(r.jwtHeader)
 	if !ok {

@@ -82,7 +82,7 @@ func (r *Resolver) Resolve(req Request) (Identity, error) {
 	}
 
 	if r.jwtOn {
-		if tok, ok := r.token(get); ok {
+		if tok, ok := r.token(get); ok && (req.SkipToken == "" || tok != req.SkipToken) {
 			j, err := r.jwt(tok)
 			if err != nil {
 				return out, &Error{Kind: FailJWT, Err: err}

@@ -65,6 +65,9 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 			a.setHeader(&n, wire.HeaderSourceID, o.id.ID.String())
 		}
 		a.http.Headers = a.list[:n]
+		for _, kv := range o.set {
+			a.http.Headers = append(a.http.Headers, overwrite(&corev3.HeaderValueOption{}, &corev3.HeaderValue{}, kv[0], kv[1]))
+		}
 		a.http.HeadersToRemove = o.remove
 		a.ok.OkResponse = &a.http
 		a.resp.Status = &a.status
@@ -80,6 +83,9 @@ func (s *Server) checkResponse(o *outcome) *authv3.CheckResponse {
 		a.list[i] = overwrite(&a.opts[i], &a.hdrs[i], kv[0], kv[1])
 	}
 	a.http.Headers = a.list[:]
+	if o.authFail != nil {
+		a.http.Headers = append(a.http.Headers, overwrite(&corev3.HeaderValueOption{}, &corev3.HeaderValue{}, "www-authenticate", wwwAuthenticate(o.mapped)))
+	}
 	a.http.Body = string(denyJSON(o))
 	a.denied.DeniedResponse = &a.http
 	a.resp.Status = &a.status
@@ -127,6 +133,10 @@ func denyJSON(o *outcome) []byte {
 	}
 	if o.dec.Ref.Rule != "" {
 		b = jsonw.Field(b, false, "rule", o.dec.Ref.Rule)
+	}
+	if o.authFail != nil {
+		// What Envoy's jwt_authn filter answers: "Jwt is expired", ...
+		b = jsonw.Field(b, false, "detail", o.authFail.Message)
 	}
 	return append(b, '}', '\n')
 }

@@ -63,11 +63,6 @@ func testSet() policies.Set {
 					To:   []policies.RuleTo{{Operation: policies.Operation{Methods: []string{"GET"}, Paths: []string{"/api/*"}}}},
 				},
 				{From: []policies.RuleFrom{{Source: policies.Source{Principals: []string{"prod.example/ns/ops/sa/admin"}}}}},
-				// A JWT-SVID is a request principal (its sub, without iss).
-				{
-					From: []policies.RuleFrom{{Source: policies.Source{RequestPrincipals: []string{"spiffe://prod.example/ns/batch/sa/job"}}}},
-					To:   []policies.RuleTo{{Operation: policies.Operation{Methods: []string{"GET"}, Paths: []string{"/api/*"}}}},
-				},
 			}},
 		}, {
 			APIVersion: policies.APIVersionIstioV1, Kind: policies.KindAuthorizationPolicy,
@@ -83,6 +78,16 @@ func testSet() policies.Set {
 			Metadata: policies.ObjectMeta{Name: "forwarded-admin", Namespace: "shop"},
 			Spec: policies.IdentityPolicySpec{Rules: []policies.IdentityRule{{
 				From: []policies.IdentitySource{{IDs: []string{"spiffe://prod.example/ns/ops/sa/admin"}}},
+			}}},
+		}, {
+			// A JWT-SVID is meshguard's: a jwt requirement reads it (Istio's
+			// requestPrincipals match iss and sub apart, and a JWT-SVID
+			// without iss matches none).
+			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindIdentityPolicy,
+			Metadata: policies.ObjectMeta{Name: "batch-jwt", Namespace: "shop"},
+			Spec: policies.IdentityPolicySpec{Rules: []policies.IdentityRule{{
+				To:  []policies.IdentityTarget{{Methods: []string{"GET"}, Paths: []string{"/api/*"}}},
+				JWT: &policies.JWTRequirement{Audiences: []string{audience}, Subjects: []string{"spiffe://prod.example/ns/batch/sa/job"}},
 			}}},
 		}},
 		RouteOverrides: []policies.RouteOverride{

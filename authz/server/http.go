@@ -51,6 +51,9 @@ func (s *Server) HTTPHandler() http.Handler {
 			if !o.id.ID.IsZero() {
 				h.Set(wire.HeaderSourceID, o.id.ID.String())
 			}
+			for _, kv := range o.set {
+				h.Set(kv[0], kv[1])
+			}
 			if len(o.remove) > 0 {
 				h.Set(HeaderAuthRemove, strings.Join(o.remove, ","))
 			}
@@ -59,6 +62,9 @@ func (s *Server) HTTPHandler() http.Handler {
 		}
 		h.Set("content-type", "application/json")
 		h.Set(wire.HeaderReason, string(o.dec.Reason))
+		if o.authFail != nil {
+			h.Set("www-authenticate", wwwAuthenticate(o.mapped))
+		}
 		w.WriteHeader(httpStatus(o.dec.Reason))
 		_, _ = w.Write(denyJSON(&o))
 	})

@@ -46,6 +46,8 @@ spec:
   - when: [{key: "request.headers[x-debug]", values: ["*"]}]
   - from: [{source: {serviceAccounts: ["ops/admin"]}}]
     to: [{operation: {paths: ["/sa/*"]}}]
+  - to: [{operation: {paths: ["/role/*"]}}]
+    when: [{key: "request.headers[x-role]", values: ["evil"]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -54,7 +56,9 @@ spec:
   rules:
   - from: [{source: {principals: ["cluster.local/ns/web/sa/frontend"]}}]
   - to: [{operation: {hosts: ["api.shop.svc.cluster.local"], paths: ["/host-allow"]}}]
-  - to: [{operation: {paths: ["/files/{**}", "/mtls/*", "/ns/*", "/sa/*", "/host/*", "/private/*"]}}]
+  - to: [{operation: {paths: ["/files/{**}", "/mtls/*", "/ns/*", "/sa/*", "/host/*", "/private/*", "/role/*"]}}]
+  - to: [{operation: {paths: ["/tenant"]}}]
+    when: [{key: "request.headers[x-tenant]", values: ["acme*"]}]
   - from: [{source: {serviceAccounts: ["batch/job"]}}]
     to: [{operation: {paths: ["/jobs"]}}]
 ---
@@ -129,6 +133,18 @@ func TestCheckIstioParity(t *testing.T) {
 			withPrincipal(get("/files/", nil), idBatch.String()), true, policies.ReasonAllowedByPolicy},
 		{"6 headers", "a DENY on presence catches an empty header",
 			withPrincipal(get("/files/a", map[string]string{"x-debug": ""}), idBatch.String()), false, policies.ReasonDeniedByPolicy},
+		{"6 headers", "an ALLOW prefix admits a duplicated header whose every element has it",
+			withPrincipal(get("/tenant", map[string]string{"x-tenant": "acme-a,acme-b"}), idBatch.String()), true, policies.ReasonAllowedByPolicy},
+		{"6 headers", "an ALLOW prefix refuses a duplicated header as Envoy joins it, one element outside",
+			withPrincipal(get("/tenant", map[string]string{"x-tenant": "acme,other"}), idBatch.String()), false, policies.ReasonDeniedNoMatch},
+		{"6 headers", "an ALLOW prefix refuses header lines in header_map, one outside",
+			withHeaderLines(withPrincipal(get("/tenant", nil), idBatch.String()), "x-tenant", "acme", "other"), false, policies.ReasonDeniedNoMatch},
+		{"6 headers", "an ALLOW prefix admits header lines in header_map that all have it",
+			withHeaderLines(withPrincipal(get("/tenant", nil), idBatch.String()), "x-tenant", "acme-a", "acme-b"), true, policies.ReasonAllowedByPolicy},
+		{"6 headers", "a DENY matches one header line of several",
+			withHeaderLines(withPrincipal(get("/role/x", nil), idBatch.String()), "x-role", "user", "evil"), false, policies.ReasonDeniedByPolicy},
+		{"6 headers", "and lets the lines through when none matches",
+			withHeaderLines(withPrincipal(get("/role/x", nil), idBatch.String()), "x-role", "user", "evil-ish"), true, policies.ReasonAllowedByPolicy},
 		{"7 today's API", "serviceAccounts admit the peer's account",
 			withPrincipal(get("/jobs", nil), idBatch.String()), true, policies.ReasonAllowedByPolicy},
 		{"7 today's API", "serviceAccounts do not admit a bearer JWT-SVID",
@@ -152,6 +168,21 @@ func TestCheckIstioParity(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withHeaderLines sends the request's headers in header_map, as Envoy does
+// with encode_raw_headers, name once per value given.
+func withHeaderLines(r *authv3.CheckRequest, name string, values ...string) *authv3.CheckRequest {
+	hm := &corev3.HeaderMap{}
+	for k, v := range r.Attributes.Request.Http.Headers {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: k, Value: v})
+	}
+	for _, v := range values {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: name, RawValue: []byte(v)})
+	}
+	r.Attributes.Request.Http.Headers = nil
+	r.Attributes.Request.Http.HeaderMap = hm
+	return r
 }
 
 // TestCheckHeaderMapDuplicates sends over real gRPC a header repeated

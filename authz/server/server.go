@@ -16,7 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +31,7 @@ import (
 	"github.com/meshguard/meshguard/authz/identity"
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/authz/requestauth"
 	"github.com/meshguard/meshguard/policies"
 )
 
@@ -61,8 +64,11 @@ type ReadinessCheck struct {
 type Config struct {
 	Engine   Engine
 	Identity *identity.Resolver
-	Log      *slog.Logger
-	Metrics  *metrics.Metrics
+	// RequestAuth validates the end-user JWTs of the RequestAuthentications
+	// in the policy; nil: one with the defaults (requestauth.Config{}).
+	RequestAuth *requestauth.Authenticator
+	Log         *slog.Logger
+	Metrics     *metrics.Metrics
 	// DecisionLog may be nil (no decision log). Its health shows in
 	// /readyz; a stalled log makes the server not ready only with the
 	// block overflow policy, under which checks wait for it.
@@ -88,6 +94,7 @@ type Config struct {
 type Server struct {
 	engine  Engine
 	ident   *identity.Resolver
+	authn   *requestauth.Authenticator
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	dlog    *decisionlog.Logger
@@ -138,8 +145,15 @@ func New(cfg Config) (*Server, error) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
+	authn := cfg.RequestAuth
+	if authn == nil {
+		var err error
+		if authn, err = requestauth.New(requestauth.Config{Log: cfg.Log}); err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+	}
 	s := &Server{
-		engine: cfg.Engine, ident: cfg.Identity, log: cfg.Log, metrics: cfg.Metrics,
+		engine: cfg.Engine, ident: cfg.Identity, authn: authn, log: cfg.Log, metrics: cfg.Metrics,
 		dlog: cfg.DecisionLog, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
 		unscope: cfg.AllowUnscoped, idPrefix: hex.EncodeToString(p[:]) + "-",
 		readiness: cfg.Readiness,
@@ -167,6 +181,8 @@ type outcome struct {
 	id         identity.Identity
 	mapped     *request.Mapped
 	remove     []string
+	set        [][2]string // headers set on the upstream request (RequestAuthentication outputs)
+	authFail   *requestauth.Failure
 	err        error // why a deny was forced, for logs
 }
 
@@ -209,6 +225,34 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 		out.err = errors.New("request names no target workload (no destination.principal, no meshguard.workload or meshguard.namespace context extension)")
 		return out
 	}
+	snap := s.engine.Snapshot()
+	var ra requestauth.Result
+	if snap != nil && snap.HasRequestAuthentication() {
+		ps, why := snap.JWTProviders(&m.Attrs.Target)
+		if why != "" {
+			out.dec = policies.Deny(policies.ReasonDeniedUnresolved)
+			out.err = errors.New("the RequestAuthentications that apply to the target cannot be known: " + why)
+			return out
+		}
+		svid, _ := s.ident.Token(m.Identity.Headers)
+		var fail *requestauth.Failure
+		ra, fail = s.authn.Authenticate(ctx, snap, ps, requestauth.Request{Headers: m.Identity.Headers, Path: m.Attrs.Path, SVIDToken: svid})
+		if fail != nil {
+			out.dec = policies.Deny(fail.Reason)
+			out.dec.Version = snap.Version()
+			out.authFail, out.err = fail, fail
+			return out
+		}
+		if ra.SVIDTokenClaimed {
+			m.Identity.SkipToken = svid
+		}
+		out.set = ra.Set
+		for _, h := range ra.Remove {
+			if !slices.Contains(out.remove, h) {
+				out.remove = append(out.remove, h)
+			}
+		}
+	}
 	id, err := s.ident.Resolve(m.Identity)
 	out.id = id
 	for _, f := range id.Ignored {
@@ -227,6 +271,13 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 		}
 		out.dec = policies.Deny(reason)
 		out.err = err
+		if ie != nil && ie.Kind == identity.FailJWT && ra.SVIDTokenDeferred {
+			// A token where a RequestAuthentication rule reads tokens, of an
+			// issuer none names, and no JWT-SVID either: Envoy's 401.
+			out.authFail = requestauth.UnknownIssuer(err)
+			out.dec = policies.Deny(out.authFail.Reason)
+			out.err = out.authFail
+		}
 		return out
 	}
 	if err := expired(ctx, deadline); err != nil {
@@ -236,6 +287,11 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 	}
 	a := &m.Attrs
 	id.Attributes(a)
+	if ra.Token != nil {
+		// The end-user token is the request principal; a JWT-SVID beside
+		// it is meshguard's.
+		a.JWTSVID, a.JWT = a.JWT, ra.Token
+	}
 	out.dec = s.engine.Decide(a)
 	if out.dec.Reason == "" {
 		// An answer without a reason is not an answer.
@@ -281,7 +337,8 @@ func (s *Server) record(proto string, o *outcome, start time.Time) {
 	} else {
 		s.durations[0].Observe(elapsed.Seconds())
 	}
-	if o.err != nil && o.dec.Reason != policies.ReasonDeniedIdentity && o.dec.Reason != policies.ReasonDeniedJWT {
+	if o.err != nil && o.dec.Reason != policies.ReasonDeniedIdentity && o.dec.Reason != policies.ReasonDeniedJWT &&
+		o.dec.Reason != policies.ReasonDeniedToken && o.dec.Reason != policies.ReasonDeniedTokenAudience {
 		s.log.Warn("check denied on an error path", slog.String("decision_id", o.decisionID),
 			slog.String("reason", string(o.dec.Reason)), slog.String("error", o.err.Error()))
 	}
@@ -338,8 +395,30 @@ func httpStatus(r policies.Reason) int {
 		return 429
 	case policies.ReasonDeniedInvalidReq:
 		return 400
+	case policies.ReasonDeniedToken:
+		return 401 // as Envoy's jwt_authn filter
 	}
 	return 403
+}
+
+// wwwAuthenticate is the challenge Envoy's jwt_authn filter answers a
+// refused token with: the request's URI (without its query, which may hold
+// the token) as the realm.
+func wwwAuthenticate(m *request.Mapped) string {
+	uri := ""
+	if m != nil {
+		scheme := "http"
+		if h := m.Headers; h != nil {
+			if v, ok := h.Raw(":scheme"); ok && v != "" {
+				scheme = v
+			} else if v, ok := h.Raw("x-forwarded-proto"); ok && v != "" {
+				scheme = v
+			}
+		}
+		path, _, _ := strings.Cut(m.Attrs.Path, "?")
+		uri = scheme + "://" + m.Attrs.Host + path
+	}
+	return `Bearer realm="` + strings.NewReplacer(`"`, "%22", `\`, "%5C").Replace(uri) + `", error="invalid_token"`
 }
 
 // denyBody is the JSON body of a denied request.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -35,6 +36,7 @@ import (
 	"github.com/meshguard/meshguard/authz/loader"
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/authz/requestauth"
 	"github.com/meshguard/meshguard/authz/server"
 	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
@@ -85,6 +87,10 @@ type authzFlags struct {
 	grpcMaxConcurrentStrm uint32
 	gcPercent             int
 	allowUnscoped         bool
+	jwksRefresh           time.Duration
+	jwksMinRefetch        time.Duration
+	jwksMaxBytes          int64
+	jwksBlocked           []string
 }
 
 func newAuthzCmd() *cobra.Command { return newAuthzCmdFor(&authzFlags{}) }
@@ -123,7 +129,10 @@ decision log and exits.
 Caller identity precedence: source.principal (SPIFFE IDs only), then
 source.certificate, then x-forwarded-client-cert from --trusted-hop peers only,
 then a JWT-SVID (validated against --jwt-audience, which is mandatory unless
---no-jwt-svid). See docs/authz.md.`,
+--no-jwt-svid). End-user JWTs are validated as the policy's Istio
+RequestAuthentications say (key sets inline, or fetched from their jwksUri or
+by OpenID discovery: --jwks-*); a request with an invalid token is answered
+401. See docs/authz.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAuthz(cmd.Context(), f, cmd.ErrOrStderr(), cmd.OutOrStdout())
@@ -173,6 +182,10 @@ then a JWT-SVID (validated against --jwt-audience, which is mandatory unless
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.DurationVar(&f.workloadAPIWait, "workload-api-timeout", 30*time.Second, "how long to wait for the first SVID and bundles from the Workload API")
 	fl.BoolVar(&f.allowUnscoped, "allow-unscoped-requests", false, "evaluate requests that name no target workload (no destination.principal, no meshguard.workload/namespace context extension) against mesh-wide policies only, instead of denying them with denied_invalid_request")
+	fl.DurationVar(&f.jwksRefresh, "jwks-refresh", requestauth.DefaultRefresh, "RequestAuthentication: how often a key set fetched from a jwksUri (or by OpenID discovery) is fetched again; a failed refresh keeps the last keys")
+	fl.DurationVar(&f.jwksMinRefetch, "jwks-min-refetch", requestauth.DefaultMinRefetch, "RequestAuthentication: least time between two fetches of one key set (a token with an unknown kid fetches it at once, no more often than this)")
+	fl.Int64Var(&f.jwksMaxBytes, "jwks-max-bytes", requestauth.DefaultMaxKeySetBytes, "RequestAuthentication: largest key set (or OpenID discovery document) read")
+	fl.StringArrayVar(&f.jwksBlocked, "jwks-blocked-cidr", nil, "RequestAuthentication: address range key sets are never fetched from, besides link-local and cloud metadata addresses (always refused); repeatable")
 	fl.Uint32Var(&f.grpcMaxConcurrentStrm, "grpc-max-concurrent-streams", 0, "limit of concurrent gRPC streams per connection (0: grpc-go default)")
 	fl.IntVar(&f.gcPercent, "gc-percent", 400, "Go garbage collector target (as GOGC): the heap may grow this many percent over live data between collections; fewer collections shorten latency tails at the cost of memory. Bound memory with GOMEMLIMIT (the Helm chart sets it to the container limit). Ignored when GOGC is set; 0 keeps the runtime's default")
 	return cmd
@@ -455,8 +468,24 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		readiness = append(readiness, server.ReadinessCheck{Name: "control plane", Check: ads.Fresh})
 	}
 
+	var blocked []netip.Prefix
+	for _, c := range f.jwksBlocked {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return fmt.Errorf("--jwks-blocked-cidr %q: %w", c, err)
+		}
+		blocked = append(blocked, p.Masked())
+	}
+	authn, err := requestauth.New(requestauth.Config{
+		Client: requestauth.NewHTTPClient(blocked), Refresh: f.jwksRefresh, MinRefetch: f.jwksMinRefetch,
+		MaxKeySetBytes: f.jwksMaxBytes, Log: log, Registerer: reg,
+	})
+	if err != nil {
+		return fmt.Errorf("--jwks-*: %w", err)
+	}
+	defer authn.Close()
 	srv, err := server.New(server.Config{
-		Engine: engine, Identity: resolver, Log: log, Metrics: m, DecisionLog: dlog,
+		Engine: engine, Identity: resolver, RequestAuth: authn, Log: log, Metrics: m, DecisionLog: dlog,
 		Request:        request.Options{TrustRouteHeader: f.trustRouteHeader, TrustContextHeaders: f.httpTrustCtxHeaders},
 		CheckTimeout:   f.checkTimeout,
 		HTTPPathPrefix: f.httpPathPrefix,
@@ -497,6 +526,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	errc := make(chan error, 3)
 	loaded := make(chan struct{})
 	go func() { defer close(loaded); ld.Run(runCtx, sources...) }()
+	go authn.Run(runCtx, engine.Snapshot)
 	go func() {
 		select {
 		case <-ld.Ready():

@@ -324,6 +324,9 @@ func printExplain(w io.Writer, d policies.Decision, tr policies.Trace, locs map[
 				line += ": " + s.Why
 			}
 			fmt.Fprintln(w, line)
+			for _, f := range s.Failed {
+				fmt.Fprintf(w, "      %s\n", f)
+			}
 		}
 	}
 }

@@ -319,3 +319,33 @@ func TestDocsExamples(t *testing.T) {
 		t.Error("no test-file example found")
 	}
 }
+
+// TestPolicyExplainHeaderReadings: a header given twice is explained as
+// its readings, each failing one on its own line.
+func TestPolicyExplainHeaderReadings(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/tenants.yaml"
+	if err := os.WriteFile(file, []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: tenants, namespace: shop}
+spec:
+  rules:
+  - when: [{key: "request.headers[x-tenant]", values: ["acme*"]}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(t, "", "policy", "explain", file, "--source", "spiffe://cluster.local/ns/shop/sa/web",
+		"--method", "GET", "--path", "/", "--target-ns", "shop", "--header", "x-tenant=acme", "--header", "X-Tenant=other")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"decision: DENY (denied_no_allow_match)\n",
+		"no match ALLOW  AuthorizationPolicy/shop/tenants rule 0 [enforce]: a condition did not match (when)\n" +
+			`      request.headers[x-tenant]: element 2 of 2, "other", is not among values` + "\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -272,6 +272,7 @@ func merge(sources map[string]policies.Set) (policies.Set, error) {
 			settingsFrom = n
 		}
 		out.AuthorizationPolicies = append(out.AuthorizationPolicies, src.AuthorizationPolicies...)
+		out.RequestAuthentications = append(out.RequestAuthentications, src.RequestAuthentications...)
 		out.IdentityPolicies = append(out.IdentityPolicies, src.IdentityPolicies...)
 		out.DefaultDenies = append(out.DefaultDenies, src.DefaultDenies...)
 		out.RouteOverrides = append(out.RouteOverrides, src.RouteOverrides...)
@@ -293,6 +294,9 @@ func objectKeys(s *policies.Set) []string {
 	}
 	for i := range s.AuthorizationPolicies {
 		add(policies.KindAuthorizationPolicy, s.AuthorizationPolicies[i].Metadata)
+	}
+	for i := range s.RequestAuthentications {
+		add(policies.KindRequestAuthentication, s.RequestAuthentications[i].Metadata)
 	}
 	for i := range s.IdentityPolicies {
 		add(policies.KindIdentityPolicy, s.IdentityPolicies[i].Metadata)
@@ -316,6 +320,6 @@ func objectKeys(s *policies.Set) []string {
 }
 
 func countDocuments(s *policies.Set) int {
-	return len(s.AuthorizationPolicies) + len(s.IdentityPolicies) + len(s.DefaultDenies) +
+	return len(s.AuthorizationPolicies) + len(s.RequestAuthentications) + len(s.IdentityPolicies) + len(s.DefaultDenies) +
 		len(s.RouteOverrides) + len(s.TrafficBaselines) + len(s.AnomalyProfiles) + len(s.Quarantines)
 }

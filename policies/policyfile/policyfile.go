@@ -223,6 +223,9 @@ func Namespaces(s *policies.Set) map[string]int {
 	for _, d := range s.AuthorizationPolicies {
 		add(d.Metadata)
 	}
+	for _, d := range s.RequestAuthentications {
+		add(d.Metadata)
+	}
 	for _, d := range s.IdentityPolicies {
 		add(d.Metadata)
 	}

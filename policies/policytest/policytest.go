@@ -73,11 +73,14 @@ type Request struct {
 	Route           string            `yaml:"route,omitempty" json:"route,omitempty"`
 	Target          Target            `yaml:"target,omitempty" json:"target,omitempty"`
 	JWT             *JWT              `yaml:"jwt,omitempty" json:"jwt,omitempty"`
-	SourceIP        string            `yaml:"sourceIp,omitempty" json:"sourceIp,omitempty"`
-	RemoteIP        string            `yaml:"remoteIp,omitempty" json:"remoteIp,omitempty"`
-	DestinationIP   string            `yaml:"destinationIp,omitempty" json:"destinationIp,omitempty"`
-	DestinationPort uint32            `yaml:"destinationPort,omitempty" json:"destinationPort,omitempty"`
-	SNI             string            `yaml:"sni,omitempty" json:"sni,omitempty"`
+	// JWTSVID is a JWT-SVID the request carries besides an end-user token
+	// (JWT, which is then the request principal).
+	JWTSVID         *JWT   `yaml:"jwtSvid,omitempty" json:"jwtSvid,omitempty"`
+	SourceIP        string `yaml:"sourceIp,omitempty" json:"sourceIp,omitempty"`
+	RemoteIP        string `yaml:"remoteIp,omitempty" json:"remoteIp,omitempty"`
+	DestinationIP   string `yaml:"destinationIp,omitempty" json:"destinationIp,omitempty"`
+	DestinationPort uint32 `yaml:"destinationPort,omitempty" json:"destinationPort,omitempty"`
+	SNI             string `yaml:"sni,omitempty" json:"sni,omitempty"`
 }
 
 // Target is the workload the request is for. Its labels, service and
@@ -322,7 +325,7 @@ func (c Case) Attributes() (*policies.Attributes, error) {
 		for k, v := range r.Headers {
 			lk := strings.ToLower(k)
 			if _, dup := h[lk]; dup {
-				return nil, fmt.Errorf("request.headers: %q given twice (header names are case-insensitive; join duplicated headers with \", \" as Envoy does)", lk)
+				return nil, fmt.Errorf("request.headers: %q given twice (header names are case-insensitive; join duplicated headers with \",\" as Envoy does)", lk)
 			}
 			h[lk] = v
 		}
@@ -337,37 +340,56 @@ func (c Case) Attributes() (*policies.Attributes, error) {
 		}
 	}
 	if r.JWT != nil {
-		j := r.JWT
-		if j.Subject == "" {
-			return nil, errors.New("request.jwt.subject is required")
+		if a.JWT, err = r.JWT.token("request.jwt", false); err != nil {
+			return nil, err
 		}
-		svid := strings.HasPrefix(j.Subject, "spiffe://")
-		if j.SVID != nil {
-			svid = *j.SVID
+	}
+	if r.JWTSVID != nil {
+		if r.JWT == nil {
+			return nil, errors.New("request.jwtSvid is a JWT-SVID besides an end-user token: give that as request.jwt (a JWT-SVID alone is request.jwt)")
 		}
-		var sub spiffeid.ID
-		if svid {
-			if sub, err = workloadID(j.Subject); err != nil {
-				return nil, fmt.Errorf("request.jwt.subject %q: a JWT-SVID's subject: %w", j.Subject, err)
-			}
-		}
-		claims, err := jsonClaims(j.Claims)
-		if err != nil {
-			return nil, fmt.Errorf("request.jwt.claims: %w", err)
-		}
-		principal := j.Principal
-		if principal == "" {
-			principal = j.Subject
-			if j.Issuer != "" {
-				principal = j.Issuer + "/" + j.Subject
-			}
-		}
-		a.JWT = &policies.JWT{
-			Subject: j.Subject, SVID: sub, Issuer: j.Issuer, Principal: principal,
-			Audiences: j.Audiences, Presenter: j.Presenter, Claims: claims,
+		if a.JWTSVID, err = r.JWTSVID.token("request.jwtSvid", true); err != nil {
+			return nil, err
 		}
 	}
 	return a, nil
+}
+
+// token is the validated token j describes; svid forces a JWT-SVID.
+func (j *JWT) token(field string, svid bool) (*policies.JWT, error) {
+	if j.Subject == "" && j.Issuer == "" {
+		return nil, fmt.Errorf("%s needs a subject or an issuer", field)
+	}
+	if !svid {
+		svid = strings.HasPrefix(j.Subject, "spiffe://")
+		if j.SVID != nil {
+			svid = *j.SVID
+		}
+	} else if j.SVID != nil && !*j.SVID {
+		return nil, fmt.Errorf("%s is a JWT-SVID: svid cannot be false", field)
+	}
+	var sub spiffeid.ID
+	if svid {
+		var err error
+		if sub, err = workloadID(j.Subject); err != nil {
+			return nil, fmt.Errorf("%s.subject %q: a JWT-SVID's subject: %w", field, j.Subject, err)
+		}
+	}
+	claims, err := jsonClaims(j.Claims)
+	if err != nil {
+		return nil, fmt.Errorf("%s.claims: %w", field, err)
+	}
+	principal := j.Principal
+	if principal == "" {
+		principal = j.Subject
+		if j.Issuer != "" {
+			principal = j.Issuer + "/" + j.Subject
+		}
+	}
+	return &policies.JWT{
+		Subject: j.Subject, SVID: sub, Issuer: j.Issuer, Principal: principal,
+		Audiences: j.Audiences, Presenter: j.Presenter, Claims: claims,
+	}, nil
 }
 
 // workloadID parses a workload's SPIFFE ID: a trust domain's own ID (no

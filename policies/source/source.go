@@ -307,8 +307,11 @@ func isManaged(field string) bool {
 func newObject(apiVersion, kind string) (any, bool) {
 	switch apiVersion {
 	case policies.APIVersionIstioV1, policies.APIVersionIstioV1beta1:
-		if kind == policies.KindAuthorizationPolicy {
+		switch kind {
+		case policies.KindAuthorizationPolicy:
 			return &policies.AuthorizationPolicy{}, true
+		case policies.KindRequestAuthentication:
+			return &policies.RequestAuthentication{}, true
 		}
 	case policies.APIVersionMeshguard:
 		switch kind {
@@ -333,7 +336,7 @@ func newObject(apiVersion, kind string) (any, bool) {
 
 func expectedAPIVersion(kind string) string {
 	switch kind {
-	case policies.KindAuthorizationPolicy:
+	case policies.KindAuthorizationPolicy, policies.KindRequestAuthentication:
 		return policies.APIVersionIstioV1
 	case policies.KindIdentityPolicy, policies.KindDefaultDeny, policies.KindRouteOverride,
 		policies.KindTrafficBaseline, policies.KindAnomalyProfile, policies.KindQuarantine,
@@ -442,8 +445,8 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList, budg
 		if want := expectedAPIVersion(kind); want != "" {
 			d.errorf(avNode, policies.CodeUnknownKind, "apiVersion", "%s is not served by apiVersion %q; use %q", kind, apiVersion, want)
 		} else {
-			d.errorf(kindNode, policies.CodeUnknownKind, "kind", "unknown kind %q (apiVersion %q); meshguard reads %s %s, and %s %s", kind, apiVersion,
-				policies.APIVersionIstioV1, policies.KindAuthorizationPolicy, policies.APIVersionMeshguard,
+			d.errorf(kindNode, policies.CodeUnknownKind, "kind", "unknown kind %q (apiVersion %q); meshguard reads %s %s and %s, and %s %s", kind, apiVersion,
+				policies.APIVersionIstioV1, policies.KindAuthorizationPolicy, policies.KindRequestAuthentication, policies.APIVersionMeshguard,
 				"IdentityPolicy, DefaultDeny, RouteOverride, TrafficBaseline, AnomalyProfile, Quarantine, MeshSettings")
 		}
 		return
@@ -490,6 +493,8 @@ func (r *reader) addDocument(file string, root *yaml.Node, diags *diagList, budg
 	switch o := obj.(type) {
 	case *policies.AuthorizationPolicy:
 		r.set.AuthorizationPolicies = append(r.set.AuthorizationPolicies, *o)
+	case *policies.RequestAuthentication:
+		r.set.RequestAuthentications = append(r.set.RequestAuthentications, *o)
 	case *policies.IdentityPolicy:
 		r.set.IdentityPolicies = append(r.set.IdentityPolicies, *o)
 	case *policies.DefaultDeny:
@@ -601,6 +606,7 @@ func (d *decoder) decodeMetadata(n *yaml.Node, v reflect.Value) {
 func (r *reader) finish() (policies.Set, policies.Diagnostics) {
 	s := &r.set
 	sortByMeta(s.AuthorizationPolicies, func(p policies.AuthorizationPolicy) policies.ObjectMeta { return p.Metadata })
+	sortByMeta(s.RequestAuthentications, func(p policies.RequestAuthentication) policies.ObjectMeta { return p.Metadata })
 	sortByMeta(s.IdentityPolicies, func(p policies.IdentityPolicy) policies.ObjectMeta { return p.Metadata })
 	sortByMeta(s.DefaultDenies, func(p policies.DefaultDeny) policies.ObjectMeta { return p.Metadata })
 	sortByMeta(s.RouteOverrides, func(p policies.RouteOverride) policies.ObjectMeta { return p.Metadata })

@@ -215,15 +215,35 @@ type StreamState struct {
 }
 
 // headerView serves policy header lookups from the request's header list.
+// A header sent several times is its values joined with ',', in order, as
+// Envoy presents it to its RBAC filter and to ext_authz (the host gives
+// the filter each line apart); a header sent once costs no allocation.
 type headerView struct{ h [][2]string }
 
 func (v *headerView) Get(name string) (string, bool) {
-	for _, kv := range v.h {
-		if kv[0] == name {
-			return kv[1], true
+	first := -1
+	for i, kv := range v.h {
+		if kv[0] != name {
+			continue
 		}
+		if first < 0 {
+			first = i
+			continue
+		}
+		var b strings.Builder
+		b.WriteString(v.h[first][1])
+		for _, kv := range v.h[i:] {
+			if kv[0] == name {
+				b.WriteByte(',')
+				b.WriteString(kv[1])
+			}
+		}
+		return b.String(), true
 	}
-	return "", false
+	if first < 0 {
+		return "", false
+	}
+	return v.h[first][1], true
 }
 
 func hasPrefixFold(s, prefix string) bool {

@@ -34,6 +34,8 @@ var All = []Scenario{
 	{Name: "outbound_fan_out_blocked_at_source", Run: outboundFanOut},
 	{Name: "outbound_egress_blocked_at_source", Run: outboundEgress},
 	{Name: "outbound_baseline_enforce", Run: outboundBaseline},
+	{Name: "end_user_token_left_to_ext_authz", Run: endUserTokenLeftToExtAuthz},
+	{Name: "duplicated_headers", Run: duplicatedHeaders},
 	{Name: "detector_rate", Slow: true, Run: detectRate},
 	{Name: "steady_traffic_no_false_positives", Slow: true, Run: steadyTraffic},
 }
@@ -103,6 +105,46 @@ func jwtLeftToExtAuthz(t *testing.T, d Driver) {
 
 	mustStart(t, d, Options{ExtAuthz: &wire.ExtAuthz{SkipRoutes: []string{"orders-partner"}}})
 	wantDenied(t, d.Do(t, partner), 403, policies.ReasonDeniedNoMatch)
+}
+
+// endUserTokenLeftToExtAuthz: requestPrincipals need an end-user token a
+// RequestAuthentication validates, which the filter cannot do: alone it
+// decides without one (the rule does not match, whatever token is sent),
+// and where the ext_authz server follows it leaves the check to it.
+func endUserTokenLeftToExtAuthz(t *testing.T, d Driver) {
+	user := get(Intruder, "orders-api", "/user/1")
+	user.Headers = [][2]string{{"authorization", "Bearer a.b.c"}}
+	mustStart(t, d, Options{})
+	wantDenied(t, d.Do(t, user), 403, policies.ReasonDeniedNoMatch)
+
+	mustStart(t, d, Options{ExtAuthz: &wire.ExtAuthz{}})
+	r := d.Do(t, user)
+	wantForwarded(t, r)
+	if ref, _ := Header(r.Upstream, wire.HeaderPolicyRef); ref != "AuthorizationPolicy/shop/tenants#1" {
+		t.Errorf("policy ref %q", ref)
+	}
+}
+
+// duplicatedHeaders: a header sent twice is matched as Envoy joins it
+// (values with ','): an ALLOW on one value does not match the pair, and a
+// DENY matches an element of it.
+func duplicatedHeaders(t *testing.T, d Driver) {
+	mustStart(t, d, Options{})
+	tenant := func(vals ...string) Request {
+		r := get(Intruder, "orders-api", "/tenant/x")
+		for _, v := range vals {
+			r.Headers = append(r.Headers, [2]string{"x-tenant", v})
+		}
+		return r
+	}
+	wantForwarded(t, d.Do(t, tenant("acme")))
+	wantDenied(t, d.Do(t, tenant("acme", "other")), 403, policies.ReasonDeniedNoMatch)
+	wantDenied(t, d.Do(t, tenant("other", "acme")), 403, policies.ReasonDeniedNoMatch)
+
+	role := get(Web, "orders-api", "/api/orders/1")
+	wantForwarded(t, d.Do(t, role))
+	role.Headers = [][2]string{{"x-role", "ok"}, {"x-role", "evil"}}
+	wantDenied(t, d.Do(t, role), 403, policies.ReasonDeniedByPolicy)
 }
 
 func dryRun(t *testing.T, d Driver) {

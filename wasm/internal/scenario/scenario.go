@@ -149,6 +149,25 @@ func Set(o Options) policies.Set {
 	}
 	return policies.Set{
 		Settings: policies.MeshSettingsSpec{TrustDomain: TrustDomain},
+		// Istio policies of the scenarios: header conditions over duplicated
+		// headers, and end-user tokens the filter cannot verify.
+		AuthorizationPolicies: []policies.AuthorizationPolicy{
+			{APIVersion: policies.APIVersionIstioV1, Kind: policies.KindAuthorizationPolicy, Metadata: meta("tenants"),
+				Spec: policies.AuthorizationPolicySpec{Rules: []policies.Rule{{
+					To:   []policies.RuleTo{{Operation: policies.Operation{Paths: []string{"/tenant/*"}}}},
+					When: []policies.Condition{{Key: "request.headers[x-tenant]", Values: []string{"acme"}}},
+				}, {
+					From: []policies.RuleFrom{{Source: policies.Source{RequestPrincipals: []string{"https://idp.mesh.test/*"}}}},
+					To:   []policies.RuleTo{{Operation: policies.Operation{Paths: []string{"/user/*"}}}},
+				}}}},
+			{APIVersion: policies.APIVersionIstioV1, Kind: policies.KindAuthorizationPolicy, Metadata: meta("no-evil-role"),
+				Spec: policies.AuthorizationPolicySpec{Action: "DENY", Rules: []policies.Rule{{
+					When: []policies.Condition{{Key: "request.headers[x-role]", Values: []string{"evil"}}},
+				}}}},
+		},
+		RequestAuthentications: []policies.RequestAuthentication{{
+			APIVersion: policies.APIVersionIstioV1, Kind: policies.KindRequestAuthentication, Metadata: meta("idp"),
+			Spec: policies.RequestAuthenticationSpec{JWTRules: []policies.JWTRule{{Issuer: "https://idp.mesh.test"}}}}},
 		IdentityPolicies: []policies.IdentityPolicy{{
 			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindIdentityPolicy, Metadata: meta("orders-callers"),
 			Spec: policies.IdentityPolicySpec{Action: "ALLOW", Rules: []policies.IdentityRule{{
