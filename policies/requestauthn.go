@@ -3,12 +3,14 @@ package policies
 import (
 	"cmp"
 	"encoding/base64"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meshguard/meshguard/policies/internal/strictjson"
 )
 
 // Istio's RequestAuthentication, compiled. The policy package scopes the
@@ -396,22 +398,48 @@ func checkKeySet(jwks string) error {
 // "enc"), algorithms other than RS*, PS*, ES* and EdDSA, and curves other
 // than P-256, P-384, P-521 and Ed25519.
 func KeySetProblems(data []byte) ([]KeySetProblem, error) {
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(data, &doc); err != nil {
+	// Read with the bundle's own JSON reader, not encoding/json: this runs
+	// in the compile the wasm filter shares, whose module size is budgeted.
+	d := strictjson.NewDecoder(data)
+	if d.EOF() {
+		return nil, errors.New("not a JSON object: empty")
+	}
+	var keys []byte
+	d.Object("a key set", func(key []byte) bool {
+		if string(key) == "keys" {
+			keys = d.Raw()
+		} else {
+			d.Skip()
+		}
+		return true
+	})
+	d.Finish("the key set")
+	if err := d.Err(); err != nil {
 		return nil, fmt.Errorf("not a JSON object: %v", err)
 	}
-	raw, ok := doc["keys"]
-	if !ok {
-		return nil, fmt.Errorf("no \"keys\" member")
+	if keys == nil {
+		return nil, errors.New("no \"keys\" member")
 	}
-	var keys []json.RawMessage
-	if err := json.Unmarshal(raw, &keys); err != nil {
-		return nil, fmt.Errorf("\"keys\" is not an array")
+	var elems [][]byte
+	kd := strictjson.NewDecoder(keys)
+	if !kd.Null() {
+		kd.Array("keys", func(int) { elems = append(elems, kd.Raw()) })
+	}
+	if kd.Err() != nil {
+		return nil, errors.New("\"keys\" is not an array")
 	}
 	var out []KeySetProblem
-	for i, k := range keys {
-		var m map[string]any
-		if err := json.Unmarshal(k, &m); err != nil || m == nil {
+	for i, raw := range elems {
+		m := map[string][]byte{}
+		ed := strictjson.NewDecoder(raw)
+		if raw[0] == '{' {
+			ed.Object("a key", func(key []byte) bool {
+				k := string(key) // key is reused by the reads below
+				m[k] = ed.Raw()
+				return true
+			})
+		}
+		if raw[0] != '{' || ed.Err() != nil {
 			return nil, fmt.Errorf("keys[%d] is not an object", i)
 		}
 		p, err := checkKey(m)
@@ -426,15 +454,21 @@ func KeySetProblems(data []byte) ([]KeySetProblem, error) {
 	return out, nil
 }
 
-func checkKey(m map[string]any) (KeySetProblem, error) {
+// checkKey checks one key's members, each as its JSON text.
+func checkKey(m map[string][]byte) (KeySetProblem, error) {
 	var p KeySetProblem
 	str := func(name string) (string, bool, error) {
-		v, ok := m[name]
+		raw, ok := m[name]
 		if !ok {
 			return "", false, nil
 		}
-		s, isStr := v.(string)
-		if !isStr {
+		var s string
+		if len(raw) == 0 || raw[0] != '"' {
+			return "", true, fmt.Errorf("%q is not a string", name)
+		}
+		d := strictjson.NewDecoder(raw)
+		d.String(&s, "string")
+		if d.Err() != nil {
 			return "", true, fmt.Errorf("%q is not a string", name)
 		}
 		return s, true, nil
@@ -509,8 +543,17 @@ func checkKey(m map[string]any) (KeySetProblem, error) {
 			unusable("alg %q is not EdDSA", alg)
 		}
 	case "oct":
-		if err := b64("k"); err != nil {
+		// An empty secret is still a symmetric key (go-jose reads it):
+		// it is refused below as one, not as a malformed set.
+		k, ok, err := str("k")
+		if err != nil {
 			return p, err
+		}
+		if !ok {
+			return p, fmt.Errorf("no \"k\"")
+		}
+		if _, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(k, "=")); err != nil {
+			return p, fmt.Errorf("\"k\" is not base64url")
 		}
 		p.Private = true
 		unusable("a symmetric (HMAC) key: meshguard verifies asymmetric signatures only, and would ship the secret to every enforcement point")

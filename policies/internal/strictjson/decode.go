@@ -128,6 +128,18 @@ func (d *Decoder) End(what string) {
 	d.Fail(errors.New("trailing data after " + what))
 }
 
+// Finish checks that only white space follows the value, as
+// json.Unmarshal does.
+func (d *Decoder) Finish(what string) {
+	if d.err != nil {
+		return
+	}
+	d.skipSpace()
+	if d.pos < len(d.data) {
+		d.Fail(errors.New("trailing data after " + what))
+	}
+}
+
 // EOF reports an empty input (only white space), which encoding/json's
 // Decoder answers with io.EOF.
 func (d *Decoder) EOF() bool {
