@@ -178,7 +178,7 @@ func TestKubeRequestAuthenticationAtTheAuthzServer(t *testing.T) {
 	runBackground("controlplane", "controlplane", "--insecure-plaintext", "--xds-addr", xdsAddr, "--http-addr", freeAddr(t),
 		"--metrics-addr", freeAddr(t), "--log-level", "error", "--kubernetes", "--kubeconfig", kubeconfig, "--state-namespace", "meshguard")
 	runBackground("authz", "authz", "--insecure-plaintext", "--grpc-addr", authzAddr, "--admin-addr", freeAddr(t),
-		"--bundle", "cluster.local=" + bundle, "--no-jwt-svid", "--decision-log", "off", "--control-plane", xdsAddr, "--node-id", "authz-kube", "--log-level", "error")
+		"--bundle", "cluster.local="+bundle, "--no-jwt-svid", "--decision-log", "off", "--control-plane", xdsAddr, "--node-id", "authz-kube", "--log-level", "error")
 	cc, err := grpc.NewClient(authzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
