@@ -362,8 +362,10 @@ func checkKubernetesAccess(t *testing.T, objs []rendered, watch, elect bool) {
 		t.Fatal("no ClusterRole")
 	}
 	for _, verb := range []string{"get", "list", "watch"} {
-		if !can(cluster.Rules, "security.istio.io", "authorizationpolicies", verb) {
-			t.Errorf("ClusterRole cannot %s authorizationpolicies", verb)
+		for _, res := range []string{"authorizationpolicies", "requestauthentications"} {
+			if !can(cluster.Rules, "security.istio.io", res, verb) {
+				t.Errorf("ClusterRole cannot %s %s", verb, res)
+			}
 		}
 		for _, k := range crdgen.Kinds {
 			if !can(cluster.Rules, crdgen.Group, k.Plural, verb) {

@@ -182,8 +182,10 @@ a set that does not validate or compile is rejected and the last good bundle
 keeps serving. Files are read once per poll and applied once settled and
 complete: an emptied or cut-off file, or a set that leaves a namespace
 without documents, is refused (unless --policy-allow-empty). With --kubernetes the control plane also watches Istio
-AuthorizationPolicies and meshguard's kinds in the cluster (store source
-"kubernetes") and serves nothing until the first set from the cluster is
+AuthorizationPolicies and RequestAuthentications and meshguard's kinds in
+the cluster (store source "kubernetes"; an object that fails validation is
+reported and, where leaving it out could open access, replaced by a DENY of
+its scope) and serves nothing until the first set from the cluster is
 accepted. The mesh description (--mesh) lists the plain-Envoy workloads
 and proxyless gRPC servers to generate configuration for; without it only
 the bundle is served (authz servers).`,

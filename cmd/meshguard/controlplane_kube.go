@@ -25,7 +25,8 @@ import (
 	"github.com/meshguard/meshguard/policies"
 )
 
-// kubeFlags enable the Kubernetes watch (Istio AuthorizationPolicies and
+// kubeFlags enable the Kubernetes watch (Istio AuthorizationPolicies,
+// RequestAuthentications and
 // meshguard's kinds) and, optionally, leader election.
 type kubeFlags struct {
 	enabled        bool
@@ -45,7 +46,7 @@ const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccou
 
 func (f *kubeFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.BoolVar(&f.enabled, "kubernetes", false, "watch Istio AuthorizationPolicies and meshguard's kinds in the cluster (store source \"kubernetes\")")
+	fl.BoolVar(&f.enabled, "kubernetes", false, "watch Istio AuthorizationPolicies, RequestAuthentications and meshguard's kinds in the cluster (store source \"kubernetes\")")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file, with --kubernetes (default: the in-cluster service account)")
 	fl.BoolVar(&f.leaderElection, "leader-election", false, "with --kubernetes: campaign for a Lease; only the leader writes Kubernetes events")
 	fl.StringVar(&f.leaseNamespace, "leader-election-namespace", "", "namespace of the Lease (default: $POD_NAMESPACE, else the service account's namespace)")

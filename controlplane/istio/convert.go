@@ -62,6 +62,82 @@ func convertAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, spec
 	return ap, nil
 }
 
+// convertRequestAuthentication turns Istio's RequestAuthentication (v1 and
+// v1beta1 share the spec type) into the model, field for field, as a policy
+// file holding the same object decodes.
+func convertRequestAuthentication(apiVersion string, meta *metav1.ObjectMeta, spec *securityv1beta1api.RequestAuthentication) (policies.RequestAuthentication, error) {
+	ra := policies.RequestAuthentication{
+		APIVersion: apiVersion,
+		Kind:       policies.KindRequestAuthentication,
+		Metadata:   objectMeta(meta),
+	}
+	if spec == nil {
+		return ra, nil // no jwtRules: validates no token
+	}
+	if s := spec.GetSelector(); s != nil {
+		ra.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
+	}
+	if r := spec.GetTargetRef(); r != nil {
+		ref := targetRef(r)
+		ra.Spec.TargetRef = &ref
+	}
+	for _, r := range spec.GetTargetRefs() {
+		if r == nil {
+			return ra, errors.New("spec.targetRefs: null entry")
+		}
+		ra.Spec.TargetRefs = append(ra.Spec.TargetRefs, targetRef(r))
+	}
+	for i, r := range spec.GetJwtRules() {
+		rule, err := convertJWTRule(r)
+		if err != nil {
+			return ra, fmt.Errorf("spec.jwtRules[%d]%w", i, err)
+		}
+		ra.Spec.JWTRules = append(ra.Spec.JWTRules, rule)
+	}
+	return ra, nil
+}
+
+// convertJWTRule converts one jwtRule. A null rule is the empty one, which
+// validation refuses (it names neither issuer nor key set). The proto has
+// one field for jwksUri and its alias jwks_uri: the API server stores
+// either, and the client reads both into it.
+func convertJWTRule(r *securityv1beta1api.JWTRule) (policies.JWTRule, error) {
+	var out policies.JWTRule
+	if r == nil {
+		return out, nil
+	}
+	out.Issuer = r.GetIssuer()
+	out.Audiences = r.GetAudiences()
+	out.JWKSURI = r.GetJwksUri()
+	out.JWKS = r.GetJwks()
+	for i, h := range r.GetFromHeaders() {
+		if h == nil {
+			return out, fmt.Errorf(".fromHeaders[%d]: null entry", i)
+		}
+		out.FromHeaders = append(out.FromHeaders, policies.JWTHeader{Name: h.GetName(), Prefix: h.GetPrefix()})
+	}
+	out.FromParams = r.GetFromParams()
+	out.FromCookies = r.GetFromCookies()
+	out.OutputPayloadToHeader = r.GetOutputPayloadToHeader()
+	out.ForwardOriginalToken = r.GetForwardOriginalToken()
+	for i, c := range r.GetOutputClaimToHeaders() {
+		if c == nil {
+			return out, fmt.Errorf(".outputClaimToHeaders[%d]: null entry", i)
+		}
+		out.OutputClaimToHeaders = append(out.OutputClaimToHeaders, policies.ClaimToHeader{Header: c.GetHeader(), Claim: c.GetClaim()})
+	}
+	if d := r.GetTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return out, fmt.Errorf(".timeout: %w", err)
+		}
+		// The model reads a Go duration; the validation then applies
+		// Istio's limits (at least 1ms, ms precision).
+		out.Timeout = d.AsDuration().String()
+	}
+	out.SpaceDelimitedClaims = r.GetSpaceDelimitedClaims()
+	return out, nil
+}
+
 func targetRef(r *typev1beta1.PolicyTargetReference) policies.PolicyTargetReference {
 	return policies.PolicyTargetReference{
 		Group:     r.GetGroup(),
@@ -268,6 +344,52 @@ func failClosedAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, s
 	ap.Metadata.Annotations = withAnnotation(ap.Metadata.Annotations, AnnotationConversionError, cause.Error())
 	return ap, true
 }
+
+// failClosedRequestAuthentication returns what stands in for a
+// RequestAuthentication the watcher could not convert or that fails
+// validation. Leaving it out would let the tokens it should refuse reach
+// the workloads unchecked (without a request principal, but where no
+// policy asks for one, a forged token would pass), so it is replaced by a
+// DENY AuthorizationPolicy with the same scope and one empty rule: every
+// request to the workloads it selected is denied until it is fixed. The
+// stand-in's name is the object's kind and name ("RequestAuthentication.
+// <name>"): Kubernetes names are lowercase, so it never collides with a
+// real AuthorizationPolicy, and a decision's policy reference says which
+// object denied. widen drops the scope (the whole namespace; the mesh in
+// the root namespace), for when the scope itself is what is invalid.
+func failClosedRequestAuthentication(meta *metav1.ObjectMeta, spec *securityv1beta1api.RequestAuthentication, cause error, widen bool) policies.AuthorizationPolicy {
+	ap := policies.AuthorizationPolicy{
+		APIVersion: policies.APIVersionIstioV1,
+		Kind:       policies.KindAuthorizationPolicy,
+		Metadata:   objectMeta(meta),
+		Spec: policies.AuthorizationPolicySpec{
+			Action: "DENY",
+			Rules:  []policies.Rule{{}},
+		},
+	}
+	ap.Metadata.Name = StandInName(policies.KindRequestAuthentication, meta.Name)
+	ap.Metadata.Annotations = withAnnotation(ap.Metadata.Annotations, AnnotationConversionError, cause.Error())
+	if widen || spec == nil {
+		return ap
+	}
+	if s := spec.GetSelector(); s != nil {
+		ap.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
+	}
+	if r := spec.GetTargetRef(); r != nil {
+		ref := targetRef(r)
+		ap.Spec.TargetRef = &ref
+	}
+	for _, r := range spec.GetTargetRefs() {
+		if r != nil {
+			ap.Spec.TargetRefs = append(ap.Spec.TargetRefs, targetRef(r))
+		}
+	}
+	return ap
+}
+
+// StandInName is the name of the DENY AuthorizationPolicy that stands in
+// for an object of another kind the watcher could not convert.
+func StandInName(kind, name string) string { return kind + "." + name }
 
 // failClosedMeshguard is failClosedAuthorizationPolicy for meshguard kinds:
 // a DENY IdentityPolicy becomes "deny everything to its workloads" (or to

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	securityv1beta1api "istio.io/api/security/v1beta1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -124,5 +125,48 @@ func FuzzMeshConfig(f *testing.F) {
 			t.Fatalf("settings do not merge with themselves: %+v, %v", merged, err)
 		}
 		_ = policies.Validate(&policies.Set{Settings: got})
+	})
+}
+
+// FuzzConvertRequestAuthentication feeds arbitrary RequestAuthentication
+// specs to the converter and the watcher's acceptance: it must not panic,
+// must keep every rule it converts, and whatever fails must leave a
+// deny-everything stand-in that validates (so the set is never without it).
+func FuzzConvertRequestAuthentication(f *testing.F) {
+	for _, seed := range []string{
+		`{}`,
+		`{"selector":{"matchLabels":{"app":"api"}},"jwtRules":[{"issuer":"https://idp","jwksUri":"https://idp/keys","audiences":["a"],"fromHeaders":[{"name":"x-t","prefix":"B "}],"fromParams":["t"],"outputClaimToHeaders":[{"header":"x-u","claim":"sub"}],"timeout":"1.5s"}]}`,
+		`{"targetRefs":[{"kind":"Gateway","name":"gw"}],"jwtRules":[{"issuer":"x","jwks":"{\"keys\":[]}"}]}`,
+		`{"targetRefs":[{"kind":"Deployment","name":"x"}],"jwtRules":[{}]}`,
+		`{"selector":{"matchLabels":{"*":"x"}},"jwtRules":[{"issuer":"x","jwks":"nope","outputPayloadToHeader":"x-meshguard-a"}]}`,
+		`{"jwtRules":[{"issuer":"x","timeout":"-1s"}]}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	meta := &metav1.ObjectMeta{Name: "ra", Namespace: "ns"}
+	w, err := New(Options{Istio: istiofake.NewSimpleClientset(), Dynamic: fakeDynamic(), Sink: SinkFunc(func(string, policies.Set) error { return nil })})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var spec securityv1beta1api.RequestAuthentication
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &spec); err != nil {
+			return
+		}
+		ra, err := convertRequestAuthentication(policies.APIVersionIstioV1, meta, &spec)
+		if err == nil && len(ra.Spec.JWTRules) != len(spec.GetJwtRules()) {
+			t.Fatalf("%d rules converted from %d", len(ra.Spec.JWTRules), len(spec.GetJwtRules()))
+		}
+		var set policies.Set
+		p := w.acceptRA(&set, gvIstioV1, meta, &spec)
+		switch {
+		case p.Err == nil && (len(set.RequestAuthentications) != 1 || len(set.AuthorizationPolicies) != 0):
+			t.Fatalf("accepted, set %+v", set)
+		case p.Err != nil && (!p.FailClosed || len(set.RequestAuthentications) != 0 || len(set.AuthorizationPolicies) != 1):
+			t.Fatalf("refused (%v) without a stand-in: %+v", p.Err, set)
+		}
+		if _, _, err := policies.NewBundle("", set); err != nil {
+			t.Fatalf("the set does not compile: %v", err)
+		}
 	})
 }

@@ -1,6 +1,7 @@
 // Package istio connects the control plane to a Kubernetes cluster running
-// Istio: a Watcher follows Istio's AuthorizationPolicies (security.istio.io
-// v1 and v1beta1) and meshguard's own kinds (meshguard.dev/v1alpha1) in every
+// Istio: a Watcher follows Istio's AuthorizationPolicies and
+// RequestAuthentications (security.istio.io v1 and v1beta1) and meshguard's
+// own kinds (meshguard.dev/v1alpha1) in every
 // namespace, converts them into the policy model and hands the whole set to
 // the policy store on every change. Leader election decides which replica
 // writes to the cluster (events about objects that could not be converted);
@@ -13,12 +14,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	securityv1beta1api "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -72,6 +75,12 @@ var MeshguardResources = crdgen.Plurals()
 var (
 	gvIstioV1      = schema.GroupVersion{Group: "security.istio.io", Version: "v1"}
 	gvIstioV1beta1 = schema.GroupVersion{Group: "security.istio.io", Version: "v1beta1"}
+)
+
+// Resources of security.istio.io the watcher reads.
+const (
+	resAuthorizationPolicies  = "authorizationpolicies"
+	resRequestAuthentications = "requestauthentications"
 )
 
 // Options configure a Watcher.
@@ -255,6 +264,8 @@ func (w *Watcher) trigger() {
 type sources struct {
 	apV1       cache.Indexer
 	apV1beta1  cache.Indexer
+	raV1       cache.Indexer
+	raV1beta1  cache.Indexer
 	meshguard  map[string]cache.Indexer // by kind
 	meshConfig cache.Indexer            // Istio's MeshConfig ConfigMap, when read
 }
@@ -284,25 +295,30 @@ func (w *Watcher) Run(ctx context.Context) error {
 	var synced []cache.InformerSynced
 
 	istioFactory := istioinformers.NewSharedInformerFactoryWithOptions(w.opts.Istio, 0, istioinformers.WithNamespace(w.opts.Namespace))
-	if served[gvIstioV1] {
-		inf := istioFactory.Security().V1().AuthorizationPolicies().Informer()
-		if _, err := inf.AddEventHandler(handler); err != nil {
-			return fmt.Errorf("istio: watch %s: %w", gvIstioV1, err)
+	sec := istioFactory.Security()
+	for _, x := range []struct {
+		gvr schema.GroupVersionResource
+		inf func() cache.SharedIndexInformer
+		dst *cache.Indexer
+	}{
+		{gvIstioV1.WithResource(resAuthorizationPolicies), func() cache.SharedIndexInformer { return sec.V1().AuthorizationPolicies().Informer() }, &src.apV1},
+		{gvIstioV1beta1.WithResource(resAuthorizationPolicies), func() cache.SharedIndexInformer { return sec.V1beta1().AuthorizationPolicies().Informer() }, &src.apV1beta1},
+		{gvIstioV1.WithResource(resRequestAuthentications), func() cache.SharedIndexInformer { return sec.V1().RequestAuthentications().Informer() }, &src.raV1},
+		{gvIstioV1beta1.WithResource(resRequestAuthentications), func() cache.SharedIndexInformer { return sec.V1beta1().RequestAuthentications().Informer() }, &src.raV1beta1},
+	} {
+		if !served[x.gvr] {
+			continue
 		}
-		src.apV1 = inf.GetIndexer()
-		synced = append(synced, inf.HasSynced)
-	}
-	if served[gvIstioV1beta1] {
-		inf := istioFactory.Security().V1beta1().AuthorizationPolicies().Informer()
+		inf := x.inf()
 		if _, err := inf.AddEventHandler(handler); err != nil {
-			return fmt.Errorf("istio: watch %s: %w", gvIstioV1beta1, err)
+			return fmt.Errorf("istio: watch %s: %w", x.gvr, err)
 		}
-		src.apV1beta1 = inf.GetIndexer()
+		*x.dst = inf.GetIndexer()
 		synced = append(synced, inf.HasSynced)
 	}
 	dynFactory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(w.opts.Dynamic, 0, w.opts.Namespace, nil)
 	src.meshguard = map[string]cache.Indexer{}
-	if served[MeshguardGroupVersion] {
+	if served[MeshguardGroupVersion.WithResource("")] {
 		for kind, res := range MeshguardResources {
 			inf := dynFactory.ForResource(MeshguardGroupVersion.WithResource(res)).Informer()
 			if _, err := inf.AddEventHandler(handler); err != nil {
@@ -338,8 +354,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 			kubeFactory.Shutdown()
 		}
 	}()
-	w.log.Info("watching", slog.Bool("istio_v1", served[gvIstioV1]), slog.Bool("istio_v1beta1", served[gvIstioV1beta1]),
-		slog.Bool("meshguard", served[MeshguardGroupVersion]), slog.String("namespace", w.opts.Namespace))
+	w.log.Info("watching",
+		slog.Bool("authorizationpolicies_v1", served[gvIstioV1.WithResource(resAuthorizationPolicies)]),
+		slog.Bool("authorizationpolicies_v1beta1", served[gvIstioV1beta1.WithResource(resAuthorizationPolicies)]),
+		slog.Bool("requestauthentications_v1", served[gvIstioV1.WithResource(resRequestAuthentications)]),
+		slog.Bool("requestauthentications_v1beta1", served[gvIstioV1beta1.WithResource(resRequestAuthentications)]),
+		slog.Bool("meshguard", served[MeshguardGroupVersion.WithResource("")]), slog.String("namespace", w.opts.Namespace))
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
@@ -347,28 +367,46 @@ func (w *Watcher) Run(ctx context.Context) error {
 	return nil
 }
 
-// servedVersions asks discovery which group versions exist.
-func (w *Watcher) servedVersions() (map[schema.GroupVersion]bool, error) {
-	all := []schema.GroupVersion{gvIstioV1, gvIstioV1beta1, MeshguardGroupVersion}
-	served := map[schema.GroupVersion]bool{}
+// servedVersions asks discovery which of the watched resources exist:
+// each Istio resource at each version, and meshguard's group version as a
+// whole (its resource "").
+func (w *Watcher) servedVersions() (map[schema.GroupVersionResource]bool, error) {
+	served := map[schema.GroupVersionResource]bool{}
+	istioRes := []string{resAuthorizationPolicies, resRequestAuthentications}
 	if w.opts.Discovery == nil {
-		for _, gv := range all {
-			served[gv] = true
+		for _, gv := range []schema.GroupVersion{gvIstioV1, gvIstioV1beta1} {
+			for _, r := range istioRes {
+				served[gv.WithResource(r)] = true
+			}
 		}
+		served[MeshguardGroupVersion.WithResource("")] = true
 		return served, nil
 	}
-	for _, gv := range all {
+	for _, gv := range []schema.GroupVersion{gvIstioV1, gvIstioV1beta1, MeshguardGroupVersion} {
 		list, err := w.opts.Discovery.ServerResourcesForGroupVersion(gv.String())
 		switch {
 		case err == nil:
-			served[gv] = len(list.APIResources) > 0
+			if gv == MeshguardGroupVersion {
+				served[gv.WithResource("")] = len(list.APIResources) > 0
+				continue
+			}
+			for _, r := range list.APIResources {
+				if slices.Contains(istioRes, r.Name) {
+					served[gv.WithResource(r.Name)] = true
+				}
+			}
+			for _, r := range istioRes {
+				if !served[gv.WithResource(r)] {
+					w.log.Warn("resource not served; not watching it", slog.String("group_version", gv.String()), slog.String("resource", r))
+				}
+			}
 		case isNotFound(err):
 			w.log.Warn("group version not served; not watching it", slog.String("group_version", gv.String()))
 		default:
 			return nil, fmt.Errorf("istio: discover %s: %w", gv, err)
 		}
 	}
-	if !served[gvIstioV1] && !served[gvIstioV1beta1] && !served[MeshguardGroupVersion] {
+	if !slices.Contains(slices.Collect(maps.Values(served)), true) {
 		return nil, errors.New("istio: the cluster serves neither security.istio.io nor meshguard.dev; install Istio's or meshguard's CRDs")
 	}
 	return served, nil
@@ -444,7 +482,7 @@ func (w *Watcher) push(ctx context.Context, src *sources, since time.Time) {
 }
 
 var watchedKinds = []string{
-	policies.KindAuthorizationPolicy, policies.KindIdentityPolicy, policies.KindDefaultDeny,
+	policies.KindAuthorizationPolicy, policies.KindRequestAuthentication, policies.KindIdentityPolicy, policies.KindDefaultDeny,
 	policies.KindRouteOverride, policies.KindTrafficBaseline, policies.KindAnomalyProfile,
 	policies.KindQuarantine, policies.KindMeshSettings,
 }
@@ -543,7 +581,7 @@ func (w *Watcher) build(src *sources) (policies.Set, []Problem, map[string]int, 
 				continue
 			}
 			if problem.Err != nil {
-				problem.GVR = gv.WithResource("authorizationpolicies")
+				problem.GVR = gv.WithResource(resAuthorizationPolicies)
 				problem.Kind = policies.KindAuthorizationPolicy
 				problem.Namespace, problem.Name, problem.UID, problem.ResourceVersion = meta.ns, meta.name, meta.uid, meta.rv
 				problems = append(problems, problem)
@@ -555,6 +593,40 @@ func (w *Watcher) build(src *sources) (policies.Set, []Problem, map[string]int, 
 	}
 	if src.apV1beta1 != nil {
 		addAP(gvIstioV1beta1, src.apV1beta1.List())
+	}
+
+	// RequestAuthentications: served at both versions too; one copy each.
+	addRA := func(gv schema.GroupVersion, objs []any) {
+		for _, o := range objs {
+			var (
+				meta *metav1.ObjectMeta
+				spec *securityv1beta1api.RequestAuthentication
+			)
+			switch ra := o.(type) {
+			case *securityv1.RequestAuthentication:
+				meta, spec = &ra.ObjectMeta, &ra.Spec
+			case *securityv1beta1.RequestAuthentication:
+				meta, spec = &ra.ObjectMeta, &ra.Spec
+			default:
+				continue
+			}
+			if seen[meta.UID] {
+				continue
+			}
+			seen[meta.UID] = true
+			if p := w.acceptRA(&set, gv, meta, spec); p.Err != nil {
+				p.GVR = gv.WithResource(resRequestAuthentications)
+				p.Kind = policies.KindRequestAuthentication
+				p.Namespace, p.Name, p.UID, p.ResourceVersion = meta.Namespace, meta.Name, meta.UID, meta.ResourceVersion
+				problems = append(problems, p)
+			}
+		}
+	}
+	if src.raV1 != nil {
+		addRA(gvIstioV1, src.raV1.List())
+	}
+	if src.raV1beta1 != nil {
+		addRA(gvIstioV1beta1, src.raV1beta1.List())
 	}
 
 	for _, kind := range watchedKinds {
@@ -577,6 +649,7 @@ func (w *Watcher) build(src *sources) (policies.Set, []Problem, map[string]int, 
 	}
 	sortSet(&set)
 	counts[policies.KindAuthorizationPolicy] = len(set.AuthorizationPolicies)
+	counts[policies.KindRequestAuthentication] = len(set.RequestAuthentications)
 	counts[policies.KindIdentityPolicy] = len(set.IdentityPolicies)
 	counts[policies.KindDefaultDeny] = len(set.DefaultDenies)
 	counts[policies.KindRouteOverride] = len(set.RouteOverrides)
@@ -618,6 +691,34 @@ func (w *Watcher) acceptAP(set *policies.Set, ap policies.AuthorizationPolicy, e
 	return p
 }
 
+// acceptRA adds a converted RequestAuthentication to set when it converts
+// and validates on its own, as a policy file's would; otherwise it adds the
+// fail-closed stand-in (failClosedRequestAuthentication) with its scope, or
+// for the whole namespace when its scope is what is invalid, and returns
+// the problem.
+func (w *Watcher) acceptRA(set *policies.Set, gv schema.GroupVersion, meta *metav1.ObjectMeta, spec *securityv1beta1api.RequestAuthentication) Problem {
+	ra, err := convertRequestAuthentication(gv.String(), meta, spec)
+	if err == nil {
+		one := policies.Set{Settings: set.Settings, RequestAuthentications: []policies.RequestAuthentication{ra}}
+		err = policies.Validate(&one).Err()
+	}
+	if err == nil {
+		set.RequestAuthentications = append(set.RequestAuthentications, ra)
+		return Problem{}
+	}
+	p := Problem{Err: err}
+	for _, widen := range []bool{false, true} {
+		sub := failClosedRequestAuthentication(meta, spec, err, widen)
+		one := policies.Set{Settings: set.Settings, AuthorizationPolicies: []policies.AuthorizationPolicy{sub}}
+		if policies.Validate(&one).Err() == nil {
+			set.AuthorizationPolicies = append(set.AuthorizationPolicies, sub)
+			p.FailClosed = true
+			break
+		}
+	}
+	return p
+}
+
 // acceptMeshguard is acceptAP for meshguard kinds.
 func (w *Watcher) acceptMeshguard(set *policies.Set, u *unstructured.Unstructured) Problem {
 	one := policies.Set{Settings: set.Settings}
@@ -648,6 +749,7 @@ func (w *Watcher) acceptMeshguard(set *policies.Set, u *unstructured.Unstructure
 
 func mergeSet(dst, src *policies.Set) {
 	dst.AuthorizationPolicies = append(dst.AuthorizationPolicies, src.AuthorizationPolicies...)
+	dst.RequestAuthentications = append(dst.RequestAuthentications, src.RequestAuthentications...)
 	dst.IdentityPolicies = append(dst.IdentityPolicies, src.IdentityPolicies...)
 	dst.DefaultDenies = append(dst.DefaultDenies, src.DefaultDenies...)
 	dst.RouteOverrides = append(dst.RouteOverrides, src.RouteOverrides...)
@@ -662,6 +764,7 @@ func byMeta(a, b policies.ObjectMeta) int {
 
 func sortSet(s *policies.Set) {
 	slices.SortFunc(s.AuthorizationPolicies, func(a, b policies.AuthorizationPolicy) int { return byMeta(a.Metadata, b.Metadata) })
+	slices.SortFunc(s.RequestAuthentications, func(a, b policies.RequestAuthentication) int { return byMeta(a.Metadata, b.Metadata) })
 	slices.SortFunc(s.IdentityPolicies, func(a, b policies.IdentityPolicy) int { return byMeta(a.Metadata, b.Metadata) })
 	slices.SortFunc(s.DefaultDenies, func(a, b policies.DefaultDeny) int { return byMeta(a.Metadata, b.Metadata) })
 	slices.SortFunc(s.RouteOverrides, func(a, b policies.RouteOverride) int { return byMeta(a.Metadata, b.Metadata) })

@@ -3,6 +3,7 @@ package istio
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	securityv1beta1api "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	securityv1beta1 "istio.io/client-go/pkg/apis/security/v1beta1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -426,4 +428,100 @@ func TestEventReporter(t *testing.T) {
 	if n := count(); n != 2 {
 		t.Fatalf("a replica that lost the lease kept writing")
 	}
+}
+
+func raV1(ns, name, uid string, spec *securityv1beta1api.RequestAuthentication) *securityv1.RequestAuthentication {
+	ra := &securityv1.RequestAuthentication{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: ktypes.UID("uid-" + uid), ResourceVersion: "1"}}
+	if spec != nil {
+		ra.Spec = *spec.DeepCopy()
+	}
+	return ra
+}
+
+// TestWatcherRequestAuthentications: RequestAuthentications at both
+// versions reach the set once each; one that fails validation is replaced
+// by a deny-everything stand-in with its scope (the whole namespace when
+// the scope is what is wrong), reported and counted; a deletion removes it.
+func TestWatcherRequestAuthentications(t *testing.T) {
+	noLeaks(t)
+	rule := []*securityv1beta1api.JWTRule{{Issuer: "https://idp.example", JwksUri: "https://idp.example/keys"}}
+	v1 := raV1("shop", "idp", "a", &securityv1beta1api.RequestAuthentication{JwtRules: rule})
+	dup := &securityv1beta1.RequestAuthentication{ObjectMeta: v1.ObjectMeta, Spec: *v1.Spec.DeepCopy()}
+	old := &securityv1beta1.RequestAuthentication{ObjectMeta: metav1.ObjectMeta{Namespace: "legacy", Name: "old", UID: "uid-b"},
+		Spec: securityv1beta1api.RequestAuthentication{JwtRules: rule}}
+	badKeys := raV1("shop", "bad-keys", "c", &securityv1beta1api.RequestAuthentication{
+		Selector: &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "payments"}},
+		JwtRules: []*securityv1beta1api.JWTRule{{Issuer: "x", Jwks: "not a key set"}},
+	})
+	badScope := raV1("shop", "bad-scope", "d", &securityv1beta1api.RequestAuthentication{
+		TargetRefs: []*typev1beta1.PolicyTargetReference{{Kind: "Deployment", Name: "api"}},
+		JwtRules:   rule,
+	})
+	istio := istiofake.NewSimpleClientset(v1, dup, old, badKeys, badScope)
+	var watches watchesStarted
+	istio.PrependWatchReactor("*", watches.reactor)
+	sink := newRecordingSink()
+	rep := &recordingReporter{}
+	reg := prometheus.NewPedanticRegistry()
+	w := runWatcher(t, Options{Istio: istio, Dynamic: fakeDynamic(), Sink: sink, Reporter: rep, Registerer: reg})
+
+	set := sink.next(t, "the RequestAuthentications", func(s policies.Set) bool { return len(s.RequestAuthentications) == 2 })
+	var got []string
+	for _, ra := range set.RequestAuthentications {
+		got = append(got, ra.APIVersion+":"+ra.Metadata.Namespace+"/"+ra.Metadata.Name)
+	}
+	if want := "security.istio.io/v1beta1:legacy/old,security.istio.io/v1:shop/idp"; strings.Join(got, ",") != want {
+		t.Errorf("request authentications = %s, want %s", strings.Join(got, ","), want)
+	}
+	if got, want := names(set.AuthorizationPolicies), "security.istio.io/v1:shop/RequestAuthentication.bad-keys,security.istio.io/v1:shop/RequestAuthentication.bad-scope"; got != want {
+		t.Fatalf("stand-ins = %s, want %s", got, want)
+	}
+	keys, scope := set.AuthorizationPolicies[0], set.AuthorizationPolicies[1]
+	for _, ap := range []policies.AuthorizationPolicy{keys, scope} {
+		if ap.Spec.Action != "DENY" || len(ap.Spec.Rules) != 1 || !strings.Contains(ap.Metadata.Annotations[AnnotationConversionError], "spec.") {
+			t.Errorf("%s: stand-in %+v %v", ap.Metadata.Name, ap.Spec, ap.Metadata.Annotations)
+		}
+	}
+	if keys.Spec.Selector == nil || keys.Spec.Selector.MatchLabels["app"] != "payments" {
+		t.Errorf("bad-keys stand-in lost its scope: %+v", keys.Spec)
+	}
+	if scope.Spec.Selector != nil || len(scope.Spec.TargetRefs) != 0 {
+		t.Errorf("bad-scope stand-in keeps the invalid scope: %+v", scope.Spec)
+	}
+	// The whole set compiles, as the store requires.
+	if _, _, err := policies.NewBundle("", set); err != nil {
+		t.Fatalf("the set does not compile: %v", err)
+	}
+	var probs []Problem
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if probs = rep.last(); len(probs) > 0 {
+			break
+		}
+	}
+	got = nil
+	for _, p := range probs {
+		got = append(got, fmt.Sprintf("%s/%s:%v:%s", p.Kind, p.Name, p.FailClosed, p.GVR.Resource))
+	}
+	if want := "RequestAuthentication/bad-keys:true:requestauthentications,RequestAuthentication/bad-scope:true:requestauthentications"; strings.Join(got, ",") != want {
+		t.Errorf("problems = %s, want %s", strings.Join(got, ","), want)
+	}
+	if v := testutil.ToFloat64(w.metrics.conversions.WithLabelValues(policies.KindRequestAuthentication)); v < 2 {
+		t.Errorf("conversion errors counted = %v, want ≥ 2", v)
+	}
+	if v := testutil.ToFloat64(w.metrics.objects.WithLabelValues(policies.KindRequestAuthentication)); v != 2 {
+		t.Errorf("objects gauge = %v, want 2", v)
+	}
+
+	watches.wait(t, "security.istio.io/v1/requestauthentications", "security.istio.io/v1beta1/requestauthentications")
+	ctx := context.Background()
+	if err := istio.SecurityV1beta1().RequestAuthentications("legacy").Delete(ctx, "old", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := istio.SecurityV1().RequestAuthentications("shop").Delete(ctx, "bad-keys", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sink.next(t, "the deletions", func(s policies.Set) bool {
+		return len(s.RequestAuthentications) == 1 && s.RequestAuthentications[0].Metadata.Name == "idp" &&
+			names(s.AuthorizationPolicies) == "security.istio.io/v1:shop/RequestAuthentication.bad-scope"
+	})
 }
