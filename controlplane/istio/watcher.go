@@ -681,12 +681,23 @@ func (w *Watcher) acceptAP(set *policies.Set, ap policies.AuthorizationPolicy, e
 		return Problem{}
 	}
 	p := Problem{Err: err}
-	if sub, ok := standIn(err); ok {
-		one := policies.Set{Settings: set.Settings, AuthorizationPolicies: []policies.AuthorizationPolicy{sub}}
-		if policies.Validate(&one).Err() == nil {
-			set.AuthorizationPolicies = append(set.AuthorizationPolicies, sub)
-			p.FailClosed = true
-		}
+	sub, ok := standIn(err)
+	if !ok {
+		return p
+	}
+	one := policies.Set{Settings: set.Settings, AuthorizationPolicies: []policies.AuthorizationPolicy{sub}}
+	if policies.Validate(&one).Err() != nil {
+		// The scope itself is what is wrong (a selector and targetRefs
+		// together, say): a DENY that cannot say whom it selects denies
+		// the whole namespace (the mesh, in the root namespace) rather
+		// than nobody.
+		one.AuthorizationPolicies[0].Spec.Selector = nil
+		one.AuthorizationPolicies[0].Spec.TargetRef = nil
+		one.AuthorizationPolicies[0].Spec.TargetRefs = nil
+	}
+	if policies.Validate(&one).Err() == nil {
+		set.AuthorizationPolicies = append(set.AuthorizationPolicies, one.AuthorizationPolicies[0])
+		p.FailClosed = true
 	}
 	return p
 }

@@ -254,6 +254,11 @@ func TestWatcherSkipsWhatItCannotConvert(t *testing.T) {
 		apV1("shop", "allow-sa", "1", &securityv1beta1api.AuthorizationPolicy{Rules: sa}),
 		apV1("shop", "deny-sa", "2", &securityv1beta1api.AuthorizationPolicy{Action: securityv1beta1api.AuthorizationPolicy_DENY, Rules: sa}),
 		apV1("shop", "fine", "3", &securityv1beta1api.AuthorizationPolicy{}),
+		// A scope Istio refuses too: the stand-in cannot keep it, and
+		// denies the whole namespace rather than nobody.
+		apV1("shop", "deny-scope", "4", &securityv1beta1api.AuthorizationPolicy{Action: securityv1beta1api.AuthorizationPolicy_DENY, Rules: sa,
+			Selector:   &typev1beta1.WorkloadSelector{MatchLabels: map[string]string{"app": "web"}},
+			TargetRefs: []*typev1beta1.PolicyTargetReference{{Kind: "Service", Name: "web"}}}),
 	)
 	dyn := fakeDynamic(
 		unstructuredObj("Quarantine", "ns", "typo", map[string]any{"identity": "spiffe://td/x", "expires": "soon"}),
@@ -266,12 +271,16 @@ func TestWatcherSkipsWhatItCannotConvert(t *testing.T) {
 	runWatcher(t, Options{Istio: istio, Dynamic: dyn, Sink: sink, Reporter: rep, Registerer: reg})
 
 	set := sink.next(t, "the converted objects", func(policies.Set) bool { return true })
-	if got := names(set.AuthorizationPolicies); got != "security.istio.io/v1:shop/deny-sa,security.istio.io/v1:shop/fine" {
+	if got := names(set.AuthorizationPolicies); got != "security.istio.io/v1:shop/deny-sa,security.istio.io/v1:shop/deny-scope,security.istio.io/v1:shop/fine" {
 		t.Errorf("policies = %s", got)
 	}
 	for _, ap := range set.AuthorizationPolicies {
 		if ap.Metadata.Name == "deny-sa" && (ap.Spec.Action != "DENY" || len(ap.Spec.Rules) != 1 || len(ap.Spec.Rules[0].From) != 0) {
 			t.Errorf("deny-sa stand-in = %+v", ap.Spec)
+		}
+		if ap.Metadata.Name == "deny-scope" && (ap.Spec.Action != "DENY" || len(ap.Spec.Rules) != 1 || len(ap.Spec.Rules[0].From) != 0 ||
+			ap.Spec.Selector != nil || ap.Spec.TargetRef != nil || len(ap.Spec.TargetRefs) != 0) {
+			t.Errorf("deny-scope stand-in = %+v, want a DENY of the whole namespace", ap.Spec)
 		}
 	}
 	if len(set.DefaultDenies) != 1 || set.DefaultDenies[0].Metadata.Annotations[AnnotationConversionError] == "" {
@@ -291,7 +300,7 @@ func TestWatcherSkipsWhatItCannotConvert(t *testing.T) {
 	for _, p := range probs {
 		got = append(got, p.Kind+"/"+p.Name+":"+map[bool]string{true: "closed", false: "skipped"}[p.FailClosed])
 	}
-	if want := "AuthorizationPolicy/allow-sa:skipped,AuthorizationPolicy/deny-sa:closed,DefaultDeny/dd:closed,Quarantine/typo:skipped"; strings.Join(got, ",") != want {
+	if want := "AuthorizationPolicy/allow-sa:skipped,AuthorizationPolicy/deny-sa:closed,AuthorizationPolicy/deny-scope:closed,DefaultDeny/dd:closed,Quarantine/typo:skipped"; strings.Join(got, ",") != want {
 		t.Errorf("problems = %s, want %s", strings.Join(got, ","), want)
 	}
 	if n := testutil.CollectAndCount(reg, "meshguard_controlplane_kube_conversion_errors_total"); n != 3 {
