@@ -158,6 +158,32 @@ type controlPlaneFlags struct {
 	spiffe                         spiffeFlags
 	kube                           kubeFlags
 	console                        consoleFlags
+	records                        recordFlags
+}
+
+// recordFlags configure the record store and the OTLP log export.
+type recordFlags struct {
+	path         string
+	maxAge       time.Duration
+	maxMiB       int64
+	otlpEndpoint string
+	otlpInsecure bool
+}
+
+// defaultRecordsPath is where the record store lives unless --records says:
+// $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/meshguard, else
+// ~/.local/state/meshguard.
+func defaultRecordsPath() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		return filepath.Join(strings.Split(d, ":")[0], "records.db")
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "meshguard", "records.db")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "meshguard", "records.db")
+	}
+	return "meshguard-records.db"
 }
 
 func newControlPlaneCmd() *cobra.Command {
@@ -223,6 +249,11 @@ the bundle is served (authz servers).`,
 	fl.DurationVar(&f.thresholdWindow, "quarantine-window", time.Minute, "window of --quarantine-threshold")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")
+	fl.StringVar(&f.records.path, "records", defaultRecordsPath(), "SQLite record store of decisions, detections, quarantines, releases and policy changes (meshguard events, meshguard incident, policy replay --store); \"off\" keeps none")
+	fl.DurationVar(&f.records.maxAge, "records-max-age", 7*24*time.Hour, "records older than this are deleted (0: no limit by age)")
+	fl.Int64Var(&f.records.maxMiB, "records-max-mib", 1024, "the record store's size limit in MiB, oldest records deleted first (0: no limit by size)")
+	fl.StringVar(&f.records.otlpEndpoint, "otlp-logs-endpoint", "", "also export every record as an OpenTelemetry log over OTLP/gRPC to this collector (host:port); empty: off")
+	fl.BoolVar(&f.records.otlpInsecure, "otlp-logs-insecure", false, "OTLP export without TLS (a collector on localhost or in the same pod)")
 	f.spiffe.register(cmd)
 	f.kube.register(cmd)
 	f.console.register(cmd)
@@ -251,6 +282,12 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	rec, err := startRecords(ctx, &f.records, log, reg)
+	if err != nil {
+		return err
+	}
+	defer rec.stop()
+
 	var m *mesh.Mesh
 	if f.meshFile != "" {
 		var err error
@@ -260,7 +297,8 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	}
 	st, err := store.New(store.Options{
 		Logger: log, Registerer: reg,
-		Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err },
+		Check:    func(b *policies.Bundle) error { _, err := policies.Compile(b); return err },
+		Observer: rec.policyChanged,
 	})
 	if err != nil {
 		return err
@@ -406,6 +444,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		Replica:         replica,
 		Leading:         leading,
 		Retention:       f.stateRetention,
+		Observer:        rec.quarantineChanged,
 	})
 	if err != nil {
 		return err
@@ -438,6 +477,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	apiHandler, err := api.New(api.Options{
 		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters, Observers: observers,
 		Insecure: f.spiffe.insecure, Logger: log, Registerer: reg,
+		Records: rec.sink(), Forensics: rec.forensics(),
 	})
 	if err != nil {
 		return err
