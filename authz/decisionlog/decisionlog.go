@@ -51,6 +51,7 @@ type Entry struct {
 	TargetService   string            `json:"target_service,omitempty"`
 	TargetGateway   string            `json:"target_gateway,omitempty"`
 	TargetLabels    map[string]string `json:"target_labels,omitempty"`
+	TargetResolved  bool              `json:"target_resolved,omitempty"`
 	Method          string            `json:"method,omitempty"`
 	Host            string            `json:"host,omitempty"`
 	Path            string            `json:"path,omitempty"`
@@ -261,6 +262,9 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	opt("target_service", e.TargetService)
 	opt("target_gateway", e.TargetGateway)
 	b = appendMap(b, "target_labels", e.TargetLabels)
+	if e.TargetResolved {
+		b = jsonw.Bool(b, "target_resolved", true)
+	}
 	opt("method", e.Method)
 	opt("host", e.Host)
 	opt("path", e.Path)

@@ -458,6 +458,7 @@ func recordAttributes(e *decisionlog.Entry, a *policies.Attributes, claims []str
 	t := &a.Target
 	e.Destination = idString(t.ID)
 	e.TargetNamespace, e.TargetService, e.TargetGateway, e.TargetLabels = t.Namespace, t.Service, t.Gateway, t.Labels
+	e.TargetResolved = t.Resolved
 	e.Method, e.Host, e.Path, e.Route = a.Method, a.Host, a.Path, a.Route
 	if j := a.JWT; j != nil {
 		e.JWT = &wire.DecisionJWT{Issuer: j.Issuer, Subject: j.Subject, Principal: j.Principal, SVID: !j.SVID.IsZero(),

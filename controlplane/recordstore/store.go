@@ -513,6 +513,7 @@ func (s *Store) splitDecision(d *wire.Decision) (ctxJSON, extra string) {
 	k = strconv.AppendUint(k, uint64(d.DestinationPort), 10)
 	k = strconv.AppendBool(append(k, 0), d.MTLS)
 	k = strconv.AppendBool(append(k, 0), d.Audit)
+	k = strconv.AppendBool(append(k, 0), d.TargetResolved)
 	for _, name := range sortedKeys(d.TargetLabels) {
 		k = append(append(append(append(k, 1), name...), 0), d.TargetLabels[name]...)
 	}
@@ -552,7 +553,7 @@ func encodeContext(d *wire.Decision) string {
 	c := wire.Decision{
 		Protocol: d.Protocol, SourceMethod: d.SourceMethod, Peer: d.Peer, MTLS: d.MTLS,
 		DestinationIP: d.DestinationIP, DestinationPort: d.DestinationPort, SNI: d.SNI,
-		TargetNamespace: d.TargetNamespace, TargetService: d.TargetService, TargetGateway: d.TargetGateway, TargetLabels: d.TargetLabels,
+		TargetNamespace: d.TargetNamespace, TargetService: d.TargetService, TargetGateway: d.TargetGateway, TargetLabels: d.TargetLabels, TargetResolved: d.TargetResolved,
 		Scope: d.Scope, Mode: d.Mode, Audit: d.Audit, AuditPolicy: d.AuditPolicy, BundleVersion: d.BundleVersion, HeaderNames: d.HeaderNames,
 	}
 	b, _ := json.Marshal(&c) // a struct of strings, bools, ints and a map: cannot fail

@@ -148,7 +148,7 @@ func TestDecisionRoundTrip(t *testing.T) {
 		Protocol: "http", Source: reviews, SourceMethod: "xfcc", Peer: "spiffe://cluster.local/ns/istio-system/sa/gw", MTLS: true,
 		SourceIP: "10.0.0.1", RemoteIP: "192.0.2.9", DestinationIP: "10.0.0.2", DestinationPort: 9080, SNI: "catalog",
 		Destination: catalog, TargetNamespace: "bookstore", TargetService: "catalog", TargetGateway: "gw",
-		TargetLabels: map[string]string{"app": "catalog", "v": "1"}, Method: "DELETE", Host: "catalog:9080", Path: "/api/books/1",
+		TargetLabels: map[string]string{"app": "catalog", "v": "1"}, TargetResolved: true, Method: "DELETE", Host: "catalog:9080", Path: "/api/books/1",
 		Route: "catalog-api", Scope: "bookstore/catalog",
 		JWT:     &wire.DecisionJWT{Subject: reviews, Principal: "iss/sub", Issuer: "iss", Audiences: []string{"a"}, Presenter: "p"},
 		Allowed: true, Reason: "allowed_by_policy", Mode: "dry-run", Policy: "AuthorizationPolicy/bookstore/x", Rule: "2",

@@ -336,6 +336,7 @@ func Attributes(d *wire.Decision) (*policies.Attributes, *recordedHeaders, error
 		return nil, nil, fmt.Errorf("destination: %w", err)
 	}
 	a.Target.Namespace, a.Target.Service, a.Target.Gateway, a.Target.Labels = d.TargetNamespace, d.TargetService, d.TargetGateway, d.TargetLabels
+	a.Target.Resolved = d.TargetResolved
 	if a.SourceIP, err = parseAddr(d.SourceIP); err != nil {
 		return nil, nil, err
 	}

@@ -63,6 +63,7 @@ var (
 			{Name: "target_service", Offset: unsafe.Offsetof(Decision{}.TargetService), Kind: strictjson.KString},
 			{Name: "target_gateway", Offset: unsafe.Offsetof(Decision{}.TargetGateway), Kind: strictjson.KString},
 			{Name: "target_labels", Offset: unsafe.Offsetof(Decision{}.TargetLabels), Kind: strictjson.KStringMap},
+			{Name: "target_resolved", Offset: unsafe.Offsetof(Decision{}.TargetResolved), Kind: strictjson.KBool},
 			{Name: "method", Offset: unsafe.Offsetof(Decision{}.Method), Kind: strictjson.KString},
 			{Name: "host", Offset: unsafe.Offsetof(Decision{}.Host), Kind: strictjson.KString},
 			{Name: "path", Offset: unsafe.Offsetof(Decision{}.Path), Kind: strictjson.KString},

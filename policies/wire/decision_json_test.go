@@ -14,7 +14,7 @@ func fullDecision() Decision {
 		Protocol: "grpc", Source: "spiffe://td/ns/a/sa/x", SourceMethod: "xfcc", Peer: "spiffe://td/ns/gw/sa/gw", ForwardedClient: "spiffe://td/ns/a/sa/x",
 		MTLS: true, SourceIP: "10.0.0.1", RemoteIP: "192.0.2.7", DestinationIP: "10.0.0.2", DestinationPort: 8080, SNI: "api.td",
 		Destination: "spiffe://td/ns/b/sa/y", TargetNamespace: "b", TargetService: "y", TargetGateway: "gw",
-		TargetLabels: map[string]string{"app": "y"}, Method: "POST", Host: "y.b:8080", Path: "/v1/\"x\\é", Route: "y-api", Scope: "b/y",
+		TargetLabels: map[string]string{"app": "y"}, TargetResolved: true, Method: "POST", Host: "y.b:8080", Path: "/v1/\"x\\é", Route: "y-api", Scope: "b/y",
 		JWT: &DecisionJWT{Subject: "spiffe://td/ns/a/sa/x", Principal: "iss/spiffe://td/ns/a/sa/x", Issuer: "iss", SVID: true, Audiences: []string{"a", "b"}, Presenter: "azp",
 			Claims: json.RawMessage(`{"groups":["g1"],"tier":"gold"}`), ClaimNames: []string{"groups", "tier", "team"}},
 		Allowed: true, Reason: "allowed_by_policy", Mode: "dry-run", Policy: "AuthorizationPolicy/b/y", Rule: "1", WouldDeny: true,
