@@ -55,6 +55,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/quarantine"
 	"github.com/meshguard/meshguard/controlplane/record"
 	"github.com/meshguard/meshguard/controlplane/recordstore"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
@@ -212,7 +213,7 @@ func startControlPlane(dir string) (*controlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	qs, err := newQuarantine()
+	qs, err := newQuarantine(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -241,8 +242,12 @@ type nopSink struct{}
 
 func (nopSink) SetSource(string, policies.Set) error { return nil }
 
-func newQuarantine() (*quarantine.Manager, error) {
-	return quarantine.New(quarantine.Options{Sink: nopSink{}})
+func newQuarantine(dir string) (*quarantine.Manager, error) {
+	ds, err := disk.Open(filepath.Join(dir, "state"), disk.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return quarantine.New(quarantine.Options{Store: ds, Sink: nopSink{}})
 }
 
 func newShipper(url string, reg prometheus.Registerer) (*shipper.Shipper, error) {

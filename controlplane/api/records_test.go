@@ -17,6 +17,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
 	"github.com/meshguard/meshguard/controlplane/record"
+	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -44,10 +45,16 @@ func (nopSource) SetSource(string, policies.Set) error { return nil }
 
 func recordsHandler(t *testing.T, insecure bool, rs api.RecordSink) (*httptest.Server, *prometheus.Registry) {
 	t.Helper()
-	qm, err := quarantine.New(quarantine.Options{Sink: nopSource{}})
+	ds, err := disk.Open(t.TempDir(), disk.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = ds.Close() })
+	qm, err := quarantine.New(quarantine.Options{Store: ds, Sink: nopSource{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(qm.Close)
 	reg := prometheus.NewRegistry()
 	h, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: td, Insecure: insecure, Records: rs, Registerer: reg})
 	if err != nil {
