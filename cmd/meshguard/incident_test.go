@@ -68,7 +68,7 @@ func TestIncidentCommands(t *testing.T) {
 	go func() {
 		_, err := runCmd(t, ctx, "controlplane", "--xds-addr", xdsAddr, "--http-addr", httpAddr, "--metrics-addr", metricsAddr,
 			"--policy", policies, "--svid-cert", cpCert, "--svid-key", cpKey, "--trust-bundle", bundle,
-			"--admin-id", operator, "--records", records, "--log-level", "warn")
+			"--admin-id", operator, "--records", records, "--reporter-id", "spiffe://cluster.local/ns/*/sa/*", "--state-dir", filepath.Join(dir, "state"), "--log-level", "warn")
 		cpDone <- err
 	}()
 	waitHTTP(t, "http://"+metricsAddr+"/readyz")
