@@ -17,8 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,6 +162,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Metrics == nil {
 		errs = append(errs, errors.New("no metrics"))
+	}
+	seen := map[string]bool{}
+	for _, c := range cfg.RecordClaims {
+		if c == "" || strings.TrimSpace(c) != c || seen[c] {
+			errs = append(errs, fmt.Errorf("recorded JWT claim %q: want distinct, non-empty names", c))
+		}
+		seen[c] = true
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("server: %w", err)

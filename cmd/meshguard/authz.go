@@ -80,6 +80,7 @@ type authzFlags struct {
 	decisionLogSample     float64
 	decisionLogHeaders    []string
 	decisionLogRedact     []string
+	decisionLogClaims     []string
 	decisionLogBuffer     int
 	decisionLogOverflow   string
 	shutdownDelay         time.Duration
@@ -190,6 +191,7 @@ by OpenID discovery: --jwks-*); a request with an invalid token is answered
 	fl.Float64Var(&f.decisionLogSample, "decision-log-allow-sample", 1, "fraction of allowed decisions logged, 0 to 1 (denies are always logged)")
 	fl.StringArrayVar(&f.decisionLogHeaders, "decision-log-header", nil, "request header copied into decision log lines; repeatable (credential headers are refused)")
 	fl.StringArrayVar(&f.decisionLogRedact, "decision-log-redact-header", nil, "header never written to the decision log, in addition to authorization, cookie and the like; repeatable")
+	fl.StringArrayVar(&f.decisionLogClaims, "decision-log-jwt-claim", nil, "top-level claim of the request's validated JWT copied (when present) into decision log lines and shipped decisions, so that policy replay can decide request.auth.claims conditions; repeatable (none by default: claims may hold personal data)")
 	fl.IntVar(&f.decisionLogBuffer, "decision-log-buffer", 8192, "decisions held for the decision log writer at most")
 	fl.StringVar(&f.decisionLogOverflow, "decision-log-overflow", "drop", "when the decision log buffer is full: drop (the decision is counted in meshguard_authz_decision_log_dropped_total, the check is not delayed) or block (the check waits for room until its deadline, then the decision is dropped and counted; a stalled log makes the server not ready)")
 	fl.BoolVar(&f.trustRouteHeader, "trust-route-header", false, "believe x-meshguard-route when no context extension names the route (only when meshguard's wasm filter runs before ext_authz and strips client-sent values)")
@@ -543,6 +545,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	defer authn.Close()
 	srv, err := server.New(server.Config{
 		Engine: engine, Identity: resolver, RequestAuth: authn, Log: log, Metrics: m, DecisionLog: dlog, Ship: shipSink(ship), Tracer: tracer,
+		RecordClaims:   f.decisionLogClaims,
 		Request:        request.Options{TrustRouteHeader: f.trustRouteHeader, TrustContextHeaders: f.httpTrustCtxHeaders},
 		CheckTimeout:   f.checkTimeout,
 		HTTPPathPrefix: f.httpPathPrefix,

@@ -168,6 +168,9 @@ type recordFlags struct {
 	maxMiB       int64
 	otlpEndpoint string
 	otlpInsecure bool
+	// filterAllowSample is the fraction of filters' reports of allowed
+	// requests kept as records.
+	filterAllowSample float64
 }
 
 // defaultRecordsPath is where the record store lives unless --records says:
@@ -254,6 +257,7 @@ the bundle is served (authz servers).`,
 	fl.Int64Var(&f.records.maxMiB, "records-max-mib", 1024, "the record store's size limit in MiB, oldest records deleted first (0: no limit by size)")
 	fl.StringVar(&f.records.otlpEndpoint, "otlp-logs-endpoint", "", "also export every record as an OpenTelemetry log over OTLP/gRPC to this collector (host:port); empty: off")
 	fl.BoolVar(&f.records.otlpInsecure, "otlp-logs-insecure", false, "OTLP export without TLS (a collector on localhost or in the same pod)")
+	fl.Float64Var(&f.records.filterAllowSample, "records-filter-allow-sample", 0, "fraction, 0 to 1, of the wasm filters' reports of allowed requests (each counts one caller's allowed requests on a route over 5 s) kept as records; their denials and dry-run would-denies are always kept")
 	f.spiffe.register(cmd)
 	f.kube.register(cmd)
 	f.console.register(cmd)
@@ -466,18 +470,25 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		log.Warn("no data-plane components known (no --mesh workloads, no --reporter-id): every event batch is refused")
 	}
 	var observers []api.EventObserver
+	var decObservers []api.DecisionObserver
 	var cons *console.Console
 	if f.console.enabled {
-		if cons, err = f.console.build(consoleDeps{qm: qm, st: st, mesh: m, operators: adminIDs, log: log, reg: reg, insecure: f.spiffe.insecure}); err != nil {
+		deps := consoleDeps{qm: qm, st: st, mesh: m, operators: adminIDs, log: log, reg: reg, insecure: f.spiffe.insecure}
+		if rec.store != nil {
+			deps.timeline = rec.store
+		}
+		if cons, err = f.console.build(deps); err != nil {
 			return err
 		}
 		observers = append(observers, cons)
+		decObservers = append(decObservers, cons)
 		defer st.Subscribe(cons.BundleChanged)()
 	}
 	apiHandler, err := api.New(api.Options{
-		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters, Observers: observers,
+		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters,
+		Observers: observers, DecisionObservers: decObservers,
 		Insecure: f.spiffe.insecure, Logger: log, Registerer: reg,
-		Records: rec.sink(), Forensics: rec.forensics(),
+		Records: rec.sink(), Forensics: rec.forensics(), RecordAllowSample: f.records.filterAllowSample,
 	})
 	if err != nil {
 		return err

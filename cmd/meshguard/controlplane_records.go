@@ -43,6 +43,9 @@ func startRecords(ctx context.Context, f *recordFlags, log *slog.Logger, reg pro
 	if f.maxAge < 0 || f.maxMiB < 0 {
 		return nil, errors.New("--records-max-age and --records-max-mib must not be negative")
 	}
+	if f.filterAllowSample < 0 || f.filterAllowSample > 1 {
+		return nil, fmt.Errorf("--records-filter-allow-sample %v: want 0 to 1", f.filterAllowSample)
+	}
 	if f.path != "off" && f.path != "" {
 		if err := os.MkdirAll(filepath.Dir(f.path), 0o700); err != nil {
 			return nil, fmt.Errorf("--records: %w", err)

@@ -61,6 +61,13 @@ type EventObserver interface {
 	ObserveEvents(reporter string, b *wire.EventBatch)
 }
 
+// DecisionObserver sees the decisions of every batch the decisions
+// endpoint accepts (the web console draws the denials: authz servers deny
+// requests the filters let through). It must not keep the slice or block.
+type DecisionObserver interface {
+	ObserveDecisions(reporter string, ds []wire.Decision)
+}
+
 // RecordSink keeps records (the record store, and the OTLP exporter behind
 // it). Append must not block; it returns record.ErrFull when it has no room.
 type RecordSink interface {
@@ -79,6 +86,8 @@ type Options struct {
 	Learner    *learn.Learner
 	// Observers also get the accepted events (the web console).
 	Observers []EventObserver
+	// DecisionObservers also get the accepted decisions (the web console).
+	DecisionObservers []DecisionObserver
 	// TrustDomain of the mesh (required with TLS); reporters outside it
 	// are refused whatever Reporters says.
 	TrustDomain spiffeid.TrustDomain
@@ -96,6 +105,11 @@ type Options struct {
 	// detections of event batches; nil: neither is kept (DecisionsPath
 	// answers 404).
 	Records RecordSink
+	// RecordAllowSample is the fraction, in [0, 1], of filters' reports
+	// of allowed requests (counts per caller and route every few seconds)
+	// that are kept as records; their denials and dry-run would-denies
+	// always are.
+	RecordAllowSample float64
 	// Forensics answers PathRecords and PathIncident; nil: 404.
 	Forensics Forensics
 	// Now is the clock of relative times in queries (default time.Now).
@@ -124,6 +138,9 @@ func New(opts Options) (*Handler, error) {
 	}
 	if !opts.Insecure && opts.TrustDomain.IsZero() {
 		return nil, errors.New("api: a trust domain is required unless insecure")
+	}
+	if opts.RecordAllowSample < 0 || opts.RecordAllowSample > 1 {
+		return nil, fmt.Errorf("api: record allow sample %v not in [0, 1]", opts.RecordAllowSample)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -271,7 +288,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	// Detections are stored before the quarantine manager acts on them, so
 	// that a timeline shows them ahead of the quarantine they cause.
 	if h.opts.Records != nil {
-		if recs := record.FromEvents(reporter, events); len(recs) > 0 {
+		if recs := record.FromEvents(reporter, events, record.EventOptions{AllowSample: h.opts.RecordAllowSample}); len(recs) > 0 {
 			if err := h.opts.Records.Append(recs); err != nil {
 				h.recRefused.WithLabelValues("events").Add(float64(len(recs)))
 				h.log.Warn("records of an event batch not stored", "records", len(recs), "error", err)
@@ -354,6 +371,9 @@ func (h *Handler) decisions(w http.ResponseWriter, r *http.Request) {
 	}
 	h.decBatches.WithLabelValues("accepted").Inc()
 	h.decDropped.Add(float64(batch.Dropped))
+	for _, o := range h.opts.DecisionObservers {
+		o.ObserveDecisions(reporter, batch.Decisions)
+	}
 	w.WriteHeader(http.StatusAccepted)
 }
 

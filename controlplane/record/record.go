@@ -9,6 +9,7 @@ package record
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -75,6 +76,11 @@ type Record struct {
 	Route  string `json:"route,omitempty"`
 	Method string `json:"method,omitempty"`
 	Path   string `json:"path,omitempty"`
+	// Count is how many requests a filter's decision report stands for
+	// (requests of one caller, route, outcome, reason and rule since its
+	// previous report; Method and Path are the first one's); 0 for every
+	// other record, which stands for one.
+	Count uint64 `json:"count,omitempty"`
 	// By is who quarantined or released, or the policy source that changed.
 	By string `json:"by,omitempty"`
 	// Detail is free text: why a quarantine was made or lifted, what a
@@ -137,20 +143,46 @@ func FromDecision(reporter string, d *wire.Decision) Record {
 	}
 }
 
+// EventOptions choose which events become records.
+type EventOptions struct {
+	// AllowSample is the fraction, in [0, 1], of filters' reports of
+	// allowed requests (each counts one caller's allowed requests on a
+	// route over a few seconds) that are kept as records. Denials and
+	// dry-run would-denies are always kept.
+	AllowSample float64
+	// Rand returns a number in [0, 1) for sampling (default math/rand/v2).
+	Rand func() float64
+}
+
+// keepAllow samples a report of allowed requests.
+func (o *EventOptions) keepAllow() bool {
+	switch {
+	case o.AllowSample <= 0:
+		return false
+	case o.AllowSample >= 1:
+		return true
+	case o.Rand != nil:
+		return o.Rand() < o.AllowSample
+	}
+	return rand.Float64() < o.AllowSample
+}
+
 // FromEvents turns the events of a filter's or authz server's batch into
 // records: anomaly events and edges the traffic baseline does not list are
-// detections, decision events (a filter's deny or dry-run would-deny) are
-// decisions without the full request. Plain observed edges are the learner's, not
-// records.
-func FromEvents(reporter string, events []wire.Event) []Record {
+// detections, decision events are decisions without the full request,
+// each with the count of requests it stands for (denials and dry-run
+// would-denies always, reports of allowed requests as o samples them).
+// Plain observed edges are the learner's, not records.
+func FromEvents(reporter string, events []wire.Event, o EventOptions) []Record {
 	var out []Record
 	for i := range events {
 		ev := &events[i]
 		t := time.UnixMilli(ev.UnixMillis).UTC()
 		dest := ev.Destination
 		if dest == "" {
-			// A filter reports about traffic to its own workload.
-			dest = reporter
+			// A filter reports about traffic to its own workload (the
+			// identity it claims, on a control plane without TLS).
+			dest = strings.TrimPrefix(reporter, "unauthenticated:")
 		}
 		switch {
 		case ev.Kind == wire.EventAnomaly:
@@ -162,14 +194,28 @@ func FromEvents(reporter string, events []wire.Event) []Record {
 				Action: ev.Response, Reason: "baseline", Route: ev.Route, Method: ev.Method, Policy: "TrafficBaseline",
 				Detail: eventDetail(ev)})
 		case ev.Kind == wire.EventDecision:
+			var action string
+			switch ev.Response {
+			case "deny":
+				action = ActionDeny
+			case "dry-run":
+				action = ActionWouldDeny
+			case "allow":
+				if !o.keepAllow() {
+					continue
+				}
+				action = ActionAllow
+			default:
+				continue // not an outcome this control plane knows
+			}
 			reason, ref, _ := strings.Cut(ev.Detail, " ")
 			policy, rule := splitRef(ref)
-			action := ActionWouldDeny
-			if ev.Response != "dry-run" {
-				action = ActionDeny
+			n := ev.Count
+			if n == 0 {
+				n = 1
 			}
 			out = append(out, Record{Time: t, Kind: KindDecision, Reporter: reporter, Source: ev.Source, Destination: dest,
-				Action: action, Reason: reason, Policy: policy, Rule: rule, Route: ev.Route, Method: ev.Method, Path: ev.Path})
+				Action: action, Reason: reason, Policy: policy, Rule: rule, Route: ev.Route, Method: ev.Method, Path: ev.Path, Count: n})
 		}
 	}
 	return out

@@ -128,7 +128,7 @@ func TestExportToOTLPReceiver(t *testing.T) {
 	recs := records(1000)
 	recs = append(recs,
 		record.FromQuarantine(time.Unix(100, 0), "add", "spiffe://cluster.local/ns/bookstore/sa/reviews", "spiffe://cluster.local/ns/meshguard/sa/authz", "enumeration", time.Unix(1000, 0)),
-		record.FromEvents("spiffe://cluster.local/ns/bookstore/sa/catalog", []wire.Event{{Kind: wire.EventAnomaly, Detector: "enumeration", Source: "spiffe://cluster.local/ns/bookstore/sa/reviews", Response: "block", UnixMillis: 99_000}})[0],
+		record.FromEvents("spiffe://cluster.local/ns/bookstore/sa/catalog", []wire.Event{{Kind: wire.EventAnomaly, Detector: "enumeration", Source: "spiffe://cluster.local/ns/bookstore/sa/reviews", Response: "block", UnixMillis: 99_000}}, record.EventOptions{})[0],
 	)
 	if err := e.Append(recs); err != nil {
 		t.Fatal(err)

@@ -3,9 +3,9 @@ package recordstore
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -86,21 +86,18 @@ type Result struct {
 	Truncated bool `json:"truncated,omitempty"`
 }
 
-const selectSQL = `SELECT r.id, r.time, r.kind, rep.s, src.s, dst.s, act.s, rsn.s, pol.s, rul.s, rte.s, who.s, cx.s,
-	r.method, r.path, r.host, r.source_ip, r.decision_id, r.request_id, r.trace_id, r.latency_us, r.detail, r.extra
-	FROM records r
-	LEFT JOIN strs rep ON rep.id = r.reporter
-	LEFT JOIN strs src ON src.id = r.source
-	LEFT JOIN strs dst ON dst.id = r.destination
-	LEFT JOIN strs act ON act.id = r.action
-	LEFT JOIN strs rsn ON rsn.id = r.reason
-	LEFT JOIN strs pol ON pol.id = r.policy
-	LEFT JOIN strs rul ON rul.id = r.rule
-	LEFT JOIN strs rte ON rte.id = r.route
-	LEFT JOIN strs who ON who.id = r.actor
-	LEFT JOIN strs cx ON cx.id = r.ctx`
-
 // Query returns the records f selects.
+//
+// It reads through one index chosen by the filter, not by the query
+// planner's estimates: the records that are not decisions' (when only
+// they are asked for), else an identity's (its records as source, then as
+// destination: each in time order), else the policy's, the reason's, or
+// time's; every other condition is
+// checked on the rows found. And it reads in time windows from the newest
+// (or, ascending, the oldest) end, each twice as long as the last, until
+// it has the records asked for: a common match is found in the first
+// small window, a rare one after a few, and neither reads the store
+// through an order it cannot stop early.
 func (s *Store) Query(ctx context.Context, f Filter) (*Result, error) {
 	if err := f.Validate(); err != nil {
 		return nil, fmt.Errorf("recordstore: query: %w", err)
@@ -109,101 +106,282 @@ func (s *Store) Query(ctx context.Context, f Filter) (*Result, error) {
 	if limit == 0 {
 		limit = DefaultLimit
 	}
-	var where []string
-	var args []any
-	none := false // a condition no stored string can meet
-	idCond := func(patterns []string, cols ...string) error {
-		if len(patterns) == 0 {
-			return nil
-		}
-		ids, err := s.identityIDs(ctx, patterns)
-		if err != nil {
-			return err
-		}
-		if len(ids) == 0 {
-			none = true
-			return nil
-		}
-		in := placeholders(len(ids))
-		var ors []string
-		for _, c := range cols {
-			ors = append(ors, "r."+c+" IN ("+in+")")
-			for _, id := range ids {
-				args = append(args, id)
-			}
-		}
-		where = append(where, "("+strings.Join(ors, " OR ")+")")
-		return nil
-	}
-	strCond := func(col string, vals ...string) error {
-		if len(vals) == 0 {
-			return nil
-		}
-		ids, err := s.stringIDs(ctx, vals)
-		if err != nil {
-			return err
-		}
-		if len(ids) == 0 {
-			none = true
-			return nil
-		}
-		where = append(where, "r."+col+" IN ("+placeholders(len(ids))+")")
-		for _, id := range ids {
-			args = append(args, id)
-		}
-		return nil
-	}
-	if err := errors.Join(
-		idCond(f.Identity, "source", "destination"),
-		idCond(f.Source, "source"),
-		idCond(f.Destination, "destination"),
-		strCond("action", f.Actions...),
-		strCond("reason", f.Reasons...),
-		strCond("policy", nonEmpty(f.Policy)...),
-		strCond("rule", nonEmpty(f.Rule)...),
-		strCond("route", nonEmpty(f.Route)...),
-	); err != nil {
+	qp, err := s.plan(ctx, &f)
+	if err != nil {
 		return nil, fmt.Errorf("recordstore: query: %w", err)
 	}
-	if none {
-		return &Result{Records: []record.Record{}}, nil
+	res := &Result{Records: []record.Record{}}
+	if qp.none {
+		return res, nil
 	}
-	if len(f.Kinds) > 0 {
-		var ks []string
-		for _, k := range f.Kinds {
-			ks = append(ks, "?")
-			args = append(args, kindCodes[k])
-		}
-		where = append(where, "r.kind IN ("+strings.Join(ks, ",")+")")
+	// One read transaction: every window reads the same snapshot, through
+	// one prepared statement.
+	tx, err := s.r.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("recordstore: query: %w", err)
 	}
-	if !f.Since.IsZero() {
-		where = append(where, "r.time >= ?")
-		args = append(args, f.Since.UnixMicro())
-	}
-	if !f.Until.IsZero() {
-		where = append(where, "r.time < ?")
-		args = append(args, f.Until.UnixMicro())
-	}
-	q := selectSQL
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	if f.Ascending {
-		q += " ORDER BY r.time, r.id"
-	} else {
-		q += " ORDER BY r.time DESC, r.id DESC"
-	}
-	q += " LIMIT ?"
-	args = append(args, limit+1)
-	recs, err := s.scan(ctx, q, args...)
+	defer func() { _ = tx.Rollback() }()
+	lo, hi, ok, err := span(ctx, tx, &f)
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Records: recs}
-	if len(recs) > limit {
-		res.Records, res.Truncated = recs[:limit], true
+	if !ok {
+		return res, nil
+	}
+	q := qp.sql(f.Ascending)
+	stmt, err := tx.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("recordstore: query: %w", err)
+	}
+	defer stmt.Close()
+	var rd reader
+	want := limit + 1
+	w := firstWindow
+	for want > 0 && lo < hi {
+		a, b := lo, hi
+		if f.Ascending {
+			b = min(lo+w, hi)
+			lo = b
+		} else {
+			a = max(hi-w, lo)
+			hi = a
+		}
+		rows, err := stmt.QueryContext(ctx, qp.args(a, b, want)...)
+		if err != nil {
+			return nil, fmt.Errorf("recordstore: query: %w", err)
+		}
+		n := len(res.Records)
+		err = rd.read(ctx, s, tx, rows, func(r *record.Record) error { res.Records = append(res.Records, *r); return nil })
+		if err != nil {
+			return nil, err
+		}
+		want -= len(res.Records) - n
+		w *= windowGrowth
+	}
+	if len(res.Records) > limit {
+		res.Records, res.Truncated = res.Records[:limit], true
 	}
 	return res, nil
+}
+
+// firstWindow is the span of time, in microseconds, that a query reads
+// first; each next window is windowGrowth times longer.
+const (
+	firstWindow  = int64(time.Minute / time.Microsecond)
+	windowGrowth = 4
+)
+
+// span returns the time range, in unix microseconds [lo, hi), that f can
+// select from: its own bounds within the stored records'.
+func span(ctx context.Context, tx *sql.Tx, f *Filter) (lo, hi int64, ok bool, err error) {
+	var oldest, newest *int64
+	if err := tx.QueryRowContext(ctx, `SELECT (SELECT MIN(time) FROM records), (SELECT MAX(time) FROM records)`).Scan(&oldest, &newest); err != nil {
+		return 0, 0, false, fmt.Errorf("recordstore: query: %w", err)
+	}
+	if oldest == nil {
+		return 0, 0, false, nil
+	}
+	lo, hi = *oldest, *newest+1
+	if !f.Since.IsZero() {
+		lo = max(lo, f.Since.UnixMicro())
+	}
+	if !f.Until.IsZero() {
+		hi = min(hi, f.Until.UnixMicro())
+	}
+	return lo, hi, lo < hi, nil
+}
+
+// queryPlan is a filter turned into SQL: the index to read (one part per
+// index: an identity's reads its source and its destination index) and
+// the conditions checked on the rows.
+type queryPlan struct {
+	parts []planPart
+	none  bool // a condition no stored string can meet
+}
+
+type planPart struct {
+	index string // the INDEXED BY of this part
+	where []string
+	args  []any
+}
+
+// sql is the plan's query over a time window, ordered, with a limit:
+// its arguments are args(a, b, limit).
+func (qp *queryPlan) sql(ascending bool) string {
+	order := " ORDER BY time DESC, id DESC"
+	if ascending {
+		order = " ORDER BY time, id"
+	}
+	var q strings.Builder
+	for i, p := range qp.parts {
+		if i > 0 {
+			q.WriteString(" UNION ALL ")
+		}
+		if len(qp.parts) > 1 {
+			q.WriteString("SELECT * FROM (")
+		}
+		q.WriteString(selectSQL)
+		q.WriteString(" INDEXED BY ")
+		q.WriteString(p.index)
+		q.WriteString(" WHERE r.time >= ? AND r.time < ?")
+		for _, w := range p.where {
+			q.WriteString(" AND ")
+			q.WriteString(w)
+		}
+		if len(qp.parts) > 1 {
+			// Each part in time order with its own limit, so that each
+			// reads its index in order and stops.
+			q.WriteString(strings.ReplaceAll(order, " ORDER BY ", " ORDER BY r."))
+			q.WriteString(" LIMIT ?)")
+		}
+	}
+	q.WriteString(order)
+	q.WriteString(" LIMIT ?")
+	return q.String()
+}
+
+// args are the arguments of sql for the window [a, b) and the limit.
+func (qp *queryPlan) args(a, b int64, limit int) []any {
+	var args []any
+	for _, p := range qp.parts {
+		args = append(args, a, b)
+		args = append(args, p.args...)
+		if len(qp.parts) > 1 {
+			args = append(args, limit)
+		}
+	}
+	return append(args, limit)
+}
+
+// plan resolves f's strings to dictionary ids and chooses the index.
+func (s *Store) plan(ctx context.Context, f *Filter) (*queryPlan, error) {
+	qp := &queryPlan{}
+	// Conditions on a dictionary column: col IN (ids).
+	type cond struct {
+		col string
+		ids []any
+	}
+	var conds []cond
+	add := func(col string, ids []int64) {
+		if len(ids) == 0 {
+			qp.none = true
+			return
+		}
+		c := cond{col: col}
+		for _, id := range ids {
+			c.ids = append(c.ids, id)
+		}
+		conds = append(conds, c)
+	}
+	idList := func(patterns []string) ([]int64, error) {
+		if len(patterns) == 0 {
+			return nil, nil
+		}
+		return s.identityIDs(ctx, patterns)
+	}
+	identity, err := idList(f.Identity)
+	if err != nil {
+		return nil, err
+	}
+	if len(f.Identity) > 0 && len(identity) == 0 {
+		qp.none = true
+	}
+	for _, c := range []struct {
+		col  string
+		list []string
+		ids  bool
+	}{
+		{"source", f.Source, true}, {"destination", f.Destination, true},
+		{"policy", nonEmpty(f.Policy), false}, {"reason", f.Reasons, false},
+		{"action", f.Actions, false}, {"rule", nonEmpty(f.Rule), false}, {"route", nonEmpty(f.Route), false},
+	} {
+		if len(c.list) == 0 {
+			continue
+		}
+		var ids []int64
+		var err error
+		if c.ids {
+			ids, err = idList(c.list)
+		} else {
+			ids, err = s.stringIDs(ctx, c.list)
+		}
+		if err != nil {
+			return nil, err
+		}
+		add(c.col, ids)
+	}
+	if qp.none {
+		return qp, nil
+	}
+	in := func(col string, ids []any) string {
+		if len(ids) == 1 {
+			return "r." + col + " = ?"
+		}
+		return "r." + col + " IN (" + placeholders(len(ids)) + ")"
+	}
+	// The conditions every part checks.
+	var where []string
+	var args []any
+	byCol := map[string]cond{}
+	for _, c := range conds {
+		byCol[c.col] = c
+		where = append(where, in(c.col, c.ids))
+		args = append(args, c.ids...)
+	}
+	if len(f.Kinds) > 0 {
+		events := true
+		var ks []any
+		for _, k := range f.Kinds {
+			ks = append(ks, kindCodes[k])
+			events = events && k != record.KindDecision
+		}
+		where = append(where, "r.kind IN ("+placeholders(len(ks))+")")
+		args = append(args, ks...)
+		if events {
+			// The partial index's own term, so that it may be used.
+			where = append(where, "r.kind > 1")
+		}
+	}
+	part := func(index string, extra []string, extraArgs []any) planPart {
+		return planPart{index: index, where: append(append([]string{}, where...), extra...), args: append(append([]any{}, args...), extraArgs...)}
+	}
+	ids := make([]any, len(identity))
+	for i, id := range identity {
+		ids[i] = id
+	}
+	if len(f.Kinds) > 0 && !slices.Contains(f.Kinds, record.KindDecision) {
+		// The records that are not decisions are few: their index first.
+		if len(ids) > 0 {
+			qp.parts = []planPart{part("records_events", []string{"(" + in("source", ids) + " OR " + in("destination", ids) + ")"},
+				append(append([]any{}, ids...), ids...))}
+		} else {
+			qp.parts = []planPart{part("records_events", nil, nil)}
+		}
+		return qp, nil
+	}
+	if len(ids) > 0 {
+		// Its records as source, then those as destination that are not
+		// also as source.
+		qp.parts = []planPart{
+			part("records_source", []string{in("source", ids)}, ids),
+			part("records_destination", []string{in("destination", ids), "(r.source IS NULL OR NOT " + in("source", ids) + ")"},
+				append(append([]any{}, ids...), ids...)),
+		}
+		return qp, nil
+	}
+	index := "records_time"
+	switch {
+	case byCol["source"].col != "":
+		index = "records_source"
+	case byCol["destination"].col != "":
+		index = "records_destination"
+	case byCol["policy"].col != "":
+		index = "records_policy"
+	case byCol["reason"].col != "":
+		index = "records_reason"
+	}
+	qp.parts = []planPart{part(index, nil, nil)}
+	return qp, nil
 }
 
 func nonEmpty(s string) []string {
@@ -296,12 +474,6 @@ func (s *Store) identityIDs(ctx context.Context, patterns []string) ([]int64, er
 	return ids, nil
 }
 
-func (s *Store) scan(ctx context.Context, q string, args ...any) ([]record.Record, error) {
-	out := []record.Record{}
-	err := s.each(ctx, func(r *record.Record) error { out = append(out, *r); return nil }, q, args...)
-	return out, err
-}
-
 // EachDecision calls fn with every recorded authz decision (with its
 // request) in [since, until) (zero: open), oldest first, without holding
 // them all in memory. It stops at fn's first error and returns it.
@@ -318,57 +490,6 @@ func (s *Store) EachDecision(ctx context.Context, since, until time.Time, fn fun
 	}
 	q += ` ORDER BY r.time, r.id`
 	return s.each(ctx, func(r *record.Record) error { return fn(r.Decision) }, q, args...)
-}
-
-func (s *Store) each(ctx context.Context, fn func(*record.Record) error, q string, args ...any) error {
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("recordstore: query: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			r                                                     record.Record
-			t, kind                                               int64
-			rep, src, dst, act, rsn, pol, rul, rte, who, cx       sql.NullString
-			method, path, host, sip, did, rid, tid, detail, extra sql.NullString
-			latency                                               sql.NullInt64
-		)
-		if err := rows.Scan(&r.ID, &t, &kind, &rep, &src, &dst, &act, &rsn, &pol, &rul, &rte, &who, &cx,
-			&method, &path, &host, &sip, &did, &rid, &tid, &latency, &detail, &extra); err != nil {
-			return fmt.Errorf("recordstore: scan: %w", err)
-		}
-		r.Time, r.Kind = time.UnixMicro(t).UTC(), kindOf(kind)
-		r.Reporter, r.Source, r.Destination, r.Action, r.Reason = rep.String, src.String, dst.String, act.String, rsn.String
-		r.Policy, r.Rule, r.Route, r.By = pol.String, rul.String, rte.String, who.String
-		r.Method, r.Path, r.Detail = method.String, path.String, detail.String
-		if cx.Valid {
-			d := &wire.Decision{}
-			if err := json.Unmarshal([]byte(cx.String), d); err != nil {
-				return fmt.Errorf("recordstore: record %d: context: %w", r.ID, err)
-			}
-			if extra.Valid {
-				var rf rareFields
-				if err := json.Unmarshal([]byte(extra.String), &rf); err != nil {
-					return fmt.Errorf("recordstore: record %d: extra: %w", r.ID, err)
-				}
-				d.RemoteIP, d.JWT, d.Headers = rf.RemoteIP, rf.JWT, rf.Headers
-			}
-			d.Time, d.DecisionID, d.RequestID, d.TraceID = r.Time, did.String, rid.String, tid.String
-			d.Source, d.Destination, d.SourceIP, d.Host = r.Source, r.Destination, sip.String, host.String
-			d.Method, d.Path, d.Route = r.Method, r.Path, r.Route
-			d.Allowed, d.WouldDeny = r.Action != record.ActionDeny, r.Action == record.ActionWouldDeny
-			d.Reason, d.Policy, d.Rule, d.Error, d.LatencyMicros = r.Reason, r.Policy, r.Rule, r.Detail, latency.Int64
-			r.Decision = d
-		}
-		if err := fn(&r); err != nil {
-			return err
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("recordstore: query: %w", err)
-	}
-	return nil
 }
 
 // TimelineOptions choose the window of an incident timeline.
@@ -401,12 +522,13 @@ type Timeline struct {
 	Summary   Summary `json:"summary"`
 }
 
-// Summary counts a timeline.
+// Summary counts a timeline. Requests are counted as the records stand
+// for them (a filter's report counts several).
 type Summary struct {
 	Records      int            `json:"records"`
 	Kinds        map[string]int `json:"kinds"`
-	Decisions    map[string]int `json:"decisions,omitempty"` // by action, for requests the identity made
-	Reasons      map[string]int `json:"reasons,omitempty"`   // denies the identity received, by reason
+	Decisions    map[string]int `json:"decisions,omitempty"` // requests the identity made, by action
+	Reasons      map[string]int `json:"reasons,omitempty"`   // its requests denied, by reason
 	Destinations map[string]int `json:"destinations,omitempty"`
 	Detections   map[string]int `json:"detections,omitempty"` // by detector
 	FirstDeny    time.Time      `json:"firstDeny,omitzero"`
@@ -504,6 +626,38 @@ func (s *Store) Timeline(ctx context.Context, identity string, o TimelineOptions
 	return tl, nil
 }
 
+// IdentityTimeline is the incident timeline of an identity for the web
+// console's identity page, newest first, at most limit records: the
+// timeline that led to its last quarantine and what came of it, else to
+// its last detection, else its records of the last hour.
+func (s *Store) IdentityTimeline(ctx context.Context, identity string, limit int) ([]record.Record, error) {
+	if limit <= 0 || limit > MaxLimit {
+		return nil, fmt.Errorf("recordstore: identity timeline: limit %d: want 1 to %d", limit, MaxLimit)
+	}
+	var tl *Timeline
+	var err error
+	for _, o := range []TimelineOptions{
+		{Before: "quarantine", Limit: limit},
+		{Before: "detection", Limit: limit},
+		{Since: s.opts.Now().Add(-time.Hour), Limit: limit},
+	} {
+		if tl, err = s.Timeline(ctx, identity, o); !errors.Is(err, ErrNoAnchor) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	recs := tl.Records
+	for i, j := 0, len(recs)-1; i < j; i, j = i+1, j-1 {
+		recs[i], recs[j] = recs[j], recs[i]
+	}
+	if len(recs) > limit {
+		recs = recs[:limit]
+	}
+	return recs, nil
+}
+
 func summarize(id string, recs []record.Record) Summary {
 	s := Summary{Records: len(recs), Kinds: map[string]int{}, Decisions: map[string]int{}, Reasons: map[string]int{},
 		Destinations: map[string]int{}, Detections: map[string]int{}}
@@ -515,12 +669,13 @@ func summarize(id string, recs []record.Record) Summary {
 			if r.Source != id {
 				continue
 			}
-			s.Decisions[r.Action]++
+			n := int(max(r.Count, 1))
+			s.Decisions[r.Action] += n
 			if r.Destination != "" {
-				s.Destinations[r.Destination]++
+				s.Destinations[r.Destination] += n
 			}
 			if r.Action == record.ActionDeny {
-				s.Reasons[r.Reason]++
+				s.Reasons[r.Reason] += n
 				if s.FirstDeny.IsZero() {
 					s.FirstDeny = r.Time
 				}

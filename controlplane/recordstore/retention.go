@@ -33,7 +33,7 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	u.Bytes = (pages - free) * size
 	u.FileBytes = fileSize(s.opts.Path) + fileSize(s.opts.Path+"-wal")
 	var oldest, newest *int64
-	if err := db.QueryRowContext(ctx, `SELECT MIN(time), MAX(time) FROM records`).Scan(&oldest, &newest); err != nil {
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT MIN(time) FROM records), (SELECT MAX(time) FROM records)`).Scan(&oldest, &newest); err != nil {
 		return u, fmt.Errorf("recordstore: usage: %w", err)
 	}
 	if oldest != nil {
@@ -154,9 +154,9 @@ func (s *Store) pruneStrings(ctx context.Context) error {
 	if _, err := s.w.ExecContext(ctx, `DELETE FROM strs WHERE last_used < ?`, cutoff); err != nil {
 		return fmt.Errorf("recordstore: prune: %w", err)
 	}
-	for k, e := range s.strs {
+	for k, e := range s.enc.strs {
 		if e.lastUsed < cutoff {
-			delete(s.strs, k)
+			delete(s.enc.strs, k)
 		}
 	}
 	return nil

@@ -7,20 +7,20 @@ import (
 	"time"
 )
 
-// migrations are the schema versions, in order: migration i brings the
-// schema to version i+1. Never edit one that has shipped; append.
-var migrations = []string{
-	// 1: records and the dictionary of their low-cardinality strings.
-	//
-	// Strings whose values are bounded by the mesh and its policies
-	// (identities, reasons, policy and rule names, routes, reporters,
-	// actions, who acted, and the per-workload context of a decision) are
-	// interned in strs; strings a client chooses (method, path, host) are
-	// not, so that a scanning attacker cannot grow the dictionary.
-	// strs.last_used is kept within an hour of the newest record using the
-	// string, so that retention can drop entries no remaining record uses.
-	`CREATE TABLE strs (
-		id INTEGER PRIMARY KEY,
+// schemaTables and schemaIndexes are schema version 1, apart so that a
+// bulk load (BulkLoad) creates the indexes after the rows.
+//
+// Strings whose values are bounded by the mesh and its policies
+// (identities, reasons, policy and rule names, routes, reporters, actions,
+// who acted, and the per-workload context of a decision) are interned in
+// strs; strings a client chooses (method, path, host) are not, so that a
+// scanning attacker cannot grow the dictionary. strs ids are never reused
+// (AUTOINCREMENT), so that readers may cache them. strs.last_used is kept
+// within an hour of the newest record using the string, so that retention
+// can drop entries no remaining record uses.
+const (
+	schemaTables = `CREATE TABLE strs (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
 		s TEXT NOT NULL UNIQUE,
 		last_used INTEGER NOT NULL
 	);
@@ -30,18 +30,31 @@ var migrations = []string{
 		kind INTEGER NOT NULL,       -- kindCodes
 		reporter INTEGER, source INTEGER, destination INTEGER, action INTEGER,
 		reason INTEGER, policy INTEGER, rule INTEGER, route INTEGER, actor INTEGER,
-		ctx INTEGER,                 -- JSON of a decision's per-workload fields
+		ctx INTEGER,                 -- a decision's per-workload fields (storedContext JSON)
+		count INTEGER,               -- requests a filter's report stands for; NULL: one
 		method TEXT, path TEXT, host TEXT, source_ip TEXT,
 		decision_id TEXT, request_id TEXT, trace_id TEXT,
 		latency_us INTEGER,
 		detail TEXT,
-		extra TEXT                   -- JSON of a decision's rare fields (remote IP, JWT-SVID, headers)
-	);
-	CREATE INDEX records_time ON records(time);
+		extra TEXT                   -- a decision's rare fields (rareFields JSON)
+	);`
+	// The indexes fit the queries (Query reads through one of them): an
+	// identity on either side, a policy, a reason, each in time order;
+	// time alone; and the rare records that are not decisions (timeline
+	// anchors, --kind), in a partial index that stays small.
+	schemaIndexes = `CREATE INDEX records_time ON records(time);
 	CREATE INDEX records_source ON records(source, time);
 	CREATE INDEX records_destination ON records(destination, time);
-	CREATE INDEX records_policy ON records(policy, time);
-	CREATE INDEX records_reason ON records(reason, time);`,
+	CREATE INDEX records_policy ON records(policy, time) WHERE policy IS NOT NULL;
+	CREATE INDEX records_reason ON records(reason, time);
+	CREATE INDEX records_events ON records(kind, source, time) WHERE kind > 1;`
+)
+
+// migrations are the schema versions, in order: migration i brings the
+// schema to version i+1. Never edit one that has shipped; append.
+var migrations = []string{
+	// 1: records and the dictionary of their low-cardinality strings.
+	schemaTables + "\n" + schemaIndexes,
 }
 
 // SchemaVersion is the version this build writes.

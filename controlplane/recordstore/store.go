@@ -14,14 +14,11 @@ package recordstore
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
-	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -29,7 +26,6 @@ import (
 	_ "modernc.org/sqlite" // the database/sql driver "sqlite"
 
 	"github.com/meshguard/meshguard/controlplane/record"
-	"github.com/meshguard/meshguard/policies/wire"
 )
 
 // Defaults of Options.
@@ -81,17 +77,13 @@ type Store struct {
 	taken   uint64     // records ever appended
 
 	// Writer-goroutine state.
-	insert *sql.Stmt
-	strs   map[string]strEntry
-	ctxs   map[string]string // context key → its JSON
-	ctxKey []byte
+	stmts writerStmts
+	enc   *encoder
+
+	// Reader state: the dictionary and decoded decision contexts.
+	rc readCache
 
 	m metrics
-}
-
-type strEntry struct {
-	id       int64
-	lastUsed int64 // micros
 }
 
 type metrics struct {
@@ -131,7 +123,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{opts: opts, log: log, wake: make(chan struct{}, 1), strs: map[string]strEntry{}, ctxs: map[string]string{}}
+	s := &Store{opts: opts, log: log, wake: make(chan struct{}, 1), enc: newEncoder()}
 	s.flushed = sync.NewCond(&s.mu)
 	if opts.ReadOnly {
 		if _, err := os.Stat(opts.Path); err != nil {
@@ -149,7 +141,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 			_ = w.Close()
 			return nil, fmt.Errorf("recordstore: %s: %w", opts.Path, err)
 		}
-		if s.insert, err = w.PrepareContext(ctx, insertSQL); err != nil {
+		if s.stmts, err = prepareWriter(ctx, w); err != nil {
 			_ = w.Close()
 			return nil, fmt.Errorf("recordstore: prepare: %w", err)
 		}
@@ -371,11 +363,8 @@ func (s *Store) writeQueued(ctx context.Context) bool {
 	return more
 }
 
-const insertSQL = `INSERT INTO records (time, kind, reporter, source, destination, action, reason, policy, rule, route, actor, ctx,
-	method, path, host, source_ip, decision_id, request_id, trace_id, latency_us, detail, extra)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-
-// kindCodes are the stored values of record.Kind.
+// kindCodes are the stored values of record.Kind. Decisions are 1 and
+// every other kind is more (the records_events index holds kind > 1).
 var kindCodes = map[record.Kind]int64{
 	record.KindDecision: 1, record.KindDetection: 2, record.KindQuarantine: 3, record.KindRelease: 4, record.KindPolicy: 5,
 }
@@ -399,165 +388,13 @@ func (s *Store) write(ctx context.Context, batch []record.Record) (err error) {
 		if err != nil {
 			_ = tx.Rollback()
 			// Interned ids of the rolled-back transaction do not exist.
-			clear(s.strs)
+			s.enc.forget()
 		}
 	}()
-	ins := tx.StmtContext(ctx, s.insert)
-	defer ins.Close()
-	in := interner{s: s, tx: tx, ctx: ctx}
-	for i := range batch {
-		r := &batch[i]
-		code, ok := kindCodes[r.Kind]
-		if !ok {
-			return fmt.Errorf("record %d: unknown kind %q", i, r.Kind)
-		}
-		t := r.Time.UnixMicro()
-		in.t = t
-		var (
-			ctxJSON, extra                         string
-			host, sourceIP, did, rid, tid, latency any
-		)
-		if d := r.Decision; d != nil {
-			ctxJSON, extra = s.splitDecision(d)
-			host, sourceIP, did, rid, tid = nullable(d.Host), nullable(d.SourceIP), nullable(d.DecisionID), nullable(d.RequestID), nullable(d.TraceID)
-			latency = d.LatencyMicros
-		}
-		args := []any{t, code,
-			in.id(r.Reporter), in.id(r.Source), in.id(r.Destination), in.id(r.Action), in.id(r.Reason),
-			in.id(r.Policy), in.id(r.Rule), in.id(r.Route), in.id(r.By), in.id(ctxJSON),
-			nullable(r.Method), nullable(r.Path), host, sourceIP, did, rid, tid, latency, nullable(r.Detail), nullable(extra)}
-		if in.err != nil {
-			return in.err
-		}
-		if _, err := ins.ExecContext(ctx, args...); err != nil {
-			return fmt.Errorf("insert: %w", err)
-		}
+	if err := s.enc.insert(ctx, tx, &s.stmts, batch); err != nil {
+		return err
 	}
 	return tx.Commit()
-}
-
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-// interner maps strings to their strs ids within a write transaction.
-type interner struct {
-	s   *Store
-	tx  *sql.Tx
-	ctx context.Context
-	t   int64
-	err error
-}
-
-// touchEvery is how stale strs.last_used may get behind the newest record
-// using the string (see the schema).
-const touchEvery = int64(time.Hour / time.Microsecond)
-
-// maxCachedStrs bounds the writer's cache of interned strings.
-const maxCachedStrs = 1 << 18
-
-func (in *interner) id(v string) any {
-	if v == "" || in.err != nil {
-		return nil
-	}
-	s := in.s
-	if e, ok := s.strs[v]; ok {
-		if in.t > e.lastUsed+touchEvery {
-			if _, err := in.tx.ExecContext(in.ctx, `UPDATE strs SET last_used = MAX(last_used, ?) WHERE id = ?`, in.t, e.id); err != nil {
-				in.err = fmt.Errorf("intern: %w", err)
-				return nil
-			}
-			e.lastUsed = in.t
-			s.strs[v] = e
-		}
-		return e.id
-	}
-	var e strEntry
-	err := in.tx.QueryRowContext(in.ctx,
-		`INSERT INTO strs (s, last_used) VALUES (?, ?) ON CONFLICT(s) DO UPDATE SET last_used = MAX(last_used, excluded.last_used) RETURNING id, last_used`,
-		v, in.t).Scan(&e.id, &e.lastUsed)
-	if err != nil {
-		in.err = fmt.Errorf("intern: %w", err)
-		return nil
-	}
-	if len(s.strs) >= maxCachedStrs {
-		clear(s.strs)
-	}
-	s.strs[v] = e
-	return e.id
-}
-
-// rareFields are the per-request fields of a decision that are usually
-// empty; they are stored as JSON (NULL when all are).
-type rareFields struct {
-	RemoteIP string            `json:"remote_ip,omitempty"`
-	JWT      *wire.DecisionJWT `json:"jwt,omitempty"`
-	Headers  map[string]string `json:"headers,omitempty"`
-}
-
-// splitDecision returns the decision's per-workload context (interned:
-// the same for every request of a caller to a workload under one bundle)
-// and its rare fields. Together with the record's columns they give back
-// the whole decision (joinDecision).
-func (s *Store) splitDecision(d *wire.Decision) (ctxJSON, extra string) {
-	// The context repeats for every request of a caller to a workload:
-	// look its JSON up by its fields before encoding it.
-	k := s.ctxKey[:0]
-	for _, f := range [...]string{d.Protocol, d.SourceMethod, d.Peer, d.DestinationIP, d.SNI, d.TargetNamespace, d.TargetService,
-		d.TargetGateway, d.Scope, d.Mode, d.AuditPolicy, d.BundleVersion} {
-		k = append(append(k, f...), 0)
-	}
-	k = strconv.AppendUint(k, uint64(d.DestinationPort), 10)
-	k = strconv.AppendBool(append(k, 0), d.MTLS)
-	k = strconv.AppendBool(append(k, 0), d.Audit)
-	k = strconv.AppendBool(append(k, 0), d.TargetResolved)
-	for _, name := range sortedKeys(d.TargetLabels) {
-		k = append(append(append(append(k, 1), name...), 0), d.TargetLabels[name]...)
-	}
-	for _, h := range d.HeaderNames {
-		k = append(append(k, 2), h...)
-	}
-	s.ctxKey = k
-	if v, ok := s.ctxs[string(k)]; ok {
-		ctxJSON = v
-	} else {
-		ctxJSON = encodeContext(d)
-		if len(s.ctxs) >= maxCachedStrs {
-			clear(s.ctxs)
-		}
-		s.ctxs[string(k)] = ctxJSON
-	}
-	if rf := (rareFields{RemoteIP: d.RemoteIP, JWT: d.JWT, Headers: d.Headers}); rf.RemoteIP != "" || rf.JWT != nil || len(rf.Headers) > 0 {
-		b, _ := json.Marshal(&rf)
-		extra = string(b)
-	}
-	return ctxJSON, extra
-}
-
-func sortedKeys(m map[string]string) []string {
-	if len(m) == 0 {
-		return nil
-	}
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
-
-func encodeContext(d *wire.Decision) string {
-	c := wire.Decision{
-		Protocol: d.Protocol, SourceMethod: d.SourceMethod, Peer: d.Peer, MTLS: d.MTLS,
-		DestinationIP: d.DestinationIP, DestinationPort: d.DestinationPort, SNI: d.SNI,
-		TargetNamespace: d.TargetNamespace, TargetService: d.TargetService, TargetGateway: d.TargetGateway, TargetLabels: d.TargetLabels, TargetResolved: d.TargetResolved,
-		Scope: d.Scope, Mode: d.Mode, Audit: d.Audit, AuditPolicy: d.AuditPolicy, BundleVersion: d.BundleVersion, HeaderNames: d.HeaderNames,
-	}
-	b, _ := json.Marshal(&c) // a struct of strings, bools, ints and a map: cannot fail
-	return string(b)
 }
 
 // Close stops nothing (cancel Run's context first) and closes the
@@ -571,9 +408,7 @@ func (s *Store) Close() error {
 }
 
 func (s *Store) closeWriter() {
-	if s.insert != nil {
-		_ = s.insert.Close()
-	}
+	s.stmts.close()
 	if s.w != nil {
 		_ = s.w.Close()
 	}

@@ -139,39 +139,61 @@ func TestIngestUnderLoad(t *testing.T) {
 }
 
 // TestDecisionRoundTrip: a stored decision reads back field for field, so
-// that replay from the store sees what the authz server recorded.
+// that replay from the store sees what the authz server recorded: the
+// identities as the policy model keeps them (a forwarded client behind a
+// gateway peer, a plain mTLS peer, a JWT-SVID caller without a peer),
+// the JWT with its recorded claims, headers; and a filter's report with
+// its count.
 func TestDecisionRoundTrip(t *testing.T) {
 	s := open(t, Options{})
 	running(t, s)
-	d := &wire.Decision{
+	full := &wire.Decision{
 		Time: t0.Add(123456 * time.Microsecond), DecisionID: "abc-1", RequestID: "r1", TraceID: "0af7651916cd43dd8448eb211c80319c",
-		Protocol: "http", Source: reviews, SourceMethod: "xfcc", Peer: "spiffe://cluster.local/ns/istio-system/sa/gw", MTLS: true,
-		SourceIP: "10.0.0.1", RemoteIP: "192.0.2.9", DestinationIP: "10.0.0.2", DestinationPort: 9080, SNI: "catalog",
+		Protocol: "http", Source: reviews, SourceMethod: "xfcc", Peer: "spiffe://cluster.local/ns/istio-system/sa/gw", ForwardedClient: reviews,
+		MTLS: true, SourceIP: "10.0.0.1", RemoteIP: "192.0.2.9", DestinationIP: "10.0.0.2", DestinationPort: 9080, SNI: "catalog",
 		Destination: catalog, TargetNamespace: "bookstore", TargetService: "catalog", TargetGateway: "gw",
 		TargetLabels: map[string]string{"app": "catalog", "v": "1"}, TargetResolved: true, Method: "DELETE", Host: "catalog:9080", Path: "/api/books/1",
 		Route: "catalog-api", Scope: "bookstore/catalog",
-		JWT:     &wire.DecisionJWT{Subject: reviews, Principal: "iss/sub", Issuer: "iss", Audiences: []string{"a"}, Presenter: "p"},
+		JWT: &wire.DecisionJWT{Issuer: "https://idp", Subject: "alice", Principal: "https://idp/alice", Audiences: []string{"a"}, Presenter: "p",
+			Claims: []byte(`{"groups":["admins"]}`), ClaimNames: []string{"groups", "tier"}},
 		Allowed: true, Reason: "allowed_by_policy", Mode: "dry-run", Policy: "AuthorizationPolicy/bookstore/x", Rule: "2",
 		WouldDeny: true, Audit: true, AuditPolicy: "AuthorizationPolicy/bookstore/audit", BundleVersion: "9-f00", Error: "",
 		LatencyMicros: 77, Headers: map[string]string{"x-tenant": "t"}, HeaderNames: []string{"x-tenant", "x-ticket"},
 	}
-	if err := s.Append([]record.Record{record.FromDecision(authzID, d)}); err != nil {
+	peer := *full
+	peer.DecisionID, peer.SourceMethod, peer.Peer, peer.ForwardedClient, peer.RemoteIP, peer.JWT, peer.Headers = "abc-2", "certificate", reviews, "", "", nil, nil
+	svid := peer
+	svid.DecisionID, svid.SourceMethod, svid.Peer, svid.MTLS = "abc-3", "jwt", "", false
+	svid.JWT = &wire.DecisionJWT{Issuer: "spiffe://cluster.local", Subject: reviews, Principal: "spiffe://cluster.local/" + reviews, SVID: true, Audiences: []string{"catalog"}}
+	want := []*wire.Decision{full, &peer, &svid}
+	var recs []record.Record
+	for _, d := range want {
+		recs = append(recs, record.FromDecision(authzID, d))
+	}
+	recs = append(recs, record.FromEvents(catalog, []wire.Event{{Kind: wire.EventDecision, Source: reviews, Route: "catalog-api", Method: "GET",
+		Path: "/admin/1", Response: "deny", Count: 12, UnixMillis: t0.Add(time.Second).UnixMilli(), Detail: "denied_no_allow_match"}}, record.EventOptions{})...)
+	if err := s.Append(recs); err != nil {
 		t.Fatal(err)
 	}
 	syncStore(t, s)
-	res, err := s.Query(context.Background(), Filter{})
+	res, err := s.Query(context.Background(), Filter{Ascending: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Records) != 1 {
+	if len(res.Records) != 4 {
 		t.Fatalf("%d records", len(res.Records))
 	}
-	got := res.Records[0]
-	if !reflect.DeepEqual(got.Decision, d) {
-		t.Errorf("decision read back differs:\n got %+v\nwant %+v", got.Decision, d)
+	for i, d := range want {
+		got := res.Records[i]
+		if !reflect.DeepEqual(got.Decision, d) {
+			t.Errorf("decision %s read back differs:\n got %+v\nwant %+v", d.DecisionID, got.Decision, d)
+		}
 	}
-	if got.Kind != record.KindDecision || got.Action != record.ActionWouldDeny || got.Reporter != authzID {
+	if got := res.Records[0]; got.Kind != record.KindDecision || got.Action != record.ActionWouldDeny || got.Reporter != authzID || got.Count != 0 {
 		t.Errorf("record %+v", got)
+	}
+	if got := res.Records[3]; got.Decision != nil || got.Count != 12 || got.Path != "/admin/1" || got.Action != record.ActionDeny || got.Destination != catalog {
+		t.Errorf("filter report %+v", got)
 	}
 }
 
@@ -195,7 +217,7 @@ func fixture(t *testing.T, s *Store) {
 		{Kind: wire.EventAnomaly, Detector: "enumeration", Source: reviews, Route: "catalog-api", Method: "GET", Response: "block", Profile: "bookstore/default", Detail: "distinct_paths", UnixMillis: at(105).UnixMilli()},
 		{Kind: wire.EventEdge, Source: reviews, Destination: orders, Route: "orders", Method: "POST", Detail: "unknown baseline=shadow", UnixMillis: at(110).UnixMilli()},
 		{Kind: wire.EventEdge, Source: frontend, Destination: catalog, Route: "catalog-api", Method: "GET", Detail: "known", UnixMillis: at(1).UnixMilli()},
-	})...)
+	}, record.EventOptions{})...)
 	recs = append(recs, record.FromQuarantine(at(120), "add", reviews, authzID, "2 anomaly events within 1m0s", at(120+900)))
 	recs = append(recs, record.FromPolicyChange(at(120), "quarantine", "4-abc", 12, nil))
 	for i := range 3 {

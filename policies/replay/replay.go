@@ -17,8 +17,9 @@
 //   - decisions whose re-decision reads a header that was not recorded
 //     (only the decision log's --decision-log-header names are, and
 //     credentials never are);
-//   - decisions with a JWT-SVID when the candidate policy matches JWT
-//     claims (claims are never recorded);
+//   - decisions with a JWT when the candidate policy matches a claim the
+//     recorder did not copy (claims are recorded only as configured:
+//     meshguard authz --decision-log-jwt-claim);
 //   - records without the recorded request (a filter's report) or with an
 //     identity that does not parse.
 package replay
@@ -27,6 +28,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -55,7 +57,7 @@ var SkipReasons = map[string]string{
 	SkipNotPolicy:  "decided before or outside the policy engine (identity, JWT-SVID, malformed request, timeout, internal error, no policy loaded)",
 	SkipRuntime:    "decided by runtime state (quarantine, anomaly response), not by policy",
 	SkipHeader:     "the candidate policy reads a header the recorder did not copy (credentials never are)",
-	SkipClaims:     "the candidate policy matches JWT claims, which are never recorded",
+	SkipClaims:     "the candidate policy matches a JWT claim the recorder did not copy (--decision-log-jwt-claim)",
 	SkipNoRequest:  "the record has no recorded request (a filter's report)",
 	SkipUnreadable: "an identity or address in the record does not parse",
 }
@@ -69,9 +71,9 @@ type Options struct {
 // Replayer re-decides recorded requests against one compiled candidate.
 // Replay is safe for concurrent use only on distinct Reports.
 type Replayer struct {
-	snap       *policies.Snapshot
-	usesClaims bool
-	examples   int
+	snap     *policies.Snapshot
+	claims   []string // the top-level JWT claims the candidate reads
+	examples int
 }
 
 // New compiles the candidate bundle.
@@ -83,7 +85,7 @@ func New(b *policies.Bundle, o Options) (*Replayer, error) {
 	if o.Examples <= 0 {
 		o.Examples = defaultExampleCap
 	}
-	return &Replayer{snap: snap, usesClaims: UsesClaims(&b.Set), examples: o.Examples}, nil
+	return &Replayer{snap: snap, claims: ClaimsRead(&b.Set), examples: o.Examples}, nil
 }
 
 // Report is the outcome of a replay.
@@ -95,9 +97,11 @@ type Report struct {
 	AllowToDeny int `json:"allowToDeny"`
 	DenyToAllow int `json:"denyToAllow"`
 	// Skipped counts what could not be replayed, by reason (SkipReasons);
-	// SkippedHeaders counts the unrecorded headers asked for.
+	// SkippedHeaders and SkippedClaims count the unrecorded headers and
+	// JWT claims asked for.
 	Skipped        map[string]int `json:"skipped,omitempty"`
 	SkippedHeaders map[string]int `json:"skippedHeaders,omitempty"`
+	SkippedClaims  map[string]int `json:"skippedClaims,omitempty"`
 	// Groups are the changes, most frequent first.
 	Groups []*Group `json:"groups"`
 	// From and To span the recorded requests.
@@ -136,7 +140,7 @@ type groupKey struct{ dir, policy, rule, reason, src, dst, route string }
 
 // NewReport returns an empty report.
 func (r *Replayer) NewReport() *Report {
-	return &Report{Skipped: map[string]int{}, SkippedHeaders: map[string]int{}, groups: map[groupKey]*Group{}, cap: r.examples}
+	return &Report{Skipped: map[string]int{}, SkippedHeaders: map[string]int{}, SkippedClaims: map[string]int{}, groups: map[groupKey]*Group{}, cap: r.examples}
 }
 
 // Replay re-decides d and adds the outcome to rep.
@@ -157,9 +161,18 @@ func (r *Replayer) Replay(d *wire.Decision, rep *Report) {
 		rep.Skipped[SkipUnreadable]++
 		return
 	}
-	if a.JWT != nil && r.usesClaims {
-		rep.Skipped[SkipClaims]++
-		return
+	if a.JWT != nil && len(r.claims) > 0 {
+		missing := false
+		for _, c := range r.claims {
+			if !slices.Contains(d.JWT.ClaimNames, c) {
+				rep.SkippedClaims[c]++
+				missing = true
+			}
+		}
+		if missing {
+			rep.Skipped[SkipClaims]++
+			return
+		}
 	}
 	dec := r.snap.Decide(a)
 	if len(hdrs.missing) > 0 {
@@ -216,6 +229,9 @@ func (rep *Report) Merge(other *Report) {
 	}
 	for k, v := range other.SkippedHeaders {
 		rep.SkippedHeaders[k] += v
+	}
+	for k, v := range other.SkippedClaims {
+		rep.SkippedClaims[k] += v
 	}
 	if !other.From.IsZero() && (rep.From.IsZero() || other.From.Before(rep.From)) {
 		rep.From = other.From
@@ -375,29 +391,42 @@ func parseAddr(s string) (netip.Addr, error) {
 	return netip.ParseAddr(s)
 }
 
-// UsesClaims reports whether any policy of set matches JWT claims.
-func UsesClaims(set *policies.Set) bool {
-	claimKey := func(ws []policies.Condition) bool {
+// ClaimsRead returns the top-level JWT claims that policies of set match
+// (request.auth.claims conditions, IdentityPolicy JWT requirements),
+// sorted.
+func ClaimsRead(set *policies.Set) []string {
+	names := map[string]bool{}
+	conds := func(ws []policies.Condition) {
 		for _, w := range ws {
-			if strings.HasPrefix(w.Key, "request.auth.claims") {
-				return true
+			rest, ok := strings.CutPrefix(w.Key, "request.auth.claims[")
+			if !ok {
+				continue
+			}
+			if name, _, ok := strings.Cut(rest, "]"); ok && name != "" {
+				names[name] = true
 			}
 		}
-		return false
 	}
 	for _, p := range set.AuthorizationPolicies {
 		for _, r := range p.Spec.Rules {
-			if claimKey(r.When) {
-				return true
-			}
+			conds(r.When)
 		}
 	}
 	for _, p := range set.IdentityPolicies {
 		for _, r := range p.Spec.Rules {
-			if claimKey(r.When) || (r.JWT != nil && len(r.JWT.Claims) > 0) {
-				return true
+			conds(r.When)
+			if r.JWT != nil {
+				for _, c := range r.JWT.Claims {
+					name, _, _ := strings.Cut(c.Name, ".")
+					names[name] = true
+				}
 			}
 		}
 	}
-	return false
+	out := make([]string, 0, len(names))
+	for n := range names {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }

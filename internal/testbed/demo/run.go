@@ -271,14 +271,16 @@ func (m *mesh) startControlPlane() error {
 		return fmt.Errorf("demo: reporters: %w", err)
 	}
 	var observers []api.EventObserver
+	var decObservers []api.DecisionObserver
 	if m.o.Console {
 		if m.console, err = m.startConsole(m.o.ConsoleAddr); err != nil {
 			return err
 		}
 		observers = append(observers, m.console.c)
+		decObservers = append(decObservers, m.console.c)
 	}
 	handler, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: trustDomain,
-		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Observers: observers, Logger: m.o.Log,
+		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Observers: observers, DecisionObservers: decObservers, Logger: m.o.Log,
 		Records: m.rec.store, Forensics: m.rec.store})
 	if err != nil {
 		return fmt.Errorf("demo: control plane API: %w", err)
