@@ -29,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -74,8 +75,13 @@ func main() {
 		dur      = flag.Duration("authz-duration", 5*time.Second, "duration of each authz phase")
 		cache    = flag.String("cache", "bin", "directory of the cached fixtures")
 		profile  = flag.String("cpuprofile", "", "write a CPU profile here")
+		serve    = flag.Bool("serve-control-plane", false, "internal: run the decisions endpoint and a record store in a temporary directory, print its URL, stop when standard input closes")
 	)
 	flag.Parse()
+	if *serve {
+		must(serveControlPlane())
+		return
+	}
 	if *profile != "" {
 		f, err := os.Create(*profile)
 		must(err)
@@ -354,6 +360,13 @@ func benchIngest(n, shippers int) error {
 		fmt.Printf("  ACCOUNTING MISMATCH: stored %.0f + dropped %.0f != %d\n", stored, dropped, n)
 	}
 	_ = shipped
+	// The floor: SQLite alone, rows of the same shape, no meshguard code.
+	raw, err := rawInsertRate(min(n, 300_000))
+	if err != nil {
+		return fmt.Errorf("raw SQLite floor: %w", err)
+	}
+	fmt.Printf("  floor, same run: SQLite alone inserts %.0f rows/s of this shape (WAL, the store's indexes, 5,000-row transactions, prepared 32-row INSERTs, values made beforehand): ingest is %.2fx of it\n",
+		raw, stored/elapsed.Seconds()/raw)
 	u, err := cp.store.Usage(context.Background())
 	if err != nil {
 		return err
@@ -364,14 +377,12 @@ func benchIngest(n, shippers int) error {
 }
 
 // benchAuthz runs Check in process with shipping off, then on (shipping
-// to the live control plane and store in the same process), alternating.
+// to a control plane and store in another process, as in a mesh),
+// alternating. It reports checks per second and this process's CPU time
+// per check: the first shares the machine's two cores with the control
+// plane, the second is what shipping costs the authz server itself.
 func benchAuthz(d time.Duration) error {
-	dir, err := os.MkdirTemp("", "incidentbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	cp, err := startControlPlane(dir)
+	cp, err := startControlPlaneProcess()
 	if err != nil {
 		return err
 	}
@@ -415,30 +426,131 @@ func benchAuthz(d time.Duration) error {
 	if err != nil {
 		return err
 	}
-	measure := func(s *server.Server) float64 {
+	// measure returns checks per second and CPU microseconds per check
+	// of this process (the checks, and with shipping on the shipper's
+	// encoding and sending).
+	measure := func(s *server.Server) (float64, float64) {
 		var n int64
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuTime()
 		for time.Since(start) < d {
 			for i := 0; i < 1000; i++ {
 				_, _ = s.Check(context.Background(), reqs[int(n)%len(reqs)])
 				n++
 			}
 		}
-		return float64(n) / time.Since(start).Seconds()
+		el, cpu := time.Since(start), cpuTime()-cpu0
+		return float64(n) / el.Seconds(), float64(cpu.Microseconds()) / float64(n)
 	}
-	var offs, ons []float64
+	var offs, ons, offCPU, onCPU []float64
 	for range 3 {
-		offs = append(offs, measure(off))
-		ons = append(ons, measure(on))
+		r, c := measure(off)
+		offs, offCPU = append(offs, r), append(offCPU, c)
+		r, c = measure(on)
+		ons, onCPU = append(ons, r), append(onCPU, c)
 	}
-	sort.Float64s(offs)
-	sort.Float64s(ons)
-	_ = cp.store.Sync(context.Background())
-	fmt.Printf("\nauthz: in-process Check, 1,000-rule realistic policy, every decision shipped (allow sample 1), median of 3 x %s\n", d)
-	fmt.Printf("  shipping off %.0f checks/s, on %.0f checks/s: %.2fx (the store, in this process, took %.0f; shipper drops %.0f)\n",
-		offs[1], ons[1], ons[1]/offs[1], counter(cp.reg, "meshguard_controlplane_records_stored_total", nil),
-		counter(sreg, "meshguard_authz_decision_ship_dropped_total", nil))
+	for _, v := range [][]float64{offs, ons, offCPU, onCPU} {
+		sort.Float64s(v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := sh.Close(ctx); err != nil {
+		return err
+	}
+	shipped := counter(sreg, "meshguard_authz_decisions_shipped_total", nil)
+	stored, err := cp.stored()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nauthz: in-process Check, 1,000-rule realistic policy, every decision shipped (allow sample 1) to a control plane in another process, median of 3 x %s\n", d)
+	fmt.Printf("  shipping off %.0f checks/s, on %.0f checks/s: %.2fx (wall: the control plane and its store share the 2 cores)\n", offs[1], ons[1], ons[1]/offs[1])
+	fmt.Printf("  this process's CPU per check: off %.1f us, on %.1f us: %.2fx (what shipping costs the authz server: encoding, buffering, sending)\n",
+		offCPU[1], onCPU[1], onCPU[1]/offCPU[1])
+	fmt.Printf("  shipped %.0f, stored by the control plane %d, dropped by the shipper %.0f (counted)\n",
+		shipped, stored, counter(sreg, "meshguard_authz_decision_ship_dropped_total", nil))
 	return nil
+}
+
+// serveControlPlane is the -serve-control-plane mode: a control plane with
+// its record store in a temporary directory; it prints its URL, and when
+// standard input closes, the records it stored.
+func serveControlPlane() error {
+	dir, err := os.MkdirTemp("", "incidentbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cp, err := startControlPlane(dir)
+	if err != nil {
+		return err
+	}
+	defer cp.stop()
+	fmt.Println(cp.url)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	if err := cp.store.Sync(context.Background()); err != nil {
+		return err
+	}
+	fmt.Printf("%.0f\n", counter(cp.reg, "meshguard_controlplane_records_stored_total", nil))
+	return nil
+}
+
+// childControlPlane is a serveControlPlane process.
+type childControlPlane struct {
+	url   string
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	out   *bufio.Reader
+	ended bool
+}
+
+func startControlPlaneProcess() (*childControlPlane, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-serve-control-plane")
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &childControlPlane{cmd: cmd, in: in, out: bufio.NewReader(out)}
+	line, err := c.out.ReadString('\n')
+	if err != nil {
+		c.stop()
+		return nil, fmt.Errorf("control plane process: %w", err)
+	}
+	c.url = strings.TrimSpace(line)
+	return c, nil
+}
+
+// stored ends the process and returns how many records it stored.
+func (c *childControlPlane) stored() (int, error) {
+	_ = c.in.Close()
+	line, err := c.out.ReadString('\n')
+	c.ended = true
+	werr := c.cmd.Wait()
+	if err != nil || werr != nil {
+		return 0, fmt.Errorf("control plane process: %w", errors.Join(err, werr))
+	}
+	var n int
+	_, err = fmt.Sscan(line, &n)
+	return n, err
+}
+
+func (c *childControlPlane) stop() {
+	if c.ended {
+		return
+	}
+	_ = c.in.Close()
+	_ = c.cmd.Wait()
+	c.ended = true
 }
 
 func checkRequests(set *policies.Set, m policygen.Mesh) []*authv3.CheckRequest {
@@ -533,6 +645,10 @@ func buildFixture(path string, n int, m mesh, day time.Time) error {
 		return err
 	}
 	fmt.Printf("\ntimeline: building a %d-record fixture in %s (once; later runs reuse it)\n", n, path)
+	// Built beside its place and renamed when complete, so that an
+	// interrupted build is never taken for a fixture.
+	tmp := path + ".building"
+	_ = os.Remove(tmp)
 	r := rand.New(rand.NewPCG(3, 4))
 	start := time.Now()
 	step := 24 * time.Hour / time.Duration(n)
@@ -542,7 +658,7 @@ func buildFixture(path string, n int, m mesh, day time.Time) error {
 	}
 	var pending []record.Record
 	i := 0
-	written, err := recordstore.BulkLoad(context.Background(), path, func(rec *record.Record) bool {
+	written, err := recordstore.BulkLoad(context.Background(), tmp, func(rec *record.Record) bool {
 		if len(pending) > 0 {
 			*rec, pending = pending[0], pending[1:]
 			return true
@@ -568,6 +684,9 @@ func buildFixture(path string, n int, m mesh, day time.Time) error {
 		return true
 	})
 	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
 	el := time.Since(start)
@@ -604,7 +723,7 @@ func benchReplay(cacheDir string, n int) error {
 		if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 			return err
 		}
-		f, err := os.Create(path)
+		f, err := os.Create(path + ".building")
 		if err != nil {
 			return err
 		}
@@ -617,7 +736,7 @@ func benchReplay(cacheDir string, n int) error {
 				return err
 			}
 		}
-		if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		if err := errors.Join(w.Flush(), f.Close(), os.Rename(path+".building", path)); err != nil {
 			return err
 		}
 	}
@@ -658,5 +777,11 @@ func benchReplay(cacheDir string, n int) error {
 		rep.Total, float64(fi.Size())/(1<<20), best.Round(time.Millisecond), float64(rep.Total)/best.Seconds())
 	fmt.Printf("  CPU %.1fs for that run (load average %s on %d CPUs): %.0f recorded requests per CPU-second\n", bestCPU.Seconds(), load1(), runtime.NumCPU(), float64(rep.Total)/bestCPU.Seconds())
 	fmt.Printf("  replayed %d, unchanged %d, allow->deny %d, deny->allow %d, %d groups\n", rep.Replayed, rep.Unchanged, rep.AllowToDeny, rep.DenyToAllow, len(rep.Groups))
+	dec, rd, err := rawDecodeRate(path)
+	if err != nil {
+		return fmt.Errorf("decode floor: %w", err)
+	}
+	fmt.Printf("  floor, same run: reading the lines alone %.0f lines/s; reading and decoding them (wire.DecodeDecision, %d goroutines, nothing decided) %.0f lines/s: replay is %.2fx of it\n",
+		rd, runtime.GOMAXPROCS(0), dec, float64(rep.Total)/best.Seconds()/dec)
 	return nil
 }
