@@ -142,7 +142,7 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 	go func() { defer close(done); c.Run(ctx) }()
 	aopts := api.Options{Quarantine: qm, Learner: learn.New(0, nil), Observers: []api.EventObserver{c},
 		DecisionObservers: []api.DecisionObserver{c},
-		Insecure: !o.tls, TrustDomain: td, Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Registerer: reg}
+		Insecure:          !o.tls, TrustDomain: td, Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Registerer: reg}
 	if recs != nil {
 		aopts.Records, aopts.Forensics = recs, recs
 	}

@@ -28,11 +28,11 @@ const DecisionsPath = "/v1/decisions"
 // recorded) is unknown, and a re-decision that reads it is reported as not
 // replayable.
 type Decision struct {
-	Time         time.Time `json:"time"`
-	DecisionID   string    `json:"decision_id"`
-	RequestID    string    `json:"request_id,omitempty"`
-	TraceID      string    `json:"trace_id,omitempty"`
-	Protocol     string    `json:"protocol"`
+	Time       time.Time `json:"time"`
+	DecisionID string    `json:"decision_id"`
+	RequestID  string    `json:"request_id,omitempty"`
+	TraceID    string    `json:"trace_id,omitempty"`
+	Protocol   string    `json:"protocol"`
 	// Source is the caller as meshguard's own kinds see it
 	// (policies.Attributes.Caller: the forwarded client, else the peer,
 	// else the JWT-SVID's subject), and SourceMethod how it was
