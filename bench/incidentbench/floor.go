@@ -94,8 +94,7 @@ func rawInsertRate(n int) (float64, error) {
 	n -= n % rawPerInsert
 	args := make([]any, 0, rawCols*rawPerInsert)
 	start := time.Now()
-	for lo := 0; lo < n; lo += rawPerTx {
-		hi := min(lo+rawPerTx, n)
+	for i := 0; i < n; {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return 0, err
@@ -104,7 +103,7 @@ func rawInsertRate(n int) (float64, error) {
 		if err != nil {
 			return 0, errors.Join(err, tx.Rollback())
 		}
-		for i := lo; i < hi; i += rawPerInsert {
+		for k := 0; k < rawPerTx && i < n; k += rawPerInsert {
 			args = args[:0]
 			for j := i; j < i+rawPerInsert; j++ {
 				args = append(args, rows[j][:]...)
@@ -112,6 +111,7 @@ func rawInsertRate(n int) (float64, error) {
 			if _, err := st.ExecContext(ctx, args...); err != nil {
 				return 0, errors.Join(err, st.Close(), tx.Rollback())
 			}
+			i += rawPerInsert
 		}
 		if err := errors.Join(st.Close(), tx.Commit()); err != nil {
 			return 0, err

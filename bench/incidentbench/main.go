@@ -752,9 +752,20 @@ func benchReplay(cacheDir string, n int) error {
 	if err != nil {
 		return err
 	}
+	// Three rounds, each the floor then the replay, both from a collected
+	// heap (a finished report holds many groups); the best of each.
 	var best, bestCPU time.Duration
+	var dec, rd float64
 	var rep *replay.Report
 	for range 3 {
+		rep = nil
+		runtime.GC()
+		d, r, err := rawDecodeRate(path)
+		if err != nil {
+			return fmt.Errorf("decode floor: %w", err)
+		}
+		dec, rd = max(dec, d), max(rd, r)
+		runtime.GC()
 		f, err := os.Open(path)
 		if err != nil {
 			return err
@@ -777,11 +788,7 @@ func benchReplay(cacheDir string, n int) error {
 		rep.Total, float64(fi.Size())/(1<<20), best.Round(time.Millisecond), float64(rep.Total)/best.Seconds())
 	fmt.Printf("  CPU %.1fs for that run (load average %s on %d CPUs): %.0f recorded requests per CPU-second\n", bestCPU.Seconds(), load1(), runtime.NumCPU(), float64(rep.Total)/bestCPU.Seconds())
 	fmt.Printf("  replayed %d, unchanged %d, allow->deny %d, deny->allow %d, %d groups\n", rep.Replayed, rep.Unchanged, rep.AllowToDeny, rep.DenyToAllow, len(rep.Groups))
-	dec, rd, err := rawDecodeRate(path)
-	if err != nil {
-		return fmt.Errorf("decode floor: %w", err)
-	}
-	fmt.Printf("  floor, same run: reading the lines alone %.0f lines/s; reading and decoding them (wire.DecodeDecision, %d goroutines, nothing decided) %.0f lines/s: replay is %.2fx of it\n",
+	fmt.Printf("  floor, same run (best of 3, interleaved): reading the lines alone %.0f lines/s; reading and decoding them (wire.DecodeDecision, %d goroutines, nothing decided) %.0f lines/s: replay is %.2fx of it\n",
 		rd, runtime.GOMAXPROCS(0), dec, float64(rep.Total)/best.Seconds()/dec)
 	return nil
 }

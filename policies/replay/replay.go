@@ -268,7 +268,15 @@ func (rep *Report) Finish() {
 		if a.Count != b.Count {
 			return a.Count > b.Count
 		}
-		return fmt.Sprint(*a) < fmt.Sprint(*b)
+		// The key's fields in order: groups are distinct by key, so the
+		// order is total and the output stable.
+		for _, c := range [...][2]string{{a.Direction, b.Direction}, {a.Policy, b.Policy}, {a.Rule, b.Rule},
+			{a.Reason, b.Reason}, {a.Source, b.Source}, {a.Destination, b.Destination}, {a.Route, b.Route}} {
+			if c[0] != c[1] {
+				return c[0] < c[1]
+			}
+		}
+		return false
 	})
 	if rep.Groups == nil {
 		rep.Groups = []*Group{}
