@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -11,61 +12,97 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/collector/component/componenttest"
+	"go.opentelemetry.io/collector/config/configoptional"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/plog"
+	"go.opentelemetry.io/collector/receiver/otlpreceiver"
+	"go.opentelemetry.io/collector/receiver/receivertest"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
 	"go.opentelemetry.io/otel/sdk/resource"
-	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
-	logspb "go.opentelemetry.io/proto/otlp/logs/v1"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/meshguard/meshguard/controlplane/record"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
-// receiver is an OTLP logs receiver: a real gRPC server implementing the
-// collector's opentelemetry.proto.collector.logs.v1.LogsService (the
-// generated code of go.opentelemetry.io/proto/otlp), as a collector's OTLP
-// receiver serves it.
+// receiver is the OpenTelemetry Collector's own OTLP receiver
+// (go.opentelemetry.io/collector/receiver/otlpreceiver), run in-process
+// on a loopback port with gRPC only, as a collector's `otlp` receiver
+// serves it; what it accepts goes to a consumer that keeps it, or refuses
+// it (fail).
 type receiver struct {
-	collogs.UnimplementedLogsServiceServer
-	mu       sync.Mutex
-	records  []*logspb.LogRecord
-	resource map[string]string
-	fail     codes.Code // non-OK: refuse every export
+	mu      sync.Mutex
+	logs    []plog.Logs
+	records int
+	fail    error // non-nil: the consumer refuses every export
 }
 
-func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceRequest) (*collogs.ExportLogsServiceResponse, error) {
-	if r.fail != codes.OK {
-		return nil, status.Error(r.fail, "refused by the test")
+func (r *receiver) consume(_ context.Context, ld plog.Logs) error {
+	if r.fail != nil {
+		return r.fail
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, rl := range req.GetResourceLogs() {
-		r.resource = map[string]string{}
-		for _, kv := range rl.GetResource().GetAttributes() {
-			r.resource[kv.GetKey()] = kv.GetValue().GetStringValue()
-		}
-		for _, sl := range rl.GetScopeLogs() {
-			r.records = append(r.records, sl.GetLogRecords()...)
-		}
-	}
-	return &collogs.ExportLogsServiceResponse{}, nil
+	r.logs = append(r.logs, ld)
+	r.records += ld.LogRecordCount()
+	return nil
 }
 
-func (r *receiver) count() int { r.mu.Lock(); defer r.mu.Unlock(); return len(r.records) }
+func (r *receiver) count() int { r.mu.Lock(); defer r.mu.Unlock(); return r.records }
 
+// logRecords returns what the receiver got, in order, with each one's
+// resource attributes.
+func (r *receiver) logRecords() ([]plog.LogRecord, []pcommon.Map) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []plog.LogRecord
+	var res []pcommon.Map
+	for _, ld := range r.logs {
+		for i := 0; i < ld.ResourceLogs().Len(); i++ {
+			rl := ld.ResourceLogs().At(i)
+			for j := 0; j < rl.ScopeLogs().Len(); j++ {
+				lrs := rl.ScopeLogs().At(j).LogRecords()
+				for k := 0; k < lrs.Len(); k++ {
+					out = append(out, lrs.At(k))
+					res = append(res, rl.Resource().Attributes())
+				}
+			}
+		}
+	}
+	return out, res
+}
+
+// start runs the collector's OTLP receiver for rcv and returns its
+// address.
 func start(t *testing.T, rcv *receiver) string {
 	t.Helper()
+	// The receiver takes an address, not a listener: a port that was free
+	// a moment ago.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	collogs.RegisterLogsServiceServer(g, rcv)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	return lis.Addr().String()
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	f := otlpreceiver.NewFactory()
+	cfg := f.CreateDefaultConfig().(*otlpreceiver.Config)
+	cfg.Protocols.GRPC.GetOrInsertDefault().NetAddr.Endpoint = addr
+	cfg.Protocols.HTTP = configoptional.None[otlpreceiver.HTTPConfig]()
+	next, err := consumer.NewLogs(rcv.consume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.CreateLogs(context.Background(), receivertest.NewNopSettings(f.Type()), cfg, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background(), componenttest.NewNopHost()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })
+	return addr
 }
 
 func newExporter(t *testing.T, addr string, o Options) (*Exporter, func()) {
@@ -123,7 +160,7 @@ func records(n int) []record.Record {
 func TestExportToOTLPReceiver(t *testing.T) {
 	rcv := &receiver{}
 	addr := start(t, rcv)
-	res, _ := resource.Merge(resource.NewSchemaless(), resource.NewSchemaless())
+	res := resource.NewSchemaless(attribute.String("service.name", "meshguard-controlplane-test"))
 	e, stop := newExporter(t, addr, Options{Batch: 100, Interval: 20 * time.Millisecond, Resource: res})
 	recs := records(1000)
 	recs = append(recs,
@@ -138,37 +175,37 @@ func TestExportToOTLPReceiver(t *testing.T) {
 	if got := testutil.ToFloat64(e.exported); got != 1002 {
 		t.Errorf("exported counter %v", got)
 	}
-	rcv.mu.Lock()
-	defer rcv.mu.Unlock()
-	first := rcv.records[0]
+	lrs, resources := rcv.logRecords()
+	first := lrs[0]
 	attrs := map[string]string{}
-	for _, kv := range first.GetAttributes() {
-		attrs[kv.GetKey()] = kv.GetValue().GetStringValue()
-	}
-	if first.GetTimeUnixNano() != uint64(recs[0].Time.UnixNano()) || first.GetSeverityText() != "WARN" || first.GetEventName() != "meshguard.decision" {
-		t.Errorf("log record %v", first)
+	first.Attributes().Range(func(k string, v pcommon.Value) bool { attrs[k] = v.AsString(); return true })
+	if first.Timestamp().AsTime() != recs[0].Time || first.SeverityText() != "WARN" || first.EventName() != "meshguard.decision" {
+		t.Errorf("log record: time %v, severity %q, event %q", first.Timestamp().AsTime(), first.SeverityText(), first.EventName())
 	}
 	if attrs[AttrKind] != "decision" || attrs[AttrReason] != "denied_no_allow_match" || attrs[AttrSource] != recs[0].Source ||
 		attrs["url.path"] != "/admin" || attrs["client.address"] != "10.0.0.9" {
 		t.Errorf("attributes %v", attrs)
 	}
-	if hex.EncodeToString(first.GetTraceId()) != traceHex {
-		t.Errorf("trace id %x, want %s", first.GetTraceId(), traceHex)
+	if tid := first.TraceID(); hex.EncodeToString(tid[:]) != traceHex {
+		t.Errorf("trace id %x, want %s", tid, traceHex)
+	}
+	if v, ok := resources[0].Get("service.name"); !ok || v.Str() != "meshguard-controlplane-test" {
+		t.Errorf("resource %v", resources[0].AsRaw())
 	}
 	var back record.Record
 	if err := json.Unmarshal([]byte(attrs[AttrRecord]), &back); err != nil || back.Decision == nil || back.Decision.Path != "/admin" {
 		t.Errorf("record attribute does not read back: %v %+v", err, back)
 	}
-	q := rcv.records[1000]
-	if q.GetSeverityText() != "ERROR" || q.GetEventName() != "meshguard.quarantine" {
-		t.Errorf("quarantine log record %v", q)
+	q := lrs[1000]
+	if q.SeverityText() != "ERROR" || q.EventName() != "meshguard.quarantine" {
+		t.Errorf("quarantine log record: severity %q, event %q", q.SeverityText(), q.EventName())
 	}
 }
 
 // TestDropsAreCounted: a full queue and a collector that refuses exports
 // lose records, and every one is counted.
 func TestDropsAreCounted(t *testing.T) {
-	rcv := &receiver{fail: codes.Unavailable}
+	rcv := &receiver{fail: errors.New("refused by the test")}
 	addr := start(t, rcv)
 	e, stop := newExporter(t, addr, Options{Queue: 100, Batch: 50, Interval: 10 * time.Millisecond})
 	_ = e.Append(records(1000)) // at most 100 fit
