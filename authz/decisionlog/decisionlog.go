@@ -58,6 +58,7 @@ type Entry struct {
 	Route           string            `json:"route,omitempty"`
 	Scope           string            `json:"scope,omitempty"`
 	JWT             *wire.DecisionJWT `json:"jwt,omitempty"`
+	JWTSVID         *wire.DecisionJWT `json:"jwt_svid,omitempty"`
 	Allowed         bool              `json:"allowed"`
 	Reason          policies.Reason   `json:"reason"`
 	Mode            policies.Mode     `json:"mode,omitempty"`
@@ -270,41 +271,8 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	opt("path", e.Path)
 	opt("route", e.Route)
 	opt("scope", e.Scope)
-	if j := e.JWT; j != nil {
-		b = append(b, `,"jwt":{`...)
-		n := len(b)
-		jopt := func(name, v string) {
-			if v != "" {
-				b = jsonw.Field(b, len(b) == n, name, v)
-			}
-		}
-		sep := func() {
-			if len(b) != n {
-				b = append(b, ',')
-			}
-		}
-		jopt("issuer", j.Issuer)
-		jopt("subject", j.Subject)
-		jopt("principal", j.Principal)
-		if j.SVID {
-			sep()
-			b = append(b, `"svid":true`...)
-		}
-		if len(j.Audiences) > 0 {
-			sep()
-			b = appendStrings(append(b, `"audiences":`...), j.Audiences)
-		}
-		jopt("presenter", j.Presenter)
-		if len(j.Claims) > 0 {
-			sep()
-			b = append(append(b, `"claims":`...), j.Claims...)
-		}
-		if len(j.ClaimNames) > 0 {
-			sep()
-			b = appendStrings(append(b, `"claim_names":`...), j.ClaimNames)
-		}
-		b = append(b, '}')
-	}
+	b = appendJWT(b, `,"jwt":{`, e.JWT)
+	b = appendJWT(b, `,"jwt_svid":{`, e.JWTSVID)
 	b = jsonw.Bool(b, "allowed", e.Allowed)
 	b = jsonw.Field(b, false, "reason", string(e.Reason))
 	opt("mode", string(e.Mode))
@@ -325,6 +293,47 @@ func (e *Entry) appendJSON(b []byte) []byte {
 		b = appendStrings(append(b, `,"header_names":`...), e.HeaderNames)
 	}
 	return append(b, '}', '\n')
+}
+
+// appendJWT appends a recorded token as the field opened by open (nothing
+// for nil).
+func appendJWT(b []byte, open string, j *wire.DecisionJWT) []byte {
+	if j == nil {
+		return b
+	}
+	b = append(b, open...)
+	n := len(b)
+	jopt := func(name, v string) {
+		if v != "" {
+			b = jsonw.Field(b, len(b) == n, name, v)
+		}
+	}
+	sep := func() {
+		if len(b) != n {
+			b = append(b, ',')
+		}
+	}
+	jopt("issuer", j.Issuer)
+	jopt("subject", j.Subject)
+	jopt("principal", j.Principal)
+	if j.SVID {
+		sep()
+		b = append(b, `"svid":true`...)
+	}
+	if len(j.Audiences) > 0 {
+		sep()
+		b = appendStrings(append(b, `"audiences":`...), j.Audiences)
+	}
+	jopt("presenter", j.Presenter)
+	if len(j.Claims) > 0 {
+		sep()
+		b = append(append(b, `"claims":`...), j.Claims...)
+	}
+	if len(j.ClaimNames) > 0 {
+		sep()
+		b = appendStrings(append(b, `"claim_names":`...), j.ClaimNames)
+	}
+	return append(b, '}')
 }
 
 // appendMap appends `,"name":{...}` with sorted keys, as encoding/json

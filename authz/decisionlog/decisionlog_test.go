@@ -262,6 +262,8 @@ func fullEntry() Entry {
 		Method: "POST", Host: "y.b:8080", Path: "/v1/x", Route: "y-api", Scope: "b/y",
 		JWT: &wire.DecisionJWT{Issuer: "iss", Subject: "spiffe://td/ns/a/sa/x", Principal: "iss/spiffe://td/ns/a/sa/x", SVID: true,
 			Audiences: []string{"a", "b"}, Presenter: "azp", Claims: json.RawMessage(`{"groups":["g1","g2"],"tier":"gold"}`), ClaimNames: []string{"groups", "team", "tier"}},
+		JWTSVID: &wire.DecisionJWT{Issuer: "iss2", Subject: "spiffe://td/ns/a/sa/x2", Principal: "iss2/spiffe://td/ns/a/sa/x2", SVID: true,
+			Audiences: []string{"c"}, Presenter: "azp2", Claims: json.RawMessage(`{"tier":"silver"}`), ClaimNames: []string{"tier"}},
 		Allowed: false, Reason: policies.ReasonDeniedNoMatch, Mode: policies.ModeEnforce, Policy: "AuthorizationPolicy/b/y", Rule: "1",
 		Audit: true, AuditPolicy: "AuthorizationPolicy/b/audit", BundleVersion: "3-abc", Error: "e", LatencyMicros: 17,
 		Headers: map[string]string{"x-tenant": "t1"}, HeaderNames: []string{"x-tenant", "x-ticket"},

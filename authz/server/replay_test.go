@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
 	"github.com/meshguard/meshguard/authz/identity"
+	"github.com/meshguard/meshguard/authz/requestauth"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/replay"
@@ -131,5 +134,80 @@ func TestRecordedClaimsReplay(t *testing.T) {
 		if !tc.check(rep) {
 			t.Errorf("candidate denying claims[%s]=%s: %+v", tc.claim, tc.value, rep)
 		}
+	}
+}
+
+// TestRequestAuthenticationReplay: decisions on end-user tokens that a
+// RequestAuthentication validated (alone, and beside a JWT-SVID in its own
+// header) are recorded so that replay under the same policy decides each
+// as the server did — request principals, the recorded scope claim, the
+// caller from the JWT-SVID; a token the RequestAuthentication refused is
+// not replayed and says so; and a candidate that reads the claim decides
+// from the recorded value.
+func TestRequestAuthenticationReplay(t *testing.T) {
+	p := newIDP(t)
+	e := newEnv(t, withRequestAuth(t, requestauth.Config{MinRefetch: time.Millisecond}), func(c *Config, ic *identity.Config) {
+		c.RecordClaims = []string{"scope"}
+		ic.JWTHeader = "x-jwt-svid"
+	})
+	set := requestAuthSet(p.srv.URL + "/keys")
+	e.load(t, "v1", set)
+	user := func(r *authv3.CheckRequest, sub string, extra ...any) *authv3.CheckRequest {
+		r.Attributes.Request.Http.Headers["authorization"] = "Bearer " + p.token(t, userClaims(sub, extra...))
+		return r
+	}
+	svid := func(r *authv3.CheckRequest) *authv3.CheckRequest {
+		r.Attributes.Request.Http.Headers["x-jwt-svid"] = mustJWT(t, e.ca, idBatch, []string{audience}, time.Minute)
+		return r
+	}
+	reqs := []*authv3.CheckRequest{
+		user(get("/orders/1", nil), "alice"),
+		user(envoyRequest("POST", "/orders/2", nil), "bob", "scope", "orders:write"),
+		user(envoyRequest("POST", "/orders/2", nil), "bob", "scope", "orders:read"),
+		user(get("/orders/1", nil), "mallory"),
+		svid(user(get("/orders/1", nil), "alice")),
+		svid(user(get("/api/items", nil), "carol")),
+		user(get("/orders/1", nil), "alice", "exp", time.Now().Unix()-300),
+	}
+	var lines []wire.Decision
+	both := 0
+	for _, r := range reqs {
+		resp := e.check(t, r)
+		var d wire.Decision
+		if err := wire.DecodeDecision(recordedLine(t, e, resp.GetDynamicMetadata().GetFields()["decision_id"].GetStringValue()), &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.JWTSVID != nil && d.JWT != nil && d.JWT.Principal != "" && d.Source == idBatch.String() {
+			both++
+		}
+		lines = append(lines, d)
+	}
+	if both != 2 {
+		t.Errorf("%d decisions recorded an end-user token beside the JWT-SVID that is their caller, want 2", both)
+	}
+	rp, err := replay.New(mustBundle(t, "v1", set), replay.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := rp.NewReport()
+	for i := range lines {
+		rp.Replay(&lines[i], rep)
+	}
+	if rep.Replayed != 6 || rep.Unchanged != 6 || rep.Skipped[replay.SkipNotPolicy] != 1 {
+		t.Errorf("replayed under the same policy: %+v", rep)
+	}
+	// A candidate that lets only orders:admin write.
+	cand := requestAuthSet(p.srv.URL + "/keys")
+	cand.AuthorizationPolicies[len(cand.AuthorizationPolicies)-2].Spec.Rules[1].When[0].Values = []string{"orders:admin"}
+	rp, err = replay.New(mustBundle(t, "v2", cand), replay.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep = rp.NewReport()
+	for i := range lines {
+		rp.Replay(&lines[i], rep)
+	}
+	if rep.AllowToDeny != 1 || rep.DenyToAllow != 0 || rep.Unchanged != 5 {
+		t.Errorf("replayed under the candidate: %+v", rep)
 	}
 }

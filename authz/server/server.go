@@ -453,8 +453,9 @@ func (s *Server) record(proto string, o *outcome, start time.Time) {
 
 // recordAttributes copies what the engine read into e, so that the entry
 // can be decided again (policy replay): the identities, addresses, target,
-// request, and the validated JWT with the claims named in claims that it
-// carries.
+// request, and the validated tokens (the request principal's, and a
+// JWT-SVID beside an end-user token) with the claims named in claims that
+// they carry.
 func recordAttributes(e *decisionlog.Entry, a *policies.Attributes, claims []string) {
 	e.Peer, e.ForwardedClient, e.MTLS = idString(a.Peer), idString(a.ForwardedClient), a.MTLS
 	e.SourceIP = addrString(a.SourceIP)
@@ -467,14 +468,22 @@ func recordAttributes(e *decisionlog.Entry, a *policies.Attributes, claims []str
 	e.TargetNamespace, e.TargetService, e.TargetGateway, e.TargetLabels = t.Namespace, t.Service, t.Gateway, t.Labels
 	e.TargetResolved = t.Resolved
 	e.Method, e.Host, e.Path, e.Route = a.Method, a.Host, a.Path, a.Route
-	if j := a.JWT; j != nil {
-		e.JWT = &wire.DecisionJWT{Issuer: j.Issuer, Subject: j.Subject, Principal: j.Principal, SVID: !j.SVID.IsZero(),
-			Audiences: j.Audiences, Presenter: j.Presenter}
-		if len(claims) > 0 {
-			e.JWT.ClaimNames = claims
-			e.JWT.Claims = copyClaims(j.Claims, claims)
-		}
+	e.JWT, e.JWTSVID = recordJWT(a.JWT, claims), recordJWT(a.JWTSVID, claims)
+}
+
+// recordJWT is a validated token as recorded: its fields, and the claims
+// named in claims that it carries (nil for no token).
+func recordJWT(j *policies.JWT, claims []string) *wire.DecisionJWT {
+	if j == nil {
+		return nil
 	}
+	r := &wire.DecisionJWT{Issuer: j.Issuer, Subject: j.Subject, Principal: j.Principal, SVID: !j.SVID.IsZero(),
+		Audiences: j.Audiences, Presenter: j.Presenter}
+	if len(claims) > 0 {
+		r.ClaimNames = claims
+		r.Claims = copyClaims(j.Claims, claims)
+	}
+	return r
 }
 
 // copyClaims encodes the named claims that m holds as a JSON object (nil

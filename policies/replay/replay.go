@@ -26,6 +26,7 @@ package replay
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -54,7 +55,7 @@ const (
 
 // SkipReasons explains each skip reason.
 var SkipReasons = map[string]string{
-	SkipNotPolicy:  "decided before or outside the policy engine (identity, JWT-SVID, malformed request, timeout, internal error, no policy loaded)",
+	SkipNotPolicy:  "decided before or outside the policy engine (identity, JWT-SVID, a token a RequestAuthentication refused, malformed request, timeout, internal error, no policy loaded)",
 	SkipRuntime:    "decided by runtime state (quarantine, anomaly response), not by policy",
 	SkipHeader:     "the candidate policy reads a header the recorder did not copy (credentials never are)",
 	SkipClaims:     "the candidate policy matches a JWT claim the recorder did not copy (--decision-log-jwt-claim)",
@@ -161,12 +162,15 @@ func (r *Replayer) Replay(d *wire.Decision, rep *Report) {
 		rep.Skipped[SkipUnreadable]++
 		return
 	}
-	if a.JWT != nil && len(r.claims) > 0 {
+	if len(r.claims) > 0 && (d.JWT != nil || d.JWTSVID != nil) {
 		missing := false
 		for _, c := range r.claims {
-			if !slices.Contains(d.JWT.ClaimNames, c) {
-				rep.SkippedClaims[c]++
-				missing = true
+			for _, j := range []*wire.DecisionJWT{d.JWT, d.JWTSVID} {
+				if j != nil && !slices.Contains(j.ClaimNames, c) {
+					rep.SkippedClaims[c]++
+					missing = true
+					break
+				}
 			}
 		}
 		if missing {
@@ -286,7 +290,8 @@ func (rep *Report) Finish() {
 // notReplayable says why a decision's outcome did not come from policy.
 func notReplayable(d *wire.Decision) string {
 	switch policies.Reason(d.Reason) {
-	case policies.ReasonDeniedIdentity, policies.ReasonDeniedJWT, policies.ReasonDeniedInvalidReq,
+	case policies.ReasonDeniedIdentity, policies.ReasonDeniedJWT, policies.ReasonDeniedToken, policies.ReasonDeniedTokenAudience,
+		policies.ReasonDeniedInvalidReq,
 		policies.ReasonDeniedTimeout, policies.ReasonDeniedInternal, policies.ReasonDeniedNoPolicy:
 		return SkipNotPolicy
 	case policies.ReasonDeniedQuarantine, policies.ReasonDeniedAnomaly, policies.ReasonRateLimited:
@@ -338,18 +343,14 @@ func Attributes(d *wire.Decision) (*policies.Attributes, *recordedHeaders, error
 	if a.ForwardedClient, err = parseID(d.ForwardedClient); err != nil {
 		return nil, nil, fmt.Errorf("forwarded client: %w", err)
 	}
-	if j := d.JWT; j != nil {
-		a.JWT = &policies.JWT{Issuer: j.Issuer, Subject: j.Subject, Principal: j.Principal, Audiences: j.Audiences, Presenter: j.Presenter}
-		if j.SVID {
-			if a.JWT.SVID, err = spiffeid.FromString(j.Subject); err != nil {
-				return nil, nil, fmt.Errorf("jwt-svid subject: %w", err)
-			}
-		}
-		if len(j.Claims) > 0 {
-			if err := json.Unmarshal(j.Claims, &a.JWT.Claims); err != nil {
-				return nil, nil, fmt.Errorf("jwt claims: %w", err)
-			}
-		}
+	if a.JWT, err = recordedJWT(d.JWT); err != nil {
+		return nil, nil, fmt.Errorf("jwt: %w", err)
+	}
+	if a.JWTSVID, err = recordedJWT(d.JWTSVID); err != nil {
+		return nil, nil, fmt.Errorf("jwt_svid: %w", err)
+	}
+	if a.JWTSVID != nil && (a.JWT == nil || a.JWTSVID.SVID.IsZero()) {
+		return nil, nil, errors.New("jwt_svid: recorded without an end-user token, or not a JWT-SVID")
 	}
 	// The recorded caller is what these identities give; a record where
 	// they disagree was not written by an authz server.
@@ -376,6 +377,26 @@ func Attributes(d *wire.Decision) (*policies.Attributes, *recordedHeaders, error
 	h := &recordedHeaders{m: d.Headers, names: d.HeaderNames}
 	a.Headers = h
 	return a, h, nil
+}
+
+// recordedJWT rebuilds a recorded token (nil for none).
+func recordedJWT(j *wire.DecisionJWT) (*policies.JWT, error) {
+	if j == nil {
+		return nil, nil
+	}
+	t := &policies.JWT{Issuer: j.Issuer, Subject: j.Subject, Principal: j.Principal, Audiences: j.Audiences, Presenter: j.Presenter}
+	if j.SVID {
+		var err error
+		if t.SVID, err = spiffeid.FromString(j.Subject); err != nil {
+			return nil, fmt.Errorf("jwt-svid subject: %w", err)
+		}
+	}
+	if len(j.Claims) > 0 {
+		if err := json.Unmarshal(j.Claims, &t.Claims); err != nil {
+			return nil, fmt.Errorf("claims: %w", err)
+		}
+	}
+	return t, nil
 }
 
 func idString(id spiffeid.ID) string {

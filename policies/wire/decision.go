@@ -62,26 +62,29 @@ type Decision struct {
 	TargetLabels    map[string]string `json:"target_labels,omitempty"`
 	// TargetResolved: the labels, service and gateway are all the target
 	// has (policies.Target.Resolved).
-	TargetResolved bool              `json:"target_resolved,omitempty"`
-	Method         string            `json:"method,omitempty"`
-	Host           string            `json:"host,omitempty"`
-	Path           string            `json:"path,omitempty"`
-	Route          string            `json:"route,omitempty"`
-	Scope          string            `json:"scope,omitempty"`
-	JWT            *DecisionJWT      `json:"jwt,omitempty"`
-	Allowed        bool              `json:"allowed"`
-	Reason         string            `json:"reason"`
-	Mode           string            `json:"mode,omitempty"`
-	Policy         string            `json:"policy,omitempty"`
-	Rule           string            `json:"rule,omitempty"`
-	WouldDeny      bool              `json:"would_deny,omitempty"`
-	Audit          bool              `json:"audit,omitempty"`
-	AuditPolicy    string            `json:"audit_policy,omitempty"`
-	BundleVersion  string            `json:"bundle_version,omitempty"`
-	Error          string            `json:"error,omitempty"`
-	LatencyMicros  int64             `json:"latency_us"`
-	Headers        map[string]string `json:"headers,omitempty"`
-	HeaderNames    []string          `json:"header_names,omitempty"`
+	TargetResolved bool         `json:"target_resolved,omitempty"`
+	Method         string       `json:"method,omitempty"`
+	Host           string       `json:"host,omitempty"`
+	Path           string       `json:"path,omitempty"`
+	Route          string       `json:"route,omitempty"`
+	Scope          string       `json:"scope,omitempty"`
+	JWT            *DecisionJWT `json:"jwt,omitempty"`
+	// JWTSVID is the request's JWT-SVID when it also carried an end-user
+	// token, which is then JWT (policies.Attributes.JWTSVID).
+	JWTSVID       *DecisionJWT      `json:"jwt_svid,omitempty"`
+	Allowed       bool              `json:"allowed"`
+	Reason        string            `json:"reason"`
+	Mode          string            `json:"mode,omitempty"`
+	Policy        string            `json:"policy,omitempty"`
+	Rule          string            `json:"rule,omitempty"`
+	WouldDeny     bool              `json:"would_deny,omitempty"`
+	Audit         bool              `json:"audit,omitempty"`
+	AuditPolicy   string            `json:"audit_policy,omitempty"`
+	BundleVersion string            `json:"bundle_version,omitempty"`
+	Error         string            `json:"error,omitempty"`
+	LatencyMicros int64             `json:"latency_us"`
+	Headers       map[string]string `json:"headers,omitempty"`
+	HeaderNames   []string          `json:"header_names,omitempty"`
 }
 
 // DecisionJWT is the validated JWT of a recorded decision

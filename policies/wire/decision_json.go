@@ -70,6 +70,7 @@ var (
 			{Name: "route", Offset: unsafe.Offsetof(Decision{}.Route), Kind: strictjson.KString},
 			{Name: "scope", Offset: unsafe.Offsetof(Decision{}.Scope), Kind: strictjson.KString},
 			{Name: "jwt", Offset: unsafe.Offsetof(Decision{}.JWT), Kind: strictjson.KPtrStruct, Type: jsonDecisionJWT},
+			{Name: "jwt_svid", Offset: unsafe.Offsetof(Decision{}.JWTSVID), Kind: strictjson.KPtrStruct, Type: jsonDecisionJWT},
 			{Name: "allowed", Offset: unsafe.Offsetof(Decision{}.Allowed), Kind: strictjson.KBool},
 			{Name: "reason", Offset: unsafe.Offsetof(Decision{}.Reason), Kind: strictjson.KString},
 			{Name: "mode", Offset: unsafe.Offsetof(Decision{}.Mode), Kind: strictjson.KString},
