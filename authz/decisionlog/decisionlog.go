@@ -22,35 +22,58 @@ import (
 	"github.com/meshguard/meshguard/internal/jsonw"
 	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
 )
 
 // Entry is one decision.
 type Entry struct {
-	Time          time.Time         `json:"time"`
-	DecisionID    string            `json:"decision_id"`
-	RequestID     string            `json:"request_id,omitempty"`
-	Protocol      string            `json:"protocol"`
-	Source        string            `json:"source,omitempty"`
-	SourceMethod  string            `json:"source_method"`
-	Peer          string            `json:"peer,omitempty"`
-	Destination   string            `json:"destination,omitempty"`
-	Method        string            `json:"method,omitempty"`
-	Host          string            `json:"host,omitempty"`
-	Path          string            `json:"path,omitempty"`
-	Route         string            `json:"route,omitempty"`
-	Scope         string            `json:"scope,omitempty"`
-	Allowed       bool              `json:"allowed"`
-	Reason        policies.Reason   `json:"reason"`
-	Mode          policies.Mode     `json:"mode,omitempty"`
-	Policy        string            `json:"policy,omitempty"`
-	Rule          string            `json:"rule,omitempty"`
-	WouldDeny     bool              `json:"would_deny,omitempty"`
-	Audit         bool              `json:"audit,omitempty"`
-	AuditPolicy   string            `json:"audit_policy,omitempty"`
-	BundleVersion string            `json:"bundle_version,omitempty"`
-	Error         string            `json:"error,omitempty"`
-	LatencyMicros int64             `json:"latency_us"`
-	Headers       map[string]string `json:"headers,omitempty"`
+	Time         time.Time `json:"time"`
+	DecisionID   string    `json:"decision_id"`
+	RequestID    string    `json:"request_id,omitempty"`
+	TraceID      string    `json:"trace_id,omitempty"`
+	Protocol     string    `json:"protocol"`
+	Source       string    `json:"source,omitempty"`
+	SourceMethod string    `json:"source_method"`
+	// Peer is the mTLS peer, ForwardedClient the client a trusted hop
+	// forwarded (see wire.Decision).
+	Peer            string `json:"peer,omitempty"`
+	ForwardedClient string `json:"forwarded_client,omitempty"`
+	// What the engine read besides identities, for replay (see
+	// wire.Decision, whose JSON this is).
+	MTLS            bool              `json:"mtls,omitempty"`
+	SourceIP        string            `json:"source_ip,omitempty"`
+	RemoteIP        string            `json:"remote_ip,omitempty"`
+	DestinationIP   string            `json:"destination_ip,omitempty"`
+	DestinationPort uint32            `json:"destination_port,omitempty"`
+	SNI             string            `json:"sni,omitempty"`
+	Destination     string            `json:"destination,omitempty"`
+	TargetNamespace string            `json:"target_namespace,omitempty"`
+	TargetService   string            `json:"target_service,omitempty"`
+	TargetGateway   string            `json:"target_gateway,omitempty"`
+	TargetLabels    map[string]string `json:"target_labels,omitempty"`
+	TargetResolved  bool              `json:"target_resolved,omitempty"`
+	Method          string            `json:"method,omitempty"`
+	Host            string            `json:"host,omitempty"`
+	Path            string            `json:"path,omitempty"`
+	Route           string            `json:"route,omitempty"`
+	Scope           string            `json:"scope,omitempty"`
+	JWT             *wire.DecisionJWT `json:"jwt,omitempty"`
+	JWTSVID         *wire.DecisionJWT `json:"jwt_svid,omitempty"`
+	Allowed         bool              `json:"allowed"`
+	Reason          policies.Reason   `json:"reason"`
+	Mode            policies.Mode     `json:"mode,omitempty"`
+	Policy          string            `json:"policy,omitempty"`
+	Rule            string            `json:"rule,omitempty"`
+	WouldDeny       bool              `json:"would_deny,omitempty"`
+	Audit           bool              `json:"audit,omitempty"`
+	AuditPolicy     string            `json:"audit_policy,omitempty"`
+	BundleVersion   string            `json:"bundle_version,omitempty"`
+	Error           string            `json:"error,omitempty"`
+	LatencyMicros   int64             `json:"latency_us"`
+	Headers         map[string]string `json:"headers,omitempty"`
+	// HeaderNames are the headers the logger copies when present: a name
+	// listed here and missing from Headers was absent from the request.
+	HeaderNames []string `json:"header_names,omitempty"`
 }
 
 // Config configures a Logger.
@@ -102,17 +125,9 @@ func New(cfg Config) (*Logger, error) {
 	if cfg.Buffer < 0 {
 		return nil, fmt.Errorf("decisionlog: buffer %d is negative", cfg.Buffer)
 	}
-	redact := map[string]bool{}
-	for _, h := range append(append([]string{}, neverLogged...), cfg.Redact...) {
-		redact[strings.ToLower(h)] = true
-	}
-	var hs []string
-	for _, h := range cfg.Headers {
-		h = strings.ToLower(strings.TrimSpace(h))
-		if redact[h] {
-			return nil, fmt.Errorf("decisionlog: header %q carries credentials and is never logged", h)
-		}
-		hs = append(hs, h)
+	hs, err := SelectHeaders(cfg.Headers, cfg.Redact)
+	if err != nil {
+		return nil, err
 	}
 	w := &lineWriter{w: cfg.W}
 	l := &Logger{rate: cfg.AllowSampleRate, headers: hs}
@@ -122,6 +137,45 @@ func New(cfg Config) (*Logger, error) {
 	l.spool.Start()
 	return l, nil
 }
+
+// SelectHeaders returns the lowercase header names to record, refusing the
+// credential headers that are never recorded and those in redact. Every
+// recorder of decisions (the decision log, the shipper to the control
+// plane) selects its headers with it.
+func SelectHeaders(include, redact []string) ([]string, error) {
+	never := map[string]bool{}
+	for _, h := range append(append([]string{}, neverLogged...), redact...) {
+		never[strings.ToLower(h)] = true
+	}
+	var hs []string
+	for _, h := range include {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if never[h] {
+			return nil, fmt.Errorf("decisionlog: header %q carries credentials and is never logged", h)
+		}
+		hs = append(hs, h)
+	}
+	return hs, nil
+}
+
+// CopyHeaders sets e.Headers to the named headers of h that are present,
+// and e.HeaderNames to names.
+func CopyHeaders(e *Entry, names []string, h policies.HeaderGetter) {
+	e.HeaderNames = names
+	e.Headers = nil
+	if h == nil || len(names) == 0 {
+		return
+	}
+	e.Headers = make(map[string]string, len(names))
+	for _, name := range names {
+		if v, ok := h.Get(name); ok {
+			e.Headers[name] = v
+		}
+	}
+}
+
+// AppendJSON appends e as one JSON line (the decision-log line).
+func (e *Entry) AppendJSON(b []byte) []byte { return e.appendJSON(b) }
 
 // lineWriter encodes a batch of entries as JSON lines and writes them at
 // once.
@@ -172,14 +226,7 @@ func (l *Logger) Sampled(allowed, wouldDeny bool) bool {
 // reports whether the entry was queued (one that was not is counted).
 func (l *Logger) Log(e *Entry, h policies.HeaderGetter, deadline time.Time) bool {
 	e.Path = StripQuery(e.Path)
-	if h != nil && len(l.headers) > 0 {
-		e.Headers = make(map[string]string, len(l.headers))
-		for _, name := range l.headers {
-			if v, ok := h.Get(name); ok {
-				e.Headers[name] = v
-			}
-		}
-	}
+	CopyHeaders(e, l.headers, h)
 	return l.spool.Put(*e, deadline)
 }
 
@@ -195,16 +242,37 @@ func (e *Entry) appendJSON(b []byte) []byte {
 		}
 	}
 	opt("request_id", e.RequestID)
+	opt("trace_id", e.TraceID)
 	b = jsonw.Field(b, false, "protocol", e.Protocol)
 	opt("source", e.Source)
 	b = jsonw.Field(b, false, "source_method", e.SourceMethod)
 	opt("peer", e.Peer)
+	opt("forwarded_client", e.ForwardedClient)
+	if e.MTLS {
+		b = jsonw.Bool(b, "mtls", true)
+	}
+	opt("source_ip", e.SourceIP)
+	opt("remote_ip", e.RemoteIP)
+	opt("destination_ip", e.DestinationIP)
+	if e.DestinationPort != 0 {
+		b = jsonw.Int(b, "destination_port", int64(e.DestinationPort))
+	}
+	opt("sni", e.SNI)
 	opt("destination", e.Destination)
+	opt("target_namespace", e.TargetNamespace)
+	opt("target_service", e.TargetService)
+	opt("target_gateway", e.TargetGateway)
+	b = appendMap(b, "target_labels", e.TargetLabels)
+	if e.TargetResolved {
+		b = jsonw.Bool(b, "target_resolved", true)
+	}
 	opt("method", e.Method)
 	opt("host", e.Host)
 	opt("path", e.Path)
 	opt("route", e.Route)
 	opt("scope", e.Scope)
+	b = appendJWT(b, `,"jwt":{`, e.JWT)
+	b = appendJWT(b, `,"jwt_svid":{`, e.JWTSVID)
 	b = jsonw.Bool(b, "allowed", e.Allowed)
 	b = jsonw.Field(b, false, "reason", string(e.Reason))
 	opt("mode", string(e.Mode))
@@ -220,19 +288,84 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	opt("bundle_version", e.BundleVersion)
 	opt("error", e.Error)
 	b = jsonw.Int(b, "latency_us", e.LatencyMicros)
-	if len(e.Headers) > 0 {
-		names := make([]string, 0, len(e.Headers))
-		for k := range e.Headers {
-			names = append(names, k)
-		}
-		sort.Strings(names)
-		b = append(b, `,"headers":{`...)
-		for i, k := range names {
-			b = jsonw.Field(b, i == 0, k, e.Headers[k])
-		}
-		b = append(b, '}')
+	b = appendMap(b, "headers", e.Headers)
+	if len(e.HeaderNames) > 0 {
+		b = appendStrings(append(b, `,"header_names":`...), e.HeaderNames)
 	}
 	return append(b, '}', '\n')
+}
+
+// appendJWT appends a recorded token as the field opened by open (nothing
+// for nil).
+func appendJWT(b []byte, open string, j *wire.DecisionJWT) []byte {
+	if j == nil {
+		return b
+	}
+	b = append(b, open...)
+	n := len(b)
+	jopt := func(name, v string) {
+		if v != "" {
+			b = jsonw.Field(b, len(b) == n, name, v)
+		}
+	}
+	sep := func() {
+		if len(b) != n {
+			b = append(b, ',')
+		}
+	}
+	jopt("issuer", j.Issuer)
+	jopt("subject", j.Subject)
+	jopt("principal", j.Principal)
+	if j.SVID {
+		sep()
+		b = append(b, `"svid":true`...)
+	}
+	if len(j.Audiences) > 0 {
+		sep()
+		b = appendStrings(append(b, `"audiences":`...), j.Audiences)
+	}
+	jopt("presenter", j.Presenter)
+	if len(j.Claims) > 0 {
+		sep()
+		b = append(append(b, `"claims":`...), j.Claims...)
+	}
+	if len(j.ClaimNames) > 0 {
+		sep()
+		b = appendStrings(append(b, `"claim_names":`...), j.ClaimNames)
+	}
+	return append(b, '}')
+}
+
+// appendMap appends `,"name":{...}` with sorted keys, as encoding/json
+// does; nothing for an empty map.
+func appendMap(b []byte, name string, m map[string]string) []byte {
+	if len(m) == 0 {
+		return b
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, `":{`...)
+	for i, k := range names {
+		b = jsonw.Field(b, i == 0, k, m[k])
+	}
+	return append(b, '}')
+}
+
+// appendStrings appends a JSON array of strings.
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = jsonw.String(b, s)
+	}
+	return append(b, ']')
 }
 
 // StripQuery removes the query string and fragment of a request path.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
 )
 
 func TestLogRedactsAndStripsQuery(t *testing.T) {
@@ -225,6 +227,17 @@ func TestEncodingMatchesEncodingJSON(t *testing.T) {
 			Audit: true, AuditPolicy: "ap", BundleVersion: "v1", Error: "e\xff", LatencyMicros: 42,
 			Headers: map[string]string{"x-b": "2", "x-a": "1"},
 		},
+		fullEntry(),
+		{Time: time.Unix(1, 0).UTC(), DecisionID: "d3", Protocol: "grpc", SourceMethod: "jwt",
+			JWT: &wire.DecisionJWT{Presenter: "p"}, HeaderNames: []string{"x-a"}},
+		{Time: time.Unix(1, 0).UTC(), DecisionID: "d4", Protocol: "grpc", SourceMethod: "jwt",
+			JWT: &wire.DecisionJWT{Audiences: []string{"a"}}},
+		{Time: time.Unix(1, 0).UTC(), DecisionID: "d5", Protocol: "grpc", SourceMethod: "none",
+			JWT: &wire.DecisionJWT{SVID: true}},
+		{Time: time.Unix(1, 0).UTC(), DecisionID: "d6", Protocol: "grpc", SourceMethod: "none",
+			JWT: &wire.DecisionJWT{Claims: json.RawMessage(`{"a":1}`)}},
+		{Time: time.Unix(1, 0).UTC(), DecisionID: "d7", Protocol: "grpc", SourceMethod: "none",
+			JWT: &wire.DecisionJWT{ClaimNames: []string{"a"}}},
 	}
 	for _, e := range entries {
 		want, err := json.Marshal(&e)
@@ -234,6 +247,55 @@ func TestEncodingMatchesEncodingJSON(t *testing.T) {
 		got := e.appendJSON(nil)
 		if string(got) != string(want)+"\n" {
 			t.Errorf("appendJSON =\n%s\nencoding/json =\n%s", got, want)
+		}
+	}
+}
+
+// fullEntry sets every field.
+func fullEntry() Entry {
+	return Entry{
+		Time: time.Date(2026, 3, 4, 5, 6, 7, 8, time.UTC), DecisionID: "id", RequestID: "req", TraceID: "0af7651916cd43dd8448eb211c80319c",
+		Protocol: "grpc", Source: "spiffe://td/ns/a/sa/x", SourceMethod: "xfcc", Peer: "spiffe://td/ns/gw/sa/gw", ForwardedClient: "spiffe://td/ns/a/sa/x",
+		MTLS: true, SourceIP: "10.0.0.1", RemoteIP: "192.0.2.7", DestinationIP: "10.0.0.2", DestinationPort: 8080, SNI: "api.td",
+		Destination: "spiffe://td/ns/b/sa/y", TargetNamespace: "b", TargetService: "y", TargetGateway: "gw",
+		TargetLabels: map[string]string{"app": "y", "version": "v1"}, TargetResolved: true,
+		Method: "POST", Host: "y.b:8080", Path: "/v1/x", Route: "y-api", Scope: "b/y",
+		JWT: &wire.DecisionJWT{Issuer: "iss", Subject: "spiffe://td/ns/a/sa/x", Principal: "iss/spiffe://td/ns/a/sa/x", SVID: true,
+			Audiences: []string{"a", "b"}, Presenter: "azp", Claims: json.RawMessage(`{"groups":["g1","g2"],"tier":"gold"}`), ClaimNames: []string{"groups", "team", "tier"}},
+		JWTSVID: &wire.DecisionJWT{Issuer: "iss2", Subject: "spiffe://td/ns/a/sa/x2", Principal: "iss2/spiffe://td/ns/a/sa/x2", SVID: true,
+			Audiences: []string{"c"}, Presenter: "azp2", Claims: json.RawMessage(`{"tier":"silver"}`), ClaimNames: []string{"tier"}},
+		Allowed: false, Reason: policies.ReasonDeniedNoMatch, Mode: policies.ModeEnforce, Policy: "AuthorizationPolicy/b/y", Rule: "1",
+		Audit: true, AuditPolicy: "AuthorizationPolicy/b/audit", BundleVersion: "3-abc", Error: "e", LatencyMicros: 17,
+		Headers: map[string]string{"x-tenant": "t1"}, HeaderNames: []string{"x-tenant", "x-ticket"},
+	}
+}
+
+// TestEntryIsTheWireDecision: a decision-log line is a wire.Decision, field
+// for field, so that the control plane's store and policy replay read what
+// authz servers write. Decoding is strict (a field wire.Decision lacks
+// fails) and the re-encoding is byte for byte the line.
+func TestEntryIsTheWireDecision(t *testing.T) {
+	e := fullEntry()
+	line := e.AppendJSON(nil)
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	var d wire.Decision
+	if err := dec.Decode(&d); err != nil {
+		t.Fatalf("decision-log line does not decode as wire.Decision: %v\n%s", err, line)
+	}
+	back, err := json.Marshal(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(back)+"\n" != string(line) {
+		t.Errorf("wire.Decision re-encodes differently:\n%s\n%s", back, line)
+	}
+	// Every field of wire.Decision is set by fullEntry (none left at its
+	// zero value, so a field added to one side only fails here).
+	v := reflect.ValueOf(d)
+	for i := 0; i < v.NumField(); i++ {
+		if v.Field(i).IsZero() && v.Type().Field(i).Name != "Allowed" && v.Type().Field(i).Name != "WouldDeny" {
+			t.Errorf("wire.Decision.%s is not carried by the decision-log line", v.Type().Field(i).Name)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -23,6 +24,7 @@ import (
 	"github.com/meshguard/meshguard/authz/identity"
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
+	"github.com/meshguard/meshguard/authz/tracing"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/internal/testbed/policygen"
 	"github.com/meshguard/meshguard/policies"
@@ -181,6 +183,74 @@ func BenchmarkGRPC(b *testing.B) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// discard is a span exporter that drops what it is given: the cost
+// measured is the SDK's and the server's, not a network's.
+type discard struct{}
+
+func (discard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discard) Shutdown(context.Context) error                             { return nil }
+
+// BenchmarkCheckTracing is BenchmarkCheck's check with tracing off (the
+// default: the server never touches the tracer), on for requests whose
+// trace Envoy did not sample, and on for sampled ones, in the same run.
+func BenchmarkCheckTracing(b *testing.B) {
+	set, mesh := policygen.Realistic(1000, 1)
+	bundle, _, err := policies.NewBundle("bench", set)
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap, err := policies.Compile(bundle)
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng := &policies.Engine{}
+	eng.Swap(snap)
+	c, _ := ca.New(spiffeid.RequireTrustDomainFromString(policygen.TrustDomain))
+	res, err := identity.New(identity.Config{Bundles: spiffebundle.NewSet(c.Bundle()), JWTAudiences: []string{"a"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr, err := tracing.New(tracing.Config{Exporter: discard{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Shutdown(context.Background())
+	reqs := benchRequests(b, &set, mesh)
+	withTrace := func(flags string) []*authv3.CheckRequest {
+		out := make([]*authv3.CheckRequest, len(reqs))
+		for i, r := range reqs {
+			r = proto.Clone(r).(*authv3.CheckRequest)
+			r.Attributes.Request.Http.Headers["traceparent"] = fmt.Sprintf("00-4bf92f3577b34da6a3ce929d0e0e%04x-00f067aa0ba902b7-%s", i, flags)
+			out[i] = r
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		tracer *tracing.Tracer
+		reqs   []*authv3.CheckRequest
+	}{
+		{"off", nil, withTrace("01")},
+		{"on-unsampled", tr, withTrace("00")},
+		{"on-sampled", tr, withTrace("01")},
+	} {
+		dl, _ := decisionlog.New(decisionlog.Config{W: io.Discard, AllowSampleRate: 0.01})
+		srv, err := New(Config{Engine: eng, Identity: res, Log: slog.New(slog.DiscardHandler), Metrics: metrics.New(prometheus.NewRegistry()), DecisionLog: dl, Tracer: tc.tracer})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			ctx := context.Background()
+			for i := 0; b.Loop(); i++ {
+				if _, err := srv.Check(ctx, tc.reqs[i%len(tc.reqs)]); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

@@ -30,7 +30,7 @@ import (
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	m, err := request.FromCheck(req, s.reqOpts)
-	o := s.decide(ctx, start.Add(s.timeout), m, err)
+	o := s.decideTraced(ctx, start.Add(s.timeout), m, err)
 	s.record("grpc", &o, start)
 	return s.checkResponse(&o), nil
 }

@@ -37,7 +37,7 @@ func (s *Server) HTTPHandler() http.Handler {
 				}
 			}()
 			m, err := request.FromHTTP(r, s.prefix, peerID(r), s.reqOpts)
-			o = s.decide(r.Context(), start.Add(s.timeout), m, err)
+			o = s.decideTraced(r.Context(), start.Add(s.timeout), m, err)
 		}()
 		s.record("http", &o, start)
 		h := w.Header()

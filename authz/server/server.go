@@ -13,9 +13,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,7 +34,9 @@ import (
 	"github.com/meshguard/meshguard/authz/metrics"
 	"github.com/meshguard/meshguard/authz/request"
 	"github.com/meshguard/meshguard/authz/requestauth"
+	"github.com/meshguard/meshguard/authz/tracing"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
 )
 
 // Response header names set by the server besides the policies/wire ones.
@@ -75,7 +79,19 @@ type Config struct {
 	DecisionLog *decisionlog.Logger
 	// Readiness are further conditions of readiness.
 	Readiness []ReadinessCheck
-	Request   request.Options
+	// Tracer, when set, records a span per check in the trace Envoy
+	// propagates; nil: no tracing, at no cost.
+	Tracer *tracing.Tracer
+	// Ship, when set, also receives decisions (sampled on its own): the
+	// shipper to the control plane's store. It must never block.
+	Ship DecisionSink
+	// RecordClaims are the JWT claims (top-level names) that recorded
+	// decisions (the decision log, shipped decisions) copy when the
+	// request's validated JWT carries them, so that policy replay can
+	// decide request.auth.claims conditions. None by default: claims may
+	// hold personal data.
+	RecordClaims []string
+	Request      request.Options
 	// CheckTimeout bounds one check (default 1s); past it the answer is a
 	// deny with denied_timeout. Envoy's own ext_authz timeout should be set
 	// longer than this.
@@ -90,6 +106,16 @@ type Config struct {
 	AllowUnscoped bool
 }
 
+// DecisionSink records decided requests, with the shape of the decision
+// log (*decisionlog.Logger): Log gets an entry filled by the server and the
+// request's headers (to copy the configured ones), and reports whether it
+// took the entry (one it did not take it counts); the entry is the
+// caller's again when Log returns. With a zero deadline Log must not wait.
+type DecisionSink interface {
+	Sampled(allowed, wouldDeny bool) bool
+	Log(e *decisionlog.Entry, h policies.HeaderGetter, deadline time.Time) bool
+}
+
 // Server answers checks. Safe for concurrent use.
 type Server struct {
 	engine  Engine
@@ -98,6 +124,9 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	dlog    *decisionlog.Logger
+	ship    DecisionSink
+	claims  []string
+	tracer  *tracing.Tracer
 	reqOpts request.Options
 	timeout time.Duration
 	prefix  string
@@ -134,6 +163,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		errs = append(errs, errors.New("no metrics"))
 	}
+	seen := map[string]bool{}
+	for _, c := range cfg.RecordClaims {
+		if c == "" || strings.TrimSpace(c) != c || seen[c] {
+			errs = append(errs, fmt.Errorf("recorded JWT claim %q: want distinct, non-empty names", c))
+		}
+		seen[c] = true
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -154,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		engine: cfg.Engine, ident: cfg.Identity, authn: authn, log: cfg.Log, metrics: cfg.Metrics,
-		dlog: cfg.DecisionLog, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
+		dlog: cfg.DecisionLog, ship: cfg.Ship, claims: cfg.RecordClaims, tracer: cfg.Tracer, reqOpts: cfg.Request, timeout: timeout, prefix: cfg.HTTPPathPrefix,
 		unscope: cfg.AllowUnscoped, idPrefix: hex.EncodeToString(p[:]) + "-",
 		readiness: cfg.Readiness,
 	}
@@ -184,6 +220,7 @@ type outcome struct {
 	set        [][2]string // headers set on the upstream request (RequestAuthentication outputs)
 	authFail   *requestauth.Failure
 	err        error // why a deny was forced, for logs
+	traceID    string
 }
 
 func (s *Server) newDecisionID() string {
@@ -200,6 +237,30 @@ func expired(ctx context.Context, deadline time.Time) error {
 		return context.DeadlineExceeded
 	}
 	return nil
+}
+
+// decideTraced is decide in a check span when tracing is on.
+func (s *Server) decideTraced(ctx context.Context, deadline time.Time, m *request.Mapped, mapErr error) outcome {
+	if s.tracer == nil {
+		return s.decide(ctx, deadline, m, mapErr)
+	}
+	var h tracing.Headers
+	if m != nil && m.Headers != nil {
+		h = m.Headers
+	}
+	ctx, span := s.tracer.Start(ctx, h)
+	o := s.decide(ctx, deadline, m, mapErr)
+	t := tracing.Outcome{Decision: result(o.dec), Reason: string(o.dec.Reason), Policy: o.dec.Ref.Policy, Rule: o.dec.Ref.Rule,
+		Mode: mode(o.dec), IdentitySource: string(o.id.Method), Source: idString(o.id.ID), DecisionID: o.decisionID,
+		BundleVersion: o.dec.Version, Err: o.err}
+	if t.IdentitySource == "" {
+		t.IdentitySource = string(identity.MethodNone)
+	}
+	if m != nil {
+		t.Destination = idString(m.Attrs.Target.ID)
+	}
+	o.traceID = s.tracer.End(span, t)
+	return o
 }
 
 // decide runs identity and the engine for a mapped request. It never
@@ -342,7 +403,9 @@ func (s *Server) record(proto string, o *outcome, start time.Time) {
 		s.log.Warn("check denied on an error path", slog.String("decision_id", o.decisionID),
 			slog.String("reason", string(o.dec.Reason)), slog.String("error", o.err.Error()))
 	}
-	if s.dlog == nil || !s.dlog.Sampled(o.dec.Allowed, o.dec.WouldDeny) {
+	logIt := s.dlog != nil && s.dlog.Sampled(o.dec.Allowed, o.dec.WouldDeny)
+	shipIt := s.ship != nil && s.ship.Sampled(o.dec.Allowed, o.dec.WouldDeny)
+	if !logIt && !shipIt {
 		return
 	}
 	e := decisionlog.Entry{
@@ -364,21 +427,94 @@ func (s *Server) record(proto string, o *outcome, start time.Time) {
 	if e.SourceMethod == "" {
 		e.SourceMethod = string(identity.MethodNone)
 	}
-	e.Source = idString(o.id.ID)
-	if o.id.Peer != o.id.ID {
-		e.Peer = idString(o.id.Peer)
-	}
+	// The caller, and the identities it was chosen from as the policy
+	// model keeps them apart (the JWT follows with the attributes).
+	e.Source, e.Peer, e.ForwardedClient = idString(o.id.ID), idString(o.id.Peer), idString(o.id.ForwardedClient)
+	e.MTLS = o.id.MTLS
 	if o.err != nil {
 		e.Error = o.err.Error()
 	}
 	var hdrs policies.HeaderGetter
 	if m := o.mapped; m != nil {
 		e.RequestID = m.RequestID
-		e.Destination = idString(m.Attrs.Target.ID)
-		e.Method, e.Host, e.Path, e.Route, e.Scope = m.Attrs.Method, m.Attrs.Host, m.Attrs.Path, m.Attrs.Route, m.Scope
+		recordAttributes(&e, &m.Attrs, s.claims)
+		e.Scope = m.Scope
 		hdrs = m.Headers
 	}
-	s.dlog.Log(&e, hdrs, start.Add(s.timeout))
+	e.TraceID = o.traceID
+	if logIt {
+		s.dlog.Log(&e, hdrs, start.Add(s.timeout))
+	}
+	if shipIt {
+		// Never waits: the shipper drops (and counts) what it has no room for.
+		s.ship.Log(&e, hdrs, time.Time{})
+	}
+}
+
+// recordAttributes copies what the engine read into e, so that the entry
+// can be decided again (policy replay): the identities, addresses, target,
+// request, and the validated tokens (the request principal's, and a
+// JWT-SVID beside an end-user token) with the claims named in claims that
+// they carry.
+func recordAttributes(e *decisionlog.Entry, a *policies.Attributes, claims []string) {
+	e.Peer, e.ForwardedClient, e.MTLS = idString(a.Peer), idString(a.ForwardedClient), a.MTLS
+	e.SourceIP = addrString(a.SourceIP)
+	if a.RemoteIP != a.SourceIP {
+		e.RemoteIP = addrString(a.RemoteIP)
+	}
+	e.DestinationIP, e.DestinationPort, e.SNI = addrString(a.DestinationIP), a.DestinationPort, a.SNI
+	t := &a.Target
+	e.Destination = idString(t.ID)
+	e.TargetNamespace, e.TargetService, e.TargetGateway, e.TargetLabels = t.Namespace, t.Service, t.Gateway, t.Labels
+	e.TargetResolved = t.Resolved
+	e.Method, e.Host, e.Path, e.Route = a.Method, a.Host, a.Path, a.Route
+	e.JWT, e.JWTSVID = recordJWT(a.JWT, claims), recordJWT(a.JWTSVID, claims)
+}
+
+// recordJWT is a validated token as recorded: its fields, and the claims
+// named in claims that it carries (nil for no token).
+func recordJWT(j *policies.JWT, claims []string) *wire.DecisionJWT {
+	if j == nil {
+		return nil
+	}
+	r := &wire.DecisionJWT{Issuer: j.Issuer, Subject: j.Subject, Principal: j.Principal, SVID: !j.SVID.IsZero(),
+		Audiences: j.Audiences, Presenter: j.Presenter}
+	if len(claims) > 0 {
+		r.ClaimNames = claims
+		r.Claims = copyClaims(j.Claims, claims)
+	}
+	return r
+}
+
+// copyClaims encodes the named claims that m holds as a JSON object (nil
+// for none).
+func copyClaims(m map[string]any, names []string) json.RawMessage {
+	var sel map[string]any
+	for _, n := range names {
+		if v, ok := m[n]; ok {
+			if sel == nil {
+				sel = make(map[string]any, len(names))
+			}
+			sel[n] = v
+		}
+	}
+	if sel == nil {
+		return nil
+	}
+	b, err := json.Marshal(sel)
+	if err != nil {
+		// Claims are decoded from JSON, so they encode; if one does not,
+		// none is recorded and replay treats them as unknown.
+		return nil
+	}
+	return b
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 func idString(id spiffeid.ID) string {

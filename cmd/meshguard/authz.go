@@ -26,6 +26,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -38,6 +42,9 @@ import (
 	"github.com/meshguard/meshguard/authz/request"
 	"github.com/meshguard/meshguard/authz/requestauth"
 	"github.com/meshguard/meshguard/authz/server"
+	"github.com/meshguard/meshguard/authz/shipper"
+	"github.com/meshguard/meshguard/authz/tracing"
+	"github.com/meshguard/meshguard/internal/buildinfo"
 	"github.com/meshguard/meshguard/internal/spool"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
@@ -73,6 +80,7 @@ type authzFlags struct {
 	decisionLogSample     float64
 	decisionLogHeaders    []string
 	decisionLogRedact     []string
+	decisionLogClaims     []string
 	decisionLogBuffer     int
 	decisionLogOverflow   string
 	shutdownDelay         time.Duration
@@ -91,6 +99,19 @@ type authzFlags struct {
 	jwksMinRefetch        time.Duration
 	jwksMaxBytes          int64
 	jwksBlocked           []string
+	ship                  shipFlags
+	traceEndpoint         string
+	traceInsecure         bool
+	traceSampleRatio      float64
+}
+
+// shipFlags configure decision shipping to the control plane's store.
+type shipFlags struct {
+	url         string
+	allowSample float64
+	buffer      int
+	batch       int
+	interval    time.Duration
 }
 
 func newAuthzCmd() *cobra.Command { return newAuthzCmdFor(&authzFlags{}) }
@@ -170,6 +191,7 @@ by OpenID discovery: --jwks-*); a request with an invalid token is answered
 	fl.Float64Var(&f.decisionLogSample, "decision-log-allow-sample", 1, "fraction of allowed decisions logged, 0 to 1 (denies are always logged)")
 	fl.StringArrayVar(&f.decisionLogHeaders, "decision-log-header", nil, "request header copied into decision log lines; repeatable (credential headers are refused)")
 	fl.StringArrayVar(&f.decisionLogRedact, "decision-log-redact-header", nil, "header never written to the decision log, in addition to authorization, cookie and the like; repeatable")
+	fl.StringArrayVar(&f.decisionLogClaims, "decision-log-jwt-claim", nil, "top-level claim of the request's validated JWT copied (when present) into decision log lines and shipped decisions, so that policy replay can decide request.auth.claims conditions; repeatable (none by default: claims may hold personal data)")
 	fl.IntVar(&f.decisionLogBuffer, "decision-log-buffer", 8192, "decisions held for the decision log writer at most")
 	fl.StringVar(&f.decisionLogOverflow, "decision-log-overflow", "drop", "when the decision log buffer is full: drop (the decision is counted in meshguard_authz_decision_log_dropped_total, the check is not delayed) or block (the check waits for room until its deadline, then the decision is dropped and counted; a stalled log makes the server not ready)")
 	fl.BoolVar(&f.trustRouteHeader, "trust-route-header", false, "believe x-meshguard-route when no context extension names the route (only when meshguard's wasm filter runs before ext_authz and strips client-sent values)")
@@ -186,6 +208,14 @@ by OpenID discovery: --jwks-*); a request with an invalid token is answered
 	fl.DurationVar(&f.jwksMinRefetch, "jwks-min-refetch", requestauth.DefaultMinRefetch, "RequestAuthentication: least time between two fetches of one key set (a token with an unknown kid fetches it at once, no more often than this)")
 	fl.Int64Var(&f.jwksMaxBytes, "jwks-max-bytes", requestauth.DefaultMaxKeySetBytes, "RequestAuthentication: largest key set (or OpenID discovery document) read")
 	fl.StringArrayVar(&f.jwksBlocked, "jwks-blocked-cidr", nil, "RequestAuthentication: address range key sets are never fetched from, besides link-local and cloud metadata addresses (always refused); repeatable")
+	fl.StringVar(&f.ship.url, "ship-decisions", "", "control plane API URL (https://controlplane:8443) to ship decisions to for its record store (forensic queries, incident timelines, policy replay); empty: off. mTLS with the server's SVID; the control plane must present --control-plane-id (default: any ID of the trust domain)")
+	fl.Float64Var(&f.ship.allowSample, "ship-allow-sample", 1, "fraction of allowed decisions shipped, 0 to 1 (denies and dry-run would-denies are always shipped)")
+	fl.IntVar(&f.ship.buffer, "ship-buffer", shipper.DefaultBuffer, "decisions held while waiting to be shipped; beyond it they are dropped and counted (meshguard_authz_decisions_ship_dropped_total), never delaying a check")
+	fl.IntVar(&f.ship.batch, "ship-batch", shipper.DefaultBatch, "most decisions per request to the control plane")
+	fl.DurationVar(&f.ship.interval, "ship-interval", shipper.DefaultInterval, "longest a decision waits before its batch is sent")
+	fl.StringVar(&f.traceEndpoint, "trace-otlp-endpoint", "", "export a span per check over OTLP/gRPC to this collector (host:port), in the trace Envoy propagates (W3C traceparent or B3); empty: no tracing, at no cost")
+	fl.BoolVar(&f.traceInsecure, "trace-otlp-insecure", false, "OTLP trace export without TLS (a collector on localhost or in the same pod)")
+	fl.Float64Var(&f.traceSampleRatio, "trace-sample-ratio", 0, "fraction of checks that arrive without a trace to trace as new roots, 0 to 1 (a trace Envoy sampled is always joined)")
 	fl.Uint32Var(&f.grpcMaxConcurrentStrm, "grpc-max-concurrent-streams", 0, "limit of concurrent gRPC streams per connection (0: grpc-go default)")
 	fl.IntVar(&f.gcPercent, "gc-percent", 400, "Go garbage collector target (as GOGC): the heap may grow this many percent over live data between collections; fewer collections shorten latency tails at the cost of memory. Bound memory with GOMEMLIMIT (the Helm chart sets it to the container limit). Ignored when GOGC is set; 0 keeps the runtime's default")
 	return cmd
@@ -425,6 +455,35 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		}
 	}
 
+	var ship *shipper.Shipper
+	if f.ship.url != "" {
+		if ship, err = newShipper(f, idm, log, reg); err != nil {
+			return err
+		}
+	}
+
+	var tracer *tracing.Tracer
+	if f.traceEndpoint != "" {
+		opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(f.traceEndpoint)}
+		if f.traceInsecure {
+			opts = append(opts, otlptracegrpc.WithInsecure())
+		}
+		exp, err := otlptracegrpc.New(ctx, opts...)
+		if err != nil {
+			return fmt.Errorf("--trace-otlp-endpoint: %w", err)
+		}
+		res := resource.NewWithAttributes(semconv.SchemaURL, semconv.ServiceName("meshguard-authz"), semconv.ServiceVersion(buildinfo.Version))
+		if tracer, err = tracing.New(tracing.Config{Exporter: exp, SampleRatio: f.traceSampleRatio, Options: []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}}); err != nil {
+			return fmt.Errorf("--trace-sample-ratio: %w", err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = tracer.Shutdown(sctx)
+		}()
+		log.Info("tracing checks", slog.String("otlp_endpoint", f.traceEndpoint), slog.Float64("root_sample_ratio", f.traceSampleRatio))
+	}
+
 	engine := &policies.Engine{}
 	ld := loader.New(engine, log, m)
 	var sources []loader.Source
@@ -485,7 +544,8 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	}
 	defer authn.Close()
 	srv, err := server.New(server.Config{
-		Engine: engine, Identity: resolver, RequestAuth: authn, Log: log, Metrics: m, DecisionLog: dlog,
+		Engine: engine, Identity: resolver, RequestAuth: authn, Log: log, Metrics: m, DecisionLog: dlog, Ship: shipSink(ship), Tracer: tracer,
+		RecordClaims:   f.decisionLogClaims,
 		Request:        request.Options{TrustRouteHeader: f.trustRouteHeader, TrustContextHeaders: f.httpTrustCtxHeaders},
 		CheckTimeout:   f.checkTimeout,
 		HTTPPathPrefix: f.httpPathPrefix,
@@ -567,7 +627,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 	case runErr = <-errc:
 		log.Error("listener failed", slog.Any("error", runErr))
 	}
-	shutdownAuthz(log, f, srv, g, httpSrv, adminSrv, dlog, runErr != nil)
+	shutdownAuthz(log, f, srv, g, httpSrv, adminSrv, dlog, ship, runErr != nil)
 	stop()
 	<-loaded
 	return runErr
@@ -579,7 +639,7 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 // in-flight checks drain (--shutdown-grace); then the decision log writes
 // what the drained checks logged; the admin listener, which answers 503
 // all along, closes last.
-func shutdownAuthz(log *slog.Logger, f *authzFlags, srv *server.Server, g *grpc.Server, httpSrv, adminSrv *http.Server, dlog *decisionlog.Logger, failed bool) {
+func shutdownAuthz(log *slog.Logger, f *authzFlags, srv *server.Server, g *grpc.Server, httpSrv, adminSrv *http.Server, dlog *decisionlog.Logger, ship *shipper.Shipper, failed bool) {
 	srv.Drain()
 	if !failed && f.shutdownDelay > 0 {
 		log.Info("shutting down: not ready, still answering checks", slog.Duration("delay", f.shutdownDelay))
@@ -607,6 +667,17 @@ func shutdownAuthz(log *slog.Logger, f *authzFlags, srv *server.Server, g *grpc.
 		} else {
 			h := dlog.Health()
 			log.Info("decision log written", slog.Uint64("written", h.Written), slog.Uint64("dropped", h.Dropped))
+		}
+	}
+	if ship != nil {
+		// The drained checks' decisions go to the control plane too.
+		shipCtx, cancel := context.WithTimeout(context.Background(), f.flushTimeout)
+		defer cancel()
+		if err := ship.Close(shipCtx); err != nil {
+			log.Error("decisions not all shipped at shutdown", slog.String("error", err.Error()))
+		} else {
+			h := ship.Health()
+			log.Info("decisions shipped", slog.Uint64("shipped", h.Written), slog.Uint64("dropped", h.Dropped))
 		}
 	}
 	if adminSrv != nil {
@@ -666,4 +737,46 @@ func applyGCPercent(pct int, log *slog.Logger) error {
 	}
 	debug.SetGCPercent(pct)
 	return nil
+}
+
+// newShipper builds the decision shipper: mTLS with the server's SVID to
+// the control plane's API (plain HTTP only with --insecure-plaintext).
+func newShipper(f *authzFlags, idm *identityMaterial, log *slog.Logger, reg prometheus.Registerer) (*shipper.Shipper, error) {
+	hs, err := decisionlog.SelectHeaders(f.decisionLogHeaders, append([]string{f.jwtHeader}, f.decisionLogRedact...))
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute, ResponseHeaderTimeout: 30 * time.Second}
+	switch {
+	case strings.HasPrefix(f.ship.url, "https://"):
+		if idm.svid == nil {
+			return nil, errors.New("--ship-decisions https://: no SVID to authenticate with")
+		}
+		auth := tlsconfig.AuthorizeMemberOf(idm.td)
+		if f.controlPlaneID != "" {
+			id, err := spiffeid.FromString(f.controlPlaneID)
+			if err != nil {
+				return nil, fmt.Errorf("--control-plane-id: %w", err)
+			}
+			auth = tlsconfig.AuthorizeID(id)
+		}
+		tr.TLSClientConfig = tlsconfig.MTLSClientConfig(idm.svid, idm.bundles, auth)
+	case strings.HasPrefix(f.ship.url, "http://") && f.insecurePlaintext:
+	default:
+		return nil, fmt.Errorf("--ship-decisions %q: want https://host:port (http:// only with --insecure-plaintext)", f.ship.url)
+	}
+	return shipper.New(shipper.Config{
+		URL: f.ship.url, Client: &http.Client{Transport: tr, Timeout: time.Minute},
+		AllowSampleRate: f.ship.allowSample, Headers: hs,
+		Buffer: f.ship.buffer, Batch: f.ship.batch, Interval: f.ship.interval,
+		Logger: log, Registerer: reg,
+	})
+}
+
+// shipSink keeps a nil *Shipper from becoming a non-nil interface.
+func shipSink(s *shipper.Shipper) server.DecisionSink {
+	if s == nil {
+		return nil
+	}
+	return s
 }

@@ -158,6 +158,35 @@ type controlPlaneFlags struct {
 	spiffe                         spiffeFlags
 	kube                           kubeFlags
 	console                        consoleFlags
+	records                        recordFlags
+}
+
+// recordFlags configure the record store and the OTLP log export.
+type recordFlags struct {
+	path         string
+	maxAge       time.Duration
+	maxMiB       int64
+	otlpEndpoint string
+	otlpInsecure bool
+	// filterAllowSample is the fraction of filters' reports of allowed
+	// requests kept as records.
+	filterAllowSample float64
+}
+
+// defaultRecordsPath is where the record store lives unless --records says:
+// $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/meshguard, else
+// ~/.local/state/meshguard.
+func defaultRecordsPath() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		return filepath.Join(strings.Split(d, ":")[0], "records.db")
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "meshguard", "records.db")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "meshguard", "records.db")
+	}
+	return "meshguard-records.db"
 }
 
 func newControlPlaneCmd() *cobra.Command {
@@ -223,6 +252,12 @@ the bundle is served (authz servers).`,
 	fl.DurationVar(&f.thresholdWindow, "quarantine-window", time.Minute, "window of --quarantine-threshold")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.Int64Var(&f.memoryLimitMiB, "memory-limit-mib", 0, "Go soft memory limit in MiB (like GOMEMLIMIT; set it ~10% under the container limit; 0: GOMEMLIMIT or none)")
+	fl.StringVar(&f.records.path, "records", defaultRecordsPath(), "SQLite record store of decisions, detections, quarantines, releases and policy changes (meshguard events, meshguard incident, policy replay --store); \"off\" keeps none")
+	fl.DurationVar(&f.records.maxAge, "records-max-age", 7*24*time.Hour, "records older than this are deleted (0: no limit by age)")
+	fl.Int64Var(&f.records.maxMiB, "records-max-mib", 1024, "the record store's size limit in MiB, oldest records deleted first (0: no limit by size)")
+	fl.StringVar(&f.records.otlpEndpoint, "otlp-logs-endpoint", "", "also export every record as an OpenTelemetry log over OTLP/gRPC to this collector (host:port); empty: off")
+	fl.BoolVar(&f.records.otlpInsecure, "otlp-logs-insecure", false, "OTLP export without TLS (a collector on localhost or in the same pod)")
+	fl.Float64Var(&f.records.filterAllowSample, "records-filter-allow-sample", 0, "fraction, 0 to 1, of the wasm filters' reports of allowed requests (each counts one caller's allowed requests on a route over 5 s) kept as records; their denials and dry-run would-denies are always kept")
 	f.spiffe.register(cmd)
 	f.kube.register(cmd)
 	f.console.register(cmd)
@@ -251,6 +286,12 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	rec, err := startRecords(ctx, &f.records, log, reg)
+	if err != nil {
+		return err
+	}
+	defer rec.stop()
+
 	var m *mesh.Mesh
 	if f.meshFile != "" {
 		var err error
@@ -260,7 +301,8 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 	}
 	st, err := store.New(store.Options{
 		Logger: log, Registerer: reg,
-		Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err },
+		Check:    func(b *policies.Bundle) error { _, err := policies.Compile(b); return err },
+		Observer: rec.policyChanged,
 	})
 	if err != nil {
 		return err
@@ -406,6 +448,7 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		Replica:         replica,
 		Leading:         leading,
 		Retention:       f.stateRetention,
+		Observer:        rec.quarantineChanged,
 	})
 	if err != nil {
 		return err
@@ -427,17 +470,25 @@ func runControlPlane(ctx context.Context, stderr io.Writer, f *controlPlaneFlags
 		log.Warn("no data-plane components known (no --mesh workloads, no --reporter-id): every event batch is refused")
 	}
 	var observers []api.EventObserver
+	var decObservers []api.DecisionObserver
 	var cons *console.Console
 	if f.console.enabled {
-		if cons, err = f.console.build(consoleDeps{qm: qm, st: st, mesh: m, operators: adminIDs, log: log, reg: reg, insecure: f.spiffe.insecure}); err != nil {
+		deps := consoleDeps{qm: qm, st: st, mesh: m, operators: adminIDs, log: log, reg: reg, insecure: f.spiffe.insecure}
+		if rec.store != nil {
+			deps.timeline = rec.store
+		}
+		if cons, err = f.console.build(deps); err != nil {
 			return err
 		}
 		observers = append(observers, cons)
+		decObservers = append(decObservers, cons)
 		defer st.Subscribe(cons.BundleChanged)()
 	}
 	apiHandler, err := api.New(api.Options{
-		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters, Observers: observers,
+		Quarantine: qm, Learner: learner, TrustDomain: td, Admins: adminIDs, Reporters: reporters,
+		Observers: observers, DecisionObservers: decObservers,
 		Insecure: f.spiffe.insecure, Logger: log, Registerer: reg,
+		Records: rec.sink(), Forensics: rec.forensics(), RecordAllowSample: f.records.filterAllowSample,
 	})
 	if err != nil {
 		return err

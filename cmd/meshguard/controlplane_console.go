@@ -43,6 +43,8 @@ type consoleDeps struct {
 	log       *slog.Logger
 	reg       prometheus.Registerer
 	insecure  bool
+	// timeline is the record store (nil: none).
+	timeline console.Timeline
 }
 
 func (f *consoleFlags) build(d consoleDeps) (*console.Console, error) {
@@ -69,7 +71,7 @@ func (f *consoleFlags) build(d consoleDeps) (*console.Console, error) {
 		}
 	}
 	c, err := console.New(console.Options{
-		Quarantines: console.Manager(d.qm), Bundle: d.st.Bundle, Workloads: workloads,
+		Quarantines: console.Manager(d.qm), Bundle: d.st.Bundle, Workloads: workloads, Timeline: d.timeline,
 		Auth:   console.Auth{Operators: d.operators, Viewers: viewers, OperatorToken: opTok, ViewerToken: viewTok},
 		Logger: d.log, Registerer: d.reg,
 	})

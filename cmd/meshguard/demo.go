@@ -74,6 +74,14 @@ traffic, after the story, until Ctrl-C.`,
 				return err
 			}
 			fmt.Fprint(out, sum.Render())
+			if sum.Incident != nil {
+				// What `meshguard incident` prints, from the demo control
+				// plane's record store.
+				fmt.Fprintf(out, "\n$ meshguard incident %s\n", sum.Incident.Identity)
+				if err := printTimeline(out, outTable, sum.Incident); err != nil {
+					return err
+				}
+			}
 			if sum.Interrupted {
 				return &exitError{code: 130, msg: "demo: interrupted"}
 			}

@@ -32,6 +32,7 @@ paths without policy files, malformed test files or requests).`,
 		newPolicyBundleCmd(),
 		newPolicyExplainCmd(),
 		newPolicyTestCmd(),
+		newPolicyReplayCmd(),
 	)
 	return cmd
 }

@@ -41,7 +41,16 @@ var built struct {
 }
 
 func TestMain(m *testing.M) {
+	// The control plane's default record store (under $XDG_STATE_HOME)
+	// stays out of the user's home.
+	state, err := os.MkdirTemp("", "meshguard-state-")
+	if err == nil {
+		os.Setenv("XDG_STATE_HOME", state)
+	}
 	code := m.Run()
+	if state != "" {
+		_ = os.RemoveAll(state)
+	}
 	for _, dir := range []string{built.dir, filterModule.dir} {
 		if dir != "" {
 			_ = os.RemoveAll(dir)

@@ -24,6 +24,7 @@ a compromised workload mesh-wide.`,
 		newPolicyCmd(),
 		newAuthzCmd(),
 		newControlPlaneCmd(), newQuarantineCmd(), newBaselineCmd(),
+		newEventsCmd(), newIncidentCmd(),
 		newDemoCmd(),
 		newIstioCmd(),
 	)

@@ -11,6 +11,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ import (
 
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/record"
+	"github.com/meshguard/meshguard/controlplane/recordstore"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
@@ -35,6 +38,8 @@ const (
 	PathRelease     = "/v1/quarantines/release"
 	PathAudit       = "/v1/quarantines/audit"
 	PathEdges       = "/v1/baseline/edges"
+	PathRecords     = "/v1/records"
+	PathIncident    = "/v1/incident"
 )
 
 // Limits of the events endpoint.
@@ -42,6 +47,9 @@ const (
 	MaxBatchBytes  = 1 << 20
 	MaxBatchEvents = 1000
 	maxAdminBytes  = 64 << 10
+	// MaxDecisionBytes and MaxDecisions bound one DecisionBatch.
+	MaxDecisionBytes = 8 << 20
+	MaxDecisions     = 10_000
 )
 
 // EventObserver sees every batch the events endpoint accepts, with the
@@ -53,12 +61,33 @@ type EventObserver interface {
 	ObserveEvents(reporter string, b *wire.EventBatch)
 }
 
+// DecisionObserver sees the decisions of every batch the decisions
+// endpoint accepts (the web console draws the denials: authz servers deny
+// requests the filters let through). It must not keep the slice or block.
+type DecisionObserver interface {
+	ObserveDecisions(reporter string, ds []wire.Decision)
+}
+
+// RecordSink keeps records (the record store, and the OTLP exporter behind
+// it). Append must not block; it returns record.ErrFull when it has no room.
+type RecordSink interface {
+	Append(recs []record.Record) error
+}
+
+// Forensics answers the admin API's record queries (the record store).
+type Forensics interface {
+	Query(ctx context.Context, f recordstore.Filter) (*recordstore.Result, error)
+	Timeline(ctx context.Context, identity string, o recordstore.TimelineOptions) (*recordstore.Timeline, error)
+}
+
 // Options configure the handler.
 type Options struct {
 	Quarantine *quarantine.Manager
 	Learner    *learn.Learner
 	// Observers also get the accepted events (the web console).
 	Observers []EventObserver
+	// DecisionObservers also get the accepted decisions (the web console).
+	DecisionObservers []DecisionObserver
 	// TrustDomain of the mesh (required with TLS); reporters outside it
 	// are refused whatever Reporters says.
 	TrustDomain spiffeid.TrustDomain
@@ -72,6 +101,19 @@ type Options struct {
 	Insecure   bool
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Records receives decisions shipped to DecisionsPath and the
+	// detections of event batches; nil: neither is kept (DecisionsPath
+	// answers 404).
+	Records RecordSink
+	// RecordAllowSample is the fraction, in [0, 1], of filters' reports
+	// of allowed requests (counts per caller and route every few seconds)
+	// that are kept as records; their denials and dry-run would-denies
+	// always are.
+	RecordAllowSample float64
+	// Forensics answers PathRecords and PathIncident; nil: 404.
+	Forensics Forensics
+	// Now is the clock of relative times in queries (default time.Now).
+	Now func() time.Time
 }
 
 // Handler serves the API.
@@ -83,6 +125,10 @@ type Handler struct {
 	received *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	dropped  prometheus.Counter
+	// Decision shipping and record intake.
+	decBatches *prometheus.CounterVec
+	decDropped prometheus.Counter
+	recRefused *prometheus.CounterVec
 }
 
 // New returns the handler.
@@ -92,6 +138,9 @@ func New(opts Options) (*Handler, error) {
 	}
 	if !opts.Insecure && opts.TrustDomain.IsZero() {
 		return nil, errors.New("api: a trust domain is required unless insecure")
+	}
+	if opts.RecordAllowSample < 0 || opts.RecordAllowSample > 1 {
+		return nil, fmt.Errorf("api: record allow sample %v not in [0, 1]", opts.RecordAllowSample)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -118,8 +167,23 @@ func New(opts Options) (*Handler, error) {
 			Help: "Events reporters say they dropped before sending.",
 		}),
 	}
+	h.decBatches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_controlplane_decision_batches_total",
+		Help: "Decision batches from authz servers by result (accepted, busy, unauthenticated, too_large, invalid, disabled).",
+	}, []string{"result"})
+	h.decDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshguard_controlplane_decisions_dropped_by_reporters_total",
+		Help: "Decisions authz servers say they dropped before the control plane accepted them.",
+	})
+	h.recRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_controlplane_records_refused_total",
+		Help: "Records the record store had no room for at intake, by endpoint: events are lost (counted here), decisions are answered 503 and kept by their sender.",
+	}, []string{"endpoint"})
+	if opts.Now == nil {
+		h.opts.Now = time.Now
+	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{h.batches, h.received, h.refused, h.dropped} {
+		for _, c := range []prometheus.Collector{h.batches, h.received, h.refused, h.dropped, h.decBatches, h.decDropped, h.recRefused} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("api: register metrics: %w", err)
 			}
@@ -131,6 +195,9 @@ func New(opts Options) (*Handler, error) {
 	h.mux.HandleFunc("POST "+PathRelease, h.admin(h.release))
 	h.mux.HandleFunc("GET "+PathAudit, h.admin(h.audit))
 	h.mux.HandleFunc("GET "+PathEdges, h.admin(h.edges))
+	h.mux.HandleFunc("POST "+wire.DecisionsPath, h.decisions)
+	h.mux.HandleFunc("GET "+PathRecords, h.admin(h.records))
+	h.mux.HandleFunc("GET "+PathIncident, h.admin(h.incident))
 	return h, nil
 }
 
@@ -218,6 +285,16 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		h.received.WithLabelValues(kindLabel(ev.Kind)).Inc()
 	}
 	h.opts.Learner.Observe(events)
+	// Detections are stored before the quarantine manager acts on them, so
+	// that a timeline shows them ahead of the quarantine they cause.
+	if h.opts.Records != nil {
+		if recs := record.FromEvents(reporter, events, record.EventOptions{AllowSample: h.opts.RecordAllowSample}); len(recs) > 0 {
+			if err := h.opts.Records.Append(recs); err != nil {
+				h.recRefused.WithLabelValues("events").Add(float64(len(recs)))
+				h.log.Warn("records of an event batch not stored", "records", len(recs), "error", err)
+			}
+		}
+	}
 	h.opts.Quarantine.HandleEvents(r.Context(), reporter, events)
 	if len(h.opts.Observers) > 0 {
 		accepted := *batch
@@ -227,6 +304,137 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// reporter authenticates an event or decision sender: the SPIFFE ID of its
+// client certificate, which must be in the mesh's trust domain.
+func (h *Handler) reporter(r *http.Request) (string, bool) {
+	if h.opts.Insecure {
+		return "unauthenticated", true
+	}
+	id, err := h.caller(r)
+	if err != nil || id.TrustDomain() != h.opts.TrustDomain {
+		return "", false
+	}
+	return id.String(), true
+}
+
+// decisions takes a DecisionBatch from an authz server into the record
+// store. A full store answers 503 with Retry-After: the sender keeps the
+// batch and retries (back-pressure), counting what it cannot keep.
+func (h *Handler) decisions(w http.ResponseWriter, r *http.Request) {
+	if h.opts.Records == nil {
+		h.decBatches.WithLabelValues("disabled").Inc()
+		httpError(w, http.StatusNotFound, "this control plane keeps no decisions (no record store)")
+		return
+	}
+	reporter, ok := h.reporter(r)
+	if !ok {
+		h.decBatches.WithLabelValues("unauthenticated").Inc()
+		httpError(w, http.StatusUnauthorized, "a client SVID of the mesh's trust domain is required")
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		h.decBatches.WithLabelValues("invalid").Inc()
+		httpError(w, http.StatusUnsupportedMediaType, "want application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxDecisionBytes))
+	if err != nil {
+		h.decBatches.WithLabelValues("too_large").Inc()
+		httpError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("batch larger than %d bytes", MaxDecisionBytes))
+		return
+	}
+	batch, err := DecodeDecisions(body)
+	if err != nil {
+		h.decBatches.WithLabelValues("invalid").Inc()
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if h.opts.Insecure && batch.Reporter != "" {
+		reporter = "unauthenticated:" + batch.Reporter
+	}
+	recs := make([]record.Record, len(batch.Decisions))
+	for i := range batch.Decisions {
+		recs[i] = record.FromDecision(reporter, &batch.Decisions[i])
+	}
+	if err := h.opts.Records.Append(recs); err != nil {
+		if errors.Is(err, record.ErrFull) {
+			h.decBatches.WithLabelValues("busy").Inc()
+			h.recRefused.WithLabelValues("decisions").Add(float64(len(recs)))
+			w.Header().Set("Retry-After", "1")
+			httpError(w, http.StatusServiceUnavailable, "record store busy: retry later")
+			return
+		}
+		// Appended to the store, refused by another sink (which counts it).
+		h.log.Warn("decision records", "error", err)
+	}
+	h.decBatches.WithLabelValues("accepted").Inc()
+	h.decDropped.Add(float64(batch.Dropped))
+	for _, o := range h.opts.DecisionObservers {
+		o.ObserveDecisions(reporter, batch.Decisions)
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// DecodeDecisions decodes a decision batch strictly: unknown fields,
+// trailing data, too many decisions, and decisions without a time, a
+// decision ID or a reason are errors.
+func DecodeDecisions(body []byte) (*wire.DecisionBatch, error) {
+	b, err := wire.DecodeDecisionBatch(body)
+	if err != nil {
+		return nil, fmt.Errorf("decode decision batch: %w", err)
+	}
+	if len(b.Decisions) > MaxDecisions {
+		return nil, fmt.Errorf("decision batch has %d decisions, at most %d", len(b.Decisions), MaxDecisions)
+	}
+	for i := range b.Decisions {
+		d := &b.Decisions[i]
+		if d.Time.IsZero() || d.DecisionID == "" || d.Reason == "" {
+			return nil, fmt.Errorf("decision %d: time, decision_id and reason are required", i)
+		}
+	}
+	return b, nil
+}
+
+func (h *Handler) records(w http.ResponseWriter, r *http.Request, _ string) {
+	if h.opts.Forensics == nil {
+		httpError(w, http.StatusNotFound, "this control plane keeps no records (no record store)")
+		return
+	}
+	f, err := ParseFilter(r.URL.Query(), h.opts.Now())
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	res, err := h.opts.Forensics.Query(r.Context(), f)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (h *Handler) incident(w http.ResponseWriter, r *http.Request, _ string) {
+	if h.opts.Forensics == nil {
+		httpError(w, http.StatusNotFound, "this control plane keeps no records (no record store)")
+		return
+	}
+	q := r.URL.Query()
+	id, o, err := ParseTimeline(q, h.opts.Now())
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	tl, err := h.opts.Forensics.Timeline(r.Context(), id, o)
+	switch {
+	case errors.Is(err, recordstore.ErrNoAnchor):
+		httpError(w, http.StatusNotFound, err.Error())
+	case err != nil:
+		httpError(w, http.StatusBadRequest, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, tl)
+	}
 }
 
 // DecodeBatch decodes an event batch strictly: unknown fields, trailing

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/meshguard/meshguard/controlplane/record"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -53,22 +54,42 @@ var (
 	ErrUnavailable    = errors.New("the state store did not take the change; nothing changed")
 )
 
-// Timeline is an incident store's account of an identity, newest first.
-// Optional: without one the identity page shows what the console saw.
+// Timeline is the record store's account of an identity
+// (controlplane/recordstore): its incident timeline, newest first, at most
+// limit records. Optional: without one the identity page shows what the
+// console saw.
 type Timeline interface {
-	Timeline(ctx context.Context, identity string, limit int) ([]TimelineEntry, error)
+	IdentityTimeline(ctx context.Context, identity string, limit int) ([]record.Record, error)
 }
 
 // TimelineEntry is one line of an incident timeline.
 type TimelineEntry struct {
 	Time        time.Time `json:"time"`
 	Kind        string    `json:"kind"`
+	Action      string    `json:"action,omitempty"`
 	Source      string    `json:"src,omitempty"`
 	Destination string    `json:"dst,omitempty"`
+	Route       string    `json:"route,omitempty"`
+	Method      string    `json:"method,omitempty"`
+	Path        string    `json:"path,omitempty"`
 	Reason      string    `json:"reason,omitempty"`
 	Policy      string    `json:"policy,omitempty"`
 	Rule        string    `json:"rule,omitempty"`
+	Count       uint64    `json:"count,omitempty"`
+	By          string    `json:"by,omitempty"`
 	Detail      string    `json:"detail,omitempty"`
+}
+
+// timelineEntries turns records into the page's lines.
+func timelineEntries(recs []record.Record) []TimelineEntry {
+	out := make([]TimelineEntry, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		out[i] = TimelineEntry{Time: r.Time, Kind: string(r.Kind), Action: r.Action, Source: r.Source, Destination: r.Destination,
+			Route: r.Route, Method: r.Method, Path: r.Path, Reason: r.Reason, Policy: r.Policy, Rule: r.Rule, Count: r.Count, By: r.By,
+			Detail: r.Detail}
+	}
+	return out
 }
 
 // Options configure the console.
@@ -187,6 +208,13 @@ func New(opts Options) (*Console, error) {
 	c.routes()
 	c.syncQuarantines()
 	return c, nil
+}
+
+// ObserveDecisions takes the decisions of a batch the decisions endpoint
+// accepted from an authz server: its denials and dry-run would-denies
+// join the graph and the feed.
+func (c *Console) ObserveDecisions(_ string, ds []wire.Decision) {
+	c.model.observeDecisions(ds)
 }
 
 // ObserveEvents takes a batch the events endpoint accepted; reporter is

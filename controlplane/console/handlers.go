@@ -291,6 +291,9 @@ type PolicyView struct {
 	Quarantined    string                       `json:"quarantined,omitempty"` // the bundle's reason
 }
 
+// timelineLimit is the most timeline lines an identity page shows.
+const timelineLimit = 200
+
 // TimelineView is the incident timeline, when an event store is wired.
 type TimelineView struct {
 	Available bool            `json:"available"`
@@ -337,12 +340,12 @@ func (c *Console) identity(w http.ResponseWriter, r *http.Request, _ principal) 
 	}
 	if c.opts.Timeline != nil {
 		page.Timeline.Available = true
-		entries, err := c.opts.Timeline.Timeline(r.Context(), id, 200)
+		recs, err := c.opts.Timeline.IdentityTimeline(r.Context(), id, timelineLimit)
 		if err != nil {
 			page.Timeline.Error = "the event store did not answer"
 			c.log.Warn("console: incident timeline", "identity", id, "error", err)
 		}
-		page.Timeline.Entries = entries
+		page.Timeline.Entries = timelineEntries(recs)
 	}
 	writeJSON(w, http.StatusOK, page)
 }

@@ -442,6 +442,73 @@ func (m *model) observe(reporter string, events []wire.Event) {
 	}
 }
 
+// decisionKey groups an authz server's denials of one batch.
+type decisionKey struct {
+	src, dst, route, reason, policy, rule, method string
+	class                                         int
+}
+
+// observeDecisions takes the decisions an authz server shipped: its
+// denials and dry-run would-denies are drawn as the filters' are (the
+// destination is the decision's target, not the reporter), folded per
+// edge, route, outcome, reason and rule within the batch. Allowed
+// requests are not drawn: the filters count them, and an authz server's
+// allows are sampled.
+func (m *model) observeDecisions(ds []wire.Decision) {
+	now := m.now()
+	nowNs, nowMs := now.UnixNano(), now.UnixMilli()
+	counts := map[decisionKey]uint64{}
+	var order []decisionKey
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range ds {
+		d := &ds[i]
+		class := classDeny
+		switch {
+		case !d.Allowed:
+		case d.WouldDeny:
+			class = classDryRun
+		default:
+			continue
+		}
+		src, ok := identity(d.Source)
+		if !ok || !reasonCode(d.Reason) || len(d.Policy)+len(d.Rule) > maxRefLen {
+			m.dropped++
+			continue
+		}
+		dst, ok := reporterIdentity(d.Destination)
+		if !ok {
+			m.dropped++
+			continue
+		}
+		k := decisionKey{src: src, dst: dst, route: clip(d.Route, maxTextLen), reason: d.Reason, policy: d.Policy, rule: d.Rule,
+			method: clip(d.Method, 16), class: class}
+		if _, seen := counts[k]; !seen {
+			order = append(order, k)
+		}
+		counts[k]++
+	}
+	for _, k := range order {
+		e := m.edge(k.src, k.dst)
+		if e == nil {
+			m.dropped += counts[k]
+			continue
+		}
+		n := counts[k]
+		e.rates[k.class].add(float64(n), nowNs)
+		e.totals[k.class] += n
+		e.route(k.route)
+		kind := KindDeny
+		if k.class == classDryRun {
+			kind = KindDryRun
+		}
+		e.last = &EdgeDecision{Kind: kind, Reason: k.reason, Policy: k.policy, Rule: k.rule, Route: k.route, Time: nowMs}
+		m.add(FeedEntry{Time: nowMs, Kind: kind, Source: k.src, Destination: k.dst, Route: k.route, Method: k.method,
+			Reason: k.reason, Policy: k.policy, Rule: k.rule, Count: n, Detail: "ext_authz"})
+		m.dirtyEdges[e] = struct{}{}
+	}
+}
+
 // add appends a feed entry and remembers it on the nodes it names. Call
 // with m.mu held.
 func (m *model) add(e FeedEntry) {

@@ -17,6 +17,8 @@ import (
 	"github.com/meshguard/meshguard/controlplane/api"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/controlplane/record"
+	"github.com/meshguard/meshguard/controlplane/recordstore"
 	"github.com/meshguard/meshguard/controlplane/state/disk"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/examples"
@@ -51,6 +53,7 @@ type plane struct {
 	ca       *ca.CA
 	reg      *prometheus.Registry
 	insecure bool
+	records  *recordstore.Store // with planeOptions.records
 }
 
 type planeOptions struct {
@@ -61,6 +64,10 @@ type planeOptions struct {
 	// timeout is the listener's read and write timeout, as the
 	// controlplane command sets them (0: none).
 	timeout time.Duration
+	// records wires a record store as the controlplane command does: the
+	// API keeps events and shipped decisions in it, the quarantine
+	// manager's changes go to it, and it is the console's timeline.
+	records bool
 }
 
 const (
@@ -86,7 +93,21 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 	if err != nil {
 		t.Fatal(err)
 	}
-	qm, err := quarantine.New(quarantine.Options{Store: ds, Sink: st, Namespace: "istio-system"})
+	var recs *recordstore.Store
+	var observer func(quarantine.AuditRecord)
+	if o.records {
+		if recs, err = recordstore.Open(ctx, recordstore.Options{Path: t.TempDir() + "/records.db", MaxAge: -1}); err != nil {
+			t.Fatal(err)
+		}
+		rdone := make(chan struct{})
+		rctx, rcancel := context.WithCancel(context.Background())
+		go func() { defer close(rdone); recs.Run(rctx) }()
+		t.Cleanup(func() { rcancel(); <-rdone; _ = recs.Close() })
+		observer = func(a quarantine.AuditRecord) {
+			recs.AppendOrDrop([]record.Record{record.FromQuarantine(a.Time, a.Action, a.Identity, a.By, a.Reason, a.Expires)})
+		}
+	}
+	qm, err := quarantine.New(quarantine.Options{Store: ds, Sink: st, Namespace: "istio-system", Observer: observer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,27 +124,36 @@ func newPlane(t *testing.T, o planeOptions) *plane {
 	if tick == 0 {
 		tick = 50 * time.Millisecond
 	}
-	c, err := New(Options{
+	copts := Options{
 		Quarantines: Manager(qm), Bundle: st.Bundle, Workloads: o.workloads, Tick: tick, MaxEdges: o.maxEdges,
 		Auth: Auth{Operators: []spiffeid.ID{operatorID}, Viewers: []spiffeid.ID{viewerID},
 			OperatorToken: testOperatorToken, ViewerToken: testViewerToken},
 		Registerer: reg,
-	})
+	}
+	if recs != nil {
+		copts.Timeline = recs
+	}
+	c, err := New(copts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	unsub := st.Subscribe(c.BundleChanged)
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
-	h, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), Observers: []api.EventObserver{c},
-		Insecure: !o.tls, TrustDomain: td, Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Registerer: reg})
+	aopts := api.Options{Quarantine: qm, Learner: learn.New(0, nil), Observers: []api.EventObserver{c},
+		DecisionObservers: []api.DecisionObserver{c},
+		Insecure:          !o.tls, TrustDomain: td, Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Registerer: reg}
+	if recs != nil {
+		aopts.Records, aopts.Forensics = recs, recs
+	}
+	h, err := api.New(aopts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(Path, c)
 	mux.Handle("/", h)
-	p := &plane{t: t, st: st, qm: qm, console: c, opToken: testOperatorToken, viewTok: testViewerToken, reg: reg, insecure: !o.tls}
+	p := &plane{t: t, st: st, qm: qm, console: c, opToken: testOperatorToken, viewTok: testViewerToken, reg: reg, insecure: !o.tls, records: recs}
 	if o.tls {
 		authority, err := ca.New(td)
 		if err != nil {

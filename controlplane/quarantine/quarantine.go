@@ -140,6 +140,11 @@ type Options struct {
 	// WriteTimeout bounds the store writes of detections and of the
 	// sweeper (default 5s); API calls carry their request's context.
 	WriteTimeout time.Duration
+	// Observer, when set, is called with every audit record (add, extend,
+	// release, expire) as it is made, with the manager's lock held: it
+	// must return at once and not call the manager (the control plane's
+	// record store queues it).
+	Observer func(AuditRecord)
 }
 
 // Entry is one quarantined identity.
@@ -1001,6 +1006,9 @@ func clip(s string) string { return truncate(s, state.MaxText) }
 // audit appends a record to the audit file.
 func (m *Manager) audit(r AuditRecord) {
 	m.quarantines.WithLabelValues(r.Action).Inc()
+	if m.opts.Observer != nil {
+		m.opts.Observer(r)
+	}
 	if m.opts.Audit == nil {
 		return
 	}

@@ -39,12 +39,26 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Check runs on every candidate bundle; nil only validates.
 	Check Check
+	// Observer, when set, is called with every update that publishes a
+	// bundle or is rejected, with the store's lock held: it must return at
+	// once and not call the store.
+	Observer func(Change)
+}
+
+// Change is one update of a source: the bundle it published, or why it was
+// rejected.
+type Change struct {
+	Source    string
+	Version   string // of the published bundle; empty when rejected
+	Documents int
+	Err       error
 }
 
 // Store merges named sources into a bundle. It is safe for concurrent use.
 type Store struct {
 	log   *slog.Logger
 	check Check
+	obs   func(Change)
 
 	mu      sync.Mutex // serializes updates and publication order
 	sources map[string]policies.Set
@@ -52,6 +66,8 @@ type Store struct {
 	gen     uint64
 	subs    map[uint64]func(*policies.Bundle)
 	nextSub uint64
+	// published: the last build published a bundle.
+	published bool
 
 	builds    *prometheus.CounterVec
 	documents prometheus.Gauge
@@ -68,6 +84,7 @@ func New(opts Options) (*Store, error) {
 	s := &Store{
 		log:     log,
 		check:   opts.Check,
+		obs:     opts.Observer,
 		sources: map[string]policies.Set{},
 		subs:    map[uint64]func(*policies.Bundle){},
 		builds: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -165,6 +182,21 @@ func (s *Store) Subscribe(fn func(*policies.Bundle)) (cancel func()) {
 
 // update must be called with s.mu held. set nil removes the source.
 func (s *Store) update(name string, set *policies.Set) error {
+	err := s.build(name, set)
+	if s.obs != nil && (err != nil || s.published) {
+		c := Change{Source: name, Err: err}
+		if err == nil {
+			c.Version, c.Documents = s.current.Version, countDocuments(&s.current.Set)
+		}
+		s.obs(c)
+	}
+	return err
+}
+
+// build is update without the observer; it sets s.published when it
+// published a bundle.
+func (s *Store) build(name string, set *policies.Set) error {
+	s.published = false
 	if set != nil {
 		// Validate the source alone first so that its errors are reported
 		// against it rather than against the merge.
@@ -220,6 +252,7 @@ func (s *Store) update(name string, set *policies.Set) error {
 	s.gen++
 	s.sources = next
 	s.current = candidate
+	s.published = true
 	s.builds.WithLabelValues("published").Inc()
 	s.documents.Set(float64(countDocuments(&candidate.Set)))
 	s.log.Info("policy bundle published", "source", name, "version", candidate.Version,

@@ -353,3 +353,31 @@ func TestStoreRejectsInvalidPolicies(t *testing.T) {
 		t.Fatal("the rejected source was kept")
 	}
 }
+
+// TestObserver: every published bundle and every rejected update is
+// reported, unchanged content is not.
+func TestObserver(t *testing.T) {
+	var changes []Change
+	s, err := New(Options{Observer: func(c Change) { changes = append(changes, c) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd := policies.Set{DefaultDenies: []policies.DefaultDeny{{APIVersion: policies.APIVersionMeshguard, Kind: policies.KindDefaultDeny,
+		Metadata: policies.ObjectMeta{Name: "all", Namespace: "shop"}}}}
+	if err := s.SetSource("files", dd); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetSource("files", dd); err != nil { // unchanged
+		t.Fatal(err)
+	}
+	bad := dd
+	bad.DefaultDenies = append([]policies.DefaultDeny{}, dd.DefaultDenies...)
+	bad.DefaultDenies[0].Metadata.Name = ""
+	if err := s.SetSource("files", bad); err == nil {
+		t.Fatal("bad set accepted")
+	}
+	if len(changes) != 2 || changes[0].Source != "files" || changes[0].Version != s.Bundle().Version || changes[0].Documents != 1 ||
+		changes[1].Err == nil || changes[1].Version != "" {
+		t.Fatalf("changes %+v", changes)
+	}
+}

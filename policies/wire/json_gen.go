@@ -111,6 +111,7 @@ var jsonEvent = &strictjson.Type{
 		{Name: "destination", Offset: unsafe.Offsetof(Event{}.Destination), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "route", Offset: unsafe.Offsetof(Event{}.Route), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "method", Offset: unsafe.Offsetof(Event{}.Method), Kind: strictjson.KString, OmitEmpty: true},
+		{Name: "path", Offset: unsafe.Offsetof(Event{}.Path), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "response", Offset: unsafe.Offsetof(Event{}.Response), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "profile", Offset: unsafe.Offsetof(Event{}.Profile), Kind: strictjson.KString, OmitEmpty: true},
 		{Name: "score", Offset: unsafe.Offsetof(Event{}.Score), Kind: strictjson.KFloat64, OmitEmpty: true},

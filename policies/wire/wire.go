@@ -254,7 +254,10 @@ const (
 // the requests and Detail the reason code, then a space and the deciding
 // rule (Kind/namespace/name#rule) when there is one. Denials and dry-run
 // outcomes are reported on the next tick, allowed requests every few
-// seconds. Destination is empty: the reporter is the destination.
+// seconds. Method and Path are those of the first request counted under the
+// key since the last report (the path without its query): an example, not
+// part of the key, so that a scan of many paths cannot multiply the events.
+// Destination is empty: the reporter is the destination.
 type Event struct {
 	Kind        string  `json:"kind"`
 	Detector    string  `json:"detector,omitempty"` // rate, errors, enumeration, egress, lateral
@@ -262,6 +265,7 @@ type Event struct {
 	Destination string  `json:"destination,omitempty"`
 	Route       string  `json:"route,omitempty"`
 	Method      string  `json:"method,omitempty"`
+	Path        string  `json:"path,omitempty"`     // decisions: an example request's path, without its query
 	Response    string  `json:"response,omitempty"` // log, count, rate-limit, block, quarantine; decisions: allow, deny, dry-run
 	Profile     string  `json:"profile,omitempty"`
 	Score       float64 `json:"score,omitempty"`

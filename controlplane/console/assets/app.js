@@ -775,8 +775,10 @@
       for (const t of p.timeline.entries || []) {
         const li = el('li', 'fe fe-' + t.kind);
         li.appendChild(el('span', 'fe-time', new Date(t.time).toLocaleString()));
-        li.appendChild(el('span', 'fe-kind', t.kind));
-        const parts = [t.src, t.dst, t.reason, t.policy ? t.policy + (t.rule ? '#' + t.rule : '') : '', t.detail].filter(Boolean);
+        li.appendChild(el('span', 'fe-kind', t.action ? t.kind + ' ' + t.action : t.kind));
+        const req = [t.method, t.path].filter(Boolean).join(' ');
+        const parts = [t.src && t.dst ? t.src + ' → ' + t.dst : t.src || t.dst, t.route, req, t.count > 1 ? '×' + t.count : '',
+          t.reason, t.policy ? t.policy + (t.rule ? '#' + t.rule : '') : '', t.by ? 'by ' + t.by : '', t.detail].filter(Boolean);
         li.appendChild(el('span', 'fe-what', parts.join(' · ')));
         tl.appendChild(li);
       }

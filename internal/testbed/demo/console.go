@@ -42,7 +42,7 @@ func (m *mesh) startConsole(addr string) (*demoConsole, error) {
 			Service: w.Service(), Labels: map[string]string{"app": w.Name}})
 	}
 	c, err := console.New(console.Options{
-		Quarantines: console.Manager(m.qm), Bundle: m.store.Bundle, Workloads: workloads,
+		Quarantines: console.Manager(m.qm), Bundle: m.store.Bundle, Workloads: workloads, Timeline: m.rec.store,
 		Auth:   console.Auth{Operators: []spiffeid.ID{operatorID}, OperatorToken: op, ViewerToken: view},
 		Logger: m.o.Log,
 	})

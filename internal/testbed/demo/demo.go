@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshguard/meshguard/controlplane/recordstore"
 )
 
 // Options configure Run.
@@ -83,6 +85,12 @@ type Summary struct {
 	BlockedAtSource int
 	// ByReason counts every decision by reason code.
 	ByReason map[string]int
+	// Incident is the record store's timeline of the first quarantined
+	// identity (what `meshguard incident` prints), nil without one.
+	Incident *recordstore.Timeline
+	// DecisionLog is the authz server's decision log (JSON lines, at most
+	// 64 MiB), for `meshguard policy replay`.
+	DecisionLog []byte
 }
 
 // Detection is one anomaly report.
@@ -122,5 +130,9 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		return nil, err
 	}
 	defer m.stop()
-	return m.play(ctx)
+	sum, err := m.play(ctx)
+	if sum != nil {
+		m.finishRecords(sum)
+	}
+	return sum, err
 }

@@ -3,6 +3,7 @@ package demo
 import (
 	"bytes"
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshguard/meshguard/controlplane/record"
 	"github.com/meshguard/meshguard/examples"
+	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/replay"
+	"github.com/meshguard/meshguard/policies/source"
 	"github.com/meshguard/meshguard/wasm/wasmtest"
 )
 
@@ -106,6 +111,107 @@ func TestDemo(t *testing.T) {
 	if strings.Contains(out.String(), "\x1b[") {
 		t.Error("ANSI escapes written to a non-terminal")
 	}
+	checkIncident(t, sum, attackerID)
+	checkReplay(t, sum, attackerID)
+}
+
+// checkIncident: the control plane's record store has the attacker's
+// timeline: its requests and denies, the detections, the quarantine, the
+// operator's release.
+func checkIncident(t *testing.T, sum *Summary, attackerID string) {
+	t.Helper()
+	tl := sum.Incident
+	if tl == nil {
+		t.Fatal("no incident timeline")
+	}
+	if tl.Identity != attackerID || tl.Anchor == nil || tl.Anchor.Kind != record.KindQuarantine {
+		t.Fatalf("timeline of %s anchored on %+v", tl.Identity, tl.Anchor)
+	}
+	s := tl.Summary
+	if s.Decisions[record.ActionDeny] == 0 || s.Decisions[record.ActionAllow] == 0 || len(s.Detections) == 0 ||
+		s.ReleasedBy != operatorID.String() || s.Quarantined.IsZero() {
+		t.Errorf("timeline summary %+v", s)
+	}
+	last := tl.Records[len(tl.Records)-1]
+	if last.Kind != record.KindRelease || last.By != operatorID.String() {
+		t.Errorf("the timeline does not end with the release: %+v", last)
+	}
+}
+
+// checkReplay replays the demo's decision log: under the demo's own
+// policies nothing changes; under a candidate where catalog no longer
+// admits reviews, reviews' allowed calls to catalog turn into denies.
+func checkReplay(t *testing.T, sum *Summary, attackerID string) {
+	t.Helper()
+	if len(sum.DecisionLog) == 0 {
+		t.Fatal("no decision log")
+	}
+	replayWith := func(edit func(string) string) *replay.Report {
+		t.Helper()
+		fsys := examples.FS()
+		files, err := fs.Glob(fsys, "policies/*.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var set policies.Set
+		for _, f := range files {
+			data, err := fs.ReadFile(fsys, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			part, diags := source.Parse(f, []byte(edit(string(data))))
+			if diags.HasErrors() {
+				t.Fatal(diags.Err())
+			}
+			set = mergeSets(set, part)
+		}
+		b, _, err := policies.NewBundle("candidate", set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := replay.New(b, replay.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := r.NewReport()
+		if err := r.ReplayJSONL(bytes.NewReader(sum.DecisionLog), replay.Window{}, 0, rep); err != nil {
+			t.Fatal(err)
+		}
+		rep.Finish()
+		return rep
+	}
+	same := replayWith(func(s string) string { return s })
+	t.Logf("demo log under its own policies: %d recorded, %d replayed, %d unchanged, skipped %v", same.Total, same.Replayed, same.Unchanged, same.Skipped)
+	if same.Replayed == 0 || same.Unchanged != same.Replayed || len(same.Skipped) != 0 {
+		t.Errorf("the demo's own policies change %d of %d replayed decisions: %+v", same.Replayed-same.Unchanged, same.Replayed, same.Groups)
+	}
+	stricter := replayWith(func(s string) string {
+		return strings.Replace(s, "        - cluster.local/ns/bookstore/sa/reviews\n", "", 1)
+	})
+	found := false
+	for _, g := range stricter.Groups {
+		if g.Direction == replay.DirAllowToDeny && g.Source == attackerID && strings.HasSuffix(g.Destination, "/sa/catalog") {
+			found = g.Count > 0
+		}
+	}
+	if !found || stricter.DenyToAllow != 0 {
+		t.Errorf("stricter candidate: %d allow->deny, %d deny->allow, groups %+v", stricter.AllowToDeny, stricter.DenyToAllow, stricter.Groups)
+	}
+	t.Logf("demo log under the stricter candidate: %d allow->deny in %d groups", stricter.AllowToDeny, len(stricter.Groups))
+}
+
+func mergeSets(a, b policies.Set) policies.Set {
+	a.AuthorizationPolicies = append(a.AuthorizationPolicies, b.AuthorizationPolicies...)
+	a.IdentityPolicies = append(a.IdentityPolicies, b.IdentityPolicies...)
+	a.DefaultDenies = append(a.DefaultDenies, b.DefaultDenies...)
+	a.RouteOverrides = append(a.RouteOverrides, b.RouteOverrides...)
+	a.TrafficBaselines = append(a.TrafficBaselines, b.TrafficBaselines...)
+	a.AnomalyProfiles = append(a.AnomalyProfiles, b.AnomalyProfiles...)
+	a.Quarantines = append(a.Quarantines, b.Quarantines...)
+	if !b.Settings.IsZero() {
+		a.Settings = b.Settings
+	}
+	return a
 }
 
 // TestDemoInterrupt cancels the demo (what Ctrl-C does) during its first

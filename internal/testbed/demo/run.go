@@ -59,6 +59,7 @@ type mesh struct {
 
 	dlog      *decisionMemo
 	decisions *decisionlog.Logger // writes into dlog
+	rec       *records
 
 	store      *store.Store
 	state      *disk.Store
@@ -162,12 +163,17 @@ func (m *mesh) startAuthz(ctx context.Context) error {
 		return fmt.Errorf("demo: authz identity: %w", err)
 	}
 	m.dlog = newDecisionMemo(4096)
-	dl, err := decisionlog.New(decisionlog.Config{W: m.dlog, AllowSampleRate: 1})
+	// The support tool's refunds carry a ticket header a payments rule
+	// reads: recorded, so that policy replay can decide them again.
+	dl, err := decisionlog.New(decisionlog.Config{W: io.MultiWriter(m.dlog, &m.rec.log), AllowSampleRate: 1, Headers: []string{"x-ticket-id"}})
 	if err != nil {
 		return fmt.Errorf("demo: decision log: %w", err)
 	}
 	m.decisions = dl
-	srv, err := server.New(server.Config{Engine: m.engine, Identity: res, Log: m.o.Log, Metrics: met, DecisionLog: dl})
+	if err := m.startShipper(svid); err != nil {
+		return fmt.Errorf("demo: decision shipping: %w", err)
+	}
+	srv, err := server.New(server.Config{Engine: m.engine, Identity: res, Log: m.o.Log, Metrics: met, DecisionLog: dl, Ship: m.rec.ship})
 	if err != nil {
 		return fmt.Errorf("demo: authz: %w", err)
 	}
@@ -203,7 +209,10 @@ var (
 // identity, which is a new bundle version for every filter and the authz
 // server.
 func (m *mesh) startControlPlane() error {
-	st, err := store.New(store.Options{Logger: m.o.Log,
+	if err := m.startRecords(); err != nil {
+		return fmt.Errorf("demo: record store: %w", err)
+	}
+	st, err := store.New(store.Options{Logger: m.o.Log, Observer: m.policyChanged,
 		Check: func(b *policies.Bundle) error { _, err := policies.Compile(b); return err }})
 	if err != nil {
 		return fmt.Errorf("demo: control plane: %w", err)
@@ -241,6 +250,7 @@ func (m *mesh) startControlPlane() error {
 		Threshold: quarantine.Threshold{Events: 2, Window: time.Minute},
 		Protected: []spiffeid.ID{authzID, controlPlaneID},
 		Logger:    m.o.Log,
+		Observer:  m.quarantineChanged,
 	})
 	if err != nil {
 		return fmt.Errorf("demo: quarantine manager: %w", err)
@@ -261,14 +271,17 @@ func (m *mesh) startControlPlane() error {
 		return fmt.Errorf("demo: reporters: %w", err)
 	}
 	var observers []api.EventObserver
+	var decObservers []api.DecisionObserver
 	if m.o.Console {
 		if m.console, err = m.startConsole(m.o.ConsoleAddr); err != nil {
 			return err
 		}
 		observers = append(observers, m.console.c)
+		decObservers = append(decObservers, m.console.c)
 	}
 	handler, err := api.New(api.Options{Quarantine: qm, Learner: learn.New(0, nil), TrustDomain: trustDomain,
-		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Observers: observers, Logger: m.o.Log})
+		Reporters: reporters, Admins: []spiffeid.ID{operatorID}, Observers: observers, DecisionObservers: decObservers, Logger: m.o.Log,
+		Records: m.rec.store, Forensics: m.rec.store})
 	if err != nil {
 		return fmt.Errorf("demo: control plane API: %w", err)
 	}
@@ -571,6 +584,7 @@ func (m *mesh) stop() {
 	if m.console != nil {
 		m.console.close()
 	}
+	m.stopRecords()
 	if m.ids != nil {
 		_ = m.ids.Close()
 	}

@@ -420,11 +420,11 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 	p.vm.m.requests.Add(1)
 	cfg := p.cfg
 	if cfg == nil || cfg.snap == nil {
-		return p.deny(s, st, nil, "", "", 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
+		return p.deny(s, st, nil, "", "", nil, 403, policies.ReasonDeniedNoPolicy, policies.RuleRef{})
 	}
 	hdrs, err := s.RequestHeaders()
 	if err != nil {
-		return p.deny(s, st, cfg, "", "", 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+		return p.deny(s, st, cfg, "", "", nil, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
 	rl := p.readRequestLine(hdrs)
 	route := p.routeName(s)
@@ -434,11 +434,11 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		return p.outboundRequest(s, st, cfg, c, hdrs, &rl, route)
 	}
 	if c.bad != "" {
-		return p.deny(s, st, cfg, "", route, 403, c.bad, policies.RuleRef{})
+		return p.deny(s, st, cfg, "", route, &rl, 403, c.bad, policies.RuleRef{})
 	}
 	now := p.vm.host.Now()
 	if p.blocked(c, now) {
-		return p.deny(s, st, cfg, c.id.String(), route, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+		return p.deny(s, st, cfg, c.id.String(), route, &rl, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
 	}
 	dec := p.decide(cfg, c, &rl, route, hdrs)
 	v := p.observe(cfg, st, c, &rl, route, now)
@@ -449,7 +449,7 @@ func (p *Plugin) OnRequestHeaders(s Stream, st *StreamState) (cont bool) {
 		return false
 	}
 	if !dec.WouldDeny {
-		p.vm.allowed.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeAllow, reason: dec.Reason, ref: dec.Ref})
+		p.vm.allowed.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeAllow, reason: dec.Reason, ref: dec.Ref}, rl.method, rl.path)
 	}
 	return true
 }
@@ -462,7 +462,7 @@ func (p *Plugin) recoverRequest(s Stream, st *StreamState, cont *bool) {
 		p.vm.host.Log(LevelCritical, fmt.Sprintf("meshguard: panic on the request path: %v", r))
 		*cont = false
 		if !st.replied {
-			*cont = p.deny(s, st, p.cfg, "", "", 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+			*cont = p.deny(s, st, p.cfg, "", "", nil, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 		}
 	}
 }
@@ -557,19 +557,19 @@ func (p *Plugin) outboundRequest(s Stream, st *StreamState, cfg *Config, c *conn
 	vm := p.vm
 	vm.m.outRequests.Add(1)
 	if c.bad != "" {
-		return p.deny(s, st, cfg, "", route, 403, c.bad, policies.RuleRef{})
+		return p.deny(s, st, cfg, "", route, rl, 403, c.bad, policies.RuleRef{})
 	}
 	if cfg.self.IsZero() || vm.out == nil {
-		return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedIdentity, policies.RuleRef{Policy: "meshguard/outbound-identity"})
+		return p.deny(s, st, cfg, "", route, rl, 403, policies.ReasonDeniedIdentity, policies.RuleRef{Policy: "meshguard/outbound-identity"})
 	}
 	dest := p.destination(s, cfg, c)
 	st.dest = dest
 	now := vm.host.Now()
 	if until, ok := vm.blocks[cfg.selfKey]; ok && now < until {
-		return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
+		return p.deny(s, st, cfg, "", route, rl, 403, policies.ReasonDeniedAnomaly, policies.RuleRef{Policy: "meshguard/quarantine-response"})
 	}
 	if ref, ok := cfg.snap.QuarantineRef(cfg.self, now); ok {
-		return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedQuarantine, ref)
+		return p.deny(s, st, cfg, "", route, rl, 403, policies.ReasonDeniedQuarantine, ref)
 	}
 	dr := detect.Request{Now: now, Source: cfg.self, Method: rl.method, Path: rl.path, Authority: rl.authority,
 		DestAddr: c.dstIP, Route: route, Service: dest, Outbound: true}
@@ -577,11 +577,11 @@ func (p *Plugin) outboundRequest(s Stream, st *StreamState, cfg *Config, c *conn
 	st.ref, st.observed = v.Ref, true
 	p.report(vm.out, &v, now, rl.method, route, dest, true)
 	if v.Status != 0 {
-		return p.deny(s, st, cfg, "", route, v.Status, v.Reason, anomalyRef(&v))
+		return p.deny(s, st, cfg, "", route, rl, v.Status, v.Reason, anomalyRef(&v))
 	}
 	if rl.spoofed > 0 {
 		if err := s.ReplaceRequestHeaders(withoutMeshguardHeaders(hdrs, 0)); err != nil {
-			return p.deny(s, st, cfg, "", route, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+			return p.deny(s, st, cfg, "", route, rl, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 		}
 	}
 	vm.m.decision(policies.ReasonAllowedNoPolicy)
@@ -655,14 +655,14 @@ func (p *Plugin) enforce(s Stream, st *StreamState, cfg *Config, c *connInfo, rl
 	vm := p.vm
 	if !dec.Allowed {
 		vm.engine.ObserveResponse(v.Ref, now, 403) // denials feed the error detectors
-		return p.deny(s, st, cfg, c.id.String(), route, 403, dec.Reason, dec.Ref)
+		return p.deny(s, st, cfg, c.id.String(), route, rl, 403, dec.Reason, dec.Ref)
 	}
 	if dec.WouldDeny {
 		vm.m.dryRun.Add(1)
-		vm.urgent.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeDryRun, reason: dec.Reason, ref: dec.Ref})
+		vm.urgent.add(tallyKey{source: c.id.String(), route: route, outcome: OutcomeDryRun, reason: dec.Reason, ref: dec.Ref}, rl.method, rl.path)
 	}
 	if v.Status != 0 {
-		return p.deny(s, st, cfg, c.id.String(), route, v.Status, v.Reason, anomalyRef(v))
+		return p.deny(s, st, cfg, c.id.String(), route, rl, v.Status, v.Reason, anomalyRef(v))
 	}
 	vm.m.decision(dec.Reason)
 	return true
@@ -691,7 +691,7 @@ func (p *Plugin) stampForExtAuthz(s Stream, st *StreamState, cfg *Config, c *con
 		err = s.ReplaceRequestHeaders(clean)
 	}
 	if err != nil {
-		return p.deny(s, st, cfg, c.id.String(), route, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
+		return p.deny(s, st, cfg, c.id.String(), route, nil, 403, policies.ReasonDeniedInternal, policies.RuleRef{})
 	}
 	return true
 }
@@ -742,14 +742,18 @@ func refString(r policies.RuleRef) string {
 }
 
 // deny answers the request locally and counts the denial for the control
-// plane; source is the caller's SPIFFE ID and route the Envoy route, ""
-// when not known (yet).
-func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, source, route string, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
+// plane; source is the caller's SPIFFE ID, route the Envoy route and rl the
+// request line, ""/nil when not known (yet).
+func (p *Plugin) deny(s Stream, st *StreamState, cfg *Config, source, route string, rl *requestLine, status uint32, reason policies.Reason, ref policies.RuleRef) bool {
 	p.vm.m.decision(reason)
 	if !st.outbound {
 		// Decision events speak of callers of this workload; the outbound
 		// side's refusals are reported as its anomalies and edges.
-		p.vm.urgent.add(tallyKey{source: source, route: route, outcome: OutcomeDeny, reason: reason, ref: ref})
+		var method, path string
+		if rl != nil {
+			method, path = rl.method, rl.path
+		}
+		p.vm.urgent.add(tallyKey{source: source, route: route, outcome: OutcomeDeny, reason: reason, ref: ref}, method, path)
 	}
 	b := wire.DenyBody{Reason: string(reason), Policy: ref.Policy, Rule: ref.Rule}
 	if cfg != nil {

@@ -1,6 +1,8 @@
 package filtercore
 
 import (
+	"strings"
+
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -23,6 +25,8 @@ const (
 	// they are traffic rates, not news. Denials and dry-run would-denies
 	// go out on every tick.
 	allowReportNanos = 5e9
+	// maxExample bounds the example path (and method) a key keeps.
+	maxExample = 256
 )
 
 // tallyKey is what a decision event aggregates over. Every string in it is
@@ -37,18 +41,26 @@ type tallyKey struct {
 	ref     policies.RuleRef
 }
 
+// example is the first request counted under a key since the last report:
+// its method and path (without the query), copied, at most maxExample
+// bytes each.
+type example struct{ method, path string }
+
 // tally counts requests by key until the next report.
 type tally struct {
-	idx    map[tallyKey]int
-	keys   []tallyKey
-	counts []uint64
-	last   int  // index of the last key counted, -1 for none
-	over   bool // a key did not fit
+	idx      map[tallyKey]int
+	keys     []tallyKey
+	counts   []uint64
+	examples []example
+	last     int  // index of the last key counted, -1 for none
+	over     bool // a key did not fit
 }
 
 func newTally() tally { return tally{idx: map[tallyKey]int{}, last: -1} }
 
-func (t *tally) add(k tallyKey) {
+// add counts a request of key k; method and path are the request's, kept
+// (copied: they may be the host's scratch memory) when k is new.
+func (t *tally) add(k tallyKey, method, path string) {
 	if t.last >= 0 && t.keys[t.last] == k {
 		t.counts[t.last]++
 		return
@@ -63,22 +75,44 @@ func (t *tally) add(k tallyKey) {
 		t.idx[k] = i
 		t.keys = append(t.keys, k)
 		t.counts = append(t.counts, 0)
+		t.examples = append(t.examples, example{method: clipCopy(method), path: clipCopy(stripQuery(path))})
 	}
 	t.counts[i]++
 	t.last = i
 }
 
-// drain turns the counts into decision events in the buffer (dropped and
-// counted when it is full) and starts over. It returns how many events were
-// dropped.
+func stripQuery(p string) string {
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
+func clipCopy(s string) string {
+	if len(s) > maxExample {
+		s = s[:maxExample]
+	}
+	return strings.Clone(s)
+}
+
+// drain turns the counts into decision events in the buffer and starts
+// over. Decision events take at most half the buffer, so that a flood of
+// denied requests cannot crowd out the detections that get its source
+// quarantined: beyond that (or in a full buffer) they are dropped and
+// counted. It returns how many events were dropped.
 func (t *tally) drain(b *eventBuffer, nowMillis int64, refString func(policies.RuleRef) string) (dropped uint64) {
 	for i, k := range t.keys {
+		if len(b.buf) >= b.max/2 {
+			dropped++
+			b.dropped++
+			continue
+		}
 		detail := string(k.reason)
 		if r := refString(k.ref); r != "" {
 			detail += " " + r
 		}
 		e := wire.Event{Kind: wire.EventDecision, Source: k.source, Route: k.route, Response: k.outcome,
-			Count: t.counts[i], UnixMillis: nowMillis, Detail: detail}
+			Method: t.examples[i].method, Path: t.examples[i].path, Count: t.counts[i], UnixMillis: nowMillis, Detail: detail}
 		if !b.add(e) {
 			dropped++
 		}
@@ -88,6 +122,7 @@ func (t *tally) drain(b *eventBuffer, nowMillis int64, refString func(policies.R
 		b.dropped++
 	}
 	clear(t.idx)
-	t.keys, t.counts, t.last, t.over = t.keys[:0], t.counts[:0], -1, false
+	clear(t.examples)
+	t.keys, t.counts, t.examples, t.last, t.over = t.keys[:0], t.counts[:0], t.examples[:0], -1, false
 	return dropped
 }

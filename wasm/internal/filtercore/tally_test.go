@@ -78,10 +78,10 @@ func TestTallyIsBounded(t *testing.T) {
 	ids := make([]string, maxTallyKeys+10)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("spiffe://mesh.test/ns/shop/sa/c%d", i)
-		ta.add(tallyKey{source: ids[i], outcome: OutcomeDeny, reason: policies.ReasonDeniedNoMatch})
+		ta.add(tallyKey{source: ids[i], outcome: OutcomeDeny, reason: policies.ReasonDeniedNoMatch}, "GET", "/x?q=1")
 	}
 	k := tallyKey{source: ids[1], outcome: OutcomeDeny, reason: policies.ReasonDeniedNoMatch}
-	if allocs := testing.AllocsPerRun(100, func() { ta.add(k) }); allocs != 0 {
+	if allocs := testing.AllocsPerRun(100, func() { ta.add(k, "GET", "/y") }); allocs != 0 {
 		t.Errorf("counting a known key allocates %.0f times", allocs)
 	}
 	b := eventBuffer{max: 2 * maxTallyKeys}
@@ -95,5 +95,25 @@ func TestTallyIsBounded(t *testing.T) {
 	b = eventBuffer{max: 10}
 	if ta.drain(&b, 1, refString); len(b.buf) != 0 {
 		t.Fatalf("a drained tally reports again: %d events", len(b.buf))
+	}
+}
+
+// TestDeniedFloodLeavesRoomForDetections: the decisions of a flood of
+// denied requests (more keys than half the buffer) take half the buffer at
+// most; the detections that follow still fit.
+func TestDeniedFloodLeavesRoomForDetections(t *testing.T) {
+	ta := newTally()
+	for i := 0; i < 20; i++ {
+		ta.add(tallyKey{source: fmt.Sprintf("spiffe://mesh.test/ns/evil/sa/flood%d", i), route: "orders-api", outcome: OutcomeDeny,
+			reason: policies.ReasonDeniedNoMatch}, "GET", "/")
+	}
+	b := eventBuffer{max: 8}
+	if dropped := ta.drain(&b, 1, refString); len(b.buf) != 4 || dropped != 16 || b.dropped != 16 {
+		t.Fatalf("%d decision events buffered, %d dropped (buffer says %d); want half the buffer (4) and 16", len(b.buf), dropped, b.dropped)
+	}
+	for i := 0; i < 4; i++ {
+		if !b.add(wire.Event{Kind: wire.EventAnomaly, Detector: "enumeration"}) {
+			t.Fatalf("detection %d did not fit after the flood", i)
+		}
 	}
 }
