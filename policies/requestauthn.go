@@ -1,7 +1,6 @@
 package policies
 
 import (
-	"cmp"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -125,10 +124,21 @@ func providersOf(bs []*bucket) []*JWTProvider {
 	if len(out) < 2 {
 		return out
 	}
-	slices.SortFunc(out, func(a, b *JWTProvider) int {
-		return cmp.Or(cmp.Compare(a.Issuer, b.Issuer), cmp.Compare(a.ord, b.ord))
-	})
+	// An insertion sort: a few providers, each bucket's already in rule
+	// order (a generic sort would cost the wasm filter kilobytes).
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && providerBefore(out[j], out[j-1]); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
 	return slices.Compact(out)
+}
+
+func providerBefore(a, b *JWTProvider) bool {
+	if a.Issuer != b.Issuer {
+		return a.Issuer < b.Issuer
+	}
+	return a.ord < b.ord
 }
 
 // HasRequestAuthentication reports whether the set has jwtRules at all.
@@ -299,7 +309,7 @@ func (c *compiler) jwtRule(f string, r *JWTRule) *JWTProvider {
 		}
 		p.SpaceDelimited = append(p.SpaceDelimited, v)
 	}
-	slices.Sort(p.SpaceDelimited)
+	strictjson.SortStrings(p.SpaceDelimited)
 	p.SpaceDelimited = slices.Compact(p.SpaceDelimited)
 	if len(c.diags.Errors()) != before {
 		return nil

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshguard/meshguard/policies/internal/strictjson"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -923,7 +924,7 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	for k := range m {
 		out = append(out, k)
 	}
-	sort.Strings(out)
+	strictjson.SortStrings(out)
 	return out
 }
 

@@ -1,7 +1,6 @@
 package policies
 
 import (
-	"cmp"
 	"hash/maphash"
 	"slices"
 	"strings"
@@ -201,6 +200,13 @@ func merge(idx []*ruleIndex) []*crule {
 	}
 	// A rule is in several buckets when its policy has several targetRefs:
 	// once is enough.
-	slices.SortFunc(out, func(a, b *crule) int { return cmp.Compare(a.ord, b.ord) })
+	// An insertion sort: at most maxBuckets lists of at most smallIndex
+	// rules, each in rule order (a generic sort would cost the wasm filter
+	// kilobytes).
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].ord < out[j-1].ord; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
 	return slices.Compact(out)
 }

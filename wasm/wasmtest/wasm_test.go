@@ -291,3 +291,13 @@ func TestMeshWideConfigPicksTheNodesWorkload(t *testing.T) {
 		t.Fatal("a node the configuration does not list started")
 	}
 }
+
+// TestModuleSize holds the filter module, built as make wasm builds it, to
+// its ceiling (see SizeCeiling).
+func TestModuleSize(t *testing.T) {
+	n := len(filterWasm)
+	if n > SizeCeiling {
+		t.Fatalf("the filter module is %d bytes, over its ceiling of %d (budget %d; docs/wasm.md, \"Module size\")", n, SizeCeiling, SizeBudget)
+	}
+	t.Logf("the filter module is %d bytes; ceiling %d, budget %d", n, SizeCeiling, SizeBudget)
+}

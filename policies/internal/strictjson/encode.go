@@ -2,7 +2,6 @@ package strictjson
 
 import (
 	"math"
-	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -192,7 +191,7 @@ func (e *Encoder) StringMap(m map[string]string) {
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.Sort(keys)
+	SortStrings(keys)
 	e.BeginObject()
 	for _, k := range keys {
 		e.Key(k)
