@@ -26,7 +26,7 @@ func TestLogRedactsAndStripsQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := policies.MapHeaders{"x-tenant": "t1", "authorization": "Bearer s3cret", "cookie": "c=s3cret", "x-api-key": "s3cret"}
-	if !l.Log(&Entry{DecisionID: "d1", Path: "/a/b?token=s3cret#frag", Reason: policies.ReasonDeniedNoMatch}, h, time.Time{}) {
+	if !l.Log(&Entry{DecisionID: "d1", Path: "/a/b?token=s3cret#frag", Reason: string(policies.ReasonDeniedNoMatch)}, h, time.Time{}) {
 		t.Fatal("entry not queued")
 	}
 	if err := l.Close(context.Background()); err != nil {
@@ -83,7 +83,7 @@ func TestCloseWritesEverything(t *testing.T) {
 	l, _ := New(Config{W: &out, AllowSampleRate: 1, Buffer: 16})
 	const n = 1000
 	for i := range n {
-		e := &Entry{DecisionID: fmt.Sprintf("d%d", i), Reason: policies.ReasonDeniedNoMatch}
+		e := &Entry{DecisionID: fmt.Sprintf("d%d", i), Reason: string(policies.ReasonDeniedNoMatch)}
 		for !l.Log(e, nil, time.Time{}) {
 			// Drop policy with a small buffer: retry, as a test only can.
 			time.Sleep(time.Millisecond)
@@ -218,12 +218,12 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 // what encoding/json writes for the same entry.
 func TestEncodingMatchesEncodingJSON(t *testing.T) {
 	entries := []Entry{
-		{Time: time.Date(2026, 11, 24, 10, 0, 0, 123456789, time.UTC), DecisionID: "d", Protocol: "grpc", SourceMethod: "none", Reason: policies.ReasonDeniedInternal},
+		{Time: time.Date(2026, 11, 24, 10, 0, 0, 123456789, time.UTC), DecisionID: "d", Protocol: "grpc", SourceMethod: "none", Reason: string(policies.ReasonDeniedInternal)},
 		{
 			Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)), DecisionID: "d2", RequestID: "r", Protocol: "http",
 			Source: "spiffe://td/a", SourceMethod: "principal", Peer: "spiffe://td/gw", Destination: "spiffe://td/b",
 			Method: "GET", Host: "h\u00e9<&>", Path: "/p\"\\\x01", Route: "r", Scope: "s", Allowed: true,
-			Reason: policies.ReasonDeniedByPolicy, Mode: policies.ModeDryRun, Policy: "p", Rule: "0", WouldDeny: true,
+			Reason: string(policies.ReasonDeniedByPolicy), Mode: string(policies.ModeDryRun), Policy: "p", Rule: "0", WouldDeny: true,
 			Audit: true, AuditPolicy: "ap", BundleVersion: "v1", Error: "e\xff", LatencyMicros: 42,
 			Headers: map[string]string{"x-b": "2", "x-a": "1"},
 		},
@@ -244,9 +244,9 @@ func TestEncodingMatchesEncodingJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := e.appendJSON(nil)
+		got := e.AppendJSON(nil)
 		if string(got) != string(want)+"\n" {
-			t.Errorf("appendJSON =\n%s\nencoding/json =\n%s", got, want)
+			t.Errorf("AppendJSON =\n%s\nencoding/json =\n%s", got, want)
 		}
 	}
 }
@@ -264,7 +264,7 @@ func fullEntry() Entry {
 			Audiences: []string{"a", "b"}, Presenter: "azp", Claims: json.RawMessage(`{"groups":["g1","g2"],"tier":"gold"}`), ClaimNames: []string{"groups", "team", "tier"}},
 		JWTSVID: &wire.DecisionJWT{Issuer: "iss2", Subject: "spiffe://td/ns/a/sa/x2", Principal: "iss2/spiffe://td/ns/a/sa/x2", SVID: true,
 			Audiences: []string{"c"}, Presenter: "azp2", Claims: json.RawMessage(`{"tier":"silver"}`), ClaimNames: []string{"tier"}},
-		Allowed: false, Reason: policies.ReasonDeniedNoMatch, Mode: policies.ModeEnforce, Policy: "AuthorizationPolicy/b/y", Rule: "1",
+		Allowed: false, Reason: string(policies.ReasonDeniedNoMatch), Mode: string(policies.ModeEnforce), Policy: "AuthorizationPolicy/b/y", Rule: "1",
 		Audit: true, AuditPolicy: "AuthorizationPolicy/b/audit", BundleVersion: "3-abc", Error: "e", LatencyMicros: 17,
 		Headers: map[string]string{"x-tenant": "t1"}, HeaderNames: []string{"x-tenant", "x-ticket"},
 	}

@@ -102,7 +102,7 @@ func newShipper(t *testing.T, cp *controlPlane, cfg Config) (*Shipper, func()) {
 func entry(i int) *decisionlog.Entry {
 	return &decisionlog.Entry{Time: time.Unix(int64(i), 0).UTC(), DecisionID: fmt.Sprintf("d-%d", i), Protocol: "grpc",
 		Source: "spiffe://td/ns/a/sa/x", SourceMethod: "certificate", Destination: "spiffe://td/ns/b/sa/y", Method: "GET",
-		Path: "/p?secret=1", Reason: policies.ReasonDeniedNoMatch, Mode: policies.ModeEnforce}
+		Path: "/p?secret=1", Reason: string(policies.ReasonDeniedNoMatch), Mode: string(policies.ModeEnforce)}
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -197,7 +197,7 @@ func (m mesh) decision(r *rand.Rand, t time.Time, seq uint64) *decisionlog.Entry
 		TargetLabels: map[string]string{"app": fmt.Sprintf("api%d", w), "version": "v1"},
 		Method:       "GET", Host: fmt.Sprintf("api%d.team%d.svc:8080", w, w%40), Path: fmt.Sprintf("/v1/items/%d", r.IntN(5000)),
 		Route: fmt.Sprintf("api%d-read", w), Scope: fmt.Sprintf("team%d/api%d", w%40, w),
-		Allowed: rs.allowed, Reason: policies.Reason(rs.reason), Mode: policies.ModeEnforce, BundleVersion: "42-3f1c0a9e2b7d", LatencyMicros: int64(20 + r.IntN(80)),
+		Allowed: rs.allowed, Reason: rs.reason, Mode: string(policies.ModeEnforce), BundleVersion: "42-3f1c0a9e2b7d", LatencyMicros: int64(20 + r.IntN(80)),
 	}
 	if rs.policy != "" {
 		e.Policy, e.Rule = fmt.Sprintf(rs.policy, w%40), "0"
