@@ -17,7 +17,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -160,7 +162,7 @@ func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 			continue
 		}
 		fc.Workloads[w.Key] = wire.Workload{
-			ID:        w.SPIFFEID,
+			ID:        w.ID.String(),
 			Namespace: w.Namespace,
 			// The mesh description lists every label of the workload.
 			Labels:     w.Labels,
@@ -246,7 +248,7 @@ func assemble(res map[resource.Type][]types.Resource, versions map[resource.Type
 // validate runs every resource's ValidateAll and reports every failure.
 func validate(res map[resource.Type][]types.Resource) error {
 	var errs []error
-	for _, typ := range sortedKeys(res) {
+	for _, typ := range slices.Sorted(maps.Keys(res)) {
 		for _, r := range res[typ] {
 			v, ok := r.(interface{ ValidateAll() error })
 			if !ok {

@@ -150,7 +150,7 @@ func grpcRoutes(in mesh.Inbound) []*route.Route {
 func compileRBAC(w *mesh.ValidWorkload, b *policies.Bundle, patterns map[string]*regexp.Regexp) ([]*rbacfilter.RBAC, error) {
 	c := &rbacCompiler{w: w, set: &b.Set, root: b.Set.Settings.RootNamespace, patterns: patterns}
 	if c.root == "" {
-		c.root = "istio-system"
+		c.root = policies.DefaultRootNamespace
 	}
 	deny := map[string]*rbacv3.Policy{}
 	allow := map[string]*rbacv3.Policy{}
@@ -287,7 +287,7 @@ func (c *rbacCompiler) identityApplies(ns string, workloads []string) bool {
 		return ns == c.w.Namespace || ns == c.root
 	}
 	for _, pat := range workloads {
-		if re := c.patterns[pat]; re != nil && re.MatchString(c.w.SPIFFEID) {
+		if re := c.patterns[pat]; re != nil && re.MatchString(c.w.ID.String()) {
 			return true
 		}
 	}
