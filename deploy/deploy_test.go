@@ -41,9 +41,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshguard/meshguard/controlplane/mesh"
 	statekube "github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/internal/crdgen"
 	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
+	"github.com/meshguard/meshguard/internal/xdsvalidate"
 )
 
 var update = flag.Bool("update", false, "regenerate deploy/crds and the chart's crds/ from the policy model")
@@ -711,7 +713,10 @@ func TestSPIRERegistration(t *testing.T) {
 }
 
 // TestEnvoyBootstrap decodes the plain-Envoy bootstrap strictly into
-// envoy.config.bootstrap.v3.Bootstrap and runs its generated validation.
+// envoy.config.bootstrap.v3.Bootstrap and validates it in depth: its
+// generated validation and that of every message packed in it (TLS
+// contexts, protocol options). Its node names a workload the control plane
+// finds.
 func TestEnvoyBootstrap(t *testing.T) {
 	data, err := os.ReadFile("envoy/bootstrap.yaml")
 	if err != nil {
@@ -725,7 +730,7 @@ func TestEnvoyBootstrap(t *testing.T) {
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(js, &b); err != nil {
 		t.Fatalf("strict decode: %v", err)
 	}
-	if err := b.ValidateAll(); err != nil {
+	if err := xdsvalidate.All(&b); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
 	if a := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" {
@@ -737,6 +742,28 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 	if b.GetNode().GetId() == "" || b.GetNode().GetCluster() == "" {
 		t.Error("node id and cluster are required by the control plane")
+	}
+	// The control plane matches a node to its workload by node.cluster
+	// (or node.id) "<name>.<namespace>": the example's web in shop.
+	m, err := mesh.Parse([]byte(`
+apiVersion: meshguard.dev/v1alpha1
+kind: Mesh
+metadata: {name: example}
+spec:
+  trustDomain: cluster.local
+  authz: {address: meshguard-authz.meshguard.svc.cluster.local, port: 9191, spiffeID: spiffe://cluster.local/ns/meshguard/sa/meshguard-authz}
+  controlPlane: {address: meshguard-controlplane.meshguard.svc.cluster.local, port: 18000, spiffeID: spiffe://cluster.local/ns/meshguard/sa/meshguard-controlplane}
+  wasm: {file: /etc/meshguard/meshguard-filter.wasm}
+  workloads:
+  - {name: web, namespace: shop, spiffeID: spiffe://cluster.local/ns/shop/sa/web, inbound: [{name: http, port: 15006, appPort: 8080, routes: [{name: all, prefix: /}]}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, ok := m.Lookup(b.GetNode().GetCluster(), b.GetNode().GetId()); !ok {
+		t.Errorf("node cluster %q, id %q name no workload: the control plane would send it the bundle only", b.GetNode().GetCluster(), b.GetNode().GetId())
+	} else if got := b.GetNode().GetMetadata().GetFields()["spiffe_id"].GetStringValue(); got != w.ID.String() {
+		t.Errorf("node metadata spiffe_id %q, the workload's ID is %s", got, w.ID)
 	}
 	var spire bool
 	for _, c := range b.GetStaticResources().GetClusters() {

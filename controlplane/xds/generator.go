@@ -7,8 +7,9 @@
 // filter compiled from the policies; and, for every node, the policy bundle
 // resource that authz servers subscribe to.
 //
-// Every resource is checked with its generated ValidateAll and every snapshot
-// with Consistent before anyone may publish it.
+// Every resource is validated in depth (internal/xdsvalidate: its generated
+// ValidateAll, and that of every message packed in it) and every snapshot
+// checked with Consistent before anyone may publish it.
 package xds
 
 import (
@@ -31,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshguard/meshguard/controlplane/mesh"
+	"github.com/meshguard/meshguard/internal/xdsvalidate"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -95,7 +97,7 @@ func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 		return nil, err
 	}
 	res := &core.TypedExtensionConfig{Name: wire.BundleResourceName, TypedConfig: tc}
-	if err := res.ValidateAll(); err != nil {
+	if err := xdsvalidate.All(res); err != nil {
 		return nil, fmt.Errorf("xds: bundle resource: %w", err)
 	}
 	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, patterns: compilePatterns(b)}, nil
@@ -118,7 +120,7 @@ func (g *Generator) Encode(b *policies.Bundle) (*EncodedBundle, error) {
 	if eb.Filter, err = g.wasmExtensionConfig(fc); err != nil {
 		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
-	if err := eb.Filter.ValidateAll(); err != nil {
+	if err := xdsvalidate.All(eb.Filter); err != nil {
 		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
 	return eb, nil
@@ -245,17 +247,12 @@ func assemble(res map[resource.Type][]types.Resource, versions map[resource.Type
 	return build(res, versions)
 }
 
-// validate runs every resource's ValidateAll and reports every failure.
+// validate validates every resource in depth and reports every failure.
 func validate(res map[resource.Type][]types.Resource) error {
 	var errs []error
 	for _, typ := range slices.Sorted(maps.Keys(res)) {
 		for _, r := range res[typ] {
-			v, ok := r.(interface{ ValidateAll() error })
-			if !ok {
-				errs = append(errs, fmt.Errorf("%s %s: no validator", typ, cache.GetResourceName(r)))
-				continue
-			}
-			if err := v.ValidateAll(); err != nil {
+			if err := xdsvalidate.All(r); err != nil {
 				errs = append(errs, fmt.Errorf("%s %s: %w", typ, cache.GetResourceName(r), err))
 			}
 		}
