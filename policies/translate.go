@@ -67,6 +67,14 @@ func NamespaceIDRegexp(ns string) string {
 	return `^spiffe://[^/]+/ns/(?:` + ns + `)/sa/[^/]+$`
 }
 
+// MatchValue reports whether s matches the Istio string value pattern as
+// the engine matches route names, namespaces and the like: exact,
+// "prefix*", "*suffix", or "*" for any non-empty value; case-sensitive.
+func MatchValue(pattern, s string) bool {
+	m := newStrMatcher(pattern, false)
+	return m.match(s)
+}
+
 // PathPattern is an Istio path value as the engine compiles it: exact,
 // "prefix*", "*suffix", "*", or a template (Envoy's uri_template) whose
 // segments may be "{*}" (one segment) and "{**}" (zero or more, the last

@@ -264,3 +264,17 @@ func FuzzPathPatternRegexp(f *testing.F) {
 		}
 	})
 }
+
+func TestMatchValue(t *testing.T) {
+	for _, c := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"*", "x", true}, {"*", "", false}, {"users*", "users-list", true}, {"users*", "Users", false},
+		{"*-list", "users-list", true}, {"users", "users", true}, {"users", "users2", false},
+	} {
+		if got := policies.MatchValue(c.pattern, c.s); got != c.want {
+			t.Errorf("%q ~ %q = %v", c.pattern, c.s, got)
+		}
+	}
+}
