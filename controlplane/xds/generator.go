@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"time"
 
@@ -55,10 +54,12 @@ const (
 // concurrent use.
 type Generator struct {
 	mesh *mesh.Mesh
+	// now is the clock that tells which quarantines are in force.
+	now func() time.Time
 }
 
 // NewGenerator returns a generator for m.
-func NewGenerator(m *mesh.Mesh) *Generator { return &Generator{mesh: m} }
+func NewGenerator(m *mesh.Mesh) *Generator { return &Generator{mesh: m, now: time.Now} }
 
 // Mesh returns the mesh the generator serves.
 func (g *Generator) Mesh() *mesh.Mesh { return g.mesh }
@@ -76,9 +77,9 @@ type EncodedBundle struct {
 	// Envoy node of the generator's mesh; nil from EncodeBundle.
 	Filter *core.TypedExtensionConfig
 
-	// patterns are the bundle's workload patterns, compiled once for the
-	// RBAC of every proxyless node. Read-only.
-	patterns map[string]*regexp.Regexp
+	// snap is the bundle compiled by the engine, which the RBAC of
+	// proxyless nodes translates. Read-only.
+	snap *policies.Snapshot
 }
 
 // EncodeBundle prepares b for distribution to nodes that take the bundle
@@ -100,7 +101,11 @@ func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 	if err := xdsvalidate.All(res); err != nil {
 		return nil, fmt.Errorf("xds: bundle resource: %w", err)
 	}
-	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, patterns: compilePatterns(b)}, nil
+	snap, err := policies.Compile(b)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, snap: snap}, nil
 }
 
 // Encode prepares b for every node of g's mesh: the bundle resource and,

@@ -2,7 +2,6 @@ package xds
 
 import (
 	"encoding/json"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -183,36 +182,6 @@ func mustListenerWithRDS(t *testing.T, route string) *listener.Listener {
 		Address:      socketAddress("0.0.0.0", 1),
 		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mgr}}}}},
 	}
-}
-
-func TestSpiffePatternRegex(t *testing.T) {
-	tests := []struct {
-		pattern, id string
-		want        bool
-	}{
-		{"spiffe://example.org", "spiffe://example.org/ns/a/sa/b", true},
-		{"spiffe://example.org", "spiffe://example.org.evil/ns/a", false},
-		{"spiffe://example.org/ns/*/sa/web", "spiffe://example.org/ns/a/sa/web", true},
-		{"spiffe://example.org/ns/*/sa/web", "spiffe://example.org/ns/a/b/sa/web", false},
-		{"spiffe://example.org/ns/a/sa/web-*", "spiffe://example.org/ns/a/sa/web-1", true},
-		{"spiffe://example.org/ns/a/sa/web", "spiffe://example.org/ns/a/sa/web2", false},
-		{"spiffe://example.org/ns/a.b/sa/x", "spiffe://example.org/ns/aXb/sa/x", false},
-	}
-	for _, tt := range tests {
-		re := mustCompile(t, spiffePatternRegex(tt.pattern))
-		if got := re.MatchString(tt.id); got != tt.want {
-			t.Errorf("%s ~ %s = %v, want %v", tt.pattern, tt.id, got, tt.want)
-		}
-	}
-}
-
-func mustCompile(t *testing.T, re string) *regexp.Regexp {
-	t.Helper()
-	r, err := regexp.Compile(re)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
 }
 
 // TestSnapshotsShareTheBundleResources: every node's snapshot holds the

@@ -1,0 +1,914 @@
+package xds
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshguard/meshguard/controlplane/mesh"
+	"github.com/meshguard/meshguard/policies"
+)
+
+// The proxyless gRPC server's RBAC is a translation of the policy engine:
+// for every request a proxyless server can receive, it must decide as
+// policies.Snapshot.Decide decides for that request (a CUSTOM match denies:
+// a proxyless server cannot consult the provider). Everything that carries
+// meaning comes from the policies package: which policies apply to the
+// workload (Snapshot.PoliciesFor), what a SPIFFE ID pattern, a path or a
+// namespace matches (as RE2 expressions), which route overrides and
+// quarantines are in force. The differential test in this package holds the
+// two to the same answers through grpc-go's own RBAC engine.
+//
+// What a proxyless server cannot see is translated on the side that fails
+// closed, as Istio does: a condition on a request principal or a JWT-SVID
+// (no token is verified before its RBAC), on the TLS server name (grpc-go's
+// RBAC does not see it) or on the :authority (hosts, whose reading by the
+// engine — ports, trailing dots, IPv6 brackets, case — this translation does
+// not state) is taken as met in DENY and CUSTOM rules, so they deny more,
+// and as unmet in ALLOW rules, so they allow less. A DENY header condition
+// with notValues compares the whole header value; on a header repeated with
+// commas it is taken as met. Each such approximation is recorded.
+
+// rbacCompiler translates the policies for one inbound port of a proxyless
+// workload.
+type rbacCompiler struct {
+	w      *mesh.ValidWorkload
+	set    *policies.Set
+	snap   *policies.Snapshot
+	routes []mesh.Route // the port's routes in match order, the default last
+	// approx lists the approximations made, for the record and tests.
+	approx []string
+	ref    string // the rule being translated
+}
+
+// compileRBAC returns the RBAC HTTP filters of the inbound port in of w, in
+// order: quarantines, then DENY (and CUSTOM), then ALLOW; and the
+// approximations it made.
+func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now time.Time) ([]*rbacfilter.RBAC, []string, error) {
+	c := &rbacCompiler{w: w, set: &eb.Bundle.Set, snap: eb.snap, routes: proxylessRoutes(in)}
+	target := policies.Target{ID: w.ID, Namespace: w.Namespace, Labels: w.Labels, Service: w.Service}
+	applies := map[string]bool{}
+	for _, ref := range c.snap.PoliciesFor(&target) {
+		applies[ref] = true
+	}
+
+	var out []*rbacfilter.RBAC
+	// Quarantines come first: not even a route with enforcement off lets a
+	// quarantined caller through.
+	var quarantined []*rbacv3.Principal
+	seen := map[spiffeid.ID]bool{}
+	for _, q := range c.set.Quarantines {
+		id, err := spiffeid.FromString(q.Spec.Identity)
+		if err != nil || seen[id] {
+			continue // refused by Compile; or listed already
+		}
+		if _, ok := c.snap.Quarantined(id, now); ok {
+			seen[id] = true
+			quarantined = append(quarantined, principalName(exact(id.String())))
+		}
+	}
+	if len(quarantined) > 0 {
+		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: map[string]*rbacv3.Policy{
+			"meshguard/quarantine": {Permissions: []*rbacv3.Permission{anyPermission()}, Principals: quarantined},
+		}}})
+	}
+
+	// Routes whose override turns enforcement off or to dry-run decide
+	// every request (but a quarantined caller's) as allowed; on a dry-run
+	// route a CUSTOM match still goes to its provider, which denies here.
+	var off, dry []string
+	for _, r := range c.routes {
+		if ro, ok := c.snap.Route(r.Name); ok {
+			switch ro.Mode {
+			case policies.ModeOff:
+				off = append(off, r.Name)
+			case policies.ModeDryRun:
+				dry = append(dry, r.Name)
+			}
+		}
+	}
+	notOff := notPerm(c.onRoutes(off))
+	notOpen := notPerm(c.onRoutes(append(append([]string(nil), off...), dry...)))
+
+	deny := map[string]*rbacv3.Policy{}
+	allow := map[string]*rbacv3.Policy{}
+	allowApplies := false
+	add := func(into map[string]*rbacv3.Policy, name string, p *rbacv3.Policy, exempt *rbacv3.Permission) {
+		if p == nil {
+			return
+		}
+		p.Permissions = []*rbacv3.Permission{andPerm(exempt, orPerm(p.Permissions...))}
+		if isNonePerm(p.Permissions[0]) || isNonePrincipal(orPrincipal(p.Principals...)) {
+			return
+		}
+		into[name] = p
+	}
+
+	for i := range c.set.AuthorizationPolicies {
+		p := &c.set.AuthorizationPolicies[i]
+		ref := policies.KindAuthorizationPolicy + "/" + p.Metadata.Namespace + "/" + p.Metadata.Name
+		if !applies[ref] || p.Metadata.Annotations["istio.io/dry-run"] == "true" {
+			continue // out of scope, or dry-run: decides nothing
+		}
+		switch p.Spec.Action {
+		case "", "ALLOW":
+			allowApplies = true
+			for j := range p.Spec.Rules {
+				c.ref = fmt.Sprintf("%s[%d]", ref, j)
+				add(allow, c.ref, c.istioRule(&p.Spec.Rules[j], false), nil)
+			}
+		case "DENY", "CUSTOM":
+			exempt := notOpen
+			if p.Spec.Action == "CUSTOM" {
+				exempt = notOff
+			}
+			for j := range p.Spec.Rules {
+				c.ref = fmt.Sprintf("%s[%d]", ref, j)
+				add(deny, c.ref, c.istioRule(&p.Spec.Rules[j], true), exempt)
+			}
+		}
+	}
+	for i := range c.set.IdentityPolicies {
+		p := &c.set.IdentityPolicies[i]
+		ref := policies.KindIdentityPolicy + "/" + p.Metadata.Namespace + "/" + p.Metadata.Name
+		mode := modeOr(p.Spec.Mode, policies.ModeEnforce)
+		if !applies[ref] || mode == policies.ModeOff {
+			continue
+		}
+		isDeny := p.Spec.Action == "DENY"
+		if p.Spec.Action == "AUDIT" {
+			continue
+		}
+		if !isDeny && mode == policies.ModeEnforce {
+			allowApplies = true
+		}
+		for j := range p.Spec.Rules {
+			r := &p.Spec.Rules[j]
+			if modeOr(r.Mode, mode) != policies.ModeEnforce {
+				continue
+			}
+			c.ref = ref + "[" + ruleName(r, j) + "]"
+			if isDeny {
+				add(deny, c.ref, c.identityRule(r, true), notOpen)
+			} else {
+				add(allow, c.ref, c.identityRule(r, false), nil)
+			}
+		}
+	}
+	for i := range c.set.DefaultDenies {
+		d := &c.set.DefaultDenies[i]
+		ref := policies.KindDefaultDeny + "/" + d.Metadata.Namespace + "/" + d.Metadata.Name
+		if applies[ref] && modeOr(d.Spec.Mode, policies.ModeEnforce) == policies.ModeEnforce {
+			allowApplies = true
+		}
+	}
+	// A route override's own rules apply to requests on its route; its
+	// ALLOW rules make an ALLOW policy apply there.
+	var allowRoutes []string
+	for _, rt := range c.routes {
+		ro, ok := c.snap.Route(rt.Name)
+		if !ok || len(ro.Rules) == 0 || ro.Mode == policies.ModeOff || ro.Mode == policies.ModeDryRun {
+			continue
+		}
+		isDeny := ro.Action == "DENY"
+		if ro.Action == "AUDIT" {
+			continue
+		}
+		if !isDeny {
+			allowRoutes = append(allowRoutes, rt.Name)
+		}
+		on := c.onRoutes([]string{rt.Name})
+		for j := range ro.Rules {
+			r := &ro.Rules[j]
+			if modeOr(r.Mode, policies.ModeEnforce) != policies.ModeEnforce {
+				continue
+			}
+			c.ref = fmt.Sprintf("%s/%s[%s]", policies.KindRouteOverride, rt.Name, ruleName(r, j))
+			if isDeny {
+				add(deny, c.ref, c.identityRule(r, true), on)
+			} else {
+				add(allow, c.ref, c.identityRule(r, false), on)
+			}
+		}
+	}
+	if len(deny) > 0 {
+		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: deny}})
+	}
+	if allowApplies || len(allowRoutes) > 0 {
+		if !allowApplies {
+			// No ALLOW policy applies off those routes: allowed there.
+			allow["meshguard/no-allow-policy"] = &rbacv3.Policy{Permissions: []*rbacv3.Permission{notPerm(c.onRoutes(allowRoutes))}, Principals: []*rbacv3.Principal{anyPrincipal()}}
+		}
+		if open := c.onRoutes(append(off, dry...)); !isNonePerm(open) {
+			allow["meshguard/enforcement-off"] = &rbacv3.Policy{Permissions: []*rbacv3.Permission{open}, Principals: []*rbacv3.Principal{anyPrincipal()}}
+		}
+		// An ALLOW filter without a matching policy denies: Istio's
+		// allow-nothing, and what a DefaultDeny asks for.
+		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: allow}})
+	}
+	return out, c.approx, nil
+}
+
+// proxylessRoutes are the routes of a proxyless port in the order the
+// server matches them: the mesh's, then the default (grpcRoutes).
+func proxylessRoutes(in mesh.Inbound) []mesh.Route {
+	return append(append([]mesh.Route(nil), in.Routes...), mesh.Route{Name: inboundName(in) + "_default", Prefix: "/"})
+}
+
+func modeOr(m, def policies.Mode) policies.Mode {
+	if m == "" {
+		return def
+	}
+	return m
+}
+
+func ruleName(r *policies.IdentityRule, i int) string {
+	if r.Name != "" {
+		return r.Name
+	}
+	return strconv.Itoa(i)
+}
+
+// approximate records that what the rule says about what cannot be seen
+// here is taken on the side that fails closed.
+func (c *rbacCompiler) approximate(what string, deny bool) {
+	side := "ALLOW rule: taken as unmet (allows less)"
+	if deny {
+		side = "DENY rule: taken as met (denies more)"
+	}
+	c.approx = append(c.approx, c.ref+": "+what+", "+side)
+}
+
+// unknown is a condition a proxyless server cannot check: met in a deny
+// rule, unmet in an allow rule.
+func (c *rbacCompiler) unknownPrincipal(what string, deny bool) *rbacv3.Principal {
+	c.approximate(what, deny)
+	if deny {
+		return anyPrincipal()
+	}
+	return nonePrincipal()
+}
+
+func (c *rbacCompiler) unknownPerm(what string, deny bool) *rbacv3.Permission {
+	c.approximate(what, deny)
+	if deny {
+		return anyPermission()
+	}
+	return nonePerm()
+}
+
+// istioRule translates one rule of an AuthorizationPolicy; nil when it
+// cannot match here.
+func (c *rbacCompiler) istioRule(r *policies.Rule, deny bool) *rbacv3.Policy {
+	var froms []*rbacv3.Principal
+	for _, f := range r.From {
+		s := &f.Source
+		var ids []*rbacv3.Principal
+		ids = append(ids, orOf(s.Principals, istioPrincipal))
+		ids = append(ids, notOf(s.NotPrincipals, istioPrincipal))
+		if len(s.RequestPrincipals)+len(s.NotRequestPrincipals) > 0 {
+			ids = append(ids, c.unknownPrincipal("requestPrincipals (no request token is verified before a proxyless server's RBAC)", deny))
+		}
+		ids = append(ids, orOf(s.Namespaces, namespacePrincipal))
+		if len(s.NotNamespaces) > 0 {
+			ids = append(ids, notNamespaces(s.NotNamespaces, deny))
+		}
+		ids = append(ids, orIPs(s.IPBlocks, false), notIPs(s.NotIPBlocks, false))
+		ids = append(ids, orIPs(s.RemoteIPBlocks, true), notIPs(s.NotRemoteIPBlocks, true))
+		froms = append(froms, andPrincipal(ids...))
+	}
+	var tos []*rbacv3.Permission
+	for _, t := range r.To {
+		o := &t.Operation
+		var perms []*rbacv3.Permission
+		if len(o.Hosts)+len(o.NotHosts) > 0 {
+			perms = append(perms, c.unknownPerm("hosts (the :authority is not translated)", deny))
+		}
+		perms = append(perms, orPortsOf(o.Ports), notPerm(orPortsOfNil(o.NotPorts)))
+		perms = append(perms, methods(o.Methods, o.NotMethods, deny))
+		perms = append(perms, c.paths(o.Paths, o.NotPaths, deny))
+		tos = append(tos, andPerm(perms...))
+	}
+	return c.policy(froms, tos, r.When, deny)
+}
+
+// identityRule translates one rule of an IdentityPolicy or RouteOverride.
+func (c *rbacCompiler) identityRule(r *policies.IdentityRule, deny bool) *rbacv3.Policy {
+	var froms []*rbacv3.Principal
+	for _, f := range r.From {
+		var ids []*rbacv3.Principal
+		ids = append(ids, orOf(f.IDs, c.idPattern), notOf(f.NotIDs, c.idPattern))
+		ids = append(ids, orOf(f.TrustDomains, trustDomainPrincipal))
+		froms = append(froms, andPrincipal(ids...))
+	}
+	var tos []*rbacv3.Permission
+	for _, t := range r.To {
+		var perms []*rbacv3.Permission
+		if len(t.Routes) > 0 {
+			perms = append(perms, c.routesNamed(t.Routes))
+		}
+		if len(t.Hosts) > 0 {
+			perms = append(perms, c.unknownPerm("hosts (the :authority is not translated)", deny))
+		}
+		perms = append(perms, orPortsOf(t.Ports))
+		perms = append(perms, methods(t.Methods, t.NotMethods, deny))
+		perms = append(perms, c.paths(t.Paths, t.NotPaths, deny))
+		tos = append(tos, andPerm(perms...))
+	}
+	p := c.policy(froms, tos, r.When, deny)
+	if p != nil && r.JWT != nil {
+		p.Principals = []*rbacv3.Principal{andPrincipal(orPrincipal(p.Principals...), c.unknownPrincipal("a JWT-SVID requirement (no token is verified before a proxyless server's RBAC)", deny))}
+		if isNonePrincipal(p.Principals[0]) {
+			return nil
+		}
+	}
+	return p
+}
+
+// policy assembles a rule: any of its sources, any of its operations, and
+// every condition.
+func (c *rbacCompiler) policy(froms []*rbacv3.Principal, tos []*rbacv3.Permission, when []policies.Condition, deny bool) *rbacv3.Policy {
+	principal := anyPrincipal()
+	if len(froms) > 0 {
+		principal = orPrincipal(froms...)
+	}
+	perm := anyPermission()
+	if len(tos) > 0 {
+		perm = orPerm(tos...)
+	}
+	for i := range when {
+		p, pr := c.condition(&when[i], deny)
+		perm, principal = andPerm(perm, p), andPrincipal(principal, pr)
+	}
+	if isNonePerm(perm) || isNonePrincipal(principal) {
+		return nil
+	}
+	return &rbacv3.Policy{Permissions: []*rbacv3.Permission{perm}, Principals: []*rbacv3.Principal{principal}}
+}
+
+// condition translates one `when` entry into what it asks of the request
+// (permission) and of the caller (principal).
+func (c *rbacCompiler) condition(w *policies.Condition, deny bool) (*rbacv3.Permission, *rbacv3.Principal) {
+	key := w.Key
+	switch {
+	case key == "source.principal":
+		return anyPermission(), andPrincipal(orOf(w.Values, istioPrincipal), notOf(w.NotValues, istioPrincipal))
+	case key == "source.namespace":
+		has := orOf(w.Values, namespacePrincipal)
+		if len(w.NotValues) > 0 {
+			has = andPrincipal(has, notNamespaces(w.NotValues, false))
+		}
+		if deny && len(w.Values) == 0 {
+			// An ID without a namespace is not in notValues.
+			has = orPrincipal(has, notPrincipal(namespacePrincipal("*")))
+		}
+		return anyPermission(), has
+	case key == "source.ip":
+		return anyPermission(), andPrincipal(orIPs(w.Values, false), notIPs(w.NotValues, false))
+	case key == "remote.ip":
+		return anyPermission(), andPrincipal(orIPs(w.Values, true), notIPs(w.NotValues, true))
+	case key == "destination.ip":
+		return andPerm(orDestIPs(w.Values), notPerm(orDestIPsNil(w.NotValues))), anyPrincipal()
+	case key == "destination.port":
+		return andPerm(orPortsOf(w.Values), notPerm(orPortsOfNil(w.NotValues))), anyPrincipal()
+	case strings.HasPrefix(key, "request.headers[") && strings.HasSuffix(key, "]"):
+		return c.header(strings.ToLower(key[len("request.headers["):len(key)-1]), w.Values, w.NotValues, deny), anyPrincipal()
+	case key == "connection.sni":
+		return c.unknownPerm("connection.sni (grpc-go's RBAC does not see the TLS server name)", deny), anyPrincipal()
+	}
+	// request.auth.*: a verified token's attributes.
+	return anyPermission(), c.unknownPrincipal(key+" (no request token is verified before a proxyless server's RBAC)", deny)
+}
+
+// ----- callers -----
+
+// istioPrincipal: an Istio principal is a SPIFFE ID without its scheme,
+// possibly with a "*" at one end; "*" is any authenticated caller. A
+// leading "spiffe://" is read away, as the engine does.
+func istioPrincipal(v string) *rbacv3.Principal {
+	v = strings.TrimPrefix(v, "spiffe://")
+	switch {
+	case v == "*":
+		return principalName(regexMatcher(`^spiffe://.+$`))
+	case strings.HasSuffix(v, "*"):
+		return principalName(&matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: "spiffe://" + strings.TrimSuffix(v, "*")}})
+	case strings.HasPrefix(v, "*"):
+		// Anchored after the scheme: the suffix must lie in the ID's path.
+		return principalName(regexMatcher(`^spiffe://.*` + regexp.QuoteMeta(v[1:]) + `$`))
+	}
+	return principalName(exact("spiffe://" + v))
+}
+
+// namespacePrincipal: callers whose ID has the engine's namespace form with
+// a namespace matching the Istio value v.
+func namespacePrincipal(v string) *rbacv3.Principal {
+	var ns string
+	switch {
+	case v == "*":
+		ns = `[^/]+`
+	case strings.HasSuffix(v, "*"):
+		ns = regexp.QuoteMeta(strings.TrimSuffix(v, "*")) + `[^/]*`
+	case strings.HasPrefix(v, "*"):
+		ns = `[^/]*` + regexp.QuoteMeta(v[1:])
+	default:
+		ns = regexp.QuoteMeta(v)
+	}
+	return principalName(regexMatcher(policies.NamespaceIDRegexp(ns)))
+}
+
+// notNamespaces: the caller's namespace is none of values. On the allow
+// side the caller must have a namespace at all.
+func notNamespaces(values []string, deny bool) *rbacv3.Principal {
+	not := notOf(values, namespacePrincipal)
+	if deny {
+		return not
+	}
+	return andPrincipal(namespacePrincipal("*"), not)
+}
+
+// idPattern: callers matching a meshguard SPIFFE ID pattern, with the
+// engine's own reading of it.
+func (c *rbacCompiler) idPattern(v string) *rbacv3.Principal {
+	p, err := policies.ParseIDPattern(v)
+	if err != nil {
+		return nonePrincipal() // refused by Compile; matches no one
+	}
+	if id, ok := p.Exact(); ok {
+		return principalName(exact(id.String()))
+	}
+	return principalName(regexMatcher(p.Regexp()))
+}
+
+func trustDomainPrincipal(td string) *rbacv3.Principal {
+	p, err := policies.ParseIDPattern("spiffe://" + td)
+	if err != nil {
+		return nonePrincipal()
+	}
+	return principalName(regexMatcher(p.Regexp()))
+}
+
+func orIPs(blocks []string, remote bool) *rbacv3.Principal {
+	if len(blocks) == 0 {
+		return anyPrincipal()
+	}
+	var out []*rbacv3.Principal
+	for _, b := range blocks {
+		cr, ok := cidr(b)
+		if !ok {
+			continue // refused by Compile
+		}
+		if remote {
+			out = append(out, &rbacv3.Principal{Identifier: &rbacv3.Principal_RemoteIp{RemoteIp: cr}})
+		} else {
+			out = append(out, &rbacv3.Principal{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: cr}})
+		}
+	}
+	return orPrincipal(out...)
+}
+
+func notIPs(blocks []string, remote bool) *rbacv3.Principal {
+	if len(blocks) == 0 {
+		return anyPrincipal()
+	}
+	return notPrincipal(orIPs(blocks, remote))
+}
+
+// cidr reads an address or block as the engine does: IPv4-mapped IPv6
+// blocks stand for their IPv4 addresses.
+func cidr(v string) (*core.CidrRange, bool) {
+	var pfx netip.Prefix
+	if strings.Contains(v, "/") {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return nil, false
+		}
+		bits := p.Bits()
+		if p.Addr().Is4In6() {
+			bits -= 96
+		}
+		pfx = netip.PrefixFrom(p.Addr().Unmap(), bits)
+	} else {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, false
+		}
+		a = a.Unmap()
+		pfx = netip.PrefixFrom(a, a.BitLen())
+	}
+	return &core.CidrRange{AddressPrefix: pfx.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(pfx.Bits()))}, true
+}
+
+// ----- requests -----
+
+// onRoutes: the request is on one of the named routes of the port, that is
+// it matches the route and none before it.
+func (c *rbacCompiler) onRoutes(names []string) *rbacv3.Permission {
+	var alts []*rbacv3.Permission
+	for _, name := range names {
+		for i, r := range c.routes {
+			if r.Name != name {
+				continue
+			}
+			earlier := make([]*rbacv3.Permission, 0, i)
+			for _, e := range c.routes[:i] {
+				earlier = append(earlier, routeMatch(e))
+			}
+			alts = append(alts, andPerm(routeMatch(r), notPerm(orPerm(earlier...))))
+		}
+	}
+	return orPerm(alts...)
+}
+
+// routesNamed: the request is on a route whose name matches one of the
+// Istio values.
+func (c *rbacCompiler) routesNamed(values []string) *rbacv3.Permission {
+	var names []string
+	for _, r := range c.routes {
+		for _, v := range values {
+			if policies.MatchValue(v, r.Name) {
+				names = append(names, r.Name)
+				break
+			}
+		}
+	}
+	return c.onRoutes(names)
+}
+
+func routeMatch(r mesh.Route) *rbacv3.Permission {
+	sm := &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: r.Prefix}}
+	if r.Path != "" {
+		sm = exact(r.Path)
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &matcher.PathMatcher{Rule: &matcher.PathMatcher_Path{Path: sm}}}}
+}
+
+// methods: the engine compares methods case-insensitively on the deny side
+// and notMethods on the allow side.
+func methods(values, not []string, deny bool) *rbacv3.Permission {
+	m := func(fold bool) func(string) *rbacv3.Permission {
+		return func(v string) *rbacv3.Permission {
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: &route.HeaderMatcher{
+				Name: ":method", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: valueMatcher(v, fold)},
+			}}}
+		}
+	}
+	return andPerm(orPermOf(values, m(deny)), notPerm(orPermOfNil(not, m(!deny))))
+}
+
+// paths: the engine folds case on the deny side (paths of DENY rules,
+// notPaths of ALLOW rules).
+func (c *rbacCompiler) paths(values, not []string, deny bool) *rbacv3.Permission {
+	m := func(fold bool) func(string) *rbacv3.Permission {
+		return func(v string) *rbacv3.Permission {
+			p, err := policies.ParsePathPattern(v)
+			if err != nil {
+				return nonePerm() // refused by Compile
+			}
+			return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: &matcher.PathMatcher{Rule: &matcher.PathMatcher_Path{Path: regexMatcher(p.Regexp(fold))}}}}
+		}
+	}
+	return andPerm(orPermOf(values, m(deny)), notPerm(orPermOfNil(not, m(!deny))))
+}
+
+func orPortsOf(ports []string) *rbacv3.Permission {
+	return orPermOf(ports, portPermission)
+}
+
+func orPortsOfNil(ports []string) *rbacv3.Permission {
+	return orPermOfNil(ports, portPermission)
+}
+
+func portPermission(p string) *rbacv3.Permission {
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return nonePerm() // refused by Compile
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_DestinationPort{DestinationPort: uint32(n)}}
+}
+
+func orDestIPs(blocks []string) *rbacv3.Permission {
+	if len(blocks) == 0 {
+		return anyPermission()
+	}
+	return orDestIPsNil(blocks)
+}
+
+func orDestIPsNil(blocks []string) *rbacv3.Permission {
+	var out []*rbacv3.Permission
+	for _, b := range blocks {
+		if cr, ok := cidr(b); ok {
+			out = append(out, &rbacv3.Permission{Rule: &rbacv3.Permission_DestinationIp{DestinationIp: cr}})
+		}
+	}
+	return orPerm(out...)
+}
+
+// ----- headers -----
+
+// header translates request.headers[name]. Duplicated headers reach both
+// the engine and grpc-go joined with ','. On the allow side the engine
+// compares the joined value; on the deny side also each element, trimmed.
+func (c *rbacCompiler) header(name string, values, not []string, deny bool) *rbacv3.Permission {
+	hdr := func(sm *matcher.StringMatcher) *rbacv3.Permission {
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: &route.HeaderMatcher{Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: sm}}}}
+	}
+	val := func(v string) *rbacv3.Permission { return hdr(valueMatcher(v, false)) }
+	// Present, whatever its value (grpc-go's present_match takes an empty
+	// value for absent; the engine does not).
+	present := hdr(regexMatcher(`(?s)^.*$`))
+	joined := andPerm(orPermOf(values, val), notPerm(orPermOfNil(not, val)))
+	if len(values) == 0 {
+		joined = andPerm(present, joined)
+	}
+	if !deny {
+		return joined
+	}
+	alts := []*rbacv3.Permission{joined}
+	if len(values) == 0 {
+		// Absent, it is not in notValues.
+		alts = append(alts, notPerm(present))
+	}
+	// Some element of a comma-joined value matches.
+	var elems []*rbacv3.Permission
+	for _, v := range values {
+		if v == "*" {
+			continue // a joined value with a comma is not empty
+		}
+		if e, ok := elementRegexp(v); ok {
+			elems = append(elems, hdr(regexMatcher(`(?s)^(?:`+e+`,.*|.*,`+e+`(?:,.*)?)$`)))
+		}
+	}
+	switch {
+	case len(not) > 0 && len(values) == 0:
+		// Some element is not in notValues: taken as met whenever the
+		// value has a comma.
+		c.approximate("notValues of request.headers["+name+"] on a comma-joined value", true)
+		alts = append(alts, hdr(regexMatcher(`(?s)^.*,.*$`)))
+	case len(not) > 0:
+		c.approximate("notValues of request.headers["+name+"] on a comma-joined value", true)
+		alts = append(alts, elems...)
+	default:
+		alts = append(alts, elems...)
+	}
+	return orPerm(alts...)
+}
+
+// space is what strings.TrimSpace trims: Unicode White_Space, which is
+// RE2's \s, \v, U+0085 and the separators \p{Z}.
+const space = `[\s\v\x{85}\p{Z}]`
+
+// nonSpace is a character of an element that is neither a comma nor space.
+const nonSpace = `[^,\s\v\x{85}\p{Z}]`
+
+// elementRegexp is an RE2 expression for one comma-free element whose
+// trimmed value matches the Istio value v; false when none can.
+func elementRegexp(v string) (string, bool) {
+	isSpace := func(s string, first bool) bool {
+		if s == "" {
+			return false
+		}
+		r, _ := utf8.DecodeLastRuneInString(s)
+		if first {
+			r, _ = utf8.DecodeRuneInString(s)
+		}
+		return unicode.IsSpace(r)
+	}
+	var core string
+	switch {
+	case v == "*":
+		core = nonSpace + `(?:[^,]*` + nonSpace + `)?`
+	case strings.HasSuffix(v, "*"):
+		lit := strings.TrimSuffix(v, "*")
+		if strings.Contains(lit, ",") || isSpace(lit, true) {
+			return "", false
+		}
+		core = regexp.QuoteMeta(lit) + `(?:[^,]*` + nonSpace + `)?`
+		if isSpace(lit, false) {
+			core = regexp.QuoteMeta(lit) + `[^,]*` + nonSpace
+		}
+	case strings.HasPrefix(v, "*"):
+		lit := v[1:]
+		if strings.Contains(lit, ",") || isSpace(lit, false) {
+			return "", false
+		}
+		core = `(?:` + nonSpace + `[^,]*)?` + regexp.QuoteMeta(lit)
+		if isSpace(lit, true) {
+			core = nonSpace + `[^,]*` + regexp.QuoteMeta(lit)
+		}
+	default:
+		if strings.Contains(v, ",") || isSpace(v, true) || isSpace(v, false) {
+			return "", false
+		}
+		core = regexp.QuoteMeta(v)
+	}
+	return space + `*` + core + space + `*`, true
+}
+
+// ----- building blocks -----
+
+func anyPrincipal() *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}
+}
+
+func nonePrincipal() *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: anyPrincipal()}}
+}
+
+func anyPermission() *rbacv3.Permission {
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_Any{Any: true}}
+}
+
+func nonePerm() *rbacv3.Permission {
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: anyPermission()}}
+}
+
+func isAnyPrincipal(p *rbacv3.Principal) bool { return p.GetAny() }
+func isNonePrincipal(p *rbacv3.Principal) bool {
+	return p.GetNotId() != nil && p.GetNotId().GetAny()
+}
+func isAnyPerm(p *rbacv3.Permission) bool { return p.GetAny() }
+func isNonePerm(p *rbacv3.Permission) bool {
+	return p.GetNotRule() != nil && p.GetNotRule().GetAny()
+}
+
+// andPrincipal, orPrincipal, notPrincipal and their permission twins
+// combine and simplify: "any" and "none" fold away.
+func andPrincipal(ps ...*rbacv3.Principal) *rbacv3.Principal {
+	var ids []*rbacv3.Principal
+	for _, p := range ps {
+		switch {
+		case p == nil || isAnyPrincipal(p):
+		case isNonePrincipal(p):
+			return nonePrincipal()
+		default:
+			ids = append(ids, p)
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return anyPrincipal()
+	case 1:
+		return ids[0]
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: ids}}}
+}
+
+func orPrincipal(ps ...*rbacv3.Principal) *rbacv3.Principal {
+	var ids []*rbacv3.Principal
+	for _, p := range ps {
+		switch {
+		case p == nil || isNonePrincipal(p):
+		case isAnyPrincipal(p):
+			return anyPrincipal()
+		default:
+			ids = append(ids, p)
+		}
+	}
+	switch len(ids) {
+	case 0:
+		return nonePrincipal()
+	case 1:
+		return ids[0]
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_OrIds{OrIds: &rbacv3.Principal_Set{Ids: ids}}}
+}
+
+func notPrincipal(p *rbacv3.Principal) *rbacv3.Principal {
+	switch {
+	case isAnyPrincipal(p):
+		return nonePrincipal()
+	case isNonePrincipal(p):
+		return anyPrincipal()
+	case p.GetNotId() != nil:
+		return p.GetNotId()
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_NotId{NotId: p}}
+}
+
+func andPerm(ps ...*rbacv3.Permission) *rbacv3.Permission {
+	var rules []*rbacv3.Permission
+	for _, p := range ps {
+		switch {
+		case p == nil || isAnyPerm(p):
+		case isNonePerm(p):
+			return nonePerm()
+		default:
+			rules = append(rules, p)
+		}
+	}
+	switch len(rules) {
+	case 0:
+		return anyPermission()
+	case 1:
+		return rules[0]
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_AndRules{AndRules: &rbacv3.Permission_Set{Rules: rules}}}
+}
+
+func orPerm(ps ...*rbacv3.Permission) *rbacv3.Permission {
+	var rules []*rbacv3.Permission
+	for _, p := range ps {
+		switch {
+		case p == nil || isNonePerm(p):
+		case isAnyPerm(p):
+			return anyPermission()
+		default:
+			rules = append(rules, p)
+		}
+	}
+	switch len(rules) {
+	case 0:
+		return nonePerm()
+	case 1:
+		return rules[0]
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_OrRules{OrRules: &rbacv3.Permission_Set{Rules: rules}}}
+}
+
+func notPerm(p *rbacv3.Permission) *rbacv3.Permission {
+	switch {
+	case isAnyPerm(p):
+		return nonePerm()
+	case isNonePerm(p):
+		return anyPermission()
+	case p.GetNotRule() != nil:
+		return p.GetNotRule()
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_NotRule{NotRule: p}}
+}
+
+// orOf is the OR of f over values, "any" when there are none (the field
+// is not set); notOf is its negation, "any" when there are none.
+func orOf(values []string, f func(string) *rbacv3.Principal) *rbacv3.Principal {
+	if len(values) == 0 {
+		return anyPrincipal()
+	}
+	ps := make([]*rbacv3.Principal, len(values))
+	for i, v := range values {
+		ps[i] = f(v)
+	}
+	return orPrincipal(ps...)
+}
+
+func notOf(values []string, f func(string) *rbacv3.Principal) *rbacv3.Principal {
+	if len(values) == 0 {
+		return anyPrincipal()
+	}
+	return notPrincipal(orOf(values, f))
+}
+
+func orPermOf(values []string, f func(string) *rbacv3.Permission) *rbacv3.Permission {
+	if len(values) == 0 {
+		return anyPermission()
+	}
+	return orPermOfNil(values, f)
+}
+
+// orPermOfNil is the OR of f over values, "none" when there are none (for
+// a negation: NOT of nothing is anything).
+func orPermOfNil(values []string, f func(string) *rbacv3.Permission) *rbacv3.Permission {
+	ps := make([]*rbacv3.Permission, len(values))
+	for i, v := range values {
+		ps[i] = f(v)
+	}
+	return orPerm(ps...)
+}
+
+func principalName(m *matcher.StringMatcher) *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{PrincipalName: m}}}
+}
+
+func exact(s string) *matcher.StringMatcher {
+	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: s}}
+}
+
+func regexMatcher(re string) *matcher.StringMatcher {
+	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_SafeRegex{SafeRegex: &matcher.RegexMatcher{Regex: re}}}
+}
+
+// valueMatcher is an Istio string value (exact, "prefix*", "*suffix", "*"
+// for any non-empty value), case-insensitive when fold.
+func valueMatcher(v string, fold bool) *matcher.StringMatcher {
+	switch {
+	case v == "*":
+		return regexMatcher(`(?s)^.+$`)
+	case strings.HasSuffix(v, "*"):
+		return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: strings.TrimSuffix(v, "*")}, IgnoreCase: fold}
+	case strings.HasPrefix(v, "*"):
+		return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Suffix{Suffix: v[1:]}, IgnoreCase: fold}
+	}
+	return &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: v}, IgnoreCase: fold}
+}
