@@ -140,7 +140,7 @@ func (v *validator) unpack(path string, m protoreflect.Message, depth int) {
 		return
 	}
 	if a.GetTypeUrl() == "" {
-		v.fail(path, errors.New("Any without a type"))
+		v.fail(path, errors.New("an Any without a type"))
 		return
 	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByURL(a.GetTypeUrl())

@@ -155,6 +155,9 @@ func TestRefusesBrokenNestedConfig(t *testing.T) {
 		}}}, []string{`typed_per_filter_config["envoy.filters.http.ext_authz"]<envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute>`, "Override"}},
 		{"a TypedStruct describing an HCM without stat_prefix", listenerWith(t, typed, nil),
 			[]string{"<xds.type.v3.TypedStruct><envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager>", "StatPrefix"}},
+		{"an Any without a type", &route.RouteConfiguration{Name: "r", VirtualHosts: []*route.VirtualHost{{
+			Name: "v", Domains: []string{"*"}, TypedPerFilterConfig: map[string]*anypb.Any{"f": {}},
+		}}}, []string{`virtual_hosts[0].typed_per_filter_config["f"]`, "without a type"}},
 		{"a type that is not linked in", &core.TypedExtensionConfig{Name: "x", TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope"}},
 			[]string{"typed_config", "not linked into this build"}},
 		{"bytes that do not decode", &core.TypedExtensionConfig{Name: "x", TypedConfig: &anypb.Any{TypeUrl: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", Value: []byte{0xff}}},
