@@ -50,16 +50,24 @@ const (
 	eventTimeoutMillis = 2000
 )
 
-// Generator builds snapshots. It holds no mutable state and is safe for
-// concurrent use.
+// Generator builds snapshots. It is safe for concurrent use; its only
+// state is what its validation remembers.
 type Generator struct {
 	mesh *mesh.Mesh
 	// now is the clock that tells which quarantines are in force.
 	now func() time.Time
+	// valid remembers the packed configurations found valid: the nodes of
+	// a fleet share most of them.
+	valid *xdsvalidate.Memo
 }
 
+// memoSize bounds what a generator's validation remembers (about 2 MiB).
+const memoSize = 1 << 15
+
 // NewGenerator returns a generator for m.
-func NewGenerator(m *mesh.Mesh) *Generator { return &Generator{mesh: m, now: time.Now} }
+func NewGenerator(m *mesh.Mesh) *Generator {
+	return &Generator{mesh: m, now: time.Now, valid: xdsvalidate.NewMemo(memoSize)}
+}
 
 // Mesh returns the mesh the generator serves.
 func (g *Generator) Mesh() *mesh.Mesh { return g.mesh }
@@ -125,7 +133,7 @@ func (g *Generator) Encode(b *policies.Bundle) (*EncodedBundle, error) {
 	if eb.Filter, err = g.wasmExtensionConfig(fc); err != nil {
 		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
-	if err := xdsvalidate.All(eb.Filter); err != nil {
+	if err := g.valid.All(eb.Filter); err != nil {
 		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
 	return eb, nil
@@ -225,7 +233,7 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 		}
 		versions[typ] = v
 	}
-	if err := validate(res); err != nil {
+	if err := validate(g.valid, res); err != nil {
 		return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
 	}
 	ecds := []types.Resource{eb.Resource}
@@ -246,18 +254,18 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 // assemble validates every resource and builds a consistent snapshot with a
 // version per type.
 func assemble(res map[resource.Type][]types.Resource, versions map[resource.Type]string) (*cache.Snapshot, error) {
-	if err := validate(res); err != nil {
+	if err := validate(nil, res); err != nil {
 		return nil, err
 	}
 	return build(res, versions)
 }
 
 // validate validates every resource in depth and reports every failure.
-func validate(res map[resource.Type][]types.Resource) error {
+func validate(memo *xdsvalidate.Memo, res map[resource.Type][]types.Resource) error {
 	var errs []error
 	for _, typ := range slices.Sorted(maps.Keys(res)) {
 		for _, r := range res[typ] {
-			if err := xdsvalidate.All(r); err != nil {
+			if err := memo.All(r); err != nil {
 				errs = append(errs, fmt.Errorf("%s %s: %w", typ, cache.GetResourceName(r), err))
 			}
 		}

@@ -16,9 +16,11 @@
 package xdsvalidate
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -39,15 +41,123 @@ const maxDepth = 16
 //
 //	filter_chains[0].filters[0].typed_config<envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager>: invalid HttpConnectionManager.StatPrefix: ...
 func All(m proto.Message) error {
+	return (*Memo)(nil).All(m)
+}
+
+// Memo validates like All and remembers the packed messages it found
+// valid, by their type and bytes (SHA-256), so that a configuration packed
+// again (the same filter in the resources of a thousand nodes) is unpacked
+// and checked once; and it walks only into the parts of a message whose
+// type can hold a packed message. That is for configuration this build
+// produced itself, the generator's: unlike All it does not look for
+// unknown fields in the parts it does not walk. It is safe for concurrent
+// use; a nil *Memo is All.
+type Memo struct {
+	mu   sync.Mutex
+	max  int
+	seen map[[sha256.Size]byte]struct{}
+	// packs tells, per message type, whether a message of it can hold a
+	// packed message or one a load rule checks: walks skip those that
+	// cannot.
+	packs map[protoreflect.FullName]bool
+}
+
+// NewMemo returns a Memo that remembers up to max packed messages, then
+// starts over.
+func NewMemo(max int) *Memo {
+	return &Memo{max: max, seen: map[[sha256.Size]byte]struct{}{}, packs: map[protoreflect.FullName]bool{}}
+}
+
+// mayPack reports whether a message of type md can hold, at any depth, an
+// Any or a message a load rule checks. Without a memo it answers true:
+// the walk then looks everywhere.
+func (c *Memo) mayPack(md protoreflect.MessageDescriptor) bool {
+	if c == nil {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.packs[md.FullName()]; ok {
+		return v
+	}
+	v := reaches(md)
+	c.packs[md.FullName()] = v
+	return v
+}
+
+// reaches searches the type graph from md for an Any or a type a load rule
+// checks.
+func reaches(md protoreflect.MessageDescriptor) bool {
+	seen := map[protoreflect.FullName]bool{}
+	queue := []protoreflect.MessageDescriptor{md}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		if seen[d.FullName()] {
+			continue
+		}
+		seen[d.FullName()] = true
+		if _, ok := loadRules[d.FullName()]; ok || d.FullName() == anyName {
+			return true
+		}
+		fields := d.Fields()
+		for i := 0; i < fields.Len(); i++ {
+			fd := fields.Get(i)
+			if fd.IsMap() {
+				fd = fd.MapValue()
+			}
+			if m := fd.Message(); m != nil {
+				queue = append(queue, m)
+			}
+		}
+	}
+	return false
+}
+
+// All validates m as the package's All does.
+func (c *Memo) All(m proto.Message) error {
 	if m == nil {
 		return errors.New("xdsvalidate: no message")
 	}
-	v := &validator{}
+	v := &validator{memo: c}
 	v.root("", m.ProtoReflect(), 0)
 	return errors.Join(v.errs...)
 }
 
+func memoKey(a *anypb.Any) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte(a.GetTypeUrl()))
+	h.Write([]byte{0})
+	h.Write(a.GetValue())
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
+}
+
+func (c *Memo) known(k [sha256.Size]byte) bool {
+	if c == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.seen[k]
+	return ok
+}
+
+func (c *Memo) remember(k [sha256.Size]byte) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.seen) >= c.max {
+		clear(c.seen)
+	}
+	c.seen[k] = struct{}{}
+}
+
 type validator struct {
+	memo *Memo
 	errs []error
 }
 
@@ -91,6 +201,13 @@ func (v *validator) walk(path string, m protoreflect.Message, depth int) {
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
 		if fd.Message() == nil || (fd.IsMap() && fd.MapValue().Message() == nil) {
+			return true
+		}
+		if vd := fd.Message(); fd.IsMap() {
+			if !v.memo.mayPack(fd.MapValue().Message()) {
+				return true
+			}
+		} else if !v.memo.mayPack(vd) {
 			return true
 		}
 		name := join(path, string(fd.Name()))
@@ -142,6 +259,19 @@ func (v *validator) unpack(path string, m protoreflect.Message, depth int) {
 	if a.GetTypeUrl() == "" {
 		v.fail(path, errors.New("an Any without a type"))
 		return
+	}
+	var key [sha256.Size]byte
+	if v.memo != nil {
+		key = memoKey(a)
+		if v.memo.known(key) {
+			return
+		}
+		before := len(v.errs)
+		defer func() {
+			if len(v.errs) == before {
+				v.memo.remember(key)
+			}
+		}()
 	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByURL(a.GetTypeUrl())
 	if err != nil {

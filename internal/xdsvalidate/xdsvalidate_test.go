@@ -2,6 +2,7 @@ package xdsvalidate_test
 
 import (
 	"strings"
+	"sync"
 	"testing"
 
 	xdstype "github.com/cncf/xds/go/xds/type/v3"
@@ -167,37 +168,84 @@ func TestRefusesBrokenNestedConfig(t *testing.T) {
 		{"Anys nested without end", &core.TypedExtensionConfig{Name: "x", TypedConfig: deep},
 			[]string{"nest deeper than"}},
 	}
+	// A memo that has seen the valid building blocks refuses the broken
+	// ones all the same, every time.
+	memo := xdsvalidate.NewMemo(1 << 10)
+	for _, m := range validBlocks(t) {
+		if err := memo.All(m); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if err := validatable(tt.msg); err != nil {
 				t.Fatalf("ValidateAll already refuses it, the case shows nothing: %v", err)
 			}
-			err := xdsvalidate.All(tt.msg)
-			if err == nil {
-				t.Fatal("accepted")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error does not mention %q:\n%v", w, err)
+			for i, all := range []func(proto.Message) error{xdsvalidate.All, memo.All, memo.All} {
+				err := all(tt.msg)
+				if err == nil {
+					t.Fatalf("accepted (run %d)", i)
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error does not mention %q:\n%v", w, err)
+					}
 				}
 			}
 		})
 	}
 }
 
-// TestAcceptsValidNestedConfig: the same building blocks, unbroken, pass; so
-// do packed wrappers without a validator of their own.
-func TestAcceptsValidNestedConfig(t *testing.T) {
+func validBlocks(t *testing.T) map[string]proto.Message {
 	tls := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true)}
-	for name, m := range map[string]proto.Message{
+	return map[string]proto.Message{
 		"listener":      listenerWith(t, manager(t, httpFilter(t, "envoy.filters.http.ext_authz", extAuthz())), tls),
 		"wasm (ECDS)":   &core.TypedExtensionConfig{Name: "meshguard", TypedConfig: pack(t, wasmPlugin())},
 		"string (ECDS)": &core.TypedExtensionConfig{Name: "bundle", TypedConfig: pack(t, wrapperspb.String("{}"))},
-	} {
+	}
+}
+
+// TestAcceptsValidNestedConfig: the same building blocks, unbroken, pass; so
+// do packed wrappers without a validator of their own.
+func TestAcceptsValidNestedConfig(t *testing.T) {
+	memo := xdsvalidate.NewMemo(2) // small: it starts over while in use
+	for name, m := range validBlocks(t) {
 		if err := xdsvalidate.All(m); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+		for range 2 {
+			if err := memo.All(m); err != nil {
+				t.Errorf("%s (memo): %v", name, err)
+			}
+		}
 	}
+}
+
+// TestMemoConcurrent: one memo, many goroutines (run with -race).
+func TestMemoConcurrent(t *testing.T) {
+	memo := xdsvalidate.NewMemo(8)
+	blocks := validBlocks(t)
+	bad := extAuthz()
+	bad.GetGrpcService().GetEnvoyGrpc().ClusterName = ""
+	broken := listenerWith(t, manager(t, httpFilter(t, "a", bad)), nil)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				for name, m := range blocks {
+					if err := memo.All(m); err != nil {
+						t.Errorf("%s: %v", name, err)
+					}
+				}
+				if memo.All(broken) == nil {
+					t.Error("broken listener accepted")
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // TestReportsEveryProblem: two broken filters, two errors.
