@@ -10,6 +10,6 @@ import (
 
 // CompileRBAC exposes the proxyless RBAC translation and the
 // approximations it makes to the tests of package xds_test.
-func CompileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now time.Time) ([]*rbacfilter.RBAC, []string, error) {
+func CompileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now time.Time) ([]*rbacfilter.RBAC, []string) {
 	return compileRBAC(w, in, eb, now)
 }

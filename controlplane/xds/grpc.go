@@ -64,10 +64,7 @@ func (g *Generator) grpcResources(w *mesh.ValidWorkload, eb *EncodedBundle) (map
 	for _, in := range w.Inbound {
 		// Per port: route names, and so the RBAC of a rule on routes,
 		// differ from port to port.
-		filters, _, err := compileRBAC(w, in, eb, g.now())
-		if err != nil {
-			return nil, err
-		}
+		filters, _ := compileRBAC(w, in, eb, g.now())
 		var httpFilters []*hcm.HttpFilter
 		for i, f := range filters {
 			cfg, err := marshalAny(f)

@@ -45,7 +45,6 @@ import (
 // rbacCompiler translates the policies for one inbound port of a proxyless
 // workload.
 type rbacCompiler struct {
-	w      *mesh.ValidWorkload
 	set    *policies.Set
 	snap   *policies.Snapshot
 	routes []mesh.Route // the port's routes in match order, the default last
@@ -57,8 +56,8 @@ type rbacCompiler struct {
 // compileRBAC returns the RBAC HTTP filters of the inbound port in of w, in
 // order: quarantines, then DENY (and CUSTOM), then ALLOW; and the
 // approximations it made.
-func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now time.Time) ([]*rbacfilter.RBAC, []string, error) {
-	c := &rbacCompiler{w: w, set: &eb.Bundle.Set, snap: eb.snap, routes: proxylessRoutes(in)}
+func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now time.Time) ([]*rbacfilter.RBAC, []string) {
+	c := &rbacCompiler{set: &eb.Bundle.Set, snap: eb.snap, routes: proxylessRoutes(in)}
 	target := policies.Target{ID: w.ID, Namespace: w.Namespace, Labels: w.Labels, Service: w.Service}
 	applies := map[string]bool{}
 	for _, ref := range c.snap.PoliciesFor(&target) {
@@ -219,7 +218,7 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 		// allow-nothing, and what a DefaultDeny asks for.
 		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: allow}})
 	}
-	return out, c.approx, nil
+	return out, c.approx
 }
 
 // proxylessRoutes are the routes of a proxyless port in the order the
