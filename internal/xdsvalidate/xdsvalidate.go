@@ -44,6 +44,18 @@ func All(m proto.Message) error {
 	return (*Memo)(nil).All(m)
 }
 
+// Packed validates, as All does, every message packed in m, but not m
+// itself: for a partial configuration whose own required fields come from
+// what it is merged into (an Istio EnvoyFilter MERGE patch).
+func Packed(m proto.Message) error {
+	if m == nil {
+		return errors.New("xdsvalidate: no message")
+	}
+	v := &validator{}
+	v.walk("", m.ProtoReflect(), 0)
+	return errors.Join(v.errs...)
+}
+
 // Memo validates like All and remembers the packed messages it found
 // valid, by their type and bytes (SHA-256), so that a configuration packed
 // again (the same filter in the resources of a thousand nodes) is unpacked

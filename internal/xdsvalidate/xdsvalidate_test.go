@@ -288,3 +288,22 @@ func FuzzAll(f *testing.F) {
 		}
 	})
 }
+
+// TestPacked: a partial filter (no name, as an EnvoyFilter MERGE patch
+// writes it) passes when what it packs is valid and fails when not; All
+// refuses the partial filter itself.
+func TestPacked(t *testing.T) {
+	partial := &hcm.HttpFilter{ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: pack(t, &extauthz.ExtAuthz{BootstrapMetadataLabelsKey: "LABELS"})}}
+	if err := xdsvalidate.Packed(partial); err != nil {
+		t.Fatal(err)
+	}
+	if xdsvalidate.All(partial) == nil {
+		t.Fatal("All accepts a filter without a name")
+	}
+	bad := extAuthz()
+	bad.GetGrpcService().GetEnvoyGrpc().ClusterName = ""
+	broken := &hcm.HttpFilter{ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: pack(t, bad)}}
+	if err := xdsvalidate.Packed(broken); err == nil || !strings.Contains(err.Error(), "typed_config<envoy.extensions.filters.http.ext_authz.v3.ExtAuthz>") {
+		t.Fatalf("err = %v", err)
+	}
+}
