@@ -192,3 +192,138 @@ func (s *Snapshot) PoliciesFor(t *Target) []string {
 	}
 	return out
 }
+
+// PeerField is one of Istio's peer fields: principals, namespaces,
+// serviceAccounts or trustDomains (and the source.principal,
+// source.namespace, source.serviceAccount and source.trustDomain conditions,
+// which match as the field of the same name). They match the mTLS peer's
+// SPIFFE ID only.
+type PeerField string
+
+// The peer fields.
+const (
+	PeerPrincipals      PeerField = "principals"
+	PeerNamespaces      PeerField = "namespaces"
+	PeerServiceAccounts PeerField = "serviceAccounts"
+	PeerTrustDomains    PeerField = "trustDomains"
+)
+
+// never matches nothing.
+const never = `[^\x00-\x{10FFFF}]`
+
+// PeerRegexp returns an RE2 expression, anchored at both ends, that matches
+// the string form of exactly the peer SPIFFE IDs that value of field
+// matches in this snapshot (with its mesh's trust domains and aliases), on
+// the deny side (DENY, AUDIT and CUSTOM rules) or the allow side; a not-form
+// (notPrincipals, ..., notValues) takes the other side, as the engine does.
+// namespace is the policy's: a service account named without a namespace
+// is in it. The engine's two readings of an ID (see peer.go) are in it: on
+// the deny side either, on the allow side both. A value the compiler
+// refuses is an error.
+func (s *Snapshot) PeerRegexp(field PeerField, value, namespace string, deny bool) (string, error) {
+	if !utf8.ValidString(value) || !utf8.ValidString(namespace) {
+		return "", fmt.Errorf("%s value %q is not valid UTF-8", field, value)
+	}
+	q := regexp.QuoteMeta
+	switch field {
+	case PeerPrincipals:
+		v := strings.TrimPrefix(value, "spiffe://")
+		if err := validIstioString(v); err != nil {
+			return "", err
+		}
+		m := newPrincipalMatcher(v, s.localTDs)
+		lit := `^spiffe://` + valueRegexp(m.m, ".") + `$`
+		if !m.local {
+			return lit, nil
+		}
+		loc := `^spiffe://` + s.localRegexp() + valueRegexp(m.rest, ".") + `$`
+		switch {
+		case m.wildTD && deny:
+			return lit + "|" + loc, nil
+		case m.wildTD:
+			return lit, nil
+		case m.rewritten:
+			return loc, nil
+		case deny:
+			return lit + "|" + loc, nil
+		}
+		// Both readings: the literal one names the trust domain, which
+		// must then be one of the mesh's (a cluster.local that is not the
+		// mesh's never matches on the allow side).
+		td, _, _ := strings.Cut(v, "/")
+		if !containsString(s.localTDs, td) {
+			return "^" + never + "$", nil
+		}
+		return lit, nil
+	case PeerNamespaces:
+		if err := validIstioString(value); err != nil {
+			return "", err
+		}
+		m := newStrMatcher(value, false)
+		if deny {
+			// Istio's ".*/ns/<value>/.*", a '*' of the value being ".*".
+			ns := valueRegexp(m, ".")
+			if m.kind == strAny {
+				ns = `.*`
+			}
+			return `(?s)^.*/ns/` + ns + `/.*$`, nil
+		}
+		return NamespaceIDRegexp(valueRegexp(m, "[^/]")), nil
+	case PeerServiceAccounts:
+		ns, sa, ok := strings.Cut(value, "/")
+		if !ok {
+			ns, sa = namespace, value
+		}
+		if ns == "" || sa == "" || strings.ContainsAny(sa, "/*") || strings.Contains(ns, "*") {
+			return "", fmt.Errorf("service account %q: want \"name\" or \"namespace/name\"", value)
+		}
+		if deny {
+			// Istio's "spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?".
+			return `(?s)^spiffe://.+/ns/` + q(ns) + `/(?:.+/|)sa/` + q(sa) + `(?:/.+)?$`, nil
+		}
+		return `^spiffe://[^/]+/ns/` + q(ns) + `/sa/` + q(sa) + `$`, nil
+	case PeerTrustDomains:
+		if err := validIstioString(value); err != nil {
+			return "", err
+		}
+		m := newTDMatcher(value, s.localTDs)
+		var td string
+		switch m.kind {
+		case tdMesh:
+			td = s.localRegexp()
+		case tdClusterLocal:
+			if !deny {
+				return "^" + never + "$", nil
+			}
+			td = `(?:` + s.localRegexp() + `|` + q(DefaultTrustDomain) + `)`
+		default:
+			td = valueRegexp(m.m, "[^/]")
+		}
+		return `(?s)^spiffe://` + td + `(?:/.*)?$`, nil
+	}
+	return "", fmt.Errorf("unknown peer field %q", field)
+}
+
+// localRegexp matches one of the mesh's trust domains.
+func (s *Snapshot) localRegexp() string {
+	alts := make([]string, len(s.localTDs))
+	for i, td := range s.localTDs {
+		alts[i] = regexp.QuoteMeta(td)
+	}
+	return `(?:` + strings.Join(alts, "|") + `)`
+}
+
+// valueRegexp is an Istio value (exact, prefix, suffix, any non-empty) as
+// an unanchored expression whose wildcard part is made of class.
+func valueRegexp(m strMatcher, class string) string {
+	q := regexp.QuoteMeta(m.v)
+	switch m.kind {
+	case strAny:
+		return `(?s:` + class + `+)`
+	case strPrefix:
+		return q + `(?s:` + class + `*)`
+	case strSuffix:
+		return `(?s:` + class + `*)` + q
+	}
+	return q
+}
