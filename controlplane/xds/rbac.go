@@ -28,19 +28,21 @@ import (
 // a proxyless server cannot consult the provider). Everything that carries
 // meaning comes from the policies package: which policies apply to the
 // workload (Snapshot.PoliciesFor), what a SPIFFE ID pattern, a path or a
-// namespace matches (as RE2 expressions), which route overrides and
-// quarantines are in force. The differential test in this package holds the
-// two to the same answers through grpc-go's own RBAC engine.
+// peer field matches on either side of a rule (as RE2 expressions), which
+// route overrides and quarantines are in force. The differential test in
+// this package holds the two to the same answers through grpc-go's own
+// RBAC engine.
 //
 // What a proxyless server cannot see is translated on the side that fails
 // closed, as Istio does: a condition on a request principal or a JWT-SVID
 // (no token is verified before its RBAC), on the TLS server name (grpc-go's
-// RBAC does not see it) or on the :authority (hosts, whose reading by the
-// engine — ports, trailing dots, IPv6 brackets, case — this translation does
-// not state) is taken as met in DENY and CUSTOM rules, so they deny more,
-// and as unmet in ALLOW rules, so they allow less. A DENY header condition
-// with notValues compares the whole header value; on a header repeated with
-// commas it is taken as met. Each such approximation is recorded.
+// RBAC does not see it), or on every reading of the :authority (hosts of a
+// deny-side rule, notHosts of an allow-side one: with and without port and
+// trailing dots, not translated) is taken as met in DENY and CUSTOM rules,
+// so they deny more, and as unmet in ALLOW rules, so they allow less. A
+// DENY header condition with notValues compares the whole header value; on
+// a header repeated with commas it is taken as met. Each such approximation
+// is recorded.
 
 // rbacCompiler translates the policies for one inbound port of a proxyless
 // workload.
@@ -58,7 +60,8 @@ type rbacCompiler struct {
 // approximations it made.
 func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now time.Time) ([]*rbacfilter.RBAC, []string) {
 	c := &rbacCompiler{set: &eb.Bundle.Set, snap: eb.snap, routes: proxylessRoutes(in)}
-	target := policies.Target{ID: w.ID, Namespace: w.Namespace, Labels: w.Labels, Service: w.Service}
+	// The mesh description holds all the workload's labels: resolved.
+	target := policies.Target{ID: w.ID, Namespace: w.Namespace, Labels: w.Labels, Service: w.Service, Resolved: true}
 	applies := map[string]bool{}
 	for _, ref := range c.snap.PoliciesFor(&target) {
 		applies[ref] = true
@@ -127,7 +130,7 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 			allowApplies = true
 			for j := range p.Spec.Rules {
 				c.ref = fmt.Sprintf("%s[%d]", ref, j)
-				add(allow, c.ref, c.istioRule(&p.Spec.Rules[j], false), nil)
+				add(allow, c.ref, c.istioRule(&p.Spec.Rules[j], p.Metadata.Namespace, false), nil)
 			}
 		case "DENY", "CUSTOM":
 			exempt := notOpen
@@ -136,7 +139,7 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 			}
 			for j := range p.Spec.Rules {
 				c.ref = fmt.Sprintf("%s[%d]", ref, j)
-				add(deny, c.ref, c.istioRule(&p.Spec.Rules[j], true), exempt)
+				add(deny, c.ref, c.istioRule(&p.Spec.Rules[j], p.Metadata.Namespace, true), exempt)
 			}
 		}
 	}
@@ -161,9 +164,9 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 			}
 			c.ref = ref + "[" + ruleName(r, j) + "]"
 			if isDeny {
-				add(deny, c.ref, c.identityRule(r, true), notOpen)
+				add(deny, c.ref, c.identityRule(r, p.Metadata.Namespace, true), notOpen)
 			} else {
-				add(allow, c.ref, c.identityRule(r, false), nil)
+				add(allow, c.ref, c.identityRule(r, p.Metadata.Namespace, false), nil)
 			}
 		}
 	}
@@ -190,6 +193,7 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 			allowRoutes = append(allowRoutes, rt.Name)
 		}
 		on := c.onRoutes([]string{rt.Name})
+		ns := c.routeOverrideNamespace(rt.Name)
 		for j := range ro.Rules {
 			r := &ro.Rules[j]
 			if modeOr(r.Mode, policies.ModeEnforce) != policies.ModeEnforce {
@@ -197,9 +201,9 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 			}
 			c.ref = fmt.Sprintf("%s/%s[%s]", policies.KindRouteOverride, rt.Name, ruleName(r, j))
 			if isDeny {
-				add(deny, c.ref, c.identityRule(r, true), on)
+				add(deny, c.ref, c.identityRule(r, ns, true), on)
 			} else {
-				add(allow, c.ref, c.identityRule(r, false), on)
+				add(allow, c.ref, c.identityRule(r, ns, false), on)
 			}
 		}
 	}
@@ -219,6 +223,17 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: allow}})
 	}
 	return out, c.approx
+}
+
+// routeOverrideNamespace is the namespace of the RouteOverride of route
+// name (one at most: Compile refuses two).
+func (c *rbacCompiler) routeOverrideNamespace(name string) string {
+	for i := range c.set.RouteOverrides {
+		if ro := &c.set.RouteOverrides[i]; ro.Spec.Route == name {
+			return ro.Metadata.Namespace
+		}
+	}
+	return ""
 }
 
 // proxylessRoutes are the routes of a proxyless port in the order the
@@ -269,21 +284,20 @@ func (c *rbacCompiler) unknownPerm(what string, deny bool) *rbacv3.Permission {
 	return nonePerm()
 }
 
-// istioRule translates one rule of an AuthorizationPolicy; nil when it
-// cannot match here.
-func (c *rbacCompiler) istioRule(r *policies.Rule, deny bool) *rbacv3.Policy {
+// istioRule translates one rule of an AuthorizationPolicy of namespace ns;
+// nil when it cannot match here.
+func (c *rbacCompiler) istioRule(r *policies.Rule, ns string, deny bool) *rbacv3.Policy {
 	var froms []*rbacv3.Principal
 	for _, f := range r.From {
 		s := &f.Source
 		var ids []*rbacv3.Principal
-		ids = append(ids, orOf(s.Principals, istioPrincipal))
-		ids = append(ids, notOf(s.NotPrincipals, istioPrincipal))
+		ids = append(ids, c.peer(policies.PeerPrincipals, s.Principals, s.NotPrincipals, ns, deny))
+		ids = append(ids, c.peer(policies.PeerTrustDomains, s.TrustDomains, s.NotTrustDomains, ns, deny))
+		ids = append(ids, c.peer(policies.PeerNamespaces, s.Namespaces, nil, ns, deny))
+		ids = append(ids, c.peer(policies.PeerServiceAccounts, s.ServiceAccounts, nil, ns, deny))
+		ids = append(ids, c.notKube(s.NotNamespaces, s.NotServiceAccounts, ns, deny))
 		if len(s.RequestPrincipals)+len(s.NotRequestPrincipals) > 0 {
 			ids = append(ids, c.unknownPrincipal("requestPrincipals (no request token is verified before a proxyless server's RBAC)", deny))
-		}
-		ids = append(ids, orOf(s.Namespaces, namespacePrincipal))
-		if len(s.NotNamespaces) > 0 {
-			ids = append(ids, notNamespaces(s.NotNamespaces, deny))
 		}
 		ids = append(ids, orIPs(s.IPBlocks, false), notIPs(s.NotIPBlocks, false))
 		ids = append(ids, orIPs(s.RemoteIPBlocks, true), notIPs(s.NotRemoteIPBlocks, true))
@@ -293,19 +307,77 @@ func (c *rbacCompiler) istioRule(r *policies.Rule, deny bool) *rbacv3.Policy {
 	for _, t := range r.To {
 		o := &t.Operation
 		var perms []*rbacv3.Permission
-		if len(o.Hosts)+len(o.NotHosts) > 0 {
-			perms = append(perms, c.unknownPerm("hosts (the :authority is not translated)", deny))
-		}
+		perms = append(perms, c.hosts(o.Hosts, o.NotHosts, deny))
 		perms = append(perms, orPortsOf(o.Ports), notPerm(orPortsOfNil(o.NotPorts)))
 		perms = append(perms, methods(o.Methods, o.NotMethods, deny))
 		perms = append(perms, c.paths(o.Paths, o.NotPaths, deny))
 		tos = append(tos, andPerm(perms...))
 	}
-	return c.policy(froms, tos, r.When, deny)
+	return c.policy(froms, tos, r.When, ns, deny)
 }
 
-// identityRule translates one rule of an IdentityPolicy or RouteOverride.
-func (c *rbacCompiler) identityRule(r *policies.IdentityRule, deny bool) *rbacv3.Policy {
+// peer translates one of Istio's peer fields and its not-form: the peer's
+// SPIFFE ID matches one of values (on the rule's side) and none of not (on
+// the other side, as the engine reads a negation), each as the policies
+// package says (Snapshot.PeerRegexp).
+func (c *rbacCompiler) peer(field policies.PeerField, values, not []string, ns string, deny bool) *rbacv3.Principal {
+	match := func(side bool) func(string) *rbacv3.Principal {
+		return func(v string) *rbacv3.Principal {
+			re, err := c.snap.PeerRegexp(field, v, ns, side)
+			if err != nil {
+				return nonePrincipal() // refused by Compile
+			}
+			return principalName(regexMatcher(re))
+		}
+	}
+	return andPrincipal(orOf(values, match(deny)), notOf(not, match(!deny)))
+}
+
+// notKube translates notNamespaces and notServiceAccounts: on the allow
+// side the peer's ID must also have the Kubernetes form
+// (/ns/<namespace>/sa/<service account>), as in the engine.
+func (c *rbacCompiler) notKube(notNS, notSA []string, ns string, deny bool) *rbacv3.Principal {
+	if len(notNS)+len(notSA) == 0 {
+		return anyPrincipal()
+	}
+	p := andPrincipal(c.peer(policies.PeerNamespaces, nil, notNS, ns, deny), c.peer(policies.PeerServiceAccounts, nil, notSA, ns, deny))
+	if deny {
+		return p
+	}
+	return andPrincipal(principalName(regexMatcher(policies.NamespaceIDRegexp(`[^/]+`))), p)
+}
+
+// hosts translates hosts and notHosts. The engine compares the :authority
+// as received, case-insensitively, where that is the strict reading (hosts
+// on the allow side, notHosts on the deny side); the other side also reads
+// it without its port and trailing dots, which is not translated.
+func (c *rbacCompiler) hosts(values, not []string, deny bool) *rbacv3.Permission {
+	authority := func(v string) *rbacv3.Permission {
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: &route.HeaderMatcher{
+			Name: ":authority", HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: valueMatcher(v, true)},
+		}}}
+	}
+	var parts []*rbacv3.Permission
+	if len(values) > 0 {
+		if deny {
+			parts = append(parts, c.unknownPerm("hosts of a deny-side rule (every reading of the :authority)", deny))
+		} else {
+			parts = append(parts, orPermOf(values, authority))
+		}
+	}
+	if len(not) > 0 {
+		if deny {
+			parts = append(parts, notPerm(orPermOfNil(not, authority)))
+		} else {
+			parts = append(parts, c.unknownPerm("notHosts of an allow-side rule (every reading of the :authority)", deny))
+		}
+	}
+	return andPerm(parts...)
+}
+
+// identityRule translates one rule of an IdentityPolicy or RouteOverride of
+// namespace ns.
+func (c *rbacCompiler) identityRule(r *policies.IdentityRule, ns string, deny bool) *rbacv3.Policy {
 	var froms []*rbacv3.Principal
 	for _, f := range r.From {
 		var ids []*rbacv3.Principal
@@ -319,15 +391,13 @@ func (c *rbacCompiler) identityRule(r *policies.IdentityRule, deny bool) *rbacv3
 		if len(t.Routes) > 0 {
 			perms = append(perms, c.routesNamed(t.Routes))
 		}
-		if len(t.Hosts) > 0 {
-			perms = append(perms, c.unknownPerm("hosts (the :authority is not translated)", deny))
-		}
+		perms = append(perms, c.hosts(t.Hosts, nil, deny))
 		perms = append(perms, orPortsOf(t.Ports))
 		perms = append(perms, methods(t.Methods, t.NotMethods, deny))
 		perms = append(perms, c.paths(t.Paths, t.NotPaths, deny))
 		tos = append(tos, andPerm(perms...))
 	}
-	p := c.policy(froms, tos, r.When, deny)
+	p := c.policy(froms, tos, r.When, ns, deny)
 	if p != nil && r.JWT != nil {
 		p.Principals = []*rbacv3.Principal{andPrincipal(orPrincipal(p.Principals...), c.unknownPrincipal("a JWT-SVID requirement (no token is verified before a proxyless server's RBAC)", deny))}
 		if isNonePrincipal(p.Principals[0]) {
@@ -339,7 +409,7 @@ func (c *rbacCompiler) identityRule(r *policies.IdentityRule, deny bool) *rbacv3
 
 // policy assembles a rule: any of its sources, any of its operations, and
 // every condition.
-func (c *rbacCompiler) policy(froms []*rbacv3.Principal, tos []*rbacv3.Permission, when []policies.Condition, deny bool) *rbacv3.Policy {
+func (c *rbacCompiler) policy(froms []*rbacv3.Principal, tos []*rbacv3.Permission, when []policies.Condition, ns string, deny bool) *rbacv3.Policy {
 	principal := anyPrincipal()
 	if len(froms) > 0 {
 		principal = orPrincipal(froms...)
@@ -349,7 +419,7 @@ func (c *rbacCompiler) policy(froms []*rbacv3.Principal, tos []*rbacv3.Permissio
 		perm = orPerm(tos...)
 	}
 	for i := range when {
-		p, pr := c.condition(&when[i], deny)
+		p, pr := c.condition(&when[i], ns, deny)
 		perm, principal = andPerm(perm, p), andPrincipal(principal, pr)
 	}
 	if isNonePerm(perm) || isNonePrincipal(principal) {
@@ -360,21 +430,17 @@ func (c *rbacCompiler) policy(froms []*rbacv3.Principal, tos []*rbacv3.Permissio
 
 // condition translates one `when` entry into what it asks of the request
 // (permission) and of the caller (principal).
-func (c *rbacCompiler) condition(w *policies.Condition, deny bool) (*rbacv3.Permission, *rbacv3.Principal) {
+func (c *rbacCompiler) condition(w *policies.Condition, ns string, deny bool) (*rbacv3.Permission, *rbacv3.Principal) {
 	key := w.Key
 	switch {
 	case key == "source.principal":
-		return anyPermission(), andPrincipal(orOf(w.Values, istioPrincipal), notOf(w.NotValues, istioPrincipal))
+		return anyPermission(), c.peer(policies.PeerPrincipals, w.Values, w.NotValues, ns, deny)
+	case key == "source.trustDomain":
+		return anyPermission(), c.peer(policies.PeerTrustDomains, w.Values, w.NotValues, ns, deny)
 	case key == "source.namespace":
-		has := orOf(w.Values, namespacePrincipal)
-		if len(w.NotValues) > 0 {
-			has = andPrincipal(has, notNamespaces(w.NotValues, false))
-		}
-		if deny && len(w.Values) == 0 {
-			// An ID without a namespace is not in notValues.
-			has = orPrincipal(has, notPrincipal(namespacePrincipal("*")))
-		}
-		return anyPermission(), has
+		return anyPermission(), andPrincipal(c.peer(policies.PeerNamespaces, w.Values, nil, ns, deny), c.notKube(w.NotValues, nil, ns, deny))
+	case key == "source.serviceAccount":
+		return anyPermission(), andPrincipal(c.peer(policies.PeerServiceAccounts, w.Values, nil, ns, deny), c.notKube(nil, w.NotValues, ns, deny))
 	case key == "source.ip":
 		return anyPermission(), andPrincipal(orIPs(w.Values, false), notIPs(w.NotValues, false))
 	case key == "remote.ip":
@@ -393,50 +459,6 @@ func (c *rbacCompiler) condition(w *policies.Condition, deny bool) (*rbacv3.Perm
 }
 
 // ----- callers -----
-
-// istioPrincipal: an Istio principal is a SPIFFE ID without its scheme,
-// possibly with a "*" at one end; "*" is any authenticated caller. A
-// leading "spiffe://" is read away, as the engine does.
-func istioPrincipal(v string) *rbacv3.Principal {
-	v = strings.TrimPrefix(v, "spiffe://")
-	switch {
-	case v == "*":
-		return principalName(regexMatcher(`^spiffe://.+$`))
-	case strings.HasSuffix(v, "*"):
-		return principalName(&matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Prefix{Prefix: "spiffe://" + strings.TrimSuffix(v, "*")}})
-	case strings.HasPrefix(v, "*"):
-		// Anchored after the scheme: the suffix must lie in the ID's path.
-		return principalName(regexMatcher(`^spiffe://.*` + regexp.QuoteMeta(v[1:]) + `$`))
-	}
-	return principalName(exact("spiffe://" + v))
-}
-
-// namespacePrincipal: callers whose ID has the engine's namespace form with
-// a namespace matching the Istio value v.
-func namespacePrincipal(v string) *rbacv3.Principal {
-	var ns string
-	switch {
-	case v == "*":
-		ns = `[^/]+`
-	case strings.HasSuffix(v, "*"):
-		ns = regexp.QuoteMeta(strings.TrimSuffix(v, "*")) + `[^/]*`
-	case strings.HasPrefix(v, "*"):
-		ns = `[^/]*` + regexp.QuoteMeta(v[1:])
-	default:
-		ns = regexp.QuoteMeta(v)
-	}
-	return principalName(regexMatcher(policies.NamespaceIDRegexp(ns)))
-}
-
-// notNamespaces: the caller's namespace is none of values. On the allow
-// side the caller must have a namespace at all.
-func notNamespaces(values []string, deny bool) *rbacv3.Principal {
-	not := notOf(values, namespacePrincipal)
-	if deny {
-		return not
-	}
-	return andPrincipal(namespacePrincipal("*"), not)
-}
 
 // idPattern: callers matching a meshguard SPIFFE ID pattern, with the
 // engine's own reading of it.

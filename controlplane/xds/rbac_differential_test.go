@@ -377,9 +377,9 @@ func attributes(w *mesh.ValidWorkload, port int, authority string, rq request) p
 	}
 	loopback := netip.MustParseAddr("127.0.0.1")
 	return policies.Attributes{
-		Source: rq.caller, MTLS: true,
+		Peer: rq.caller, MTLS: true,
 		SourceIP: loopback, DestinationIP: loopback, DestinationPort: uint32(port),
-		Target:  policies.Target{ID: w.ID, Namespace: w.Namespace, Labels: w.Labels, Service: w.Service},
+		Target:  policies.Target{ID: w.ID, Namespace: w.Namespace, Labels: w.Labels, Service: w.Service, Resolved: true},
 		Method:  "POST",
 		Host:    authority,
 		Path:    rq.path,
@@ -413,6 +413,9 @@ var baseCallers = []spiffeid.ID{
 	id("spiffe://prod.example/legacy/batch"),
 	id("spiffe://prod.example/ns/ns-0/sa/svc-3/extra"),
 	id("spiffe://other.example/ns/ns-0/sa/svc-3"),
+	id("spiffe://old.example/ns/ns-0/sa/svc-7"),
+	id("spiffe://cluster.local/ns/ns-0/sa/svc-3"),
+	id("spiffe://prod.example/ns/ns/ns-1/sa/svc-11"),
 }
 
 var basePaths = []string{
@@ -456,7 +459,7 @@ func interesting(set *policies.Set) (callers []spiffeid.ID, paths []string, head
 	addCaller := func(v string) {
 		v = strings.TrimPrefix(v, "spiffe://")
 		v = strings.ReplaceAll(v, "**", "x/y")
-		v = strings.TrimSuffix(strings.TrimPrefix(strings.ReplaceAll(v, "*", "x"), "x"), "x")
+		v = strings.ReplaceAll(v, "*", "x")
 		if c, err := spiffeid.FromString("spiffe://" + v); err == nil {
 			callers = append(callers, c)
 		}
@@ -593,6 +596,10 @@ func setFromYAML(t *testing.T, docs string) policies.Set {
 			var p policies.RouteOverride
 			err = yaml.UnmarshalStrict([]byte(doc), &p)
 			set.RouteOverrides = append(set.RouteOverrides, p)
+		case policies.KindMeshSettings:
+			var p policies.MeshSettings
+			err = yaml.UnmarshalStrict([]byte(doc), &p)
+			set.Settings = p.Spec
 		case policies.KindQuarantine:
 			var p policies.Quarantine
 			err = yaml.UnmarshalStrict([]byte(doc), &p)
