@@ -13,8 +13,9 @@ package deploy_test
 // as a server-side apply and as a create. Namespaced objects need their
 // namespace to exist even in a dry run (the NamespaceLifecycle admission
 // plugin refuses objects in a missing one): the test creates the release
-// namespace and the namespaces the Istio resources target, as `helm install
-// --create-namespace` and a user would.
+// namespace, istio-system (the chart's Role that reads Istio's mesh config
+// lives there) and the namespaces the Istio resources target, as `helm
+// install --create-namespace`, an Istio installation and a user would.
 
 import (
 	"bytes"
@@ -234,6 +235,12 @@ func TestHelmChartDryRun(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := render(t, tc.values)
 			for _, o := range objs {
+				// An object outside the release namespace (the Role that
+				// reads Istio's mesh config, in istio-system) needs its
+				// namespace: Istio's, which exists where Istio runs.
+				if ns := namespaceOf(t, o.doc); ns != "" {
+					r.namespace(t, ns)
+				}
 				if u, err := r.dryRun(o.doc, releaseNamespace); err != nil {
 					t.Errorf("%s (%s): %v", describe(u), o.template, err)
 				}
@@ -325,6 +332,20 @@ func TestIstioResourcesDryRun(t *testing.T) {
 	t.Logf("%d objects accepted", total)
 }
 
+// namespaceOf is the namespace a document names, if any.
+func namespaceOf(t *testing.T, doc []byte) string {
+	t.Helper()
+	var m struct {
+		Metadata struct {
+			Namespace string `json:"namespace"`
+		} `json:"metadata"`
+	}
+	if err := yaml.Unmarshal(doc, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m.Metadata.Namespace
+}
+
 // applyAll dry-runs every document of a YAML stream, creating the
 // namespaces it names first.
 func applyAll(t *testing.T, r *dryRunner, what string, data []byte) int {
@@ -334,16 +355,8 @@ func applyAll(t *testing.T, r *dryRunner, what string, data []byte) int {
 		t.Fatalf("%s: %v", what, err)
 	}
 	for _, doc := range docs {
-		var m struct {
-			Metadata struct {
-				Namespace string `json:"namespace"`
-			} `json:"metadata"`
-		}
-		if err := yaml.Unmarshal(doc, &m); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		if m.Metadata.Namespace != "" {
-			r.namespace(t, m.Metadata.Namespace)
+		if ns := namespaceOf(t, doc); ns != "" {
+			r.namespace(t, ns)
 		}
 		if u, err := r.dryRun(doc, "default"); err != nil {
 			t.Errorf("%s: %s: %v", what, describe(u), err)
