@@ -290,11 +290,11 @@ func TestIstioResourcesDryRun(t *testing.T) {
 		},
 		"file module, default targets (mesh-wide: the examples have root-namespace documents)": {
 			Provider: istiogen.Provider{Service: "meshguard-authz.meshguard.svc.cluster.local"},
-			Wasm:     istiogen.Wasm{URL: "file:///etc/istio/extensions/meshguard-filter.wasm", ImagePullPolicy: "IfNotPresent"},
+			Wasm:     istiogen.Wasm{URL: "file:///etc/istio/extensions/meshguard-filter.wasm", ImagePullPolicy: "IfNotPresent", ControlPlane: cp},
 		},
-		"http module": {
+		"http module, bundle embedded": {
 			Provider: istiogen.Provider{Service: "meshguard-authz.meshguard.svc.cluster.local", Timeout: 2 * time.Second},
-			Wasm:     istiogen.Wasm{URL: "http://modules.internal/meshguard-filter.wasm"},
+			Wasm:     istiogen.Wasm{URL: "http://modules.internal/meshguard-filter.wasm", BundleFrom: istiogen.BundleFromEmbedded},
 			Targets:  []istiogen.Target{{Namespace: "payments"}},
 		},
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 	"github.com/meshguard/meshguard/internal/xdsvalidate"
 	"github.com/meshguard/meshguard/policies"
+	"github.com/meshguard/meshguard/policies/wire"
 )
 
 // patchTypes is the Envoy type of an EnvoyFilter patch value, by applyTo
@@ -113,7 +114,9 @@ func TestEnvoyFilterPatches(t *testing.T) {
 	out, err := istiogen.Generate(istiogen.Config{
 		Bundle:   b,
 		Provider: istiogen.Provider{Service: "meshguard-authz.meshguard.svc.cluster.local"},
-		Wasm:     istiogen.Wasm{URL: "oci://ghcr.io/meshguard/meshguard-filter:v0.1.0"},
+		Wasm: istiogen.Wasm{URL: "oci://ghcr.io/meshguard/meshguard-filter:v0.1.0", ControlPlane: wire.ControlPlane{
+			Cluster: "outbound|8443||meshguard-controlplane.meshguard.svc.cluster.local", Authority: "meshguard-controlplane.meshguard.svc.cluster.local",
+		}},
 		Targets: []istiogen.Target{
 			{Namespace: "shop", Name: "api", Selector: map[string]string{"app": "api"}},
 			{Namespace: "istio-system", Name: "ingress", Selector: map[string]string{"istio": "ingressgateway"}},
