@@ -4,11 +4,10 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -40,8 +39,9 @@ import (
 // deny-side rule, notHosts of an allow-side one: with and without port and
 // trailing dots, not translated) is taken as met in DENY and CUSTOM rules,
 // so they deny more, and as unmet in ALLOW rules, so they allow less. A
-// DENY header condition with notValues compares the whole header value; on
-// a header repeated with commas it is taken as met. Each such approximation
+// DENY header condition with notValues matches a header repeated with
+// commas when an element is in values (any such header without values),
+// whether or not that element is in notValues. Each such approximation
 // is recorded.
 
 // rbacCompiler translates the policies for one inbound port of a proxyless
@@ -640,8 +640,10 @@ func orDestIPsNil(blocks []string) *rbacv3.Permission {
 // ----- headers -----
 
 // header translates request.headers[name]. Duplicated headers reach both
-// the engine and grpc-go joined with ','. On the allow side the engine
-// compares the joined value; on the deny side also each element, trimmed.
+// the engine and grpc-go joined with ','. The engine reads such a value as
+// its joined value and as each comma-separated element, trimmed of spaces
+// and tabs: a deny-side condition matches when any reading does, an
+// allow-side one only when every reading does.
 func (c *rbacCompiler) header(name string, values, not []string, deny bool) *rbacv3.Permission {
 	hdr := func(sm *matcher.StringMatcher) *rbacv3.Permission {
 		return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: &route.HeaderMatcher{Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: sm}}}}
@@ -654,45 +656,67 @@ func (c *rbacCompiler) header(name string, values, not []string, deny bool) *rba
 	if len(values) == 0 {
 		joined = andPerm(present, joined)
 	}
+	// elems is the alternation of the element expressions of vs; false
+	// when no element can match any of them.
+	elems := func(vs []string) (string, bool) {
+		var alts []string
+		for _, v := range vs {
+			if e, ok := elementRegexp(v); ok {
+				alts = append(alts, e)
+			}
+		}
+		return strings.Join(alts, "|"), len(alts) > 0
+	}
+	// someElement: the value has a comma and an element matches e.
+	someElement := func(e string) *rbacv3.Permission {
+		return hdr(regexMatcher(`(?s)^(?:(?:` + e + `),.*|.*,(?:` + e + `)(?:,.*)?)$`))
+	}
+	hasComma := hdr(regexMatcher(`(?s)^.*,.*$`))
 	if !deny {
-		return joined
+		// Every reading: the joined value, and with a comma every element
+		// in values and none in notValues.
+		all := []*rbacv3.Permission{joined}
+		if len(values) > 0 {
+			every := notPerm(hasComma)
+			if e, ok := elems(values); ok {
+				every = orPerm(every, hdr(regexMatcher(`(?s)^(?:`+e+`)(?:,(?:`+e+`))+$`)))
+			}
+			all = append(all, every)
+		}
+		if e, ok := elems(not); ok {
+			all = append(all, notPerm(someElement(e)))
+		}
+		return andPerm(all...)
 	}
 	alts := []*rbacv3.Permission{joined}
 	if len(values) == 0 {
 		// Absent, it is not in notValues.
 		alts = append(alts, notPerm(present))
 	}
-	// Some element of a comma-joined value matches.
-	var elems []*rbacv3.Permission
-	for _, v := range values {
-		if v == "*" {
-			continue // a joined value with a comma is not empty
-		}
-		if e, ok := elementRegexp(v); ok {
-			elems = append(elems, hdr(regexMatcher(`(?s)^(?:`+e+`,.*|.*,`+e+`(?:,.*)?)$`)))
-		}
-	}
+	// Some element matches: in values and not in notValues, which RE2
+	// cannot say of one element; with notValues an element in values (or,
+	// without values, any comma-joined value) is taken as met.
+	e, ok := elems(values)
 	switch {
 	case len(not) > 0 && len(values) == 0:
-		// Some element is not in notValues: taken as met whenever the
-		// value has a comma.
 		c.approximate("notValues of request.headers["+name+"] on a comma-joined value", true)
-		alts = append(alts, hdr(regexMatcher(`(?s)^.*,.*$`)))
-	case len(not) > 0:
+		alts = append(alts, hasComma)
+	case len(not) > 0 && ok:
 		c.approximate("notValues of request.headers["+name+"] on a comma-joined value", true)
-		alts = append(alts, elems...)
-	default:
-		alts = append(alts, elems...)
+		alts = append(alts, someElement(e))
+	case ok && !slices.Contains(values, "*"):
+		// With "*" the joined value, which a comma makes non-empty,
+		// already matches.
+		alts = append(alts, someElement(e))
 	}
 	return orPerm(alts...)
 }
 
-// space is what strings.TrimSpace trims: Unicode White_Space, which is
-// RE2's \s, \v, U+0085 and the separators \p{Z}.
-const space = `[\s\v\x{85}\p{Z}]`
+// space is what the engine trims around an element of a header value.
+const space = `[ \t]`
 
 // nonSpace is a character of an element that is neither a comma nor space.
-const nonSpace = `[^,\s\v\x{85}\p{Z}]`
+const nonSpace = `[^, \t]`
 
 // elementRegexp is an RE2 expression for one comma-free element whose
 // trimmed value matches the Istio value v; false when none can.
@@ -701,11 +725,11 @@ func elementRegexp(v string) (string, bool) {
 		if s == "" {
 			return false
 		}
-		r, _ := utf8.DecodeLastRuneInString(s)
+		b := s[len(s)-1]
 		if first {
-			r, _ = utf8.DecodeRuneInString(s)
+			b = s[0]
 		}
-		return unicode.IsSpace(r)
+		return b == ' ' || b == '\t'
 	}
 	var core string
 	switch {

@@ -430,6 +430,14 @@ var baseHeaders = [][][2]string{
 	{{"x-tenant", "evil"}, {"x-tenant", " shared "}},
 	{{"x-debug-override", "1"}},
 	{{"x-tenant", ""}},
+	// Readings of a duplicated header: the joined value matches an ALLOW
+	// that one element does not; elements are trimmed (gRPC metadata is
+	// printable ASCII: of what the engine trims, only spaces get here).
+	{{"x-tenant", "tenant-3"}, {"x-tenant", "other"}},
+	{{"x-tenant", "tenant-3"}, {"x-tenant", " tenant-4 "}},
+	{{"x-tenant", "shared, shared"}},
+	{{"x-tenant", "tenant-3,"}},
+	{{"x-tenant", "tenant-3, ,tenant-4"}},
 }
 
 // interesting gathers from set the values its rules name — callers, paths,

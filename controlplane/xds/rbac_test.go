@@ -5,9 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode"
+	"unicode/utf8"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/policies"
@@ -73,18 +74,44 @@ func TestEncodeRefusesWhatTheEngineRefuses(t *testing.T) {
 	}
 }
 
-// TestRBACSpaceIsTrimSpace: the element expressions of header conditions
-// trim what strings.TrimSpace trims, no more, no less.
-func TestRBACSpaceIsTrimSpace(t *testing.T) {
-	sp := regexp.MustCompile(`^` + space + `$`)
-	nsp := regexp.MustCompile(`^` + nonSpace + `$`)
-	for r := rune(0); r < 0x11000; r++ {
-		s := string(r)
-		if got := sp.MatchString(s); got != unicode.IsSpace(r) {
-			t.Errorf("U+%04X: space %v, unicode.IsSpace %v", r, got, unicode.IsSpace(r))
+// TestRBACElementTrimIsTheEngines: the element expressions of header
+// conditions trim around an element what the engine trims, no more, no
+// less: for every character c, the engine's ALLOW on values ["a*"] admits
+// "a,<c>a<c>" exactly when the element expressions of "a*" match each
+// element.
+func TestRBACElementTrimIsTheEngines(t *testing.T) {
+	set := policies.Set{AuthorizationPolicies: []policies.AuthorizationPolicy{{
+		Metadata: policies.ObjectMeta{Name: "a", Namespace: "prod"},
+		Spec: policies.AuthorizationPolicySpec{Rules: []policies.Rule{{
+			When: []policies.Condition{{Key: "request.headers[x]", Values: []string{"a*"}}},
+		}}},
+	}}}
+	b, _, err := policies.NewBundle("v", set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := policies.Compile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := elementRegexp("a*")
+	if !ok {
+		t.Fatal("no element expression for \"a*\"")
+	}
+	every := regexp.MustCompile(`(?s)^(?:` + e + `)(?:,(?:` + e + `))+$`)
+	peer := spiffeid.RequireFromString("spiffe://cluster.local/ns/prod/sa/web")
+	for r := rune(0); r < 0x3100; r++ {
+		if r == ',' || !utf8.ValidRune(r) {
+			continue
 		}
-		if got := nsp.MatchString(s); got != (!unicode.IsSpace(r) && r != ',') {
-			t.Errorf("U+%04X: nonSpace %v", r, got)
+		v := "a," + string(r) + "a" + string(r)
+		d := snap.Decide(&policies.Attributes{
+			Peer: peer, MTLS: true, Method: "GET", Path: "/",
+			Target:  policies.Target{Namespace: "prod"},
+			Headers: policies.MapHeaders{"x": v},
+		})
+		if got := every.MatchString(v); got != d.Allowed {
+			t.Errorf("U+%04X: %q: element expressions match %v, engine allows %v (%s)", r, v, got, d.Allowed, d.Reason)
 		}
 	}
 }
