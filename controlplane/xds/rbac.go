@@ -41,8 +41,9 @@ import (
 // so they deny more, and as unmet in ALLOW rules, so they allow less. A
 // DENY header condition with notValues matches a header repeated with
 // commas when an element is in values (any such header without values),
-// whether or not that element is in notValues. Each such approximation
-// is recorded.
+// whether or not that element is in notValues. A RequestAuthentication
+// denies a request that carries a token where it reads one (requestAuthn).
+// Each such approximation is recorded.
 
 // rbacCompiler translates the policies for one inbound port of a proxyless
 // workload.
@@ -207,6 +208,19 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 			}
 		}
 	}
+	jps, why := c.snap.JWTProviders(&target)
+	if why != "" {
+		// Cannot happen for a target of the mesh description; fail closed.
+		c.ref = "meshguard/request-authentication"
+		c.approx = append(c.approx, c.ref+": "+why+": every request is denied")
+		deny[c.ref] = &rbacv3.Policy{Permissions: []*rbacv3.Permission{anyPermission()}, Principals: []*rbacv3.Principal{anyPrincipal()}}
+	}
+	for _, jp := range jps {
+		c.ref = jp.Ref.Policy + "[" + jp.Ref.Rule + "]"
+		if p := c.requestAuthn(jp); p != nil {
+			deny[c.ref] = p
+		}
+	}
 	if len(deny) > 0 {
 		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_DENY, Policies: deny}})
 	}
@@ -223,6 +237,42 @@ func compileRBAC(w *mesh.ValidWorkload, in mesh.Inbound, eb *EncodedBundle, now 
 		out = append(out, &rbacfilter.RBAC{Rules: &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW, Policies: allow}})
 	}
 	return out, c.approx
+}
+
+// requestAuthn translates a RequestAuthentication's jwtRule: an enforcement
+// point validates a token found where the rule reads one and refuses an
+// invalid one; a proxyless server verifies none, so a request that carries
+// a token there is denied, valid or not, and so is one that carries a
+// header the rule would write (its payload or a claim: no one but the
+// enforcement point may set them). A request without a token goes on, as
+// it does through Envoy. Query parameters need no translation: a gRPC
+// :path has no query.
+func (c *rbacCompiler) requestAuthn(jp *policies.JWTProvider) *rbacv3.Policy {
+	hdr := func(name, re string) *rbacv3.Permission {
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: &route.HeaderMatcher{
+			Name: name, HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: regexMatcher(re)},
+		}}}
+	}
+	var carries []*rbacv3.Permission
+	for _, h := range jp.Headers {
+		// With a prefix the value holds a token when it contains the
+		// prefix anywhere (Envoy's extractor); without, whenever present.
+		carries = append(carries, hdr(h.Name, `(?s)^.*`+regexp.QuoteMeta(h.Prefix)+`.*$`))
+	}
+	for _, name := range jp.Cookies {
+		carries = append(carries, hdr("cookie", `(?s)^(?:.*[;,])?[ \t]*`+regexp.QuoteMeta(name)+`=.*$`))
+	}
+	if jp.PayloadHeader != "" {
+		carries = append(carries, hdr(jp.PayloadHeader, `(?s)^.*$`))
+	}
+	for _, ch := range jp.ClaimHeaders {
+		carries = append(carries, hdr(strings.ToLower(ch.Header), `(?s)^.*$`))
+	}
+	if len(carries) == 0 {
+		return nil
+	}
+	c.approx = append(c.approx, c.ref+": a request carrying a token this rule reads, or a header it writes, is denied (a proxyless server verifies no token)")
+	return &rbacv3.Policy{Permissions: []*rbacv3.Permission{orPerm(carries...)}, Principals: []*rbacv3.Principal{anyPrincipal()}}
 }
 
 // routeOverrideNamespace is the namespace of the RouteOverride of route

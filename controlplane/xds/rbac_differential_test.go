@@ -608,6 +608,10 @@ func setFromYAML(t *testing.T, docs string) policies.Set {
 			var p policies.MeshSettings
 			err = yaml.UnmarshalStrict([]byte(doc), &p)
 			set.Settings = p.Spec
+		case policies.KindRequestAuthentication:
+			var p policies.RequestAuthentication
+			err = yaml.UnmarshalStrict([]byte(doc), &p)
+			set.RequestAuthentications = append(set.RequestAuthentications, p)
 		case policies.KindQuarantine:
 			var p policies.Quarantine
 			err = yaml.UnmarshalStrict([]byte(doc), &p)
