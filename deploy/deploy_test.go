@@ -199,13 +199,16 @@ var chartCases = []struct {
 		},
 	},
 	{
-		name:   "control plane without the Kubernetes API",
-		values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}}},
+		name:   "control plane without the Kubernetes API or a record store",
+		values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}, "records": map[string]any{"enabled": false}}},
 		want:   map[string]int{"*v1.ClusterRole": 0, "*v1.ClusterRoleBinding": 0, "*v1.Role": 0, "*v1.RoleBinding": 0},
 		check: func(t *testing.T, objs []rendered) {
 			checkArgs(t, objs)
 			checkKubernetesAccess(t, objs, false, false)
 			checkStateVolume(t, objs, "")
+			if args := controlPlaneArgs(t, objs); !slices.Contains(args, "--records=off") {
+				t.Errorf("records disabled: %v", args)
+			}
 		},
 	},
 	{
