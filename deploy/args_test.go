@@ -36,7 +36,12 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "go build ./cmd/meshguard: %v\n%s", err, out)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := stopAPIServer(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
+	return code
 }
 
 // cliFlag is one flag as `meshguard <sub> --help` lists it.

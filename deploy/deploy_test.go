@@ -41,14 +41,19 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshguard/meshguard/controlplane/mesh"
 	statekube "github.com/meshguard/meshguard/controlplane/state/kube"
 	"github.com/meshguard/meshguard/internal/crdgen"
 	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
+	"github.com/meshguard/meshguard/internal/xdsvalidate"
 )
 
 var update = flag.Bool("update", false, "regenerate deploy/crds and the chart's crds/ from the policy model")
 
 const chartDir = "helm/meshguard"
+
+// releaseNamespace is where the tests install the chart.
+const releaseNamespace = "meshguard"
 
 func decoder(t *testing.T) *kubestrict.Decoder {
 	t.Helper()
@@ -120,7 +125,7 @@ func render(t *testing.T, values map[string]any) []rendered {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := chartutil.ToRenderValues(ch, values, chartutil.ReleaseOptions{Name: "meshguard", Namespace: "meshguard", IsInstall: true, Revision: 1}, chartutil.DefaultCapabilities)
+	vals, err := chartutil.ToRenderValues(ch, values, chartutil.ReleaseOptions{Name: "meshguard", Namespace: releaseNamespace, IsInstall: true, Revision: 1}, chartutil.DefaultCapabilities)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,121 +171,127 @@ func kinds(objs []rendered) map[string]int {
 	return m
 }
 
+// chartCases are the values combinations the tests render (TestHelmChart)
+// and send to the API server (TestHelmChartDryRun).
+var chartCases = []struct {
+	name   string
+	values map[string]any
+	want   map[string]int // object counts by Go type
+	check  func(t *testing.T, objs []rendered)
+}{
+	{
+		name:   "defaults",
+		values: nil,
+		want: map[string]int{
+			"*v1.Deployment": 2, "*v1.Service": 2, "*v1.ServiceAccount": 2, "*v1.PodDisruptionBudget": 2,
+			// The control plane watches the cluster, keeps its state
+			// there and elects a leader.
+			"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 3, "*v1.RoleBinding": 3,
+			"*v1.CustomResourceDefinition": len(crdgen.Kinds) + len(statekube.Kinds),
+		},
+		check: func(t *testing.T, objs []rendered) {
+			checkWorkloads(t, objs)
+			checkArgs(t, objs)
+			checkKubernetesAccess(t, objs, true, true)
+			if args := controlPlaneArgs(t, objs); !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/*/sa/*") {
+				t.Errorf("default reporters: %v", args)
+			}
+		},
+	},
+	{
+		name:   "control plane without the Kubernetes API or a record store",
+		values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}, "records": map[string]any{"enabled": false}}},
+		want:   map[string]int{"*v1.ClusterRole": 0, "*v1.ClusterRoleBinding": 0, "*v1.Role": 0, "*v1.RoleBinding": 0},
+		check: func(t *testing.T, objs []rendered) {
+			checkArgs(t, objs)
+			checkKubernetesAccess(t, objs, false, false)
+			checkStateVolume(t, objs, "")
+			if args := controlPlaneArgs(t, objs); !slices.Contains(args, "--records=off") {
+				t.Errorf("records disabled: %v", args)
+			}
+		},
+	},
+	{
+		name: "embedded state on a persistent volume, reporters named",
+		values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}, "stateClaim": "meshguard-state",
+			"reporterIds": []any{"spiffe://cluster.local/ns/shop/sa/*", "spiffe://cluster.local/ns/bank/sa/*"}}},
+		want: map[string]int{"*v1.Role": 0},
+		check: func(t *testing.T, objs []rendered) {
+			checkArgs(t, objs)
+			checkStateVolume(t, objs, "meshguard-state")
+			args := controlPlaneArgs(t, objs)
+			if !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/shop/sa/*") || !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/bank/sa/*") ||
+				slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/*/sa/*") {
+				t.Errorf("reporter args %v", args)
+			}
+		},
+	},
+	{
+		name:   "watching without leader election",
+		values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"leaderElection": false}}},
+		want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 2, "*v1.RoleBinding": 2},
+		check: func(t *testing.T, objs []rendered) {
+			checkArgs(t, objs)
+			checkKubernetesAccess(t, objs, true, false)
+		},
+	},
+	{
+		name: "service monitors, policies, extra args",
+		values: map[string]any{
+			"metrics":      map[string]any{"podAnnotations": false, "serviceMonitor": map[string]any{"enabled": true, "labels": map[string]any{"release": "prom"}}},
+			"controlplane": map[string]any{"policyConfigMap": "mesh-policies", "replicas": 1, "extraArgs": []any{"--mesh=/etc/mesh.yaml"}},
+			"authz":        map[string]any{"ports": map[string]any{"http": 9193}, "jwtAudiences": []any{"meshguard"}, "allowedCallers": []any{"spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"}},
+			"image":        map[string]any{"tag": "v9.9.9"},
+		},
+		want: map[string]int{"*v1.ServiceMonitor": 2, "*v1.Deployment": 2},
+		check: func(t *testing.T, objs []rendered) {
+			checkWorkloads(t, objs)
+			checkArgs(t, objs)
+			for _, r := range objs {
+				if dep, ok := r.obj.(*appsv1.Deployment); ok {
+					c := dep.Spec.Template.Spec.Containers[0]
+					if !strings.HasSuffix(c.Image, ":v9.9.9") {
+						t.Errorf("%s image %s", dep.Name, c.Image)
+					}
+					if _, ok := dep.Spec.Template.Annotations["prometheus.io/scrape"]; ok {
+						t.Errorf("%s has scrape annotations although disabled", dep.Name)
+					}
+					if strings.Contains(dep.Name, "controlplane") && (!slices.Contains(c.Args, "--policy=/etc/meshguard/policies") || !slices.Contains(c.Args, "--mesh=/etc/mesh.yaml")) {
+						t.Errorf("controlplane args %v", c.Args)
+					}
+					if strings.Contains(dep.Name, "authz") && (!slices.Contains(c.Args, "--http-addr=:9193") || !slices.Contains(c.Args, "--jwt-audience=meshguard") ||
+						slices.Contains(c.Args, "--no-jwt-svid") || slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--allowed-caller-trust-domain") })) {
+						t.Errorf("authz args %v", c.Args)
+					}
+				}
+			}
+		},
+	},
+	{
+		name:   "authz only",
+		values: map[string]any{"controlplane": map[string]any{"enabled": false}, "imagePullSecrets": []any{map[string]any{"name": "regcred"}}},
+		want:   map[string]int{"*v1.Deployment": 1, "*v1.ClusterRole": 0, "*v1.ServiceAccount": 1},
+		check: func(t *testing.T, objs []rendered) {
+			checkWorkloads(t, objs)
+			checkArgs(t, objs)
+			for _, r := range objs {
+				if dep, ok := r.obj.(*appsv1.Deployment); ok {
+					if len(dep.Spec.Template.Spec.ImagePullSecrets) != 1 {
+						t.Errorf("pull secrets %v", dep.Spec.Template.Spec.ImagePullSecrets)
+					}
+					for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+						if strings.HasPrefix(a, "--control-plane=") {
+							t.Errorf("authz points at a control plane that is not installed: %s", a)
+						}
+					}
+				}
+			}
+		},
+	},
+}
+
 func TestHelmChart(t *testing.T) {
-	tests := []struct {
-		name   string
-		values map[string]any
-		want   map[string]int // object counts by Go type
-		check  func(t *testing.T, objs []rendered)
-	}{
-		{
-			name:   "defaults",
-			values: nil,
-			want: map[string]int{
-				"*v1.Deployment": 2, "*v1.Service": 2, "*v1.ServiceAccount": 2, "*v1.PodDisruptionBudget": 2,
-				// The control plane watches the cluster, keeps its state
-				// there and elects a leader.
-				"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 3, "*v1.RoleBinding": 3,
-				"*v1.CustomResourceDefinition": len(crdgen.Kinds) + len(statekube.Kinds),
-			},
-			check: func(t *testing.T, objs []rendered) {
-				checkWorkloads(t, objs)
-				checkArgs(t, objs)
-				checkKubernetesAccess(t, objs, true, true)
-				if args := controlPlaneArgs(t, objs); !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/*/sa/*") {
-					t.Errorf("default reporters: %v", args)
-				}
-			},
-		},
-		{
-			name:   "control plane without the Kubernetes API",
-			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}}},
-			want:   map[string]int{"*v1.ClusterRole": 0, "*v1.ClusterRoleBinding": 0, "*v1.Role": 0, "*v1.RoleBinding": 0},
-			check: func(t *testing.T, objs []rendered) {
-				checkArgs(t, objs)
-				checkKubernetesAccess(t, objs, false, false)
-				checkStateVolume(t, objs, "")
-			},
-		},
-		{
-			name: "embedded state on a persistent volume, reporters named",
-			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"enabled": false}, "stateClaim": "meshguard-state",
-				"reporterIds": []any{"spiffe://cluster.local/ns/shop/sa/*", "spiffe://cluster.local/ns/bank/sa/*"}}},
-			want: map[string]int{"*v1.Role": 0},
-			check: func(t *testing.T, objs []rendered) {
-				checkArgs(t, objs)
-				checkStateVolume(t, objs, "meshguard-state")
-				args := controlPlaneArgs(t, objs)
-				if !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/shop/sa/*") || !slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/bank/sa/*") ||
-					slices.Contains(args, "--reporter-id=spiffe://cluster.local/ns/*/sa/*") {
-					t.Errorf("reporter args %v", args)
-				}
-			},
-		},
-		{
-			name:   "watching without leader election",
-			values: map[string]any{"controlplane": map[string]any{"kubernetes": map[string]any{"leaderElection": false}}},
-			want:   map[string]int{"*v1.ClusterRole": 1, "*v1.ClusterRoleBinding": 1, "*v1.Role": 2, "*v1.RoleBinding": 2},
-			check: func(t *testing.T, objs []rendered) {
-				checkArgs(t, objs)
-				checkKubernetesAccess(t, objs, true, false)
-			},
-		},
-		{
-			name: "service monitors, policies, extra args",
-			values: map[string]any{
-				"metrics":      map[string]any{"podAnnotations": false, "serviceMonitor": map[string]any{"enabled": true, "labels": map[string]any{"release": "prom"}}},
-				"controlplane": map[string]any{"policyConfigMap": "mesh-policies", "replicas": 1, "extraArgs": []any{"--mesh=/etc/mesh.yaml"}},
-				"authz":        map[string]any{"ports": map[string]any{"http": 9193}, "jwtAudiences": []any{"meshguard"}, "allowedCallers": []any{"spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"}},
-				"image":        map[string]any{"tag": "v9.9.9"},
-			},
-			want: map[string]int{"*v1.ServiceMonitor": 2, "*v1.Deployment": 2},
-			check: func(t *testing.T, objs []rendered) {
-				checkWorkloads(t, objs)
-				checkArgs(t, objs)
-				for _, r := range objs {
-					if dep, ok := r.obj.(*appsv1.Deployment); ok {
-						c := dep.Spec.Template.Spec.Containers[0]
-						if !strings.HasSuffix(c.Image, ":v9.9.9") {
-							t.Errorf("%s image %s", dep.Name, c.Image)
-						}
-						if _, ok := dep.Spec.Template.Annotations["prometheus.io/scrape"]; ok {
-							t.Errorf("%s has scrape annotations although disabled", dep.Name)
-						}
-						if strings.Contains(dep.Name, "controlplane") && (!slices.Contains(c.Args, "--policy=/etc/meshguard/policies") || !slices.Contains(c.Args, "--mesh=/etc/mesh.yaml")) {
-							t.Errorf("controlplane args %v", c.Args)
-						}
-						if strings.Contains(dep.Name, "authz") && (!slices.Contains(c.Args, "--http-addr=:9193") || !slices.Contains(c.Args, "--jwt-audience=meshguard") ||
-							slices.Contains(c.Args, "--no-jwt-svid") || slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--allowed-caller-trust-domain") })) {
-							t.Errorf("authz args %v", c.Args)
-						}
-					}
-				}
-			},
-		},
-		{
-			name:   "authz only",
-			values: map[string]any{"controlplane": map[string]any{"enabled": false}, "imagePullSecrets": []any{map[string]any{"name": "regcred"}}},
-			want:   map[string]int{"*v1.Deployment": 1, "*v1.ClusterRole": 0, "*v1.ServiceAccount": 1},
-			check: func(t *testing.T, objs []rendered) {
-				checkWorkloads(t, objs)
-				checkArgs(t, objs)
-				for _, r := range objs {
-					if dep, ok := r.obj.(*appsv1.Deployment); ok {
-						if len(dep.Spec.Template.Spec.ImagePullSecrets) != 1 {
-							t.Errorf("pull secrets %v", dep.Spec.Template.Spec.ImagePullSecrets)
-						}
-						for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
-							if strings.HasPrefix(a, "--control-plane=") {
-								t.Errorf("authz points at a control plane that is not installed: %s", a)
-							}
-						}
-					}
-				}
-			},
-		},
-	}
-	for _, tt := range tests {
+	for _, tt := range chartCases {
 		t.Run(tt.name, func(t *testing.T) {
 			objs := render(t, tt.values)
 			got := kinds(objs)
@@ -711,7 +722,10 @@ func TestSPIRERegistration(t *testing.T) {
 }
 
 // TestEnvoyBootstrap decodes the plain-Envoy bootstrap strictly into
-// envoy.config.bootstrap.v3.Bootstrap and runs its generated validation.
+// envoy.config.bootstrap.v3.Bootstrap and validates it in depth: its
+// generated validation and that of every message packed in it (TLS
+// contexts, protocol options). Its node names a workload the control plane
+// finds.
 func TestEnvoyBootstrap(t *testing.T) {
 	data, err := os.ReadFile("envoy/bootstrap.yaml")
 	if err != nil {
@@ -725,7 +739,7 @@ func TestEnvoyBootstrap(t *testing.T) {
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(js, &b); err != nil {
 		t.Fatalf("strict decode: %v", err)
 	}
-	if err := b.ValidateAll(); err != nil {
+	if err := xdsvalidate.All(&b); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
 	if a := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" {
@@ -737,6 +751,28 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 	if b.GetNode().GetId() == "" || b.GetNode().GetCluster() == "" {
 		t.Error("node id and cluster are required by the control plane")
+	}
+	// The control plane matches a node to its workload by node.cluster
+	// (or node.id) "<name>.<namespace>": the example's web in shop.
+	m, err := mesh.Parse([]byte(`
+apiVersion: meshguard.dev/v1alpha1
+kind: Mesh
+metadata: {name: example}
+spec:
+  trustDomain: cluster.local
+  authz: {address: meshguard-authz.meshguard.svc.cluster.local, port: 9191, spiffeID: spiffe://cluster.local/ns/meshguard/sa/meshguard-authz}
+  controlPlane: {address: meshguard-controlplane.meshguard.svc.cluster.local, port: 18000, spiffeID: spiffe://cluster.local/ns/meshguard/sa/meshguard-controlplane}
+  wasm: {file: /etc/meshguard/meshguard-filter.wasm}
+  workloads:
+  - {name: web, namespace: shop, spiffeID: spiffe://cluster.local/ns/shop/sa/web, inbound: [{name: http, port: 15006, appPort: 8080, routes: [{name: all, prefix: /}]}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, ok := m.Lookup(b.GetNode().GetCluster(), b.GetNode().GetId()); !ok {
+		t.Errorf("node cluster %q, id %q name no workload: the control plane would send it the bundle only", b.GetNode().GetCluster(), b.GetNode().GetId())
+	} else if got := b.GetNode().GetMetadata().GetFields()["spiffe_id"].GetStringValue(); got != w.ID.String() {
+		t.Errorf("node metadata spiffe_id %q, the workload's ID is %s", got, w.ID)
 	}
 	var spire bool
 	for _, c := range b.GetStaticResources().GetClusters() {

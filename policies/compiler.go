@@ -428,6 +428,9 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 
 	buckets := c.scopeBuckets(p.Metadata.Namespace, sp.Selector, sp.TargetRef, sp.TargetRefs)
 
+	for _, b := range buckets {
+		b.policies = append(b.policies, c.obj)
+	}
 	if act == ActionAllow {
 		for _, b := range buckets {
 			b.allowPols[1]++
@@ -932,6 +935,7 @@ func (c *compiler) identityPolicy(p *IdentityPolicy) {
 	mode := c.mode("spec.mode", p.Spec.Mode, ModeEnforce)
 	pol := &cpolicy{ref: c.obj, action: act, mode: mode, reason: ReasonDeniedByPolicy}
 	b := c.meshBucket(p.Metadata.Namespace, p.Spec.Workloads)
+	b.policies = append(b.policies, c.obj)
 	c.identityRules("spec.rules", p.Spec.Rules, pol, b)
 }
 
@@ -1044,6 +1048,7 @@ func (c *compiler) defaultDeny(p *DefaultDeny) {
 		return
 	}
 	b := c.meshBucket(p.Metadata.Namespace, p.Spec.Workloads)
+	b.policies = append(b.policies, c.obj)
 	b.defaultDeny[1] = true
 	if mode == ModeEnforce {
 		b.defaultDeny[0] = true

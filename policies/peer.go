@@ -277,11 +277,12 @@ func istioNamespace(uri string, m *strMatcher) bool {
 			if len(rest) > len(m.v) && rest[:len(m.v)] == m.v && rest[len(m.v)] == '/' {
 				return true
 			}
-			j := strings.Index(rest, "/ns/")
+			// The next "/ns/" may overlap this one ("/ns/ns/<value>/").
+			j := strings.Index(uri[i+1:], "/ns/")
 			if j < 0 {
 				return false
 			}
-			i += len("/ns/") + j
+			i += 1 + j
 		}
 		return false
 	case strPrefix:
@@ -291,11 +292,11 @@ func istioNamespace(uri string, m *strMatcher) bool {
 			if strings.HasPrefix(rest, m.v) {
 				return strings.IndexByte(rest[len(m.v):], '/') >= 0
 			}
-			j := strings.Index(rest, "/ns/")
+			j := strings.Index(uri[i+1:], "/ns/")
 			if j < 0 {
 				return false
 			}
-			i += len("/ns/") + j
+			i += 1 + j
 		}
 		return false
 	case strSuffix:

@@ -143,6 +143,9 @@ type bucket struct {
 	providers []string
 	// jwt are the jwtRules of the bucket's RequestAuthentications.
 	jwt []*JWTProvider
+	// policies are the objects scoped to the bucket ("Kind/ns/name"),
+	// whatever their mode: what PoliciesFor reports.
+	policies []string
 }
 
 type routeInfo struct {

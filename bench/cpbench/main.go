@@ -258,7 +258,7 @@ func runSize(n, replicas, rules int, timeout time.Duration) (result, error) {
 	// A policy update (a quarantine): rebuild and push to every node.
 	q := policies.Set{Quarantines: []policies.Quarantine{{
 		APIVersion: policies.APIVersionMeshguard, Kind: policies.KindQuarantine,
-		Metadata: policies.ObjectMeta{Name: "bench", Namespace: "istio-system"},
+		Metadata: policies.ObjectMeta{Name: "bench", Namespace: policies.DefaultRootNamespace},
 		Spec:     policies.QuarantineSpec{Identity: "spiffe://" + policygen.TrustDomain + "/ns/ns-0/sa/svc-0", Reason: "bench"},
 	}}}
 	start = time.Now()

@@ -246,7 +246,7 @@ the bundle is served (authz servers).`,
 	fl.DurationVar(&f.stateRetention, "state-retention", 30*24*time.Hour, "how long released and expired quarantine records, with their history, are kept")
 	fl.DurationVar(&f.baselineFlush, "baseline-flush", 10*time.Second, "how often learned edges are written to the state store")
 	fl.StringSliceVar(&f.reporters, "reporter-id", nil, "SPIFFE ID pattern of data-plane components that may post events besides the --mesh workloads, e.g. spiffe://cluster.local/ns/*/sa/* for Istio sidecars (repeatable)")
-	fl.StringVar(&f.rootNamespace, "root-namespace", "istio-system", "namespace of mesh-wide documents (quarantines)")
+	fl.StringVar(&f.rootNamespace, "root-namespace", policies.DefaultRootNamespace, "namespace of mesh-wide documents (quarantines)")
 	fl.DurationVar(&f.quarantineFor, "quarantine-for", 15*time.Minute, "quarantine duration when the anomaly profile sets none")
 	fl.IntVar(&f.thresholdEvents, "quarantine-threshold", 5, "quarantine after this many block-level reports about one identity within --quarantine-window, from any sidecar to any replica (0: off)")
 	fl.DurationVar(&f.thresholdWindow, "quarantine-window", time.Minute, "window of --quarantine-threshold")

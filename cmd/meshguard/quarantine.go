@@ -23,6 +23,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/api"
 	"github.com/meshguard/meshguard/controlplane/learn"
 	"github.com/meshguard/meshguard/controlplane/quarantine"
+	"github.com/meshguard/meshguard/policies"
 )
 
 // adminClient calls the control plane's admin API.
@@ -264,7 +265,7 @@ them before applying: anything that did not happen while learning is denied.`,
 	}
 	export.Flags().StringVarP(&outDir, "output", "o", "", "directory to write the YAML files to (created)")
 	export.Flags().StringVar(&opts.DefaultNamespace, "default-namespace", "default", "namespace of destinations that do not name one")
-	export.Flags().StringVar(&opts.BaselineNamespace, "baseline-namespace", "istio-system", "namespace of the TrafficBaseline")
+	export.Flags().StringVar(&opts.BaselineNamespace, "baseline-namespace", policies.DefaultRootNamespace, "namespace of the TrafficBaseline")
 	export.Flags().StringVar(&opts.SelectorLabel, "selector-label", "app", "label that selects a destination's workloads (label=<service>)")
 	_ = export.MarkFlagRequired("output")
 	cmd.AddCommand(export)

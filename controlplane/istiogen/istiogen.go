@@ -49,7 +49,7 @@ const (
 	DefaultPort          = 9191
 	DefaultTimeout       = 500 * time.Millisecond
 	DefaultPluginName    = "meshguard"
-	DefaultRootNamespace = "istio-system"
+	DefaultRootNamespace = policies.DefaultRootNamespace
 	// ObjectName is the name of every generated AuthorizationPolicy and
 	// WasmPlugin, suffixed with the target's name when it has one.
 	ObjectName = "meshguard"

@@ -433,7 +433,7 @@ func MakeDraft(edges []Edge, o DraftOptions) (Draft, error) {
 		o.DefaultNamespace = "default"
 	}
 	if o.BaselineNamespace == "" {
-		o.BaselineNamespace = "istio-system"
+		o.BaselineNamespace = policies.DefaultRootNamespace
 	}
 	if o.SelectorLabel == "" {
 		o.SelectorLabel = "app"

@@ -185,11 +185,33 @@ type Service struct {
 	Timeout time.Duration
 }
 
-// ValidWorkload is a validated Workload.
+// ValidWorkload is a validated Workload. Its identities are spiffeid.IDs,
+// parsed once here.
 type ValidWorkload struct {
-	Workload
-	ID  spiffeid.ID
-	Key string // name.namespace
+	Key       string // name.namespace
+	Name      string
+	Namespace string
+	ID        spiffeid.ID
+	Labels    map[string]string
+	// Service callers address (the workload's name unless set).
+	Service     string
+	Proxyless   bool
+	DisableWasm bool
+	Inbound     []Inbound
+	Upstreams   []ValidUpstream
+}
+
+// ValidUpstream is a validated Upstream.
+type ValidUpstream struct {
+	Name       string
+	Address    string
+	Port       uint32
+	ID         spiffeid.ID
+	ListenPort uint32
+	// Service and Namespace as the upstream names them (Upstream says how
+	// they default).
+	Service   string
+	Namespace string
 }
 
 // Lookup returns the workload an xDS node serves: by node.cluster, then by
@@ -308,7 +330,10 @@ func (f *File) Validate() (*Mesh, error) {
 	for i := range f.Spec.Workloads {
 		w := f.Spec.Workloads[i]
 		field := fmt.Sprintf("spec.workloads[%d]", i)
-		vw := &ValidWorkload{Workload: w, Key: w.Name + "." + w.Namespace}
+		vw := &ValidWorkload{
+			Key: w.Name + "." + w.Namespace, Name: w.Name, Namespace: w.Namespace,
+			Labels: w.Labels, Service: w.Service, Proxyless: w.Proxyless, DisableWasm: w.DisableWasm, Inbound: w.Inbound,
+		}
 		if !dnsLabel.MatchString(w.Name) || len(w.Name) > 63 {
 			bad(field+".name", "%q is not a DNS label", w.Name)
 		}
@@ -369,11 +394,16 @@ func (f *File) Validate() (*Mesh, error) {
 			if u.Port == 0 || u.Port > 65535 {
 				bad(uf+".port", "port %d out of range", u.Port)
 			}
-			if uid, err := spiffeid.FromString(u.SPIFFEID); err != nil {
+			uid, err := spiffeid.FromString(u.SPIFFEID)
+			if err != nil {
 				bad(uf+".spiffeID", "%q: %v", u.SPIFFEID, err)
 			} else if uid.TrustDomain() != td {
 				bad(uf+".spiffeID", "%q is not in trust domain %q", u.SPIFFEID, f.Spec.TrustDomain)
 			}
+			vw.Upstreams = append(vw.Upstreams, ValidUpstream{
+				Name: u.Name, Address: u.Address, Port: u.Port, ID: uid, ListenPort: u.ListenPort,
+				Service: u.Service, Namespace: u.Namespace,
+			})
 			if !w.Proxyless {
 				usePort(uf+".listenPort", u.ListenPort)
 			}

@@ -238,7 +238,7 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("quarantine: %w", err)
 	}
 	if opts.Namespace == "" {
-		opts.Namespace = "istio-system"
+		opts.Namespace = policies.DefaultRootNamespace
 	}
 	if opts.DefaultDuration <= 0 {
 		opts.DefaultDuration = 15 * time.Minute

@@ -5,7 +5,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -247,7 +248,7 @@ func (e *encoder) splitDecision(d *wire.Decision) (ctxJSON, extra string) {
 	k = strconv.AppendBool(append(k, 0), d.MTLS)
 	k = strconv.AppendBool(append(k, 0), d.Audit)
 	k = strconv.AppendBool(append(k, 0), d.TargetResolved)
-	for _, name := range sortedKeys(d.TargetLabels) {
+	for _, name := range slices.Sorted(maps.Keys(d.TargetLabels)) {
 		k = append(append(append(append(k, 1), name...), 0), d.TargetLabels[name]...)
 	}
 	for _, h := range d.HeaderNames {
@@ -273,18 +274,6 @@ func (e *encoder) splitDecision(d *wire.Decision) (ctxJSON, extra string) {
 		extra = string(b)
 	}
 	return ctxJSON, extra
-}
-
-func sortedKeys(m map[string]string) []string {
-	if len(m) == 0 {
-		return nil
-	}
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 func encodeContext(d *wire.Decision) string {

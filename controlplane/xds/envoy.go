@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/url"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -23,6 +22,7 @@ import (
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -52,10 +52,10 @@ const (
 	wasmRootID     = "meshguard"
 )
 
-func inboundName(in mesh.Inbound) string  { return "inbound_" + in.Name }
-func appCluster(in mesh.Inbound) string   { return "inbound_app_" + in.Name }
-func outboundName(u mesh.Upstream) string { return "outbound_" + u.Name }
-func upstreamCluster(name string) string  { return "outbound|" + name }
+func inboundName(in mesh.Inbound) string       { return "inbound_" + in.Name }
+func appCluster(in mesh.Inbound) string        { return "inbound_app_" + in.Name }
+func outboundName(u mesh.ValidUpstream) string { return "outbound_" + u.Name }
+func upstreamCluster(name string) string       { return "outbound|" + name }
 func adsSource() *core.ConfigSource {
 	return &core.ConfigSource{
 		ResourceApiVersion:    core.ApiVersion_V3,
@@ -89,17 +89,17 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (m
 		}
 		out[resource.ListenerType] = append(out[resource.ListenerType], l)
 		out[resource.RouteType] = append(out[resource.RouteType], outboundRoutes(u))
-		c, err := g.mtlsCluster(upstreamCluster(u.Name), u.Address, u.Port, u.SPIFFEID, w.SPIFFEID, false)
+		c, err := g.mtlsCluster(upstreamCluster(u.Name), u.Address, u.Port, u.ID, w.ID, false)
 		if err != nil {
 			return nil, err
 		}
 		out[resource.ClusterType] = append(out[resource.ClusterType], c)
 	}
-	authz, err := g.mtlsCluster(ClusterAuthz, g.mesh.Authz.Address, g.mesh.Authz.Port, g.mesh.Authz.ID.String(), w.SPIFFEID, true)
+	authz, err := g.mtlsCluster(ClusterAuthz, g.mesh.Authz.Address, g.mesh.Authz.Port, g.mesh.Authz.ID, w.ID, true)
 	if err != nil {
 		return nil, err
 	}
-	cp, err := g.mtlsCluster(ClusterControlPlane, g.mesh.ControlPlane.Address, g.mesh.ControlPlane.Port, g.mesh.ControlPlane.ID.String(), w.SPIFFEID, false)
+	cp, err := g.mtlsCluster(ClusterControlPlane, g.mesh.ControlPlane.Address, g.mesh.ControlPlane.Port, g.mesh.ControlPlane.ID, w.ID, false)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (g *Generator) envoyResources(w *mesh.ValidWorkload, b *policies.Bundle) (m
 func disabledRoutes(w *mesh.ValidWorkload, b *policies.Bundle) map[string]bool {
 	root := b.Set.Settings.RootNamespace
 	if root == "" {
-		root = "istio-system"
+		root = policies.DefaultRootNamespace
 	}
 	out := map[string]bool{}
 	for _, ro := range b.Set.RouteOverrides {
@@ -164,13 +164,13 @@ func (g *Generator) upstreamsOf(w *mesh.ValidWorkload) map[string]string {
 
 // destinationOf is the service and namespace an upstream is
 // (mesh.Upstream.Service says how they default).
-func (g *Generator) destinationOf(u mesh.Upstream) (service, namespace string) {
+func (g *Generator) destinationOf(u mesh.ValidUpstream) (service, namespace string) {
 	if u.Service != "" {
 		return u.Service, u.Namespace
 	}
 	agree := true
 	for _, w := range g.mesh.Workloads {
-		if w.SPIFFEID != u.SPIFFEID {
+		if w.ID != u.ID {
 			continue
 		}
 		if service != "" && (service != w.Service || namespace != w.Namespace) {
@@ -246,7 +246,7 @@ func contextExtensions(w *mesh.ValidWorkload, r mesh.Route) map[string]string {
 	ext[wire.ContextRoute] = r.Name
 	ext[wire.ContextPolicyScope] = w.Namespace + "/" + w.Name
 	ext[wire.ContextNamespace] = w.Namespace
-	ext[wire.ContextWorkload] = w.SPIFFEID
+	ext[wire.ContextWorkload] = w.ID.String()
 	ext[wire.ContextService] = w.Service
 	ext[wire.ContextResolved] = "true"
 	for k, v := range w.Labels {
@@ -255,7 +255,7 @@ func contextExtensions(w *mesh.ValidWorkload, r mesh.Route) map[string]string {
 	return ext
 }
 
-func outboundRoutes(u mesh.Upstream) *route.RouteConfiguration {
+func outboundRoutes(u mesh.ValidUpstream) *route.RouteConfiguration {
 	return &route.RouteConfiguration{
 		Name: outboundName(u),
 		VirtualHosts: []*route.VirtualHost{{
@@ -316,7 +316,7 @@ func (g *Generator) inboundListener(w *mesh.ValidWorkload, in mesh.Inbound) (*li
 	}
 	tlsCtx, err := marshalAny(&tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
-		CommonTlsContext:         g.commonTLS(w.SPIFFEID, ""),
+		CommonTlsContext:         g.commonTLS(w.ID, spiffeid.ID{}),
 	})
 	if err != nil {
 		return nil, err
@@ -372,7 +372,7 @@ func wasmFilters(w *mesh.ValidWorkload) []*hcm.HttpFilter {
 // identity is the source, u the destination: a quarantined or anomalous
 // workload is stopped here, before the request leaves the pod), then the
 // router to u's mTLS cluster.
-func (g *Generator) outboundListener(w *mesh.ValidWorkload, u mesh.Upstream) (*listener.Listener, error) {
+func (g *Generator) outboundListener(w *mesh.ValidWorkload, u mesh.ValidUpstream) (*listener.Listener, error) {
 	rtr, err := marshalAny(&router.Router{})
 	if err != nil {
 		return nil, err
@@ -402,11 +402,11 @@ func (g *Generator) outboundListener(w *mesh.ValidWorkload, u mesh.Upstream) (*l
 
 // commonTLS presents the SVID named after the workload's SPIFFE ID and
 // validates peers against the trust bundle, both over SDS from the SPIRE
-// agent; when peerID is set the peer's URI SAN must equal it. The SDS
+// agent; when peerID is not zero the peer's URI SAN must equal it. The SDS
 // source is the cluster ClusterSPIREAgent, which the node's bootstrap
 // defines: Envoy takes an xDS config source only from a statically defined
 // cluster, so the control plane cannot send it.
-func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
+func (g *Generator) commonTLS(selfID, peerID spiffeid.ID) *tlsv3.CommonTlsContext {
 	spire := &core.ConfigSource{
 		ResourceApiVersion: core.ApiVersion_V3,
 		ConfigSourceSpecifier: &core.ConfigSource_ApiConfigSource{ApiConfigSource: &core.ApiConfigSource{
@@ -420,11 +420,11 @@ func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
 	ctx := &tlsv3.CommonTlsContext{
 		TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2},
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{
-			Name: selfID, SdsConfig: spire,
+			Name: selfID.String(), SdsConfig: spire,
 		}},
 	}
 	bundle := &tlsv3.SdsSecretConfig{Name: g.mesh.BundleSecret, SdsConfig: spire}
-	if peerID == "" {
+	if peerID.IsZero() {
 		ctx.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: bundle}
 		return ctx
 	}
@@ -433,7 +433,7 @@ func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
 			DefaultValidationContext: &tlsv3.CertificateValidationContext{
 				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
 					SanType: tlsv3.SubjectAltNameMatcher_URI,
-					Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: peerID}},
+					Matcher: &matcher.StringMatcher{MatchPattern: &matcher.StringMatcher_Exact{Exact: peerID.String()}},
 				}},
 			},
 			ValidationContextSdsSecretConfig: bundle,
@@ -442,7 +442,7 @@ func (g *Generator) commonTLS(selfID, peerID string) *tlsv3.CommonTlsContext {
 	return ctx
 }
 
-func (g *Generator) mtlsCluster(name, host string, port uint32, peerID, selfID string, http2 bool) (*cluster.Cluster, error) {
+func (g *Generator) mtlsCluster(name, host string, port uint32, peerID, selfID spiffeid.ID, http2 bool) (*cluster.Cluster, error) {
 	c := plainCluster(name, host, port, http2)
 	tlsCtx, err := marshalAny(&tlsv3.UpstreamTlsContext{
 		CommonTlsContext: g.commonTLS(selfID, peerID),
@@ -566,14 +566,4 @@ func socketAddress(host string, port uint32) *core.Address {
 		Address:       host,
 		PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
 	}}}
-}
-
-// sortedKeys returns m's keys in order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -7,8 +7,9 @@
 // filter compiled from the policies; and, for every node, the policy bundle
 // resource that authz servers subscribe to.
 //
-// Every resource is checked with its generated ValidateAll and every snapshot
-// with Consistent before anyone may publish it.
+// Every resource is validated in depth (internal/xdsvalidate: its generated
+// ValidateAll, and that of every message packed in it) and every snapshot
+// checked with Consistent before anyone may publish it.
 package xds
 
 import (
@@ -17,7 +18,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
+	"maps"
+	"slices"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -29,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshguard/meshguard/controlplane/mesh"
+	"github.com/meshguard/meshguard/internal/xdsvalidate"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -47,14 +50,24 @@ const (
 	eventTimeoutMillis = 2000
 )
 
-// Generator builds snapshots. It holds no mutable state and is safe for
-// concurrent use.
+// Generator builds snapshots. It is safe for concurrent use; its only
+// state is what its validation remembers.
 type Generator struct {
 	mesh *mesh.Mesh
+	// now is the clock that tells which quarantines are in force.
+	now func() time.Time
+	// valid remembers the packed configurations found valid: the nodes of
+	// a fleet share most of them.
+	valid *xdsvalidate.Memo
 }
 
+// memoSize bounds what a generator's validation remembers (about 2 MiB).
+const memoSize = 1 << 15
+
 // NewGenerator returns a generator for m.
-func NewGenerator(m *mesh.Mesh) *Generator { return &Generator{mesh: m} }
+func NewGenerator(m *mesh.Mesh) *Generator {
+	return &Generator{mesh: m, now: time.Now, valid: xdsvalidate.NewMemo(memoSize)}
+}
 
 // Mesh returns the mesh the generator serves.
 func (g *Generator) Mesh() *mesh.Mesh { return g.mesh }
@@ -72,9 +85,9 @@ type EncodedBundle struct {
 	// Envoy node of the generator's mesh; nil from EncodeBundle.
 	Filter *core.TypedExtensionConfig
 
-	// patterns are the bundle's workload patterns, compiled once for the
-	// RBAC of every proxyless node. Read-only.
-	patterns map[string]*regexp.Regexp
+	// snap is the bundle compiled by the engine, which the RBAC of
+	// proxyless nodes translates. Read-only.
+	snap *policies.Snapshot
 }
 
 // EncodeBundle prepares b for distribution to nodes that take the bundle
@@ -93,10 +106,14 @@ func EncodeBundle(b *policies.Bundle) (*EncodedBundle, error) {
 		return nil, err
 	}
 	res := &core.TypedExtensionConfig{Name: wire.BundleResourceName, TypedConfig: tc}
-	if err := res.ValidateAll(); err != nil {
+	if err := xdsvalidate.All(res); err != nil {
 		return nil, fmt.Errorf("xds: bundle resource: %w", err)
 	}
-	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, patterns: compilePatterns(b)}, nil
+	snap, err := policies.Compile(b)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	return &EncodedBundle{Bundle: b, JSON: data, Resource: res, snap: snap}, nil
 }
 
 // Encode prepares b for every node of g's mesh: the bundle resource and,
@@ -116,7 +133,7 @@ func (g *Generator) Encode(b *policies.Bundle) (*EncodedBundle, error) {
 	if eb.Filter, err = g.wasmExtensionConfig(fc); err != nil {
 		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
-	if err := eb.Filter.ValidateAll(); err != nil {
+	if err := g.valid.All(eb.Filter); err != nil {
 		return nil, fmt.Errorf("xds: filter config: %w", err)
 	}
 	return eb, nil
@@ -160,7 +177,7 @@ func (g *Generator) FilterConfig(eb *EncodedBundle) ([]byte, error) {
 			continue
 		}
 		fc.Workloads[w.Key] = wire.Workload{
-			ID:        w.SPIFFEID,
+			ID:        w.ID.String(),
 			Namespace: w.Namespace,
 			// The mesh description lists every label of the workload.
 			Labels:     w.Labels,
@@ -216,7 +233,7 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 		}
 		versions[typ] = v
 	}
-	if err := validate(res); err != nil {
+	if err := validate(g.valid, res); err != nil {
 		return nil, fmt.Errorf("xds: node %s: %w", w.Key, err)
 	}
 	ecds := []types.Resource{eb.Resource}
@@ -237,23 +254,18 @@ func (g *Generator) Snapshot(w *mesh.ValidWorkload, eb *EncodedBundle) (*cache.S
 // assemble validates every resource and builds a consistent snapshot with a
 // version per type.
 func assemble(res map[resource.Type][]types.Resource, versions map[resource.Type]string) (*cache.Snapshot, error) {
-	if err := validate(res); err != nil {
+	if err := validate(nil, res); err != nil {
 		return nil, err
 	}
 	return build(res, versions)
 }
 
-// validate runs every resource's ValidateAll and reports every failure.
-func validate(res map[resource.Type][]types.Resource) error {
+// validate validates every resource in depth and reports every failure.
+func validate(memo *xdsvalidate.Memo, res map[resource.Type][]types.Resource) error {
 	var errs []error
-	for _, typ := range sortedKeys(res) {
+	for _, typ := range slices.Sorted(maps.Keys(res)) {
 		for _, r := range res[typ] {
-			v, ok := r.(interface{ ValidateAll() error })
-			if !ok {
-				errs = append(errs, fmt.Errorf("%s %s: no validator", typ, cache.GetResourceName(r)))
-				continue
-			}
-			if err := v.ValidateAll(); err != nil {
+			if err := memo.All(r); err != nil {
 				errs = append(errs, fmt.Errorf("%s %s: %w", typ, cache.GetResourceName(r), err))
 			}
 		}

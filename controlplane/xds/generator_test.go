@@ -2,16 +2,18 @@ package xds
 
 import (
 	"encoding/json"
-	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
-	"regexp"
 	"strings"
 	"testing"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extauthz "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	wasmfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -114,6 +116,22 @@ func TestAssembleRejectsInvalidAndInconsistent(t *testing.T) {
 		{"listener references a missing route", map[resource.Type][]types.Resource{
 			resource.ListenerType: {mustListenerWithRDS(t, "missing")},
 		}, ""},
+		// Broken inside an Any, where ValidateAll does not look.
+		{"HTTP connection manager without stat_prefix", map[resource.Type][]types.Resource{
+			resource.ListenerType: {brokenListener(t, func(m *hcm.HttpConnectionManager) { m.StatPrefix = "" })},
+			resource.RouteType:    {&route.RouteConfiguration{Name: "r"}},
+		}, "typed_config<envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager>: invalid HttpConnectionManager.StatPrefix"},
+		{"ext_authz with an empty gRPC cluster", map[resource.Type][]types.Resource{
+			resource.ListenerType: {brokenListener(t, func(m *hcm.HttpConnectionManager) {
+				m.HttpFilters = append([]*hcm.HttpFilter{{Name: filterExtAuthz, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&extauthz.ExtAuthz{
+					Services: &extauthz.ExtAuthz_GrpcService{GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{}}}},
+				})}}}, m.HttpFilters...)
+			})},
+			resource.RouteType: {&route.RouteConfiguration{Name: "r"}},
+		}, "typed_config<envoy.extensions.filters.http.ext_authz.v3.ExtAuthz>: invalid ExtAuthz.GrpcService"},
+		{"wasm filter config without a VM", map[resource.Type][]types.Resource{
+			resource.ExtensionConfigType: {&core.TypedExtensionConfig{Name: wire.FilterConfigName, TypedConfig: mustAny(&wasmfilter.Wasm{Config: &wasmv3.PluginConfig{Name: wire.FilterConfigName}})}},
+		}, "without vm_config"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,6 +144,27 @@ func TestAssembleRejectsInvalidAndInconsistent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// brokenListener is a listener with RDS route "r" whose connection manager
+// break changes.
+func brokenListener(t *testing.T, brk func(*hcm.HttpConnectionManager)) *listener.Listener {
+	t.Helper()
+	m := &hcm.HttpConnectionManager{
+		StatPrefix:     "x",
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{ConfigSource: adsSource(), RouteConfigName: "r"}},
+		HttpFilters:    []*hcm.HttpFilter{{Name: filterRouter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&router.Router{})}}},
+	}
+	brk(m)
+	l := &listener.Listener{
+		Name:         "l",
+		Address:      socketAddress("0.0.0.0", 1),
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(m)}}}}},
+	}
+	if err := l.ValidateAll(); err != nil {
+		t.Fatalf("the listener must pass ValidateAll, which does not look inside its Anys: %v", err)
+	}
+	return l
 }
 
 func mustListenerWithRDS(t *testing.T, route string) *listener.Listener {
@@ -143,36 +182,6 @@ func mustListenerWithRDS(t *testing.T, route string) *listener.Listener {
 		Address:      socketAddress("0.0.0.0", 1),
 		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{Name: filterHCM, ConfigType: &listener.Filter_TypedConfig{TypedConfig: mgr}}}}},
 	}
-}
-
-func TestSpiffePatternRegex(t *testing.T) {
-	tests := []struct {
-		pattern, id string
-		want        bool
-	}{
-		{"spiffe://example.org", "spiffe://example.org/ns/a/sa/b", true},
-		{"spiffe://example.org", "spiffe://example.org.evil/ns/a", false},
-		{"spiffe://example.org/ns/*/sa/web", "spiffe://example.org/ns/a/sa/web", true},
-		{"spiffe://example.org/ns/*/sa/web", "spiffe://example.org/ns/a/b/sa/web", false},
-		{"spiffe://example.org/ns/a/sa/web-*", "spiffe://example.org/ns/a/sa/web-1", true},
-		{"spiffe://example.org/ns/a/sa/web", "spiffe://example.org/ns/a/sa/web2", false},
-		{"spiffe://example.org/ns/a.b/sa/x", "spiffe://example.org/ns/aXb/sa/x", false},
-	}
-	for _, tt := range tests {
-		re := mustCompile(t, spiffePatternRegex(tt.pattern))
-		if got := re.MatchString(tt.id); got != tt.want {
-			t.Errorf("%s ~ %s = %v, want %v", tt.pattern, tt.id, got, tt.want)
-		}
-	}
-}
-
-func mustCompile(t *testing.T, re string) *regexp.Regexp {
-	t.Helper()
-	r, err := regexp.Compile(re)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
 }
 
 // TestSnapshotsShareTheBundleResources: every node's snapshot holds the

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,7 +69,7 @@ func render(t *testing.T, snaps map[string]*cache.Snapshot) []byte {
 				continue
 			}
 			items := s.GetResources(typ)
-			names := sortedKeys(items)
+			names := slices.Sorted(maps.Keys(items))
 			for _, n := range names {
 				data, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(items[n].(proto.Message))
 				if err != nil {

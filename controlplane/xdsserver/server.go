@@ -336,37 +336,49 @@ func (s *Server) push(gen uint64, nodes []string) {
 		if !s.pushable(node) {
 			continue // gone since the Publish, or joining
 		}
-		s.acquire(node)
-		// Under s.mu so that a node forgotten meanwhile gets no snapshot
-		// back (forget clears it under the same lock), and a node that
-		// rejoined meanwhile holds no slot it cannot give back.
-		s.mu.Lock()
-		key, ok := s.nodes[node]
+		s.hand(ctx, node, false)
+	}
+}
+
+// hand gives node the newest snapshot of its workload (or the bundle-only
+// one). It takes a push slot first, which the node's answer or the push
+// timeout gives back, so that pushes go at the paced rate. join is set by
+// ensureNode, which serves a joining node; a Publish's push skips it.
+func (s *Server) hand(ctx context.Context, node string, join bool) {
+	s.acquire(node)
+	// Under s.mu so that a node forgotten meanwhile gets no snapshot back
+	// (forget clears it under the same lock), and a node that rejoined
+	// meanwhile holds no slot it cannot give back.
+	s.mu.Lock()
+	key, ok := s.nodes[node]
+	if join {
+		delete(s.joining, node)
+	} else {
 		ok = ok && !s.joining[node]
-		snap := s.snapshotFor(key)
-		if ok && snap != nil {
-			// A node that joined during this Publish already holds the
-			// newest snapshot: setting it again sends nothing, and the
-			// slot would wait for an answer that never comes.
-			if cur, err := s.cache.GetSnapshot(node); err == nil && cur == cache.ResourceSnapshot(snap) {
-				ok = false
-			}
+	}
+	snap := s.snapshotFor(key) // the newest: a Publish meanwhile skipped a joining node
+	if ok && snap != nil && !join {
+		// A node that joined during this Publish already holds the
+		// newest snapshot: setting it again sends nothing, and the slot
+		// would wait for an answer that never comes.
+		if cur, err := s.cache.GetSnapshot(node); err == nil && cur == cache.ResourceSnapshot(snap) {
+			ok = false
 		}
-		var err error
-		if ok && snap != nil {
-			err = s.cache.SetSnapshot(ctx, node, snap)
-		}
-		s.mu.Unlock()
-		switch {
-		case !ok || snap == nil:
-			s.release(node)
-		case err != nil:
-			s.release(node)
-			s.m.failures.Inc()
-			s.log.Error("set snapshot", "node", node, "error", err)
-		default:
-			s.m.published.Inc()
-		}
+	}
+	var err error
+	if ok && snap != nil {
+		err = s.cache.SetSnapshot(ctx, node, snap)
+	}
+	s.mu.Unlock()
+	switch {
+	case !ok || snap == nil:
+		s.release(node)
+	case err != nil:
+		s.release(node)
+		s.m.failures.Inc()
+		s.log.Error("set snapshot", "node", node, "error", err)
+	default:
+		s.m.published.Inc()
 	}
 }
 
@@ -519,27 +531,7 @@ func (s *Server) ensureNode(node *core.Node) {
 	s.m.nodes.Set(float64(len(s.nodes)))
 	s.mu.Unlock()
 	s.log.Info("xds node connected", "node", id, "workload", key)
-
-	s.acquire(id)
-	s.mu.Lock()
-	_, ok := s.nodes[id]
-	delete(s.joining, id)
-	snap := s.snapshotFor(key) // the newest: a Publish meanwhile skipped it
-	var err error
-	if ok && snap != nil {
-		err = s.cache.SetSnapshot(context.Background(), id, snap)
-	}
-	s.mu.Unlock()
-	switch {
-	case !ok || snap == nil:
-		s.release(id)
-	case err != nil:
-		s.release(id)
-		s.m.failures.Inc()
-		s.log.Error("set snapshot", "node", id, "error", err)
-	default:
-		s.m.published.Inc()
-	}
+	s.hand(context.Background(), id, true)
 }
 
 // pushable reports whether a Publish's push should take node: known, and

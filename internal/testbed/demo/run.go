@@ -242,7 +242,7 @@ func (m *mesh) startControlPlane() error {
 			}
 			return nil
 		},
-		Namespace:       "istio-system",
+		Namespace:       policies.DefaultRootNamespace,
 		DefaultDuration: 15 * time.Minute,
 		// Quarantine after two block-level detections within a minute (the
 		// controlplane command's --quarantine-threshold, default 5), so

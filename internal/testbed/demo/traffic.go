@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -375,7 +377,7 @@ func (s *Summary) Render() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n──────── summary (%.1fs%s) ────────\n", s.Duration.Seconds(), map[bool]string{true: ", interrupted", false: ""}[s.Interrupted])
 	fmt.Fprintf(&b, "legitimate requests : %d, allowed %d, denied %d\n", s.LegitRequests, s.LegitAllowed, s.LegitDenied)
-	for _, k := range sortedKeys(s.LegitDeniedCalls) {
+	for _, k := range slices.Sorted(maps.Keys(s.LegitDeniedCalls)) {
 		fmt.Fprintf(&b, "  - denied: %s ×%d\n", k, s.LegitDeniedCalls[k])
 	}
 	fmt.Fprintf(&b, "attack requests     : %d, denied %d, reached an app with 2xx %d\n", s.AttackRequests, s.AttackDenied, s.AttackSucceeded)
@@ -400,13 +402,13 @@ func (s *Summary) Render() string {
 	fmt.Fprintf(&b, "released            : %s\n", listOrNone(s.Released))
 	if len(s.AfterRelease) > 0 {
 		fmt.Fprintf(&b, "attacker after release, by status:")
-		for _, k := range sortedKeys(s.AfterRelease) {
+		for _, k := range slices.Sorted(maps.Keys(s.AfterRelease)) {
 			fmt.Fprintf(&b, " %s=%d", k, s.AfterRelease[k])
 		}
 		b.WriteString("\n")
 	}
 	fmt.Fprintf(&b, "decisions by reason :")
-	for _, r := range sortedKeys(s.ByReason) {
+	for _, r := range slices.Sorted(maps.Keys(s.ByReason)) {
 		fmt.Fprintf(&b, " %s=%d", r, s.ByReason[r])
 	}
 	b.WriteString("\n")
@@ -418,17 +420,4 @@ func listOrNone(l []string) string {
 		return "none"
 	}
 	return strings.Join(l, ", ")
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
 }

@@ -6,10 +6,11 @@ import (
 	"crypto/tls"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -66,7 +67,7 @@ func (p *proxy) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := Request{Headers: RequestHeaders(r), Body: body, Properties: ConnectionProperties(r)}
-	for _, k := range sortedKeys(r.Trailer) {
+	for _, k := range slices.Sorted(maps.Keys(r.Trailer)) {
 		for _, v := range r.Trailer[k] {
 			req.Trailers = append(req.Trailers, [2]string{strings.ToLower(k), v})
 		}
@@ -137,7 +138,7 @@ func (p *proxy) forward(ctx context.Context, up UpstreamRequest) Response {
 		return Response{Status: http.StatusBadGateway, Body: []byte("upstream response unreadable or too large")}
 	}
 	out := Response{Status: resp.StatusCode, Body: b}
-	for _, k := range sortedKeys(resp.Header) {
+	for _, k := range slices.Sorted(maps.Keys(resp.Header)) {
 		if strings.EqualFold(k, "Content-Length") {
 			continue
 		}
@@ -162,7 +163,7 @@ func RequestHeaders(r *http.Request) [][2]string {
 		path = r.URL.RequestURI()
 	}
 	out := [][2]string{{":method", r.Method}, {":path", path}, {":authority", r.Host}, {":scheme", scheme}}
-	for _, k := range sortedKeys(r.Header) {
+	for _, k := range slices.Sorted(maps.Keys(r.Header)) {
 		lk := strings.ToLower(k)
 		for _, v := range r.Header[k] {
 			out = append(out, [2]string{lk, v})
@@ -226,13 +227,4 @@ func tlsVersion(v uint16) string {
 		return "TLSv1.3"
 	}
 	return ""
-}
-
-func sortedKeys(h http.Header) []string {
-	keys := make([]string, 0, len(h))
-	for k := range h {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
