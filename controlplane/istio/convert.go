@@ -39,18 +39,9 @@ func convertAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, spec
 	if p := spec.GetProvider(); p != nil {
 		ap.Spec.Provider = &policies.ExtensionProvider{Name: p.GetName()}
 	}
-	if s := spec.GetSelector(); s != nil {
-		ap.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
-	}
-	if r := spec.GetTargetRef(); r != nil {
-		ref := targetRef(r)
-		ap.Spec.TargetRef = &ref
-	}
-	for _, r := range spec.GetTargetRefs() {
-		if r == nil {
-			return ap, errors.New("spec.targetRefs: null entry")
-		}
-		ap.Spec.TargetRefs = append(ap.Spec.TargetRefs, targetRef(r))
+	var err error
+	if ap.Spec.Selector, ap.Spec.TargetRef, ap.Spec.TargetRefs, err = convertScope(spec); err != nil {
+		return ap, err
 	}
 	for i, r := range spec.GetRules() {
 		rule, err := convertRule(r)
@@ -74,18 +65,9 @@ func convertRequestAuthentication(apiVersion string, meta *metav1.ObjectMeta, sp
 	if spec == nil {
 		return ra, nil // no jwtRules: validates no token
 	}
-	if s := spec.GetSelector(); s != nil {
-		ra.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
-	}
-	if r := spec.GetTargetRef(); r != nil {
-		ref := targetRef(r)
-		ra.Spec.TargetRef = &ref
-	}
-	for _, r := range spec.GetTargetRefs() {
-		if r == nil {
-			return ra, errors.New("spec.targetRefs: null entry")
-		}
-		ra.Spec.TargetRefs = append(ra.Spec.TargetRefs, targetRef(r))
+	var err error
+	if ra.Spec.Selector, ra.Spec.TargetRef, ra.Spec.TargetRefs, err = convertScope(spec); err != nil {
+		return ra, err
 	}
 	for i, r := range spec.GetJwtRules() {
 		rule, err := convertJWTRule(r)
@@ -136,6 +118,34 @@ func convertJWTRule(r *securityv1beta1api.JWTRule) (policies.JWTRule, error) {
 	}
 	out.SpaceDelimitedClaims = r.GetSpaceDelimitedClaims()
 	return out, nil
+}
+
+// scoped is what Istio's security objects share: whom they select.
+type scoped interface {
+	GetSelector() *typev1beta1.WorkloadSelector
+	GetTargetRef() *typev1beta1.PolicyTargetReference
+	GetTargetRefs() []*typev1beta1.PolicyTargetReference
+}
+
+// convertScope converts an object's selector, targetRef and targetRefs. A
+// null targetRefs entry is an error; the entries that read are returned
+// with it.
+func convertScope(spec scoped) (sel *policies.WorkloadSelector, ref *policies.PolicyTargetReference, refs []policies.PolicyTargetReference, err error) {
+	if s := spec.GetSelector(); s != nil {
+		sel = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
+	}
+	if r := spec.GetTargetRef(); r != nil {
+		tr := targetRef(r)
+		ref = &tr
+	}
+	for _, r := range spec.GetTargetRefs() {
+		if r == nil {
+			err = errors.New("spec.targetRefs: null entry")
+			continue
+		}
+		refs = append(refs, targetRef(r))
+	}
+	return sel, ref, refs, err
 }
 
 func targetRef(r *typev1beta1.PolicyTargetReference) policies.PolicyTargetReference {
@@ -329,18 +339,9 @@ func failClosedAuthorizationPolicy(apiVersion string, meta *metav1.ObjectMeta, s
 			Rules:  []policies.Rule{{}},
 		},
 	}
-	if s := spec.GetSelector(); s != nil {
-		ap.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
-	}
-	if r := spec.GetTargetRef(); r != nil {
-		ref := targetRef(r)
-		ap.Spec.TargetRef = &ref
-	}
-	for _, r := range spec.GetTargetRefs() {
-		if r != nil {
-			ap.Spec.TargetRefs = append(ap.Spec.TargetRefs, targetRef(r))
-		}
-	}
+	// The scope as far as it reads (null entries left out): a stand-in
+	// that fails to validate with it is widened by the watcher.
+	ap.Spec.Selector, ap.Spec.TargetRef, ap.Spec.TargetRefs, _ = convertScope(spec)
 	ap.Metadata.Annotations = withAnnotation(ap.Metadata.Annotations, AnnotationConversionError, cause.Error())
 	return ap, true
 }
@@ -372,18 +373,9 @@ func failClosedRequestAuthentication(meta *metav1.ObjectMeta, spec *securityv1be
 	if widen || spec == nil {
 		return ap
 	}
-	if s := spec.GetSelector(); s != nil {
-		ap.Spec.Selector = &policies.WorkloadSelector{MatchLabels: maps.Clone(s.GetMatchLabels())}
-	}
-	if r := spec.GetTargetRef(); r != nil {
-		ref := targetRef(r)
-		ap.Spec.TargetRef = &ref
-	}
-	for _, r := range spec.GetTargetRefs() {
-		if r != nil {
-			ap.Spec.TargetRefs = append(ap.Spec.TargetRefs, targetRef(r))
-		}
-	}
+	// The scope as far as it reads (null entries left out): a stand-in
+	// that fails to validate with it is widened by the watcher.
+	ap.Spec.Selector, ap.Spec.TargetRef, ap.Spec.TargetRefs, _ = convertScope(spec)
 	return ap
 }
 
