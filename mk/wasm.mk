@@ -12,7 +12,7 @@ WASM_FLAGS    := -buildmode=c-shared -trimpath -gcflags=fmt=-l -ldflags "-s -w"
 # ceiling, today's size and a little, so that it cannot grow further; each
 # reduction lowers it, down to the budget.
 WASM_BUDGET   := 4194304
-WASM_CEILING  := 4320000
+WASM_CEILING  := 4230000
 
 .PHONY: wasm
 wasm: ## build the proxy-wasm filters: bin/meshguard-filter.wasm and the no-op baseline bin/noop.wasm

@@ -2,7 +2,6 @@ package policies
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 
 	"github.com/meshguard/meshguard/policies/internal/strictjson"
@@ -51,9 +50,12 @@ func (b *Bundle) keep(s *Snapshot) {
 	b.compiled = s
 }
 
-// Encode returns the bundle's JSON encoding.
+// Encode returns the bundle's JSON encoding, the bytes json.Marshal
+// writes for it (written by the generated encoder).
 func (b *Bundle) Encode() ([]byte, error) {
-	return json.Marshal(b)
+	var e strictjson.Encoder
+	b.encodeJSON(&e)
+	return e.B, nil
 }
 
 // DecodeBundle parses a bundle strictly (unknown fields are errors), checks

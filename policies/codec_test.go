@@ -60,6 +60,13 @@ func checkCodec(t *testing.T, data []byte) {
 	if gotJSON := policies.EncodeSetJSON(&got.Set); !bytes.Equal(wantJSON, gotJSON) {
 		t.Fatalf("encodings differ\njson.Marshal: %s\ngenerated:    %s", wantJSON, gotJSON)
 	}
+	wantJSON, err = json.Marshal(&want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotJSON, err := got.Encode(); err != nil || !bytes.Equal(wantJSON, gotJSON) {
+		t.Fatalf("bundle encodings differ (error %v)\njson.Marshal: %s\nEncode:       %s", err, wantJSON, gotJSON)
+	}
 }
 
 // fill sets every field reachable from v to a non-zero value, varied by

@@ -554,3 +554,5 @@ func decodeModeJSON(d *strictjson.Decoder, p unsafe.Pointer) { (*Mode)(p).decode
 func (x *Bundle) decodeJSON(d *strictjson.Decoder) { d.DecodeStruct(jsonBundle, unsafe.Pointer(x)) }
 
 func (x *Set) encodeJSON(e *strictjson.Encoder) { e.EncodeStruct(jsonSet, unsafe.Pointer(x)) }
+
+func (x *Bundle) encodeJSON(e *strictjson.Encoder) { e.EncodeStruct(jsonBundle, unsafe.Pointer(x)) }

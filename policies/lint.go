@@ -1,11 +1,12 @@
 package policies
 
 import (
-	"encoding/json"
 	"fmt"
 	"reflect"
 	"slices"
 	"strings"
+
+	"github.com/meshguard/meshguard/policies/internal/strictjson"
 )
 
 // Lint returns warnings about a set that is valid but probably not what its
@@ -406,15 +407,34 @@ func (l *linter) requestAuthentication(p *RequestAuthentication) {
 	}
 }
 
-// keyCount is the number of keys of a key set that KeySetProblems accepted.
+// keyCount is the number of keys of a key set that KeySetProblems accepted,
+// counted as json.Unmarshal into struct{ Keys []json.RawMessage } does:
+// every member whose name equals "keys" under case folding is decoded in
+// turn (null empties the list), and a document that is not an object, or
+// one such member that is neither an array nor null, counts 0.
 func keyCount(jwks string) int {
-	var doc struct {
-		Keys []json.RawMessage `json:"keys"`
-	}
-	if json.Unmarshal([]byte(jwks), &doc) != nil {
+	d := strictjson.NewDecoder([]byte(jwks))
+	if d.EOF() {
 		return 0
 	}
-	return len(doc.Keys)
+	n := 0
+	d.Object("a key set", func(key []byte) bool {
+		if !strictjson.Key(key, "keys") {
+			d.Skip()
+			return true
+		}
+		if d.Null() {
+			n = 0
+			return true
+		}
+		n = d.Array("keys", func(int) { d.Skip() })
+		return true
+	})
+	d.Finish("the key set")
+	if d.Err() != nil {
+		return 0
+	}
+	return n
 }
 
 // peerOnly warns, where the set requires JWT-SVIDs and does not deny

@@ -1,7 +1,6 @@
 package policies
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -222,7 +221,11 @@ func (m *Mode) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
+	d := strictjson.NewDecoder(b)
+	empty := d.EOF()
+	d.String(&s, "string")
+	d.Finish("the mode")
+	if empty || d.Err() != nil {
 		return fmt.Errorf("mode: want a string (enforce, dry-run, off), got %s", b)
 	}
 	*m = Mode(s)

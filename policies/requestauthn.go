@@ -219,16 +219,9 @@ func (c *compiler) jwtRule(f string, r *JWTRule) *JWTProvider {
 		if r.JWKS != "" {
 			c.errf(f+".jwks", CodeConflict, "only one of jwks or jwksUri can be set")
 		}
-		if err := checkJWKSURI(uri); err != nil {
-			c.errf(uriField, CodeInvalidValue, "%v", err)
-		}
 		p.JWKSURI = uri
 	}
-	if r.JWKS != "" {
-		if err := checkKeySet(r.JWKS); err != nil {
-			c.errf(f+".jwks", CodeInvalidKeySet, "jwks: %v", err)
-		}
-	}
+	c.keySource(f, uriField, uri, r.JWKS)
 	for i, h := range r.FromHeaders {
 		hf := fmt.Sprintf("%s.fromHeaders[%d]", f, i)
 		if h.Name == "" {
@@ -317,25 +310,6 @@ func (c *compiler) jwtRule(f string, r *JWTRule) *JWTProvider {
 	return p
 }
 
-// checkJWKSURI is Istio's ParseJwksURI plus its CRD's limits: an http or
-// https URL of at most 2048 bytes, with a host.
-func checkJWKSURI(s string) error {
-	if len(s) > maxJWKSURIBytes {
-		return fmt.Errorf("jwksUri of %d bytes: at most %d", len(s), maxJWKSURIBytes)
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("jwksUri %q is not a URL", s)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("jwksUri %q: URI scheme %q is not supported (http or https)", s, u.Scheme)
-	}
-	if u.Host == "" {
-		return fmt.Errorf("jwksUri %q has no host", s)
-	}
-	return nil
-}
-
 // checkHeaderName: a token location's header is an HTTP field name.
 func checkHeaderName(h string) error {
 	for i := 0; i < len(h); i++ {
@@ -390,16 +364,6 @@ type KeySetProblem struct {
 	Unusable   bool // meshguard will not verify with it
 	Reason     string
 	KeyID, Kty string
-}
-
-// checkKeySet checks the structure of an inline JSON Web Key Set (RFC
-// 7517): a JSON object whose "keys" is an array of key objects, each with
-// a known "kty" and its public members as base64url strings. The
-// cryptographic checks (points on their curve, key sizes) are the
-// enforcement point's, which refuses a key that fails them.
-func checkKeySet(jwks string) error {
-	_, err := KeySetProblems([]byte(jwks))
-	return err
 }
 
 // KeySetProblems checks a JSON Web Key Set's structure (see checkKeySet)

@@ -488,7 +488,7 @@ func recordJWT(j *policies.JWT, claims []string) *wire.DecisionJWT {
 
 // copyClaims encodes the named claims that m holds as a JSON object (nil
 // for none).
-func copyClaims(m map[string]any, names []string) json.RawMessage {
+func copyClaims(m map[string]any, names []string) wire.RawJSON {
 	var sel map[string]any
 	for _, n := range names {
 		if v, ok := m[n]; ok {

@@ -3,24 +3,20 @@
 package jsonw
 
 import (
-	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 )
 
 // String appends s as a JSON string. Printable ASCII is quoted directly
 // (strconv's escapes for '"' and '\' are JSON's); anything else goes
-// through encoding/json, which also replaces invalid UTF-8.
+// through quote, which writes what encoding/json writes (invalid UTF-8
+// replaced) without linking it: the wasm filter links this package.
 func String(b []byte, s string) []byte {
 	plain := true
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c < 0x20 || c > 0x7e || c == '<' || c == '>' || c == '&' {
-			q, err := json.Marshal(s)
-			if err != nil {
-				// Unreachable: a string always encodes.
-				return append(b, `""`...)
-			}
-			return append(b, q...)
+			return quote(b, s)
 		}
 		if c == '"' || c == '\\' {
 			plain = false
@@ -60,4 +56,59 @@ func Int(b []byte, name string, n int64) []byte {
 	b = append(b, name...)
 	b = append(b, `":`...)
 	return strconv.AppendInt(b, n, 10)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// quote quotes s as encoding/json does: invalid UTF-8 becomes \ufffd;
+// <, > and & are escaped for HTML safety, as are U+2028 and U+2029 for
+// JavaScript.
+func quote(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+		default:
+			i += n
+			continue
+		}
+		i += n
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }

@@ -44,7 +44,7 @@ func checkFilterConfig(t *testing.T, data []byte) {
 
 func filterConfigCorpus() [][]byte {
 	full, _ := json.Marshal(wire.FilterConfig{
-		Bundle:       json.RawMessage(`{"format":"meshguard.dev/bundle/v1","set":{"settings":{}}}`),
+		Bundle:       wire.RawJSON(`{"format":"meshguard.dev/bundle/v1","set":{"settings":{}}}`),
 		Workload:     wire.Workload{ID: "spiffe://mesh.test/ns/a/sa/b", Namespace: "a", Labels: map[string]string{"app": "b", "v": "1"}, Service: "b", Gateway: "g"},
 		RequireMTLS:  true,
 		ControlPlane: wire.ControlPlane{Cluster: "cp", Authority: "cp.local", Path: "/v1/events", TickMillis: 200, MaxBatch: 50, TimeoutMilli: 1000},

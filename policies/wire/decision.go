@@ -1,9 +1,6 @@
 package wire
 
-import (
-	"encoding/json"
-	"time"
-)
+import "time"
 
 // DecisionsPath is where the control plane accepts DecisionBatch JSON (POST)
 // from authz servers, on the same authenticated listener as EventsPath.
@@ -104,8 +101,8 @@ type DecisionJWT struct {
 	// recorder copies when present, so that a listed name missing from
 	// Claims is known absent. A claim not in ClaimNames is unknown: a
 	// re-decision that reads it is not replayable.
-	Claims     json.RawMessage `json:"claims,omitempty"`
-	ClaimNames []string        `json:"claim_names,omitempty"`
+	Claims     RawJSON  `json:"claims,omitempty"`
+	ClaimNames []string `json:"claim_names,omitempty"`
 }
 
 // DecisionBatch is what an authz server ships at a time.

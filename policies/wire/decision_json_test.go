@@ -16,7 +16,7 @@ func fullDecision() Decision {
 		Destination: "spiffe://td/ns/b/sa/y", TargetNamespace: "b", TargetService: "y", TargetGateway: "gw",
 		TargetLabels: map[string]string{"app": "y"}, TargetResolved: true, Method: "POST", Host: "y.b:8080", Path: "/v1/\"x\\é", Route: "y-api", Scope: "b/y",
 		JWT: &DecisionJWT{Subject: "spiffe://td/ns/a/sa/x", Principal: "iss/spiffe://td/ns/a/sa/x", Issuer: "iss", SVID: true, Audiences: []string{"a", "b"}, Presenter: "azp",
-			Claims: json.RawMessage(`{"groups":["g1"],"tier":"gold"}`), ClaimNames: []string{"groups", "tier", "team"}},
+			Claims: RawJSON(`{"groups":["g1"],"tier":"gold"}`), ClaimNames: []string{"groups", "tier", "team"}},
 		Allowed: true, Reason: "allowed_by_policy", Mode: "dry-run", Policy: "AuthorizationPolicy/b/y", Rule: "1", WouldDeny: true,
 		Audit: true, AuditPolicy: "ap", BundleVersion: "3-abc", Error: "e", LatencyMicros: 17,
 		Headers: map[string]string{"x-tenant": "t1"}, HeaderNames: []string{"x-tenant", "x-ticket"},

@@ -5,8 +5,6 @@
 // Like package policies it is pure Go and builds for GOOS=wasip1.
 package wire
 
-import "encoding/json"
-
 // Header names stamped by meshguard. Client-sent headers with the
 // x-meshguard- prefix are always stripped before these are set.
 const (
@@ -78,7 +76,7 @@ const (
 type FilterConfig struct {
 	// Bundle is a policies.Bundle, JSON encoded. Exactly one of Bundle and
 	// BundleFetch is set.
-	Bundle json.RawMessage `json:"bundle,omitempty"`
+	Bundle RawJSON `json:"bundle,omitempty"`
 	// BundleFetch makes the filter fetch its bundle from the control plane
 	// through ControlPlane.Cluster and follow its changes, instead of
 	// taking it from Bundle (Istio WasmPlugins: the plugin configuration

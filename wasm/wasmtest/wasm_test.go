@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
+	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 	"github.com/meshguard/meshguard/wasm/internal/scenario"
 	"github.com/tetratelabs/wazero"
@@ -289,6 +290,44 @@ func TestMeshWideConfigPicksTheNodesWorkload(t *testing.T) {
 	if h, err := start("db.shop"); err == nil {
 		h.Close()
 		t.Fatal("a node the configuration does not list started")
+	}
+}
+
+// TestKeySourceChecksLeftOutOfTheFilter pins the one difference between
+// the filter's compile and every other (docs/wasm.md, "Module size"): a
+// jwtRule's jwksUri and inline jwks are checked by the control plane,
+// which refuses to publish a bundle that fails them, and by the authz
+// server, which refuses to load one, but not by the filter, which never
+// fetches keys. Given such a bundle anyway, the filter decides on the
+// rest of it as on a valid one.
+func TestKeySourceChecksLeftOutOfTheFilter(t *testing.T) {
+	bad := scenario.Options{BadKeySource: true}
+	if _, _, err := policies.NewBundle("v1", scenario.Set(bad)); err == nil {
+		t.Fatal("the control plane's compile accepts a jwksUri that is not an http(s) URL")
+	}
+	var fc wire.FilterConfig
+	if err := json.Unmarshal(scenario.Config(t, bad), &fc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policies.DecodeBundle(fc.Bundle); err == nil {
+		t.Fatal("the authz server's compile accepts a jwksUri that is not an http(s) URL")
+	}
+	d := newHostDriver(t)
+	if err := d.Start(t, scenario.Config(t, bad)); err != nil {
+		t.Fatalf("the filter refuses the bundle: %v", err)
+	}
+	for _, tc := range []struct {
+		src, route, path string
+		forwarded        bool
+	}{
+		{scenario.Web, "orders-api", "/api/orders/1", true},
+		{scenario.Intruder, "orders-api", "/keys/1", false},
+	} {
+		r := d.Do(t, scenario.Request{Source: tc.src, MTLS: true, SourceAddr: "10.0.0.7:40000", DestAddr: "10.0.0.9:8080",
+			Route: tc.route, Method: "GET", Path: tc.path, Authority: "orders.shop.svc.cluster.local:8080"})
+		if r.Forwarded != tc.forwarded {
+			t.Errorf("%s %s: forwarded=%v, want %v (status %d, body %s)", tc.src, tc.path, r.Forwarded, tc.forwarded, r.Status, r.Body)
+		}
 	}
 }
 

@@ -34,7 +34,7 @@ var targets = []target{
 	{
 		pkg: "policies", importPath: "github.com/meshguard/meshguard/policies", file: "json_gen.go",
 		decode: []reflect.Type{reflect.TypeFor[policies.Bundle]()},
-		encode: []reflect.Type{reflect.TypeFor[policies.Set]()},
+		encode: []reflect.Type{reflect.TypeFor[policies.Set](), reflect.TypeFor[policies.Bundle]()},
 	},
 	{
 		pkg: "wire", importPath: "github.com/meshguard/meshguard/policies/wire", file: "json_gen.go",
@@ -67,6 +67,7 @@ func main() {
 
 var (
 	rawMessage  = reflect.TypeFor[json.RawMessage]()
+	rawJSON     = reflect.TypeFor[wire.RawJSON]()
 	unmarshaler = reflect.TypeFor[json.Unmarshaler]()
 	marshaler   = reflect.TypeFor[json.Marshaler]()
 )
@@ -87,7 +88,7 @@ func structs(roots []reflect.Type) []reflect.Type {
 	walk = func(t reflect.Type) {
 		switch t.Kind() {
 		case reflect.Pointer, reflect.Slice, reflect.Map:
-			if t != rawMessage {
+			if t != rawMessage && t != rawJSON {
 				walk(t.Elem())
 			}
 		case reflect.Struct:
@@ -243,7 +244,7 @@ func generate(t target) ([]byte, error) {
 // its table refers to, if any.
 func kind(t reflect.Type) (string, reflect.Type) {
 	switch {
-	case t == rawMessage:
+	case t == rawMessage || t == rawJSON:
 		return "KRaw", nil
 	case reflect.PointerTo(t).Implements(unmarshaler):
 		// Hand-written next to the type, with the same behaviour as its

@@ -3,7 +3,8 @@ package strictjson
 import (
 	"math"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/meshguard/meshguard/internal/jsonw"
 )
 
 // Encoder appends JSON to a byte slice, byte for byte as json.Marshal
@@ -114,59 +115,8 @@ func (e *Encoder) Float64(f float64) {
 	}
 }
 
-const hexDigits = "0123456789abcdef"
-
-// appendString quotes s. Invalid UTF-8 becomes \ufffd; <, > and & are
-// escaped for HTML safety, as are U+2028 and U+2029 for JavaScript.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-		default:
-			i += n
-			continue
-		}
-		i += n
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
+// appendString quotes s as encoding/json does (see jsonw.String).
+func appendString(b []byte, s string) []byte { return jsonw.String(b, s) }
 
 // Strings writes a string array; nil is null.
 func (e *Encoder) Strings(s []string) {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
@@ -35,6 +37,7 @@ var All = []Scenario{
 	{Name: "outbound_egress_blocked_at_source", Run: outboundEgress},
 	{Name: "outbound_baseline_enforce", Run: outboundBaseline},
 	{Name: "end_user_token_left_to_ext_authz", Run: endUserTokenLeftToExtAuthz},
+	{Name: "request_authentication_key_sources", Run: requestAuthnKeySources},
 	{Name: "duplicated_headers", Run: duplicatedHeaders},
 	{Name: "detector_rate", Slow: true, Run: detectRate},
 	{Name: "steady_traffic_no_false_positives", Slow: true, Run: steadyTraffic},
@@ -122,6 +125,56 @@ func endUserTokenLeftToExtAuthz(t *testing.T, d Driver) {
 	wantForwarded(t, r)
 	if ref, _ := Header(r.Upstream, wire.HeaderPolicyRef); ref != "AuthorizationPolicy/shop/tenants#1" {
 		t.Errorf("policy ref %q", ref)
+	}
+}
+
+// requestAuthnKeySources: the jwtRules whose keys come from a jwksUri or
+// an inline key set, whose checks the wasm filter's compile leaves out
+// (docs/wasm.md, "Module size"), decide as the engine does. Alone, the
+// filter reaches the engine's decision for the request without a verified
+// token; followed by the ext_authz server, it forwards the request and
+// names the rule the engine matches with a token of the issuer.
+func requestAuthnKeySources(t *testing.T, d Driver) {
+	b, _, err := policies.NewBundle("v1", Set(Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine, err := policies.Compile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs := func(r Request, jwt *policies.JWT) *policies.Attributes {
+		return &policies.Attributes{
+			Peer: spiffeid.RequireFromString(r.Source), MTLS: true,
+			Target: policies.Target{ID: spiffeid.RequireFromString(Workload), Namespace: "shop", Service: "orders", Labels: map[string]string{"app": "orders"}},
+			Method: r.Method, Host: r.Authority, Path: r.Path, Route: r.Route,
+			Headers: policies.MapHeaders{"authorization": "Bearer a.b.c"}, JWT: jwt,
+		}
+	}
+	for _, c := range []struct{ path, iss, sub string }{
+		{"/keys/1", KeysIssuer, "bob"},
+		{"/keys/2", InlineIssuer, "alice"},
+	} {
+		r := get(Intruder, "orders-api", c.path)
+		r.Headers = [][2]string{{"authorization", "Bearer a.b.c"}}
+
+		mustStart(t, d, Options{})
+		want := engine.Decide(attrs(r, nil))
+		if want.Allowed {
+			t.Fatalf("%s: the engine allows without a token", c.path)
+		}
+		wantDenied(t, d.Do(t, r), 403, want.Reason)
+
+		mustStart(t, d, Options{ExtAuthz: &wire.ExtAuthz{}})
+		want = engine.Decide(attrs(r, &policies.JWT{Issuer: c.iss, Subject: c.sub, Principal: c.iss + "/" + c.sub}))
+		if !want.Allowed {
+			t.Fatalf("%s: the engine denies a token of %s: %s", c.path, c.iss, want.Reason)
+		}
+		got := d.Do(t, r)
+		wantForwarded(t, got)
+		if ref, _ := Header(got.Upstream, wire.HeaderPolicyRef); ref != want.Ref.Policy+"#"+want.Ref.Rule {
+			t.Errorf("%s: policy ref %q, the engine's rule is %s#%s", c.path, ref, want.Ref.Policy, want.Ref.Rule)
+		}
 	}
 }
 

@@ -112,7 +112,21 @@ type Options struct {
 	Self string
 	// EnumerationResponse replaces the enumeration detector's response (log).
 	EnumerationResponse string
+	// BadKeySource gives the jwtRule of KeysIssuer a jwksUri that is not an
+	// http(s) URL: a bundle the control plane refuses to publish, and whose
+	// check the wasm filter's compile leaves out (docs/wasm.md).
+	BadKeySource bool
 }
+
+// Issuers of the scenarios' RequestAuthentication "keys": the key set of
+// one is fetched from a jwksUri, the other's is inline.
+const (
+	KeysIssuer   = "https://keys.mesh.test"
+	InlineIssuer = "https://inline.mesh.test"
+)
+
+// inlineKeySet is RFC 8037's Ed25519 public key, as a JSON Web Key Set.
+const inlineKeySet = `{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}`
 
 // Upstreams are the workload's outbound clusters the configuration names
 // (the rest are read as Istio names them).
@@ -147,6 +161,10 @@ func Set(o Options) policies.Set {
 	if o.EnumerationResponse != "" {
 		ap.Spec.Responses["enumeration"] = o.EnumerationResponse
 	}
+	jwksURI := KeysIssuer + "/.well-known/jwks.json"
+	if o.BadKeySource {
+		jwksURI = "ftp://keys.mesh.test/jwks.json"
+	}
 	return policies.Set{
 		Settings: policies.MeshSettingsSpec{TrustDomain: TrustDomain},
 		// Istio policies of the scenarios: header conditions over duplicated
@@ -159,6 +177,9 @@ func Set(o Options) policies.Set {
 				}, {
 					From: []policies.RuleFrom{{Source: policies.Source{RequestPrincipals: []string{"https://idp.mesh.test/*"}}}},
 					To:   []policies.RuleTo{{Operation: policies.Operation{Paths: []string{"/user/*"}}}},
+				}, {
+					From: []policies.RuleFrom{{Source: policies.Source{RequestPrincipals: []string{KeysIssuer + "/*", InlineIssuer + "/alice"}}}},
+					To:   []policies.RuleTo{{Operation: policies.Operation{Paths: []string{"/keys/*"}}}},
 				}}}},
 			{APIVersion: policies.APIVersionIstioV1, Kind: policies.KindAuthorizationPolicy, Metadata: meta("no-evil-role"),
 				Spec: policies.AuthorizationPolicySpec{Action: "DENY", Rules: []policies.Rule{{
@@ -167,7 +188,12 @@ func Set(o Options) policies.Set {
 		},
 		RequestAuthentications: []policies.RequestAuthentication{{
 			APIVersion: policies.APIVersionIstioV1, Kind: policies.KindRequestAuthentication, Metadata: meta("idp"),
-			Spec: policies.RequestAuthenticationSpec{JWTRules: []policies.JWTRule{{Issuer: "https://idp.mesh.test"}}}}},
+			Spec: policies.RequestAuthenticationSpec{JWTRules: []policies.JWTRule{{Issuer: "https://idp.mesh.test"}}}}, {
+			APIVersion: policies.APIVersionIstioV1, Kind: policies.KindRequestAuthentication, Metadata: meta("keys"),
+			Spec: policies.RequestAuthenticationSpec{JWTRules: []policies.JWTRule{
+				{Issuer: KeysIssuer, JWKSURI: jwksURI},
+				{Issuer: InlineIssuer, JWKS: inlineKeySet},
+			}}}},
 		IdentityPolicies: []policies.IdentityPolicy{{
 			APIVersion: policies.APIVersionMeshguard, Kind: policies.KindIdentityPolicy, Metadata: meta("orders-callers"),
 			Spec: policies.IdentityPolicySpec{Action: "ALLOW", Rules: []policies.IdentityRule{{
@@ -211,9 +237,9 @@ func Config(t testing.TB, o Options) []byte {
 	}
 	set := Set(o)
 	var b *policies.Bundle
-	if o.BadProfile {
+	if o.BadProfile || o.BadKeySource {
 		// NewBundle validates; build the invalid bundle by hand, with a
-		// correct hash, so that the filter's own checks are what refuse it.
+		// correct hash, so that the filter's own checks are what judge it.
 		b = &policies.Bundle{Format: policies.BundleFormat, Version: o.Version, Set: set, Hash: hashOf(t, set)}
 	} else {
 		var err error
