@@ -129,15 +129,19 @@ func (e *Exporter) Append(recs []record.Record) error {
 func (e *Exporter) Run(ctx context.Context) {
 	t := time.NewTicker(e.opts.Interval)
 	defer t.Stop()
+	// An export under way when ctx ends runs to its end (the exporter's
+	// own timeout bounds it): cancelling it would count as dropped a
+	// batch the collector may already hold.
+	exportCtx := context.WithoutCancel(ctx)
 	for {
 		select {
 		case r := <-e.queue:
 			e.emit(r)
 			if len(e.batcher.recs) >= e.opts.Batch {
-				e.export(ctx)
+				e.export(exportCtx)
 			}
 		case <-t.C:
-			e.export(ctx)
+			e.export(exportCtx)
 		case <-ctx.Done():
 			e.shutdown()
 			return
