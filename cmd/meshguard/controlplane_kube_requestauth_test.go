@@ -39,8 +39,9 @@ import (
 // validation refuses denies every request to the workloads it selects;
 // deleted, both are gone. About 8 s (most of it the API server's start).
 func TestKubeRequestAuthenticationAtTheAuthzServer(t *testing.T) {
-	cfg, kubeconfig := startIstioAPIServer(t, "shop", "meshguard")
 	dir := t.TempDir()
+	cfg, kubeconfig := startAPIServer(t, dir)
+	createNamespaces(t, cfg, "shop", "meshguard")
 	ic := istioclient.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 

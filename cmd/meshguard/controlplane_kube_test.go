@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,11 +19,8 @@ import (
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/meshguard/meshguard/authz/loader"
 	"github.com/meshguard/meshguard/policies"
@@ -142,8 +138,9 @@ current-context: x
 // writes a FailedClosed event, and on cancel it stops and releases the
 // Lease.
 func TestKubeControlPlaneAgainstAPIServer(t *testing.T) {
-	cfg, kubeconfig := startIstioAPIServer(t, "shop", "meshguard")
 	dir := t.TempDir()
+	cfg, kubeconfig := startAPIServer(t, dir)
+	createNamespaces(t, cfg, "shop", "meshguard")
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	ic := istioclient.NewForConfigOrDie(cfg)
 	ctx := context.Background()
@@ -334,56 +331,4 @@ spec:
 	if lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "" {
 		t.Errorf("lease still held by %q after stop", *lease.Spec.HolderIdentity)
 	}
-}
-
-// startIstioAPIServer starts a real kube-apiserver (envtest) with Istio's
-// and meshguard's CRDs and the given namespaces, and returns its config
-// and a kubeconfig file for a meshguard process (a system:masters user).
-// It skips without KUBEBUILDER_ASSETS.
-func startIstioAPIServer(t *testing.T, namespaces ...string) (*rest.Config, string) {
-	t.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		t.Skip("KUBEBUILDER_ASSETS is not set: run `make kube-assets` and export KUBEBUILDER_ASSETS=$PWD/bin to run the control plane against a real kube-apiserver")
-	}
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "istio.io/api").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths: []string{filepath.Join(strings.TrimSpace(string(out)), "kubernetes", "customresourcedefinitions.gen.yaml"),
-			filepath.Join("..", "..", "deploy", "crds")},
-		ErrorIfCRDPathMissing: true,
-	}
-	env.ControlPlane.GetAPIServer().Configure().Set("advertise-address", "127.0.0.1").Set("endpoint-reconciler-type", "none")
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start the API server: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	user, err := env.AddUser(envtest.User{Name: "meshguard-controlplane", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	kube := kubernetes.NewForConfigOrDie(cfg)
-	for _, ns := range namespaces {
-		if _, err := kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return cfg, kubeconfig
 }

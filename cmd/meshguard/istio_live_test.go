@@ -33,7 +33,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -62,7 +61,6 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshguard/meshguard/controlplane/istio"
@@ -189,35 +187,16 @@ func liveRun(ctx context.Context, args ...string) (string, error) {
 // filter denies every request (no bundle yet).
 func startLiveMesh(tb testing.TB, bundleFrom string) *liveMesh {
 	tb.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		tb.Skip("KUBEBUILDER_ASSETS is not set: run `make kube-assets` and export KUBEBUILDER_ASSETS=$PWD/bin to run against a real kube-apiserver")
 	}
 	module := liveFilterModule(tb)
 	m := &liveMesh{tb: tb, exited: make(chan error, 4)}
 	ctx := context.Background()
 
-	// The API server, with Istio's CRDs and meshguard's.
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "istio.io/api").Output()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths: []string{filepath.Join(strings.TrimSpace(string(out)), "kubernetes", "customresourcedefinitions.gen.yaml"),
-			filepath.Join("..", "..", "deploy", "crds")},
-		ErrorIfCRDPathMissing: true,
-	}
-	env.ControlPlane.GetAPIServer().Configure().Set("advertise-address", "127.0.0.1").Set("endpoint-reconciler-type", "none")
-	cfg, err := env.Start()
-	if err != nil {
-		tb.Fatalf("start the API server: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			tb.Error(err)
-		}
-	})
+	// The API server, with Istio's CRDs and meshguard's, and the control
+	// plane's kubeconfig.
+	cfg, kc := startAPIServer(tb, tb.TempDir())
 	cfg = rest.CopyConfig(cfg)
 	cfg.QPS, cfg.Burst = 200, 400
 	m.kube = kubernetes.NewForConfigOrDie(cfg)
@@ -357,18 +336,6 @@ spec:
 	})
 
 	// The control plane and the authz server, as a user runs them.
-	kc := filepath.Join(dir, "kubeconfig")
-	user, err := env.AddUser(envtest.User{Name: "meshguard-controlplane", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	kcData, err := user.KubeConfig()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(kc, kcData, 0o600); err != nil {
-		tb.Fatal(err)
-	}
 	cpFiles, azFiles := files["controlplane"], files["authz"]
 	m.stopCP = m.run(ctx, "controlplane", "controlplane", "--xds-addr", xdsAddr, "--http-addr", m.cpHTTP, "--metrics-addr", liveAddr(tb),
 		"--svid-cert", cpFiles.Cert, "--svid-key", cpFiles.Key, "--trust-bundle", cpFiles.Bundle,

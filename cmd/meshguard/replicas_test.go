@@ -31,12 +31,13 @@ import (
 )
 
 // startAPIServer starts a kube-apiserver (envtest) with Istio's and
-// meshguard's CRDs and writes a kubeconfig for the control plane.
-func startAPIServer(t *testing.T, dir string) (*rest.Config, string) {
+// meshguard's CRDs and writes a kubeconfig for the control plane (a
+// system:masters user) in dir. It skips without KUBEBUILDER_ASSETS.
+func startAPIServer(t testing.TB, dir string) (*rest.Config, string) {
 	t.Helper()
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
-		t.Skip("KUBEBUILDER_ASSETS is not set: run `make kube-assets` and export KUBEBUILDER_ASSETS=$PWD/bin to run control plane replicas against a real kube-apiserver")
+		t.Skip("KUBEBUILDER_ASSETS is not set: run `make kube-assets` and export KUBEBUILDER_ASSETS=$PWD/bin to run the control plane against a real kube-apiserver")
 	}
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "istio.io/api").Output()
 	if err != nil {
@@ -73,6 +74,17 @@ func startAPIServer(t *testing.T, dir string) (*rest.Config, string) {
 		t.Fatal(err)
 	}
 	return cfg, path
+}
+
+// createNamespaces creates namespaces through the API server at cfg.
+func createNamespaces(t testing.TB, cfg *rest.Config, namespaces ...string) {
+	t.Helper()
+	kube := kubernetes.NewForConfigOrDie(cfg)
+	for _, ns := range namespaces {
+		if _, err := kube.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // replica is one `meshguard controlplane` process of a replicated
