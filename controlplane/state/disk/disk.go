@@ -198,59 +198,39 @@ func (s *Store) Baselines() []*state.Baseline {
 
 // UpdateQuarantine implements state.Store.
 func (s *Store) UpdateQuarantine(ctx context.Context, identity string, fn state.QuarantineUpdate) (*state.Quarantine, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.mu.RLock()
-	cur := s.quarantines[identity]
-	s.mu.RUnlock()
-	next, err := fn(cur.Clone())
-	if errors.Is(err, state.ErrUnchanged) {
-		return cur, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var data []byte
-	if next != nil {
-		if next.Identity != identity {
-			return nil, fmt.Errorf("disk: update of %s returned a record of %s", identity, next.Identity)
-		}
-		if err := next.Validate(); err != nil {
-			return nil, fmt.Errorf("disk: quarantine of %s: %w", identity, err)
-		}
-		if data, err = json.Marshal(next); err != nil {
-			return nil, fmt.Errorf("disk: encode quarantine of %s: %w", identity, err)
-		}
-	}
-	if err := s.write(state.KindQuarantine, bucketQuarantines, identity, data); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	if next == nil {
-		delete(s.quarantines, identity)
-	} else {
-		s.quarantines[identity] = next
-	}
-	s.gauges()
-	s.mu.Unlock()
-	s.subs.Notify()
-	return next, nil
+	return update(ctx, s, s.quarantines, state.KindQuarantine, bucketQuarantines, identity, fn,
+		func(q *state.Quarantine) string { return q.Identity })
 }
 
 // UpdateBaseline implements state.Store.
 func (s *Store) UpdateBaseline(ctx context.Context, destination string, fn state.BaselineUpdate) (*state.Baseline, error) {
+	return update(ctx, s, s.baselines, state.KindBaseline, bucketBaselines, destination, fn,
+		func(b *state.Baseline) string { return b.Destination })
+}
+
+// record is what the store keeps: a state record that copies and checks
+// itself.
+type record[R any] interface {
+	*R
+	Clone() *R
+	Validate() error
+}
+
+// update runs fn on a copy of the record at key in recs (nil when there
+// is none) and stores what it returns (nil deletes) in bucket, then in
+// recs: the disk first, so that memory never holds what the disk lost.
+// keyOf reads a record's key, which fn may not change.
+func update[R any, P record[R]](ctx context.Context, s *Store, recs map[string]*R, kind string, bucket []byte, key string,
+	fn func(*R) (*R, error), keyOf func(*R) string) (*R, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.mu.RLock()
-	cur := s.baselines[destination]
+	cur := recs[key]
 	s.mu.RUnlock()
-	next, err := fn(cur.Clone())
+	next, err := fn(P(cur).Clone())
 	if errors.Is(err, state.ErrUnchanged) {
 		return cur, nil
 	}
@@ -259,24 +239,24 @@ func (s *Store) UpdateBaseline(ctx context.Context, destination string, fn state
 	}
 	var data []byte
 	if next != nil {
-		if next.Destination != destination {
-			return nil, fmt.Errorf("disk: update of baseline %s returned one of %s", destination, next.Destination)
+		if k := keyOf(next); k != key {
+			return nil, fmt.Errorf("disk: update of %s %s returned a record of %s", kind, key, k)
 		}
-		if err := next.Validate(); err != nil {
-			return nil, fmt.Errorf("disk: baseline %s: %w", destination, err)
+		if err := P(next).Validate(); err != nil {
+			return nil, fmt.Errorf("disk: %s %s: %w", kind, key, err)
 		}
 		if data, err = json.Marshal(next); err != nil {
-			return nil, fmt.Errorf("disk: encode baseline %s: %w", destination, err)
+			return nil, fmt.Errorf("disk: encode %s %s: %w", kind, key, err)
 		}
 	}
-	if err := s.write(state.KindBaseline, bucketBaselines, destination, data); err != nil {
+	if err := s.write(kind, bucket, key, data); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	if next == nil {
-		delete(s.baselines, destination)
+		delete(recs, key)
 	} else {
-		s.baselines[destination] = next
+		recs[key] = next
 	}
 	s.gauges()
 	s.mu.Unlock()
