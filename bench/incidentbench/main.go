@@ -673,8 +673,8 @@ func buildFixture(path string, n int, m mesh, day time.Time) error {
 			*rec = record.Record{Time: t.Add(-time.Minute), Kind: record.KindDetection, Reporter: m.workloads[0], Source: id,
 				Destination: m.workloads[0], Action: "block", Reason: "enumeration", Detail: "distinct_paths"}
 		} else {
-			e := m.decision(r, t, uint64(i))
-			*rec = record.FromDecision(m.workloads[r.IntN(8)], entryDecision(e))
+			// A decision-log entry is the wire record the control plane decodes.
+			*rec = record.FromDecision(m.workloads[r.IntN(8)], m.decision(r, t, uint64(i)))
 		}
 		i++
 		if i%2_000_000 == 0 {
@@ -693,16 +693,6 @@ func buildFixture(path string, n int, m mesh, day time.Time) error {
 	fmt.Printf("  built %d records in %s (%.0f records/s: the store's row encoding, one transaction per 100,000 rows, then the indexes)\n",
 		written, el.Round(time.Second), float64(written)/el.Seconds())
 	return nil
-}
-
-// entryDecision is the wire form of an entry (what the control plane decodes).
-func entryDecision(e *decisionlog.Entry) *wire.Decision {
-	line := e.AppendJSON(nil)
-	var d wire.Decision
-	if err := wire.DecodeDecision(line[:len(line)-1], &d); err != nil {
-		panic(err)
-	}
-	return &d
 }
 
 const candidate = `
