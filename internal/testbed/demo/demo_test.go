@@ -182,8 +182,16 @@ func checkReplay(t *testing.T, sum *Summary, attackerID string) {
 	}
 	same := replayWith(func(s string) string { return s })
 	t.Logf("demo log under its own policies: %d recorded, %d replayed, %d unchanged, skipped %v", same.Total, same.Replayed, same.Unchanged, same.Skipped)
-	if same.Replayed == 0 || same.Unchanged != same.Replayed || len(same.Skipped) != 0 {
+	if same.Replayed == 0 || same.Unchanged != same.Replayed {
 		t.Errorf("the demo's own policies change %d of %d replayed decisions: %+v", same.Replayed-same.Unchanged, same.Replayed, same.Groups)
+	}
+	// The authz server may itself answer a quarantined caller before the
+	// caller's sidecar has the quarantine: that decision is runtime state,
+	// which replay rightly leaves out. Any other skip is a recorder gap.
+	for why, n := range same.Skipped {
+		if why != replay.SkipRuntime {
+			t.Errorf("%d recorded decisions skipped as %s", n, why)
+		}
 	}
 	stricter := replayWith(func(s string) string {
 		return strings.Replace(s, "        - cluster.local/ns/bookstore/sa/reviews\n", "", 1)
