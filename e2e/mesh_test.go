@@ -24,6 +24,7 @@ import (
 	"github.com/meshguard/meshguard/e2e/internal/proc"
 	"github.com/meshguard/meshguard/e2e/internal/spire"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 )
 
 // trustDomain is the example policies' trust domain (examples/policies).
@@ -141,39 +142,15 @@ func meshYAML(authzAddr, cpAddr, wasmPath string, p map[string]ports) string {
 	return b.String()
 }
 
-// freePort is a loopback port free now.
-// freePort is a loopback port free now, below Linux's ephemeral range
-// (32768–60999): the proxies bind these ports seconds later, and a port
-// of the ephemeral range may meanwhile be the source port of any process's
-// outgoing connection. No port is handed out twice in a run.
+// freePort is a loopback port free now, below the ephemeral range.
 func freePort(t *testing.T) int {
 	t.Helper()
-	for range 1000 {
-		p := 20000 + rand.IntN(12000)
-		if _, dup := usedPorts.LoadOrStore(p, true); dup {
-			continue
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return p
-	}
-	t.Fatal("no free port in 20000-31999")
-	return 0
+	return freeport.MustPort(t)
 }
-
-var usedPorts sync.Map
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return freeport.MustAddr(t)
 }
 
 // decisionLog reads the authz server's decision log file.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,19 +18,14 @@ import (
 
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
+	return freeport.MustAddr(t)
 }
 
 // writeSVID writes an SVID of id and the CA bundle as PEM files.

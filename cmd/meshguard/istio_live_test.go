@@ -30,7 +30,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -66,6 +65,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/istio"
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/meshguard/meshguard/internal/testbed/kubestrict"
 	"github.com/meshguard/meshguard/internal/testbed/wasmhost"
 	"github.com/meshguard/meshguard/policies"
@@ -161,12 +161,7 @@ func liveCompilationCache() wazero.CompilationCache {
 
 func liveAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return freeport.MustAddr(tb)
 }
 
 // liveRun runs a meshguard command in this process until ctx ends.

@@ -42,6 +42,7 @@ import (
 	"github.com/meshguard/meshguard/e2e/internal/proc"
 	"github.com/meshguard/meshguard/e2e/internal/spire"
 	"github.com/meshguard/meshguard/examples"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 )
 
 func envoyBinary(t *testing.T) string {
@@ -57,12 +58,7 @@ func envoyBinary(t *testing.T) string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return freeport.MustPort(t)
 }
 
 func repoRoot() string {

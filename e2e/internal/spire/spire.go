@@ -7,9 +7,7 @@ package spire
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/e2e/internal/proc"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
@@ -70,7 +69,7 @@ func Start(ctx context.Context, cfg Config) (_ *Env, err error) {
 			e.Stop()
 		}
 	}()
-	port, err := freePort()
+	port, err := freeport.Port()
 	if err != nil {
 		return nil, err
 	}
@@ -269,17 +268,4 @@ func (e *Env) Stop() {
 		_ = e.server.Stop(5 * time.Second)
 	}
 	_ = os.RemoveAll(e.dir)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("spire: pick a port: %w", err)
-	}
-	defer l.Close()
-	addr, ok := l.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("spire: unexpected listener address")
-	}
-	return addr.Port, nil
 }

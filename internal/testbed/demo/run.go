@@ -35,6 +35,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/store"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/internal/testbed/envoyemu"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -507,12 +508,8 @@ func (m *mesh) startXDS() error {
 // freePort is a loopback port free now, for a listener the control plane
 // will configure.
 func freePort() (uint32, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return uint32(l.Addr().(*net.TCPAddr).Port), nil
+	p, err := freeport.Port()
+	return uint32(p), err
 }
 
 // publish sends a new bundle to the authz server and, through the xDS

@@ -35,6 +35,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/mesh"
 	"github.com/meshguard/meshguard/controlplane/xdsserver"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/meshguard/meshguard/policies"
 	"github.com/meshguard/meshguard/policies/source"
 	"github.com/meshguard/meshguard/policies/wire"
@@ -61,12 +62,7 @@ func sa(ns, name string) spiffeid.ID { return spiffeid.RequireFromPath(td, "/ns/
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return freeport.MustPort(t)
 }
 
 func svid(t *testing.T, c *ca.CA, id spiffeid.ID) *x509svid.SVID {
