@@ -2,6 +2,7 @@ package policies
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -1080,11 +1081,17 @@ func (c *compiler) routeOverride(p *RouteOverride) {
 		if a.Response != "" && !validResponse(a.Response) {
 			c.errf("spec.anomaly.response", CodeInvalidValue, "response %q: want log, count, rate-limit, block or quarantine", a.Response)
 		}
-		if a.RateZ != nil && *a.RateZ <= 0 {
+		if a.RateZ != nil && !(*a.RateZ > 0) {
 			c.errf("spec.anomaly.rateZ", CodeInvalidValue, "rateZ must be positive")
 		}
-		if a.ErrorRate != nil && (*a.ErrorRate <= 0 || *a.ErrorRate > 1) {
+		if a.MinRPS != nil && !(*a.MinRPS > 0) {
+			c.errf("spec.anomaly.minRps", CodeInvalidValue, "minRps must be positive")
+		}
+		if a.ErrorRate != nil && !(*a.ErrorRate > 0 && *a.ErrorRate <= 1) {
 			c.errf("spec.anomaly.errorRatio", CodeInvalidValue, "errorRatio must be in (0, 1]")
+		}
+		if a.Profile != "" && !anomalyProfileNamed(c.snap.set.AnomalyProfiles, a.Profile) {
+			c.errf("spec.anomaly.profile", CodeInvalidValue, "anomaly profile %q does not exist", a.Profile)
 		}
 	}
 	if len(sp.Rules) > 0 {
@@ -1103,6 +1110,30 @@ func (c *compiler) routeOverride(p *RouteOverride) {
 	} else if sp.Action != "" {
 		c.warnf("spec.action", CodeNoEffect, "action without rules has no effect")
 	}
+}
+
+// anomalyProfileNamed: a RouteOverride names a profile by its name alone.
+// A set without profiles has the detectors' built-in one, "default".
+func anomalyProfileNamed(ps []AnomalyProfile, name string) bool {
+	if len(ps) == 0 {
+		return name == DefaultAnomalyProfile
+	}
+	for i := range ps {
+		if ps[i].Metadata.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// validEgressDestination: an IP address, or a host name (a trailing dot
+// allowed) without a scheme, port, path or space.
+func validEgressDestination(d string) bool {
+	if _, err := netip.ParseAddr(d); err == nil {
+		return true
+	}
+	h := strings.TrimSuffix(d, ".")
+	return h != "" && !strings.ContainsAny(h, "/: ")
 }
 
 func validResponse(r string) bool {
@@ -1152,16 +1183,21 @@ func (c *compiler) anomalyProfile(p *AnomalyProfile) {
 			c.errf(field, CodeInvalidDuration, "duration %q: want a positive Go duration such as 30s", v)
 		}
 	}
+	// The filter's detectors (wasm/internal/detect) read these fields
+	// without checking them again: every check lives here.
 	if r := sp.Rate; r != nil {
 		dur("spec.rate.halfLife", r.HalfLife)
-		if r.ZScore < 0 || r.MinRPS < 0 {
+		if !(r.ZScore >= 0) || !(r.MinRPS >= 0) {
 			c.errf("spec.rate", CodeInvalidValue, "zScore and minRps must not be negative")
 		}
 	}
 	if e := sp.Errors; e != nil {
 		dur("spec.errors.window", e.Window)
+		if e.MinRequests < 0 {
+			c.errf("spec.errors.minRequests", CodeInvalidValue, "minRequests must not be negative")
+		}
 		for _, v := range []float64{e.AuthRatio, e.NotFoundRatio, e.ErrorRatio} {
-			if v < 0 || v > 1 {
+			if !(v >= 0 && v <= 1) {
 				c.errf("spec.errors", CodeInvalidValue, "ratios must be in [0, 1]")
 				break
 			}
@@ -1169,12 +1205,20 @@ func (c *compiler) anomalyProfile(p *AnomalyProfile) {
 	}
 	if e := sp.Enumeration; e != nil {
 		dur("spec.enumeration.window", e.Window)
-		if e.MaxPaths < 0 || e.MaxDestinations < 0 {
-			c.errf("spec.enumeration", CodeInvalidValue, "limits must not be negative")
+		if e.MaxPaths < 0 || e.MaxDestinations < 0 || e.MaxPaths > MaxEnumerationPaths || e.MaxDestinations > MaxEnumerationDestinations {
+			c.errf("spec.enumeration", CodeInvalidValue, "maxPaths must be in [0, %d] and maxDestinations in [0, %d] (0: the default)", MaxEnumerationPaths, MaxEnumerationDestinations)
 		}
 	}
 	if e := sp.Egress; e != nil {
+		for i, d := range e.Destinations {
+			if !validEgressDestination(d) {
+				c.errf(fmt.Sprintf("spec.egress.destinations[%d]", i), CodeInvalidValue, "%q is neither a host name nor an IP address", d)
+			}
+		}
 		c.idPatterns("spec.egress.allowedIds", e.AllowedIDs)
+	}
+	if l := sp.Lateral; l != nil && l.MaxNewEdges < 0 {
+		c.errf("spec.lateral.maxNewEdges", CodeInvalidValue, "maxNewEdges must not be negative")
 	}
 	detectors := map[string]bool{"rate": true, "errors": true, "enumeration": true, "egress": true, "lateral": true}
 	for _, k := range sortedKeys(sp.Responses) {

@@ -490,9 +490,21 @@ type ErrorDetector struct {
 // EnumerationDetector: distinct paths and destinations per window.
 type EnumerationDetector struct {
 	Window          string `json:"window,omitempty"`          // default 10s
-	MaxPaths        int    `json:"maxPaths,omitempty"`        // default 50
-	MaxDestinations int    `json:"maxDestinations,omitempty"` // default 10
+	MaxPaths        int    `json:"maxPaths,omitempty"`        // default 50, at most MaxEnumerationPaths
+	MaxDestinations int    `json:"maxDestinations,omitempty"` // default 10, at most MaxEnumerationDestinations
 }
+
+// DefaultAnomalyProfile names the built-in profile of a set without
+// AnomalyProfiles: every detector, each with the "log" response.
+const DefaultAnomalyProfile = "default"
+
+// The enumeration detector counts distinct paths and destinations in
+// fixed-size sketches; a limit above these would never be reached
+// accurately, so the compiler refuses it.
+const (
+	MaxEnumerationPaths        = 512
+	MaxEnumerationDestinations = 128
+)
 
 // EgressDetector: sensitive destinations (Kubernetes API, cloud metadata).
 type EgressDetector struct {

@@ -2,7 +2,6 @@ package detect
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"net/netip"
 	"slices"
@@ -68,13 +67,13 @@ func Responses() []Response {
 	return []Response{RespCount, RespLog, RespRateLimit, RespBlock, RespQuarantine}
 }
 
-func parseResponse(s string) (Response, error) {
+func parseResponse(s string) (Response, bool) {
 	for i, n := range responseNames {
 		if s == n {
-			return Response(i), nil
+			return Response(i), true
 		}
 	}
-	return 0, fmt.Errorf("response %q: want one of %s", s, strings.Join(responseNames[:], ", "))
+	return 0, false
 }
 
 // Defaults, as documented in policies/model.go and docs/wasm.md.
@@ -165,11 +164,16 @@ type Config struct {
 
 // NewConfig compiles the detection settings of set: its AnomalyProfiles and
 // RouteOverrides; edges (normally the snapshot compiled from the same set)
-// answers for its TrafficBaselines and may be nil. Every problem is
-// reported at once. A set without AnomalyProfiles gets one built-in profile
+// answers for its TrafficBaselines and may be nil. A set without
+// AnomalyProfiles gets one built-in profile, policies.DefaultAnomalyProfile,
 // that runs every detector with the "log" response.
+//
+// The set must be one policies.Compile accepted: the policy compiler checks
+// every field read here, and reports each problem with its object and
+// field, before a bundle reaches a filter. What NewConfig still checks is a
+// guard that fails closed should an unchecked set arrive: it names the
+// first field out of range and refuses the whole configuration.
 func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
-	var errs []error
 	c := &Config{routes: map[string]*routeSettings{}, tuning: t, edges: edges}
 	if edges != nil {
 		c.baseline = parseBaselineMode(edges.BaselineMode())
@@ -184,13 +188,14 @@ func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
 		c.tuning.Warmup = DefaultWarmup
 	}
 	if c.tuning.Capacity > 1<<20 || c.tuning.EdgeCache > 1<<20 {
-		errs = append(errs, errors.New("detection capacity and edge cache are limited to 1048576"))
+		return nil, errors.New("detection capacity and edge cache are limited to 1048576")
 	}
+	var g guard
 	// First match by (namespace, name), as policies.Snapshot.AnomalyProfile.
 	aps := sortedProfiles(set.AnomalyProfiles)
 	if len(aps) == 0 {
 		aps = []policies.AnomalyProfile{{
-			Metadata: policies.ObjectMeta{Name: "default"},
+			Metadata: policies.ObjectMeta{Name: policies.DefaultAnomalyProfile},
 			Spec: policies.AnomalyProfileSpec{
 				Rate: &policies.RateDetector{}, Errors: &policies.ErrorDetector{},
 				Enumeration: &policies.EnumerationDetector{}, Egress: &policies.EgressDetector{},
@@ -199,66 +204,63 @@ func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
 		}}
 	}
 	for i := range aps {
-		p, perrs := compileProfile(&aps[i])
-		errs = append(errs, perrs...)
-		c.profiles = append(c.profiles, p)
+		c.profiles = append(c.profiles, compileProfile(&aps[i], &g))
 	}
 	for i := range set.RouteOverrides {
 		ro := &set.RouteOverrides[i].Spec
-		where := fmt.Sprintf("RouteOverride %s", qualified(set.RouteOverrides[i].Metadata))
-		if ro.Route == "" {
-			errs = append(errs, fmt.Errorf("%s: route is empty", where))
-			continue
-		}
-		if _, dup := c.routes[ro.Route]; dup {
-			errs = append(errs, fmt.Errorf("%s: route %q has more than one override", where, ro.Route))
-			continue
-		}
+		_, dup := c.routes[ro.Route]
+		g.check(ro.Route != "" && !dup, "RouteOverride spec.route")
 		rs := routeSettings{mode: ro.Mode, profile: -1}
 		switch ro.Mode {
 		case "", policies.ModeEnforce, policies.ModeDryRun, policies.ModeOff:
 		default:
-			errs = append(errs, fmt.Errorf("%s: mode %q: want enforce, dry-run or off", where, ro.Mode))
+			g.fail("RouteOverride spec.mode")
 		}
 		if a := ro.Anomaly; a != nil {
 			if a.Profile != "" {
 				rs.profile = slices.IndexFunc(c.profiles, func(p profile) bool { return p.name == a.Profile })
-				if rs.profile < 0 {
-					errs = append(errs, fmt.Errorf("%s: anomaly profile %q does not exist", where, a.Profile))
-				}
+				g.check(rs.profile >= 0, "RouteOverride spec.anomaly.profile")
 			}
 			if a.RateZ != nil {
 				rs.rateZ = *a.RateZ
-				if !(rs.rateZ > 0) {
-					errs = append(errs, fmt.Errorf("%s: rateZ must be > 0", where))
-				}
+				g.check(rs.rateZ > 0, "RouteOverride spec.anomaly.rateZ")
 			}
 			if a.MinRPS != nil {
 				rs.minRPS = *a.MinRPS
-				if !(rs.minRPS > 0) {
-					errs = append(errs, fmt.Errorf("%s: minRps must be > 0", where))
-				}
+				g.check(rs.minRPS > 0, "RouteOverride spec.anomaly.minRps")
 			}
 			if a.ErrorRate != nil {
 				rs.errorRatio = *a.ErrorRate
-				if !(rs.errorRatio > 0 && rs.errorRatio <= 1) {
-					errs = append(errs, fmt.Errorf("%s: errorRatio must be in (0, 1]", where))
-				}
+				g.check(rs.errorRatio > 0 && rs.errorRatio <= 1, "RouteOverride spec.anomaly.errorRatio")
 			}
 			if a.Response != "" {
-				r, err := parseResponse(a.Response)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", where, err))
-				}
-				rs.response, rs.hasResp = r, true
+				var ok bool
+				rs.response, ok = parseResponse(a.Response)
+				g.check(ok, "RouteOverride spec.anomaly.response")
+				rs.hasResp = true
 			}
 		}
 		c.routes[ro.Route] = &rs
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("detection settings: %w", err)
+	if g.bad != "" {
+		return nil, errors.New("detection settings: " + g.bad + " is out of range; the policy compiler refuses this set (meshguard policy validate says why)")
 	}
 	return c, nil
+}
+
+// guard remembers the first field found out of range.
+type guard struct{ bad string }
+
+func (g *guard) fail(field string) {
+	if g.bad == "" {
+		g.bad = field
+	}
+}
+
+func (g *guard) check(ok bool, field string) {
+	if !ok {
+		g.fail(field)
+	}
 }
 
 // WithTuning returns the configuration with other tuning: the same
@@ -302,65 +304,49 @@ func profileLess(a, b *policies.AnomalyProfile) bool {
 	return a.Metadata.Name < b.Metadata.Name
 }
 
-func qualified(m policies.ObjectMeta) string {
-	if m.Namespace == "" {
-		return m.Name
-	}
-	return m.Namespace + "/" + m.Name
-}
-
-func parseDur(where, field, s string, def time.Duration, errs *[]error) time.Duration {
-	if s == "" {
+// duration is a duration the compiler accepted, or def when unset.
+func duration(v string, def time.Duration, g *guard, field string) time.Duration {
+	if v == "" {
 		return def
 	}
-	d, err := time.ParseDuration(s)
+	d, err := time.ParseDuration(v)
 	if err != nil || d <= 0 {
-		*errs = append(*errs, fmt.Errorf("%s: %s %q: want a positive Go duration", where, field, s))
+		g.fail(field)
 		return def
 	}
 	return d
 }
 
-func ratio(where, field string, v, def float64, errs *[]error) float64 {
+// ratio is a ratio in (0, 1], or def when unset (0).
+func ratio(v, def float64, g *guard, field string) float64 {
 	if v == 0 {
 		return def
 	}
-	if !(v > 0 && v <= 1) {
-		*errs = append(*errs, fmt.Errorf("%s: %s must be in (0, 1]", where, field))
-		return def
-	}
+	g.check(v > 0 && v <= 1, field)
 	return v
 }
 
-func compileProfile(ap *policies.AnomalyProfile) (profile, []error) {
-	var errs []error
-	where := "AnomalyProfile " + qualified(ap.Metadata)
+func compileProfile(ap *policies.AnomalyProfile, g *guard) profile {
 	s := &ap.Spec
 	p := profile{name: ap.Metadata.Name}
-	ws, werrs := parseIDPatterns(where+": workloads", s.Workloads)
-	errs = append(errs, werrs...)
-	p.workloads = ws
+	p.workloads = parseIDPatterns(s.Workloads, g, "AnomalyProfile spec.workloads")
 	for d := range p.responses {
 		p.responses[d] = RespLog
 	}
 	for name, r := range s.Responses {
 		d := slices.Index(detectorNames[:], name)
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("%s: responses: unknown detector %q", where, name))
-			continue
-		}
-		resp, err := parseResponse(r)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: responses[%s]: %w", where, name, err))
+		resp, ok := parseResponse(r)
+		if d < 0 || !ok {
+			g.fail("AnomalyProfile spec.responses")
 			continue
 		}
 		p.responses[d] = resp
 	}
-	p.quarantineFor = int64(parseDur(where, "quarantineFor", s.QuarantineFor, DefaultQuarantineFor, &errs))
+	p.quarantineFor = int64(duration(s.QuarantineFor, DefaultQuarantineFor, g, "AnomalyProfile spec.quarantineFor"))
 	p.blockFor = int64(DefaultBlockFor)
 	if r := s.Rate; r != nil {
 		p.rate = true
-		p.halfLife = parseDur(where, "rate.halfLife", r.HalfLife, DefaultHalfLife, &errs)
+		p.halfLife = duration(r.HalfLife, DefaultHalfLife, g, "AnomalyProfile spec.rate.halfLife")
 		p.alpha = 1 - math.Exp2(-float64(time.Second)/float64(p.halfLife))
 		p.zScore, p.minRPS = r.ZScore, r.MinRPS
 		if p.zScore == 0 {
@@ -369,25 +355,20 @@ func compileProfile(ap *policies.AnomalyProfile) (profile, []error) {
 		if p.minRPS == 0 {
 			p.minRPS = DefaultMinRPS
 		}
-		if !(p.zScore > 0) || !(p.minRPS > 0) {
-			errs = append(errs, fmt.Errorf("%s: rate.zScore and rate.minRps must be > 0", where))
-		}
+		g.check(p.zScore > 0 && p.minRPS > 0, "AnomalyProfile spec.rate")
 	}
 	if e := s.Errors; e != nil {
 		p.errors = true
-		p.errWindow = int64(parseDur(where, "errors.window", e.Window, DefaultWindow, &errs))
+		p.errWindow = int64(duration(e.Window, DefaultWindow, g, "AnomalyProfile spec.errors.window"))
 		mr := e.MinRequests
 		if mr == 0 {
 			mr = DefaultMinRequests
 		}
-		if mr < 0 {
-			errs = append(errs, fmt.Errorf("%s: errors.minRequests must be >= 0", where))
-			mr = DefaultMinRequests
-		}
-		p.minRequests = uint32(mr)
-		p.authR = ratio(where, "errors.authRatio", e.AuthRatio, DefaultAuthRatio, &errs)
-		p.notFoundR = ratio(where, "errors.notFoundRatio", e.NotFoundRatio, DefaultNotFoundRatio, &errs)
-		p.errR = ratio(where, "errors.errorRatio", e.ErrorRatio, DefaultErrorRatio, &errs)
+		g.check(mr > 0, "AnomalyProfile spec.errors.minRequests")
+		p.minRequests = uint32(max(mr, 0))
+		p.authR = ratio(e.AuthRatio, DefaultAuthRatio, g, "AnomalyProfile spec.errors.authRatio")
+		p.notFoundR = ratio(e.NotFoundRatio, DefaultNotFoundRatio, g, "AnomalyProfile spec.errors.notFoundRatio")
+		p.errR = ratio(e.ErrorRatio, DefaultErrorRatio, g, "AnomalyProfile spec.errors.errorRatio")
 		p.rareMethods = defaultRareMethods
 		if len(e.RareMethods) > 0 {
 			p.rareMethods = make([]string, len(e.RareMethods))
@@ -399,7 +380,7 @@ func compileProfile(ap *policies.AnomalyProfile) (profile, []error) {
 	}
 	if e := s.Enumeration; e != nil {
 		p.enum = true
-		p.enumWindow = int64(parseDur(where, "enumeration.window", e.Window, DefaultWindow, &errs))
+		p.enumWindow = int64(duration(e.Window, DefaultWindow, g, "AnomalyProfile spec.enumeration.window"))
 		mp, md := e.MaxPaths, e.MaxDestinations
 		if mp == 0 {
 			mp = DefaultMaxPaths
@@ -407,9 +388,8 @@ func compileProfile(ap *policies.AnomalyProfile) (profile, []error) {
 		if md == 0 {
 			md = DefaultMaxDestinations
 		}
-		if mp < 0 || md < 0 || mp > pathBits/2 || md > destBits/2 {
-			errs = append(errs, fmt.Errorf("%s: enumeration.maxPaths must be in [1, %d] and maxDestinations in [1, %d]", where, pathBits/2, destBits/2))
-		}
+		g.check(mp > 0 && md > 0 && mp <= policies.MaxEnumerationPaths && md <= policies.MaxEnumerationDestinations,
+			"AnomalyProfile spec.enumeration")
 		p.maxPaths, p.maxDests = float64(mp), float64(md)
 	}
 	if e := s.Egress; e != nil {
@@ -427,14 +407,12 @@ func compileProfile(ap *policies.AnomalyProfile) (profile, []error) {
 			}
 			h := strings.TrimSuffix(strings.ToLower(d), ".")
 			if h == "" || strings.ContainsAny(h, "/: ") {
-				errs = append(errs, fmt.Errorf("%s: egress.destinations: %q is neither a host name nor an IP address", where, d))
+				g.fail("AnomalyProfile spec.egress.destinations")
 				continue
 			}
 			p.egressHosts[h] = struct{}{}
 		}
-		al, aerrs := parseIDPatterns(where+": egress.allowedIds", e.AllowedIDs)
-		errs = append(errs, aerrs...)
-		p.egressAllowed = al
+		p.egressAllowed = parseIDPatterns(e.AllowedIDs, g, "AnomalyProfile spec.egress.allowedIds")
 	}
 	if l := s.Lateral; l != nil {
 		p.lateral = true
@@ -442,10 +420,8 @@ func compileProfile(ap *policies.AnomalyProfile) (profile, []error) {
 		if n == 0 {
 			n = DefaultMaxNewEdges
 		}
-		if n < 0 {
-			errs = append(errs, fmt.Errorf("%s: lateral.maxNewEdges must be >= 0", where))
-		}
+		g.check(n > 0, "AnomalyProfile spec.lateral.maxNewEdges")
 		p.maxNewEdges = uint32(max(n, 0))
 	}
-	return p, errs
+	return p
 }

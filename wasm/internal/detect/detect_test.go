@@ -424,26 +424,87 @@ func TestTableIsBounded(t *testing.T) {
 	}
 }
 
-func TestConfigErrors(t *testing.T) {
-	bad := policies.AnomalyProfile{Metadata: policies.ObjectMeta{Name: "bad"}, Spec: policies.AnomalyProfileSpec{
-		Workloads: []string{"web"},
-		Rate:      &policies.RateDetector{HalfLife: "soon", ZScore: -1},
-		Errors:    &policies.ErrorDetector{AuthRatio: 2},
-		Egress:    &policies.EgressDetector{Destinations: []string{"http://x/"}},
-		Responses: map[string]string{"rate": "explode", "nosuch": "log"},
-	}}
-	set := policies.Set{
-		AnomalyProfiles: []policies.AnomalyProfile{bad},
-		RouteOverrides:  []policies.RouteOverride{{Metadata: policies.ObjectMeta{Name: "r"}, Spec: policies.RouteOverrideSpec{Route: "x", Mode: "sometimes", Anomaly: &policies.AnomalyOverrides{Profile: "missing"}}}},
+// TestCompilerRefusesWhatTheDetectorsCannotRun: NewConfig does not check
+// again what the policy compiler checks. For every setting the detectors
+// cannot run, the compiler must refuse the set with the field named, and
+// NewConfig, given the set anyway, must refuse it too (fail closed).
+func TestCompilerRefusesWhatTheDetectorsCannotRun(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	profile := func(edit func(*policies.AnomalyProfileSpec)) policies.Set {
+		p := allDetectors(nil)
+		edit(&p.Spec)
+		return policies.Set{AnomalyProfiles: []policies.AnomalyProfile{p}}
 	}
-	_, err := NewConfig(&set, nil, Tuning{})
-	if err == nil {
-		t.Fatal("no error")
+	route := func(mode policies.Mode, a *policies.AnomalyOverrides) policies.Set {
+		set := profile(func(*policies.AnomalyProfileSpec) {})
+		set.RouteOverrides = []policies.RouteOverride{{Metadata: policies.ObjectMeta{Name: "r", Namespace: "mesh"},
+			Spec: policies.RouteOverrideSpec{Route: "x", Mode: mode, Anomaly: a}}}
+		return set
 	}
-	for _, want := range []string{"workloads", "halfLife", "zScore", "authRatio", "http://x/", "explode", "nosuch", "sometimes", "missing"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error does not mention %q:\n%v", want, err)
-		}
+	bad := map[string]policies.Set{
+		"spec.workloads":                 profile(func(s *policies.AnomalyProfileSpec) { s.Workloads = []string{"web"} }),
+		"spec.responses.nosuch":          profile(func(s *policies.AnomalyProfileSpec) { s.Responses = map[string]string{"nosuch": "log"} }),
+		"spec.responses.rate":            profile(func(s *policies.AnomalyProfileSpec) { s.Responses = map[string]string{"rate": "explode"} }),
+		"spec.quarantineFor":             profile(func(s *policies.AnomalyProfileSpec) { s.QuarantineFor = "-1m" }),
+		"spec.rate.halfLife":             profile(func(s *policies.AnomalyProfileSpec) { s.Rate.HalfLife = "soon" }),
+		"spec.rate":                      profile(func(s *policies.AnomalyProfileSpec) { s.Rate.ZScore = -1 }),
+		"spec.errors.window":             profile(func(s *policies.AnomalyProfileSpec) { s.Errors.Window = "0s" }),
+		"spec.errors.minRequests":        profile(func(s *policies.AnomalyProfileSpec) { s.Errors.MinRequests = -1 }),
+		"spec.errors":                    profile(func(s *policies.AnomalyProfileSpec) { s.Errors.AuthRatio = 2 }),
+		"spec.enumeration":               profile(func(s *policies.AnomalyProfileSpec) { s.Enumeration.MaxPaths = policies.MaxEnumerationPaths + 1 }),
+		"spec.enumeration.window":        profile(func(s *policies.AnomalyProfileSpec) { s.Enumeration.Window = "ten" }),
+		"spec.egress.destinations[1]":    profile(func(s *policies.AnomalyProfileSpec) { s.Egress.Destinations = []string{"metadata", "http://x/"} }),
+		"spec.egress.allowedIds":         profile(func(s *policies.AnomalyProfileSpec) { s.Egress.AllowedIDs = []string{"ops"} }),
+		"spec.lateral.maxNewEdges":       profile(func(s *policies.AnomalyProfileSpec) { s.Lateral.MaxNewEdges = -2 }),
+		"spec.mode":                      route("sometimes", nil),
+		"spec.anomaly.profile":           route("", &policies.AnomalyOverrides{Profile: "missing"}),
+		"spec.anomaly.rateZ":             route("", &policies.AnomalyOverrides{RateZ: f(0)}),
+		"spec.anomaly.minRps":            route("", &policies.AnomalyOverrides{MinRPS: f(-1)}),
+		"spec.anomaly.errorRatio":        route("", &policies.AnomalyOverrides{ErrorRate: f(1.5)}),
+		"spec.anomaly.response":          route("", &policies.AnomalyOverrides{Response: "explode"}),
+		"spec.enumeration destinations":  profile(func(s *policies.AnomalyProfileSpec) { s.Enumeration.MaxDestinations = policies.MaxEnumerationDestinations + 1 }),
+		"spec.errors notFoundRatio":      profile(func(s *policies.AnomalyProfileSpec) { s.Errors.NotFoundRatio = -0.5 }),
+		"spec.rate minRps":               profile(func(s *policies.AnomalyProfileSpec) { s.Rate.MinRPS = -3 }),
+		"spec.egress.destinations[0]":    profile(func(s *policies.AnomalyProfileSpec) { s.Egress.Destinations = []string{"."} }),
+		"spec.anomaly.profile (default)": route("", &policies.AnomalyOverrides{Profile: policies.DefaultAnomalyProfile}),
+	}
+	for name, set := range bad {
+		t.Run(name, func(t *testing.T) {
+			field, _, _ := strings.Cut(name, " ")
+			errs := policies.Validate(&set).Errors()
+			found := false
+			for _, d := range errs {
+				found = found || d.Field == field || strings.HasPrefix(d.Field, field+"[")
+			}
+			if !found {
+				t.Errorf("the compiler does not refuse %s: %v", field, errs)
+			}
+			_, err := NewConfig(&set, nil, Tuning{})
+			if err == nil || !strings.Contains(err.Error(), "policy compiler refuses") {
+				t.Errorf("NewConfig accepted a set the compiler refuses: %v", err)
+			}
+		})
+	}
+	// What both accept: limits at their bounds, the built-in profile named
+	// by a route in a set without profiles.
+	good := map[string]policies.Set{
+		"limits at their bounds": profile(func(s *policies.AnomalyProfileSpec) {
+			s.Enumeration.MaxPaths, s.Enumeration.MaxDestinations = policies.MaxEnumerationPaths, policies.MaxEnumerationDestinations
+			s.Egress.Destinations = []string{"169.254.169.254", "fd00:ec2::254", "metadata.google.internal."}
+			s.Errors.AuthRatio, s.Errors.MinRequests, s.Lateral.MaxNewEdges = 1, 1, 1
+		}),
+		"the built-in profile": {RouteOverrides: []policies.RouteOverride{{Metadata: policies.ObjectMeta{Name: "r", Namespace: "mesh"},
+			Spec: policies.RouteOverrideSpec{Route: "x", Anomaly: &policies.AnomalyOverrides{Profile: policies.DefaultAnomalyProfile}}}}},
+	}
+	for name, set := range good {
+		t.Run(name, func(t *testing.T) {
+			if errs := policies.Validate(&set).Errors(); len(errs) > 0 {
+				t.Fatalf("the compiler refuses: %v", errs)
+			}
+			if _, err := NewConfig(&set, nil, Tuning{}); err != nil {
+				t.Fatalf("NewConfig refuses: %v", err)
+			}
+		})
 	}
 }
 

@@ -1,7 +1,6 @@
 package detect
 
 import (
-	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -11,18 +10,17 @@ import (
 // Identity patterns have the policies package's syntax and meaning: the
 // detectors parse and match them with policies.IDPattern.
 
-func parseIDPatterns(field string, in []string) ([]policies.IDPattern, []error) {
-	var errs []error
+func parseIDPatterns(in []string, g *guard, field string) []policies.IDPattern {
 	out := make([]policies.IDPattern, 0, len(in))
 	for _, s := range in {
 		p, err := policies.ParseIDPattern(s)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", field, err))
+			g.fail(field)
 			continue
 		}
 		out = append(out, p)
 	}
-	return out, errs
+	return out
 }
 
 func matchAny(ps []policies.IDPattern, id spiffeid.ID) bool {

@@ -1,14 +1,19 @@
 package detect
 
-import "math"
+import (
+	"math"
+
+	"github.com/meshguard/meshguard/policies"
+)
 
 // Distinct counts per window use linear counting over a fixed bitmap: exact
 // for small counts, a few percent off near half occupancy, and never more
 // memory than the bitmap. The thresholds (maxPaths, maxDestinations) are kept
-// below half the bitmap so the estimate stays accurate where it matters.
+// below half the bitmap (the compiler refuses more) so the estimate stays
+// accurate where it matters.
 const (
-	pathBits = 1024
-	destBits = 256
+	pathBits = 2 * policies.MaxEnumerationPaths
+	destBits = 2 * policies.MaxEnumerationDestinations
 )
 
 // setBit sets bit h mod len(b)*64 and reports whether it was clear.
