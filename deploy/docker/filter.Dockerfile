@@ -10,7 +10,8 @@ RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
 COPY . .
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     GOOS=wasip1 GOARCH=wasm GOFLAGS=-mod=mod go build -trimpath -buildmode=c-shared \
-      -gcflags=fmt=-l -ldflags "-s -w" -o /out/plugin.wasm ./wasm/filter
+      -gcflags=fmt=-l -gcflags=github.com/meshguard/meshguard/policies/internal/strictjson=-l \
+      -ldflags "-s -w" -o /out/plugin.wasm ./wasm/filter
 
 FROM scratch
 COPY --from=build /out/plugin.wasm ./plugin.wasm

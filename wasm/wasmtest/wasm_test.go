@@ -332,11 +332,11 @@ func TestKeySourceChecksLeftOutOfTheFilter(t *testing.T) {
 }
 
 // TestModuleSize holds the filter module, built as make wasm builds it, to
-// its ceiling (see SizeCeiling).
+// its budget (SizeBudget).
 func TestModuleSize(t *testing.T) {
 	n := len(filterWasm)
-	if n > SizeCeiling {
-		t.Fatalf("the filter module is %d bytes, over its ceiling of %d (budget %d; docs/wasm.md, \"Module size\")", n, SizeCeiling, SizeBudget)
+	if n > SizeBudget {
+		t.Fatalf("the filter module is %d bytes, %d over its budget of %d (docs/wasm.md, \"Module size\")", n, n-SizeBudget, SizeBudget)
 	}
-	t.Logf("the filter module is %d bytes; ceiling %d, budget %d", n, SizeCeiling, SizeBudget)
+	t.Logf("the filter module is %d bytes; budget %d (%d to spare)", n, SizeBudget, SizeBudget-n)
 }

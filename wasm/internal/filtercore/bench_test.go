@@ -40,6 +40,32 @@ func BenchmarkAllowedRequest(b *testing.B) {
 	}
 }
 
+// BenchmarkDeniedRequest is the deny path with the fake host: the decision,
+// the deny body's JSON (policies/internal/strictjson) and the local reply.
+func BenchmarkDeniedRequest(b *testing.B) {
+	h := newFakeHost()
+	p := NewVM(h).NewPlugin()
+	if err := p.Configure(scenario.Config(b, scenario.Options{})); err != nil {
+		b.Fatal(err)
+	}
+	r := scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:4000", DestAddr: "10.0.0.9:8080", Route: "orders-admin",
+		Method: "GET", Path: "/admin/users", Authority: "orders.shop.svc.cluster.local:8080",
+		Headers: [][2]string{{"user-agent", "shop-web/1.4"}, {"accept", "application/json"}, {"x-request-id", "0b5e2f7c"}}}
+	s := streamFor(r)
+	s.props["connection.id"] = []byte{8, 0, 0, 0, 0, 0, 0, 0}
+	req := s.req
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		s.req = req
+		h.now += 1e6
+		var st StreamState
+		if p.OnRequestHeaders(s, &st) {
+			b.Fatal("allowed")
+		}
+	}
+}
+
 // BenchmarkOutboundRequest is the outbound side's path with the fake host:
 // the workload's own request, let out, with the configuration the control
 // plane writes (direction "listener", a listed upstream cluster).
