@@ -1,7 +1,6 @@
 package detect
 
 import (
-
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshguard/meshguard/policies"
