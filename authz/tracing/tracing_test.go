@@ -4,50 +4,68 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/collector/component/componenttest"
+	"go.opentelemetry.io/collector/config/configoptional"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	"go.opentelemetry.io/collector/receiver/otlpreceiver"
+	"go.opentelemetry.io/collector/receiver/receivertest"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/grpc"
 
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/meshguard/meshguard/policies"
 )
 
-// receiver is an OTLP trace receiver: a real gRPC server implementing the
-// collector's TraceService from go.opentelemetry.io/proto/otlp.
+// receiver keeps what the OpenTelemetry Collector's own OTLP receiver
+// (go.opentelemetry.io/collector/receiver/otlpreceiver), run in-process
+// on a loopback port with gRPC only, as a collector's `otlp` receiver
+// serves it, accepted.
 type receiver struct {
-	coltrace.UnimplementedTraceServiceServer
 	mu    sync.Mutex
-	spans []*tracepb.Span
+	spans []ptrace.Span
 }
 
-func (r *receiver) Export(_ context.Context, req *coltrace.ExportTraceServiceRequest) (*coltrace.ExportTraceServiceResponse, error) {
+func (r *receiver) consume(_ context.Context, td ptrace.Traces) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, rs := range req.GetResourceSpans() {
-		for _, ss := range rs.GetScopeSpans() {
-			r.spans = append(r.spans, ss.GetSpans()...)
+	for i := 0; i < td.ResourceSpans().Len(); i++ {
+		sss := td.ResourceSpans().At(i).ScopeSpans()
+		for j := 0; j < sss.Len(); j++ {
+			spans := sss.At(j).Spans()
+			for k := 0; k < spans.Len(); k++ {
+				r.spans = append(r.spans, spans.At(k))
+			}
 		}
 	}
-	return &coltrace.ExportTraceServiceResponse{}, nil
+	return nil
 }
 
 func newTracer(t *testing.T, ratio float64) (*Tracer, *receiver) {
 	t.Helper()
 	rcv := &receiver{}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := freeport.MustAddr(t) // the receiver takes an address, not a listener
+	f := otlpreceiver.NewFactory()
+	cfg := f.CreateDefaultConfig().(*otlpreceiver.Config)
+	cfg.Protocols.GRPC.GetOrInsertDefault().NetAddr.Endpoint = addr
+	cfg.Protocols.HTTP = configoptional.None[otlpreceiver.HTTPConfig]()
+	next, err := consumer.NewTraces(rcv.consume)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	coltrace.RegisterTraceServiceServer(g, rcv)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(lis.Addr().String()), otlptracegrpc.WithInsecure())
+	r, err := f.CreateTraces(context.Background(), receivertest.NewNopSettings(f.Type()), cfg, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background(), componenttest.NewNopHost()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })
+	exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(addr), otlptracegrpc.WithInsecure())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,18 +119,17 @@ func TestJoinsPropagatedTraces(t *testing.T) {
 	}
 	for _, s := range rcv.spans {
 		attrs := map[string]string{}
-		for _, kv := range s.GetAttributes() {
-			attrs[kv.GetKey()] = kv.GetValue().GetStringValue()
-		}
-		if hex.EncodeToString(s.GetTraceId()) != traceHex || hex.EncodeToString(s.GetParentSpanId()) != parentHex ||
-			s.GetName() != "meshguard.authz.check" || s.GetKind() != tracepb.Span_SPAN_KIND_SERVER {
-			t.Errorf("span %v", s)
+		s.Attributes().Range(func(k string, v pcommon.Value) bool { attrs[k] = v.Str(); return true })
+		tid, pid := s.TraceID(), s.ParentSpanID()
+		if hex.EncodeToString(tid[:]) != traceHex || hex.EncodeToString(pid[:]) != parentHex ||
+			s.Name() != "meshguard.authz.check" || s.Kind() != ptrace.SpanKindServer {
+			t.Errorf("span %s %s %s %v", hex.EncodeToString(tid[:]), hex.EncodeToString(pid[:]), s.Name(), s.Kind())
 		}
 		if attrs[AttrDecision] != "deny" || attrs[AttrReason] != "denied_no_allow_match" || attrs[AttrPolicy] != out.Policy ||
 			attrs[AttrRule] != "0" || attrs[AttrIdentitySource] != "certificate" || attrs[AttrSource] != out.Source {
 			t.Errorf("attributes %v", attrs)
 		}
-		if s.GetStatus().GetCode() == tracepb.Status_STATUS_CODE_ERROR {
+		if s.Status().Code() == ptrace.StatusCodeError {
 			t.Error("a deny is not an error")
 		}
 	}
@@ -131,8 +148,8 @@ func TestRootSamplingAndErrors(t *testing.T) {
 	}
 	rcv.mu.Lock()
 	defer rcv.mu.Unlock()
-	if len(rcv.spans) != 1 || rcv.spans[0].GetStatus().GetCode() != tracepb.Status_STATUS_CODE_ERROR || len(rcv.spans[0].GetParentSpanId()) != 0 {
-		t.Errorf("spans %v", rcv.spans)
+	if len(rcv.spans) != 1 || rcv.spans[0].Status().Code() != ptrace.StatusCodeError || !rcv.spans[0].ParentSpanID().IsEmpty() {
+		t.Errorf("%d spans; want one root span with an error status", len(rcv.spans))
 	}
 	if _, err := New(Config{}); err == nil {
 		t.Error("no exporter accepted")

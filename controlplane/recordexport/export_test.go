@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/meshguard/meshguard/controlplane/record"
+	"github.com/meshguard/meshguard/internal/testbed/freeport"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
@@ -78,14 +78,7 @@ func (r *receiver) logRecords() ([]plog.LogRecord, []pcommon.Map) {
 // address.
 func start(t *testing.T, rcv *receiver) string {
 	t.Helper()
-	// The receiver takes an address, not a listener: a port that was free
-	// a moment ago.
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	_ = lis.Close()
+	addr := freeport.MustAddr(t) // the receiver takes an address, not a listener
 	f := otlpreceiver.NewFactory()
 	cfg := f.CreateDefaultConfig().(*otlpreceiver.Config)
 	cfg.Protocols.GRPC.GetOrInsertDefault().NetAddr.Endpoint = addr
