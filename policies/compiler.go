@@ -400,7 +400,7 @@ func (c *compiler) authorizationPolicy(p *AuthorizationPolicy) {
 		c.errf("spec.action", CodeInvalidAction, "action %q: want ALLOW, DENY, AUDIT or CUSTOM", sp.Action)
 		return
 	}
-	pol := &cpolicy{ref: c.obj, action: act, mode: ModeEnforce, reason: ReasonDeniedByPolicy}
+	pol := &cpolicy{ref: c.obj, action: act, mode: ModeEnforce, reason: standInReason(act, p.Metadata)}
 	switch v := p.Metadata.Annotations[annotationDryRun]; v {
 	case "", "false":
 	case "true":
@@ -934,7 +934,7 @@ func (c *compiler) identityPolicy(p *IdentityPolicy) {
 		return
 	}
 	mode := c.mode("spec.mode", p.Spec.Mode, ModeEnforce)
-	pol := &cpolicy{ref: c.obj, action: act, mode: mode, reason: ReasonDeniedByPolicy}
+	pol := &cpolicy{ref: c.obj, action: act, mode: mode, reason: standInReason(act, p.Metadata)}
 	b := c.meshBucket(p.Metadata.Namespace, p.Spec.Workloads)
 	b.policies = append(b.policies, c.obj)
 	c.identityRules("spec.rules", p.Spec.Rules, pol, b)
@@ -1134,6 +1134,15 @@ func validEgressDestination(d string) bool {
 	}
 	h := strings.TrimSuffix(d, ".")
 	return h != "" && !strings.ContainsAny(h, "/: ")
+}
+
+// standInReason is the reason a DENY's rules deny with: a fail-closed
+// stand-in's (AnnotationConversionError) say so.
+func standInReason(act Action, m ObjectMeta) Reason {
+	if act == ActionDeny && m.Annotations[AnnotationConversionError] != "" {
+		return ReasonDeniedInvalidPolicy
+	}
+	return ReasonDeniedByPolicy
 }
 
 func validResponse(r string) bool {

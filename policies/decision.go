@@ -47,7 +47,19 @@ const (
 	// ReasonDeniedTokenAudience: the only fault of the token is that none of
 	// its audiences is allowed (Istio's jwt_authn filter answers 403).
 	ReasonDeniedTokenAudience Reason = "denied_token_audience"
+	// ReasonDeniedInvalidPolicy: a fail-closed stand-in matched. The control
+	// plane could not convert or validate an object whose absence could open
+	// access (a DENY AuthorizationPolicy or IdentityPolicy, a
+	// RequestAuthentication) and put a DENY in its place, marked with
+	// AnnotationConversionError; the decision's policy names the stand-in.
+	ReasonDeniedInvalidPolicy Reason = "denied_invalid_policy"
 )
+
+// AnnotationConversionError marks a fail-closed stand-in: the control plane
+// sets it, with the conversion or validation error as its value, on the
+// DENY it puts in place of an object it could not use. The stand-in's
+// rules deny with ReasonDeniedInvalidPolicy.
+const AnnotationConversionError = "meshguard.dev/conversion-error"
 
 // Denies reports whether the code is a denial.
 func (r Reason) Denies() bool {

@@ -316,3 +316,34 @@ func TestInvalidRequestDenied(t *testing.T) {
 	check(t, s, rq(frontend, "GET", ""), want{false, policies.ReasonDeniedInvalidReq, "", ""})
 	check(t, s, rq(frontend, "GET", "*"), want{false, policies.ReasonDeniedUnsafePath, "", ""})
 }
+
+// TestStandInsDenyWithTheirOwnReason: a DENY the control plane put in place
+// of an object it could not use (marked with AnnotationConversionError)
+// denies with denied_invalid_policy, and its reference names it; the
+// annotation changes nothing else, and nothing on an ALLOW.
+func TestStandInsDenyWithTheirOwnReason(t *testing.T) {
+	s := compileYAML(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: RequestAuthentication.idp, namespace: shop, annotations: {meshguard.dev/conversion-error: "jwks: not a key set"}}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/pay*"]}}]}]
+---
+apiVersion: meshguard.dev/v1alpha1
+kind: IdentityPolicy
+metadata: {name: lock-web, namespace: shop, annotations: {meshguard.dev/conversion-error: "spec.rules: unreadable"}}
+spec:
+  action: DENY
+  workloads: ["spiffe://cluster.local/ns/shop/sa/web"]
+  rules: [{from: [{ids: ["spiffe://cluster.local/ns/*/sa/frontend"]}], to: [{paths: ["/admin*"]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open, namespace: shop, annotations: {meshguard.dev/conversion-error: "ignored on an ALLOW"}}
+spec:
+  rules: [{}]`)
+	check(t, s, rq(other, "GET", "/pay/1"), want{false, policies.ReasonDeniedInvalidPolicy, "AuthorizationPolicy/shop/RequestAuthentication.idp", ""})
+	check(t, s, rq(frontend, "GET", "/admin/x"), want{false, policies.ReasonDeniedInvalidPolicy, "IdentityPolicy/shop/lock-web", ""})
+	check(t, s, rq(other, "GET", "/orders"), want{true, policies.ReasonAllowedByPolicy, "AuthorizationPolicy/shop/open", ""})
+}

@@ -228,8 +228,8 @@ func TestKubeRequestAuthenticationAtTheAuthzServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	until("invalid RequestAuthentication created",
-		want{"payments", valid, policies.ReasonDeniedByPolicy, 403},
-		want{"payments", "", policies.ReasonDeniedByPolicy, 403},
+		want{"payments", valid, policies.ReasonDeniedInvalidPolicy, 403},
+		want{"payments", "", policies.ReasonDeniedInvalidPolicy, 403},
 		want{"orders", valid, policies.ReasonAllowedByPolicy, 0})
 	// The denial names the object that caused it.
 	if _, _, ref := check("payments", valid); ref != "AuthorizationPolicy/shop/RequestAuthentication.broken" {

@@ -16,9 +16,10 @@ import (
 )
 
 // AnnotationConversionError is set on the fail-closed stand-in that replaces
-// a DENY policy or DefaultDeny the watcher could not convert; its value is
-// the conversion error.
-const AnnotationConversionError = "meshguard.dev/conversion-error"
+// a DENY policy, RequestAuthentication or DefaultDeny the watcher could not
+// convert; its value is the conversion error. A stand-in's rules deny with
+// denied_invalid_policy.
+const AnnotationConversionError = policies.AnnotationConversionError
 
 // convertAuthorizationPolicy turns Istio's AuthorizationPolicy (v1 and
 // v1beta1 share the spec type) into the model, field for field.

@@ -36,7 +36,7 @@ var reasons = []policies.Reason{
 	policies.ReasonDeniedBaseline, policies.ReasonDeniedNoPolicy, policies.ReasonDeniedNoMTLS,
 	policies.ReasonDeniedIdentity, policies.ReasonDeniedJWT, policies.ReasonDeniedInternal,
 	policies.ReasonDeniedTimeout, policies.ReasonDeniedAnomaly, policies.ReasonRateLimited,
-	policies.ReasonDeniedUnresolved,
+	policies.ReasonDeniedUnresolved, policies.ReasonDeniedInvalidPolicy,
 }
 
 type metrics struct {
