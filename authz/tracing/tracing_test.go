@@ -8,23 +8,16 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/collector/component/componenttest"
-	"go.opentelemetry.io/collector/config/configoptional"
-	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
-	"go.opentelemetry.io/collector/receiver/otlpreceiver"
-	"go.opentelemetry.io/collector/receiver/receivertest"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 
-	"github.com/meshguard/meshguard/internal/testbed/freeport"
+	"github.com/meshguard/meshguard/internal/testbed/otlprecv"
 	"github.com/meshguard/meshguard/policies"
 )
 
 // receiver keeps what the OpenTelemetry Collector's own OTLP receiver
-// (go.opentelemetry.io/collector/receiver/otlpreceiver), run in-process
-// on a loopback port with gRPC only, as a collector's `otlp` receiver
-// serves it, accepted.
+// (internal/testbed/otlprecv) accepted.
 type receiver struct {
 	mu    sync.Mutex
 	spans []ptrace.Span
@@ -48,23 +41,7 @@ func (r *receiver) consume(_ context.Context, td ptrace.Traces) error {
 func newTracer(t *testing.T, ratio float64) (*Tracer, *receiver) {
 	t.Helper()
 	rcv := &receiver{}
-	addr := freeport.MustAddr(t) // the receiver takes an address, not a listener
-	f := otlpreceiver.NewFactory()
-	cfg := f.CreateDefaultConfig().(*otlpreceiver.Config)
-	cfg.Protocols.GRPC.GetOrInsertDefault().NetAddr.Endpoint = addr
-	cfg.Protocols.HTTP = configoptional.None[otlpreceiver.HTTPConfig]()
-	next, err := consumer.NewTraces(rcv.consume)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := f.CreateTraces(context.Background(), receivertest.NewNopSettings(f.Type()), cfg, next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(context.Background(), componenttest.NewNopHost()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })
+	addr := otlprecv.Traces(t, rcv.consume)
 	exp, err := otlptracegrpc.New(context.Background(), otlptracegrpc.WithEndpoint(addr), otlptracegrpc.WithInsecure())
 	if err != nil {
 		t.Fatal(err)

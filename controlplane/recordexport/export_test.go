@@ -11,27 +11,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.opentelemetry.io/collector/component/componenttest"
-	"go.opentelemetry.io/collector/config/configoptional"
-	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/plog"
-	"go.opentelemetry.io/collector/receiver/otlpreceiver"
-	"go.opentelemetry.io/collector/receiver/receivertest"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/meshguard/meshguard/controlplane/record"
-	"github.com/meshguard/meshguard/internal/testbed/freeport"
+	"github.com/meshguard/meshguard/internal/testbed/otlprecv"
 	"github.com/meshguard/meshguard/policies/wire"
 )
 
-// receiver is the OpenTelemetry Collector's own OTLP receiver
-// (go.opentelemetry.io/collector/receiver/otlpreceiver), run in-process
-// on a loopback port with gRPC only, as a collector's `otlp` receiver
-// serves it; what it accepts goes to a consumer that keeps it, or refuses
-// it (fail).
+// receiver keeps what the OpenTelemetry Collector's own OTLP receiver
+// (internal/testbed/otlprecv) accepts, or refuses it (fail).
 type receiver struct {
 	mu      sync.Mutex
 	logs    []plog.Logs
@@ -78,24 +70,7 @@ func (r *receiver) logRecords() ([]plog.LogRecord, []pcommon.Map) {
 // address.
 func start(t *testing.T, rcv *receiver) string {
 	t.Helper()
-	addr := freeport.MustAddr(t) // the receiver takes an address, not a listener
-	f := otlpreceiver.NewFactory()
-	cfg := f.CreateDefaultConfig().(*otlpreceiver.Config)
-	cfg.Protocols.GRPC.GetOrInsertDefault().NetAddr.Endpoint = addr
-	cfg.Protocols.HTTP = configoptional.None[otlpreceiver.HTTPConfig]()
-	next, err := consumer.NewLogs(rcv.consume)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := f.CreateLogs(context.Background(), receivertest.NewNopSettings(f.Type()), cfg, next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(context.Background(), componenttest.NewNopHost()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })
-	return addr
+	return otlprecv.Logs(t, rcv.consume)
 }
 
 func newExporter(t *testing.T, addr string, o Options) (*Exporter, func()) {

@@ -69,9 +69,5 @@ func MustPort(t T) int {
 // MustAddr is Addr for a test.
 func MustAddr(t T) string {
 	t.Helper()
-	a, err := Addr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(MustPort(t)))
 }
