@@ -44,6 +44,15 @@ type Config struct {
 	// for exp, nbf and iat (default 30s).
 	JWTMaxLifetime time.Duration
 	ClockSkew      time.Duration
+	// PeerCertificateGrace is how long past its expiry (notAfter) the peer
+	// certificate Envoy reports is still accepted; zero or negative: not at
+	// all. Envoy verifies a client certificate once, at the handshake, and
+	// keeps the connection (and reports that certificate) after the SVID
+	// rotates; the server cannot see when the handshake happened. Within
+	// the grace the chain is verified as of the leaf's notAfter, the last
+	// moment Envoy could have accepted it: every other check (trust
+	// bundle, signatures, the intermediates' validity) still applies.
+	PeerCertificateGrace time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -57,6 +66,7 @@ type Resolver struct {
 	jwtHeader   string
 	maxLifetime time.Duration
 	skew        time.Duration
+	peerGrace   time.Duration
 	now         func() time.Time
 }
 
@@ -83,6 +93,7 @@ func New(cfg Config) (*Resolver, error) {
 		jwtHeader:   strings.ToLower(cfg.JWTHeader),
 		maxLifetime: cfg.JWTMaxLifetime,
 		skew:        cfg.ClockSkew,
+		peerGrace:   cfg.PeerCertificateGrace,
 		now:         cfg.Now,
 	}
 	for _, h := range cfg.TrustedHops {

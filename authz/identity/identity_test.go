@@ -141,3 +141,56 @@ func certParam(svid *x509svid.SVID) string {
 	}
 	return url.PathEscape(b.String())
 }
+
+// TestPeerCertificateGrace: a peer certificate Envoy still reports on a
+// connection established before the SVID expired is accepted within the
+// grace, verified as of its notAfter; past the grace, with no grace, not
+// yet valid, or from a CA no longer trusted, it is refused.
+func TestPeerCertificateGrace(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("prod.example")
+	c, _ := ca.New(td)
+	other, _ := ca.New(td) // the same trust domain, a CA the bundle does not hold
+	client := spiffeid.RequireFromString("spiffe://prod.example/ns/web/sa/frontend")
+	// The resolver's clock runs ahead, so that the CA (valid from a minute
+	// ago) was valid through every leaf's validity.
+	now := time.Now().Add(4 * time.Hour).Truncate(time.Second)
+	issue := func(c *ca.CA, notBefore, notAfter time.Time) string {
+		s, err := c.IssueX509SVID(client, time.Hour, ca.WithValidity(notBefore, notAfter))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return certParam(s)
+	}
+	resolver := func(grace time.Duration) *Resolver {
+		r, err := New(Config{Bundles: spiffebundle.NewSet(c.Bundle()), JWTDisabled: true, PeerCertificateGrace: grace,
+			Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		cert  string
+		ok    bool
+	}{
+		{"valid", time.Hour, issue(c, now.Add(-time.Hour), now.Add(time.Hour)), true},
+		{"expired 10m ago, grace 1h", time.Hour, issue(c, now.Add(-time.Hour), now.Add(-10*time.Minute)), true},
+		{"expired exactly the grace ago", time.Hour, issue(c, now.Add(-2*time.Hour), now.Add(-time.Hour)), true},
+		{"expired past the grace", time.Hour, issue(c, now.Add(-3*time.Hour), now.Add(-time.Hour-time.Second)), false},
+		{"expired, no grace", 0, issue(c, now.Add(-time.Hour), now.Add(-time.Second)), false},
+		{"not yet valid", time.Hour, issue(c, now.Add(time.Minute), now.Add(time.Hour)), false},
+		{"expired, from an untrusted CA", time.Hour, issue(other, now.Add(-time.Hour), now.Add(-10*time.Minute)), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := resolver(tc.grace).Resolve(Request{Principal: client.String(), Certificate: tc.cert})
+			if tc.ok && (err != nil || id.Peer != client) {
+				t.Fatalf("refused: %+v, %v", id, err)
+			}
+			if !tc.ok && err == nil {
+				t.Fatalf("accepted: %+v", id)
+			}
+		})
+	}
+}

@@ -137,7 +137,13 @@ func (r *Resolver) verifyChain(certs []*x509.Certificate) (spiffeid.ID, error) {
 	if len(leaf.URIs[0].String()) > MaxIDBytes {
 		return spiffeid.ID{}, fmt.Errorf("leaf URI SAN exceeds %d bytes", MaxIDBytes)
 	}
-	id, chains, err := x509svid.Verify(certs, r.bundles, x509svid.WithTime(r.now()))
+	at := r.now()
+	if past := at.Sub(leaf.NotAfter); past > 0 && past <= r.peerGrace {
+		// A connection established while the SVID was valid (see
+		// Config.PeerCertificateGrace).
+		at = leaf.NotAfter
+	}
+	id, chains, err := x509svid.Verify(certs, r.bundles, x509svid.WithTime(at))
 	if err != nil {
 		return spiffeid.ID{}, err
 	}

@@ -66,6 +66,7 @@ type authzFlags struct {
 	jwtHeader             string
 	jwtMaxLifetime        time.Duration
 	clockSkew             time.Duration
+	peerCertGrace         time.Duration
 	policyPath            string
 	policyPoll            time.Duration
 	policySettle          time.Duration
@@ -177,6 +178,7 @@ by OpenID discovery: --jwks-*); a request with an invalid token is answered
 	fl.StringVar(&f.jwtHeader, "jwt-header", "authorization", "header carrying the JWT-SVID (authorization requires the Bearer scheme; others carry the bare token)")
 	fl.DurationVar(&f.jwtMaxLifetime, "jwt-max-lifetime", time.Hour, "longest accepted JWT-SVID lifetime (exp - iat)")
 	fl.DurationVar(&f.clockSkew, "clock-skew", 30*time.Second, "clock skew allowed on JWT-SVID exp, nbf and iat")
+	fl.DurationVar(&f.peerCertGrace, "peer-certificate-grace", time.Hour, "how long past its expiry the peer certificate Envoy reports for a connection is still accepted (Envoy verifies it only at the handshake and keeps the connection after the SVID rotates); 0: never")
 	fl.StringVar(&f.policyPath, "policy", "", "policy bundle JSON, YAML policy file or directory, polled for changes")
 	fl.DurationVar(&f.policyPoll, "policy-poll-interval", 2*time.Second, "how often --policy is checked for changes")
 	fl.DurationVar(&f.policySettle, "policy-settle", 300*time.Millisecond, "a change to --policy applies once the files have stayed unchanged this long (a file being written is not read half-way)")
@@ -381,13 +383,14 @@ func runAuthz(ctx context.Context, f *authzFlags, stderr, stdout io.Writer) erro
 		return err
 	}
 	resolver, err := identity.New(identity.Config{
-		Bundles:        idm.bundles,
-		TrustedHops:    hops,
-		JWTDisabled:    f.noJWT,
-		JWTAudiences:   f.jwtAudiences,
-		JWTHeader:      f.jwtHeader,
-		JWTMaxLifetime: f.jwtMaxLifetime,
-		ClockSkew:      f.clockSkew,
+		Bundles:              idm.bundles,
+		TrustedHops:          hops,
+		JWTDisabled:          f.noJWT,
+		JWTAudiences:         f.jwtAudiences,
+		JWTHeader:            f.jwtHeader,
+		JWTMaxLifetime:       f.jwtMaxLifetime,
+		ClockSkew:            f.clockSkew,
+		PeerCertificateGrace: f.peerCertGrace,
 	})
 	if err != nil {
 		return fmt.Errorf("%w (set --jwt-audience, or --no-jwt-svid to turn JWT-SVIDs off)", err)
