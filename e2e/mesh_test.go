@@ -329,13 +329,16 @@ func TestE2E(t *testing.T) {
 	timed(t, "spire identities and mTLS", func(t *testing.T) {
 		// startWorkload checked each process got its own SVID.
 		// The app learns the caller from the authz server's
-		// x-meshguard-source-id. (The XFCC the sidecar's connection
-		// manager sets before the filters, as Envoy does, is not from a
-		// --trusted-hop, so the authz server removes it.)
+		// x-meshguard-source-id, and from the XFCC its sidecar's
+		// connection manager sets (SANITIZE_SET) for the peer it verified,
+		// which the authz server leaves to the app, as in Istio.
 		r := call(t, "frontend", "catalog", "/api/books", callOpts{})
 		var seen struct{ Source, XFCC string }
 		if err := json.Unmarshal([]byte(r.Body), &seen); err != nil || seen.Source != ws["frontend"].id.String() {
 			t.Errorf("upstream did not see the caller's SPIFFE ID: %s (%v)", r.Body, err)
+		}
+		if !strings.Contains(seen.XFCC, "By="+ws["catalog"].id.String()+";") || !strings.HasSuffix(seen.XFCC, ";URI="+ws["frontend"].id.String()) {
+			t.Errorf("upstream did not get its sidecar's XFCC for the caller: %q", seen.XFCC)
 		}
 		// A client cannot pass an identity off as its own.
 		r = call(t, "frontend", "catalog", "/api/books", callOpts{Headers: map[string][]string{

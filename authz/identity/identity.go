@@ -98,7 +98,11 @@ type Request struct {
 	// Envoy, authenticated by mTLS). It is not the request's peer: the
 	// calling Envoy is, when it is a trusted hop, believed about its own
 	// peer in XFCC.
-	Conn    spiffeid.ID
+	Conn spiffeid.ID
+	// Local is the SPIFFE ID of the Envoy that sent the check, from its own
+	// certificate (attributes.destination.principal): the workload's
+	// sidecar. Zero when unknown.
+	Local   spiffeid.ID
 	Headers policies.HeaderGetter
 	// SkipToken is a token the request's RequestAuthentication validated as
 	// an end-user token: when the JWT-SVID header holds it, the JWT-SVID
@@ -130,6 +134,13 @@ type Identity struct {
 	// Ignored lists credentials that were present and ignored. An ignored
 	// XFCC header must be removed from the request.
 	Ignored []IgnoredCredential
+	// LocalXFCC: the XFCC header's last element is the checking Envoy's
+	// own, set for the peer it verified (By= the local workload, URI= the
+	// peer), as Istio's sidecars set it for the application. Not an
+	// identity (it says nothing the peer does not), hidden from the
+	// policy engine like any XFCC that is not a trusted hop's, but left
+	// on the request for the application.
+	LocalXFCC bool
 }
 
 // Attributes fills the engine's identity attributes.

@@ -194,3 +194,43 @@ func TestPeerCertificateGrace(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalXFCC: XFCC whose last element the checking Envoy appended for
+// the peer it verified is recognised (left for the application, never an
+// identity); any other XFCC from a peer that is not a trusted hop is
+// ignored and must be stripped.
+func TestLocalXFCC(t *testing.T) {
+	c, _ := ca.New(spiffeid.RequireTrustDomainFromString("prod.example"))
+	local := spiffeid.RequireFromString("spiffe://prod.example/ns/shop/sa/api")
+	peer := spiffeid.RequireFromString("spiffe://prod.example/ns/web/sa/frontend")
+	admin := spiffeid.RequireFromString("spiffe://prod.example/ns/ops/sa/admin")
+	r, err := New(Config{Bundles: spiffebundle.NewSet(c.Bundle()), JWTDisabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		local  spiffeid.ID
+		header string
+		own    bool
+	}{
+		{"the sidecar's own element", local, "By=" + local.String() + ";Hash=ab;URI=" + peer.String(), true},
+		{"after what the peer sent (APPEND_FORWARD)", local, "By=x;URI=" + admin.String() + ",By=" + local.String() + ";URI=" + peer.String(), true},
+		{"naming another client", local, "By=" + local.String() + ";URI=" + admin.String(), false},
+		{"two URIs", local, "By=" + local.String() + ";URI=" + peer.String() + ";URI=" + admin.String(), false},
+		{"another By", local, "By=" + admin.String() + ";URI=" + peer.String(), false},
+		{"the sidecar unknown", spiffeid.ID{}, "By=" + local.String() + ";URI=" + peer.String(), false},
+		{"the peer's element followed by a spoofed one", local, "By=" + local.String() + ";URI=" + peer.String() + ",By=" + admin.String() + ";URI=" + admin.String(), false},
+		{"malformed", local, `By=` + local.String() + `;URI="` + peer.String(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := r.Resolve(Request{Principal: peer.String(), Local: tc.local, Headers: policies.MapHeaders{HeaderXFCC: tc.header}})
+			if err != nil || id.Peer != peer || !id.ForwardedClient.IsZero() || id.ID != peer {
+				t.Fatalf("%+v, %v", id, err)
+			}
+			if id.LocalXFCC != tc.own || id.IgnoredXFCC() == tc.own {
+				t.Fatalf("local %v, ignored %v; want local %v", id.LocalXFCC, id.IgnoredXFCC(), tc.own)
+			}
+		})
+	}
+}

@@ -76,6 +76,8 @@ func (r *Resolver) Resolve(req Request) (Identity, error) {
 				out.ForwardedClient = id
 			}
 			out.ID, out.Method, out.MTLS = id, MethodXFCC, true
+		} else if r.localXFCC(h, req.Local, out.Peer) {
+			out.LocalXFCC = true
 		} else {
 			out.Ignored = append(out.Ignored, IgnoredUntrustedXFCC)
 		}
@@ -97,6 +99,21 @@ func (r *Resolver) Resolve(req Request) (Identity, error) {
 		out.Method = MethodNone
 	}
 	return out, nil
+}
+
+// localXFCC reports whether XFCC's last element is the one the local Envoy
+// (local) appended for the peer it verified (peer): By= local, exactly one
+// URI= the peer. What comes before it is the peer's to say, as in Istio.
+func (r *Resolver) localXFCC(header string, local, peer spiffeid.ID) bool {
+	if local.IsZero() || peer.IsZero() {
+		return false
+	}
+	els, err := xfcc.Parse(header)
+	if err != nil {
+		return false
+	}
+	last := els[len(els)-1]
+	return len(last.By) == 1 && last.By[0] == local.String() && len(last.URI) == 1 && last.URI[0] == peer.String()
 }
 
 func (r *Resolver) xfcc(header string, hop spiffeid.ID) (spiffeid.ID, error) {

@@ -165,11 +165,12 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	a.DestinationIP, a.DestinationPort = socketAddr(ac.GetDestination().GetAddress())
 	a.SNI = ac.GetTlsSession().GetSni()
 
+	var local spiffeid.ID
 	if p := ac.GetDestination().GetPrincipal(); strings.HasPrefix(p, "spiffe://") {
 		// Envoy's own certificate: trusted, but only if it is a workload's
 		// SPIFFE ID (a trust domain's own ID, without a path, is none).
 		if id, err := spiffeid.FromString(p); err == nil && id.Path() != "" {
-			a.Target.ID = id
+			a.Target.ID, local = id, id
 		}
 	}
 	if err := m.applyContext(ac.GetContextExtensions(), ac.GetDestination().GetLabels()); err != nil {
@@ -181,6 +182,7 @@ func FromCheck(req *authv3.CheckRequest, opts Options) (*Mapped, error) {
 	m.Identity = identity.Request{
 		Principal:   ac.GetSource().GetPrincipal(),
 		Certificate: ac.GetSource().GetCertificate(),
+		Local:       local,
 		Headers:     rawHeaders{h},
 	}
 	return m, nil

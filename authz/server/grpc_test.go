@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,7 @@ type identityCase struct {
 	reason     policies.Reason
 	source     spiffeid.ID // expected x-meshguard-source-id (zero: none)
 	removes    []string    // expected in headers_to_remove
+	keeps      []string    // expected not in headers_to_remove
 	failure    string      // identity failure kind counted
 	statusCode int         // HTTP status of a deny (default 403)
 }
@@ -292,6 +294,24 @@ func identityCases() []identityCase {
 				return withPrincipal(get("/api/items", map[string]string{"x-forwarded-client-cert": `URI=` + idAdmin.String()}), idFrontend.String())
 			},
 			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idFrontend, removes: []string{"x-forwarded-client-cert"},
+		},
+		{
+			name: "XFCC the local sidecar appended for its verified peer stays for the application",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", map[string]string{
+					"x-forwarded-client-cert": `By=` + idAPI.String() + `;Hash=abcd;URI=` + idFrontend.String(),
+				}), idFrontend.String())
+			},
+			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idFrontend, keeps: []string{"x-forwarded-client-cert"},
+		},
+		{
+			name: "XFCC whose last element is the local sidecar's but names another peer is stripped",
+			req: func(t *testing.T, e *env) *authv3.CheckRequest {
+				return withPrincipal(get("/api/items", map[string]string{
+					"x-forwarded-client-cert": `By=` + idAPI.String() + `;URI=` + idAdmin.String(),
+				}), idFrontend.String())
+			},
+			allowed: true, reason: policies.ReasonAllowedByPolicy, source: idFrontend, failure: "xfcc_ignored", removes: []string{"x-forwarded-client-cert"},
 		},
 		{
 			name: "XFCC from a trusted hop names the caller for meshguard's kinds",
@@ -534,6 +554,11 @@ func assertResponse(t *testing.T, resp *authv3.CheckResponse, tc identityCase) {
 	}
 	if headerValue(ok.GetHeaders(), wire.HeaderDecisionID) == "" {
 		t.Error("no decision id header")
+	}
+	for _, h := range tc.keeps {
+		if slices.Contains(ok.GetHeadersToRemove(), h) {
+			t.Errorf("headers_to_remove %v has %q", ok.GetHeadersToRemove(), h)
+		}
 	}
 	for _, h := range tc.removes {
 		found := false

@@ -319,9 +319,12 @@ func (s *Server) decide(ctx context.Context, deadline time.Time, m *request.Mapp
 	for _, f := range id.Ignored {
 		s.metrics.IdentityFailures.WithLabelValues(string(f)).Inc()
 	}
-	if id.IgnoredXFCC() {
+	switch {
+	case id.IgnoredXFCC():
 		m.Headers.HideXFCC()
 		out.remove = append(out.remove, identity.HeaderXFCC)
+	case id.LocalXFCC:
+		m.Headers.HideXFCC() // the application's, not the engine's
 	}
 	if err != nil {
 		var ie *identity.Error
