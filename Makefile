@@ -25,8 +25,9 @@ test: ## run every test with -race (the README's test command; CI runs it)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 .PHONY: lint
-lint: ## go vet, gofmt, staticcheck (built from the module proxy), the package layout, no tracked binaries, the console's vendored library
+lint: ## go vet (also the e2e and fault suites' tagged files), gofmt, staticcheck (built from the module proxy), the package layout, no tracked binaries, the console's vendored library
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags e2e,faults $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
 	./hack/check-layout.sh
