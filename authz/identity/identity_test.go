@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/meshguard/meshguard/authz/internal/xfcc"
 	"github.com/meshguard/meshguard/internal/testbed/ca"
 	"github.com/meshguard/meshguard/policies"
 )
@@ -233,4 +234,56 @@ func TestLocalXFCC(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzResolve: whatever a request carries, resolving it never panics, an
+// XFCC header never replaces a verified peer, a forwarded client comes only
+// from a trusted hop, and an XFCC left for the application (LocalXFCC) is
+// exactly the checking Envoy's element for that peer.
+func FuzzResolve(f *testing.F) {
+	c, _ := ca.New(spiffeid.RequireTrustDomainFromString("prod.example"))
+	gw := spiffeid.RequireFromString("spiffe://prod.example/ns/istio-system/sa/gw")
+	local := spiffeid.RequireFromString("spiffe://prod.example/ns/shop/sa/api")
+	peer := "spiffe://prod.example/ns/web/sa/frontend"
+	r, err := New(Config{Bundles: spiffebundle.NewSet(c.Bundle()), TrustedHops: []spiffeid.ID{gw}, JWTDisabled: true, PeerCertificateGrace: time.Hour})
+	if err != nil {
+		f.Fatal(err)
+	}
+	svid, err := c.IssueX509SVID(spiffeid.RequireFromString(peer), time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(peer, "", "By="+local.String()+";URI="+peer, true)
+	f.Add(gw.String(), "", "By="+gw.String()+";URI="+peer, true)
+	f.Add(peer, certParam(svid), "By=x;URI=spiffe://prod.example/a,By="+local.String()+";URI="+peer, true)
+	f.Add("", "", `By="`+local.String()+`;URI=`+peer, false)
+	f.Fuzz(func(t *testing.T, principal, cert, header string, withLocal bool) {
+		req := Request{Principal: principal, Certificate: cert, Headers: policies.MapHeaders{HeaderXFCC: header}}
+		if withLocal {
+			req.Local = local
+		}
+		id, err := r.Resolve(req)
+		if err != nil {
+			return
+		}
+		if principal != "" && !id.Peer.IsZero() && id.Peer.String() != principal {
+			t.Fatalf("peer %s, principal %q", id.Peer, principal)
+		}
+		if !id.ForwardedClient.IsZero() && id.Peer != gw {
+			t.Fatalf("forwarded client %s from peer %s, not a trusted hop", id.ForwardedClient, id.Peer)
+		}
+		if id.LocalXFCC {
+			els, err := xfcc.Parse(header)
+			if err != nil || !withLocal || id.Peer.IsZero() {
+				t.Fatalf("local XFCC %q: %v (local %v, peer %s)", header, err, withLocal, id.Peer)
+			}
+			last := els[len(els)-1]
+			if len(last.By) != 1 || last.By[0] != local.String() || len(last.URI) != 1 || last.URI[0] != id.Peer.String() {
+				t.Fatalf("local XFCC %q for peer %s", header, id.Peer)
+			}
+			if id.IgnoredXFCC() {
+				t.Fatal("both left for the application and ignored")
+			}
+		}
+	})
 }
