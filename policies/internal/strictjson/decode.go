@@ -301,10 +301,31 @@ func (d *Decoder) String(s *string, target string) {
 		d.mismatch(target)
 		return
 	}
+	// Most strings are plain (no escape, control character or non-ASCII
+	// byte): one copy straight from the input.
+	data, start := d.data, d.pos+1
+	if end := plainRun(data, start); end < len(data) && data[end] == '"' {
+		*s = string(data[start:end])
+		d.pos = end + 1
+		return
+	}
 	b := d.unquote(nil)
 	if d.err == nil {
 		*s = string(b)
 	}
+}
+
+// plainRun returns the index of the first byte at or after p that a string
+// literal cannot copy as it is: a quote, a backslash, a control character
+// or a non-ASCII byte (len(data) when there is none).
+func plainRun(data []byte, p int) int {
+	for p < len(data) {
+		if c := data[p]; c == '"' || c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			return p
+		}
+		p++
+	}
+	return p
 }
 
 // Bool decodes true or false into *b; null leaves it unchanged.
@@ -528,6 +549,11 @@ func (d *Decoder) unquote(buf []byte) []byte {
 	data := d.data
 	p := d.pos + 1 // past the opening quote
 	for {
+		// The plain bytes up to the next special one, in one append.
+		if q := plainRun(data, p); q > p {
+			buf = append(buf, data[p:q]...)
+			p = q
+		}
 		if p >= len(data) {
 			d.pos = p
 			d.syntax("unexpected end of JSON input in a string")
@@ -581,9 +607,6 @@ func (d *Decoder) unquote(buf []byte) []byte {
 				d.syntax("invalid escape in a string")
 				return buf
 			}
-		case c < utf8.RuneSelf:
-			buf = append(buf, c)
-			p++
 		default:
 			r, n := utf8.DecodeRune(data[p:])
 			if r == utf8.RuneError && n == 1 {
