@@ -592,3 +592,33 @@ type Set struct {
 	AnomalyProfiles        []AnomalyProfile        `json:"anomalyProfiles,omitempty"`
 	Quarantines            []Quarantine            `json:"quarantines,omitempty"`
 }
+
+// EachObject calls fn with the kind and metadata of every object of the
+// set, kind by kind in the order of the fields above (Settings is not an
+// object).
+func (s *Set) EachObject(fn func(kind string, m ObjectMeta)) {
+	for i := range s.AuthorizationPolicies {
+		fn(KindAuthorizationPolicy, s.AuthorizationPolicies[i].Metadata)
+	}
+	for i := range s.RequestAuthentications {
+		fn(KindRequestAuthentication, s.RequestAuthentications[i].Metadata)
+	}
+	for i := range s.IdentityPolicies {
+		fn(KindIdentityPolicy, s.IdentityPolicies[i].Metadata)
+	}
+	for i := range s.DefaultDenies {
+		fn(KindDefaultDeny, s.DefaultDenies[i].Metadata)
+	}
+	for i := range s.RouteOverrides {
+		fn(KindRouteOverride, s.RouteOverrides[i].Metadata)
+	}
+	for i := range s.TrafficBaselines {
+		fn(KindTrafficBaseline, s.TrafficBaselines[i].Metadata)
+	}
+	for i := range s.AnomalyProfiles {
+		fn(KindAnomalyProfile, s.AnomalyProfiles[i].Metadata)
+	}
+	for i := range s.Quarantines {
+		fn(KindQuarantine, s.Quarantines[i].Metadata)
+	}
+}

@@ -544,33 +544,11 @@ func isHex64(s string) bool {
 // in the root namespace, since those apply mesh-wide.
 func DefaultTargets(b *policies.Bundle, root string) []Target {
 	nss := map[string]bool{}
-	add := func(m policies.ObjectMeta) {
+	b.Set.EachObject(func(_ string, m policies.ObjectMeta) {
 		if m.Namespace != "" {
 			nss[m.Namespace] = true
 		}
-	}
-	s := &b.Set
-	for _, d := range s.AuthorizationPolicies {
-		add(d.Metadata)
-	}
-	for _, d := range s.IdentityPolicies {
-		add(d.Metadata)
-	}
-	for _, d := range s.DefaultDenies {
-		add(d.Metadata)
-	}
-	for _, d := range s.RouteOverrides {
-		add(d.Metadata)
-	}
-	for _, d := range s.TrafficBaselines {
-		add(d.Metadata)
-	}
-	for _, d := range s.AnomalyProfiles {
-		add(d.Metadata)
-	}
-	for _, d := range s.Quarantines {
-		add(d.Metadata)
-	}
+	})
 	if nss[root] {
 		return []Target{{Namespace: root}}
 	}

@@ -437,3 +437,29 @@ func TestGolden(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultTargetsWireEveryDocument: every namespace a document of the
+// bundle lives in is wired, a RequestAuthentication's included (meshguard
+// checks its tokens there); a document in the root namespace wires the mesh.
+func TestDefaultTargetsWireEveryDocument(t *testing.T) {
+	meta := func(ns, name string) policies.ObjectMeta { return policies.ObjectMeta{Namespace: ns, Name: name} }
+	set := policies.Set{
+		AuthorizationPolicies:  []policies.AuthorizationPolicy{{Metadata: meta("shop", "a")}},
+		RequestAuthentications: []policies.RequestAuthentication{{Metadata: meta("auth", "idp")}},
+		Quarantines:            []policies.Quarantine{{Metadata: meta("ops", "q")}},
+	}
+	got := DefaultTargets(&policies.Bundle{Set: set}, policies.DefaultRootNamespace)
+	want := []Target{{Namespace: "auth"}, {Namespace: "ops"}, {Namespace: "shop"}}
+	if len(got) != len(want) {
+		t.Fatalf("targets %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i].Namespace != want[i].Namespace {
+			t.Fatalf("targets %+v, want %+v", got, want)
+		}
+	}
+	set.RequestAuthentications[0].Metadata.Namespace = policies.DefaultRootNamespace
+	if got := DefaultTargets(&policies.Bundle{Set: set}, policies.DefaultRootNamespace); len(got) != 1 || got[0].Namespace != policies.DefaultRootNamespace {
+		t.Fatalf("a document in the root namespace: targets %+v, want the mesh", got)
+	}
+}

@@ -219,31 +219,7 @@ func hasDocument(data []byte) bool {
 // Namespaces counts a set's documents per namespace.
 func Namespaces(s *policies.Set) map[string]int {
 	n := map[string]int{}
-	add := func(m policies.ObjectMeta) { n[m.Namespace]++ }
-	for _, d := range s.AuthorizationPolicies {
-		add(d.Metadata)
-	}
-	for _, d := range s.RequestAuthentications {
-		add(d.Metadata)
-	}
-	for _, d := range s.IdentityPolicies {
-		add(d.Metadata)
-	}
-	for _, d := range s.DefaultDenies {
-		add(d.Metadata)
-	}
-	for _, d := range s.RouteOverrides {
-		add(d.Metadata)
-	}
-	for _, d := range s.TrafficBaselines {
-		add(d.Metadata)
-	}
-	for _, d := range s.AnomalyProfiles {
-		add(d.Metadata)
-	}
-	for _, d := range s.Quarantines {
-		add(d.Metadata)
-	}
+	s.EachObject(func(_ string, m policies.ObjectMeta) { n[m.Namespace]++ })
 	return n
 }
 
