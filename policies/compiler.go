@@ -1090,7 +1090,14 @@ func (c *compiler) routeOverride(p *RouteOverride) {
 		if a.ErrorRate != nil && !(*a.ErrorRate > 0 && *a.ErrorRate <= 1) {
 			c.errf("spec.anomaly.errorRatio", CodeInvalidValue, "errorRatio must be in (0, 1]")
 		}
-		if a.Profile != "" && !anomalyProfileNamed(c.snap.set.AnomalyProfiles, a.Profile) {
+		switch ps := c.snap.set.AnomalyProfiles; {
+		case a.Profile == "" || anomalyProfileNamed(ps, a.Profile):
+		case len(ps) == 0:
+			// A set without profiles (or one object validated on its own,
+			// as the Kubernetes watcher does): every route uses the
+			// detectors' built-in profile.
+			c.warnf("spec.anomaly.profile", CodeNoEffect, "anomaly profile %q: the set has no AnomalyProfile; the built-in %q applies", a.Profile, DefaultAnomalyProfile)
+		default:
 			c.errf("spec.anomaly.profile", CodeInvalidValue, "anomaly profile %q does not exist", a.Profile)
 		}
 	}
@@ -1113,11 +1120,7 @@ func (c *compiler) routeOverride(p *RouteOverride) {
 }
 
 // anomalyProfileNamed: a RouteOverride names a profile by its name alone.
-// A set without profiles has the detectors' built-in one, "default".
 func anomalyProfileNamed(ps []AnomalyProfile, name string) bool {
-	if len(ps) == 0 {
-		return name == DefaultAnomalyProfile
-	}
 	for i := range ps {
 		if ps[i].Metadata.Name == name {
 			return true

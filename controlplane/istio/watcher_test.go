@@ -534,3 +534,26 @@ func TestWatcherRequestAuthentications(t *testing.T) {
 			names(s.AuthorizationPolicies) == "security.istio.io/v1:shop/RequestAuthentication.bad-scope"
 	})
 }
+
+// TestWatcherKeepsCrossObjectReferences: each object is checked on its own,
+// so a RouteOverride naming an AnomalyProfile that lives in another object
+// is accepted, and the set pushed holds both and compiles.
+func TestWatcherKeepsCrossObjectReferences(t *testing.T) {
+	noLeaks(t)
+	dyn := fakeDynamic(
+		unstructuredObj("AnomalyProfile", "istio-system", "strict", map[string]any{"lateral": map[string]any{"maxNewEdges": int64(1)}}),
+		unstructuredObj("RouteOverride", "shop", "admin", map[string]any{"route": "admin-api", "anomaly": map[string]any{"profile": "strict"}}),
+	)
+	sink := newRecordingSink()
+	reporter := &recordingReporter{}
+	runWatcher(t, Options{Istio: istiofake.NewSimpleClientset(), Dynamic: dyn, Sink: sink, Reporter: reporter})
+	set := sink.next(t, "the profile and the route override", func(s policies.Set) bool {
+		return len(s.AnomalyProfiles) == 1 && len(s.RouteOverrides) == 1
+	})
+	if p := reporter.last(); len(p) != 0 {
+		t.Fatalf("problems reported: %+v", p)
+	}
+	if _, _, err := policies.NewBundle("v", set); err != nil {
+		t.Fatalf("the pushed set does not compile: %v", err)
+	}
+}

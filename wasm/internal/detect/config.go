@@ -218,8 +218,10 @@ func NewConfig(set *policies.Set, edges EdgeOracle, t Tuning) (*Config, error) {
 		}
 		if a := ro.Anomaly; a != nil {
 			if a.Profile != "" {
+				// In a set without profiles every route has the built-in
+				// one, whatever it names (the compiler warns).
 				rs.profile = slices.IndexFunc(c.profiles, func(p profile) bool { return p.name == a.Profile })
-				g.check(rs.profile >= 0, "RouteOverride spec.anomaly.profile")
+				g.check(rs.profile >= 0 || len(set.AnomalyProfiles) == 0, "RouteOverride spec.anomaly.profile")
 			}
 			if a.RateZ != nil {
 				rs.rateZ = *a.RateZ

@@ -497,6 +497,10 @@ func TestCompilerRefusesWhatTheDetectorsCannotRun(t *testing.T) {
 		}),
 		"the built-in profile": {RouteOverrides: []policies.RouteOverride{{Metadata: policies.ObjectMeta{Name: "r", Namespace: "mesh"},
 			Spec: policies.RouteOverrideSpec{Route: "x", Anomaly: &policies.AnomalyOverrides{Profile: policies.DefaultAnomalyProfile}}}}},
+		// A RouteOverride validated on its own, as the Kubernetes watcher
+		// validates each object: the profile it names is elsewhere.
+		"a profile named in a set without profiles": {RouteOverrides: []policies.RouteOverride{{Metadata: policies.ObjectMeta{Name: "r", Namespace: "mesh"},
+			Spec: policies.RouteOverrideSpec{Route: "x", Anomaly: &policies.AnomalyOverrides{Profile: "strict"}}}}},
 	}
 	for name, set := range good {
 		t.Run(name, func(t *testing.T) {
