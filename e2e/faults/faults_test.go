@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -364,9 +365,19 @@ func TestFault6UnreadyBeforeClose(t *testing.T) {
 	a := startAuthz(t, "fault6-authz", fx, []string{"--policy", path, "--decision-log", "off"}, nil, nil)
 	waitReady(t, a, 20*time.Second)
 
-	var first503, refused atomic.Int64 // nanoseconds after SIGTERM
+	// Times are nanoseconds after SIGTERM, at least 1; sigAt is when the
+	// signal went, on t0's monotonic clock (0: not yet), so that the probes
+	// read it without a race.
+	var first503, refused, sigAt atomic.Int64
 	var answeredUnready atomic.Int64
-	var sigAt time.Time
+	t0 := time.Now()
+	sinceSignal := func() (time.Duration, bool) {
+		s := sigAt.Load()
+		if s == 0 {
+			return 0, false
+		}
+		return max(time.Since(t0)-time.Duration(s), 1), true
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -378,8 +389,10 @@ func TestFault6UnreadyBeforeClose(t *testing.T) {
 				return
 			default:
 			}
-			if c, _ := readyz(a.admin); c == 503 && first503.Load() == 0 && !sigAt.IsZero() {
-				first503.Store(int64(time.Since(sigAt)))
+			if c, _ := readyz(a.admin); c == 503 && first503.Load() == 0 {
+				if d, ok := sinceSignal(); ok {
+					first503.Store(int64(d))
+				}
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -395,8 +408,11 @@ func TestFault6UnreadyBeforeClose(t *testing.T) {
 			// A new connection each time, as an Envoy that reconnects.
 			c, err := net.DialTimeout("tcp", a.grpc, time.Second)
 			if err != nil {
-				if refused.Load() == 0 && !sigAt.IsZero() {
-					refused.Store(int64(time.Since(sigAt)))
+				// Only a refused connection says the listener is closed;
+				// a dial that fails otherwise (no local port free, a
+				// timeout on a loaded machine) says nothing about it.
+				if d, ok := sinceSignal(); ok && errors.Is(err, syscall.ECONNREFUSED) && refused.Load() == 0 {
+					refused.Store(int64(d))
 				}
 			} else {
 				c.Close()
@@ -410,25 +426,34 @@ func TestFault6UnreadyBeforeClose(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
-	sigAt = time.Now()
+	sigAt.Store(max(int64(time.Since(t0)), 1))
 	a.p.signal(syscall.SIGTERM)
 	select {
 	case <-a.p.done:
 	case <-time.After(30 * time.Second):
 		t.Fatal("authz did not exit")
 	}
+	// The process exits moments after its listener closes: let the dialer
+	// see the refusal before it stops (it can only see it later than the
+	// close, never earlier).
+	for deadline := time.Now().Add(2 * time.Second); refused.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	close(stop)
 	wg.Wait()
 	f503, fref := time.Duration(first503.Load()), time.Duration(refused.Load())
-	got503 := "never"
+	got503, gotRef := "never", "never"
 	if f503 > 0 {
 		got503 = ms(f503) + " after SIGTERM"
+	}
+	if fref > 0 {
+		gotRef = ms(fref) + " after SIGTERM"
 	}
 	record(t, "6. unready before close",
 		"/readyz 503 first, checks still answered while unready, the listener closes at least 1s later",
 		f503 > 0 && fref > 0 && fref-f503 >= time.Second && answeredUnready.Load() > 0,
-		"/readyz 503 %s; check listener refused connections %s after SIGTERM; %d checks answered on new connections while unready",
-		got503, ms(fref), answeredUnready.Load())
+		"/readyz 503 %s; check listener refused connections %s; %d checks answered on new connections while unready",
+		got503, gotRef, answeredUnready.Load())
 }
 
 // ----- happy paths -----
