@@ -1092,6 +1092,8 @@ func (c *compiler) routeOverride(p *RouteOverride) {
 		}
 		switch ps := c.snap.set.AnomalyProfiles; {
 		case a.Profile == "" || anomalyProfileNamed(ps, a.Profile):
+		case len(ps) == 0 && a.Profile == DefaultAnomalyProfile:
+			// The built-in profile of a set without profiles.
 		case len(ps) == 0:
 			// A set without profiles (or one object validated on its own,
 			// as the Kubernetes watcher does): every route uses the
