@@ -447,14 +447,25 @@ func checkKey(m map[string][]byte) (KeySetProblem, error) {
 		}
 		return s, true, nil
 	}
+	unusable := func(format string, args ...any) {
+		if !p.Unusable {
+			p.Unusable, p.Reason = true, fmt.Sprintf(format, args...)
+		}
+	}
 	b64 := func(names ...string) error {
 		for _, n := range names {
 			s, ok, err := str(n)
 			if err != nil {
 				return err
 			}
-			if !ok || s == "" {
+			if !ok {
 				return fmt.Errorf("no %q", n)
+			}
+			if s == "" {
+				// go-jose reads the key (and Istio accepts the key set);
+				// it verifies nothing.
+				unusable("%q is empty", n)
+				continue
 			}
 			if _, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "=")); err != nil {
 				return fmt.Errorf("%q is not base64url", n)
@@ -479,11 +490,6 @@ func checkKey(m map[string][]byte) (KeySetProblem, error) {
 	alg, _, _ := str("alg")
 	use, _, _ := str("use")
 	crv, _, _ := str("crv")
-	unusable := func(format string, args ...any) {
-		if !p.Unusable {
-			p.Unusable, p.Reason = true, fmt.Sprintf(format, args...)
-		}
-	}
 	switch kty {
 	case "RSA":
 		if err := b64("n", "e"); err != nil {

@@ -141,6 +141,8 @@ func TestRequestAuthenticationLint(t *testing.T) {
 			policies.CodeUnusableKey, "spec.jwtRules[0].jwks", `use "enc"`},
 		{"HMAC alg on an RSA key", `  jwtRules: [{issuer: a, jwks: '{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","alg":"HS256"}]}'}]` + "\n",
 			policies.CodeUnusableKey, "spec.jwtRules[0].jwks", `alg "HS256"`},
+		{"RSA key with an empty modulus (go-jose reads it; it verifies nothing)", `  jwtRules: [{issuer: a, jwks: '{"keys":[{"kty":"RSA","n":"","e":""}]}'}]` + "\n",
+			policies.CodeUnusableKey, "spec.jwtRules[0].jwks", `"n" is empty`},
 		{"empty key set", `  jwtRules: [{issuer: a, jwks: '{"keys":[]}'}]` + "\n",
 			policies.CodeUnusableKey, "spec.jwtRules[0].jwks", "every token of this rule is refused"},
 		{"no key source", "  jwtRules: [{issuer: issuer-foo}]\n",
