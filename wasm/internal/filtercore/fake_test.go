@@ -371,6 +371,56 @@ func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
 	}
 }
 
+// TestQuarantineSurvivesARacingFirstWrite: the blocklist key's first value
+// is written with CAS 0, which Envoy applies unconditionally, so another
+// worker writing its own first value at the same moment overwrites it.
+// The worker whose quarantine was lost publishes it again on its next
+// tick, beside the other's.
+func TestQuarantineSurvivesARacingFirstWrite(t *testing.T) {
+	h := newFakeHost()
+	cfg := scenario.Config(t, scenario.Options{EgressResponse: "quarantine"})
+	vm1, vm2 := NewVM(h), NewVM(h)
+	p1, p2 := vm1.NewPlugin(), vm2.NewPlugin()
+	for _, p := range []*Plugin{p1, p2} {
+		if err := p.Configure(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do := func(p *Plugin, authority string) *fakeStream {
+		s := streamFor(scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080",
+			Route: "orders-api", Method: "GET", Path: "/", Authority: authority})
+		var st StreamState
+		p.OnRequestHeaders(s, &st)
+		return s
+	}
+	if s := do(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
+		t.Fatal("metadata call not blocked")
+	}
+	p1.OnTick()
+	// The other worker's first value, written unconditionally after
+	// it read the key as absent: another caller's quarantine only.
+	other := block{key: 42, until: h.now + int64(time.Hour)}
+	if err := h.SetSharedData(SharedBlocklistKey, encodeBlocks([]block{other}), 0); err != nil {
+		t.Fatal(err)
+	}
+	p1.OnTick()
+	list := decodeBlocks(h.shared[SharedBlocklistKey].data, h.now)
+	if len(list) != 2 {
+		t.Fatalf("shared blocklist after the next tick: %+v, want the other worker's and this one's", list)
+	}
+	p2.OnTick()
+	if s := do(p2, "orders"); s.local == nil || s.local.Status != 403 {
+		t.Fatal("the other worker did not block the quarantined caller")
+	}
+	// Expired, it is not published again.
+	h.now += int64(61 * time.Minute)
+	h.shared[SharedBlocklistKey] = sharedVal{data: encodeBlocks(nil), cas: h.shared[SharedBlocklistKey].cas + 1}
+	p1.OnTick()
+	if n := len(decodeBlocks(h.shared[SharedBlocklistKey].data, h.now)); n != 0 || len(vm1.own) != 0 {
+		t.Fatalf("expired quarantine published again: %d shared, %d own", n, len(vm1.own))
+	}
+}
+
 type panickyStream struct{ *fakeStream }
 
 func (panickyStream) RequestHeaders() ([][2]string, error) { panic("host bug") }

@@ -61,6 +61,11 @@ type VM struct {
 	}
 	blocks  map[uint64]int64 // identity key → unix nanos, from shared data
 	pending []block          // local quarantines not yet published
+	// own are the quarantines this VM published, until they expire: a
+	// VM that wrote the key's first value (CAS 0, unconditional, Envoy's
+	// rule) may have overwritten another VM's first value, so each sync
+	// publishes again what of its own the shared list lacks.
+	own     []block
 	evicted uint64
 	// Decisions counted until they are reported: denials and dry-run
 	// would-denies every tick, allowed requests every allowReportNanos.
@@ -860,6 +865,10 @@ func (p *Plugin) report(engine *detect.Engine, v *detect.Verdict, now int64, met
 		if len(vm.pending) > maxSharedBlocks {
 			vm.pending = vm.pending[len(vm.pending)-maxSharedBlocks:]
 		}
+		vm.own = append(vm.own, b) // a key twice is harmless: reassert reads each
+		if len(vm.own) > maxSharedBlocks {
+			vm.own = vm.own[1:]
+		}
 	}
 }
 
@@ -960,6 +969,7 @@ func (p *Plugin) syncBlocks() {
 			raw, cas = nil, 0
 		}
 		list := decodeBlocks(raw, now)
+		vm.reassert(list, now)
 		if len(vm.pending) == 0 {
 			vm.loadBlocks(list)
 			return
@@ -1006,6 +1016,29 @@ func (vm *VM) loadBlocks(list []block) {
 		m[b.key] = max(m[b.key], b.until)
 	}
 	vm.blocks = m
+}
+
+// reassert drops this VM's expired quarantines and makes pending those of
+// the others that the shared list lacks (or holds with an earlier expiry).
+func (vm *VM) reassert(list []block, now int64) {
+	kept := vm.own[:0]
+	for _, b := range vm.own {
+		if b.until <= now {
+			continue
+		}
+		kept = append(kept, b)
+		shared := false
+		for _, s := range list {
+			shared = shared || (s.key == b.key && s.until >= b.until)
+		}
+		for _, p := range vm.pending {
+			shared = shared || p.key == b.key // already on its way
+		}
+		if !shared {
+			vm.pending = append(vm.pending, b) // syncBlocks merges it into the list
+		}
+	}
+	vm.own = kept
 }
 
 func upsertBlock(list []block, b block) []block {
