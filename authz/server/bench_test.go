@@ -55,10 +55,11 @@ func benchRequests(b *testing.B, set *policies.Set, mesh policygen.Mesh) []*auth
 	return out
 }
 
-// BenchmarkCheck measures one Check in process (no transport) against a
-// 1,000-rule realistic policy, with metrics and a sampled decision log,
-// next to the engine's Decide alone on the same requests as the baseline.
-func BenchmarkCheck(b *testing.B) {
+// realisticEngine is a 1,000-rule realistic policy set, the mesh it
+// describes, the engine loaded with it and an identity resolver for its
+// trust domain.
+func realisticEngine(b *testing.B) (policies.Set, policygen.Mesh, *policies.Engine, *identity.Resolver) {
+	b.Helper()
 	set, mesh := policygen.Realistic(1000, 1)
 	bundle, _, err := policies.NewBundle("bench", set)
 	if err != nil {
@@ -75,6 +76,14 @@ func BenchmarkCheck(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return set, mesh, eng, res
+}
+
+// BenchmarkCheck measures one Check in process (no transport) against a
+// 1,000-rule realistic policy, with metrics and a sampled decision log,
+// next to the engine's Decide alone on the same requests as the baseline.
+func BenchmarkCheck(b *testing.B) {
+	set, mesh, eng, res := realisticEngine(b)
 	dl, _ := decisionlog.New(decisionlog.Config{W: io.Discard, AllowSampleRate: 0.01})
 	srv, err := New(Config{Engine: eng, Identity: res, Log: slog.New(slog.DiscardHandler), Metrics: metrics.New(prometheus.NewRegistry()), DecisionLog: dl})
 	if err != nil {
@@ -198,22 +207,7 @@ func (discard) Shutdown(context.Context) error                             { ret
 // default: the server never touches the tracer), on for requests whose
 // trace Envoy did not sample, and on for sampled ones, in the same run.
 func BenchmarkCheckTracing(b *testing.B) {
-	set, mesh := policygen.Realistic(1000, 1)
-	bundle, _, err := policies.NewBundle("bench", set)
-	if err != nil {
-		b.Fatal(err)
-	}
-	snap, err := policies.Compile(bundle)
-	if err != nil {
-		b.Fatal(err)
-	}
-	eng := &policies.Engine{}
-	eng.Swap(snap)
-	c, _ := ca.New(spiffeid.RequireTrustDomainFromString(policygen.TrustDomain))
-	res, err := identity.New(identity.Config{Bundles: spiffebundle.NewSet(c.Bundle()), JWTAudiences: []string{"a"}})
-	if err != nil {
-		b.Fatal(err)
-	}
+	set, mesh, eng, res := realisticEngine(b)
 	tr, err := tracing.New(tracing.Config{Exporter: discard{}})
 	if err != nil {
 		b.Fatal(err)

@@ -311,30 +311,40 @@ func TestConnectionPropertiesReadOncePerConnection(t *testing.T) {
 	}
 }
 
-// TestQuarantineResponseReachesEveryWorker: a quarantine response on one
-// worker VM is published under the one shared-data key and blocks the
-// caller on another worker after its next tick; the event says so.
-func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
-	h := newFakeHost()
+// twoWorkers is two worker VMs of one host whose profile answers egress
+// to a metadata endpoint with a quarantine.
+func twoWorkers(t *testing.T) (h *fakeHost, vm1 *VM, p1, p2 *Plugin) {
+	t.Helper()
+	h = newFakeHost()
 	cfg := scenario.Config(t, scenario.Options{EgressResponse: "quarantine"})
-	vm1, vm2 := NewVM(h), NewVM(h)
-	p1, p2 := vm1.NewPlugin(), vm2.NewPlugin()
+	vm1 = NewVM(h)
+	p1, p2 = vm1.NewPlugin(), NewVM(h).NewPlugin()
 	for _, p := range []*Plugin{p1, p2} {
 		if err := p.Configure(cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
-	do := func(p *Plugin, authority string) *fakeStream {
-		s := streamFor(scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080",
-			Route: "orders-api", Method: "GET", Path: "/", Authority: authority})
-		var st StreamState
-		p.OnRequestHeaders(s, &st)
-		return s
-	}
-	if s := do(p2, "orders"); s.local != nil {
+	return h, vm1, p1, p2
+}
+
+// webCall sends web's GET / to authority through p.
+func webCall(p *Plugin, authority string) *fakeStream {
+	s := streamFor(scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080",
+		Route: "orders-api", Method: "GET", Path: "/", Authority: authority})
+	var st StreamState
+	p.OnRequestHeaders(s, &st)
+	return s
+}
+
+// TestQuarantineResponseReachesEveryWorker: a quarantine response on one
+// worker VM is published under the one shared-data key and blocks the
+// caller on another worker after its next tick; the event says so.
+func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
+	h, _, p1, p2 := twoWorkers(t)
+	if s := webCall(p2, "orders"); s.local != nil {
 		t.Fatalf("web denied before anything happened: %+v", s.local)
 	}
-	if s := do(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
+	if s := webCall(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
 		t.Fatal("metadata call not blocked")
 	}
 	p1.OnTick()
@@ -356,7 +366,7 @@ func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
 		t.Fatalf("no quarantine event in %+v", b.Events)
 	}
 	p2.OnTick()
-	s := do(p2, "orders")
+	s := webCall(p2, "orders")
 	if s.local == nil || s.local.Status != 403 {
 		t.Fatal("the other worker did not block the quarantined caller")
 	}
@@ -366,7 +376,7 @@ func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
 	// Expiry: an hour later both workers let it through again.
 	h.now += int64(61 * time.Minute)
 	p2.OnTick()
-	if s := do(p2, "orders"); s.local != nil {
+	if s := webCall(p2, "orders"); s.local != nil {
 		t.Fatalf("still blocked after expiry: %+v", s.local)
 	}
 }
@@ -377,23 +387,8 @@ func TestQuarantineResponseReachesEveryWorker(t *testing.T) {
 // The worker whose quarantine was lost publishes it again on its next
 // tick, beside the other's.
 func TestQuarantineSurvivesARacingFirstWrite(t *testing.T) {
-	h := newFakeHost()
-	cfg := scenario.Config(t, scenario.Options{EgressResponse: "quarantine"})
-	vm1, vm2 := NewVM(h), NewVM(h)
-	p1, p2 := vm1.NewPlugin(), vm2.NewPlugin()
-	for _, p := range []*Plugin{p1, p2} {
-		if err := p.Configure(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	do := func(p *Plugin, authority string) *fakeStream {
-		s := streamFor(scenario.Request{Source: scenario.Web, SourceAddr: "10.0.0.7:1", DestAddr: "10.0.0.9:8080",
-			Route: "orders-api", Method: "GET", Path: "/", Authority: authority})
-		var st StreamState
-		p.OnRequestHeaders(s, &st)
-		return s
-	}
-	if s := do(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
+	h, vm1, p1, p2 := twoWorkers(t)
+	if s := webCall(p1, "169.254.169.254"); s.local == nil || s.local.Status != 403 {
 		t.Fatal("metadata call not blocked")
 	}
 	p1.OnTick()
@@ -409,7 +404,7 @@ func TestQuarantineSurvivesARacingFirstWrite(t *testing.T) {
 		t.Fatalf("shared blocklist after the next tick: %+v, want the other worker's and this one's", list)
 	}
 	p2.OnTick()
-	if s := do(p2, "orders"); s.local == nil || s.local.Status != 403 {
+	if s := webCall(p2, "orders"); s.local == nil || s.local.Status != 403 {
 		t.Fatal("the other worker did not block the quarantined caller")
 	}
 	// Expired, it is not published again.
